@@ -1,0 +1,255 @@
+"""Hot path: next_id / reserve_ids / claim against what users have today.
+
+Run: ``python -m pytest bench/test_hotpath.py`` (see README, Performance).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import multiprocess as mp
+import pytest
+
+from supervisor import SharedState
+from supervisor.shm import noop
+
+from . import _hammer
+
+CTX = mp.get_context("spawn")
+N_PER_PROC = 200_000
+
+
+def test_noop_cffi_call(benchmark: Any) -> None:
+    benchmark(noop)
+
+
+def test_noop1_cffi_call(benchmark: Any, shared: SharedState) -> None:
+    benchmark(shared.noop)
+
+
+def test_next_id(benchmark: Any, shared: SharedState) -> None:
+    benchmark.extra_info["baseline"] = "test_mp_value_locked"
+    benchmark(shared.next_id)
+
+
+def test_next_id_vs_noop(benchmark: Any, shared: SharedState) -> None:
+    benchmark.extra_info["baseline"] = "test_noop1_cffi_call"
+    benchmark(shared.next_id)
+
+
+def test_mp_value_locked(benchmark: Any) -> None:
+    value = mp.Value("Q", 0)
+    lock = value.get_lock()
+
+    def locked_next() -> int:
+        with lock:
+            value.value += 1
+            return int(value.value)
+
+    benchmark(locked_next)
+
+
+def test_itertools_count(benchmark: Any) -> None:
+    benchmark.extra_info["baseline"] = "test_next_id"
+    benchmark(next, itertools.count())
+
+
+def test_reserve_ids_100_per_id(benchmark: Any, shared: SharedState) -> None:
+    benchmark.extra_info["per"] = 100
+    benchmark.extra_info["baseline"] = "test_next_id"
+    benchmark(shared.reserve_ids, 100)
+
+
+@pytest.fixture
+def registered(shared: SharedState) -> Iterator[tuple[SharedState, Callable[[], int]]]:
+    """A source of fresh registered ids, refilled outside the timed region."""
+    pool: list[int] = []
+
+    def fresh() -> int:
+        if not pool:
+            block = shared.reserve_ids(50_000)
+            for i in block:
+                shared.register(i)
+            pool.extend(reversed(block))
+        return pool.pop()
+
+    yield shared, fresh
+
+
+def test_claim(benchmark: Any, shared: SharedState) -> None:
+    benchmark.extra_info["baseline"] = "test_lock_shared_array_claim"
+    ids = shared.reserve_ids(1 << 19)
+    for i in ids:
+        shared.register(i)
+    it = iter(ids)
+    claim = shared.claim
+    benchmark.pedantic(lambda: claim(next(it)), rounds=200, iterations=2000)
+
+
+def test_lock_shared_array_claim(benchmark: Any) -> None:
+    """The cross-process baseline: a multiprocessing.Lock over a shared array."""
+    cap = 1 << 19
+    lock = mp.Lock()
+    table = mp.Array("Q", cap, lock=False)
+    for i in range(cap):
+        table[i] = i << 1
+    it = iter(range(cap))
+
+    def locked_claim() -> bool:
+        i = next(it)
+        with lock:
+            tag = table[i]
+            if tag == i << 1:
+                table[i] = tag | 1
+                return True
+            return False
+
+    benchmark.pedantic(locked_claim, rounds=200, iterations=2000)
+
+
+def test_lock_dict_claim(benchmark: Any) -> None:
+    """Lock + dict: only works inside one process, shown as the lower bound."""
+    benchmark.extra_info["baseline"] = "test_lock_shared_array_claim"
+    lock = mp.Lock()
+    live = dict.fromkeys(range(1 << 19), True)
+    it = iter(range(1 << 19))
+
+    def locked_claim() -> bool:
+        i = next(it)
+        with lock:
+            return live.pop(i, False)
+
+    benchmark.pedantic(locked_claim, rounds=200, iterations=2000)
+
+
+def _two_proc_rate(start: Callable[[Any], Any], run_local: Callable[[int], None],
+                   procs: int) -> Callable[[], None]:
+    """Return a callable that runs N_PER_PROC ops in each of `procs` processes
+    (this one included) at once."""
+    pipes = []
+    children = []
+    for _ in range(procs - 1):
+        parent, child = CTX.Pipe()
+        p = start(child)
+        pipes.append(parent)
+        children.append(p)
+
+    def run() -> None:
+        for parent in pipes:
+            parent.send(N_PER_PROC)
+        run_local(N_PER_PROC)
+        for parent in pipes:
+            parent.recv()
+
+    run.children = (pipes, children)  # type: ignore[attr-defined]
+    return run
+
+
+def _stop(run: Any) -> None:
+    pipes, children = run.children
+    for parent in pipes:
+        parent.send(None)
+    for p in children:
+        p.join(30)
+
+
+@pytest.mark.parametrize("procs", [1, 2])
+def test_next_id_processes(benchmark: Any, shared: SharedState, procs: int) -> None:
+    benchmark.extra_info["per"] = N_PER_PROC * procs
+    if procs == 2:
+        benchmark.extra_info["baseline"] = "test_next_id_processes[1]"
+
+    def start(child: Any) -> Any:
+        p = CTX.Process(target=_hammer.hammer_ours, args=(shared.name, child))
+        p.start()
+        return p
+
+    next_id = shared.next_id
+
+    def local(n: int) -> None:
+        for _ in range(n):
+            next_id()
+
+    run = _two_proc_rate(start, local, procs)
+    try:
+        benchmark.pedantic(run, rounds=5, iterations=1)
+    finally:
+        _stop(run)
+    benchmark.extra_info["rate"] = N_PER_PROC * procs / benchmark.stats.stats.median
+
+
+@pytest.mark.parametrize("procs", [1, 2])
+def test_mp_value_locked_processes(benchmark: Any, procs: int) -> None:
+    benchmark.extra_info["per"] = N_PER_PROC * procs
+    if procs == 2:
+        benchmark.extra_info["baseline"] = "test_mp_value_locked_processes[1]"
+    value = CTX.Value("Q", 0)
+    lock = value.get_lock()
+
+    def start(child: Any) -> Any:
+        p = CTX.Process(target=_hammer.hammer_locked, args=(value, child))
+        p.start()
+        return p
+
+    def local(n: int) -> None:
+        for _ in range(n):
+            with lock:
+                value.value += 1
+
+    run = _two_proc_rate(start, local, procs)
+    try:
+        benchmark.pedantic(run, rounds=5, iterations=1)
+    finally:
+        _stop(run)
+    benchmark.extra_info["rate"] = N_PER_PROC * procs / benchmark.stats.stats.median
+
+
+@pytest.mark.parametrize("mode", ["same", "disjoint"])
+@pytest.mark.parametrize("procs", [1, 2])
+def test_claim_processes(benchmark: Any, shared: SharedState, procs: int, mode: str) -> None:
+    """Every process claims N ids: the same ids (contended: all race for each
+    id, one wins) or disjoint ones (each process its own sagas)."""
+    if procs == 1 and mode == "disjoint":
+        pytest.skip("same as 'same' with one process")
+    benchmark.extra_info["per"] = N_PER_PROC * procs
+    if procs == 2:
+        benchmark.extra_info["baseline"] = "test_claim_processes[1-same]"
+    span = N_PER_PROC * (2 if mode == "disjoint" else 1)
+    pipes = []
+    children = []
+    for _ in range(procs - 1):
+        parent, child = CTX.Pipe()
+        p = CTX.Process(target=_hammer.hammer_claim, args=(shared.name, child))
+        p.start()
+        pipes.append(parent)
+        children.append(p)
+    claim = shared.claim
+    batches: list[range] = []
+
+    def setup() -> tuple[tuple[()], dict[str, Any]]:
+        ids = shared.reserve_ids(span)
+        for i in ids:
+            shared.register(i)
+        batches.append(ids)
+        return (), {}
+
+    def run() -> None:
+        ids = batches[-1]
+        theirs = ids.start + (N_PER_PROC if mode == "disjoint" else 0)
+        for parent in pipes:
+            parent.send((theirs, N_PER_PROC))
+        for i in ids[:N_PER_PROC]:
+            claim(i)
+        for parent in pipes:
+            parent.recv()
+
+    try:
+        benchmark.pedantic(run, setup=setup, rounds=5, iterations=1)
+    finally:
+        for parent in pipes:
+            parent.send(None)
+        for p in children:
+            p.join(30)
+    benchmark.extra_info["rate"] = N_PER_PROC * procs / benchmark.stats.stats.median

@@ -1,0 +1,465 @@
+"""The shared-memory hot path: a lock-free id counter and terminal-claim table.
+
+This is the only module that touches the compiled cffi module (``_sagashm``):
+everything else calls the typed methods of :class:`SharedState`.  The C side
+returns status codes; they become the exceptions of :mod:`supervisor.errors`
+here, in one place.
+
+Ownership: the process that *creates* a segment is the only one that unlinks
+it (:meth:`SharedState.unlink`, or at its interpreter exit).  Processes that
+attach only unmap it when they close or die, so a client killed with SIGKILL
+leaves the segment intact for everyone else.  We use ``shm_open``/``mmap`` in C
+rather than :mod:`multiprocessing.shared_memory`, whose resource tracker on
+Python < 3.13 unlinks segments it merely attached to (CPython gh-82300).
+
+Semantics:
+
+* ids start at ``first_id`` and are unique and strictly increasing per caller
+  across every attached process; a batch (:meth:`SharedState.reserve_ids`) is
+  consecutive.  Past ``MAX_ID`` the counter raises, it never wraps.
+* each saga id maps to slot ``id % capacity``.  A slot holds a live saga
+  (registered, not claimed), a claimed one (its terminal is decided) or
+  nothing.  :meth:`register` never overwrites a live slot; a claimed slot may
+  be reused by a newer id, after which a late claim for the old id returns
+  ``False`` (the tag differs): ABA-safe.
+* :meth:`claim` returns ``True`` exactly once per registered id, to the first
+  caller in any process; every other caller gets ``False`` and must do
+  nothing visible.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+import weakref
+from typing import Literal
+
+import psutil
+
+from supervisor import _sagashm  # type: ignore[attr-defined]
+from supervisor.errors import (
+    CapacityError,
+    IdOverflowError,
+    LayoutMismatchError,
+    SegmentClosedError,
+    SegmentExistsError,
+    SegmentNotFoundError,
+    SharedMemoryError,
+    SupervisorError,
+)
+
+# The binding layer: cffi's `ffi`/`lib` are untyped, so this module is the one
+# place that deals in them; mypy is strict everywhere else.
+_ffi = _sagashm.ffi
+_lib = _sagashm.lib
+
+EXPECTED_BUILD_STAMP = 1
+if _lib.SSM_BUILD_STAMP != EXPECTED_BUILD_STAMP:  # pragma: no cover - stale build
+    raise ImportError(
+        f"supervisor._sagashm was built from another version (stamp "
+        f"{_lib.SSM_BUILD_STAMP}, expected {EXPECTED_BUILD_STAMP}): reinstall the package"
+    )
+
+MAX_ID: int = int(_lib.ssm_max_id())
+MAX_CAPACITY: int = int(_lib.ssm_max_capacity())
+LAYOUT_VERSION: int = int(_lib.ssm_layout_version())
+
+# Hot-path functions bound once to module globals (no attribute lookups per call).
+_next_id = _lib.ssm_next_id
+_reserve = _lib.ssm_reserve
+_register = _lib.ssm_register
+_acquire = _lib.ssm_acquire
+_claim = _lib.ssm_claim
+_state = _lib.ssm_state
+_in_flight = _lib.ssm_in_flight
+_peek = _lib.ssm_peek_next_id
+_noop = _lib.ssm_noop
+_noop1 = _lib.ssm_noop1
+
+_OK = _lib.SSM_OK
+_ENOENT = _lib.SSM_ENOENT
+_EEXIST = _lib.SSM_EEXIST
+_ESYS = _lib.SSM_ESYS
+_EMAGIC = _lib.SSM_EMAGIC
+_EVERSION = _lib.SSM_EVERSION
+_ESIZE = _lib.SSM_ESIZE
+_EFULL = _lib.SSM_EFULL
+_ERANGE = _lib.SSM_ERANGE
+_EOVERFLOW = _lib.SSM_EOVERFLOW
+_EUNINIT = _lib.SSM_EUNINIT
+_ECAPACITY = _lib.SSM_ECAPACITY
+_ACQ_FULL = int(_ffi.cast("uint64_t", _EFULL))
+_ACQ_OVERFLOW = int(_ffi.cast("uint64_t", _EOVERFLOW))
+_STATE_NAMES: dict[int, Literal["unknown", "live", "claimed"]] = {
+    _lib.SSM_STATE_UNKNOWN: "unknown",
+    _lib.SSM_STATE_LIVE: "live",
+    _lib.SSM_STATE_CLAIMED: "claimed",
+}
+
+SagaSlotState = Literal["unknown", "live", "claimed"]
+
+_CLOSED = object()  # stands in for the segment pointer after close(): cffi rejects it
+
+
+def noop() -> None:
+    """Call an empty C function: the floor of any cffi call (for benchmarks)."""
+    _noop()
+
+
+def _posix_name(name: str) -> bytes:
+    if not isinstance(name, str):
+        raise TypeError(f"segment name must be a str, not {type(name).__name__}: {name!r}")
+    bare = name[1:] if name.startswith("/") else name
+    if not bare or "/" in bare or len(bare) > 200 or "\x00" in bare:
+        raise ValueError(
+            f"invalid segment name {name!r}: use 1-200 characters without '/' or NUL"
+        )
+    return ("/" + bare).encode()
+
+
+def _check_int(value: object, what: str, minimum: int, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}: {value!r}")
+    if not minimum <= value <= maximum:
+        raise ValueError(f"{what} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def _process_token(pid: int) -> int:
+    """Start time of `pid` in microseconds: with the pid, names one process."""
+    try:
+        return int(psutil.Process(pid).create_time() * 1_000_000)
+    except psutil.Error:
+        return 0
+
+
+def _sys_error(name: str, what: str) -> SharedMemoryError:
+    err = _ffi.errno
+    return SharedMemoryError(name, what, err, os.strerror(err))
+
+
+def _unlink_if_creator(name: bytes, creator_pid: int) -> None:
+    # weakref.finalize / atexit hook: never unlink from a forked child.
+    if os.getpid() == creator_pid:
+        _lib.ssm_unlink(name)
+
+
+class SharedState:
+    """One process's handle on a shared segment (id counter + claim table).
+
+    Create it in the owning process with :meth:`create`; attach from any other
+    process with :meth:`attach`.  Methods are safe to call from several threads
+    and processes at once; :meth:`close` must not race with other calls on the
+    same handle.
+    """
+
+    __slots__ = ("_seg", "_name", "_capacity", "_creator", "_finalizer", "__weakref__")
+
+    def __init__(self) -> None:
+        raise TypeError("use SharedState.create(...) or SharedState.attach(name)")
+
+    @classmethod
+    def _wrap(cls, seg: object, name: str, creator: bool) -> SharedState:
+        self = object.__new__(cls)
+        self._seg = seg
+        self._name = name
+        self._capacity = int(_lib.ssm_capacity(seg))
+        self._creator = creator
+        self._finalizer: weakref.finalize | None = None
+        if creator:
+            self._finalizer = weakref.finalize(
+                self, _unlink_if_creator, _posix_name(name), os.getpid()
+            )
+        return self
+
+    @classmethod
+    def create(
+        cls, capacity: int = 65536, name: str | None = None, first_id: int = 1
+    ) -> SharedState:
+        """Create a new segment. `capacity` (a power of two) bounds the number
+        of sagas in flight; ids start at `first_id`.  Raises
+        :class:`SegmentExistsError` if `name` is taken."""
+        _check_int(capacity, "capacity", 1, MAX_CAPACITY)
+        if capacity & (capacity - 1):
+            raise ValueError(f"capacity must be a power of two, got {capacity}")
+        _check_int(first_id, "first_id", 1, MAX_ID)
+        if name is None:
+            name = f"saga-{os.getpid()}-{secrets.token_hex(4)}"
+        pname = _posix_name(name)
+        out = _ffi.new("ssm_segment **")
+        pid = os.getpid()
+        rc = _lib.ssm_create(pname, capacity, first_id, pid, _process_token(pid), out)
+        if rc == _EEXIST:
+            raise SegmentExistsError(name)
+        if rc == _ESYS:
+            raise _sys_error(name, "creation")
+        if rc != _OK:  # pragma: no cover - arguments were checked above
+            raise SupervisorError(f"ssm_create({name!r}) returned {rc}")
+        return cls._wrap(out[0], name, creator=True)
+
+    @classmethod
+    def attach(
+        cls, name: str, capacity: int | None = None, timeout: float = 1.0
+    ) -> SharedState:
+        """Attach to an existing segment.  If `capacity` is given, a segment of
+        another capacity raises :class:`LayoutMismatchError`.  A segment whose
+        creator is still initialising it is waited for up to `timeout` s."""
+        pname = _posix_name(name)
+        out = _ffi.new("ssm_segment **")
+        deadline = time.monotonic() + timeout
+        while True:
+            rc = _lib.ssm_attach(pname, out)
+            if rc != _EUNINIT or time.monotonic() >= deadline:
+                break
+            time.sleep(0.001)  # creator is between ftruncate and writing the magic
+        if rc == _ENOENT:
+            raise SegmentNotFoundError(name)
+        if rc == _ESYS:
+            raise _sys_error(name, "attach")
+        if rc == _EMAGIC:
+            raise LayoutMismatchError(name, "wrong magic number")
+        if rc == _EVERSION:
+            raise LayoutMismatchError(name, "another layout version or header size")
+        if rc == _ESIZE:
+            raise LayoutMismatchError(name, "header size fields disagree with the segment size")
+        if rc == _EUNINIT:
+            raise LayoutMismatchError(name, "header never initialised (empty or zeroed)")
+        if rc != _OK:  # pragma: no cover
+            raise SupervisorError(f"ssm_attach({name!r}) returned {rc}")
+        self = cls._wrap(out[0], name, creator=False)
+        if capacity is not None and capacity != self._capacity:
+            self.close()
+            raise LayoutMismatchError(
+                name, f"capacity is {self._capacity}, expected {capacity}"
+            )
+        return self
+
+    @staticmethod
+    def remove(name: str) -> bool:
+        """Unlink a segment by name (e.g. one left by a killed creator).
+        Returns False if there was none.  Processes still attached keep their
+        mapping until they close."""
+        rc = _lib.ssm_unlink(_posix_name(name))
+        if rc == _ESYS:
+            raise _sys_error(name, "unlink")
+        return bool(rc == _OK)
+
+    # -- properties -------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def is_creator(self) -> bool:
+        return self._creator
+
+    @property
+    def closed(self) -> bool:
+        return self._seg is _CLOSED
+
+    @property
+    def creator_pid(self) -> int:
+        return int(_lib.ssm_creator_pid(self._live()))
+
+    @property
+    def creator_token(self) -> int:
+        """The creator's start time in µs (0 if unknown): pid-reuse guard."""
+        return int(_lib.ssm_creator_token(self._live()))
+
+    def creator_alive(self) -> bool:
+        """True if the process that created the segment still runs (same pid
+        *and* same start time, so a reused pid does not count)."""
+        pid = self.creator_pid
+        token = self.creator_token
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return False
+            return token == 0 or int(proc.create_time() * 1_000_000) == token
+        except psutil.Error:
+            return False
+
+    def _live(self) -> object:
+        if self._seg is _CLOSED:
+            raise SegmentClosedError(f"shared state {self._name!r} is closed in this process")
+        return self._seg
+
+    def _bad_call(self, saga_id: object) -> Exception:
+        if self._seg is _CLOSED:
+            return SegmentClosedError(f"shared state {self._name!r} is closed in this process")
+        if isinstance(saga_id, bool) or not isinstance(saga_id, int):
+            return TypeError(
+                f"saga id must be an int, not {type(saga_id).__name__}: {saga_id!r}"
+            )
+        return ValueError(f"saga id must be between 1 and {MAX_ID}, got {saga_id}")
+
+    # -- id counter ---------------------------------------------------------
+
+    def next_id(self) -> int:
+        """A fresh id, unique across every attached process."""
+        try:
+            r: int = _next_id(self._seg)
+        except TypeError:
+            raise self._bad_call(None) from None
+        if r:
+            return r
+        raise IdOverflowError(f"the id counter of {self._name!r} passed its maximum {MAX_ID}")
+
+    def reserve_ids(self, n: int) -> range:
+        """Reserve `n` consecutive fresh ids in one atomic step."""
+        try:
+            first: int = _reserve(self._seg, n)
+        except (TypeError, OverflowError):
+            if self._seg is _CLOSED:
+                raise self._bad_call(None) from None
+            _check_int(n, "n", 1, MAX_ID)
+            raise
+        if first:
+            return range(first, first + n)
+        _check_int(n, "n", 1, MAX_ID)
+        raise IdOverflowError(
+            f"reserving {n} ids would pass the maximum id {MAX_ID} of {self._name!r}"
+        )
+
+    def peek_next_id(self) -> int:
+        """The id the counter will hand out next (ids below it were allocated)."""
+        return int(_peek(self._live()))
+
+    # -- claim table ----------------------------------------------------------
+
+    def register(self, saga_id: int) -> None:
+        """Put an allocated id in flight.  Raises :class:`CapacityError` if its
+        slot holds a live saga (never overwrites one), ``ValueError`` if the id
+        was never allocated, is already registered, or is older than the id
+        that now holds its slot."""
+        try:
+            rc = _register(self._seg, saga_id)
+        except (TypeError, OverflowError):
+            raise self._bad_call(saga_id) from None
+        if rc == _OK:
+            return
+        if rc == _EFULL:
+            if _state(self._seg, saga_id) == _lib.SSM_STATE_LIVE:
+                raise ValueError(f"saga id {saga_id} is already registered and live")
+            raise CapacityError(
+                f"slot {saga_id % self._capacity} of {self._name!r} is held by a live "
+                f"saga: cannot register id {saga_id} (capacity {self._capacity}); "
+                "finish older sagas or create the segment with a larger capacity",
+                self._capacity,
+            )
+        if saga_id <= 0 or saga_id > MAX_ID:
+            raise self._bad_call(saga_id)
+        if saga_id >= _peek(self._seg):
+            raise ValueError(f"saga id {saga_id} was never allocated by {self._name!r}")
+        raise ValueError(f"saga id {saga_id} is stale: a newer saga holds its slot")
+
+    def acquire(self, max_tries: int = 64) -> int:
+        """Allocate a fresh id and register it in one call (the spawn path).
+        Ids whose slot is still held by a long-lived saga are skipped.  Raises
+        :class:`CapacityError` when `capacity` sagas are in flight."""
+        try:
+            r: int = _acquire(self._seg, max_tries)
+        except (TypeError, OverflowError):
+            if self._seg is _CLOSED:
+                raise self._bad_call(None) from None
+            _check_int(max_tries, "max_tries", 1, 2**63)
+            raise
+        if r <= MAX_ID:
+            return r
+        if r == _ACQ_OVERFLOW:
+            raise IdOverflowError(f"the id counter of {self._name!r} passed its maximum {MAX_ID}")
+        raise CapacityError(
+            f"the claim table of {self._name!r} is full: {self._capacity} sagas in flight "
+            "(or every tried slot held by a live saga); wait for sagas to end or "
+            "use a larger capacity",
+            self._capacity,
+        )
+
+    def claim(self, saga_id: int) -> bool:
+        """Take the right to emit `saga_id`'s terminal outcome.  True exactly
+        once per registered id; False for the loser, a stale id (slot reused),
+        or an id never registered."""
+        try:
+            rc: int = _claim(self._seg, saga_id)
+        except (TypeError, OverflowError):
+            raise self._bad_call(saga_id) from None
+        if rc == 1:
+            return True
+        if rc == 0:
+            if saga_id >= _peek(self._seg):
+                raise ValueError(f"saga id {saga_id} was never allocated by {self._name!r}")
+            return False
+        raise self._bad_call(saga_id)
+
+    def state(self, saga_id: int) -> SagaSlotState:
+        """'live', 'claimed', or 'unknown' (never registered, or slot reused)."""
+        try:
+            return _STATE_NAMES[_state(self._seg, saga_id)]
+        except (TypeError, OverflowError):
+            raise self._bad_call(saga_id) from None
+
+    def is_claimed(self, saga_id: int) -> bool:
+        """True if `saga_id`'s terminal was claimed and its slot not yet reused."""
+        try:
+            return bool(_state(self._seg, saga_id) == 2)
+        except (TypeError, OverflowError):
+            raise self._bad_call(saga_id) from None
+
+    def in_flight(self) -> int:
+        """Number of registered, unclaimed sagas."""
+        return int(_in_flight(self._live()))
+
+    def noop(self) -> int:
+        """A one-argument C call that does nothing (benchmark floor)."""
+        return int(_noop1(self._seg))
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def close(self) -> None:
+        """Unmap the segment in this process (idempotent).  Does not unlink."""
+        seg = self._seg
+        if seg is _CLOSED:
+            return
+        self._seg = _CLOSED
+        _lib.ssm_detach(seg)
+
+    def unlink(self) -> None:
+        """Remove the segment's name (creator only; idempotent).  Attached
+        processes keep working on their mapping until they close it."""
+        if not self._creator:
+            raise SupervisorError(
+                f"only the creator (pid {self.creator_pid if not self.closed else '?'}) "
+                f"unlinks segment {self._name!r}; this process attached to it"
+            )
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+            rc = _lib.ssm_unlink(_posix_name(self._name))
+            if rc == _ESYS:
+                raise _sys_error(self._name, "unlink")
+
+    def __enter__(self) -> SharedState:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+        if self._creator:
+            self.unlink()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        role = "creator" if self._creator else "attached"
+        return f"<SharedState {self._name!r} capacity={self._capacity} {role} {state}>"
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        # Pickling sends the *name*: the receiving process attaches on unpickle.
+        return (SharedState.attach, (self._name,))
+
+
+__all__ = ["SharedState", "MAX_ID", "MAX_CAPACITY", "LAYOUT_VERSION", "noop", "SagaSlotState"]
