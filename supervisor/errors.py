@@ -71,3 +71,25 @@ class SharedMemoryError(SupervisorError):
 
 class SegmentClosedError(SupervisorError):
     """The SharedState was closed in this process; attach again to use it."""
+
+
+class SpawnError(SupervisorError):
+    """A saga could not be spawned (not a Saga, not picklable, bad snapshot).
+    Raised by ``spawn`` in the caller, never later in a worker."""
+
+
+class NotRunningError(SupervisorError):
+    """The supervisor is not running (not started yet, stopping, or stopped)."""
+
+
+class SupervisorCrashedError(SupervisorError):
+    """The supervisor's loop stopped on an internal error; `cause` holds it."""
+
+    def __init__(self, cause: BaseException) -> None:
+        self.cause = cause
+        super().__init__(f"the supervisor loop crashed: {type(cause).__name__}: {cause}")
+
+
+class RestartIntensityError(SupervisorError):
+    """Workers died more often than `max_restarts` within `period`: the
+    supervisor stopped itself (OTP-style) and failed every saga in flight."""

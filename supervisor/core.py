@@ -1,0 +1,1348 @@
+"""The supervisor: one loop thread that owns the log, the host pipe and the
+worker pipes.
+
+Data flow (one loop turn)::
+
+    spawn()/cancel()/publish()  --inbox deque + wake pipe-->  +-----------+
+    worker replies (pipes)  ------------------------------>   |   loop    |
+    host frames (host stdout)  --------------------------->   |  thread   |
+    timer heap (deadlines)  ------------------------------>   +-----------+
+                                                                   |
+       1. apply everything: log rows go to this turn's Batch       |
+       2. ONE transaction: SagaLog.commit(batch)  (write-ahead)    v
+       3. only then: host commands, bus events, outcomes, worker messages
+
+Ownership: only this thread writes the SQLite log and the host pipe; the
+shared segment is created here and unlinked here.  Workers run user code and
+may claim a saga's terminal directly; every other claimant (timeout,
+eviction, cancel, host failure, action failed) claims from this thread, so a
+check of the claim right before a host write is exact with respect to them,
+and workers hold events back until a command they issued is dispatched (see
+:mod:`supervisor.worker`), so no command is ever sent after its saga's
+terminal was claimed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import os
+import pickle
+import queue
+import selectors
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import dill
+import multiprocess
+
+from supervisor import frames, worker as W
+from supervisor.errors import (
+    NotRunningError,
+    RestartIntensityError,
+    SpawnError,
+    SupervisorCrashedError,
+    SupervisorError,
+)
+from supervisor.log import Batch, SagaLog, open_readonly
+from supervisor.saga import (
+    SAGA_ACTION_FAILED,
+    SAGA_COMPLETED,
+    SAGA_FAILED,
+    SAGA_STARTED,
+    Event,
+    Outcome,
+    Saga,
+    Target,
+)
+from supervisor.shm import SharedState
+
+log = logging.getLogger(__name__)
+
+RUNNING, COMPENSATING = 0, 1
+_TARGET_NAMES = {int(t): t.name for t in Target}
+_OBJECT_GETSTATE = getattr(object, "__getstate__", None)
+_OUTCOMES_KEPT = 100_000
+_HOST_READ = 1 << 18
+
+
+class _Live:
+    """One saga in flight, as the loop sees it."""
+
+    __slots__ = ("sid", "name", "worker", "deadline", "timeout", "next_step", "open_step",
+                 "phase", "succeeded", "has_comp", "listens", "sent", "may_defer",
+                 "fail_reason", "comp_queue", "comp_wait", "comp_failed")
+
+    def __init__(self, sid: int, name: str, worker: int, deadline: float, timeout: float,
+                 has_comp: bool, listens: frozenset[str]) -> None:
+        self.sid = sid
+        self.name = name
+        self.worker = worker
+        self.deadline = deadline
+        self.timeout = timeout
+        self.next_step = 1
+        self.open_step = 0
+        self.phase = RUNNING
+        self.succeeded: list[tuple[int, int, str]] | None = [] if has_comp else None
+        self.has_comp = has_comp
+        self.listens = listens
+        self.sent = 0
+        self.may_defer = bool(listens)
+        self.fail_reason: str | None = None
+        self.comp_queue: list[tuple[int, int | None, str | None]] = []
+        self.comp_wait: tuple[int, int] | None = None
+        self.comp_failed: str | None = None
+
+
+class _Worker:
+    __slots__ = ("index", "proc", "wfd", "rfd", "reader", "outbuf", "msgs", "count",
+                 "want_write", "alive", "started_at", "last_reply")
+
+    def __init__(self, index: int, proc: Any, wfd: int, rfd: int) -> None:
+        self.index = index
+        self.proc = proc
+        self.wfd = wfd
+        self.rfd = rfd
+        self.reader = frames.FrameReader(max_frame=1 << 30)
+        self.outbuf = bytearray()
+        self.msgs: list[Any] = []
+        self.count = 0
+        self.want_write = False
+        self.alive = True
+        self.started_at = time.time()
+        self.last_reply = time.monotonic()
+
+
+class _Host:
+    __slots__ = ("proc", "wfd", "rfd", "reader", "outbuf", "want_write", "alive",
+                 "frames_in", "frames_out", "bad_frames", "unknown", "death")
+
+    def __init__(self, proc: subprocess.Popen[bytes] | None, wfd: int, rfd: int) -> None:
+        self.proc = proc
+        self.wfd = wfd
+        self.rfd = rfd
+        self.reader = frames.FrameReader()
+        self.outbuf = bytearray()
+        self.want_write = False
+        self.alive = True
+        self.frames_in = 0
+        self.frames_out = 0
+        self.bad_frames = 0
+        self.unknown = 0
+        self.death: str | None = None
+
+
+class Subscription:
+    """A queue of bus events (lifecycle and domain), in version order."""
+
+    def __init__(self, owner: Supervisor) -> None:
+        self._q: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+        self._owner = owner
+        self.closed = False
+
+    def get(self, timeout: float | None = None) -> Event:
+        """The next event; raises ``queue.Empty`` after `timeout` seconds and
+        :class:`NotRunningError` once the supervisor stopped and all was read."""
+        item = self._q.get(timeout=timeout)
+        if item is None:
+            self._q.put(None)
+            raise NotRunningError("the supervisor stopped; no more events")
+        return item
+
+    def __iter__(self) -> Iterator[Event]:
+        while True:
+            try:
+                yield self.get()
+            except NotRunningError:
+                return
+
+    def close(self) -> None:
+        self.closed = True
+        self._owner._unsubscribe(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Future:
+    __slots__ = ("_ev", "value", "error")
+
+    def __init__(self) -> None:
+        self._ev = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def set(self, value: Any = None, error: BaseException | None = None) -> None:
+        self.value, self.error = value, error
+        self._ev.set()
+
+    def result(self, timeout: float | None) -> Any:
+        if not self._ev.wait(timeout):
+            raise TimeoutError("the supervisor loop did not answer in time")
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+Handler = Callable[[Any, int, int], Any]
+
+
+class Supervisor:
+    """Runs sagas in worker processes with a durable log and a host pipe.
+
+    ``Supervisor(data_dir, workers=2, host=[...argv...])`` then ``start()``
+    (or ``with``).  `host` is the host program's argv (started as a
+    subprocess), or ``host_fds=(write_fd, read_fd)`` for an already-open pair.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        workers: int = 2,
+        host: list[str] | None = None,
+        *,
+        host_fds: tuple[int, int] | None = None,
+        durability: str = "normal",
+        capacity: int = 65536,
+        retention_days: float = 7.0,
+        start_method: str = "spawn",
+        max_restarts: int = 5,
+        restart_period: float = 30.0,
+        shm_name: str | None = None,
+    ) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
+            raise ValueError(f"workers must be an int from 1 to 256, got {workers!r}")
+        if host is not None and (not isinstance(host, (list, tuple)) or not host
+                                 or not all(isinstance(a, str) for a in host)):
+            raise TypeError(f"host must be a non-empty list of str (an argv), got {host!r}")
+        if host is not None and host_fds is not None:
+            raise ValueError("give either host (an argv) or host_fds, not both")
+        if durability not in ("normal", "full"):
+            raise ValueError(f"durability must be 'normal' or 'full', got {durability!r}")
+        if start_method not in ("spawn", "forkserver", "fork"):
+            raise ValueError(f"start_method must be spawn, forkserver or fork, "
+                             f"got {start_method!r}")
+        if not isinstance(retention_days, (int, float)) or retention_days <= 0:
+            raise ValueError(f"retention_days must be > 0, got {retention_days!r}")
+        self.data_dir = Path(data_dir)
+        self.n_workers = workers
+        self.host_argv = list(host) if host is not None else None
+        self.host_fds = host_fds
+        self.durability = durability
+        self.capacity = capacity
+        self.retention_days = float(retention_days)
+        self.start_method = start_method
+        self.max_restarts = max_restarts
+        self.restart_period = restart_period
+        self._shm_name = shm_name
+
+        self._state = "new"  # new -> running -> stopping -> stopped
+        self._lock = threading.Lock()
+        self._inbox: deque[tuple[Any, ...]] = deque()
+        self._sleeping = False
+        self._wake_r, self._wake_w = -1, -1
+        self._thread: threading.Thread | None = None
+        self._crash: BaseException | None = None
+
+        # class shipping (spawn may run on any thread)
+        self._class_ids: dict[type, int] = {}
+        self._class_blobs: dict[int, bytes] = {}
+        self._shipped: set[int] = set()
+
+        # outcomes and waiters (guarded by _lock)
+        self._pending: set[int] = set()
+        self._outcomes: dict[int, Outcome] = {}
+        self._outcome_order: deque[int] = deque()
+        self._waiters: dict[int, list[_Future]] = {}
+        self._subs: list[Subscription] = []
+
+        # loop-thread state
+        self._live: dict[int, _Live] = {}
+        self._by_kind: dict[str, set[int]] = {}
+        self._listeners: dict[str, set[int]] = {}
+        self._timers: list[tuple[float, int]] = []
+        self._batch = Batch()
+        self._host_out: list[tuple[int, int, str]] = []
+        self._local_out: list[tuple[int, int, int, str]] = []
+        self._emit: list[Event] = []
+        self._ended: list[Outcome] = []
+        self._version = 0
+        self._handlers: dict[Target, Handler] = {}
+        self._triggers: list[tuple[Callable[[Event], Saga], Callable[[Event], bool]]] = []
+        self._restarts: deque[float] = deque()
+        self._drain_deadline: float | None = None
+        self._stop_reason = "supervisor stopped"
+        self.stats = {"spawned": 0, "completed": 0, "failed": 0, "bad_frames": 0,
+                      "unknown_echo": 0, "trigger_errors": 0, "worker_restarts": 0,
+                      "commits": 0, "rows": 0}
+
+        self._log: SagaLog | None = None
+        self._shared: SharedState | None = None
+        self._workers: list[_Worker] = []
+        self._host: _Host | None = None
+        self._sel: selectors.BaseSelector | None = None
+        self._mp: Any = None
+
+    # ------------------------------------------------------------------ API
+
+    @property
+    def shm_name(self) -> str:
+        if self._shared is None:
+            raise NotRunningError("the supervisor has not started")
+        return self._shared.name
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "db" / "sagas.db"
+
+    def start(self) -> Supervisor:
+        """Open the log, create the shared segment, start workers, the host and
+        the loop.  On any error everything started so far is torn down."""
+        if self._state != "new":
+            raise NotRunningError(f"start() called on a supervisor that is {self._state}")
+        self._state = "starting"
+        try:
+            self._start()
+        except BaseException:
+            self._teardown()
+            self._state = "stopped"
+            raise
+        self._state = "running"
+        return self
+
+    def _start(self) -> None:
+        self._log = SagaLog(self.db_path, self.durability)
+        self._log.purge(self.retention_days)
+        first_id = self._log.max_saga_id() + 1
+        self._shared = SharedState.create(capacity=self.capacity, name=self._shm_name,
+                                          first_id=first_id)
+        self._recover()
+        self._mp = multiprocess.get_context(self.start_method)
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        for i in range(self.n_workers):
+            self._workers.append(self._start_worker(i))
+        if self.host_argv is not None or self.host_fds is not None:
+            self._host = self._start_host()
+        self._thread = threading.Thread(target=self._run, name="saga-supervisor-loop",
+                                        daemon=True)
+        self._thread.start()
+
+    def _recover(self) -> None:
+        """Sagas the log shows unfinished cannot be resumed by this version:
+        fail them (and close their open steps) so nothing stays running."""
+        assert self._log is not None
+        stale = self._log.unfinished()
+        if not stale:
+            return
+        now = time.time()
+        batch = Batch()
+        for sid, _name, _started, _inp, _state in stale:
+            batch.saga_ends.append(("failed", now, "supervisor restarted while saga was running",
+                                    sid))
+        self._log.commit(batch)
+        log.warning("failed %d saga(s) left running by a previous supervisor", len(stale))
+
+    def __enter__(self) -> Supervisor:
+        return self.start() if self._state == "new" else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def spawn(self, saga: Saga) -> int:
+        """Start `saga`; returns its id at once (callable from any thread).
+        Raises :class:`SpawnError` if the saga cannot be shipped to a worker."""
+        if self._state != "running":
+            raise NotRunningError(f"cannot spawn: the supervisor is {self._state}")
+        item = self._prepare(saga)
+        assert self._shared is not None
+        sid = self._shared.acquire()
+        with self._lock:
+            self._pending.add(sid)
+        self._post(("spawn", sid, item, None))
+        return sid
+
+    def _prepare(self, saga: Saga) -> tuple[Any, ...]:
+        if not isinstance(saga, Saga):
+            raise SpawnError(f"spawn() takes a Saga instance, got {type(saga).__name__}: "
+                             f"{saga!r:.100}")
+        cls = type(saga)
+        name = getattr(saga, "name", "") or cls.__name__
+        timeout = getattr(saga, "timeout", 5.0)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise SpawnError(f"saga {name!r}: timeout must be a positive number, got {timeout!r}")
+        try:
+            snapshot = saga.input_snapshot()
+            snapshot_json = json.dumps(snapshot, separators=(",", ":"))
+        except Exception as exc:
+            raise SpawnError(f"saga {name!r}: input_snapshot() failed or is not JSON: "
+                             f"{type(exc).__name__}: {exc}") from exc
+        cid = self._class_ids.get(cls)
+        if cid is None:
+            cid = self._register_class(cls)
+        state: tuple[int, bytes]
+        plain = (hasattr(saga, "__dict__") and not hasattr(cls, "__slots__")
+                 and getattr(cls, "__getstate__", None) is _OBJECT_GETSTATE
+                 and cls.__reduce_ex__ is object.__reduce_ex__)
+        try:
+            if plain:
+                state = (W.STATE_DICT, pickle.dumps(saga.__dict__, protocol=5))
+            else:
+                state = (W.STATE_DILL, dill.dumps(saga, recurse=True))
+        except Exception as exc:
+            try:
+                state = (W.STATE_DILL, dill.dumps(saga, recurse=True))
+            except Exception:
+                raise SpawnError(f"saga {name!r} cannot be pickled for a worker: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+        has_comp = cls.compensate is not Saga.compensate
+        return (cid, state, name, float(timeout), snapshot_json, frozenset(cls.listens_to),
+                has_comp)
+
+    def _register_class(self, cls: type) -> int:
+        with self._lock:
+            cid = self._class_ids.get(cls)
+            if cid is not None:
+                return cid
+            try:
+                blob = dill.dumps(cls, recurse=True)
+            except Exception as exc:
+                raise SpawnError(f"saga class {cls.__qualname__} cannot be pickled for a "
+                                 f"worker: {type(exc).__name__}: {exc}") from exc
+            cid = len(self._class_blobs) + 1
+            self._class_blobs[cid] = blob
+            self._class_ids[cls] = cid
+            return cid
+
+    def wait(self, saga_id: int, timeout: float | None = None) -> Outcome:
+        """Block until `saga_id` has its terminal outcome (from any thread)."""
+        if isinstance(saga_id, bool) or not isinstance(saga_id, int):
+            raise TypeError(f"saga id must be an int, got {type(saga_id).__name__}: {saga_id!r}")
+        fut: _Future | None = None
+        with self._lock:
+            out = self._outcomes.get(saga_id)
+            if out is not None:
+                return out
+            if saga_id in self._pending:
+                fut = _Future()
+                self._waiters.setdefault(saga_id, []).append(fut)
+        if fut is not None:
+            if self._crash is not None:
+                raise SupervisorCrashedError(self._crash)
+            try:
+                return fut.result(timeout)  # type: ignore[no-any-return]
+            except TimeoutError:
+                raise TimeoutError(f"saga {saga_id} did not end within {timeout}s") from None
+        found = self._outcome_from_log(saga_id)
+        if found is None:
+            raise ValueError(f"unknown saga id {saga_id}: not spawned here and not in the log")
+        return found
+
+    def _outcome_from_log(self, saga_id: int) -> Outcome | None:
+        if not self.db_path.exists():
+            return None
+        conn = open_readonly(self.db_path)
+        try:
+            rows = conn.execute("SELECT state, failure_reason FROM saga WHERE saga_id = ?",
+                                (saga_id,)).fetchall()
+        finally:
+            conn.close()
+        if not rows:
+            return None
+        state, reason = rows[0]
+        if state in ("running", "compensating"):
+            raise NotRunningError(f"saga {saga_id} is {state} in the log but not in flight in "
+                                  "this supervisor")
+        return Outcome(saga_id, state, reason)
+
+    def cancel(self, saga_id: int, reason: str = "cancelled", timeout: float = 10.0) -> bool:
+        """Fail `saga_id` with `reason` if it is still in flight.  True if this
+        call decided its terminal, False if it had already ended."""
+        if isinstance(saga_id, bool) or not isinstance(saga_id, int):
+            raise TypeError(f"saga id must be an int, got {type(saga_id).__name__}: {saga_id!r}")
+        if not isinstance(reason, str):
+            raise TypeError(f"reason must be a str, got {type(reason).__name__}")
+        if self._state != "running":
+            raise NotRunningError(f"cannot cancel: the supervisor is {self._state}")
+        assert self._shared is not None
+        if saga_id <= 0 or saga_id >= self._shared.peek_next_id():
+            raise ValueError(f"unknown saga id {saga_id}: never allocated")
+        fut = _Future()
+        self._post(("cancel", saga_id, reason, fut))
+        return bool(fut.result(timeout))
+
+    def publish(self, event: Event) -> None:
+        """Put a domain event on the bus (from any thread): offered to sagas
+        listening to its kind and to triggers."""
+        if not isinstance(event, Event):
+            raise TypeError(f"publish() takes an Event, got {type(event).__name__}")
+        if self._state != "running":
+            raise NotRunningError(f"cannot publish: the supervisor is {self._state}")
+        self._post(("publish", event))
+
+    def subscribe(self) -> Subscription:
+        """Receive every bus event from now on (lifecycle and domain)."""
+        sub = Subscription(self)
+        with self._lock:
+            self._subs = self._subs + [sub]
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            self._subs = [s for s in self._subs if s is not sub]
+
+    def add_trigger(self, saga_factory: Callable[[Event], Saga],
+                    predicate: Callable[[Event], bool]) -> None:
+        """Spawn ``saga_factory(event)`` for every bus event matching
+        `predicate`; an in-flight saga of the same kind is evicted first."""
+        if not callable(saga_factory) or not callable(predicate):
+            raise TypeError("add_trigger(saga_factory, predicate) takes two callables")
+        self._post(("trigger", saga_factory, predicate)) if self._state == "running" \
+            else self._triggers.append((saga_factory, predicate))
+
+    def register_handler(self, target: Target, fn: Handler) -> None:
+        """Handle LAUNCHER_SELF or SRV commands in the supervisor:
+        ``fn(command, saga_id, step)`` returns the echo's data (or raises)."""
+        if target not in (Target.LAUNCHER_SELF, Target.SRV):
+            raise ValueError(f"handlers are for LAUNCHER_SELF or SRV, not {target!r}")
+        if not callable(fn):
+            raise TypeError("handler must be callable")
+        self._handlers = {**self._handlers, Target(target): fn}
+
+    def stop(self, drain: bool = False, timeout: float = 5.0) -> None:
+        """Stop: with `drain`, let sagas in flight finish for up to `timeout`
+        seconds; then fail the rest with "supervisor stopped".  Closes the log,
+        stops workers and host, unlinks the shared segment.  Idempotent."""
+        if self._state in ("new", "stopped"):
+            self._state = "stopped"
+            return
+        if self._state == "running":
+            self._state = "stopping"
+            self._post(("stop", drain, timeout))
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout + 30)
+            if self._thread.is_alive():  # pragma: no cover - loop wedged in user code
+                log.error("supervisor loop did not stop in time; tearing down anyway")
+        if self._thread is None or not self._thread.is_alive():
+            self._teardown()
+        self._state = "stopped"
+
+    def in_flight(self) -> int:
+        return len(self._live)
+
+    def health(self) -> dict[str, Any]:
+        """A snapshot of the supervisor's processes and counters."""
+        from supervisor.health import snapshot
+
+        return snapshot(self)
+
+    # ------------------------------------------------------------- plumbing
+
+    def _post(self, item: tuple[Any, ...]) -> None:
+        self._inbox.append(item)
+        if self._sleeping:
+            try:
+                os.write(self._wake_w, b"x")
+            except (BlockingIOError, OSError):
+                pass
+
+    def _start_worker(self, index: int) -> _Worker:
+        assert self._shared is not None and self._sel is not None
+        in_r, in_w = self._mp.Pipe(duplex=False)
+        out_r, out_w = self._mp.Pipe(duplex=False)
+        proc = self._mp.Process(target=W.worker_main, name=f"saga-worker-{index}",
+                                args=(index, self._shared.name, in_r, out_w), daemon=True)
+        proc.start()
+        in_r.close()
+        out_w.close()
+        wfd = os.dup(in_w.fileno())
+        rfd = os.dup(out_r.fileno())
+        in_w.close()
+        out_r.close()
+        os.set_blocking(wfd, False)
+        os.set_blocking(rfd, False)
+        w = _Worker(index, proc, wfd, rfd)
+        self._sel.register(rfd, selectors.EVENT_READ, ("worker", w))
+        self._sel.register(proc.sentinel, selectors.EVENT_READ, ("sentinel", w))
+        for cid in sorted(self._shipped):
+            w.msgs.append((W.CLS, cid, self._class_blobs[cid]))
+        return w
+
+    def _start_host(self) -> _Host:
+        assert self._sel is not None
+        if self.host_fds is not None:
+            wfd, rfd = self.host_fds
+            h = _Host(None, wfd, rfd)
+        else:
+            assert self.host_argv is not None
+            try:
+                proc = subprocess.Popen(self.host_argv, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, bufsize=0, close_fds=True)
+            except OSError as exc:
+                raise SupervisorError(f"cannot start the host {self.host_argv!r}: {exc}"
+                                      ) from exc
+            assert proc.stdin is not None and proc.stdout is not None
+            h = _Host(proc, proc.stdin.fileno(), proc.stdout.fileno())
+        os.set_blocking(h.wfd, False)
+        os.set_blocking(h.rfd, False)
+        self._sel.register(h.rfd, selectors.EVENT_READ, ("host", h))
+        return h
+
+    # ------------------------------------------------------------ the loop
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug in the loop: be loud, never hang callers
+            log.exception("supervisor loop crashed")
+            self._crash = exc
+            self._state = "stopping"
+            try:
+                self._fail_all(f"supervisor crashed: {type(exc).__name__}: {exc}")
+                self._commit_and_flush()
+            except BaseException:
+                log.exception("could not fail sagas after the crash")
+        finally:
+            self._teardown()
+            self._state = "stopped"
+            with self._lock:
+                waiters = self._waiters
+                self._waiters = {}
+                subs = self._subs
+            err = SupervisorCrashedError(self._crash) if self._crash else \
+                NotRunningError("the supervisor stopped before this saga ended")
+            for futs in waiters.values():
+                for f in futs:
+                    f.set(error=err)
+            for s in subs:
+                s._q.put(None)
+            while self._inbox:
+                item = self._inbox.popleft()
+                if item[0] == "cancel":
+                    item[3].set(False)
+
+    def _loop(self) -> None:
+        sel = self._sel
+        assert sel is not None
+        last_purge = time.monotonic()
+        stopping = False
+        while True:
+            timeout: float | None = None
+            if self._timers:
+                timeout = max(0.0, self._timers[0][0] - time.monotonic())
+            if self._drain_deadline is not None:
+                timeout = 0.05 if timeout is None else min(timeout, 0.05)
+            if timeout is None or timeout > 1.0:
+                timeout = 1.0
+            self._sleeping = True
+            if self._inbox:
+                timeout = 0.0
+            ready = sel.select(timeout)
+            self._sleeping = False
+            dead: list[_Worker] = []
+            for key, _mask in ready:
+                tag, obj = key.data
+                if tag == "worker":
+                    self._read_worker(obj)
+                elif tag == "host":
+                    self._read_host(obj)
+                elif tag == "sentinel":
+                    dead.append(obj)
+                elif tag == "hostw":
+                    self._write_host(obj)
+                elif tag == "workerw":
+                    self._write_worker(obj)
+                elif tag == "wake":
+                    try:
+                        while os.read(self._wake_r, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+            inbox = self._inbox
+            while inbox:
+                item = inbox.popleft()
+                kind = item[0]
+                if kind == "spawn":
+                    self._do_spawn(item[1], item[2], item[3])
+                elif kind == "cancel":
+                    self._do_cancel(item[1], item[2], item[3])
+                elif kind == "publish":
+                    self._emit.append(item[1])
+                elif kind == "trigger":
+                    self._triggers.append((item[1], item[2]))
+                elif kind == "stop":
+                    stopping = True
+                    drain, t = item[1], item[2]
+                    self._drain_deadline = time.monotonic() + (t if drain else 0.0)
+            for w in dead:
+                self._worker_died(w)
+            if self._timers and self._timers[0][0] <= time.monotonic():
+                self._expire()
+            if stopping and self._drain_deadline is not None and (
+                    not self._live or time.monotonic() >= self._drain_deadline):
+                self._fail_all(self._stop_reason)
+                self._commit_and_flush()
+                return
+            self._commit_and_flush()
+            if time.monotonic() - last_purge > 3600:
+                last_purge = time.monotonic()
+                assert self._log is not None
+                self._log.purge(self.retention_days)
+
+    # -- spawn / end ---------------------------------------------------------
+
+    def _do_spawn(self, sid: int, item: tuple[Any, ...], trigger_event: Event | None) -> None:
+        cid, state, name, timeout, snapshot_json, listens, has_comp = item
+        if cid not in self._shipped:
+            self._shipped.add(cid)
+            blob = self._class_blobs[cid]
+            for w in self._workers:
+                w.msgs.append((W.CLS, cid, blob))
+        now = time.time()
+        deadline = time.monotonic() + timeout
+        widx = sid % len(self._workers)
+        L = _Live(sid, name, widx, deadline, timeout, has_comp, listens)
+        self._live[sid] = L
+        kind_set = self._by_kind.get(name)
+        if kind_set is None:
+            self._by_kind[name] = {sid}
+        else:
+            kind_set.add(sid)
+        for k in listens:
+            self._listeners.setdefault(k, set()).add(sid)
+        heapq.heappush(self._timers, (deadline, sid))
+        self._batch.sagas.append((sid, name, now, snapshot_json))
+        w = self._workers[widx]
+        w.count += 1
+        w.msgs.append((W.START, sid, cid, state, name))
+        if trigger_event is not None:
+            L.may_defer = True
+            w.msgs.append(self._event_msg(L, trigger_event))
+        self._emit.append(Event(SAGA_STARTED, {"name": name}, sid))
+        self.stats["spawned"] += 1
+
+    def _end(self, L: _Live, state: str, reason: str | None) -> None:
+        sid = L.sid
+        self._batch.saga_ends.append((state, time.time(), reason, sid))
+        del self._live[sid]
+        ks = self._by_kind.get(L.name)
+        if ks is not None:
+            ks.discard(sid)
+            if not ks:
+                del self._by_kind[L.name]
+        for k in L.listens:
+            ls = self._listeners.get(k)
+            if ls is not None:
+                ls.discard(sid)
+        w = self._workers[L.worker]
+        w.count -= 1
+        if state != "completed":
+            w.msgs.append((W.DROP, sid))
+            self.stats["failed"] += 1
+            data = {"name": L.name, "reason": reason, "state": state}
+            self._emit.append(Event(SAGA_FAILED, data, sid))
+        else:
+            self.stats["completed"] += 1
+            self._emit.append(Event(SAGA_COMPLETED, {"name": L.name}, sid))
+        self._ended.append(Outcome(sid, state, reason))
+
+    def _fail(self, L: _Live, reason: str, claimed: bool = False,
+              consumed: bytes | str | None = None) -> bool:
+        """Fail a saga; unless `claimed` (a worker won already), take the claim
+        first and do nothing if we lose it."""
+        assert self._shared is not None
+        if not claimed and not self._shared.claim(L.sid):
+            return False
+        now = time.time()
+        if L.open_step:
+            out = consumed if consumed is None or isinstance(consumed, str) else \
+                consumed.decode("utf-8", "replace")
+            self._batch.step_ends.append(("failed", now, out, reason, L.sid, L.open_step))
+            L.open_step = 0
+        if L.succeeded and self._state == "running":
+            L.phase = COMPENSATING
+            L.fail_reason = reason
+            self._batch.saga_states.append(("compensating", L.sid))
+            L.deadline = time.monotonic() + L.timeout
+            heapq.heappush(self._timers, (L.deadline, L.sid))
+            self._workers[L.worker].msgs.append((W.COMP, L.sid, list(reversed(L.succeeded))))
+            return True
+        self._end(L, "failed", reason)
+        return True
+
+    def _fail_all(self, reason: str) -> None:
+        assert self._shared is not None
+        for L in list(self._live.values()):
+            if L.phase == COMPENSATING:
+                self._end(L, "failed_compensation", f"{L.fail_reason}; compensation "
+                          f"interrupted: {reason}")
+            elif not self._fail(L, reason):
+                # claimed elsewhere (a worker) but not reported: the claim holder
+                # is still working or gone; the log must still get an outcome
+                self._end(L, "failed", f"{reason} (terminal claimed but not reported)")
+
+    def _do_cancel(self, sid: int, reason: str, fut: _Future) -> None:
+        L = self._live.get(sid)
+        if L is None or L.phase != RUNNING:
+            fut.set(False)
+            return
+        fut.set(self._fail(L, f"cancelled: {reason}"))
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        timers = self._timers
+        live = self._live
+        while timers and timers[0][0] <= now:
+            deadline, sid = heapq.heappop(timers)
+            L = live.get(sid)
+            if L is None or L.deadline != deadline:
+                continue  # ended already, or re-armed for compensation
+            if L.phase == COMPENSATING:
+                self._end(L, "failed_compensation",
+                          f"{L.fail_reason}; compensation timeout")
+            else:
+                self._fail(L, "saga timeout")
+
+    # -- worker replies ---------------------------------------------------------
+
+    def _read_worker(self, w: _Worker) -> None:
+        try:
+            while True:
+                data = os.read(w.rfd, 1 << 20)
+                if not data:
+                    return  # EOF: the sentinel reports the death
+                for body in w.reader.feed(data):
+                    self._apply(pickle.loads(body))
+                if len(data) < (1 << 20):
+                    return
+        except BlockingIOError:
+            return
+
+    def _apply(self, replies: list[Any]) -> None:
+        live = self._live
+        shared = self._shared
+        assert shared is not None
+        batch = self._batch
+        for r in replies:
+            op = r[0]
+            if op == W.ACT:
+                sid, code, arg, consumed = r[1], r[2], r[3], r[4]
+                L = live.get(sid)
+                if L is None:
+                    continue
+                if code == W.A_CMD:
+                    if L.phase != RUNNING or shared.is_claimed(sid):
+                        continue  # no work after the end
+                    now = time.time()
+                    if consumed is not None and L.open_step:
+                        self._close_step(L, consumed, now)
+                    target, cmd_json, step_name = arg
+                    step = L.next_step
+                    L.next_step = step + 1
+                    L.open_step = step
+                    batch.steps.append((sid, step, step_name, cmd_json,
+                                        _TARGET_NAMES[target], now))
+                    if target == 1:
+                        self._host_out.append((sid, step, cmd_json))
+                    else:
+                        self._local_out.append((sid, step, target, cmd_json))
+                elif code == W.A_DONE:
+                    if consumed is not None and L.open_step:
+                        self._close_step(L, consumed, time.time())
+                    self._end(L, "completed", None)
+                elif code == W.A_FAILED:
+                    self._fail(L, arg, claimed=True, consumed=consumed)
+            elif op == W.COMPS:
+                L = live.get(r[1])
+                if L is None or L.phase != COMPENSATING:
+                    continue
+                L.comp_queue = list(r[2])
+                if r[3]:
+                    L.comp_failed = r[3]
+                self._next_compensation(L)
+
+    def _close_step(self, L: _Live, consumed: bytes | str, now: float) -> None:
+        out = consumed if isinstance(consumed, str) else consumed.decode("utf-8", "replace")
+        self._batch.step_ends.append(("succeeded", now, out, None, L.sid, L.open_step))
+        if L.succeeded is not None:
+            L.succeeded.append((L.open_step, 0, ""))
+        L.open_step = 0
+
+    # -- compensation -------------------------------------------------------
+
+    def _next_compensation(self, L: _Live) -> None:
+        while L.comp_queue and L.comp_failed is None:
+            orig, target, cmd_json = L.comp_queue.pop(0)
+            if target is None or cmd_json is None:
+                self._batch.step_comps.append(("compensated", None, L.sid, orig))
+                continue
+            step = L.next_step
+            L.next_step += 1
+            L.comp_wait = (orig, step)
+            self._batch.step_comps.append(
+                ("succeeded", json.dumps({"step": step, "target": _TARGET_NAMES[target],
+                                          "cmd": json.loads(cmd_json)}), L.sid, orig))
+            if target == 1:
+                self._host_out.append((L.sid, step, cmd_json))
+            else:
+                self._local_out.append((L.sid, step, target, cmd_json))
+            return
+        L.comp_wait = None
+        if L.comp_failed is not None:
+            self._end(L, "failed_compensation", f"{L.fail_reason}; compensation failed: "
+                      f"{L.comp_failed}")
+        else:
+            self._end(L, "failed", L.fail_reason)
+
+    def _comp_answer(self, L: _Live, step: int, failed: str | None) -> None:
+        if L.comp_wait is None or L.comp_wait[1] != step:
+            self._count_unknown(L.sid, step, "stale compensation answer")
+            return
+        orig = L.comp_wait[0]
+        L.comp_wait = None
+        if failed is None:
+            self._batch.step_comps.append(("compensated", None, L.sid, orig))
+        else:
+            L.comp_failed = f"step {orig}: {failed}"
+            L.comp_queue = []
+        self._next_compensation(L)
+
+    # -- host -------------------------------------------------------------------
+
+    def _read_host(self, h: _Host) -> None:
+        eof = False
+        try:
+            while True:
+                data = os.read(h.rfd, _HOST_READ)
+                if not data:
+                    eof = True
+                    break
+                try:
+                    bodies = h.reader.feed(data)
+                except frames.FrameError as exc:
+                    h.bad_frames += 1
+                    self.stats["bad_frames"] += 1
+                    log.error("host sent an unreadable stream (%s): closing the host pipe", exc)
+                    self._host_died(h, f"host pipe broken: {exc}")
+                    return
+                for body in bodies:
+                    self._host_frame(h, body)
+                if len(data) < _HOST_READ:
+                    break
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            self._host_died(h, f"host pipe read failed: {exc}")
+            return
+        if eof:
+            status = h.proc.poll() if h.proc is not None else None
+            if h.proc is not None and status is None:
+                try:
+                    status = h.proc.wait(1.0)
+                except subprocess.TimeoutExpired:
+                    status = None
+            self._host_died(h, f"host exited (status {status})")
+
+    def _host_frame(self, h: _Host, body: bytes) -> None:
+        h.frames_in += 1
+        try:
+            kind, sid, step, payload = frames.parse_host(body)
+        except frames.FrameError as exc:
+            h.bad_frames += 1
+            self.stats["bad_frames"] += 1
+            log.warning("bad host frame (%d so far): %s", h.bad_frames, exc)
+            return
+        if sid == 0:
+            if kind != frames.T_EVENT:
+                h.bad_frames += 1
+                self.stats["bad_frames"] += 1
+                return
+            try:
+                obj = frames.decode_json_object(payload, "host event")
+            except frames.FrameError as exc:
+                h.bad_frames += 1
+                self.stats["bad_frames"] += 1
+                log.warning("bad host frame: %s", exc)
+                return
+            self._emit.append(Event(str(obj.get("kind", "host")), obj.get("data")))
+            return
+        L = self._live.get(sid)
+        if L is None or step <= 0 or step >= L.next_step:
+            self._count_unknown(sid, step, "no such saga/step in flight")
+            return
+        if kind == frames.T_EVENT:
+            if L.phase == COMPENSATING:
+                self._comp_answer(L, step, None)
+                return
+            if step != L.open_step:
+                L.may_defer = True
+            self._workers[L.worker].msgs.append(
+                (W.EVENT, sid, None, payload, True, sid, step, 0, L.sent))
+        elif kind == frames.T_ACTION_FAILED:
+            try:
+                reason = str(frames.decode_json_object(payload, "action failed").get("reason"))
+            except frames.FrameError as exc:
+                reason = f"(unreadable reason: {exc})"
+            if L.phase == COMPENSATING:
+                self._comp_answer(L, step, reason)
+                return
+            if step != L.open_step:
+                self._count_unknown(sid, step, "action failed for a step that is not open")
+                return
+            self._emit.append(Event(SAGA_ACTION_FAILED, {"name": L.name, "reason": reason},
+                                    sid, step))
+            self._fail(L, f"action failed: {reason}")
+        else:
+            h.bad_frames += 1
+            self.stats["bad_frames"] += 1
+
+    def _count_unknown(self, sid: int, step: int, why: str) -> None:
+        self.stats["unknown_echo"] += 1
+        if self._host is not None:
+            self._host.unknown += 1
+        log.warning("host answer for saga %d step %d ignored: %s", sid, step, why)
+
+    def _host_died(self, h: _Host, why: str) -> None:
+        if not h.alive:
+            return
+        h.alive = False
+        h.death = why
+        log.error("%s; sagas waiting on the host fail", why)
+        assert self._sel is not None
+        for fd in (h.rfd, h.wfd):
+            try:
+                self._sel.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+        for L in list(self._live.values()):
+            if L.open_step or L.comp_wait is not None:
+                if L.phase == COMPENSATING:
+                    L.comp_failed = why
+                    L.comp_queue = []
+                    L.comp_wait = None
+                    self._next_compensation(L)
+                else:
+                    self._fail(L, why)
+
+    def _write_host(self, h: _Host) -> None:
+        assert self._sel is not None
+        try:
+            while h.outbuf:
+                n = os.write(h.wfd, h.outbuf)
+                del h.outbuf[:n]
+        except BlockingIOError:
+            if not h.want_write:
+                h.want_write = True
+                self._sel.register(h.wfd, selectors.EVENT_WRITE, ("hostw", h))
+            return
+        except OSError as exc:
+            h.outbuf.clear()
+            self._host_died(h, f"host pipe send failed: {exc}")
+            return
+        if h.want_write:
+            h.want_write = False
+            self._sel.unregister(h.wfd)
+
+    def _write_worker(self, w: _Worker) -> None:
+        assert self._sel is not None
+        try:
+            while w.outbuf:
+                n = os.write(w.wfd, w.outbuf)
+                del w.outbuf[:n]
+        except BlockingIOError:
+            if not w.want_write:
+                w.want_write = True
+                self._sel.register(w.wfd, selectors.EVENT_WRITE, ("workerw", w))
+            return
+        except OSError:
+            w.outbuf.clear()  # the worker is dead: its sentinel reports it
+            return
+        if w.want_write:
+            w.want_write = False
+            self._sel.unregister(w.wfd)
+
+    # -- commit and flush ---------------------------------------------------------
+
+    def _commit_and_flush(self) -> None:
+        batch = self._batch
+        if batch:
+            assert self._log is not None
+            self._batch = Batch()
+            self._log.commit(batch)  # write-ahead of everything below
+            self.stats["commits"] += 1
+            self.stats["rows"] += batch.rows()
+        host_out, self._host_out = self._host_out, []
+        local_out, self._local_out = self._local_out, []
+        emit, self._emit = self._emit, []
+        ended, self._ended = self._ended, []
+        if host_out:
+            self._dispatch_host(host_out)
+        if local_out:
+            self._dispatch_local(local_out)
+        if ended:
+            self._resolve(ended)
+        if emit:
+            self._publish(emit)
+        for w in self._workers:
+            if w.msgs and w.alive:
+                w.outbuf += frames.frame(pickle.dumps(w.msgs, protocol=5))
+                w.msgs = []
+                if not w.want_write:
+                    self._write_worker(w)
+            elif w.msgs:
+                w.msgs = []
+
+    def _dispatch_host(self, out: list[tuple[int, int, str]]) -> None:
+        h = self._host
+        live = self._live
+        shared = self._shared
+        assert shared is not None
+        if h is None or not h.alive:
+            why = "host pipe send failed: no host is configured" if h is None else \
+                f"host pipe send failed: {h.death}"
+            for sid, step, _cmd in out:
+                L = live.get(sid)
+                if L is None:
+                    continue
+                if L.phase == COMPENSATING:
+                    self._comp_answer(L, step, why)
+                elif L.open_step == step:
+                    self._fail(L, why)
+            return
+        buf = h.outbuf
+        frame = frames.host_frame
+        sent = 0
+        for sid, step, cmd_json in out:
+            L = live.get(sid)
+            if L is None:
+                continue
+            if L.phase == RUNNING:
+                if shared.is_claimed(sid):
+                    continue  # claimed since it was issued: never send after the end
+                L.sent += 1
+                if L.may_defer:
+                    self._workers[L.worker].msgs.append((W.SENT, sid, L.sent))
+            buf += frame(frames.T_CMD, sid, step, cmd_json.encode())
+            sent += 1
+        h.frames_out += sent
+        if not h.want_write:
+            self._write_host(h)
+
+    def _dispatch_local(self, out: list[tuple[int, int, int, str]]) -> None:
+        assert self._shared is not None
+        for sid, step, target, cmd_json in out:
+            L = self._live.get(sid)
+            if L is None:
+                continue
+            if L.phase == RUNNING and self._shared.is_claimed(sid):
+                continue
+            handler = self._handlers.get(Target(target))
+            result: Any = None
+            if handler is not None:
+                try:
+                    result = handler(json.loads(cmd_json), sid, step)
+                    payload = json.dumps({"kind": "echo", "data": result}).encode()
+                except Exception as exc:
+                    why = f"{Target(target).name} handler raised {type(exc).__name__}: {exc}"
+                    if L.phase == COMPENSATING:
+                        self._comp_answer(L, step, why)
+                    else:
+                        self._fail(L, why)
+                    continue
+            else:
+                payload = b'{"kind":"echo","data":null}'
+            if L.phase == COMPENSATING:
+                self._comp_answer(L, step, None)
+                continue
+            L.sent += 1
+            self._workers[L.worker].msgs.append(
+                (W.EVENT, sid, None, payload, True, sid, step, 0, L.sent))
+
+    def _resolve(self, ended: list[Outcome]) -> None:
+        with self._lock:
+            outcomes = self._outcomes
+            order = self._outcome_order
+            pending = self._pending
+            waiters = self._waiters
+            for o in ended:
+                sid = o.saga_id
+                pending.discard(sid)
+                outcomes[sid] = o
+                order.append(sid)
+                futs = waiters.pop(sid, None) if waiters else None
+                if futs:
+                    for f in futs:
+                        f.set(o)
+            while len(order) > _OUTCOMES_KEPT:
+                outcomes.pop(order.popleft(), None)
+
+    def _publish(self, events: list[Event]) -> None:
+        subs = self._subs
+        triggers = self._triggers
+        listeners = self._listeners
+        for ev in events:
+            self._version += 1
+            ev = Event(ev.kind, ev.data, ev.saga_id, ev.step, self._version)
+            for s in subs:
+                s._q.put(ev)
+            ids = listeners.get(ev.kind)
+            if ids:
+                for sid in ids:
+                    L = self._live.get(sid)
+                    if L is not None and L.phase == RUNNING and sid != ev.saga_id:
+                        L.may_defer = True
+                        self._workers[L.worker].msgs.append(self._event_msg(L, ev))
+            if triggers and self._state == "running":
+                self._run_triggers(ev)
+
+    def _event_msg(self, L: _Live, ev: Event) -> tuple[Any, ...]:
+        return (W.EVENT, L.sid, ev.kind, ev.data, False, ev.saga_id, ev.step, ev.version, L.sent)
+
+    def _run_triggers(self, ev: Event) -> None:
+        assert self._shared is not None
+        for factory, predicate in self._triggers:
+            try:
+                if not predicate(ev):
+                    continue
+                saga = factory(ev)
+                item = self._prepare(saga)
+            except Exception:
+                self.stats["trigger_errors"] += 1
+                log.exception("trigger failed on %s event v%d", ev.kind, ev.version)
+                continue
+            sid = self._shared.acquire()
+            name = item[2]
+            for old in list(self._by_kind.get(name, ())):
+                L = self._live.get(old)
+                if L is not None and L.phase == RUNNING:
+                    self._fail(L, f"evicted: replaced by saga {sid} on {ev.kind} "
+                               f"v{ev.version}")
+            with self._lock:
+                self._pending.add(sid)
+            self._do_spawn(sid, item, ev)
+
+    # -- worker death ---------------------------------------------------------------
+
+    def _worker_died(self, w: _Worker) -> None:
+        assert self._sel is not None
+        self._read_worker(w)  # replies written before death still count
+        w.alive = False
+        for fd in (w.rfd, w.proc.sentinel) + ((w.wfd,) if w.want_write else ()):
+            try:
+                self._sel.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+        w.proc.join(1.0)
+        code = w.proc.exitcode
+        why = f"worker crashed (exit code {code})"
+        if self._state == "running":
+            log.error("worker %d died (exit code %s)", w.index, code)
+        for fd in (w.rfd, w.wfd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        for L in [x for x in self._live.values() if x.worker == w.index]:
+            if L.phase == COMPENSATING:
+                L.comp_failed = why
+                L.comp_queue = []
+                L.comp_wait = None
+                self._next_compensation(L)
+            elif not self._fail(L, why):
+                self._end(L, "failed", f"{why} after claiming the terminal; outcome lost")
+        if self._state != "running":
+            return
+        now = time.monotonic()
+        self._restarts.append(now)
+        while self._restarts and now - self._restarts[0] > self.restart_period:
+            self._restarts.popleft()
+        if len(self._restarts) > self.max_restarts:
+            err = RestartIntensityError(
+                f"{len(self._restarts)} worker restarts within {self.restart_period}s "
+                f"(max_restarts={self.max_restarts}): stopping the supervisor")
+            log.error("%s", err)
+            self._crash = err
+            self._state = "stopping"
+            self._stop_reason = "supervisor stopped: restart intensity exceeded"
+            self._drain_deadline = now
+            self._inbox.append(("stop", False, 0.0))
+            return
+        self.stats["worker_restarts"] += 1
+        self._workers[w.index] = self._start_worker(w.index)
+
+    # -- teardown -------------------------------------------------------------------
+
+    def _teardown(self) -> None:
+        """Stop workers and host, close the log, unlink the segment.  Safe to
+        call on a half-started supervisor and more than once."""
+        for w in self._workers:
+            if w.alive:
+                try:
+                    os.write(w.wfd, frames.frame(pickle.dumps([(W.STOP,)])))
+                except OSError:
+                    pass
+            for fd in (w.wfd, w.rfd):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            w.alive = False
+        deadline = time.monotonic() + 5.0
+        for w in self._workers:
+            w.proc.join(max(0.0, deadline - time.monotonic()))
+            if w.proc.exitcode is None:
+                w.proc.terminate()
+                w.proc.join(2.0)
+            if w.proc.exitcode is None:
+                w.proc.kill()
+                w.proc.join(2.0)
+        self._workers = []
+        h = self._host
+        if h is not None and h.proc is not None:
+            for f in (h.proc.stdin, h.proc.stdout):
+                try:
+                    if f is not None:
+                        f.close()
+                except OSError:
+                    pass
+            try:
+                h.proc.wait(5.0)
+            except subprocess.TimeoutExpired:
+                h.proc.send_signal(signal.SIGTERM)
+                try:
+                    h.proc.wait(2.0)
+                except subprocess.TimeoutExpired:
+                    h.proc.kill()
+                    h.proc.wait(2.0)
+        self._host = None
+        if self._sel is not None:
+            self._sel.close()
+            self._sel = None
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._wake_r = self._wake_w = -1
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._shared is not None:
+            self._shared.close()
+            self._shared.unlink()
+            # keep the handle for shm_name in messages; it is closed now
+

@@ -1,0 +1,198 @@
+"""The reference host: ``python -m supervisor.host``.
+
+Reads host-protocol frames (see :mod:`supervisor.frames` and
+``docs/host-protocol.md``) on stdin, writes answers on stdout.  Commands are
+JSON objects with an ``op``:
+
+* ``{"op": "echo", ...}`` — answers at once, kind ``echo``, data = the other fields
+* ``{"op": "sleep", "seconds": S}`` — kind ``echo`` after S seconds (overlapping)
+* ``{"op": "fail", "reason": R}`` — reports the action failed
+* ``{"op": "run", "argv": [...]}`` — starts a child: kind ``started`` (pid),
+  later kind ``exited`` (pid, status)
+* ``{"op": "stop", "pid": P}`` — SIGTERM to a child it started; kind ``echo``
+* ``{"op": "publish", "kind": K, "data": D}`` — echo, plus an event addressed to
+  no saga (a domain event for the supervisor's bus)
+
+Fault-injection ops for tests (real faults of a real host process):
+``garbage`` (a frame with a bad version, then the echo), ``unknown_saga`` (an
+echo for a saga id that does not exist, then the real echo), ``die`` (exit at
+once with status 3).
+
+Every answer carries the command's saga id and step.  Re-issued commands
+(same saga id and step, after a supervisor restart) are answered again: this
+host keeps no state between commands, which makes it idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+from supervisor.frames import (
+    T_ACTION_FAILED,
+    T_CMD,
+    T_EVENT,
+    FrameError,
+    FrameReader,
+    host_frame,
+    parse_host,
+)
+
+
+class ReferenceHost:
+    def __init__(self, out_fd: int) -> None:
+        self._out_fd = out_fd
+        self._out = bytearray()
+        self._flush_scheduled = False
+        self._children: dict[int, asyncio.subprocess.Process] = {}
+        self._loop = asyncio.get_running_loop()
+        self.bad_frames = 0
+
+    # -- output -------------------------------------------------------------
+
+    def _send(self, kind: int, saga_id: int, step: int, payload: dict[str, Any]) -> None:
+        self._out += host_frame(kind, saga_id, step, json.dumps(payload).encode())
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        data = bytes(self._out)
+        self._out.clear()
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self._out_fd, view)
+            except BrokenPipeError:
+                os._exit(0)  # the supervisor is gone: nothing left to answer
+            view = view[n:]
+
+    def event(self, saga_id: int, step: int, kind: str, data: Any) -> None:
+        self._send(T_EVENT, saga_id, step, {"kind": kind, "data": data})
+
+    def failed(self, saga_id: int, step: int, reason: str) -> None:
+        self._send(T_ACTION_FAILED, saga_id, step, {"reason": reason})
+
+    # -- commands -----------------------------------------------------------
+
+    def handle(self, body: bytes) -> None:
+        try:
+            kind, saga_id, step, payload = parse_host(body)
+            if kind != T_CMD:
+                raise FrameError(f"host got frame type {kind}, expected a command", False)
+            cmd = json.loads(payload)
+        except (FrameError, ValueError) as exc:
+            self.bad_frames += 1
+            print(f"reference host: bad frame: {exc}", file=sys.stderr)
+            return
+        if not isinstance(cmd, dict):
+            self.failed(saga_id, step, f"command must be a JSON object, got {cmd!r}")
+            return
+        op = cmd.get("op")
+        rest = {k: v for k, v in cmd.items() if k != "op"}
+        if op == "echo":
+            self.event(saga_id, step, "echo", rest)
+        elif op == "sleep":
+            seconds = cmd.get("seconds", 0)
+            if not isinstance(seconds, (int, float)) or seconds < 0:
+                self.failed(saga_id, step, f"sleep needs seconds >= 0, got {seconds!r}")
+                return
+            self._loop.call_later(seconds, self.event, saga_id, step, "echo", rest)
+        elif op == "fail":
+            self.failed(saga_id, step, str(cmd.get("reason", "failed on request")))
+        elif op == "run":
+            self._loop.create_task(self._run(saga_id, step, cmd.get("argv")))
+        elif op == "stop":
+            self._stop(saga_id, step, cmd.get("pid"))
+        elif op == "publish":
+            self.event(0, 0, str(cmd.get("kind", "published")), cmd.get("data"))
+            self.event(saga_id, step, "echo", rest)
+        elif op == "garbage":
+            self._out += b"\x00\x00\x00\x05\x09garb"  # well-framed, bad version
+            self.event(saga_id, step, "echo", rest)
+        elif op == "unknown_saga":
+            self.event(saga_id + 1_000_000_000, step, "echo", rest)
+            self.event(saga_id, step, "echo", rest)
+        elif op == "die":
+            self._flush()
+            os._exit(3)
+        else:
+            self.failed(saga_id, step, f"unknown op {op!r}")
+
+    async def _run(self, saga_id: int, step: int, argv: Any) -> None:
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            self.failed(saga_id, step, f"run needs a non-empty argv list of str, got {argv!r}")
+            return
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL
+            )
+        except OSError as exc:
+            self.failed(saga_id, step, f"cannot start {argv[0]!r}: {exc}")
+            return
+        self._children[proc.pid] = proc
+        self.event(saga_id, step, "started", {"pid": proc.pid})
+        status = await proc.wait()
+        self._children.pop(proc.pid, None)
+        self.event(saga_id, step, "exited", {"pid": proc.pid, "status": status})
+
+    def _stop(self, saga_id: int, step: int, pid: Any) -> None:
+        proc = self._children.get(pid) if isinstance(pid, int) else None
+        if proc is None:
+            self.failed(saga_id, step, f"no child with pid {pid!r} was started by this host")
+            return
+        proc.send_signal(signal.SIGTERM)
+        self.event(saga_id, step, "echo", {"pid": pid, "signal": "SIGTERM"})
+
+    def close(self) -> None:
+        for proc in list(self._children.values()):
+            try:
+                proc.kill()
+            except ProcessLookupError:
+                pass
+
+
+async def _main(in_fd: int, out_fd: int) -> int:
+    loop = asyncio.get_running_loop()
+    host = ReferenceHost(out_fd)
+    reader = FrameReader()
+    done = loop.create_future()
+
+    class _Proto(asyncio.Protocol):
+        def data_received(self, data: bytes) -> None:
+            try:
+                bodies = reader.feed(data)
+            except FrameError as exc:
+                print(f"reference host: {exc}; closing", file=sys.stderr)
+                if not done.done():
+                    done.set_result(2)
+                return
+            for body in bodies:
+                host.handle(body)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if not done.done():
+                done.set_result(0)
+
+    stdin = os.fdopen(in_fd, "rb", buffering=0, closefd=False)
+    transport, _ = await loop.connect_read_pipe(_Proto, stdin)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: done.done() or done.set_result(0))
+    try:
+        return int(await done)
+    finally:
+        transport.close()
+        host.close()
+
+
+def main() -> None:
+    sys.exit(asyncio.run(_main(sys.stdin.fileno(), sys.stdout.fileno())))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""The durable saga log: one apsw SQLite file, ``<data_dir>/db/sagas.db``.
+
+Only the supervisor process writes it, from its loop thread, in *group
+commits*: the loop collects the rows of a whole turn in a :class:`Batch` and
+writes them in one transaction, before anything of that turn becomes visible
+(host commands, bus events).  WAL journal; ``durability`` picks
+``synchronous=NORMAL`` (default: survives a process crash, may lose the last
+commits on power loss) or ``FULL`` (fsync per commit).
+
+Schema (version 1, migrated through ``pragma user_version``): the ``saga`` and
+``saga_step`` tables of DESIGN.md, plus ``compensation_json`` on steps.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from supervisor.errors import SupervisorError
+
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE saga (
+        saga_id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN
+            ('running', 'completed', 'failed', 'compensating', 'failed_compensation')),
+        started_at REAL NOT NULL,
+        ended_at REAL,
+        input_json TEXT,
+        failure_reason TEXT
+    );
+    CREATE INDEX saga_state ON saga(state);
+    CREATE INDEX saga_ended ON saga(ended_at) WHERE ended_at IS NOT NULL;
+    CREATE TABLE saga_step (
+        saga_id INTEGER NOT NULL,
+        step_index INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'succeeded', 'failed', 'compensated')),
+        cmd_json TEXT,
+        target TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        ended_at REAL,
+        output_json TEXT,
+        failure_reason TEXT,
+        compensation_json TEXT,
+        PRIMARY KEY (saga_id, step_index)
+    ) WITHOUT ROWID;
+    """,
+}
+
+DURABILITY = {"normal": "NORMAL", "full": "FULL"}
+
+
+class LogError(SupervisorError):
+    """The saga log cannot be used; the message names the file."""
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        self.path = str(path)
+        super().__init__(f"saga log {self.path}: {problem}")
+
+
+class LogCorruptError(LogError):
+    """The database file is damaged or not a SQLite database.  It is never
+    recreated silently: move it aside (keep it for inspection) and restart."""
+
+
+class SchemaTooNewError(LogError):
+    """The database was written by a newer saga-supervisor."""
+
+
+@dataclass(slots=True)
+class Batch:
+    """The rows of one loop turn, written in one transaction."""
+
+    sagas: list[tuple[Any, ...]] = field(default_factory=list)
+    steps: list[tuple[Any, ...]] = field(default_factory=list)
+    step_ends: list[tuple[Any, ...]] = field(default_factory=list)
+    step_comps: list[tuple[Any, ...]] = field(default_factory=list)
+    saga_states: list[tuple[Any, ...]] = field(default_factory=list)
+    saga_ends: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.sagas or self.steps or self.step_ends or self.step_comps
+                    or self.saga_states or self.saga_ends)
+
+    def rows(self) -> int:
+        return (len(self.sagas) + len(self.steps) + len(self.step_ends) + len(self.step_comps)
+                + len(self.saga_states) + len(self.saga_ends))
+
+
+_INSERT_SAGA = ("INSERT INTO saga(saga_id, name, state, started_at, input_json) "
+                "VALUES (?, ?, 'running', ?, ?)")
+_INSERT_STEP = ("INSERT INTO saga_step(saga_id, step_index, name, state, cmd_json, target, "
+                "started_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)")
+_END_STEP = ("UPDATE saga_step SET state = ?, ended_at = ?, output_json = ?, failure_reason = ? "
+             "WHERE saga_id = ? AND step_index = ?")
+_COMP_STEP = ("UPDATE saga_step SET state = ?, compensation_json = ? "
+              "WHERE saga_id = ? AND step_index = ?")
+_SAGA_STATE = "UPDATE saga SET state = ? WHERE saga_id = ?"
+_END_SAGA = ("UPDATE saga SET state = ?, ended_at = ?, failure_reason = ? "
+             "WHERE saga_id = ?")
+# Close whatever step is still pending when its saga ends.
+_CLOSE_OPEN = ("UPDATE saga_step SET state = 'failed', ended_at = ?, failure_reason = ? "
+               "WHERE saga_id = ? AND state = 'pending'")
+
+
+class SagaLog:
+    """The supervisor's connection to the log (one per process, never across fork)."""
+
+    def __init__(self, path: Path | str, durability: str = "normal") -> None:
+        if durability not in DURABILITY:
+            raise ValueError(f"durability must be one of {sorted(DURABILITY)}, "
+                             f"got {durability!r}")
+        self.path = Path(path)
+        self.durability = durability
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.path.parent, os.W_OK):
+            raise LogError(self.path, "its directory is not writable")
+        try:
+            self.conn = apsw.Connection(str(self.path))
+        except apsw.Error as exc:
+            raise LogError(self.path, f"cannot open: {exc}") from exc
+        try:
+            self._setup()
+        except (apsw.NotADBError, apsw.CorruptError) as exc:
+            self.conn.close()
+            raise LogCorruptError(self.path, f"the file is damaged or not a SQLite "
+                                  f"database ({exc}); move it aside and start again") from exc
+        except apsw.Error as exc:
+            self.conn.close()
+            raise LogError(self.path, f"cannot prepare the log: {exc}") from exc
+
+    def _setup(self) -> None:
+        c = self.conn
+        c.set_busy_timeout(5000)
+        mode = c.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
+        if str(mode).lower() != "wal":
+            raise LogError(self.path, f"cannot switch to WAL (journal mode is {mode})")
+        c.execute(f"PRAGMA synchronous={DURABILITY[self.durability]}")
+        c.execute("PRAGMA foreign_keys=ON")
+        version = c.execute("PRAGMA user_version").fetchall()[0][0]
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNewError(self.path, f"schema version {version} is newer than "
+                                    f"this build's {SCHEMA_VERSION}: upgrade saga-supervisor")
+        if version == 0:
+            tables = c.execute("SELECT count(*) FROM sqlite_schema WHERE type='table'"
+                               ).fetchall()[0][0]
+            if tables:
+                raise LogError(self.path, "holds tables but no saga-log schema version: "
+                               "it is not a saga log")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with c:
+                c.execute(_MIGRATIONS[target])
+                c.execute(f"PRAGMA user_version={target}")
+        # quick structural check, so a damaged file fails here and not mid-run
+        c.execute("SELECT max(saga_id) FROM saga").fetchall()
+
+    # -- writing ------------------------------------------------------------
+
+    def commit(self, batch: Batch) -> None:
+        """Write one turn's rows in one transaction (the group commit)."""
+        c = self.conn
+        with c:
+            if batch.sagas:
+                c.executemany(_INSERT_SAGA, batch.sagas)
+            if batch.steps:
+                c.executemany(_INSERT_STEP, batch.steps)
+            if batch.step_ends:
+                c.executemany(_END_STEP, batch.step_ends)
+            if batch.step_comps:
+                c.executemany(_COMP_STEP, batch.step_comps)
+            if batch.saga_states:
+                c.executemany(_SAGA_STATE, batch.saga_states)
+            if batch.saga_ends:
+                # (state, ended_at, reason, saga_id): close open steps first
+                c.executemany(_CLOSE_OPEN, [(e[1], e[2] or e[0], e[3]) for e in batch.saga_ends
+                                            if e[0] != "completed"])
+                c.executemany(_END_SAGA, batch.saga_ends)
+
+    def purge(self, older_than_days: float) -> int:
+        """Delete terminal sagas (and their steps) that ended before the cutoff."""
+        cutoff = time.time() - older_than_days * 86400
+        c = self.conn
+        with c:
+            c.execute("DELETE FROM saga_step WHERE saga_id IN (SELECT saga_id FROM saga "
+                      "WHERE ended_at IS NOT NULL AND ended_at < ? AND state != 'running' "
+                      "AND state != 'compensating')", (cutoff,))
+            c.execute("DELETE FROM saga WHERE ended_at IS NOT NULL AND ended_at < ? AND "
+                      "state != 'running' AND state != 'compensating'", (cutoff,))
+            return int(c.changes())
+
+    # -- reading ------------------------------------------------------------
+
+    def max_saga_id(self) -> int:
+        row = self.conn.execute("SELECT max(saga_id) FROM saga").fetchall()[0][0]
+        return int(row or 0)
+
+    def unfinished(self) -> list[tuple[int, str, float, str | None, str]]:
+        """Sagas the log shows as running or compensating."""
+        return [tuple(r) for r in self.conn.execute(  # type: ignore[misc]
+            "SELECT saga_id, name, started_at, input_json, state FROM saga "
+            "WHERE state IN ('running', 'compensating') ORDER BY saga_id")]
+
+    def saga(self, saga_id: int) -> dict[str, Any] | None:
+        cur = self.conn.execute("SELECT * FROM saga WHERE saga_id = ?", (saga_id,))
+        names = [d[0] for d in cur.getdescription()]
+        row = cur.fetchone()
+        return dict(zip(names, row)) if row else None
+
+    def steps(self, saga_id: int) -> list[dict[str, Any]]:
+        cur = self.conn.execute("SELECT * FROM saga_step WHERE saga_id = ? ORDER BY step_index",
+                                (saga_id,))
+        names = [d[0] for d in cur.getdescription()]
+        return [dict(zip(names, r)) for r in cur]
+
+    def iter_sagas(self) -> Iterator[tuple[Any, ...]]:
+        yield from self.conn.execute("SELECT saga_id, name, state, failure_reason FROM saga "
+                                     "ORDER BY saga_id")
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the main file and close (idempotent)."""
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except apsw.Error:
+            pass
+        self.conn.close()
+
+
+def open_readonly(path: Path | str) -> apsw.Connection:
+    """A read-only connection for tools (CLI, tests) while a supervisor writes."""
+    p = Path(path)
+    if not p.exists():
+        raise LogError(p, "does not exist")
+    try:
+        conn = apsw.Connection(str(p), flags=apsw.SQLITE_OPEN_READONLY)
+        conn.set_busy_timeout(5000)
+        conn.execute("SELECT count(*) FROM saga").fetchall()
+    except (apsw.NotADBError, apsw.CorruptError) as exc:
+        raise LogCorruptError(p, f"the file is damaged or not a SQLite database ({exc})"
+                              ) from exc
+    except apsw.SQLError as exc:
+        raise LogError(p, f"is not a saga log ({exc})") from exc
+    return conn

@@ -1,0 +1,266 @@
+"""Worker processes: where saga state machines run.
+
+Each worker owns the saga objects sharded to it (``saga_id % workers``) and
+nothing else: it never touches the log or the host pipe.  It reads batches of
+messages from the supervisor (one pickled list per frame), calls user code,
+and answers with one batch per input batch.  A terminal (``Done``/``Failed``)
+is claimed here, directly in the shared claim table; only the winner reports
+it.  An exception in user code fails that saga, never the worker.
+
+Messages in (tuples; first item the opcode):
+  (CLS, class_id, dill_bytes)               a saga class, shipped once
+  (START, saga_id, class_id, state, name)   rebuild the saga, call start()
+  (EVENT, saga_id, kind, data_or_json, is_json, saga_id_of_event, step, version,
+   sent)                                    `sent`: commands dispatched so far
+  (SENT, saga_id, sent)                     commands up to `sent` went out
+  (COMP, saga_id, [(step, target, cmd_json), ...])   call compensate() in order
+  (DROP, saga_id)                           forget the saga
+Messages out:
+  (ACT, saga_id, code, arg, consumed_json)  code CMD: arg = (target, cmd_json)
+  (COMPS, saga_id, [(step, target, cmd_json) | (step, None, None)], error)
+  (HEARTBEAT, sagas_held)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+import traceback
+from typing import Any
+
+import dill
+
+from supervisor.frames import FrameReader, frame
+from supervisor.saga import (
+    Done,
+    Event,
+    Failed,
+    IssueCmd,
+    Saga,
+    SagaContext,
+    StepInfo,
+    Target,
+    Wait,
+)
+from supervisor.shm import SharedState
+
+CLS, START, EVENT, COMP, DROP, STOP, SENT = range(7)
+ACT, COMPS, HEARTBEAT = range(10, 13)
+A_CMD, A_WAIT, A_DONE, A_FAILED = range(4)
+STATE_DICT, STATE_DILL = 0, 1
+
+
+def describe_exc(where: str, exc: BaseException) -> str:
+    return f"exception in {where}: {type(exc).__name__}: {exc}"
+
+
+def encode_action(action: Any, where: str) -> tuple[int, Any]:
+    """Validate a user action; return (code, arg).  Garbage becomes a failure."""
+    t = type(action)
+    if t is IssueCmd:
+        target = action.target
+        if not isinstance(target, Target):
+            try:
+                target = Target(target)
+            except ValueError:
+                return A_FAILED, (f"invalid action from {where}: IssueCmd target "
+                                  f"{action.target!r} is not a Target")
+        try:
+            cmd_json = json.dumps(action.command, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            return A_FAILED, f"invalid action from {where}: command is not JSON-serialisable: {exc}"
+        cmd = action.command
+        step_name = str(cmd.get("op", target.name.lower())) if isinstance(cmd, dict) \
+            else target.name.lower()
+        return A_CMD, (int(target), cmd_json, step_name[:200])
+    if t is Wait:
+        return A_WAIT, None
+    if t is Done:
+        return A_DONE, None
+    if t is Failed:
+        return A_FAILED, str(action.reason)
+    return A_FAILED, (f"invalid action from {where}: returned {action!r:.200} "
+                      "(expected IssueCmd, Wait, Done or Failed)")
+
+
+class WorkerState:
+    """Everything one worker holds; `handle` maps an input batch to replies."""
+
+    def __init__(self, shared: SharedState) -> None:
+        self.shared = shared
+        self.classes: dict[int, type[Saga]] = {}
+        self.sagas: dict[int, tuple[Saga, SagaContext]] = {}
+        self.ended: set[int] = set()
+        self.issued: dict[int, int] = {}  # commands returned per saga
+        self.deferred: dict[int, list[tuple[Any, ...]]] = {}
+
+    def _finish(self, out: list[Any], sid: int, code: int, arg: Any,
+                consumed: bytes | str | None) -> None:
+        if code == A_CMD:
+            self.issued[sid] = self.issued.get(sid, 0) + 1
+        elif code == A_DONE or code == A_FAILED:
+            if not self.shared.claim(sid):
+                # another party decided this saga's terminal: do nothing visible
+                self.sagas.pop(sid, None)
+                return
+            if code == A_DONE:  # nothing to compensate: forget it now
+                self.sagas.pop(sid, None)
+                self.issued.pop(sid, None)
+            else:  # kept for compensate() until the supervisor sends DROP
+                self.ended.add(sid)
+        out.append((ACT, sid, code, arg, consumed))
+
+    def handle(self, batch: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        for msg in batch:
+            op = msg[0]
+            if op == EVENT:
+                self._event(out, msg)
+            elif op == START:
+                sid, cid, state, name = msg[1], msg[2], msg[3], msg[4]
+                try:
+                    saga = self._rebuild(cid, state)
+                    ctx = SagaContext(sid, name)
+                    self.sagas[sid] = (saga, ctx)
+                    action = saga.start(ctx)
+                except Exception as exc:
+                    code, arg = A_FAILED, describe_exc("start", exc)
+                else:
+                    code, arg = encode_action(action, "start")
+                self._finish(out, sid, code, arg, None)
+            elif op == SENT:
+                self._released(out, msg[1], msg[2])
+            elif op == DROP:
+                sid = msg[1]
+                self.sagas.pop(sid, None)
+                self.ended.discard(sid)
+                self.issued.pop(sid, None)
+                self.deferred.pop(sid, None)
+            elif op == COMP:
+                out.append(self._compensate(msg[1], msg[2]))
+            elif op == CLS:
+                self.classes[msg[1]] = dill.loads(msg[2])
+        return out
+
+    def _event(self, out: list[Any], msg: tuple[Any, ...]) -> None:
+        sid = msg[1]
+        entry = self.sagas.get(sid)
+        if entry is None or sid in self.ended:
+            return
+        if msg[8] < self.issued.get(sid, 0):
+            # Forwarded before our last command was dispatched: hold it until the
+            # supervisor says the command went out, so that a terminal we claim
+            # for this event can never precede that dispatch (no work after end).
+            self.deferred.setdefault(sid, []).append(msg)
+            return
+        saga, ctx = entry
+        raw = msg[3]
+        if msg[4]:  # raw host payload: {"kind": ..., "data": ...}
+            try:
+                obj = json.loads(raw)
+                kind, data = str(obj.get("kind")), obj.get("data")
+            except (ValueError, AttributeError) as exc:
+                kind, data = "undecodable", {"error": str(exc)}
+            consumed: str | bytes = raw
+        else:
+            kind, data = msg[2], raw
+            consumed = ""
+        event = Event(kind, data, msg[5], msg[6], msg[7])
+        try:
+            action = saga.on_event(event, ctx)
+        except Exception as exc:  # user code: fail the saga, not the worker
+            code, arg = A_FAILED, describe_exc("on_event", exc)
+        else:
+            code, arg = encode_action(action, "on_event")
+        if code == A_WAIT:
+            return
+        if not consumed:
+            consumed = _event_json(kind, data)
+        self._finish(out, sid, code, arg, consumed)
+
+    def _released(self, out: list[Any], sid: int, sent: int) -> None:
+        held = self.deferred.pop(sid, None)
+        if not held:
+            return
+        for msg in held:
+            self._event(out, msg[:8] + (max(msg[8], sent),))
+
+    def _rebuild(self, cid: int, state: tuple[int, bytes]) -> Saga:
+        kind, data = state
+        if kind == STATE_DICT:
+            cls = self.classes[cid]
+            saga = cls.__new__(cls)
+            saga.__dict__.update(pickle.loads(data))
+            return saga
+        saga = dill.loads(data)
+        if not isinstance(saga, Saga):
+            raise TypeError(f"unpickled {type(saga).__name__}, not a Saga")
+        return saga
+
+    def _compensate(self, sid: int, steps: list[tuple[int, int, str]]) -> tuple[Any, ...]:
+        entry = self.sagas.get(sid)
+        if entry is None:
+            return (COMPS, sid, [], "saga object not held by this worker")
+        saga, ctx = entry
+        result: list[tuple[int, int | None, str | None]] = []
+        for index, target, cmd_json in steps:
+            try:
+                info = StepInfo(index, Target(target), json.loads(cmd_json))
+                action = saga.compensate(info, ctx)
+            except Exception as exc:
+                return (COMPS, sid, result, describe_exc("compensate", exc))
+            if action is None:
+                result.append((index, None, None))
+                continue
+            code, arg = encode_action(action, "compensate")
+            if code != A_CMD:
+                return (COMPS, sid, result, f"compensate() must return IssueCmd or None: {arg}")
+            result.append((index, arg[0], arg[1]))
+        return (COMPS, sid, result, None)
+
+
+def _event_json(kind: str, data: Any) -> str:
+    try:
+        return json.dumps({"kind": kind, "data": data}, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return json.dumps({"kind": kind, "data": repr(data)})
+
+
+def worker_main(index: int, shm_name: str, in_conn: Any, out_conn: Any) -> None:
+    """Entry point of a worker process (started with the spawn method)."""
+    in_fd = in_conn.fileno()
+    out_fd = out_conn.fileno()
+    shared = SharedState.attach(shm_name)
+    state = WorkerState(shared)
+    reader = FrameReader()
+    loads = pickle.loads
+    dumps = pickle.dumps
+    try:
+        while True:
+            data = os.read(in_fd, 1 << 20)
+            if not data:
+                break  # supervisor closed our pipe: exit quietly
+            replies: list[Any] = []
+            stop = False
+            for body in reader.feed(data):
+                batch = loads(body)
+                if batch and batch[-1][0] == STOP:
+                    stop = True
+                    batch = batch[:-1]
+                replies += state.handle(batch)
+            if replies:
+                payload = frame(dumps(replies, protocol=5))
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(out_fd, view):]
+            if stop:
+                break
+    except BrokenPipeError:
+        pass
+    except Exception:  # pragma: no cover - a bug in the worker itself
+        traceback.print_exc(file=sys.stderr)
+        raise
+    finally:
+        shared.close()
