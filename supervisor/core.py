@@ -24,6 +24,7 @@ terminal was claimed.
 
 from __future__ import annotations
 
+import atexit
 import heapq
 import json
 import logging
@@ -42,6 +43,7 @@ from typing import Any
 
 import dill
 import multiprocess
+import multiprocess.connection
 
 from supervisor import frames, worker as W
 from supervisor.errors import (
@@ -78,7 +80,7 @@ class _Live:
 
     __slots__ = ("sid", "name", "worker", "deadline", "timeout", "next_step", "open_step",
                  "phase", "succeeded", "has_comp", "listens", "sent", "may_defer",
-                 "fail_reason", "comp_queue", "comp_wait", "comp_failed")
+                 "fail_reason", "comp_queue", "comp_wait", "comp_failed", "open_cmd")
 
     def __init__(self, sid: int, name: str, worker: int, deadline: float, timeout: float,
                  has_comp: bool, listens: frozenset[str]) -> None:
@@ -99,6 +101,7 @@ class _Live:
         self.comp_queue: list[tuple[int, int | None, str | None]] = []
         self.comp_wait: tuple[int, int] | None = None
         self.comp_failed: str | None = None
+        self.open_cmd: tuple[int, str] | None = None  # kept only if it compensates
 
 
 class _Worker:
@@ -219,6 +222,7 @@ class Supervisor:
         max_restarts: int = 5,
         restart_period: float = 30.0,
         shm_name: str | None = None,
+        start_timeout: float = 60.0,
     ) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
             raise ValueError(f"workers must be an int from 1 to 256, got {workers!r}")
@@ -245,6 +249,7 @@ class Supervisor:
         self.max_restarts = max_restarts
         self.restart_period = restart_period
         self._shm_name = shm_name
+        self.start_timeout = start_timeout
 
         self._state = "new"  # new -> running -> stopping -> stopped
         self._lock = threading.Lock()
@@ -283,7 +288,7 @@ class Supervisor:
         self._drain_deadline: float | None = None
         self._stop_reason = "supervisor stopped"
         self.stats = {"spawned": 0, "completed": 0, "failed": 0, "bad_frames": 0,
-                      "unknown_echo": 0, "trigger_errors": 0, "worker_restarts": 0,
+                      "unknown_echo": 0, "late_answers": 0, "trigger_errors": 0, "worker_restarts": 0,
                       "commits": 0, "rows": 0}
 
         self._log: SagaLog | None = None
@@ -318,7 +323,15 @@ class Supervisor:
             self._state = "stopped"
             raise
         self._state = "running"
+        atexit.register(self._atexit)
         return self
+
+    def _atexit(self) -> None:
+        # the interpreter is exiting with the supervisor still running (a
+        # script that forgot stop(), or an exception): stop it cleanly so no
+        # worker, host or segment outlives us
+        if self._state in ("running", "stopping"):
+            self.stop()
 
     def _start(self) -> None:
         self._log = SagaLog(self.db_path, self.durability)
@@ -335,6 +348,7 @@ class Supervisor:
         self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         for i in range(self.n_workers):
             self._workers.append(self._start_worker(i))
+        self._await_ready(self._workers, self.start_timeout)
         if self.host_argv is not None or self.host_fds is not None:
             self._host = self._start_host()
         self._thread = threading.Thread(target=self._run, name="saga-supervisor-loop",
@@ -539,6 +553,7 @@ class Supervisor:
         if self._thread is None or not self._thread.is_alive():
             self._teardown()
         self._state = "stopped"
+        atexit.unregister(self._atexit)
 
     def in_flight(self) -> int:
         return len(self._live)
@@ -580,6 +595,39 @@ class Supervisor:
         for cid in sorted(self._shipped):
             w.msgs.append((W.CLS, cid, self._class_blobs[cid]))
         return w
+
+    def _await_ready(self, workers: list[_Worker], timeout: float) -> None:
+        """Block until every worker has imported and said READY; a worker that
+        dies first is a clear error (e.g. a __main__ without the
+        ``if __name__ == "__main__"`` guard under spawn)."""
+        deadline = time.monotonic() + timeout
+        waiting = {w.rfd: w for w in workers}
+        sentinels = {w.proc.sentinel: w for w in workers}
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SupervisorError(f"{len(waiting)} worker(s) not ready after {timeout}s")
+            ready = multiprocess.connection.wait(list(waiting) + list(sentinels), left)
+            for fd in ready:
+                if fd in waiting:
+                    w = waiting[fd]
+                    try:
+                        data = os.read(fd, 1 << 16)
+                    except BlockingIOError:
+                        continue
+                    if data:
+                        bodies = w.reader.feed(data)
+                        if any(m[0] == W.READY for b in bodies for m in pickle.loads(b)):
+                            del waiting[fd]
+                            del sentinels[w.proc.sentinel]
+                        continue
+                w = waiting.get(fd) or sentinels[fd]
+                w.proc.join(5.0)
+                raise SupervisorError(
+                    f"worker {w.index} exited during start-up (exit code {w.proc.exitcode}); "
+                    "its stderr says why. Under the spawn/forkserver start methods, a "
+                    "launcher script must start the supervisor under "
+                    "`if __name__ == \"__main__\":`")
 
     def _start_host(self) -> _Host:
         assert self._sel is not None
@@ -768,10 +816,13 @@ class Supervisor:
             return False
         now = time.time()
         if L.open_step:
-            out = consumed if consumed is None or isinstance(consumed, str) else \
-                consumed.decode("utf-8", "replace")
-            self._batch.step_ends.append(("failed", now, out, reason, L.sid, L.open_step))
-            L.open_step = 0
+            if consumed is not None:
+                # on_event consumed the awaited event, then chose to fail: the
+                # step itself finished (and is compensated like the others)
+                self._close_step(L, consumed, now)
+            else:  # still awaiting its echo: closed as failed with the reason
+                self._batch.step_ends.append(("failed", now, None, reason, L.sid, L.open_step))
+                L.open_step = 0
         if L.succeeded and self._state == "running":
             L.phase = COMPENSATING
             L.fail_reason = reason
@@ -853,6 +904,8 @@ class Supervisor:
                     step = L.next_step
                     L.next_step = step + 1
                     L.open_step = step
+                    if L.has_comp:
+                        L.open_cmd = (target, cmd_json)
                     batch.steps.append((sid, step, step_name, cmd_json,
                                         _TARGET_NAMES[target], now))
                     if target == 1:
@@ -877,8 +930,9 @@ class Supervisor:
     def _close_step(self, L: _Live, consumed: bytes | str, now: float) -> None:
         out = consumed if isinstance(consumed, str) else consumed.decode("utf-8", "replace")
         self._batch.step_ends.append(("succeeded", now, out, None, L.sid, L.open_step))
-        if L.succeeded is not None:
-            L.succeeded.append((L.open_step, 0, ""))
+        if L.succeeded is not None and L.open_cmd is not None:
+            L.succeeded.append((L.open_step, L.open_cmd[0], L.open_cmd[1]))
+            L.open_cmd = None
         L.open_step = 0
 
     # -- compensation -------------------------------------------------------
@@ -981,6 +1035,13 @@ class Supervisor:
             return
         L = self._live.get(sid)
         if L is None or step <= 0 or step >= L.next_step:
+            assert self._shared is not None
+            if L is None and sid < self._shared.peek_next_id():
+                # an answer that arrives after its saga ended (timeout, eviction,
+                # cancel): expected, counted, not worth a warning each
+                self.stats["late_answers"] += 1
+                log.debug("late host answer for ended saga %d step %d", sid, step)
+                return
             self._count_unknown(sid, step, "no such saga/step in flight")
             return
         if kind == frames.T_EVENT:

@@ -6,7 +6,8 @@ JSON objects with an ``op``:
 
 * ``{"op": "echo", ...}`` — answers at once, kind ``echo``, data = the other fields
 * ``{"op": "sleep", "seconds": S}`` — kind ``echo`` after S seconds (overlapping)
-* ``{"op": "fail", "reason": R}`` — reports the action failed
+* ``{"op": "fail", "reason": R}`` — reports the action failed (after
+  ``seconds`` if given)
 * ``{"op": "run", "argv": [...]}`` — starts a child: kind ``started`` (pid),
   later kind ``exited`` (pid, status)
 * ``{"op": "stop", "pid": P}`` — SIGTERM to a child it started; kind ``echo``
@@ -104,7 +105,12 @@ class ReferenceHost:
                 return
             self._loop.call_later(seconds, self.event, saga_id, step, "echo", rest)
         elif op == "fail":
-            self.failed(saga_id, step, str(cmd.get("reason", "failed on request")))
+            reason = str(cmd.get("reason", "failed on request"))
+            delay = cmd.get("seconds", 0)
+            if isinstance(delay, (int, float)) and delay > 0:
+                self._loop.call_later(delay, self.failed, saga_id, step, reason)
+            else:
+                self.failed(saga_id, step, reason)
         elif op == "run":
             self._loop.create_task(self._run(saga_id, step, cmd.get("argv")))
         elif op == "stop":

@@ -103,7 +103,8 @@ _INSERT_STEP = ("INSERT INTO saga_step(saga_id, step_index, name, state, cmd_jso
                 "started_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)")
 _END_STEP = ("UPDATE saga_step SET state = ?, ended_at = ?, output_json = ?, failure_reason = ? "
              "WHERE saga_id = ? AND step_index = ?")
-_COMP_STEP = ("UPDATE saga_step SET state = ?, compensation_json = ? "
+_COMP_STEP = ("UPDATE saga_step SET state = ?, "
+              "compensation_json = COALESCE(?, compensation_json) "
               "WHERE saga_id = ? AND step_index = ?")
 _SAGA_STATE = "UPDATE saga SET state = ? WHERE saga_id = ?"
 _END_SAGA = ("UPDATE saga SET state = ?, ended_at = ?, failure_reason = ? "
@@ -211,16 +212,12 @@ class SagaLog:
             "WHERE state IN ('running', 'compensating') ORDER BY saga_id")]
 
     def saga(self, saga_id: int) -> dict[str, Any] | None:
-        cur = self.conn.execute("SELECT * FROM saga WHERE saga_id = ?", (saga_id,))
-        names = [d[0] for d in cur.getdescription()]
-        row = cur.fetchone()
-        return dict(zip(names, row)) if row else None
+        rows = dict_rows(self.conn, "SELECT * FROM saga WHERE saga_id = ?", (saga_id,))
+        return rows[0] if rows else None
 
     def steps(self, saga_id: int) -> list[dict[str, Any]]:
-        cur = self.conn.execute("SELECT * FROM saga_step WHERE saga_id = ? ORDER BY step_index",
-                                (saga_id,))
-        names = [d[0] for d in cur.getdescription()]
-        return [dict(zip(names, r)) for r in cur]
+        return dict_rows(self.conn, "SELECT * FROM saga_step WHERE saga_id = ? "
+                         "ORDER BY step_index", (saga_id,))
 
     def iter_sagas(self) -> Iterator[tuple[Any, ...]]:
         yield from self.conn.execute("SELECT saga_id, name, state, failure_reason FROM saga "
@@ -233,6 +230,14 @@ class SagaLog:
         except apsw.Error:
             pass
         self.conn.close()
+
+
+def dict_rows(conn: apsw.Connection, sql: str, params: tuple[Any, ...] = ()
+              ) -> list[dict[str, Any]]:
+    """Run a query and return its rows as dicts keyed by column name."""
+    cur = conn.cursor()
+    cur.row_trace = lambda c, row: dict(zip((d[0] for d in c.getdescription()), row))
+    return list(cur.execute(sql, params))
 
 
 def open_readonly(path: Path | str) -> apsw.Connection:

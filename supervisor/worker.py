@@ -19,6 +19,7 @@ Messages out:
   (ACT, saga_id, code, arg, consumed_json)  code CMD: arg = (target, cmd_json)
   (COMPS, saga_id, [(step, target, cmd_json) | (step, None, None)], error)
   (HEARTBEAT, sagas_held)
+  (READY, pid)                              first message: imports are done
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from supervisor.saga import (
 from supervisor.shm import SharedState
 
 CLS, START, EVENT, COMP, DROP, STOP, SENT = range(7)
-ACT, COMPS, HEARTBEAT = range(10, 13)
+ACT, COMPS, HEARTBEAT, READY = range(10, 14)
 A_CMD, A_WAIT, A_DONE, A_FAILED = range(4)
 STATE_DICT, STATE_DILL = 0, 1
 
@@ -238,6 +239,7 @@ def worker_main(index: int, shm_name: str, in_conn: Any, out_conn: Any) -> None:
     loads = pickle.loads
     dumps = pickle.dumps
     try:
+        os.write(out_fd, frame(dumps([(READY, os.getpid())], protocol=5)))
         while True:
             data = os.read(in_fd, 1 << 20)
             if not data:

@@ -6,7 +6,12 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from supervisor import Subscription, Supervisor
 
 import pytest
 
@@ -48,3 +53,67 @@ def shared(shm_name: str) -> Iterator[SharedState]:
     finally:
         state.close()
         state.unlink()
+
+
+HOST_ARGV = [__import__("sys").executable, "-m", "supervisor.host"]
+
+
+@pytest.fixture
+def make_sup(tmp_path: "Path") -> "Iterator[Callable[..., Supervisor]]":
+    """Build started supervisors on a real data dir; all are stopped after."""
+    from supervisor import Supervisor
+
+    made: list[Supervisor] = []
+
+    def make(**kw: object) -> Supervisor:
+        kw.setdefault("host", HOST_ARGV)
+        kw.setdefault("workers", 2)
+        data_dir = kw.pop("data_dir", tmp_path / "data")
+        sup = Supervisor(data_dir, **kw)  # type: ignore[arg-type]
+        made.append(sup)
+        sup.start()
+        if kw["host"] is not None:
+            # the host's interpreter start-up (~0.2 s) would otherwise count
+            # against the first sagas' deadlines
+            from tests.sagas import EchoSaga
+
+            assert sup.wait(sup.spawn(EchoSaga()), 30).completed
+        return sup
+
+    yield make
+    for sup in made:
+        sup.stop()
+
+
+def read_log(db_path: "Path") -> "tuple[dict[int, dict], dict[int, list[dict]]]":
+    """(sagas by id, steps by saga id) read with a separate read-only connection."""
+    from supervisor.log import dict_rows, open_readonly
+
+    conn = open_readonly(db_path)
+    try:
+        sagas = {r["saga_id"]: r for r in dict_rows(conn, "SELECT * FROM saga")}
+        steps: dict[int, list[dict]] = {}
+        for row in dict_rows(conn, "SELECT * FROM saga_step ORDER BY saga_id, step_index"):
+            steps.setdefault(row["saga_id"], []).append(row)
+    finally:
+        conn.close()
+    return sagas, steps
+
+
+def drain_bus(sub: "Subscription", until: "Callable[[list], bool]", timeout: float = 30.0
+              ) -> list:
+    """Collect bus events until `until(events)` holds (or fail after timeout)."""
+    import queue as _q
+
+    events: list = []
+    deadline = time.monotonic() + timeout
+    while not until(events):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"bus: condition not met after {timeout}s "
+                                 f"({len(events)} events)")
+        try:
+            events.append(sub.get(timeout=min(left, 0.5)))
+        except _q.Empty:
+            pass
+    return events

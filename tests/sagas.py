@@ -1,0 +1,222 @@
+"""Saga classes used by the engine tests (importable by spawned workers)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from supervisor import (
+    Done,
+    Event,
+    Failed,
+    IssueCmd,
+    Saga,
+    SagaAction,
+    SagaContext,
+    StepInfo,
+    Target,
+    Wait,
+)
+
+
+class EchoSaga(Saga):
+    """Issues `steps` echo commands to the host, one after another."""
+
+    name = "echo"
+
+    def __init__(self, n: int = 0, steps: int = 1, timeout: float = 10.0) -> None:
+        self.n = n
+        self.steps = steps
+        self.done = 0
+        self.timeout = timeout  # type: ignore[misc]
+
+    def input_snapshot(self) -> dict[str, Any]:
+        return {"n": self.n, "steps": self.steps}
+
+    def start(self, ctx: SagaContext) -> SagaAction:
+        return IssueCmd(Target.HOST, {"op": "echo", "n": self.n, "i": 0})
+
+    def on_event(self, event: Event, ctx: SagaContext) -> SagaAction:
+        if event.kind != "echo" or event.saga_id != ctx.saga_id:
+            return Wait()
+        self.done += 1
+        if self.done >= self.steps:
+            return Done()
+        return IssueCmd(Target.HOST, {"op": "echo", "n": self.n, "i": self.done})
+
+
+class InstantSaga(Saga):
+    name = "instant"
+
+    def start(self, ctx: SagaContext) -> SagaAction:
+        return Done()
+
+
+class RefusingSaga(Saga):
+    """Asks the host to fail its only command."""
+
+    name = "refusing"
+
+    def __init__(self, delay: float = 0.0, listen: bool = False) -> None:
+        self.delay = delay
+
+    def start(self, ctx: SagaContext) -> SagaAction:
+        return IssueCmd(Target.HOST, {"op": "fail", "reason": "host says no",
+                                      "seconds": self.delay})
+
+
+class SleepSaga(Saga):
+    """One host sleep; completes on its echo or on a 'finish' bus event."""
+
+    name = "sleeper"
+    listens_to = frozenset({"finish"})
+
+    def __init__(self, seconds: float, timeout: float = 10.0, op: str = "sleep") -> None:
+        self.seconds = seconds
+        self.op = op
+        self.timeout = timeout  # type: ignore[misc]
+
+    def start(self, ctx: SagaContext) -> SagaAction:
+        if self.op == "fail":
+            return IssueCmd(Target.HOST, {"op": "fail", "reason": "late refusal",
+                                          "seconds": self.seconds})
+        return IssueCmd(Target.HOST, {"op": "sleep", "seconds": self.seconds})
+
+    def on_event(self, event: Event, ctx: SagaContext) -> SagaAction:
+        if event.kind in ("echo", "finish"):
+            return Done()
+        return Wait()
+
+
+class TriggeredSaga(Saga):
+    """Spawned by a trigger: records the trigger event, then one slow echo."""
+
+    name = "triggered"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.seen: list[str] = []
+
+    def start(self, ctx: SagaContext) -> SagaAction:
+        return IssueCmd(Target.HOST, {"op": "sleep", "seconds": self.seconds})
+
+    def on_event(self, event: Event, ctx: SagaContext) -> SagaAction:
+        if event.kind == "deploy":
+            return Wait()  # the trigger event is offered too; not the awaited one
+        if event.kind == "echo":
+            return Done()
+        return Wait()
+
+
+class RaisingSaga(Saga):
+    name = "raising"
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def start(self, ctx: SagaContext) -> SagaAction:
+        if self.where == "start":
+            raise RuntimeError("boom in start")
+        return IssueCmd(Target.HOST, {"op": "echo"})
+
+    def on_event(self, event: Event, ctx: SagaContext) -> SagaAction:
+        raise KeyError("boom in on_event")
+
+
+class GarbageSaga(Saga):
+    name = "garbage"
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def start(self, ctx: SagaContext) -> Any:
+        if self.what == "int":
+            return 42
+        if self.what == "badcmd":
+            return IssueCmd(Target.HOST, {"op": "echo", "x": object()})
+        if self.what == "badtarget":
+            return IssueCmd("nowhere", {"op": "echo"})  # type: ignore[arg-type]
+        return None
+
+
+class HostFaultSaga(Saga):
+    """Asks the reference host for one of its fault-injection ops."""
+
+    name = "hostfault"
+
+    def __init__(self, op: str) -> None:
+        self.op = op
+
+    def start(self, ctx: SagaContext) -> SagaAction:
+        return IssueCmd(Target.HOST, {"op": self.op})
+
+    def on_event(self, event: Event, ctx: SagaContext) -> SagaAction:
+        return Done() if event.kind == "echo" else Wait()
+
+
+class LocalSaga(Saga):
+    """One command to LAUNCHER_SELF or SRV; completes with what the echo says."""
+
+    name = "local"
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+
+    def start(self, ctx: SagaContext) -> SagaAction:
+        return IssueCmd(self.target, {"op": "configure", "value": 7})
+
+    def on_event(self, event: Event, ctx: SagaContext) -> SagaAction:
+        if event.kind != "echo":
+            return Wait()
+        if event.data is None or event.data == {"value": 7}:
+            return Done()
+        return Failed(f"unexpected echo {event.data!r}")
+
+
+class CompensatingSaga(Saga):
+    """Three steps, then fails; each step is undone by an 'undo' echo."""
+
+    name = "compensating"
+
+    def __init__(self, fail_how: str = "failed", undo_op: str = "echo") -> None:
+        self.fail_how = fail_how
+        self.undo_op = undo_op
+        self.steps_done = 0
+
+    def start(self, ctx: SagaContext) -> SagaAction:
+        return IssueCmd(Target.HOST, {"op": "echo", "do": 1})
+
+    def on_event(self, event: Event, ctx: SagaContext) -> SagaAction:
+        if event.kind != "echo":
+            return Wait()
+        self.steps_done += 1
+        if self.steps_done < 3:
+            return IssueCmd(Target.HOST, {"op": "echo", "do": self.steps_done + 1})
+        if self.fail_how == "host":
+            return IssueCmd(Target.HOST, {"op": "fail", "reason": "step 4 refused"})
+        return Failed("gave up after step 3")
+
+    def compensate(self, step: StepInfo, ctx: SagaContext) -> IssueCmd | None:
+        if step.command.get("op") != "echo":
+            return None
+        return IssueCmd(Target.HOST, {"op": self.undo_op, "undo": step.command["do"],
+                                      "reason": "undo refused"})
+
+
+class UnpicklableSaga(Saga):
+    name = "unpicklable"
+
+    def __init__(self) -> None:
+        self.gen = (i for i in range(3))  # neither pickle nor dill can ship a generator
+
+    def start(self, ctx: SagaContext) -> SagaAction:
+        return Done()
+
+
+class ExitingSaga(Saga):
+    """Kills its own worker from user code (os._exit)."""
+
+    name = "exiting"
+
+    def start(self, ctx: SagaContext) -> SagaAction:
+        os._exit(7)

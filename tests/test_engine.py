@@ -1,0 +1,436 @@
+"""The saga engine end to end: real workers, a real SQLite log, the real
+reference host."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from supervisor import (
+    SAGA_ACTION_FAILED,
+    SAGA_COMPLETED,
+    SAGA_FAILED,
+    SAGA_STARTED,
+    Event,
+    NotRunningError,
+    SpawnError,
+    Supervisor,
+    Target,
+)
+
+from . import sagas as S
+from .conftest import drain_bus, read_log, wait_for
+
+TERMINAL = (SAGA_COMPLETED, SAGA_FAILED)
+
+
+def check_log_and_bus(sup: Supervisor, ids: list[int], events: list[Event]) -> dict[int, Any]:
+    """Every saga: one terminal row and one terminal event that agree; steps
+    closed; versions strictly increasing."""
+    versions = [e.version for e in events]
+    assert versions == sorted(set(versions)), "bus versions not strictly increasing"
+    terminals = [e for e in events if e.kind in TERMINAL and e.saga_id in set(ids)]
+    per_saga = Counter(e.saga_id for e in terminals)
+    assert all(per_saga[i] == 1 for i in ids), "a saga had zero or several terminal events"
+    started = Counter(e.saga_id for e in events if e.kind == SAGA_STARTED)
+    assert all(started[i] == 1 for i in ids)
+    sagas, steps = read_log(sup.db_path)
+    by_event = {e.saga_id: e for e in terminals}
+    for i in ids:
+        row = sagas[i]
+        ev = by_event[i]
+        expected = "completed" if ev.kind == SAGA_COMPLETED else ev.data["state"]
+        assert row["state"] == expected, (i, row, ev)
+        assert row["ended_at"] is not None
+        if ev.kind == SAGA_FAILED:
+            assert row["failure_reason"] == ev.data["reason"]
+        for st in steps.get(i, []):
+            assert st["state"] != "pending", (i, st)
+            assert st["started_at"] <= row["ended_at"]
+    return sagas
+
+
+def test_thousands_of_sagas_log_and_bus_agree(make_sup: Callable[..., Supervisor]) -> None:
+    sup = make_sup()
+    sub = sup.subscribe()
+    ids: list[int] = []
+    kinds: dict[int, str] = {}
+    for n in range(3000):
+        pick = n % 4
+        saga = (S.EchoSaga(n) if pick == 0 else S.EchoSaga(n, steps=3) if pick == 1
+                else S.InstantSaga() if pick == 2 else S.RefusingSaga())
+        sid = sup.spawn(saga)
+        ids.append(sid)
+        kinds[sid] = ("echo1", "echo3", "instant", "refusing")[pick]
+    outcomes = {i: sup.wait(i, 60) for i in ids}
+    want = set(ids)
+    events = drain_bus(sub, lambda evs: want <= {e.saga_id for e in evs if e.kind in TERMINAL})
+    sagas = check_log_and_bus(sup, ids, events)
+    _, steps = read_log(sup.db_path)
+    for i in ids:
+        o = outcomes[i]
+        if kinds[i] == "refusing":
+            assert o.failed and o.reason == "action failed: host says no"
+            assert [s["state"] for s in steps[i]] == ["failed"]
+        else:
+            assert o.completed, (kinds[i], o)
+            n_steps = {"echo1": 1, "echo3": 3, "instant": 0}[kinds[i]]
+            assert [s["state"] for s in steps.get(i, [])] == ["succeeded"] * n_steps
+        assert sagas[i]["name"] in ("echo", "instant", "refusing")
+    assert json.loads(sagas[ids[0]]["input_json"]) == {"n": 0, "steps": 1}
+    action_failed = [e for e in events if e.kind == SAGA_ACTION_FAILED]
+    assert len(action_failed) == 750
+    assert sup.stats["bad_frames"] == 0 and sup.stats["unknown_echo"] == 0
+    sub.close()
+
+
+def test_ids_strictly_increase_and_resume_after_restart(make_sup: Callable[..., Supervisor],
+                                                        tmp_path: Path) -> None:
+    sup = make_sup(data_dir=tmp_path / "d")
+    first = [sup.spawn(S.InstantSaga()) for _ in range(5)]
+    assert first == sorted(first) and len(set(first)) == 5
+    for i in first:
+        assert sup.wait(i, 10).completed
+    sup.stop()
+    sup2 = make_sup(data_dir=tmp_path / "d")  # its warm-up saga takes max(first) + 1
+    sagas, _ = read_log(sup2.db_path)
+    assert max(sagas) == max(first) + 1
+    nxt = sup2.spawn(S.InstantSaga())
+    assert nxt == max(sagas) + 1  # seeded from max(saga_id) + 1: never reused
+    assert sup2.wait(nxt, 10).completed
+    assert sup2.wait(first[0]).completed  # read back from the log
+
+
+def test_running_sagas_of_a_dead_supervisor_are_failed_at_start(tmp_path: Path) -> None:
+    """A supervisor killed with sagas in flight; the next start fails them."""
+    script = textwrap.dedent(f"""
+        import os, sys, signal
+        sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
+        from supervisor import Supervisor
+        from tests.sagas import SleepSaga
+        sup = Supervisor({str(tmp_path / 'd')!r}, workers=1,
+                         host=[sys.executable, '-m', 'supervisor.host']).start()
+        ids = [sup.spawn(SleepSaga(30)) for _ in range(5)]
+        import time
+        from tests.conftest import read_log
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            _, steps = read_log(sup.db_path)
+            if len(steps) == 5:
+                break
+            time.sleep(0.01)
+        print(ids, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    ids = json.loads(proc.stdout.strip().splitlines()[-1])
+    sup = Supervisor(tmp_path / "d", workers=1).start()
+    try:
+        for i in ids:
+            o = sup.wait(i)
+            assert o.failed and o.reason == "supervisor restarted while saga was running"
+        sagas, steps = read_log(sup.db_path)
+        for i in ids:
+            assert [s["state"] for s in steps[i]] == ["failed"]
+            assert steps[i][0]["failure_reason"] == o.reason
+        assert sup.spawn(S.InstantSaga()) == max(ids) + 1
+    finally:
+        sup.stop()
+
+
+# -- terminal races, forced, many rounds -------------------------------------------
+
+
+def test_race_done_vs_timeout(make_sup: Callable[..., Supervisor]) -> None:
+    sup = make_sup()
+    rng = random.Random(1)
+    ids = [sup.spawn(S.SleepSaga(seconds=rng.uniform(0.02, 0.08), timeout=0.05))
+           for _ in range(400)]
+    outs = [sup.wait(i, 30) for i in ids]
+    states = Counter(o.state for o in outs)
+    assert states["completed"] > 20 and states["failed"] > 20, states  # both sides won
+    assert all(o.reason == "saga timeout" for o in outs if o.failed)
+    sagas, steps = read_log(sup.db_path)
+    for o in outs:
+        assert sagas[o.saga_id]["state"] == o.state
+        assert len(steps[o.saga_id]) == 1
+        assert steps[o.saga_id][0]["state"] == ("succeeded" if o.completed else "failed")
+
+
+def test_race_cancel_vs_done(make_sup: Callable[..., Supervisor]) -> None:
+    sup = make_sup()
+    rng = random.Random(2)
+    won = {}
+    ids = []
+    for _ in range(300):
+        sid = sup.spawn(S.SleepSaga(seconds=rng.uniform(0.0, 0.01)))
+        ids.append(sid)
+        time.sleep(rng.uniform(0.0, 0.004)) if rng.random() < 0.3 else None
+        won[sid] = sup.cancel(sid, "operator said so")
+    outs = {i: sup.wait(i, 30) for i in ids}
+    for i in ids:
+        if won[i]:
+            assert outs[i].failed and outs[i].reason == "cancelled: operator said so"
+        else:
+            assert outs[i].completed
+    assert 0 < sum(won.values()) < len(ids), "the race never went both ways"
+    assert sup.cancel(ids[0], "again") is False
+    with pytest.raises(ValueError, match="never allocated"):
+        sup.cancel(10**9)
+
+
+def test_race_done_vs_action_failed(make_sup: Callable[..., Supervisor]) -> None:
+    """The host reports the action failed while a bus event makes the saga Done."""
+    sup = make_sup()
+    sub = sup.subscribe()
+    rng = random.Random(3)
+    ids = []
+    for _ in range(20):
+        wave = [sup.spawn(S.SleepSaga(seconds=rng.uniform(0.0, 0.02), op="fail"))
+                for _ in range(20)]
+        ids += wave
+        time.sleep(0.01)
+        sup.publish(Event("finish"))
+    outs = [sup.wait(i, 30) for i in ids]
+    c = Counter(o.reason for o in outs)
+    assert c[None] > 0 and c["action failed: late refusal"] > 0, c
+    events = drain_bus(sub, lambda evs: set(ids) <= {e.saga_id for e in evs
+                                                       if e.kind in TERMINAL})
+    check_log_and_bus(sup, ids, events)
+
+
+def test_race_done_vs_eviction(make_sup: Callable[..., Supervisor]) -> None:
+    sup = make_sup()
+    sub = sup.subscribe()
+    sup.add_trigger(lambda ev: S.TriggeredSaga(seconds=ev.data["s"]),
+                    lambda ev: ev.kind == "deploy")
+    rng = random.Random(4)
+    for _ in range(200):
+        sup.publish(Event("deploy", {"s": rng.uniform(0.0, 0.004)}))
+        if rng.random() < 0.5:
+            time.sleep(0.002)
+    events = drain_bus(sub, lambda evs: sum(e.kind == SAGA_STARTED for e in evs) == 200 and
+                       {e.saga_id for e in evs if e.kind == SAGA_STARTED} <=
+                       {e.saga_id for e in evs if e.kind in TERMINAL})
+    ids = sorted({e.saga_id for e in events if e.kind == SAGA_STARTED})
+    assert len(ids) == 200  # one saga per trigger event
+    check_log_and_bus(sup, ids, events)
+    reasons = Counter((e.data or {}).get("reason", "")[:8] for e in events
+                      if e.kind in TERMINAL)
+    assert reasons["evicted:"] > 0 and reasons[""] > 0, reasons
+    # evict-and-replace: never two sagas of the kind alive at once, per the bus
+    alive: set[int] = set()
+    for e in events:
+        if e.kind == SAGA_STARTED:
+            alive.add(e.saga_id)
+        elif e.kind in TERMINAL:
+            alive.discard(e.saga_id)
+    sagas, _ = read_log(sup.db_path)
+    evicted = [s for s in sagas.values() if (s["failure_reason"] or "").startswith("evicted")]
+    assert all(s["name"] == "triggered" for s in evicted)
+
+
+def test_race_done_vs_host_death(make_sup: Callable[..., Supervisor]) -> None:
+    """Sagas parked on host sleeps; the host dies while a bus event completes them."""
+    for round_ in range(3):
+        sup = make_sup(data_dir=Path(f"/tmp/saga-hostdeath-{round_}-{time.time_ns()}"))
+        ids = [sup.spawn(S.SleepSaga(seconds=30)) for _ in range(200)]
+        wait_for(lambda: sup.health()["host"]["frames_out"] >= 200, what="commands sent")
+        sup.publish(Event("finish"))
+        sup.spawn(S.HostFaultSaga("die"))
+        outs = [sup.wait(i, 30) for i in ids]
+        assert all(o.completed or o.reason.startswith("host exited") for o in outs), \
+            Counter(o.reason for o in outs)
+        # the supervisor keeps serving sagas that need no host
+        sid = sup.spawn(S.InstantSaga())
+        assert sup.wait(sid, 10).completed
+        wait_for(lambda: not sup.health()["host"]["alive"], what="host death seen")
+        assert not sup.health()["healthy"]
+        later = sup.spawn(S.EchoSaga())
+        assert sup.wait(later, 10).reason.startswith("host pipe send failed: host exited")
+        sup.stop()
+        import shutil
+
+        shutil.rmtree(sup.data_dir, ignore_errors=True)
+
+
+# -- user code and host misbehaving ---------------------------------------------------
+
+
+def test_raising_and_garbage_sagas_fail_alone(make_sup: Callable[..., Supervisor]) -> None:
+    sup = make_sup()
+    cases = {
+        S.RaisingSaga("start"): "exception in start: RuntimeError: boom in start",
+        S.RaisingSaga("on_event"): "exception in on_event: KeyError: 'boom in on_event'",
+        S.GarbageSaga("int"): "invalid action from start: returned 42",
+        S.GarbageSaga("none"): "invalid action from start: returned None",
+        S.GarbageSaga("badcmd"): "invalid action from start: command is not JSON",
+        S.GarbageSaga("badtarget"): "invalid action from start: IssueCmd target 'nowhere'",
+    }
+    ids = {sup.spawn(saga): why for saga, why in cases.items()}
+    good = sup.spawn(S.EchoSaga(steps=2))
+    for sid, why in ids.items():
+        o = sup.wait(sid, 10)
+        assert o.failed and o.reason.startswith(why), (o.reason, why)
+    assert sup.wait(good, 10).completed
+    assert all(w["alive"] for w in sup.health()["workers"])
+    assert sup.stats["worker_restarts"] == 0
+
+
+def test_bad_host_frames_are_counted_not_fatal(make_sup: Callable[..., Supervisor]) -> None:
+    sup = make_sup()
+    a = sup.spawn(S.HostFaultSaga("garbage"))
+    b = sup.spawn(S.HostFaultSaga("unknown_saga"))
+    assert sup.wait(a, 10).completed and sup.wait(b, 10).completed
+    assert sup.stats["bad_frames"] == 1
+    assert sup.stats["unknown_echo"] == 1
+    h = sup.health()["host"]
+    assert h["bad_frames"] == 1 and h["unknown_answers"] == 1 and h["alive"]
+    assert sup.wait(sup.spawn(S.EchoSaga()), 10).completed
+
+
+def test_spawn_rejects_bad_sagas_in_the_caller(make_sup: Callable[..., Supervisor]) -> None:
+    sup = make_sup()
+    with pytest.raises(SpawnError, match="takes a Saga instance"):
+        sup.spawn("not a saga")  # type: ignore[arg-type]
+    with pytest.raises(SpawnError, match="cannot be pickled"):
+        sup.spawn(S.UnpicklableSaga())
+    bad = S.EchoSaga()
+    bad.n = object()  # type: ignore[assignment]
+    with pytest.raises(SpawnError, match="not JSON"):
+        sup.spawn(bad)
+    with pytest.raises(TypeError):
+        sup.wait("1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown saga id"):
+        sup.wait(10**6)
+    assert sup.wait(sup.spawn(S.InstantSaga()), 10).completed
+
+
+def test_worker_killed_by_user_code_is_replaced(make_sup: Callable[..., Supervisor]) -> None:
+    sup = make_sup(workers=1)
+    sid = sup.spawn(S.ExitingSaga())
+    o = sup.wait(sid, 30)
+    assert o.failed and o.reason == "worker crashed (exit code 7)"
+    assert sup.wait(sup.spawn(S.EchoSaga()), 30).completed  # a new worker took over
+    assert sup.stats["worker_restarts"] == 1
+
+
+# -- local targets, compensation -----------------------------------------------------
+
+
+def test_local_targets_with_and_without_handlers(make_sup: Callable[..., Supervisor]) -> None:
+    sup = make_sup()
+    seen: list[tuple[Any, int, int]] = []
+
+    def srv(cmd: Any, sid: int, step: int) -> Any:
+        seen.append((cmd, sid, step))
+        return {"value": cmd["value"]}
+
+    a = sup.spawn(S.LocalSaga(Target.LAUNCHER_SELF))  # no handler: log-only echo
+    assert sup.wait(a, 10).completed
+    sup.register_handler(Target.SRV, srv)
+    b = sup.spawn(S.LocalSaga(Target.SRV))
+    assert sup.wait(b, 10).completed
+    assert seen == [({"op": "configure", "value": 7}, b, 1)]
+
+    def broken(cmd: Any, sid: int, step: int) -> Any:
+        raise OSError("srv down")
+
+    sup.register_handler(Target.SRV, broken)
+    c = sup.spawn(S.LocalSaga(Target.SRV))
+    assert sup.wait(c, 10).reason == "SRV handler raised OSError: srv down"
+    _, steps = read_log(sup.db_path)
+    assert steps[a][0]["target"] == "LAUNCHER_SELF" and steps[a][0]["state"] == "succeeded"
+    assert steps[b][0]["target"] == "SRV" and json.loads(steps[b][0]["output_json"]) == {
+        "kind": "echo", "data": {"value": 7}}
+    assert steps[c][0]["state"] == "failed"
+    with pytest.raises(ValueError):
+        sup.register_handler(Target.HOST, srv)
+
+
+def test_compensation_runs_in_reverse_order(make_sup: Callable[..., Supervisor]) -> None:
+    sup = make_sup()
+    sub = sup.subscribe()
+    a = sup.spawn(S.CompensatingSaga("failed"))
+    b = sup.spawn(S.CompensatingSaga("host"))
+    c = sup.spawn(S.CompensatingSaga("failed", undo_op="fail"))
+    oa, ob, oc = sup.wait(a, 10), sup.wait(b, 10), sup.wait(c, 10)
+    assert (oa.state, oa.reason) == ("failed", "gave up after step 3")
+    assert (ob.state, ob.reason) == ("failed", "action failed: step 4 refused")
+    assert oc.state == "failed_compensation" and "compensation failed" in oc.reason
+    sagas, steps = read_log(sup.db_path)
+    for sid in (a, b):
+        assert sagas[sid]["state"] == "failed"
+        done = [s for s in steps[sid] if s["step_index"] <= 3]
+        assert [s["state"] for s in done] == ["compensated"] * 3
+        comp_steps = [json.loads(s["compensation_json"])["step"] for s in done]
+        undo = [json.loads(s["compensation_json"])["cmd"]["undo"] for s in done]
+        assert undo == [1, 2, 3]
+        assert comp_steps == sorted(comp_steps, reverse=True)  # issued 3, then 2, then 1
+    assert steps[b][3]["state"] == "failed"
+    assert sagas[c]["state"] == "failed_compensation"
+    events = drain_bus(sub, lambda evs: {a, b, c} <= {e.saga_id for e in evs
+                                                      if e.kind == SAGA_FAILED})
+    states = {e.saga_id: e.data["state"] for e in events if e.kind == SAGA_FAILED}
+    assert states == {a: "failed", b: "failed", c: "failed_compensation"}
+
+
+# -- lifecycle -------------------------------------------------------------------------
+
+
+def test_stop_fails_in_flight_sagas_and_cleans_up(make_sup: Callable[..., Supervisor]) -> None:
+    import os
+
+    sup = make_sup()
+    shm = sup.shm_name
+    ids = [sup.spawn(S.SleepSaga(30)) for _ in range(10)]
+    quick = sup.spawn(S.EchoSaga())
+    assert sup.wait(quick, 10).completed
+    pids = [w["pid"] for w in sup.health()["workers"]] + [sup.health()["host"]["pid"]]
+    sup.stop(drain=True, timeout=0.2)
+    for i in ids:
+        o = sup.wait(i)
+        assert o.failed and o.reason == "supervisor stopped"
+    assert not os.path.exists("/dev/shm/" + shm)
+    import psutil
+
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    with pytest.raises(NotRunningError):
+        sup.spawn(S.InstantSaga())
+    sagas, steps = read_log(sup.db_path)
+    assert all(s["state"] != "running" for s in sagas.values())
+    assert all(st["state"] != "pending" for v in steps.values() for st in v)
+
+
+def test_saga_class_in_main_script_using_an_import(tmp_path: Path) -> None:
+    script = tmp_path / "launcher.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys, json
+        from supervisor import Supervisor, Saga, IssueCmd, Done, Target
+
+        class PidSaga(Saga):
+            def start(self, ctx):
+                return IssueCmd(Target.HOST, {{"op": "echo", "cwd": os.getcwd()}})
+            def on_event(self, event, ctx):
+                return Done() if os.path.isdir(event.data["cwd"]) else None
+
+        if __name__ == "__main__":
+            with Supervisor({str(tmp_path / 'd')!r}, workers=1,
+                            host=[sys.executable, "-m", "supervisor.host"]) as sup:
+                print(json.dumps(sup.wait(sup.spawn(PidSaga()), 30).state))
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == '"completed"'
