@@ -250,6 +250,7 @@ class Supervisor:
         self.restart_period = restart_period
         self._shm_name = shm_name
         self.start_timeout = start_timeout
+        self.health_interval = 1.0
 
         self._state = "new"  # new -> running -> stopping -> stopped
         self._lock = threading.Lock()
@@ -685,7 +686,8 @@ class Supervisor:
     def _loop(self) -> None:
         sel = self._sel
         assert sel is not None
-        last_purge = time.monotonic()
+        last_purge = last_health = time.monotonic()
+        self._write_health()
         stopping = False
         while True:
             timeout: float | None = None
@@ -745,6 +747,9 @@ class Supervisor:
                 self._commit_and_flush()
                 return
             self._commit_and_flush()
+            if time.monotonic() - last_health >= self.health_interval:
+                last_health = time.monotonic()
+                self._write_health()
             if time.monotonic() - last_purge > 3600:
                 last_purge = time.monotonic()
                 assert self._log is not None
@@ -1344,6 +1349,26 @@ class Supervisor:
         self.stats["worker_restarts"] += 1
         self._workers[w.index] = self._start_worker(w.index)
 
+    # -- health file ---------------------------------------------------------------
+
+    @property
+    def health_path(self) -> Path:
+        return self.data_dir / "run" / "health.json"
+
+    def _write_health(self) -> None:
+        """Refresh <data_dir>/run/health.json (atomically) for the CLI probe."""
+        from supervisor.health import snapshot
+
+        try:
+            snap = snapshot(self)
+            path = self.health_path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(snap))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot write the health file: %s", exc)
+
     # -- teardown -------------------------------------------------------------------
 
     def _teardown(self) -> None:
@@ -1399,6 +1424,10 @@ class Supervisor:
                 except OSError:
                     pass
         self._wake_r = self._wake_w = -1
+        try:
+            self.health_path.unlink()
+        except OSError:
+            pass
         if self._log is not None:
             self._log.close()
             self._log = None
