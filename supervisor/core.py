@@ -481,7 +481,7 @@ class Supervisor:
         if state in ("running", "compensating"):
             raise NotRunningError(f"saga {saga_id} is {state} in the log but not in flight in "
                                   "this supervisor")
-        return Outcome(saga_id, state, reason)
+        return Outcome(saga_id, str(state), None if reason is None else str(reason))
 
     def cancel(self, saga_id: int, reason: str = "cancelled", timeout: float = 10.0) -> bool:
         """Fail `saga_id` with `reason` if it is still in flight.  True if this

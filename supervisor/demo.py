@@ -265,9 +265,9 @@ class _Display:
         if live:
             try:
                 from rich.live import Live
-            except ImportError:
-                Live = None
-            if Live is not None and getattr(out, "isatty", lambda: False)():
+            except ImportError:  # the `cli` extra is not installed: plain lines
+                return
+            if getattr(out, "isatty", lambda: False)():
                 self._live = Live(self._render(), refresh_per_second=4, transient=False)
                 self._live.start()
 

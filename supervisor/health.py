@@ -40,9 +40,9 @@ def process_info(pid: int) -> dict[str, Any]:
 
 
 def snapshot(sup: Supervisor) -> dict[str, Any]:
-    workers = []
+    workers: list[dict[str, Any]] = []
     for w in list(sup._workers):
-        info = process_info(w.proc.pid) if w.proc.pid else {"alive": False}
+        info: dict[str, Any] = process_info(w.proc.pid) if w.proc.pid else {"alive": False}
         info.update(index=w.index, sagas_in_flight=w.count,
                     last_reply_age=round(time.monotonic() - w.last_reply, 3))
         workers.append(info)

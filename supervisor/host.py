@@ -187,8 +187,12 @@ async def _main(in_fd: int, out_fd: int) -> int:
 
     stdin = os.fdopen(in_fd, "rb", buffering=0, closefd=False)
     transport, _ = await loop.connect_read_pipe(_Proto, stdin)
+    def _on_signal() -> None:
+        if not done.done():
+            done.set_result(0)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: done.done() or done.set_result(0))
+        loop.add_signal_handler(sig, _on_signal)
     try:
         return int(await done)
     finally:

@@ -148,7 +148,7 @@ class SagaLog:
             raise LogError(self.path, f"cannot switch to WAL (journal mode is {mode})")
         c.execute(f"PRAGMA synchronous={DURABILITY[self.durability]}")
         c.execute("PRAGMA foreign_keys=ON")
-        version = c.execute("PRAGMA user_version").fetchall()[0][0]
+        version = int(c.execute("PRAGMA user_version").fetchall()[0][0])  # type: ignore[arg-type]
         if version > SCHEMA_VERSION:
             raise SchemaTooNewError(self.path, f"schema version {version} is newer than "
                                     f"this build's {SCHEMA_VERSION}: upgrade saga-supervisor")
@@ -197,7 +197,8 @@ class SagaLog:
                       "AND state != 'compensating')", (cutoff,))
             c.execute("DELETE FROM saga WHERE ended_at IS NOT NULL AND ended_at < ? AND "
                       "state != 'running' AND state != 'compensating'", (cutoff,))
-            return int(c.changes())
+            removed = int(c.changes())
+        return removed
 
     # -- reading ------------------------------------------------------------
 
@@ -207,7 +208,7 @@ class SagaLog:
 
     def unfinished(self) -> list[tuple[int, str, float, str | None, str]]:
         """Sagas the log shows as running or compensating."""
-        return [tuple(r) for r in self.conn.execute(  # type: ignore[misc]
+        return [(int(r[0]), str(r[1]), float(r[2]), r[3], str(r[4])) for r in self.conn.execute(
             "SELECT saga_id, name, started_at, input_json, state FROM saga "
             "WHERE state IN ('running', 'compensating') ORDER BY saga_id")]
 

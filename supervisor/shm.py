@@ -33,7 +33,7 @@ import os
 import secrets
 import time
 import weakref
-from typing import Literal
+from typing import Any, Literal
 
 import psutil
 
@@ -155,6 +155,11 @@ class SharedState:
     """
 
     __slots__ = ("_seg", "_name", "_capacity", "_creator", "_finalizer", "__weakref__")
+    _seg: Any  # cffi `ssm_segment *`, or _CLOSED
+    _name: str
+    _capacity: int
+    _creator: bool
+    _finalizer: Any  # weakref.finalize | None
 
     def __init__(self) -> None:
         raise TypeError("use SharedState.create(...) or SharedState.attach(name)")
@@ -166,7 +171,7 @@ class SharedState:
         self._name = name
         self._capacity = int(_lib.ssm_capacity(seg))
         self._creator = creator
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer = None
         if creator:
             self._finalizer = weakref.finalize(
                 self, _unlink_if_creator, _posix_name(name), os.getpid()

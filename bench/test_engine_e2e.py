@@ -1,0 +1,128 @@
+"""End to end: one-step sagas through the reference host.
+
+Run: ``python -m pytest bench/test_engine_e2e.py`` (see README, Performance).
+Figures are ratios against a baseline measured in the same run: the raw
+reference host driven directly over its pipe with the same batching (no log,
+no workers) is the ceiling the supervisor is compared with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor import SAGA_COMPLETED, Supervisor
+from supervisor.frames import T_CMD, FrameReader, host_frame
+from tests.sagas import EchoSaga
+
+N = 20_000
+HOST = [sys.executable, "-m", "supervisor.host"]
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="saga-bench-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _run_batch(sup: Supervisor, n: int) -> None:
+    ids = [sup.spawn(EchoSaga(i)) for i in range(n)]
+    for sid in ids:
+        assert sup.wait(sid, 120).completed
+
+
+@pytest.mark.parametrize("durability", ["normal", "full"])
+def test_one_step_sagas(benchmark: Any, data_dir: Path, durability: str) -> None:
+    benchmark.extra_info["per"] = N
+    benchmark.extra_info["baseline"] = "test_raw_host_round_trips"
+    with Supervisor(data_dir, workers=2, host=HOST, durability=durability) as sup:
+        _run_batch(sup, 200)  # warm: host start-up, class shipping
+        benchmark.pedantic(_run_batch, args=(sup, N), rounds=3, iterations=1)
+    benchmark.extra_info["rate"] = N / benchmark.stats.stats.median
+
+
+def test_raw_host_round_trips(benchmark: Any) -> None:
+    """The ceiling: N echo commands written to the reference host in batches of
+    500 and all answers read back, with no supervisor in between."""
+    benchmark.extra_info["per"] = N
+    proc = subprocess.Popen(HOST, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+    assert proc.stdin is not None and proc.stdout is not None
+    rfd = proc.stdout.fileno()
+
+    def run() -> None:
+        reader = FrameReader()
+        got = 0
+        for start in range(0, N, 500):
+            proc.stdin.write(b"".join(host_frame(T_CMD, i + 1, 1, b'{"op":"echo"}')
+                                      for i in range(start, start + 500)))
+            want = start + 500
+            while got < want:
+                got += len(reader.feed(os.read(rfd, 1 << 20)))
+
+    try:
+        run()
+        benchmark.pedantic(run, rounds=3, iterations=1)
+    finally:
+        proc.stdin.close()
+        proc.wait(10)
+        proc.stdout.close()
+    benchmark.extra_info["rate"] = N / benchmark.stats.stats.median
+
+
+def test_latency_at_fixed_load(benchmark: Any, data_dir: Path) -> None:
+    """Spawn-to-completion latency at 1,000 sagas/s offered (below saturation):
+    the time from spawn() to the SagaCompleted event on the bus."""
+    rate, seconds = 1000, 3.0
+    lat: list[float] = []
+    with Supervisor(data_dir, workers=2, host=HOST) as sup:
+        _run_batch(sup, 200)
+        sub = sup.subscribe()
+        spawned: dict[int, float] = {}
+        done = threading.Event()
+        total = int(rate * seconds)
+
+        def listen() -> None:
+            seen = 0
+            while seen < total:
+                ev = sub.get(timeout=30)
+                if ev.kind == SAGA_COMPLETED and ev.saga_id in spawned:
+                    lat.append(time.perf_counter() - spawned[ev.saga_id])
+                    seen += 1
+            done.set()
+
+        def offer() -> None:
+            t0 = time.perf_counter()
+            for k in range(total):
+                target = t0 + k / rate
+                gap = target - time.perf_counter()
+                if gap > 0:
+                    time.sleep(gap)  # never spin: the loop thread needs the GIL
+                t = time.perf_counter()
+                sid = sup.spawn(EchoSaga(k))
+                spawned[sid] = t
+            assert done.wait(60)
+
+        th = threading.Thread(target=listen)
+        th.start()
+        benchmark.pedantic(offer, rounds=1, iterations=1)
+        th.join(60)
+        sub.close()
+    lat.sort()
+    median = statistics.median(lat)
+    p99 = lat[int(len(lat) * 0.99) - 1]
+    benchmark.extra_info.update(latency_median_ms=round(median * 1e3, 3),
+                                latency_p99_ms=round(p99 * 1e3, 3), offered_per_s=rate)
+    print(json.dumps({"latency_median_ms": median * 1e3, "latency_p99_ms": p99 * 1e3}))

@@ -1,0 +1,155 @@
+"""The command line, run as real subprocesses against real data dirs, and
+every code block of the README."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from supervisor import Supervisor
+
+from . import sagas as S
+from .conftest import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, cwd: Path | None = None, timeout: float = 120
+        ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "supervisor", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("demo")
+    proc = cli("demo", "--sagas", "300", "--data-dir", str(d / "saga-data"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    kinds = summary["kinds"]
+    assert kinds["health-check"] == {"completed": 300}
+    assert kinds["restart-server"] == {"completed": 1}
+    assert kinds["slow-probe"] == {"failed": 1}
+    assert kinds["provision"] == {"failed": 3}
+    assert sum(kinds["reconfigure"].values()) == 20 and kinds["reconfigure"]["failed"] >= 1
+    assert summary["reasons"]["slow-probe"] == {"saga timeout": 1}
+    return d
+
+
+def test_demo_plain_progress_and_summary(tmp_path: Path) -> None:
+    proc = cli("demo", "--sagas", "100", "--no-live", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "health-check" in proc.stdout and "compensat" not in proc.stderr
+    assert re.search(r"started\s+\d+\s+completed", proc.stdout)  # progress line
+    assert (tmp_path / "saga-data" / "db" / "sagas.db").exists()
+
+
+def test_sagas_list_filters_and_show(demo_dir: Path) -> None:
+    d = str(demo_dir / "saga-data")
+    rows = json.loads(cli("sagas", "--data-dir", d, "--state", "failed", "--json",
+                          "--limit", "1000").stdout)
+    assert rows and all(r["state"] == "failed" for r in rows)
+    timeouts = json.loads(cli("sagas", "--data-dir", d, "--reason", "saga timeout",
+                              "--json").stdout)
+    assert [r["name"] for r in timeouts] == ["slow-probe"]
+    kind = json.loads(cli("sagas", "--data-dir", d, "--kind", "provision", "--json").stdout)
+    assert len(kind) == 3
+    shown = cli("sagas", "--data-dir", d, "show", str(kind[0]["saga_id"]), "--json")
+    doc = json.loads(shown.stdout)
+    assert [s["state"] for s in doc["steps"]] == ["compensated"] * 3 + ["failed"]
+    text = cli("sagas", "--data-dir", d, "show", str(kind[0]["saga_id"])).stdout
+    assert "compensation" in text and "DNS zone is read-only" in text
+    missing = cli("sagas", "--data-dir", d, "show", "999999")
+    assert missing.returncode == 1 and "no saga 999999" in missing.stderr
+
+
+def test_sagas_on_missing_empty_and_corrupt_logs(tmp_path: Path) -> None:
+    missing = cli("sagas", "--data-dir", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "no saga log" in missing.stderr
+    with Supervisor(tmp_path / "empty", workers=1):
+        pass
+    empty = cli("sagas", "--data-dir", str(tmp_path / "empty"), "--json")
+    assert empty.returncode == 0 and json.loads(empty.stdout) == []
+    bad = tmp_path / "bad" / "db"
+    bad.mkdir(parents=True)
+    (bad / "sagas.db").write_bytes(b"this is not a database" * 100)
+    corrupt = cli("sagas", "--data-dir", str(tmp_path / "bad"))
+    assert corrupt.returncode == 3 and "sagas.db" in corrupt.stderr
+    assert "damaged or not a SQLite database" in corrupt.stderr
+
+
+def test_health_probe_exit_codes(make_sup: Callable[..., Supervisor], tmp_path: Path) -> None:
+    none = cli("health", "--data-dir", str(tmp_path / "data"))
+    assert none.returncode == 2 and "no supervisor running" in none.stderr
+    sup = make_sup()
+    wait_for(lambda: sup.health_path.exists(), what="health file")
+    ok = cli("health", "--data-dir", str(sup.data_dir), "--json")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    report = json.loads(ok.stdout)
+    assert report["supervisor"]["pid"] == os.getpid() and len(report["workers"]) == 2
+    sup.spawn(S.HostFaultSaga("die"))
+    wait_for(lambda: cli("health", "--data-dir", str(sup.data_dir)).returncode == 1,
+             timeout=20, what="probe reports the dead host")
+    bad = cli("health", "--data-dir", str(sup.data_dir))
+    assert "UNHEALTHY" in bad.stdout and "host down" in bad.stdout
+    sup.stop()
+    gone = cli("health", "--data-dir", str(sup.data_dir))
+    assert gone.returncode == 2
+
+
+def test_usage_errors_and_help() -> None:
+    assert cli("bogus").returncode == 64
+    for sub in ("demo", "health", "sagas", "vacuum"):
+        proc = cli(sub, "--help")
+        assert proc.returncode == 0 and "--data-dir" in proc.stdout
+    assert cli("demo", "--sagas", "-1").returncode == 64
+
+
+def test_vacuum(tmp_path: Path) -> None:
+    with Supervisor(tmp_path / "v", workers=1) as sup:
+        sid = sup.spawn(S.InstantSaga())
+        assert sup.wait(sid, 10).completed
+    keep = cli("vacuum", "--data-dir", str(tmp_path / "v"), "--older-than", "1")
+    assert keep.returncode == 0 and "removed 0" in keep.stdout
+    drop = cli("vacuum", "--data-dir", str(tmp_path / "v"), "--older-than", "0")
+    assert drop.returncode == 0 and "removed 1" in drop.stdout
+
+
+def _blocks(lang: str) -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
+
+
+def test_readme_python_blocks_run(tmp_path: Path) -> None:
+    blocks = _blocks("python")
+    assert len(blocks) == 2
+    for i, code in enumerate(blocks):
+        script = tmp_path / f"block{i}.py"
+        script.write_text(code)
+        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    assert "state='completed'" in subprocess.run(
+        [sys.executable, str(tmp_path / "block0.py")], capture_output=True, text=True,
+        timeout=120, cwd=tmp_path).stdout
+
+
+def test_readme_cli_block_runs(demo_dir: Path) -> None:
+    lines = [ln for b in _blocks("bash") for ln in b.splitlines()
+             if ln.startswith("saga-supervisor ")]
+    assert len(lines) == 3
+    for line in lines:
+        cmd = line.replace("saga-supervisor", f"{sys.executable} -m supervisor", 1)
+        proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=60,
+                              cwd=demo_dir)
+        assert proc.returncode == 0, (line, proc.stdout, proc.stderr)
+    show = subprocess.run(f"{sys.executable} -m supervisor sagas --data-dir ./saga-data show 3",
+                          shell=True, capture_output=True, text=True, cwd=demo_dir)
+    assert "provision" in show.stdout
