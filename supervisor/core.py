@@ -324,6 +324,8 @@ class Supervisor:
             self._state = "stopped"
             raise
         self._state = "running"
+        assert self._thread is not None
+        self._thread.start()
         atexit.register(self._atexit)
         return self
 
@@ -354,7 +356,6 @@ class Supervisor:
             self._host = self._start_host()
         self._thread = threading.Thread(target=self._run, name="saga-supervisor-loop",
                                         daemon=True)
-        self._thread.start()
 
     def _recover(self) -> None:
         """Sagas the log shows unfinished cannot be resumed by this version:
