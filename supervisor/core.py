@@ -25,6 +25,7 @@ terminal was claimed.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import heapq
 import json
 import logging
@@ -48,6 +49,7 @@ import multiprocess.connection
 from supervisor import frames, worker as W
 from supervisor.errors import (
     NotRunningError,
+    SegmentExistsError,
     RestartIntensityError,
     SpawnError,
     SupervisorCrashedError,
@@ -73,6 +75,13 @@ _TARGET_NAMES = {int(t): t.name for t in Target}
 _OBJECT_GETSTATE = getattr(object, "__getstate__", None)
 _OUTCOMES_KEPT = 100_000
 _HOST_READ = 1 << 18
+
+
+def segment_name(data_dir: str | os.PathLike[str]) -> str:
+    """The shared segment's name for a data dir: stable, so a client (or the
+    next supervisor) finds it from the data dir alone."""
+    digest = hashlib.sha1(os.path.realpath(data_dir).encode()).hexdigest()[:16]
+    return f"saga-{digest}"
 
 
 class _Live:
@@ -338,10 +347,11 @@ class Supervisor:
 
     def _start(self) -> None:
         self._log = SagaLog(self.db_path, self.durability)
-        self._log.purge(self.retention_days)
         first_id = self._log.max_saga_id() + 1
-        self._shared = SharedState.create(capacity=self.capacity, name=self._shm_name,
-                                          first_id=first_id)
+        # the segment doubles as the data dir's lock: nothing below writes the
+        # log unless no other live supervisor owns this data dir
+        self._shared = self._create_segment(first_id)
+        self._log.purge(self.retention_days)
         self._recover()
         self._mp = multiprocess.get_context(self.start_method)
         self._sel = selectors.DefaultSelector()
@@ -356,6 +366,34 @@ class Supervisor:
             self._host = self._start_host()
         self._thread = threading.Thread(target=self._run, name="saga-supervisor-loop",
                                         daemon=True)
+
+    def _create_segment(self, first_id: int) -> SharedState:
+        """Create this data dir's segment.  One left by a supervisor that was
+        killed (its creator pid and start time no longer name a live process)
+        is replaced; one whose creator still runs means another supervisor
+        owns this data dir, which is refused."""
+        name = self._shm_name or segment_name(self.data_dir)
+        for _ in range(2):
+            try:
+                return SharedState.create(capacity=self.capacity, name=name,
+                                          first_id=first_id)
+            except SegmentExistsError:
+                pass
+            try:
+                old = SharedState.attach(name, timeout=0.2)
+            except SupervisorError as exc:  # not ours / half-written: stale either way
+                log.warning("replacing unusable shared segment %r: %s", name, exc)
+            else:
+                alive, pid = old.creator_alive(), old.creator_pid
+                old.close()
+                if alive:
+                    raise SupervisorError(
+                        f"another supervisor (pid {pid}) is running on data dir "
+                        f"{self.data_dir}: stop it first, or use another data dir")
+                log.warning("replacing shared segment %r left by supervisor pid %d, "
+                            "which is gone", name, pid)
+            SharedState.remove(name)
+        raise SupervisorError(f"cannot create shared segment {name!r}")
 
     def _recover(self) -> None:
         """Sagas the log shows unfinished cannot be resumed by this version:

@@ -434,3 +434,32 @@ def test_saga_class_in_main_script_using_an_import(tmp_path: Path) -> None:
                           timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == '"completed"'
+
+
+def test_stale_segment_of_a_killed_supervisor_is_replaced(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from supervisor.core import segment_name
+
+    data = tmp_path / "d"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        from supervisor import Supervisor
+        if __name__ == "__main__":
+            sup = Supervisor({str(data)!r}, workers=1).start()
+            print(sup.shm_name, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    (tmp_path / "s.py").write_text(script)
+    proc = subprocess.run([sys.executable, str(tmp_path / "s.py")], capture_output=True,
+                          text=True, timeout=120)
+    name = proc.stdout.strip()
+    assert name == segment_name(data)
+    assert os.path.exists("/dev/shm/" + name)  # left behind by the SIGKILL
+    with Supervisor(data, workers=1) as sup:  # detects the dead creator, replaces it
+        assert sup.wait(sup.spawn(S.InstantSaga()), 10).completed
+        with pytest.raises(Exception, match="another supervisor .* is running"):
+            Supervisor(data, workers=1).start()
+    assert not os.path.exists("/dev/shm/" + name)
+
