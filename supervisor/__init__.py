@@ -6,6 +6,7 @@ The public surface is re-exported here; modules are private unless named in
 
 from __future__ import annotations
 
+from supervisor.client import SagaClient
 from supervisor.core import Subscription, Supervisor
 from supervisor.errors import (
     CapacityError,
@@ -63,6 +64,7 @@ __all__ = [
     "RestartIntensityError",
     "Saga",
     "SagaAction",
+    "SagaClient",
     "SagaContext",
     "SchemaTooNewError",
     "SpawnError",

@@ -63,6 +63,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("show", nargs="*", metavar="show ID",
                    help="`show ID`: one saga with its steps")
 
+    e = sub.add_parser("events", help="follow the lifecycle bus of a running supervisor",
+                       description="Print bus events (lifecycle and domain) as they happen, "
+                       "one per line, until the supervisor stops or --count is reached.")
+    e.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    e.add_argument("--count", type=int, default=0, help="stop after N events (0: follow)")
+    e.add_argument("--idle", type=float, default=None,
+                   help="stop after this many seconds without an event")
+    e.add_argument("--json", action="store_true", help="one JSON object per line")
+
     v = sub.add_parser("vacuum", help="delete terminal sagas older than N days",
                        description="Remove ended sagas (and steps) older than --older-than "
                        "days. Do not run while a supervisor writes the same log.")
@@ -224,6 +233,34 @@ def cmd_sagas(args: argparse.Namespace) -> int:
         conn.close()
 
 
+def cmd_events(args: argparse.Namespace) -> int:
+    from supervisor.client import SagaClient
+    from supervisor.errors import NotRunningError
+
+    try:
+        client = SagaClient(args.data_dir)
+    except NotRunningError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_NONE
+    seen = 0
+    try:
+        for ev in client.events(timeout=args.idle):
+            if args.json:
+                print(json.dumps({"version": ev.version, "kind": ev.kind, "saga_id": ev.saga_id,
+                                  "step": ev.step, "data": ev.data}, default=repr), flush=True)
+            else:
+                print(f"v{ev.version:<8} {ev.kind:<18} saga={ev.saga_id} "
+                      f"{json.dumps(ev.data, default=repr)}", flush=True)
+            seen += 1
+            if args.count and seen >= args.count:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.close()
+    return EXIT_OK
+
+
 def cmd_vacuum(args: argparse.Namespace) -> int:
     from supervisor.log import LogError, SagaLog
 
@@ -256,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
     handler = {"demo": cmd_demo, "health": cmd_health, "sagas": cmd_sagas,
-               "vacuum": cmd_vacuum}[args.command]
+               "events": cmd_events, "vacuum": cmd_vacuum}[args.command]
     return handler(args)
 
 

@@ -34,6 +34,9 @@ import pickle
 import queue
 import selectors
 import signal
+import socket
+import stat
+import tempfile
 import subprocess
 import threading
 import time
@@ -47,6 +50,7 @@ import multiprocess
 import multiprocess.connection
 
 from supervisor import frames, worker as W
+from supervisor._ship import dump_class, encode_saga
 from supervisor.errors import (
     NotRunningError,
     SegmentExistsError,
@@ -72,7 +76,6 @@ log = logging.getLogger(__name__)
 
 RUNNING, COMPENSATING = 0, 1
 _TARGET_NAMES = {int(t): t.name for t in Target}
-_OBJECT_GETSTATE = getattr(object, "__getstate__", None)
 _OUTCOMES_KEPT = 100_000
 _HOST_READ = 1 << 18
 
@@ -149,6 +152,25 @@ class _Host:
         self.bad_frames = 0
         self.unknown = 0
         self.death: str | None = None
+
+
+class _Conn:
+    """A SagaClient connection on the control socket."""
+
+    __slots__ = ("sock", "reader", "outbuf", "classes", "subscribed", "want_write", "closed")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = frames.FrameReader()
+        self.outbuf = bytearray()
+        self.classes: dict[int, int | str] = {}
+        self.subscribed = False
+        self.want_write = False
+        self.closed = False
+
+    def send(self, msg: tuple[Any, ...]) -> None:
+        if not self.closed:
+            self.outbuf += frames.frame(pickle.dumps(msg, protocol=5))
 
 
 class Subscription:
@@ -301,6 +323,10 @@ class Supervisor:
                       "unknown_echo": 0, "late_answers": 0, "trigger_errors": 0, "worker_restarts": 0,
                       "commits": 0, "rows": 0}
 
+        self._listener: socket.socket | None = None
+        self._control_path: Path | None = None
+        self._conns: list[_Conn] = []
+        self._remote_waiters: dict[int, list[tuple[_Conn, int]]] = {}
         self._log: SagaLog | None = None
         self._shared: SharedState | None = None
         self._workers: list[_Worker] = []
@@ -364,6 +390,7 @@ class Supervisor:
         self._await_ready(self._workers, self.start_timeout)
         if self.host_argv is not None or self.host_fds is not None:
             self._host = self._start_host()
+        self._open_control()
         self._thread = threading.Thread(target=self._run, name="saga-supervisor-loop",
                                         daemon=True)
 
@@ -430,52 +457,19 @@ class Supervisor:
         return sid
 
     def _prepare(self, saga: Saga) -> tuple[Any, ...]:
-        if not isinstance(saga, Saga):
-            raise SpawnError(f"spawn() takes a Saga instance, got {type(saga).__name__}: "
-                             f"{saga!r:.100}")
-        cls = type(saga)
-        name = getattr(saga, "name", "") or cls.__name__
-        timeout = getattr(saga, "timeout", 5.0)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise SpawnError(f"saga {name!r}: timeout must be a positive number, got {timeout!r}")
-        try:
-            snapshot = saga.input_snapshot()
-            snapshot_json = json.dumps(snapshot, separators=(",", ":"))
-        except Exception as exc:
-            raise SpawnError(f"saga {name!r}: input_snapshot() failed or is not JSON: "
-                             f"{type(exc).__name__}: {exc}") from exc
-        cid = self._class_ids.get(cls)
+        sh = encode_saga(saga)
+        cid = self._class_ids.get(sh.cls)
         if cid is None:
-            cid = self._register_class(cls)
-        state: tuple[int, bytes]
-        plain = (hasattr(saga, "__dict__") and not hasattr(cls, "__slots__")
-                 and getattr(cls, "__getstate__", None) is _OBJECT_GETSTATE
-                 and cls.__reduce_ex__ is object.__reduce_ex__)
-        try:
-            if plain:
-                state = (W.STATE_DICT, pickle.dumps(saga.__dict__, protocol=5))
-            else:
-                state = (W.STATE_DILL, dill.dumps(saga, recurse=True))
-        except Exception as exc:
-            try:
-                state = (W.STATE_DILL, dill.dumps(saga, recurse=True))
-            except Exception:
-                raise SpawnError(f"saga {name!r} cannot be pickled for a worker: "
-                                 f"{type(exc).__name__}: {exc}") from exc
-        has_comp = cls.compensate is not Saga.compensate
-        return (cid, state, name, float(timeout), snapshot_json, frozenset(cls.listens_to),
-                has_comp)
+            cid = self._register_class(sh.cls, None)
+        return (cid, sh.state, sh.name, sh.timeout, sh.snapshot_json, sh.listens, sh.has_comp)
 
-    def _register_class(self, cls: type) -> int:
+    def _register_class(self, cls: type, blob: bytes | None) -> int:
         with self._lock:
             cid = self._class_ids.get(cls)
             if cid is not None:
                 return cid
-            try:
-                blob = dill.dumps(cls, recurse=True)
-            except Exception as exc:
-                raise SpawnError(f"saga class {cls.__qualname__} cannot be pickled for a "
-                                 f"worker: {type(exc).__name__}: {exc}") from exc
+            if blob is None:
+                blob = dump_class(cls)
             cid = len(self._class_blobs) + 1
             self._class_blobs[cid] = blob
             self._class_ids[cls] = cid
@@ -669,6 +663,35 @@ class Supervisor:
                     "launcher script must start the supervisor under "
                     "`if __name__ == \"__main__\":`")
 
+    def _open_control(self) -> None:
+        """Listen on a Unix socket (mode 0600) for SagaClient connections and
+        write its path to <data_dir>/run/control."""
+        assert self._sel is not None
+        run = self.data_dir / "run"
+        run.mkdir(parents=True, exist_ok=True)
+        os.chmod(run, 0o700)
+        path = run / "ctl.sock"
+        if len(os.fsencode(path)) > 100:  # AF_UNIX paths are short (108 bytes)
+            path = Path(tempfile.gettempdir()) / f"{segment_name(self.data_dir)}.sock"
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                path.unlink()  # left by a supervisor that died; we own the data dir now
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(path))
+            os.chmod(path, 0o600)
+            sock.listen(64)
+        except OSError as exc:
+            sock.close()
+            raise SupervisorError(f"cannot listen on control socket {path}: {exc}") from exc
+        sock.setblocking(False)
+        self._listener = sock
+        self._control_path = path
+        (run / "control").write_text(str(path))
+        self._sel.register(sock, selectors.EVENT_READ, ("accept", sock))
+
     def _start_host(self) -> _Host:
         assert self._sel is not None
         if self.host_fds is not None:
@@ -754,6 +777,13 @@ class Supervisor:
                     self._write_host(obj)
                 elif tag == "workerw":
                     self._write_worker(obj)
+                elif tag == "conn":
+                    if _mask & selectors.EVENT_WRITE:
+                        self._flush_conn(obj)
+                    if _mask & selectors.EVENT_READ:
+                        self._read_conn(obj)
+                elif tag == "accept":
+                    self._accept()
                 elif tag == "wake":
                     try:
                         while os.read(self._wake_r, 4096):
@@ -1201,6 +1231,9 @@ class Supervisor:
             self._resolve(ended)
         if emit:
             self._publish(emit)
+        for c in self._conns:
+            if c.outbuf and not c.want_write:
+                self._flush_conn(c)
         for w in self._workers:
             if w.msgs and w.alive:
                 w.outbuf += frames.frame(pickle.dumps(w.msgs, protocol=5))
@@ -1293,6 +1326,10 @@ class Supervisor:
                         f.set(o)
             while len(order) > _OUTCOMES_KEPT:
                 outcomes.pop(order.popleft(), None)
+        if self._remote_waiters:
+            for o in ended:
+                for c, req in self._remote_waiters.pop(o.saga_id, ()):
+                    c.send(("ok", req, (o.state, o.reason)))
 
     def _publish(self, events: list[Event]) -> None:
         subs = self._subs
@@ -1303,6 +1340,9 @@ class Supervisor:
             ev = Event(ev.kind, ev.data, ev.saga_id, ev.step, self._version)
             for s in subs:
                 s._q.put(ev)
+            for c in self._conns:
+                if c.subscribed:
+                    c.send(("event", ev.kind, ev.data, ev.saga_id, ev.step, ev.version))
             ids = listeners.get(ev.kind)
             if ids:
                 for sid in ids:
@@ -1388,6 +1428,138 @@ class Supervisor:
         self.stats["worker_restarts"] += 1
         self._workers[w.index] = self._start_worker(w.index)
 
+    # -- control socket (SagaClient) ----------------------------------------------
+
+    def _accept(self) -> None:
+        assert self._listener is not None and self._sel is not None
+        try:
+            sock, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        sock.setblocking(False)
+        c = _Conn(sock)
+        self._conns.append(c)
+        self._sel.register(sock, selectors.EVENT_READ, ("conn", c))
+
+    def _close_conn(self, c: _Conn) -> None:
+        if c.closed:
+            return
+        c.closed = True
+        if self._sel is not None:
+            try:
+                self._sel.unregister(c.sock)
+            except (KeyError, ValueError):
+                pass
+        c.sock.close()
+        self._conns = [x for x in self._conns if x is not c]
+
+    def _read_conn(self, c: _Conn) -> None:
+        try:
+            data = c.sock.recv(1 << 20)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close_conn(c)
+            return
+        try:
+            for body in c.reader.feed(data):
+                self._client_request(c, pickle.loads(body))
+        except Exception as exc:  # a broken or hostile client: drop it, never crash
+            log.warning("dropping a control connection: %s: %s", type(exc).__name__, exc)
+            self._close_conn(c)
+
+    def _flush_conn(self, c: _Conn) -> None:
+        assert self._sel is not None
+        try:
+            while c.outbuf:
+                n = c.sock.send(c.outbuf)
+                del c.outbuf[:n]
+        except (BlockingIOError, InterruptedError):
+            if not c.want_write:
+                c.want_write = True
+                self._sel.modify(c.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
+                                 ("conn", c))
+            if len(c.outbuf) > 256 << 20:
+                log.warning("dropping a control client that does not read its replies")
+                self._close_conn(c)
+            return
+        except OSError:
+            self._close_conn(c)
+            return
+        if c.want_write:
+            c.want_write = False
+            self._sel.modify(c.sock, selectors.EVENT_READ, ("conn", c))
+
+    def _client_request(self, c: _Conn, msg: tuple[Any, ...]) -> None:
+        op, req = msg[0], msg[1]
+
+        def err(kind: str, message: str) -> None:
+            c.send(("err", req, (kind, message)))
+
+        if op == "cls":
+            ccid, blob = msg[2], msg[3]
+            try:
+                c.classes[ccid] = self._register_class(dill.loads(blob), blob)
+            except Exception as exc:
+                c.classes[ccid] = f"saga class could not be loaded: {type(exc).__name__}: {exc}"
+            return
+        if self._state != "running" and op in ("spawn", "cancel", "publish"):
+            err("NotRunningError", f"the supervisor is {self._state}")
+            return
+        assert self._shared is not None
+        if op == "spawn":
+            sid, ccid, state, name, timeout, snapshot_json, listens, has_comp = msg[2:10]
+            cid = c.classes.get(ccid)
+            if not isinstance(cid, int):
+                err("SpawnError", cid or f"unknown class id {ccid!r}")
+                return
+            if not isinstance(sid, int) or sid in self._live or \
+                    self._shared.state(sid) != "live":
+                err("ValueError", f"saga id {sid!r} is not a fresh registered id")
+                return
+            with self._lock:
+                self._pending.add(sid)
+            self._do_spawn(sid, (cid, state, str(name), float(timeout), str(snapshot_json),
+                                 frozenset(listens), bool(has_comp)), None)
+            c.send(("ok", req, sid))
+        elif op == "cancel":
+            sid, reason = msg[2], msg[3]
+            L = self._live.get(sid)
+            if L is None and not (0 < sid < self._shared.peek_next_id()):
+                err("ValueError", f"unknown saga id {sid}: never allocated")
+                return
+            won = L is not None and L.phase == RUNNING and self._fail(L, f"cancelled: {reason}")
+            c.send(("ok", req, bool(won)))
+        elif op == "wait":
+            sid = msg[2]
+            with self._lock:
+                o = self._outcomes.get(sid)
+                pending = sid in self._pending
+            if o is not None:
+                c.send(("ok", req, (o.state, o.reason)))
+            elif pending or sid in self._live:
+                self._remote_waiters.setdefault(sid, []).append((c, req))
+            else:
+                assert self._log is not None
+                row = self._log.saga(sid)
+                if row is None:
+                    err("ValueError", f"unknown saga id {sid}")
+                elif row["state"] in ("running", "compensating"):
+                    err("NotRunningError", f"saga {sid} is {row['state']} in the log but not "
+                        "in flight")
+                else:
+                    c.send(("ok", req, (row["state"], row["failure_reason"])))
+        elif op == "publish":
+            self._emit.append(Event(str(msg[2]), msg[3]))
+            c.send(("ok", req, None))
+        elif op == "subscribe":
+            c.subscribed = True
+            c.send(("ok", req, None))
+        else:
+            err("ValueError", f"unknown request {op!r}")
+
     # -- health file ---------------------------------------------------------------
 
     @property
@@ -1453,6 +1625,17 @@ class Supervisor:
                     h.proc.kill()
                     h.proc.wait(2.0)
         self._host = None
+        for c in list(self._conns):
+            self._close_conn(c)
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            for leftover in (self._control_path, self.data_dir / "run" / "control"):
+                try:
+                    if leftover is not None:
+                        leftover.unlink()
+                except OSError:
+                    pass
         if self._sel is not None:
             self._sel.close()
             self._sel = None

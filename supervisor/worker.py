@@ -33,6 +33,7 @@ from typing import Any
 
 import dill
 
+from supervisor._ship import STATE_DICT, STATE_DILL
 from supervisor.frames import FrameReader, frame
 from supervisor.saga import (
     Done,
@@ -50,7 +51,6 @@ from supervisor.shm import SharedState
 CLS, START, EVENT, COMP, DROP, STOP, SENT = range(7)
 ACT, COMPS, HEARTBEAT, READY = range(10, 14)
 A_CMD, A_WAIT, A_DONE, A_FAILED = range(4)
-STATE_DICT, STATE_DILL = 0, 1
 
 
 def describe_exc(where: str, exc: BaseException) -> str:

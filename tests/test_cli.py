@@ -106,7 +106,7 @@ def test_health_probe_exit_codes(make_sup: Callable[..., Supervisor], tmp_path: 
 
 def test_usage_errors_and_help() -> None:
     assert cli("bogus").returncode == 64
-    for sub in ("demo", "health", "sagas", "vacuum"):
+    for sub in ("demo", "health", "sagas", "events", "vacuum"):
         proc = cli(sub, "--help")
         assert proc.returncode == 0 and "--data-dir" in proc.stdout
     assert cli("demo", "--sagas", "-1").returncode == 64
@@ -153,3 +153,22 @@ def test_readme_cli_block_runs(demo_dir: Path) -> None:
     show = subprocess.run(f"{sys.executable} -m supervisor sagas --data-dir ./saga-data show 3",
                           shell=True, capture_output=True, text=True, cwd=demo_dir)
     assert "provision" in show.stdout
+
+
+def test_events_follows_the_bus(make_sup: Callable[..., Supervisor], tmp_path: Path) -> None:
+    assert cli("events", "--data-dir", str(tmp_path / "none")).returncode == 2
+    sup = make_sup()
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor", "events", "--data-dir",
+                             str(sup.data_dir), "--count", "2", "--json"],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    # spawn only once the follower is subscribed: watch for its connection
+    wait_for(lambda: len(sup._conns) == 1, what="events client connected")
+    wait_for(lambda: any(c.subscribed for c in sup._conns), what="subscribed")
+    sid = sup.spawn(S.InstantSaga())
+    lines = [json.loads(proc.stdout.readline()) for _ in range(2)]
+    assert proc.wait(30) == 0
+    proc.stdout.close()
+    assert [(e["kind"], e["saga_id"]) for e in lines] == [("SagaStarted", sid),
+                                                          ("SagaCompleted", sid)]
+    assert lines[0]["version"] < lines[1]["version"]

@@ -1,0 +1,216 @@
+"""SagaClient: spawn, cancel, wait and follow the bus from another process.
+
+A client finds a running supervisor from its data dir alone: the shared
+segment's name is derived from the data dir, and ``<data_dir>/run/control``
+holds the path of the supervisor's control socket (a Unix socket, mode 0600:
+messages are pickles, so only the supervisor's own user may connect).
+
+Ids come from the shared segment (lock-free, no round trip); the saga class
+is shipped once per class and connection, its state once per saga.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import queue
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from supervisor._ship import dump_class, encode_saga
+from supervisor.core import segment_name
+from supervisor.errors import NotRunningError, SpawnError, SupervisorError
+from supervisor.frames import FrameReader, frame
+from supervisor.saga import Event, Outcome, Saga
+from supervisor.shm import SharedState
+
+
+_ERRORS: dict[str, type[Exception]] = {
+    "ValueError": ValueError, "TypeError": TypeError, "NotRunningError": NotRunningError,
+    "SpawnError": SpawnError, "TimeoutError": TimeoutError,
+}
+
+
+def control_address(data_dir: str | os.PathLike[str]) -> str:
+    path = Path(data_dir) / "run" / "control"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        raise NotRunningError(f"no supervisor is running on {data_dir} (no {path})") from None
+
+
+class _Pending:
+    __slots__ = ("ev", "ok", "value")
+
+    def __init__(self) -> None:
+        self.ev = threading.Event()
+        self.ok = False
+        self.value: Any = None
+
+
+class SagaClient:
+    """A connection to the supervisor running on `data_dir`.  Thread-safe."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], timeout: float = 10.0) -> None:
+        self.data_dir = Path(data_dir)
+        address = control_address(data_dir)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(address)
+        except OSError as exc:
+            self._sock.close()
+            raise NotRunningError(f"cannot reach the supervisor of {data_dir} at "
+                                  f"{address}: {exc}") from exc
+        self._sock.settimeout(None)
+        self._shared = SharedState.attach(segment_name(data_dir))
+        self._send_lock = threading.Lock()
+        self._reqs = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._classes: dict[type, int] = {}
+        self._events: queue.SimpleQueue[Event | None] | None = None
+        self._closed = False
+        self._reader = threading.Thread(target=self._read, name="saga-client-reader",
+                                        daemon=True)
+        self._reader.start()
+
+    # -- requests -------------------------------------------------------------
+
+    def _send(self, msg: tuple[Any, ...]) -> None:
+        data = frame(pickle.dumps(msg, protocol=5))
+        with self._send_lock:
+            if self._closed:
+                raise NotRunningError("the client is closed")
+            try:
+                self._sock.sendall(data)
+            except OSError as exc:
+                raise NotRunningError(f"the supervisor connection broke: {exc}") from exc
+
+    def _call(self, op: str, *args: Any, timeout: float | None = 30.0) -> Any:
+        req = next(self._reqs)
+        p = _Pending()
+        self._pending[req] = p
+        try:
+            self._send((op, req, *args))
+            if not p.ev.wait(timeout):
+                raise TimeoutError(f"no answer to {op} within {timeout}s")
+        finally:
+            self._pending.pop(req, None)
+        if not p.ok:
+            if isinstance(p.value, BaseException):
+                raise p.value
+            kind, message = p.value
+            raise _ERRORS.get(kind, SupervisorError)(message)
+        return p.value
+
+    def spawn(self, saga: Saga) -> int:
+        """Spawn `saga` on the supervisor; returns its id once it is accepted."""
+        sh = encode_saga(saga)
+        ccid = self._classes.get(sh.cls)
+        if ccid is None:
+            blob = dump_class(sh.cls)
+            with self._send_lock:
+                ccid = self._classes.setdefault(sh.cls, len(self._classes) + 1)
+            self._send(("cls", 0, ccid, blob))
+        sid = self._shared.acquire()
+        try:
+            self._call("spawn", sid, ccid, sh.state, sh.name, sh.timeout, sh.snapshot_json,
+                       sorted(sh.listens), sh.has_comp)
+        except BaseException:
+            self._shared.claim(sid)  # give the slot back: it never started
+            raise
+        return sid
+
+    def cancel(self, saga_id: int, reason: str = "cancelled") -> bool:
+        if isinstance(saga_id, bool) or not isinstance(saga_id, int):
+            raise TypeError(f"saga id must be an int, got {type(saga_id).__name__}")
+        return bool(self._call("cancel", saga_id, str(reason)))
+
+    def wait(self, saga_id: int, timeout: float | None = None) -> Outcome:
+        if isinstance(saga_id, bool) or not isinstance(saga_id, int):
+            raise TypeError(f"saga id must be an int, got {type(saga_id).__name__}")
+        state, reason = self._call("wait", saga_id, timeout=timeout)
+        return Outcome(saga_id, state, reason)
+
+    def publish(self, event: Event) -> None:
+        if not isinstance(event, Event):
+            raise TypeError(f"publish() takes an Event, got {type(event).__name__}")
+        self._call("publish", event.kind, event.data)
+
+    def events(self, timeout: float | None = None) -> Iterator[Event]:
+        """Subscribe now; iterate over bus events from now on.  The iterator
+        ends when the supervisor stops, the client closes, or no event came
+        for `timeout` seconds."""
+        if self._events is None:
+            self._events = queue.SimpleQueue()
+            self._call("subscribe")
+        return self._iter_events(self._events, timeout)
+
+    @staticmethod
+    def _iter_events(q: queue.SimpleQueue[Event | None], timeout: float | None
+                     ) -> Iterator[Event]:
+        while True:
+            try:
+                item = q.get(timeout=timeout)
+            except queue.Empty:
+                return
+            if item is None:
+                q.put(None)
+                return
+            yield item
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def _read(self) -> None:
+        reader = FrameReader()
+        try:
+            while True:
+                data = self._sock.recv(1 << 16)
+                if not data:
+                    break
+                for body in reader.feed(data):
+                    msg = pickle.loads(body)
+                    if msg[0] == "event":
+                        if self._events is not None:
+                            self._events.put(Event(*msg[1:]))
+                        continue
+                    p = self._pending.get(msg[1])
+                    if p is not None:
+                        p.ok = msg[0] == "ok"
+                        p.value = msg[2]
+                        p.ev.set()
+        except OSError:
+            pass
+        finally:
+            gone = NotRunningError("the supervisor closed the connection")
+            for p in list(self._pending.values()):
+                p.ok, p.value = False, gone
+                p.ev.set()
+            if self._events is not None:
+                self._events.put(None)
+
+    def close(self) -> None:
+        with self._send_lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+        self._reader.join(5)
+        self._shared.close()
+
+    def __enter__(self) -> SagaClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["SagaClient", "control_address", "SpawnError"]

@@ -1,0 +1,22 @@
+"""Run in other processes by the client tests (importable under spawn)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from supervisor import SagaClient
+
+from . import sagas as S
+
+
+def spawn_many(data_dir: str, n: int, conn: Any) -> None:
+    with SagaClient(data_dir) as client:
+        ids = [client.spawn(S.EchoSaga(i, steps=2)) for i in range(n)]
+        outs = [client.wait(i, 60) for i in ids]
+        conn.send([(o.saga_id, o.state) for o in outs])
+
+
+def cancel_from_afar(data_dir: str, saga_id: int, conn: Any) -> None:
+    with SagaClient(data_dir) as client:
+        won = client.cancel(saga_id, "remote operator")
+        conn.send((won, client.wait(saga_id, 30).reason))

@@ -1,0 +1,82 @@
+"""SagaClient from other processes, on a real supervisor."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+from typing import Callable
+
+import multiprocess as mp
+import pytest
+
+from supervisor import Event, NotRunningError, SagaClient, SpawnError, Supervisor
+
+from . import _client_procs, sagas as S
+from .conftest import read_log
+
+CTX = mp.get_context("spawn")
+
+
+def test_processes_spawn_and_wait_through_clients(make_sup: Callable[..., Supervisor]) -> None:
+    sup = make_sup()
+    pipes = [CTX.Pipe() for _ in range(3)]
+    procs = [CTX.Process(target=_client_procs.spawn_many, args=(str(sup.data_dir), 200, child))
+             for _, child in pipes]
+    for p in procs:
+        p.start()
+    results = [parent.recv() for parent, _ in pipes]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    ids = [sid for r in results for sid, state in r]
+    assert len(set(ids)) == 600
+    assert all(state == "completed" for r in results for _, state in r)
+    sagas, steps = read_log(sup.db_path)
+    assert all(sagas[i]["state"] == "completed" and len(steps[i]) == 2 for i in ids)
+
+
+def test_cancel_from_another_process(make_sup: Callable[..., Supervisor]) -> None:
+    sup = make_sup()
+    sid = sup.spawn(S.SleepSaga(30))
+    parent, child = CTX.Pipe()
+    p = CTX.Process(target=_client_procs.cancel_from_afar, args=(str(sup.data_dir), sid, child))
+    p.start()
+    won, reason = parent.recv()
+    p.join(30)
+    assert won is True and reason == "cancelled: remote operator"
+    assert sup.wait(sid).reason == "cancelled: remote operator"
+
+
+def test_client_errors_and_bus(make_sup: Callable[..., Supervisor], tmp_path: Path) -> None:
+    with pytest.raises(NotRunningError, match="no supervisor is running"):
+        SagaClient(tmp_path / "nothing")
+    sup = make_sup()
+    control = (sup.data_dir / "run" / "control").read_text()
+    assert stat.S_IMODE(Path(control).stat().st_mode) == 0o600
+    with SagaClient(sup.data_dir) as client:
+        with pytest.raises(SpawnError, match="cannot be pickled"):
+            client.spawn(S.UnpicklableSaga())
+        with pytest.raises(ValueError, match="unknown saga id"):
+            client.cancel(10**9)
+        with pytest.raises(ValueError, match="unknown saga id"):
+            client.wait(10**6)
+        events = client.events(timeout=10)
+        client.publish(Event("hello", {"x": 1}))
+        ev = next(events)
+        assert (ev.kind, ev.data) == ("hello", {"x": 1}) and ev.version > 0
+        sid = client.spawn(S.InstantSaga())
+        assert client.wait(sid, 10).completed
+        assert sup.wait(sid, 10).completed
+    sup.stop()
+    assert not (sup.data_dir / "run" / "control").exists()
+
+
+def test_client_sees_supervisor_stop(make_sup: Callable[..., Supervisor]) -> None:
+    sup = make_sup()
+    client = SagaClient(sup.data_dir)
+    sid = client.spawn(S.SleepSaga(30))
+    sup.stop()
+    with pytest.raises(NotRunningError):
+        client.wait(sid, 10)
+    client.close()
+    assert sup.wait(sid).reason == "supervisor stopped"
