@@ -123,9 +123,13 @@ class SagaLog:
                              f"got {durability!r}")
         self.path = Path(path)
         self.durability = durability
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LogError(self.path, f"cannot create its directory: {exc}") from exc
         if not os.access(self.path.parent, os.W_OK):
-            raise LogError(self.path, "its directory is not writable")
+            raise LogError(self.path, "its directory is not writable (read-only file "
+                           "system or permissions)")
         try:
             self.conn = apsw.Connection(str(self.path))
         except apsw.Error as exc:

@@ -413,7 +413,8 @@ def test_stop_fails_in_flight_sagas_and_cleans_up(make_sup: Callable[..., Superv
     assert all(st["state"] != "pending" for v in steps.values() for st in v)
 
 
-def test_saga_class_in_main_script_using_an_import(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_saga_class_in_main_script_using_an_import(tmp_path: Path, method: str) -> None:
     script = tmp_path / "launcher.py"
     script.write_text(textwrap.dedent(f"""
         import os, sys, json
@@ -426,7 +427,7 @@ def test_saga_class_in_main_script_using_an_import(tmp_path: Path) -> None:
                 return Done() if os.path.isdir(event.data["cwd"]) else None
 
         if __name__ == "__main__":
-            with Supervisor({str(tmp_path / 'd')!r}, workers=1,
+            with Supervisor({str(tmp_path / 'd')!r}, workers=1, start_method={method!r},
                             host=[sys.executable, "-m", "supervisor.host"]) as sup:
                 print(json.dumps(sup.wait(sup.spawn(PidSaga()), 30).state))
     """))
@@ -463,3 +464,21 @@ def test_stale_segment_of_a_killed_supervisor_is_replaced(tmp_path: Path) -> Non
             Supervisor(data, workers=1).start()
     assert not os.path.exists("/dev/shm/" + name)
 
+
+
+def test_host_on_an_already_open_pair_of_fds(tmp_path: Path) -> None:
+    from .conftest import HOST_ARGV
+
+    host = subprocess.Popen(HOST_ARGV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+    assert host.stdin is not None and host.stdout is not None
+    try:
+        with Supervisor(tmp_path / "d", workers=1,
+                        host_fds=(host.stdin.fileno(), host.stdout.fileno())) as sup:
+            ids = [sup.spawn(S.EchoSaga(i, steps=2)) for i in range(50)]
+            assert all(sup.wait(i, 30).completed for i in ids)
+            assert sup.health()["host"]["frames_out"] >= 100
+        assert host.poll() is None  # not ours to stop
+    finally:
+        host.stdin.close()
+        assert host.wait(10) == 0
+        host.stdout.close()

@@ -1,0 +1,128 @@
+"""The saga log on bad ground: corrupt, foreign, newer, read-only; and the
+durability and retention settings, through a real SQLite file."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import apsw
+import pytest
+
+from supervisor import LogCorruptError, LogError, SchemaTooNewError, Supervisor
+from supervisor.log import Batch, SagaLog
+
+from . import sagas as S
+from .conftest import read_log
+
+
+def _db(d: Path) -> Path:
+    p = d / "db" / "sagas.db"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def test_corrupt_database_is_named_and_never_recreated(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    db.write_bytes(b"garbage, not sqlite" * 500)
+    with pytest.raises(LogCorruptError, match=str(db)):
+        Supervisor(tmp_path, workers=1).start()
+    assert db.read_bytes().startswith(b"garbage")  # left as it was, for inspection
+
+
+def test_truncated_database(tmp_path: Path) -> None:
+    with Supervisor(tmp_path / "a", workers=1) as sup:
+        for _ in range(50):
+            sup.spawn(S.InstantSaga())
+    db = _db(tmp_path / "a")
+    data = db.read_bytes()
+    db.write_bytes(data[: len(data) // 2])
+    with pytest.raises(LogError, match="sagas.db"):
+        Supervisor(tmp_path / "a", workers=1).start()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    SagaLog(_db(tmp_path)).close()
+    conn = apsw.Connection(str(_db(tmp_path)))
+    conn.execute("PRAGMA user_version=99")
+    conn.close()
+    with pytest.raises(SchemaTooNewError, match="schema version 99 is newer"):
+        Supervisor(tmp_path, workers=1).start()
+
+
+def test_foreign_database_is_refused(tmp_path: Path) -> None:
+    conn = apsw.Connection(str(_db(tmp_path)))
+    conn.execute("CREATE TABLE invoices(id INTEGER)")
+    conn.close()
+    with pytest.raises(LogError, match="not a saga log"):
+        Supervisor(tmp_path, workers=1).start()
+
+
+def test_read_only_data_dir(tmp_path: Path) -> None:
+    """A data dir on a read-only file system (a real read-only bind mount):
+    a clear LogError naming the file, before anything starts."""
+    import subprocess
+
+    src, ro = tmp_path / "src", tmp_path / "ro"
+    src.mkdir()
+    ro.mkdir()
+    mount = subprocess.run(["mount", "--bind", "-o", "ro", str(src), str(ro)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot make a read-only bind mount here: {mount.stderr.strip()}")
+    try:
+        with pytest.raises(LogError, match=r"sagas\.db: cannot create its directory"):
+            Supervisor(ro, workers=1).start()
+        with pytest.raises(LogError, match="not writable"):
+            SagaLog(ro / "sagas.db")
+        assert list(ro.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)
+
+
+def test_data_dir_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises((LogError, OSError)):
+        Supervisor(tmp_path / "f", workers=1).start()
+
+
+def test_durability_full_and_wal(make_sup: Callable[..., Supervisor]) -> None:
+    sup = make_sup(durability="full")
+    assert sup.wait(sup.spawn(S.EchoSaga()), 10).completed
+    assert sup._log is not None
+    assert sup._log.conn.execute("PRAGMA synchronous").fetchall()[0][0] == 2  # FULL
+    assert sup._log.conn.execute("PRAGMA journal_mode").fetchall()[0][0] == "wal"
+    with pytest.raises(ValueError, match="durability"):
+        Supervisor(sup.data_dir, durability="sometimes")
+
+
+def test_retention_removes_old_terminal_rows_only(tmp_path: Path) -> None:
+    log = SagaLog(_db(tmp_path))
+    old = time.time() - 10 * 86400
+    b = Batch()
+    b.sagas += [(1, "k", old, "{}"), (2, "k", old, "{}"), (3, "k", time.time(), "{}")]
+    b.steps += [(1, 1, "s", "{}", "HOST", old)]
+    log.commit(b)
+    b = Batch()
+    b.saga_ends += [("completed", old, None, 1), ("completed", time.time(), None, 3)]
+    log.commit(b)
+    assert log.purge(7) == 1  # saga 1 only: 2 is still running, 3 is recent
+    assert log.saga(1) is None and log.steps(1) == []
+    assert log.saga(2)["state"] == "running" and log.saga(3) is not None
+    log.close()
+
+
+def test_group_commit_one_transaction_per_turn(make_sup: Callable[..., Supervisor]) -> None:
+    sup = make_sup()
+    before = dict(sup.stats)
+    ids = [sup.spawn(S.EchoSaga(i)) for i in range(2000)]
+    for i in ids:
+        assert sup.wait(i, 30).completed
+    rows = sup.stats["rows"] - before["rows"]
+    commits = sup.stats["commits"] - before["commits"]
+    assert rows == 4 * 2000  # saga, step start, step finish, terminal
+    assert commits < rows / 20, (commits, rows)  # many rows per transaction
+    sagas, steps = read_log(sup.db_path)
+    assert all(sagas[i]["state"] == "completed" for i in ids)
