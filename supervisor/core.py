@@ -92,9 +92,10 @@ class _Live:
 
     __slots__ = ("sid", "name", "worker", "deadline", "timeout", "next_step", "open_step",
                  "phase", "succeeded", "has_comp", "listens", "sent", "may_defer",
-                 "fail_reason", "comp_queue", "comp_wait", "comp_failed", "open_cmd")
+                 "fail_reason", "comp_queue", "comp_wait", "comp_failed", "open_cmd",
+                 "inherited")
 
-    def __init__(self, sid: int, name: str, worker: int, deadline: float, timeout: float,
+    def __init__(self, sid: int, name: str, worker: _Worker, deadline: float, timeout: float,
                  has_comp: bool, listens: frozenset[str]) -> None:
         self.sid = sid
         self.name = name
@@ -114,6 +115,7 @@ class _Live:
         self.comp_wait: tuple[int, int] | None = None
         self.comp_failed: str | None = None
         self.open_cmd: tuple[int, str] | None = None  # kept only if it compensates
+        self.inherited = False  # a dead worker took the claim; replay re-derives
 
 
 class _Worker:
@@ -315,12 +317,14 @@ class Supervisor:
         self._ended: list[Outcome] = []
         self._version = 0
         self._handlers: dict[Target, Handler] = {}
+        self._kinds: dict[str, tuple[Callable[[dict[str, Any]], Saga] | None, bool]] = {}
         self._triggers: list[tuple[Callable[[Event], Saga], Callable[[Event], bool]]] = []
         self._restarts: deque[float] = deque()
         self._drain_deadline: float | None = None
         self._stop_reason = "supervisor stopped"
         self.stats = {"spawned": 0, "completed": 0, "failed": 0, "bad_frames": 0,
-                      "unknown_echo": 0, "late_answers": 0, "trigger_errors": 0, "worker_restarts": 0,
+                      "unknown_echo": 0, "late_answers": 0, "replayed": 0, "reissued": 0,
+                      "replay_failed": 0, "trigger_errors": 0, "worker_restarts": 0,
                       "commits": 0, "rows": 0}
 
         self._listener: socket.socket | None = None
@@ -422,20 +426,148 @@ class Supervisor:
             SharedState.remove(name)
         raise SupervisorError(f"cannot create shared segment {name!r}")
 
-    def _recover(self) -> None:
-        """Sagas the log shows unfinished cannot be resumed by this version:
-        fail them (and close their open steps) so nothing stays running."""
+    def register_kind(self, kind: type[Saga] | str,
+                      factory: Callable[[dict[str, Any]], Saga] | None = None,
+                      replay: bool = True) -> None:
+        """Say how to rebuild a saga of `kind` from its logged input snapshot,
+        so that it is resumed by replay after a supervisor restart or a worker
+        crash.  `factory(snapshot)` defaults to ``cls(**snapshot)``.  With
+        ``replay=False`` such sagas are failed instead ("supervisor restarted
+        while saga was running" / "worker crashed")."""
+        if isinstance(kind, type) and issubclass(kind, Saga):
+            name = kind.name or kind.__name__
+            if factory is None:
+                cls = kind
+                factory = lambda snap: cls(**snap)  # noqa: E731
+        elif isinstance(kind, str):
+            name = kind
+        else:
+            raise TypeError(f"kind must be a Saga subclass or a kind name, got {kind!r}")
+        if replay and factory is None:
+            raise ValueError(f"kind {name!r}: replay needs a factory(snapshot) -> Saga")
+        self._kinds = {**self._kinds, name: (factory, bool(replay))}
+
+    def _rebuild_item(self, sid: int, name: str, input_json: str | None
+                      ) -> tuple[Any, ...] | str:
+        """(ship item) for a saga to replay, or the reason it cannot be."""
+        kind = self._kinds.get(name)
+        if kind is None or not kind[1] or kind[0] is None:
+            return "not replayable"
+        try:
+            saga = kind[0](json.loads(input_json or "{}"))
+            item = self._prepare(saga)
+        except Exception as exc:
+            return (f"cannot rebuild the saga from its input snapshot: "
+                    f"{type(exc).__name__}: {exc}")
+        if item[2] != name:
+            return f"the factory for kind {name!r} built a saga of kind {item[2]!r}"
+        return item
+
+    def _log_steps(self, sid: int) -> list[tuple[int, int, str, str | None]] | str:
         assert self._log is not None
+        steps: list[tuple[int, int, str, str | None]] = []
+        for st in self._log.steps(sid):
+            target = {t.name: int(t) for t in Target}.get(st["target"])
+            if target is None or st["state"] not in ("succeeded", "pending"):
+                return f"step {st['step_index']} is {st['state']}: cannot replay"
+            steps.append((int(st["step_index"]), target, str(st["cmd_json"]),
+                          st["output_json"] if st["state"] == "succeeded" else None))
+        if any(s[3] is None for s in steps[:-1]):
+            return "a step before the last is still pending: cannot replay"
+        return steps
+
+    def _recover(self) -> None:
+        """Sagas the log shows unfinished: resume by replay where their kind is
+        registered for it, else fail them (closing their open steps).  Nothing
+        is written until a replay has an outcome, so a crash during recovery
+        leaves the log as it was: recovery is idempotent."""
+        assert self._log is not None and self._shared is not None
         stale = self._log.unfinished()
         if not stale:
             return
         now = time.time()
         batch = Batch()
-        for sid, _name, _started, _inp, _state in stale:
-            batch.saga_ends.append(("failed", now, "supervisor restarted while saga was running",
-                                    sid))
-        self._log.commit(batch)
-        log.warning("failed %d saga(s) left running by a previous supervisor", len(stale))
+        replays = 0
+        for sid, name, started, input_json, state in stale:
+            if state == "compensating":
+                batch.saga_ends.append(("failed_compensation", now,
+                                        "supervisor restarted during compensation", sid))
+                continue
+            item = self._rebuild_item(sid, name, input_json)
+            steps = self._log_steps(sid) if not isinstance(item, str) else item
+            if isinstance(item, str) or isinstance(steps, str):
+                why = "supervisor restarted while saga was running"
+                if item != "not replayable":
+                    why += f"; {steps}"
+                    self.stats["replay_failed"] += 1
+                batch.saga_ends.append(("failed", now, why, sid))
+                continue
+            self._shared.register(sid)
+            with self._lock:
+                self._pending.add(sid)
+            self._inbox.append(("replay", sid, item, steps, started, False))
+            replays += 1
+        if batch:
+            self._log.commit(batch)
+        log.warning("recovery: %d saga(s) left unfinished by a previous supervisor: %d "
+                    "resumed by replay, %d failed", len(stale), replays, len(stale) - replays)
+
+    def _do_replay(self, sid: int, item: tuple[Any, ...],
+                   steps: list[tuple[int, int, str, str | None]], started_at: float,
+                   inherited: bool) -> None:
+        cid, state, name, timeout, _snapshot, listens, has_comp = item
+        self._ship_class(cid)
+        remaining = timeout - max(0.0, time.time() - started_at)
+        deadline = time.monotonic() + max(0.0, remaining)
+        w = self._workers[sid % len(self._workers)]
+        L = _Live(sid, name, w, deadline, timeout, has_comp, listens)
+        L.may_defer = True
+        L.inherited = inherited
+        for index, target, cmd_json, output in steps:
+            if output is None:
+                L.open_step = index
+                L.open_cmd = (target, cmd_json)
+            elif L.succeeded is not None:
+                L.succeeded.append((index, target, cmd_json))
+        L.next_step = steps[-1][0] + 1 if steps else 1
+        L.sent = len(steps)
+        self._index(L)
+        heapq.heappush(self._timers, (deadline, sid))
+        w.count += 1
+        w.msgs.append((W.REPLAY, sid, cid, state, name, steps, inherited))
+        self.stats["replayed"] += 1
+
+    def _ship_class(self, cid: int) -> None:
+        if cid not in self._shipped:
+            self._shipped.add(cid)
+            blob = self._class_blobs[cid]
+            for w in self._workers:
+                w.msgs.append((W.CLS, cid, blob))
+
+    def _index(self, L: _Live) -> None:
+        sid = L.sid
+        self._live[sid] = L
+        kind_set = self._by_kind.get(L.name)
+        if kind_set is None:
+            self._by_kind[L.name] = {sid}
+        else:
+            kind_set.add(sid)
+        for k in L.listens:
+            self._listeners.setdefault(k, set()).add(sid)
+
+    def _forget(self, L: _Live) -> None:
+        sid = L.sid
+        del self._live[sid]
+        ks = self._by_kind.get(L.name)
+        if ks is not None:
+            ks.discard(sid)
+            if not ks:
+                del self._by_kind[L.name]
+        for k in L.listens:
+            ls = self._listeners.get(k)
+            if ls is not None:
+                ls.discard(sid)
+        L.worker.count -= 1
 
     def __enter__(self) -> Supervisor:
         return self.start() if self._state == "new" else self
@@ -798,6 +930,8 @@ class Supervisor:
                     self._do_spawn(item[1], item[2], item[3])
                 elif kind == "cancel":
                     self._do_cancel(item[1], item[2], item[3])
+                elif kind == "replay":
+                    self._do_replay(item[1], item[2], item[3], item[4], item[5])
                 elif kind == "publish":
                     self._emit.append(item[1])
                 elif kind == "trigger":
@@ -828,26 +962,14 @@ class Supervisor:
 
     def _do_spawn(self, sid: int, item: tuple[Any, ...], trigger_event: Event | None) -> None:
         cid, state, name, timeout, snapshot_json, listens, has_comp = item
-        if cid not in self._shipped:
-            self._shipped.add(cid)
-            blob = self._class_blobs[cid]
-            for w in self._workers:
-                w.msgs.append((W.CLS, cid, blob))
+        self._ship_class(cid)
         now = time.time()
         deadline = time.monotonic() + timeout
-        widx = sid % len(self._workers)
-        L = _Live(sid, name, widx, deadline, timeout, has_comp, listens)
-        self._live[sid] = L
-        kind_set = self._by_kind.get(name)
-        if kind_set is None:
-            self._by_kind[name] = {sid}
-        else:
-            kind_set.add(sid)
-        for k in listens:
-            self._listeners.setdefault(k, set()).add(sid)
+        w = self._workers[sid % len(self._workers)]
+        L = _Live(sid, name, w, deadline, timeout, has_comp, listens)
+        self._index(L)
         heapq.heappush(self._timers, (deadline, sid))
         self._batch.sagas.append((sid, name, now, snapshot_json))
-        w = self._workers[widx]
         w.count += 1
         w.msgs.append((W.START, sid, cid, state, name))
         if trigger_event is not None:
@@ -859,20 +981,9 @@ class Supervisor:
     def _end(self, L: _Live, state: str, reason: str | None) -> None:
         sid = L.sid
         self._batch.saga_ends.append((state, time.time(), reason, sid))
-        del self._live[sid]
-        ks = self._by_kind.get(L.name)
-        if ks is not None:
-            ks.discard(sid)
-            if not ks:
-                del self._by_kind[L.name]
-        for k in L.listens:
-            ls = self._listeners.get(k)
-            if ls is not None:
-                ls.discard(sid)
-        w = self._workers[L.worker]
-        w.count -= 1
+        self._forget(L)
         if state != "completed":
-            w.msgs.append((W.DROP, sid))
+            L.worker.msgs.append((W.DROP, sid))
             self.stats["failed"] += 1
             data = {"name": L.name, "reason": reason, "state": state}
             self._emit.append(Event(SAGA_FAILED, data, sid))
@@ -903,7 +1014,7 @@ class Supervisor:
             self._batch.saga_states.append(("compensating", L.sid))
             L.deadline = time.monotonic() + L.timeout
             heapq.heappush(self._timers, (L.deadline, L.sid))
-            self._workers[L.worker].msgs.append((W.COMP, L.sid, list(reversed(L.succeeded))))
+            L.worker.msgs.append((W.COMP, L.sid, list(reversed(L.succeeded))))
             return True
         self._end(L, "failed", reason)
         return True
@@ -964,34 +1075,13 @@ class Supervisor:
         for r in replies:
             op = r[0]
             if op == W.ACT:
-                sid, code, arg, consumed = r[1], r[2], r[3], r[4]
-                L = live.get(sid)
-                if L is None:
-                    continue
-                if code == W.A_CMD:
-                    if L.phase != RUNNING or shared.is_claimed(sid):
-                        continue  # no work after the end
-                    now = time.time()
-                    if consumed is not None and L.open_step:
-                        self._close_step(L, consumed, now)
-                    target, cmd_json, step_name = arg
-                    step = L.next_step
-                    L.next_step = step + 1
-                    L.open_step = step
-                    if L.has_comp:
-                        L.open_cmd = (target, cmd_json)
-                    batch.steps.append((sid, step, step_name, cmd_json,
-                                        _TARGET_NAMES[target], now))
-                    if target == 1:
-                        self._host_out.append((sid, step, cmd_json))
-                    else:
-                        self._local_out.append((sid, step, target, cmd_json))
-                elif code == W.A_DONE:
-                    if consumed is not None and L.open_step:
-                        self._close_step(L, consumed, time.time())
-                    self._end(L, "completed", None)
-                elif code == W.A_FAILED:
-                    self._fail(L, arg, claimed=True, consumed=consumed)
+                L = live.get(r[1])
+                if L is not None:
+                    self._apply_act(L, r[2], r[3], r[4])
+            elif op == W.REPLAYED:
+                L = live.get(r[1])
+                if L is not None:
+                    self._replayed(L, r[2], r[3], r[4])
             elif op == W.COMPS:
                 L = live.get(r[1])
                 if L is None or L.phase != COMPENSATING:
@@ -1000,6 +1090,58 @@ class Supervisor:
                 if r[3]:
                     L.comp_failed = r[3]
                 self._next_compensation(L)
+
+    def _apply_act(self, L: _Live, code: int, arg: Any, consumed: bytes | str | None) -> None:
+        sid = L.sid
+        if code == W.A_CMD:
+            assert self._shared is not None
+            if L.phase != RUNNING or self._shared.is_claimed(sid):
+                return  # no work after the end
+            now = time.time()
+            if consumed is not None and L.open_step:
+                self._close_step(L, consumed, now)
+            target, cmd_json, step_name = arg
+            step = L.next_step
+            L.next_step = step + 1
+            L.open_step = step
+            if L.has_comp:
+                L.open_cmd = (target, cmd_json)
+            self._batch.steps.append((sid, step, step_name, cmd_json, _TARGET_NAMES[target], now))
+            if target == 1:
+                self._host_out.append((sid, step, cmd_json))
+            else:
+                self._local_out.append((sid, step, target, cmd_json))
+        elif code == W.A_DONE:
+            if consumed is not None and L.open_step:
+                self._close_step(L, consumed, time.time())
+            self._end(L, "completed", None)
+        elif code == W.A_FAILED:
+            self._fail(L, arg, claimed=True, consumed=consumed)
+
+    def _replayed(self, L: _Live, code: int, arg: Any, reissue: bool) -> None:
+        """The live action of a saga rebuilt by replay."""
+        if L.inherited:
+            L.inherited = False
+            if code == W.A_DONE:
+                self._end(L, "completed", None)
+            elif code == W.A_FAILED:
+                self._fail(L, arg, claimed=True)
+            else:
+                self._end(L, "failed", "worker crashed after claiming the terminal, and "
+                          "replay did not reach a terminal")
+            return
+        if not reissue:
+            self._apply_act(L, code, arg, None)
+            return
+        assert self._shared is not None
+        if L.phase != RUNNING or self._shared.is_claimed(L.sid) or not L.open_step:
+            return
+        target, cmd_json, _name = arg
+        self.stats["reissued"] += 1
+        if target == 1:
+            self._host_out.append((L.sid, L.open_step, cmd_json))
+        else:
+            self._local_out.append((L.sid, L.open_step, target, cmd_json))
 
     def _close_step(self, L: _Live, consumed: bytes | str, now: float) -> None:
         out = consumed if isinstance(consumed, str) else consumed.decode("utf-8", "replace")
@@ -1124,7 +1266,7 @@ class Supervisor:
                 return
             if step != L.open_step:
                 L.may_defer = True
-            self._workers[L.worker].msgs.append(
+            L.worker.msgs.append(
                 (W.EVENT, sid, None, payload, True, sid, step, 0, L.sent))
         elif kind == frames.T_ACTION_FAILED:
             try:
@@ -1212,13 +1354,7 @@ class Supervisor:
     # -- commit and flush ---------------------------------------------------------
 
     def _commit_and_flush(self) -> None:
-        batch = self._batch
-        if batch:
-            assert self._log is not None
-            self._batch = Batch()
-            self._log.commit(batch)  # write-ahead of everything below
-            self.stats["commits"] += 1
-            self.stats["rows"] += batch.rows()
+        self._commit_now()  # write-ahead of everything below
         host_out, self._host_out = self._host_out, []
         local_out, self._local_out = self._local_out, []
         emit, self._emit = self._emit, []
@@ -1272,7 +1408,7 @@ class Supervisor:
                     continue  # claimed since it was issued: never send after the end
                 L.sent += 1
                 if L.may_defer:
-                    self._workers[L.worker].msgs.append((W.SENT, sid, L.sent))
+                    L.worker.msgs.append((W.SENT, sid, L.sent))
             buf += frame(frames.T_CMD, sid, step, cmd_json.encode())
             sent += 1
         h.frames_out += sent
@@ -1306,7 +1442,7 @@ class Supervisor:
                 self._comp_answer(L, step, None)
                 continue
             L.sent += 1
-            self._workers[L.worker].msgs.append(
+            L.worker.msgs.append(
                 (W.EVENT, sid, None, payload, True, sid, step, 0, L.sent))
 
     def _resolve(self, ended: list[Outcome]) -> None:
@@ -1349,7 +1485,7 @@ class Supervisor:
                     L = self._live.get(sid)
                     if L is not None and L.phase == RUNNING and sid != ev.saga_id:
                         L.may_defer = True
-                        self._workers[L.worker].msgs.append(self._event_msg(L, ev))
+                        L.worker.msgs.append(self._event_msg(L, ev))
             if triggers and self._state == "running":
                 self._run_triggers(ev)
 
@@ -1382,7 +1518,11 @@ class Supervisor:
     # -- worker death ---------------------------------------------------------------
 
     def _worker_died(self, w: _Worker) -> None:
-        assert self._sel is not None
+        """A worker is gone: read what it wrote, then replay its sagas on its
+        replacement (kinds registered for replay) or fail them ("worker
+        crashed"); a claim it took without reporting is inherited and
+        resolved by replay.  Restart intensity is bounded (OTP-style)."""
+        assert self._sel is not None and self._shared is not None
         self._read_worker(w)  # replies written before death still count
         w.alive = False
         for fd in (w.rfd, w.proc.sentinel) + ((w.wfd,) if w.want_write else ()):
@@ -1393,40 +1533,76 @@ class Supervisor:
         w.proc.join(1.0)
         code = w.proc.exitcode
         why = f"worker crashed (exit code {code})"
-        if self._state == "running":
-            log.error("worker %d died (exit code %s)", w.index, code)
         for fd in (w.rfd, w.wfd):
             try:
                 os.close(fd)
             except OSError:
                 pass
-        for L in [x for x in self._live.values() if x.worker == w.index]:
+        orphans = [x for x in self._live.values() if x.worker is w]
+        replacement: _Worker | None = None
+        if self._state == "running" and w in self._workers:
+            log.error("worker %d (pid %s) died (exit code %s); %d saga(s) in flight on it",
+                      w.index, w.proc.pid, code, len(orphans))
+            now = time.monotonic()
+            self._restarts.append(now)
+            while self._restarts and now - self._restarts[0] > self.restart_period:
+                self._restarts.popleft()
+            if len(self._restarts) > self.max_restarts:
+                err = RestartIntensityError(
+                    f"{len(self._restarts)} worker restarts within {self.restart_period}s "
+                    f"(max_restarts={self.max_restarts}): stopping the supervisor")
+                log.error("%s", err)
+                self._crash = err
+                self._state = "stopping"
+                self._stop_reason = "supervisor stopped: restart intensity exceeded"
+                self._drain_deadline = now
+                self._inbox.append(("stop", False, 0.0))
+            else:
+                self.stats["worker_restarts"] += 1
+                replacement = self._start_worker(w.index)
+                self._workers[w.index] = replacement
+        if self._batch:  # the log must show every row of these sagas before replay
+            self._commit_now()
+        for L in orphans:
+            claimed = self._shared.state(L.sid) == "claimed"
             if L.phase == COMPENSATING:
                 L.comp_failed = why
                 L.comp_queue = []
                 L.comp_wait = None
                 self._next_compensation(L)
-            elif not self._fail(L, why):
-                self._end(L, "failed", f"{why} after claiming the terminal; outcome lost")
-        if self._state != "running":
-            return
-        now = time.monotonic()
-        self._restarts.append(now)
-        while self._restarts and now - self._restarts[0] > self.restart_period:
-            self._restarts.popleft()
-        if len(self._restarts) > self.max_restarts:
-            err = RestartIntensityError(
-                f"{len(self._restarts)} worker restarts within {self.restart_period}s "
-                f"(max_restarts={self.max_restarts}): stopping the supervisor")
-            log.error("%s", err)
-            self._crash = err
-            self._state = "stopping"
-            self._stop_reason = "supervisor stopped: restart intensity exceeded"
-            self._drain_deadline = now
-            self._inbox.append(("stop", False, 0.0))
-            return
-        self.stats["worker_restarts"] += 1
-        self._workers[w.index] = self._start_worker(w.index)
+                continue
+            if replacement is not None and self._replay_orphan(L, claimed, why):
+                continue
+            if claimed:
+                self._end(L, "failed", f"{why} after claiming the terminal; it could not "
+                          "be re-derived by replay")
+            else:
+                self._fail(L, why)
+
+    def _replay_orphan(self, L: _Live, claimed: bool, why: str) -> bool:
+        assert self._log is not None
+        row = self._log.saga(L.sid)
+        if row is None:
+            return False
+        item = self._rebuild_item(L.sid, L.name, row["input_json"])
+        steps = self._log_steps(L.sid) if not isinstance(item, str) else item
+        if isinstance(item, str) or isinstance(steps, str):
+            if item != "not replayable":
+                self.stats["replay_failed"] += 1
+                log.warning("saga %d cannot be replayed after %s: %s", L.sid, why, steps)
+            return False
+        self._forget(L)
+        self._do_replay(L.sid, item, steps, float(row["started_at"]), inherited=claimed)
+        return True
+
+    def _commit_now(self) -> None:
+        batch = self._batch
+        if batch:
+            assert self._log is not None
+            self._batch = Batch()
+            self._log.commit(batch)
+            self.stats["commits"] += 1
+            self.stats["rows"] += batch.rows()
 
     # -- control socket (SagaClient) ----------------------------------------------
 

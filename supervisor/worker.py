@@ -13,6 +13,10 @@ Messages in (tuples; first item the opcode):
   (EVENT, saga_id, kind, data_or_json, is_json, saga_id_of_event, step, version,
    sent)                                    `sent`: commands dispatched so far
   (SENT, saga_id, sent)                     commands up to `sent` went out
+  (REPLAY, saga_id, class_id, state, name, steps, inherited)
+        rebuild the saga, replay start() and the logged events of `steps`
+        [(index, target, cmd_json, output_json | None)], compare each command
+        with the logged one; `inherited`: the supervisor holds the claim
   (COMP, saga_id, [(step, target, cmd_json), ...])   call compensate() in order
   (DROP, saga_id)                           forget the saga
 Messages out:
@@ -20,6 +24,8 @@ Messages out:
   (COMPS, saga_id, [(step, target, cmd_json) | (step, None, None)], error)
   (HEARTBEAT, sagas_held)
   (READY, pid)                              first message: imports are done
+  (REPLAYED, saga_id, code, arg, reissue)   the live action after a replay;
+        `reissue`: it is the logged pending step, to be sent again
 """
 
 from __future__ import annotations
@@ -48,8 +54,8 @@ from supervisor.saga import (
 )
 from supervisor.shm import SharedState
 
-CLS, START, EVENT, COMP, DROP, STOP, SENT = range(7)
-ACT, COMPS, HEARTBEAT, READY = range(10, 14)
+CLS, START, EVENT, COMP, DROP, STOP, SENT, REPLAY = range(8)
+ACT, COMPS, HEARTBEAT, READY, REPLAYED = range(10, 15)
 A_CMD, A_WAIT, A_DONE, A_FAILED = range(4)
 
 
@@ -131,6 +137,8 @@ class WorkerState:
                 else:
                     code, arg = encode_action(action, "start")
                 self._finish(out, sid, code, arg, None)
+            elif op == REPLAY:
+                self._replay(out, *msg[1:])
             elif op == SENT:
                 self._released(out, msg[1], msg[2])
             elif op == DROP:
@@ -187,6 +195,58 @@ class WorkerState:
             return
         for msg in held:
             self._event(out, msg[:8] + (max(msg[8], sent),))
+
+    def _replay(self, out: list[Any], sid: int, cid: int, state: tuple[int, bytes], name: str,
+                steps: list[tuple[int, int, str, str | None]], inherited: bool) -> None:
+        reissue = False
+        n_cmds = 0
+        try:
+            saga = self._rebuild(cid, state)
+            ctx = SagaContext(sid, name)
+            self.sagas[sid] = (saga, ctx)
+            code, arg = encode_action(saga.start(ctx), "start")
+            for index, target, cmd_json, output in steps:
+                if code != A_CMD or arg[0] != target or \
+                        json.loads(arg[1]) != json.loads(cmd_json):
+                    got = f"{Target(arg[0]).name} {arg[1]}" if code == A_CMD else \
+                        ("Wait" if code == A_WAIT else "Done" if code == A_DONE
+                         else f"Failed({arg})")
+                    code, arg = A_FAILED, (f"non-deterministic replay: step {index} was "
+                                           f"{Target(target).name} {cmd_json}, replay gave {got}")
+                    break
+                n_cmds += 1
+                if output is None:  # the open step: send it again, same saga id and step
+                    reissue = True
+                    break
+                obj = json.loads(output)
+                event = Event(str(obj.get("kind")), obj.get("data"), sid, index, 0)
+                code, arg = encode_action(saga.on_event(event, ctx), "on_event")
+                if code == A_WAIT:
+                    code, arg = A_FAILED, (f"non-deterministic replay: the event of step "
+                                           f"{index} was consumed, replay returned Wait")
+                    break
+        except Exception as exc:
+            code, arg = A_FAILED, describe_exc("replay", exc)
+        self.issued[sid] = n_cmds
+        if reissue:
+            out.append((REPLAYED, sid, A_CMD, arg, True))
+            return
+        if inherited:
+            # the claim was taken by a worker that died; the supervisor holds it
+            # now, and only wants to know which outcome the replay reaches
+            out.append((REPLAYED, sid, code, arg, False))
+            return
+        if code == A_CMD:
+            self.issued[sid] = n_cmds + 1
+        elif code == A_DONE or code == A_FAILED:
+            if not self.shared.claim(sid):
+                self.sagas.pop(sid, None)
+                return
+            if code == A_DONE:
+                self.sagas.pop(sid, None)
+            else:
+                self.ended.add(sid)
+        out.append((REPLAYED, sid, code, arg, False))
 
     def _rebuild(self, cid: int, state: tuple[int, bytes]) -> Saga:
         kind, data = state
