@@ -246,6 +246,19 @@ int ssm_claim(ssm_segment *seg, uint64_t id) {
     return 0; /* claimed already, slot reused, or never registered: the loser */
 }
 
+int ssm_reopen(ssm_segment *seg, uint64_t id) {
+    if (id == 0 || id > MAX_ID) return SSM_ERANGE;
+    _Atomic uint64_t *slot = &seg->slots[id & seg->mask];
+    uint64_t expected = (id << 1) | 1;
+    if (atomic_compare_exchange_strong_explicit(slot, &expected, id << 1,
+                                                memory_order_acq_rel,
+                                                memory_order_acquire)) {
+        atomic_fetch_add_explicit(&seg->hdr->in_flight, 1, memory_order_relaxed);
+        return 1;
+    }
+    return 0;
+}
+
 int ssm_state(ssm_segment *seg, uint64_t id) {
     if (id == 0 || id > MAX_ID) return SSM_STATE_UNKNOWN;
     uint64_t cur = atomic_load_explicit(&seg->slots[id & seg->mask], memory_order_acquire);

@@ -57,6 +57,10 @@ int ssm_register(ssm_segment *seg, uint64_t id);
  * unsigned (values above ssm_max_id()) on failure. */
 uint64_t ssm_acquire(ssm_segment *seg, uint64_t max_tries);
 int ssm_claim(ssm_segment *seg, uint64_t id);
+/* Undo a claim whose holder died before its outcome was made visible: the
+ * supervisor inherits it and, when replay does not re-derive a terminal,
+ * puts the saga back in flight. 1 if reopened, 0 if not claimed by `id`. */
+int ssm_reopen(ssm_segment *seg, uint64_t id);
 int ssm_state(ssm_segment *seg, uint64_t id);
 int64_t ssm_in_flight(ssm_segment *seg);
 

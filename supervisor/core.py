@@ -114,7 +114,7 @@ class _Live:
         self.comp_queue: list[tuple[int, int | None, str | None]] = []
         self.comp_wait: tuple[int, int] | None = None
         self.comp_failed: str | None = None
-        self.open_cmd: tuple[int, str] | None = None  # kept only if it compensates
+        self.open_cmd: tuple[int, str] | None = None  # (target, cmd json) of open_step
         self.inherited = False  # a dead worker took the claim; replay re-derives
 
 
@@ -254,6 +254,7 @@ class Supervisor:
         start_method: str = "spawn",
         max_restarts: int = 5,
         restart_period: float = 30.0,
+        restart_host: bool = True,
         shm_name: str | None = None,
         start_timeout: float = 60.0,
     ) -> None:
@@ -281,6 +282,8 @@ class Supervisor:
         self.start_method = start_method
         self.max_restarts = max_restarts
         self.restart_period = restart_period
+        self.restart_host = restart_host
+        self._host_restarts: deque[float] = deque()
         self._shm_name = shm_name
         self.start_timeout = start_timeout
         self.health_interval = 1.0
@@ -311,7 +314,8 @@ class Supervisor:
         self._listeners: dict[str, set[int]] = {}
         self._timers: list[tuple[float, int]] = []
         self._batch = Batch()
-        self._host_out: list[tuple[int, int, str]] = []
+        # (saga id, step, command json, counts as a new dispatch for `sent`)
+        self._host_out: list[tuple[int, int, str, bool]] = []
         self._local_out: list[tuple[int, int, int, str]] = []
         self._emit: list[Event] = []
         self._ended: list[Outcome] = []
@@ -324,7 +328,7 @@ class Supervisor:
         self._stop_reason = "supervisor stopped"
         self.stats = {"spawned": 0, "completed": 0, "failed": 0, "bad_frames": 0,
                       "unknown_echo": 0, "late_answers": 0, "replayed": 0, "reissued": 0,
-                      "replay_failed": 0, "trigger_errors": 0, "worker_restarts": 0,
+                      "replay_failed": 0, "reopened": 0, "host_restarts": 0, "trigger_errors": 0, "worker_restarts": 0,
                       "commits": 0, "rows": 0}
 
         self._listener: socket.socket | None = None
@@ -1008,6 +1012,7 @@ class Supervisor:
             else:  # still awaiting its echo: closed as failed with the reason
                 self._batch.step_ends.append(("failed", now, None, reason, L.sid, L.open_step))
                 L.open_step = 0
+                L.open_cmd = None
         if L.succeeded and self._state == "running":
             L.phase = COMPENSATING
             L.fail_reason = reason
@@ -1104,11 +1109,10 @@ class Supervisor:
             step = L.next_step
             L.next_step = step + 1
             L.open_step = step
-            if L.has_comp:
-                L.open_cmd = (target, cmd_json)
+            L.open_cmd = (target, cmd_json)
             self._batch.steps.append((sid, step, step_name, cmd_json, _TARGET_NAMES[target], now))
             if target == 1:
-                self._host_out.append((sid, step, cmd_json))
+                self._host_out.append((sid, step, cmd_json, True))
             else:
                 self._local_out.append((sid, step, target, cmd_json))
         elif code == W.A_DONE:
@@ -1120,26 +1124,29 @@ class Supervisor:
 
     def _replayed(self, L: _Live, code: int, arg: Any, reissue: bool) -> None:
         """The live action of a saga rebuilt by replay."""
+        assert self._shared is not None
         if L.inherited:
             L.inherited = False
             if code == W.A_DONE:
                 self._end(L, "completed", None)
-            elif code == W.A_FAILED:
+                return
+            if code == W.A_FAILED:
                 self._fail(L, arg, claimed=True)
-            else:
-                self._end(L, "failed", "worker crashed after claiming the terminal, and "
-                          "replay did not reach a terminal")
-            return
+                return
+            # replay stops short of the terminal the dead worker claimed (the
+            # event it consumed was never logged): its claim had no visible
+            # effect, so the saga goes back in flight and carries on
+            self._shared.reopen(L.sid)
+            self.stats["reopened"] += 1
         if not reissue:
             self._apply_act(L, code, arg, None)
             return
-        assert self._shared is not None
         if L.phase != RUNNING or self._shared.is_claimed(L.sid) or not L.open_step:
             return
         target, cmd_json, _name = arg
         self.stats["reissued"] += 1
         if target == 1:
-            self._host_out.append((L.sid, L.open_step, cmd_json))
+            self._host_out.append((L.sid, L.open_step, cmd_json, False))
         else:
             self._local_out.append((L.sid, L.open_step, target, cmd_json))
 
@@ -1148,7 +1155,7 @@ class Supervisor:
         self._batch.step_ends.append(("succeeded", now, out, None, L.sid, L.open_step))
         if L.succeeded is not None and L.open_cmd is not None:
             L.succeeded.append((L.open_step, L.open_cmd[0], L.open_cmd[1]))
-            L.open_cmd = None
+        L.open_cmd = None
         L.open_step = 0
 
     # -- compensation -------------------------------------------------------
@@ -1166,7 +1173,7 @@ class Supervisor:
                 ("succeeded", json.dumps({"step": step, "target": _TARGET_NAMES[target],
                                           "cmd": json.loads(cmd_json)}), L.sid, orig))
             if target == 1:
-                self._host_out.append((L.sid, step, cmd_json))
+                self._host_out.append((L.sid, step, cmd_json, False))
             else:
                 self._local_out.append((L.sid, step, target, cmd_json))
             return
@@ -1293,24 +1300,64 @@ class Supervisor:
         log.warning("host answer for saga %d step %d ignored: %s", sid, step, why)
 
     def _host_died(self, h: _Host, why: str) -> None:
+        """The host is gone.  If we started it (an argv) and restarts are
+        within intensity, start a new one and send every open host step again
+        (same saga id and step: hosts treat re-issued commands idempotently);
+        otherwise fail the sagas waiting on it."""
         if not h.alive:
             return
         h.alive = False
         h.death = why
-        log.error("%s; sagas waiting on the host fail", why)
         assert self._sel is not None
         for fd in (h.rfd, h.wfd):
             try:
                 self._sel.unregister(fd)
             except (KeyError, ValueError):
                 pass
+        if h.proc is not None:
+            for f in (h.proc.stdin, h.proc.stdout):
+                try:
+                    if f is not None:
+                        f.close()
+                except OSError:
+                    pass
+            try:
+                h.proc.wait(1.0)
+            except subprocess.TimeoutExpired:
+                h.proc.kill()
+        restarted = False
+        if self.restart_host and self.host_argv is not None and self._state == "running":
+            now = time.monotonic()
+            self._host_restarts.append(now)
+            while self._host_restarts and now - self._host_restarts[0] > self.restart_period:
+                self._host_restarts.popleft()
+            if len(self._host_restarts) <= self.max_restarts:
+                try:
+                    new = self._start_host()
+                except SupervisorError as exc:
+                    log.error("cannot restart the host: %s", exc)
+                else:
+                    new.frames_in, new.frames_out = h.frames_in, h.frames_out
+                    new.bad_frames, new.unknown = h.bad_frames, h.unknown
+                    self._host = new
+                    self.stats["host_restarts"] += 1
+                    restarted = True
+            else:
+                log.error("host restart intensity exceeded (%d within %ss): not restarting",
+                          len(self._host_restarts), self.restart_period)
+        log.error("%s; %s", why, "host restarted, open steps re-issued" if restarted
+                  else "sagas waiting on the host fail")
         for L in list(self._live.values()):
-            if L.open_step or L.comp_wait is not None:
-                if L.phase == COMPENSATING:
+            if L.phase == COMPENSATING:
+                if L.comp_wait is not None:
                     L.comp_failed = why
                     L.comp_queue = []
                     L.comp_wait = None
                     self._next_compensation(L)
+            elif L.open_step and L.open_cmd is not None and L.open_cmd[0] == 1:
+                if restarted:
+                    self.stats["reissued"] += 1
+                    self._host_out.append((L.sid, L.open_step, L.open_cmd[1], False))
                 else:
                     self._fail(L, why)
 
@@ -1379,7 +1426,7 @@ class Supervisor:
             elif w.msgs:
                 w.msgs = []
 
-    def _dispatch_host(self, out: list[tuple[int, int, str]]) -> None:
+    def _dispatch_host(self, out: list[tuple[int, int, str, bool]]) -> None:
         h = self._host
         live = self._live
         shared = self._shared
@@ -1387,7 +1434,7 @@ class Supervisor:
         if h is None or not h.alive:
             why = "host pipe send failed: no host is configured" if h is None else \
                 f"host pipe send failed: {h.death}"
-            for sid, step, _cmd in out:
+            for sid, step, _cmd, _counts in out:
                 L = live.get(sid)
                 if L is None:
                     continue
@@ -1399,14 +1446,15 @@ class Supervisor:
         buf = h.outbuf
         frame = frames.host_frame
         sent = 0
-        for sid, step, cmd_json in out:
+        for sid, step, cmd_json, counts in out:
             L = live.get(sid)
             if L is None:
                 continue
             if L.phase == RUNNING:
                 if shared.is_claimed(sid):
                     continue  # claimed since it was issued: never send after the end
-                L.sent += 1
+                if counts:
+                    L.sent += 1
                 if L.may_defer:
                     L.worker.msgs.append((W.SENT, sid, L.sent))
             buf += frame(frames.T_CMD, sid, step, cmd_json.encode())
@@ -1540,6 +1588,7 @@ class Supervisor:
                 pass
         orphans = [x for x in self._live.values() if x.worker is w]
         replacement: _Worker | None = None
+        intensity = False
         if self._state == "running" and w in self._workers:
             log.error("worker %d (pid %s) died (exit code %s); %d saga(s) in flight on it",
                       w.index, w.proc.pid, code, len(orphans))
@@ -1552,6 +1601,7 @@ class Supervisor:
                     f"{len(self._restarts)} worker restarts within {self.restart_period}s "
                     f"(max_restarts={self.max_restarts}): stopping the supervisor")
                 log.error("%s", err)
+                intensity = True
                 self._crash = err
                 self._state = "stopping"
                 self._stop_reason = "supervisor stopped: restart intensity exceeded"
@@ -1563,6 +1613,8 @@ class Supervisor:
                 self._workers[w.index] = replacement
         if self._batch:  # the log must show every row of these sagas before replay
             self._commit_now()
+        if intensity:
+            why += "; not restarted: restart intensity exceeded"
         for L in orphans:
             claimed = self._shared.state(L.sid) == "claimed"
             if L.phase == COMPENSATING:

@@ -402,6 +402,19 @@ class SharedState:
             return False
         raise self._bad_call(saga_id)
 
+    def reopen(self, saga_id: int) -> bool:
+        """Undo the claim on `saga_id`, putting it back in flight.  Only for a
+        claim whose holder died before anything of it became visible (the
+        supervisor inherits such claims); True if it was claimed and is live
+        again."""
+        try:
+            rc = _lib.ssm_reopen(self._seg, saga_id)
+        except (TypeError, OverflowError):
+            raise self._bad_call(saga_id) from None
+        if rc < 0:
+            raise self._bad_call(saga_id)
+        return bool(rc == 1)
+
     def state(self, saga_id: int) -> SagaSlotState:
         """'live', 'claimed', or 'unknown' (never registered, or slot reused)."""
         try:

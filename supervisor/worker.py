@@ -234,6 +234,12 @@ class WorkerState:
         if inherited:
             # the claim was taken by a worker that died; the supervisor holds it
             # now, and only wants to know which outcome the replay reaches
+            if code == A_CMD:
+                self.issued[sid] = n_cmds + 1
+            elif code == A_DONE:
+                self.sagas.pop(sid, None)
+            elif code == A_FAILED:
+                self.ended.add(sid)
             out.append((REPLAYED, sid, code, arg, False))
             return
         if code == A_CMD:

@@ -220,3 +220,34 @@ class ExitingSaga(Saga):
 
     def start(self, ctx: SagaContext) -> SagaAction:
         os._exit(7)
+
+
+class StepperSaga(Saga):
+    """`steps` host sleeps in a row, deterministic: replayable from its snapshot.
+    Answers for an older step (a re-issued command answered twice) are ignored."""
+
+    name = "stepper"
+
+    def __init__(self, n: int = 0, steps: int = 3, seconds: float = 0.01,
+                 timeout: float = 120.0) -> None:
+        self.n = n
+        self.steps = steps
+        self.seconds = seconds
+        self.timeout = timeout  # type: ignore[misc]
+        self.done = 0
+
+    def input_snapshot(self) -> dict[str, Any]:
+        return {"n": self.n, "steps": self.steps, "seconds": self.seconds}
+
+    def _cmd(self) -> IssueCmd:
+        return IssueCmd(Target.HOST, {"op": "sleep", "seconds": self.seconds, "n": self.n,
+                                      "i": self.done})
+
+    def start(self, ctx: SagaContext) -> SagaAction:
+        return self._cmd()
+
+    def on_event(self, event: Event, ctx: SagaContext) -> SagaAction:
+        if event.kind != "echo" or event.data.get("i") != self.done:
+            return Wait()
+        self.done += 1
+        return Done() if self.done >= self.steps else self._cmd()

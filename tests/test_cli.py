@@ -88,7 +88,7 @@ def test_sagas_on_missing_empty_and_corrupt_logs(tmp_path: Path) -> None:
 def test_health_probe_exit_codes(make_sup: Callable[..., Supervisor], tmp_path: Path) -> None:
     none = cli("health", "--data-dir", str(tmp_path / "data"))
     assert none.returncode == 2 and "no supervisor running" in none.stderr
-    sup = make_sup()
+    sup = make_sup(restart_host=False)
     wait_for(lambda: sup.health_path.exists(), what="health file")
     ok = cli("health", "--data-dir", str(sup.data_dir), "--json")
     assert ok.returncode == 0, ok.stdout + ok.stderr

@@ -243,7 +243,8 @@ def test_race_done_vs_eviction(make_sup: Callable[..., Supervisor]) -> None:
 def test_race_done_vs_host_death(make_sup: Callable[..., Supervisor]) -> None:
     """Sagas parked on host sleeps; the host dies while a bus event completes them."""
     for round_ in range(3):
-        sup = make_sup(data_dir=Path(f"/tmp/saga-hostdeath-{round_}-{time.time_ns()}"))
+        sup = make_sup(data_dir=Path(f"/tmp/saga-hostdeath-{round_}-{time.time_ns()}"),
+                       restart_host=False)
         ids = [sup.spawn(S.SleepSaga(seconds=30)) for _ in range(200)]
         wait_for(lambda: sup.health()["host"]["frames_out"] >= 200, what="commands sent")
         sup.publish(Event("finish"))
