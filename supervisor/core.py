@@ -120,7 +120,8 @@ class _Live:
 
 class _Worker:
     __slots__ = ("index", "proc", "wfd", "rfd", "reader", "outbuf", "msgs", "count",
-                 "want_write", "alive", "started_at", "last_reply")
+                 "want_write", "alive", "started_at", "last_reply", "rss", "rss_breaches",
+                 "hb_breaches", "retiring", "kill_reason", "psproc")
 
     def __init__(self, index: int, proc: Any, wfd: int, rfd: int) -> None:
         self.index = index
@@ -135,6 +136,12 @@ class _Worker:
         self.alive = True
         self.started_at = time.time()
         self.last_reply = time.monotonic()
+        self.rss = 0
+        self.rss_breaches = 0
+        self.hb_breaches = 0
+        self.retiring = False
+        self.kill_reason: str | None = None
+        self.psproc: Any = None
 
 
 class _Host:
@@ -255,6 +262,10 @@ class Supervisor:
         max_restarts: int = 5,
         restart_period: float = 30.0,
         restart_host: bool = True,
+        rss_limit: int | None = None,
+        heartbeat_timeout: float = 30.0,
+        breaches: int = 3,
+        health_interval: float = 1.0,
         shm_name: str | None = None,
         start_timeout: float = 60.0,
     ) -> None:
@@ -283,10 +294,17 @@ class Supervisor:
         self.max_restarts = max_restarts
         self.restart_period = restart_period
         self.restart_host = restart_host
+        if rss_limit is not None and (not isinstance(rss_limit, int) or rss_limit <= 0):
+            raise ValueError(f"rss_limit must be a positive number of bytes, got {rss_limit!r}")
+        if not heartbeat_timeout > 0 or not health_interval > 0 or breaches < 1:
+            raise ValueError("heartbeat_timeout and health_interval must be > 0, breaches >= 1")
+        self.rss_limit = rss_limit
+        self.heartbeat_timeout = float(heartbeat_timeout)
+        self.breaches = int(breaches)
         self._host_restarts: deque[float] = deque()
         self._shm_name = shm_name
         self.start_timeout = start_timeout
-        self.health_interval = 1.0
+        self.health_interval = float(health_interval)
 
         self._state = "new"  # new -> running -> stopping -> stopped
         self._lock = threading.Lock()
@@ -324,11 +342,12 @@ class Supervisor:
         self._kinds: dict[str, tuple[Callable[[dict[str, Any]], Saga] | None, bool]] = {}
         self._triggers: list[tuple[Callable[[Event], Saga], Callable[[Event], bool]]] = []
         self._restarts: deque[float] = deque()
+        self._retired: list[_Worker] = []
         self._drain_deadline: float | None = None
         self._stop_reason = "supervisor stopped"
         self.stats = {"spawned": 0, "completed": 0, "failed": 0, "bad_frames": 0,
                       "unknown_echo": 0, "late_answers": 0, "replayed": 0, "reissued": 0,
-                      "replay_failed": 0, "reopened": 0, "host_restarts": 0, "trigger_errors": 0, "worker_restarts": 0,
+                      "replay_failed": 0, "reopened": 0, "host_restarts": 0, "worker_recycles": 0, "trigger_errors": 0, "worker_restarts": 0,
                       "commits": 0, "rows": 0}
 
         self._listener: socket.socket | None = None
@@ -725,6 +744,29 @@ class Supervisor:
         self._state = "stopped"
         atexit.unregister(self._atexit)
 
+    def serve(self, drain_timeout: float = 10.0) -> int:
+        """Run in the foreground until SIGTERM or SIGINT (main thread only),
+        then stop, draining in-flight sagas for up to `drain_timeout` seconds.
+        Returns 0, or 1 if the supervisor stopped on an error."""
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: Any) -> None:
+            log.warning("signal %d: stopping (drain up to %ss)", signum, drain_timeout)
+            stop.set()
+
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            if self._state == "new":
+                self.start()
+            while not stop.wait(0.2):
+                if self._state != "running":
+                    break
+            self.stop(drain=True, timeout=drain_timeout)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        return 1 if self._crash is not None else 0
+
     def in_flight(self) -> int:
         return len(self._live)
 
@@ -956,6 +998,7 @@ class Supervisor:
             self._commit_and_flush()
             if time.monotonic() - last_health >= self.health_interval:
                 last_health = time.monotonic()
+                self._check_workers()
                 self._write_health()
             if time.monotonic() - last_purge > 3600:
                 last_purge = time.monotonic()
@@ -1065,6 +1108,7 @@ class Supervisor:
                 data = os.read(w.rfd, 1 << 20)
                 if not data:
                     return  # EOF: the sentinel reports the death
+                w.last_reply = time.monotonic()
                 for body in w.reader.feed(data):
                     self._apply(pickle.loads(body))
                 if len(data) < (1 << 20):
@@ -1087,6 +1131,8 @@ class Supervisor:
                 L = live.get(r[1])
                 if L is not None:
                     self._replayed(L, r[2], r[3], r[4])
+            elif op == W.HEARTBEAT or op == W.READY:
+                continue
             elif op == W.COMPS:
                 L = live.get(r[1])
                 if L is None or L.phase != COMPENSATING:
@@ -1417,7 +1463,7 @@ class Supervisor:
         for c in self._conns:
             if c.outbuf and not c.want_write:
                 self._flush_conn(c)
-        for w in self._workers:
+        for w in self._retired + self._workers if self._retired else self._workers:
             if w.msgs and w.alive:
                 w.outbuf += frames.frame(pickle.dumps(w.msgs, protocol=5))
                 w.msgs = []
@@ -1580,7 +1626,7 @@ class Supervisor:
                 pass
         w.proc.join(1.0)
         code = w.proc.exitcode
-        why = f"worker crashed (exit code {code})"
+        why = w.kill_reason or f"worker crashed (exit code {code})"
         for fd in (w.rfd, w.wfd):
             try:
                 os.close(fd)
@@ -1589,7 +1635,12 @@ class Supervisor:
         orphans = [x for x in self._live.values() if x.worker is w]
         replacement: _Worker | None = None
         intensity = False
-        if self._state == "running" and w in self._workers:
+        if w.retiring:
+            self._retired = [x for x in self._retired if x is not w]
+            if orphans and self._state == "running":
+                # died before finishing its sagas: they go to its successor
+                replacement = self._workers[w.index]
+        elif self._state == "running" and w in self._workers:
             log.error("worker %d (pid %s) died (exit code %s); %d saga(s) in flight on it",
                       w.index, w.proc.pid, code, len(orphans))
             now = time.monotonic()
@@ -1788,6 +1839,62 @@ class Supervisor:
         else:
             err("ValueError", f"unknown request {op!r}")
 
+    # -- worker health: heartbeat and RSS thresholds ---------------------------------
+
+    def _check_workers(self) -> None:
+        """Act on a threshold only after `breaches` consecutive breaches: a
+        silent worker (stuck in user code) is killed and replaced, one over
+        `rss_limit` is recycled gracefully (a fresh worker takes its shard, the
+        old one finishes its sagas and exits)."""
+        import psutil
+
+        now = time.monotonic()
+        for w in list(self._workers) + [x for x in self._retired if x.alive]:
+            if not w.alive:
+                continue
+            if now - w.last_reply > self.heartbeat_timeout:
+                w.hb_breaches += 1
+                if w.hb_breaches >= self.breaches and w.kill_reason is None:
+                    w.kill_reason = (f"worker unresponsive (no heartbeat for "
+                                     f"{now - w.last_reply:.1f}s)")
+                    log.error("worker %d (pid %s): %s; killing it", w.index, w.proc.pid,
+                              w.kill_reason)
+                    w.proc.kill()
+                    continue
+            else:
+                w.hb_breaches = 0
+            try:
+                if w.psproc is None:
+                    w.psproc = psutil.Process(w.proc.pid)
+                w.rss = int(w.psproc.memory_info().rss)
+            except psutil.Error:
+                continue
+            if self.rss_limit is not None and not w.retiring and self._state == "running":
+                if w.rss > self.rss_limit:
+                    w.rss_breaches += 1
+                    if w.rss_breaches >= self.breaches:
+                        self._recycle(w)
+                else:
+                    w.rss_breaches = 0
+        for w in [x for x in self._retired if x.alive and x.count == 0 and not x.msgs]:
+            self._stop_worker(w)
+
+    def _recycle(self, w: _Worker) -> None:
+        log.warning("worker %d (pid %s) RSS %d B over the limit %d B %d times: recycling",
+                    w.index, w.proc.pid, w.rss, self.rss_limit, w.rss_breaches)
+        self.stats["worker_recycles"] += 1
+        w.retiring = True
+        self._retired.append(w)
+        self._workers[w.index] = self._start_worker(w.index)
+
+    def _stop_worker(self, w: _Worker) -> None:
+        """Ask a retired worker with nothing in flight to exit (its sentinel
+        then fires and finds no orphans)."""
+        try:
+            os.write(w.wfd, frames.frame(pickle.dumps([(W.STOP,)])))
+        except OSError:
+            pass
+
     # -- health file ---------------------------------------------------------------
 
     @property
@@ -1813,6 +1920,8 @@ class Supervisor:
     def _teardown(self) -> None:
         """Stop workers and host, close the log, unlink the segment.  Safe to
         call on a half-started supervisor and more than once."""
+        self._workers = self._workers + self._retired
+        self._retired = []
         for w in self._workers:
             if w.alive:
                 try:

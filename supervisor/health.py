@@ -41,10 +41,16 @@ def process_info(pid: int) -> dict[str, Any]:
 
 def snapshot(sup: Supervisor) -> dict[str, Any]:
     workers: list[dict[str, Any]] = []
-    for w in list(sup._workers):
+    now = time.monotonic()
+    stale = False
+    for w in list(sup._workers) + list(sup._retired):
         info: dict[str, Any] = process_info(w.proc.pid) if w.proc.pid else {"alive": False}
-        info.update(index=w.index, sagas_in_flight=w.count,
-                    last_reply_age=round(time.monotonic() - w.last_reply, 3))
+        age = now - w.last_reply
+        info.update(index=w.index, sagas_in_flight=w.count, heartbeat_age=round(age, 3),
+                    retiring=w.retiring, rss_breaches=w.rss_breaches,
+                    heartbeat_breaches=w.hb_breaches)
+        if not w.retiring and age > sup.heartbeat_timeout:
+            stale = True
         workers.append(info)
     host: dict[str, Any] | None = None
     h = sup._host
@@ -54,8 +60,10 @@ def snapshot(sup: Supervisor) -> dict[str, Any]:
                     frames_out=h.frames_out, bad_frames=h.bad_frames,
                     unknown_answers=h.unknown, death=h.death)
     me = process_info(os.getpid())
-    me.update(state=sup._state, sagas_in_flight=len(sup._live))
-    healthy = sup._state == "running" and all(w["alive"] for w in workers) and (
+    me.update(state=sup._state, sagas_in_flight=len(sup._live), rss_limit=sup.rss_limit,
+              heartbeat_timeout=sup.heartbeat_timeout)
+    healthy = sup._state == "running" and not stale and all(
+        w["alive"] for w in workers if not w["retiring"]) and (
         host is None or bool(host["alive"]))
     return {"healthy": healthy, "supervisor": me, "workers": workers, "host": host,
             "stats": dict(sup.stats), "time": time.time()}

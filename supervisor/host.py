@@ -16,8 +16,9 @@ JSON objects with an ``op``:
 
 Fault-injection ops for tests (real faults of a real host process):
 ``garbage`` (a frame with a bad version, then the echo), ``unknown_saga`` (an
-echo for a saga id that does not exist, then the real echo), ``die`` (exit at
-once with status 3).
+echo for a saga id that does not exist, then the real echo), ``oversize`` (a
+frame header announcing 2 GiB: the stream cannot be resynchronised), ``die``
+(exit at once with status 3).
 
 Every answer carries the command's saga id and step.  Re-issued commands
 (same saga id and step, after a supervisor restart) are answered again: this
@@ -124,6 +125,9 @@ class ReferenceHost:
         elif op == "unknown_saga":
             self.event(saga_id + 1_000_000_000, step, "echo", rest)
             self.event(saga_id, step, "echo", rest)
+        elif op == "oversize":
+            self._out += b"\x7f\xff\xff\xff"  # a length no reader accepts: stream lost
+            self._flush()
         elif op == "die":
             self._flush()
             os._exit(3)

@@ -33,7 +33,9 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import select
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -57,6 +59,7 @@ from supervisor.shm import SharedState
 CLS, START, EVENT, COMP, DROP, STOP, SENT, REPLAY = range(8)
 ACT, COMPS, HEARTBEAT, READY, REPLAYED = range(10, 15)
 A_CMD, A_WAIT, A_DONE, A_FAILED = range(4)
+HEARTBEAT_EVERY = 0.5  # seconds of silence after which an idle worker says it is alive
 
 
 def describe_exc(where: str, exc: BaseException) -> str:
@@ -304,9 +307,16 @@ def worker_main(index: int, shm_name: str, in_conn: Any, out_conn: Any) -> None:
     reader = FrameReader()
     loads = pickle.loads
     dumps = pickle.dumps
+    last_write = time.monotonic()
     try:
         os.write(out_fd, frame(dumps([(READY, os.getpid())], protocol=5)))
         while True:
+            ready, _, _ = select.select([in_fd], [], [], HEARTBEAT_EVERY)
+            if not ready:
+                # idle: say we are alive (a worker stuck in user code says nothing)
+                os.write(out_fd, frame(dumps([(HEARTBEAT, len(state.sagas))], protocol=5)))
+                last_write = time.monotonic()
+                continue
             data = os.read(in_fd, 1 << 20)
             if not data:
                 break  # supervisor closed our pipe: exit quietly
@@ -318,7 +328,10 @@ def worker_main(index: int, shm_name: str, in_conn: Any, out_conn: Any) -> None:
                     stop = True
                     batch = batch[:-1]
                 replies += state.handle(batch)
+            if not replies and time.monotonic() - last_write > HEARTBEAT_EVERY:
+                replies.append((HEARTBEAT, len(state.sagas)))
             if replies:
+                last_write = time.monotonic()
                 payload = frame(dumps(replies, protocol=5))
                 view = memoryview(payload)
                 while view:

@@ -251,3 +251,37 @@ class StepperSaga(Saga):
             return Wait()
         self.done += 1
         return Done() if self.done >= self.steps else self._cmd()
+
+
+_HOARD: list[bytes] = []
+
+
+class HogSaga(Saga):
+    """Grows its worker's memory by `mb` MiB (kept after it completes)."""
+
+    name = "hog"
+
+    def __init__(self, mb: int) -> None:
+        self.mb = mb
+
+    def start(self, ctx: SagaContext) -> SagaAction:
+        _HOARD.append(b"\x01" * (self.mb << 20))  # touch every page: real RSS
+        return Done()
+
+
+class StuckSaga(Saga):
+    """Blocks its worker in user code for `seconds` on its echo."""
+
+    name = "stuck"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def start(self, ctx: SagaContext) -> SagaAction:
+        return IssueCmd(Target.HOST, {"op": "echo"})
+
+    def on_event(self, event: Event, ctx: SagaContext) -> SagaAction:
+        import time
+
+        time.sleep(self.seconds)
+        return Done()

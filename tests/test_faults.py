@@ -243,3 +243,98 @@ def test_opt_out_kind_is_failed_at_restart(tmp_path: Path) -> None:
         for sid in running:
             assert sup.wait(sid).reason == "supervisor restarted while saga was running"
     _check_log(data / "db" / "sagas.db")
+
+
+def test_rss_limit_recycles_a_worker_gracefully(make_sup: Callable[..., Supervisor]) -> None:
+    sup = make_sup(workers=1, rss_limit=150 << 20, health_interval=0.05, breaches=3)
+    sup.register_kind(S.StepperSaga)
+    ids = _stepper_load(sup, 100, seconds=0.05)  # in flight across the recycle
+    first = sup.health()["workers"][0]["pid"]
+    assert sup.wait(sup.spawn(S.HogSaga(200)), 10).completed
+    wait_for(lambda: sup.stats["worker_recycles"] == 1, what="worker recycled")
+    outs = [sup.wait(i, 60) for i in ids]
+    assert all(o.completed for o in outs), Counter(o.reason for o in outs)
+    wait_for(lambda: len(sup.health()["workers"]) == 1, what="old worker exited")
+    now = sup.health()["workers"][0]
+    assert now["pid"] != first and now["rss"] < (150 << 20)
+    assert sup.stats["replayed"] == 0  # graceful: its sagas finished where they were
+    assert sup.wait(sup.spawn(S.InstantSaga()), 10).completed
+
+
+def test_stuck_worker_is_killed_after_consecutive_missed_heartbeats(
+        make_sup: Callable[..., Supervisor]) -> None:
+    sup = make_sup(workers=1, heartbeat_timeout=0.6, health_interval=0.1, breaches=3,
+                   max_restarts=10)
+    stuck = sup.spawn(S.StuckSaga(60))
+    o = sup.wait(stuck, 30)
+    assert o.failed and o.reason.startswith("worker unresponsive (no heartbeat for")
+    assert sup.stats["worker_restarts"] == 1
+    assert sup.wait(sup.spawn(S.EchoSaga()), 10).completed
+
+
+def test_sigterm_drains_then_stops_with_no_orphans(tmp_path: Path) -> None:
+    import psutil
+
+    from supervisor import SagaClient
+
+    data = tmp_path / "d"
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor", "run", "--app",
+                             "tests._app:make", "--drain-timeout", "1.0"], cwd=ROOT,
+                            env={**_env(), "SAGA_TEST_DATA": str(data)})
+    try:
+        wait_for(lambda: (data / "run" / "control").exists() and
+                 (data / "run" / "health.json").exists(), timeout=60, what="running")
+        report = json.loads((data / "run" / "health.json").read_text())
+        pids = [w["pid"] for w in report["workers"]] + [report["host"]["pid"]]
+        with SagaClient(data) as client:
+            quick = client.spawn(S.StepperSaga(1, steps=2, seconds=0.3))
+            slow = client.spawn(S.StepperSaga(2, steps=1, seconds=60))
+            wait_for(lambda: len(read_log(data / "db" / "sagas.db")[1]) == 2,
+                     what="both parked")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0
+        sagas, _ = _check_log(data / "db" / "sagas.db")
+        assert sagas[quick]["state"] == "completed"  # drained: finished within 1 s
+        assert sagas[slow]["failure_reason"] == "supervisor stopped"
+        for pid in pids:
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+        assert not (data / "run" / "health.json").exists()
+        from supervisor.core import segment_name
+
+        assert not os.path.exists("/dev/shm/" + segment_name(data))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_failed_start_leaves_nothing_behind(tmp_path: Path) -> None:
+    import psutil
+
+    from supervisor import SupervisorError
+    from supervisor.core import segment_name
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    sup = Supervisor(tmp_path / "d", workers=2, host=["/nonexistent/host-binary"])
+    try:
+        sup.start()
+    except SupervisorError as exc:
+        assert "cannot start the host" in str(exc)
+    else:
+        raise AssertionError("start() should have failed")
+    # multiprocess's resource tracker is one helper per interpreter, started on
+    # first use and shared by everything after: not ours to stop
+    left = {p.pid for p in psutil.Process().children(recursive=True)
+            if "resource_tracker" not in " ".join(p.cmdline())} - before
+    assert not left, [psutil.Process(p).cmdline() for p in left]
+    assert not os.path.exists("/dev/shm/" + segment_name(tmp_path / "d"))
+    assert sup._state == "stopped"
+
+
+def test_oversized_host_frame_breaks_the_pipe_not_the_supervisor(
+        make_sup: Callable[..., Supervisor]) -> None:
+    sup = make_sup(restart_host=False)
+    o = sup.wait(sup.spawn(S.HostFaultSaga("oversize")), 10)
+    assert o.failed and o.reason.startswith("host pipe broken: frame of 2147483647 bytes")
+    assert sup.stats["bad_frames"] == 1
+    assert sup.wait(sup.spawn(S.LocalSaga(__import__("supervisor").Target.SRV)), 10).completed
