@@ -321,7 +321,7 @@ class Supervisor:
 
         # outcomes and waiters (guarded by _lock)
         self._pending: set[int] = set()
-        self._outcomes: dict[int, Outcome] = {}
+        self._outcomes: dict[int, tuple[int, str, str | None]] = {}
         self._outcome_order: deque[int] = deque()
         self._waiters: dict[int, list[_Future]] = {}
         self._subs: list[Subscription] = []
@@ -335,8 +335,10 @@ class Supervisor:
         # (saga id, step, command json, counts as a new dispatch for `sent`)
         self._host_out: list[tuple[int, int, str, bool]] = []
         self._local_out: list[tuple[int, int, int, str]] = []
-        self._emit: list[Event] = []
-        self._ended: list[Outcome] = []
+        # bus events of this turn, as (kind, data, saga id, step): an Event is
+        # built only if someone (subscriber, listener, trigger) will see it
+        self._emit: list[tuple[str, Any, int | None, int | None]] = []
+        self._ended: list[tuple[int, str, str | None]] = []  # (saga id, state, reason)
         self._version = 0
         self._handlers: dict[Target, Handler] = {}
         self._kinds: dict[str, tuple[Callable[[dict[str, Any]], Saga] | None, bool]] = {}
@@ -638,7 +640,7 @@ class Supervisor:
         with self._lock:
             out = self._outcomes.get(saga_id)
             if out is not None:
-                return out
+                return Outcome(*out)
             if saga_id in self._pending:
                 fut = _Future()
                 self._waiters.setdefault(saga_id, []).append(fut)
@@ -979,7 +981,8 @@ class Supervisor:
                 elif kind == "replay":
                     self._do_replay(item[1], item[2], item[3], item[4], item[5])
                 elif kind == "publish":
-                    self._emit.append(item[1])
+                    ev = item[1]
+                    self._emit.append((ev.kind, ev.data, ev.saga_id, ev.step))
                 elif kind == "trigger":
                     self._triggers.append((item[1], item[2]))
                 elif kind == "stop":
@@ -1022,7 +1025,7 @@ class Supervisor:
         if trigger_event is not None:
             L.may_defer = True
             w.msgs.append(self._event_msg(L, trigger_event))
-        self._emit.append(Event(SAGA_STARTED, {"name": name}, sid))
+        self._emit.append((SAGA_STARTED, {"name": name}, sid, None))
         self.stats["spawned"] += 1
 
     def _end(self, L: _Live, state: str, reason: str | None) -> None:
@@ -1033,11 +1036,11 @@ class Supervisor:
             L.worker.msgs.append((W.DROP, sid))
             self.stats["failed"] += 1
             data = {"name": L.name, "reason": reason, "state": state}
-            self._emit.append(Event(SAGA_FAILED, data, sid))
+            self._emit.append((SAGA_FAILED, data, sid, None))
         else:
             self.stats["completed"] += 1
-            self._emit.append(Event(SAGA_COMPLETED, {"name": L.name}, sid))
-        self._ended.append(Outcome(sid, state, reason))
+            self._emit.append((SAGA_COMPLETED, {"name": L.name}, sid, None))
+        self._ended.append((sid, state, reason))
 
     def _fail(self, L: _Live, reason: str, claimed: bool = False,
               consumed: bytes | str | None = None) -> bool:
@@ -1300,7 +1303,7 @@ class Supervisor:
                 self.stats["bad_frames"] += 1
                 log.warning("bad host frame: %s", exc)
                 return
-            self._emit.append(Event(str(obj.get("kind", "host")), obj.get("data")))
+            self._emit.append((str(obj.get("kind", "host")), obj.get("data"), None, None))
             return
         L = self._live.get(sid)
         if L is None or step <= 0 or step >= L.next_step:
@@ -1332,8 +1335,8 @@ class Supervisor:
             if step != L.open_step:
                 self._count_unknown(sid, step, "action failed for a step that is not open")
                 return
-            self._emit.append(Event(SAGA_ACTION_FAILED, {"name": L.name, "reason": reason},
-                                    sid, step))
+            self._emit.append((SAGA_ACTION_FAILED, {"name": L.name, "reason": reason},
+                               sid, step))
             self._fail(L, f"action failed: {reason}")
         else:
             h.bad_frames += 1
@@ -1539,49 +1542,57 @@ class Supervisor:
             L.worker.msgs.append(
                 (W.EVENT, sid, None, payload, True, sid, step, 0, L.sent))
 
-    def _resolve(self, ended: list[Outcome]) -> None:
+    def _resolve(self, ended: list[tuple[int, str, str | None]]) -> None:
         with self._lock:
             outcomes = self._outcomes
             order = self._outcome_order
             pending = self._pending
             waiters = self._waiters
             for o in ended:
-                sid = o.saga_id
+                sid = o[0]
                 pending.discard(sid)
                 outcomes[sid] = o
                 order.append(sid)
-                futs = waiters.pop(sid, None) if waiters else None
-                if futs:
-                    for f in futs:
-                        f.set(o)
+                if waiters:
+                    futs = waiters.pop(sid, None)
+                    if futs:
+                        out = Outcome(*o)
+                        for f in futs:
+                            f.set(out)
             while len(order) > _OUTCOMES_KEPT:
                 outcomes.pop(order.popleft(), None)
         if self._remote_waiters:
             for o in ended:
-                for c, req in self._remote_waiters.pop(o.saga_id, ()):
-                    c.send(("ok", req, (o.state, o.reason)))
+                for c, req in self._remote_waiters.pop(o[0], ()):
+                    c.send(("ok", req, (o[1], o[2])))
 
-    def _publish(self, events: list[Event]) -> None:
+    def _publish(self, events: list[tuple[str, Any, int | None, int | None]]) -> None:
         subs = self._subs
-        triggers = self._triggers
+        triggers = self._triggers if self._state == "running" else None
         listeners = self._listeners
-        for ev in events:
-            self._version += 1
-            ev = Event(ev.kind, ev.data, ev.saga_id, ev.step, self._version)
+        conns = [c for c in self._conns if c.subscribed] if self._conns else None
+        version = self._version
+        for kind, data, saga_id, step in events:
+            version += 1
+            ids = listeners.get(kind) if listeners else None
+            if not (subs or conns or ids or triggers):
+                continue  # nobody looks: the version is spent, no object is built
+            ev = Event(kind, data, saga_id, step, version)
             for s in subs:
                 s._q.put(ev)
-            for c in self._conns:
-                if c.subscribed:
-                    c.send(("event", ev.kind, ev.data, ev.saga_id, ev.step, ev.version))
-            ids = listeners.get(ev.kind)
+            if conns:
+                for c in conns:
+                    c.send(("event", kind, data, saga_id, step, version))
             if ids:
                 for sid in ids:
                     L = self._live.get(sid)
-                    if L is not None and L.phase == RUNNING and sid != ev.saga_id:
+                    if L is not None and L.phase == RUNNING and sid != saga_id:
                         L.may_defer = True
                         L.worker.msgs.append(self._event_msg(L, ev))
-            if triggers and self._state == "running":
+            if triggers:
+                self._version = version
                 self._run_triggers(ev)
+        self._version = version
 
     def _event_msg(self, L: _Live, ev: Event) -> tuple[Any, ...]:
         return (W.EVENT, L.sid, ev.kind, ev.data, False, ev.saga_id, ev.step, ev.version, L.sent)
@@ -1817,7 +1828,7 @@ class Supervisor:
                 o = self._outcomes.get(sid)
                 pending = sid in self._pending
             if o is not None:
-                c.send(("ok", req, (o.state, o.reason)))
+                c.send(("ok", req, (o[1], o[2])))
             elif pending or sid in self._live:
                 self._remote_waiters.setdefault(sid, []).append((c, req))
             else:
@@ -1831,7 +1842,7 @@ class Supervisor:
                 else:
                     c.send(("ok", req, (row["state"], row["failure_reason"])))
         elif op == "publish":
-            self._emit.append(Event(str(msg[2]), msg[3]))
+            self._emit.append((str(msg[2]), msg[3], None, None))
             c.send(("ok", req, None))
         elif op == "subscribe":
             c.subscribed = True
