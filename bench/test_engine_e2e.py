@@ -38,20 +38,26 @@ def data_dir() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-def _run_batch(sup: Supervisor, n: int) -> None:
-    ids = [sup.spawn(EchoSaga(i)) for i in range(n)]
+def _run_batch(sup: Supervisor, n: int, steps: int = 1) -> None:
+    ids = [sup.spawn(EchoSaga(i, steps=steps)) for i in range(n)]
     for sid in ids:
         assert sup.wait(sid, 120).completed
 
 
 @pytest.mark.parametrize("durability", ["normal", "full"])
-def test_one_step_sagas(benchmark: Any, data_dir: Path, durability: str) -> None:
-    benchmark.extra_info["per"] = N
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("steps", [1, 5])
+def test_sagas(benchmark: Any, data_dir: Path, durability: str, workers: int,
+               steps: int) -> None:
+    """Sagas of `steps` echo round trips each, spawned from one thread of the
+    supervisor's process; ratio against the raw host (the ceiling)."""
+    n = N if steps == 1 else N // 4
+    benchmark.extra_info["per"] = n
     benchmark.extra_info["baseline"] = "test_raw_host_round_trips"
-    with Supervisor(data_dir, workers=2, host=HOST, durability=durability) as sup:
-        _run_batch(sup, 200)  # warm: host start-up, class shipping
-        benchmark.pedantic(_run_batch, args=(sup, N), rounds=3, iterations=1)
-    benchmark.extra_info["rate"] = N / benchmark.stats.stats.median
+    with Supervisor(data_dir, workers=workers, host=HOST, durability=durability) as sup:
+        _run_batch(sup, 200, steps)  # warm: host start-up, class shipping
+        benchmark.pedantic(_run_batch, args=(sup, n, steps), rounds=3, iterations=1)
+    benchmark.extra_info["rate"] = n / benchmark.stats.stats.median
 
 
 def test_raw_host_round_trips(benchmark: Any) -> None:

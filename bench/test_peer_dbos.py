@@ -1,0 +1,77 @@
+"""A peer, side by side: the same one-step workflow in DBOS Transact on its
+SQLite system database, measured in the same run as ours.
+
+Needs the ``bench`` extra (``pip install -e '.[bench]'``); skipped without it.
+The DBOS step is a plain function call (no host round trip), so the
+comparison favours DBOS: our saga's step goes through the reference host.
+Run: ``python -m pytest bench/test_peer_dbos.py``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor import Supervisor
+from tests.sagas import EchoSaga
+
+HOST = [sys.executable, "-m", "supervisor.host"]
+DBOS_N = 300
+OURS_N = 20_000
+
+
+@pytest.fixture
+def tmp() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="saga-peer-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_dbos_one_step_workflow(benchmark: Any, tmp: Path) -> None:
+    dbos = pytest.importorskip("dbos")
+    DBOS = dbos.DBOS
+    DBOS(config={"name": "saga-bench", "system_database_url": f"sqlite:///{tmp}/dbos.sqlite"})
+
+    @DBOS.step()
+    def echo_step(n: int) -> dict[str, int]:
+        return {"n": n}
+
+    @DBOS.workflow()
+    def one_step(n: int) -> dict[str, int]:
+        return echo_step(n)  # type: ignore[no-any-return]
+
+    DBOS.launch()
+    try:
+        one_step(-1)
+
+        def run() -> None:
+            for i in range(DBOS_N):
+                one_step(i)
+
+        benchmark.extra_info["per"] = DBOS_N
+        benchmark.pedantic(run, rounds=3, iterations=1)
+        benchmark.extra_info["rate"] = DBOS_N / benchmark.stats.stats.median
+    finally:
+        DBOS.destroy(destroy_registry=True)
+
+
+def test_ours_one_step_saga(benchmark: Any, tmp: Path) -> None:
+    pytest.importorskip("dbos")  # only meaningful beside the peer
+    benchmark.extra_info["per"] = OURS_N
+    benchmark.extra_info["baseline"] = "test_dbos_one_step_workflow"
+    with Supervisor(tmp / "ours", workers=2, host=HOST) as sup:
+        assert sup.wait(sup.spawn(EchoSaga()), 30).completed
+
+        def run() -> None:
+            ids = [sup.spawn(EchoSaga(i)) for i in range(OURS_N)]
+            for sid in ids:
+                assert sup.wait(sid, 120).completed
+
+        benchmark.pedantic(run, rounds=3, iterations=1)
+    benchmark.extra_info["rate"] = OURS_N / benchmark.stats.stats.median
