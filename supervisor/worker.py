@@ -41,7 +41,7 @@ from typing import Any
 
 import dill
 
-from supervisor._ship import STATE_DICT, STATE_DILL
+from supervisor._ship import STATE_DICT, STATE_DILL, compact_json
 from supervisor.frames import FrameReader, frame
 from supervisor.saga import (
     Done,
@@ -78,7 +78,7 @@ def encode_action(action: Any, where: str) -> tuple[int, Any]:
                 return A_FAILED, (f"invalid action from {where}: IssueCmd target "
                                   f"{action.target!r} is not a Target")
         try:
-            cmd_json = json.dumps(action.command, separators=(",", ":"))
+            cmd_json = compact_json(action.command)
         except (TypeError, ValueError) as exc:
             return A_FAILED, f"invalid action from {where}: command is not JSON-serialisable: {exc}"
         cmd = action.command
@@ -293,7 +293,7 @@ class WorkerState:
 
 def _event_json(kind: str, data: Any) -> str:
     try:
-        return json.dumps({"kind": kind, "data": data}, separators=(",", ":"))
+        return compact_json({"kind": kind, "data": data})
     except (TypeError, ValueError):
         return json.dumps({"kind": kind, "data": repr(data)})
 
