@@ -20,7 +20,7 @@ HEADER = CSRC / "sagashm.h"
 # Bumped with every change to the C ABI or the segment layout; compiled into
 # the module and checked by supervisor/shm.py at import, so a stale build fails
 # loudly at import instead of at run time.
-BUILD_STAMP = 1
+BUILD_STAMP = 2
 
 
 def _cdef_text() -> str:
@@ -37,11 +37,25 @@ def _extra_compile_args() -> list[str]:
     return args
 
 
+# cffi wraps every call in Py_BEGIN/END_ALLOW_THREADS. Every ssm_ function is
+# a few atomic instructions and never blocks, so releasing the GIL costs more
+# than the call; worse, with another busy Python thread in the process each
+# re-take can wait a whole switch interval (profiled: ~2 us per claim check in
+# the supervisor loop while a launcher thread spawns). The wrappers are
+# emitted after this preamble, so redefining the macros here keeps the GIL.
+# SAGA_SHM_RELEASE_GIL=1 restores cffi's default (for comparison).
+_KEEP_GIL = "" if os.environ.get("SAGA_SHM_RELEASE_GIL") == "1" else """
+#undef Py_BEGIN_ALLOW_THREADS
+#undef Py_END_ALLOW_THREADS
+#define Py_BEGIN_ALLOW_THREADS {
+#define Py_END_ALLOW_THREADS }
+"""
+
 ffibuilder = FFI()
 ffibuilder.cdef(_cdef_text())
 ffibuilder.set_source(
     "supervisor._sagashm",
-    f'#include "sagashm.h"\n#define SSM_BUILD_STAMP {BUILD_STAMP}\n',
+    f'#include "sagashm.h"\n#define SSM_BUILD_STAMP {BUILD_STAMP}\n{_KEEP_GIL}',
     # setuptools wants paths relative to setup.py; build.py is beside it
     sources=["csrc/sagashm.c"],
     include_dirs=["csrc"],

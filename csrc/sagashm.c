@@ -270,5 +270,25 @@ int64_t ssm_in_flight(ssm_segment *seg) {
     return atomic_load_explicit(&seg->hdr->in_flight, memory_order_relaxed);
 }
 
+static _Atomic(ssm_segment *) primary = NULL;
+
+void ssm_set_primary(ssm_segment *seg) { atomic_store(&primary, seg); }
+ssm_segment *ssm_get_primary(void) { return atomic_load(&primary); }
+
+uint64_t ssm_next_id_p(void) {
+    ssm_segment *seg = atomic_load_explicit(&primary, memory_order_acquire);
+    return seg ? ssm_next_id(seg) : 0;
+}
+
+int ssm_claim_p(uint64_t id) {
+    ssm_segment *seg = atomic_load_explicit(&primary, memory_order_acquire);
+    return seg ? ssm_claim(seg, id) : SSM_ERANGE;
+}
+
+int ssm_state_p(uint64_t id) {
+    ssm_segment *seg = atomic_load_explicit(&primary, memory_order_acquire);
+    return seg ? ssm_state(seg, id) : SSM_STATE_UNKNOWN;
+}
+
 void ssm_noop(void) {}
 uint64_t ssm_noop1(ssm_segment *seg) { return seg != NULL; }

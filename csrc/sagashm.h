@@ -64,6 +64,16 @@ int ssm_reopen(ssm_segment *seg, uint64_t id);
 int ssm_state(ssm_segment *seg, uint64_t id);
 int64_t ssm_in_flight(ssm_segment *seg);
 
+/* The same hot calls on the process's *primary* segment, kept in a C global:
+ * 0-1 arguments take cffi's fast calling path (about half the cost of a
+ * 2-argument call). ssm_set_primary(NULL) clears it; the _p calls then
+ * return 0 (ids) or SSM_ERANGE (claim) / SSM_STATE_UNKNOWN (state). */
+void ssm_set_primary(ssm_segment *seg);
+ssm_segment *ssm_get_primary(void);
+uint64_t ssm_next_id_p(void);
+int ssm_claim_p(uint64_t id);
+int ssm_state_p(uint64_t id);
+
 /* The floor of any cffi call, for the benchmarks. */
 void ssm_noop(void);
 uint64_t ssm_noop1(ssm_segment *seg);

@@ -54,7 +54,7 @@ from supervisor.errors import (
 _ffi = _sagashm.ffi
 _lib = _sagashm.lib
 
-EXPECTED_BUILD_STAMP = 1
+EXPECTED_BUILD_STAMP = 2
 if _lib.SSM_BUILD_STAMP != EXPECTED_BUILD_STAMP:  # pragma: no cover - stale build
     raise ImportError(
         f"supervisor._sagashm was built from another version (stamp "
@@ -76,6 +76,9 @@ _in_flight = _lib.ssm_in_flight
 _peek = _lib.ssm_peek_next_id
 _noop = _lib.ssm_noop
 _noop1 = _lib.ssm_noop1
+_next_id_p = _lib.ssm_next_id_p
+_claim_p = _lib.ssm_claim_p
+_state_p = _lib.ssm_state_p
 
 _OK = _lib.SSM_OK
 _ENOENT = _lib.SSM_ENOENT
@@ -166,6 +169,11 @@ class SharedState:
 
     @classmethod
     def _wrap(cls, seg: object, name: str, creator: bool) -> SharedState:
+        # The first segment a process opens becomes its *primary*: its hot
+        # calls go through a C global with 0-1 arguments (cffi's fast path).
+        if _lib.ssm_get_primary() == _ffi.NULL:
+            _lib.ssm_set_primary(seg)
+            cls = _PrimaryState
         self = object.__new__(cls)
         self._seg = seg
         self._name = name
@@ -445,6 +453,9 @@ class SharedState:
         if seg is _CLOSED:
             return
         self._seg = _CLOSED
+        if _lib.ssm_get_primary() == seg:
+            _lib.ssm_set_primary(_ffi.NULL)
+            self.__class__ = SharedState  # the fast methods must not run any more
         _lib.ssm_detach(seg)
 
     def unlink(self) -> None:
@@ -478,6 +489,40 @@ class SharedState:
     def __reduce__(self) -> tuple[object, tuple[str]]:
         # Pickling sends the *name*: the receiving process attaches on unpickle.
         return (SharedState.attach, (self._name,))
+
+
+class _PrimaryState(SharedState):
+    """The process's primary segment: the same API, the hot calls bound to the
+    segment kept in a C global (0-1 argument cffi calls)."""
+
+    __slots__ = ()
+
+    def next_id(self) -> int:
+        r: int = _next_id_p()
+        if r:
+            return r
+        if self._seg is _CLOSED:  # pragma: no cover - close() resets the class
+            raise self._bad_call(None)
+        raise IdOverflowError(f"the id counter of {self._name!r} passed its maximum {MAX_ID}")
+
+    def claim(self, saga_id: int) -> bool:
+        try:
+            rc: int = _claim_p(saga_id)
+        except (TypeError, OverflowError):
+            raise self._bad_call(saga_id) from None
+        if rc == 1:
+            return True
+        if rc == 0:
+            if saga_id >= _peek(self._seg):
+                raise ValueError(f"saga id {saga_id} was never allocated by {self._name!r}")
+            return False
+        raise self._bad_call(saga_id)
+
+    def is_claimed(self, saga_id: int) -> bool:
+        try:
+            return bool(_state_p(saga_id) == 2)
+        except (TypeError, OverflowError):
+            raise self._bad_call(saga_id) from None
 
 
 __all__ = ["SharedState", "MAX_ID", "MAX_CAPACITY", "LAYOUT_VERSION", "noop", "SagaSlotState"]
