@@ -163,6 +163,72 @@ class _Host:
         self.death: str | None = None
 
 
+class _LogWriter:
+    """Commits the loop's batches on a thread of its own, in order.
+
+    Under load the loop hands a turn's batch over and goes on with the next
+    turn while SQLite (which runs without the GIL) commits; the turn's
+    outputs are held until its batch is committed, so write-ahead holds.
+    Small batches are committed inline by the loop: no hand-over latency."""
+
+    def __init__(self, sagalog: SagaLog, wake_fd: int) -> None:
+        self._log = sagalog
+        self._wake_fd = wake_fd
+        self._cv = threading.Condition()
+        self._queue: deque[tuple[int, Batch]] = deque()
+        self.done = 0
+        self.error: BaseException | None = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="saga-log-writer", daemon=True)
+        self._thread.start()
+
+    def busy(self) -> bool:
+        return bool(self._queue)
+
+    def submit(self, seq: int, batch: Batch) -> None:
+        with self._cv:
+            self._queue.append((seq, batch))
+            self._cv.notify()
+
+    def wait(self, seq: int) -> None:
+        """Block until batch `seq` is committed (re-raising a commit error)."""
+        with self._cv:
+            while self.done < seq and self.error is None:
+                self._cv.wait()
+            if self.error is not None:
+                raise self.error
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._stopping:
+                    self._cv.wait()
+                if not self._queue:
+                    return
+                seq, batch = self._queue[0]
+            try:
+                self._log.commit(batch)
+            except BaseException as exc:  # the loop re-raises it at the next wait
+                with self._cv:
+                    self.error = exc
+                    self._cv.notify_all()
+                return
+            with self._cv:
+                self._queue.popleft()
+                self.done = seq
+                self._cv.notify_all()
+            try:
+                os.write(self._wake_fd, b"w")  # the loop may be waiting to flush
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        self._thread.join(30)
+
+
 class _Conn:
     """A SagaClient connection on the control socket."""
 
@@ -305,6 +371,9 @@ class Supervisor:
         self._shm_name = shm_name
         self.start_timeout = start_timeout
         self.health_interval = float(health_interval)
+        # batches of at least this many rows are committed by the writer thread
+        # while the loop goes on (0: always inline)
+        self.pipeline_rows = 256
 
         self._state = "new"  # new -> running -> stopping -> stopped
         self._lock = threading.Lock()
@@ -352,6 +421,9 @@ class Supervisor:
                       "replay_failed": 0, "reopened": 0, "host_restarts": 0, "worker_recycles": 0, "trigger_errors": 0, "worker_restarts": 0,
                       "commits": 0, "rows": 0}
 
+        self._writer: _LogWriter | None = None
+        self._seq = 0  # batches handed to the writer
+        self._held: deque[tuple[int, tuple[Any, ...]]] = deque()  # outputs awaiting a commit
         self._listener: socket.socket | None = None
         self._control_path: Path | None = None
         self._conns: list[_Conn] = []
@@ -414,6 +486,8 @@ class Supervisor:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        if self.pipeline_rows:
+            self._writer = _LogWriter(self._log, self._wake_w)
         for i in range(self.n_workers):
             self._workers.append(self._start_worker(i))
         self._await_ready(self._workers, self.start_timeout)
@@ -904,6 +978,7 @@ class Supervisor:
             try:
                 self._fail_all(f"supervisor crashed: {type(exc).__name__}: {exc}")
                 self._commit_and_flush()
+                self._drain_log()
             except BaseException:
                 log.exception("could not fail sagas after the crash")
         finally:
@@ -997,6 +1072,7 @@ class Supervisor:
                     not self._live or time.monotonic() >= self._drain_deadline):
                 self._fail_all(self._stop_reason)
                 self._commit_and_flush()
+                self._drain_log()
                 return
             self._commit_and_flush()
             if time.monotonic() - last_health >= self.health_interval:
@@ -1006,6 +1082,7 @@ class Supervisor:
             if time.monotonic() - last_purge > 3600:
                 last_purge = time.monotonic()
                 assert self._log is not None
+                self._drain_log()
                 self._log.purge(self.retention_days)
 
     # -- spawn / end ---------------------------------------------------------
@@ -1450,11 +1527,53 @@ class Supervisor:
     # -- commit and flush ---------------------------------------------------------
 
     def _commit_and_flush(self) -> None:
-        self._commit_now()  # write-ahead of everything below
-        host_out, self._host_out = self._host_out, []
-        local_out, self._local_out = self._local_out, []
-        emit, self._emit = self._emit, []
-        ended, self._ended = self._ended, []
+        """End of a turn: commit its batch (inline, or handed to the writer
+        under load), then emit its outputs once their batch is committed,
+        always in turn order."""
+        outputs = (self._host_out, self._local_out, self._emit, self._ended,
+                   [(w, w.msgs) for w in (self._retired + self._workers if self._retired
+                                          else self._workers) if w.msgs])
+        self._host_out, self._local_out, self._emit, self._ended = [], [], [], []
+        for w, _msgs in outputs[4]:
+            w.msgs = []
+        batch = self._batch
+        writer = self._writer
+        need = self._held[-1][0] if self._held else 0
+        if batch:
+            if writer is not None and (writer.busy() or batch.rows() >= self.pipeline_rows):
+                self._batch = Batch()
+                self._seq += 1
+                self.stats["commits"] += 1
+                self.stats["rows"] += batch.rows()
+                writer.submit(self._seq, batch)
+                need = self._seq
+            else:
+                self._commit_now()  # write-ahead of everything below
+        if need:
+            self._held.append((need, outputs))
+        else:
+            self._emit_outputs(outputs)
+        self._flush_ready()
+        for c in self._conns:
+            if c.outbuf and not c.want_write:
+                self._flush_conn(c)
+
+    def _flush_ready(self, wait: bool = False) -> None:
+        """Emit held outputs whose batch is committed (all of them, if `wait`)."""
+        writer = self._writer
+        while self._held:
+            seq, outputs = self._held[0]
+            if writer is not None and writer.done < seq:
+                if not wait:
+                    if writer.error is not None:
+                        raise writer.error
+                    return
+                writer.wait(seq)
+            self._held.popleft()
+            self._emit_outputs(outputs)
+
+    def _emit_outputs(self, outputs: tuple[Any, ...]) -> None:
+        host_out, local_out, emit, ended, msgs = outputs
         if host_out:
             self._dispatch_host(host_out)
         if local_out:
@@ -1463,17 +1582,24 @@ class Supervisor:
             self._resolve(ended)
         if emit:
             self._publish(emit)
-        for c in self._conns:
-            if c.outbuf and not c.want_write:
-                self._flush_conn(c)
+        for w, m in msgs:
+            if w.alive:
+                # messages queued for w since (by dispatch above) go after these
+                w.outbuf += frames.frame(pickle.dumps(m + w.msgs, protocol=5))
+                w.msgs = []
+                if not w.want_write:
+                    self._write_worker(w)
         for w in self._retired + self._workers if self._retired else self._workers:
-            if w.msgs and w.alive:
+            if w.msgs and w.alive and not self._held:
                 w.outbuf += frames.frame(pickle.dumps(w.msgs, protocol=5))
                 w.msgs = []
                 if not w.want_write:
                     self._write_worker(w)
-            elif w.msgs:
-                w.msgs = []
+
+    def _drain_log(self) -> None:
+        """Wait for the writer, then emit everything held (the log and the
+        world agree again): before reading the log, and when stopping."""
+        self._flush_ready(wait=True)
 
     def _dispatch_host(self, out: list[tuple[int, int, str, bool]]) -> None:
         h = self._host
@@ -1710,6 +1836,8 @@ class Supervisor:
         return True
 
     def _commit_now(self) -> None:
+        if self._writer is not None and self._seq > self._writer.done:
+            self._writer.wait(self._seq)  # commits stay in order
         batch = self._batch
         if batch:
             assert self._log is not None
@@ -1833,6 +1961,7 @@ class Supervisor:
                 self._remote_waiters.setdefault(sid, []).append((c, req))
             else:
                 assert self._log is not None
+                self._drain_log()
                 row = self._log.saga(sid)
                 if row is None:
                     err("ValueError", f"unknown saga id {sid}")
@@ -1998,6 +2127,9 @@ class Supervisor:
             self.health_path.unlink()
         except OSError:
             pass
+        if self._writer is not None:
+            self._writer.stop()
+            self._writer = None
         if self._log is not None:
             self._log.close()
             self._log = None
