@@ -328,6 +328,7 @@ class Supervisor:
         max_restarts: int = 5,
         restart_period: float = 30.0,
         restart_host: bool = True,
+        restart_backoff: float = 0.05,
         rss_limit: int | None = None,
         heartbeat_timeout: float = 30.0,
         breaches: int = 3,
@@ -360,6 +361,7 @@ class Supervisor:
         self.max_restarts = max_restarts
         self.restart_period = restart_period
         self.restart_host = restart_host
+        self.restart_backoff = float(restart_backoff)
         if rss_limit is not None and (not isinstance(rss_limit, int) or rss_limit <= 0):
             raise ValueError(f"rss_limit must be a positive number of bytes, got {rss_limit!r}")
         if not heartbeat_timeout > 0 or not health_interval > 0 or breaches < 1:
@@ -413,6 +415,8 @@ class Supervisor:
         self._kinds: dict[str, tuple[Callable[[dict[str, Any]], Saga] | None, bool]] = {}
         self._triggers: list[tuple[Callable[[Event], Saga], Callable[[Event], bool]]] = []
         self._restarts: deque[float] = deque()
+        # (when, worker index, dead worker, why): replacements waiting out a backoff
+        self._later: list[tuple[float, int, _Worker, str]] = []
         self._retired: list[_Worker] = []
         self._drain_deadline: float | None = None
         self._stop_reason = "supervisor stopped"
@@ -1010,6 +1014,9 @@ class Supervisor:
             timeout: float | None = None
             if self._timers:
                 timeout = max(0.0, self._timers[0][0] - time.monotonic())
+            if self._later:
+                wake = max(0.0, self._later[0][0] - time.monotonic())
+                timeout = wake if timeout is None else min(timeout, wake)
             if self._drain_deadline is not None:
                 timeout = 0.05 if timeout is None else min(timeout, 0.05)
             if timeout is None or timeout > 1.0:
@@ -1066,6 +1073,8 @@ class Supervisor:
                     self._drain_deadline = time.monotonic() + (t if drain else 0.0)
             for w in dead:
                 self._worker_died(w)
+            if self._later and self._later[0][0] <= time.monotonic():
+                self._restart_later()
             if self._timers and self._timers[0][0] <= time.monotonic():
                 self._expire()
             if stopping and self._drain_deadline is not None and (
@@ -1797,8 +1806,35 @@ class Supervisor:
                 self._inbox.append(("stop", False, 0.0))
             else:
                 self.stats["worker_restarts"] += 1
+                # back off when deaths come in a row: 0, then 50 ms, 100 ms, ...
+                # (capped at 2 s), so a crash loop does not spin the machine
+                backoff = 0.0 if len(self._restarts) <= 1 else \
+                    min(self.restart_backoff * 2 ** (len(self._restarts) - 2), 2.0)
+                if backoff > 0:
+                    log.warning("restarting worker %d in %.2fs (restart %d within %ss)",
+                                w.index, backoff, len(self._restarts), self.restart_period)
+                    heapq.heappush(self._later, (now + backoff, w.index, w, why))
+                    return
                 replacement = self._start_worker(w.index)
                 self._workers[w.index] = replacement
+        self._adopt_orphans(w, replacement, why, intensity)
+
+    def _restart_later(self) -> None:
+        """Start the replacements whose backoff has passed."""
+        now = time.monotonic()
+        while self._later and self._later[0][0] <= now:
+            _when, index, dead, why = heapq.heappop(self._later)
+            if self._state != "running" or self._workers[index] is not dead:
+                continue
+            replacement = self._start_worker(index)
+            self._workers[index] = replacement
+            self._adopt_orphans(dead, replacement, why, False)
+
+    def _adopt_orphans(self, w: _Worker, replacement: _Worker | None, why: str,
+                       intensity: bool) -> None:
+        """Replay a dead worker's sagas on its replacement, or fail them."""
+        assert self._shared is not None
+        orphans = [x for x in self._live.values() if x.worker is w]
         if self._batch:  # the log must show every row of these sagas before replay
             self._commit_now()
         if intensity:

@@ -15,6 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
+import pytest
+
 from supervisor import RestartIntensityError, Supervisor
 
 from . import sagas as S
@@ -157,7 +159,8 @@ def test_claim_of_a_dead_worker_is_inherited(make_sup: Callable[..., Supervisor]
     assert inherited > 0, "the worker never died between claim and reply"
 
 
-def test_restart_intensity_exceeded_stops_cleanly(make_sup: Callable[..., Supervisor]) -> None:
+def test_restart_intensity_exceeded_stops_cleanly(make_sup: Callable[..., Supervisor],
+                                                  caplog: pytest.LogCaptureFixture) -> None:
     sup = make_sup(workers=1, max_restarts=3, restart_period=60)
     sup.register_kind(S.ExitingSaga, factory=lambda snap: S.ExitingSaga())  # dies on replay
     sup.register_kind(S.StepperSaga)
@@ -170,6 +173,9 @@ def test_restart_intensity_exceeded_stops_cleanly(make_sup: Callable[..., Superv
     assert all(sagas[i]["failure_reason"] == "worker crashed (exit code 7); not restarted: "
                "restart intensity exceeded" for i in calm), [sagas[i] for i in calm]
     assert isinstance(sup._crash, RestartIntensityError)
+    delays = [float(r.getMessage().split(" in ")[1].split("s ")[0]) for r in caplog.records
+              if r.getMessage().startswith("restarting worker 0 in")]
+    assert delays == [0.05, 0.1], delays  # restarts 2 and 3 backed off, doubling
     assert not os.path.exists("/dev/shm/" + sup.shm_name)
 
 
