@@ -15,6 +15,7 @@ triggers sagas of a few kinds, as a real launcher would:
 
 from __future__ import annotations
 
+import queue
 import sys
 import time
 from collections import Counter
@@ -213,15 +214,22 @@ def run_demo(data_dir: Path, sagas: int = 5000, workers: int = 2, durability: st
         expected: list[int] = []
 
         def pump(until: float) -> None:
+            """Take every bus event that is there (waiting until `until` for
+            more), then refresh the display."""
             while True:
                 left = until - time.monotonic()
                 try:
-                    progress.feed(sub.get(timeout=max(0.0, min(left, 0.1))))
-                except Exception:
+                    while True:
+                        progress.feed(sub.get(timeout=0))
+                except queue.Empty:
                     pass
                 display.maybe_refresh()
-                if time.monotonic() >= until:
+                if left <= 0:
                     return
+                try:
+                    progress.feed(sub.get(timeout=min(left, 0.1)))
+                except queue.Empty:
+                    pass
 
         expected.append(sup.spawn(RestartServer(["sleep", "30"])))
         expected.append(sup.spawn(SlowProbe()))
@@ -233,6 +241,7 @@ def run_demo(data_dir: Path, sagas: int = 5000, workers: int = 2, durability: st
         for i in range(0, sagas, chunk):
             expected += [sup.spawn(HealthCheck(n)) for n in range(i, min(i + chunk, sagas))]
             pump(time.monotonic())
+        last_pump = time.monotonic()
         for sid in expected:
             while True:
                 try:
@@ -240,6 +249,9 @@ def run_demo(data_dir: Path, sagas: int = 5000, workers: int = 2, durability: st
                     break
                 except TimeoutError:
                     pump(time.monotonic())
+            if time.monotonic() - last_pump > 0.1:
+                pump(time.monotonic())
+                last_pump = time.monotonic()
         result.bulk_rate = sagas / max(time.monotonic() - bulk_start, 1e-9)
         # every trigger-spawned saga must have ended too
         deadline = time.monotonic() + 15

@@ -172,3 +172,23 @@ def test_events_follows_the_bus(make_sup: Callable[..., Supervisor], tmp_path: P
     assert [(e["kind"], e["saga_id"]) for e in lines] == [("SagaStarted", sid),
                                                           ("SagaCompleted", sid)]
     assert lines[0]["version"] < lines[1]["version"]
+
+
+def test_vacuum_and_run_on_bad_ground(tmp_path: Path) -> None:
+    missing = cli("vacuum", "--data-dir", str(tmp_path / "none"), "--older-than", "1")
+    assert missing.returncode == 2 and "no saga log" in missing.stderr
+    bad = tmp_path / "bad" / "db"
+    bad.mkdir(parents=True)
+    (bad / "sagas.db").write_bytes(b"not a database at all" * 100)
+    corrupt = cli("vacuum", "--data-dir", str(tmp_path / "bad"), "--older-than", "1")
+    assert corrupt.returncode == 3 and "damaged or not a SQLite database" in corrupt.stderr
+    assert cli("run", "--app", "nocolon").returncode == 64
+    noapp = cli("run", "--app", "no_such_module_xyz:make")
+    assert noapp.returncode == 1 and "cannot load" in noapp.stderr
+    wrong = cli("run", "--app", "os:getcwd")
+    assert wrong.returncode == 1 and "not a Supervisor" in wrong.stderr
+    health_bad = tmp_path / "h" / "run"
+    health_bad.mkdir(parents=True)
+    (health_bad / "health.json").write_text("{not json")
+    probe = cli("health", "--data-dir", str(tmp_path / "h"))
+    assert probe.returncode == 1 and "unreadable health file" in probe.stderr
