@@ -1497,41 +1497,34 @@ class Supervisor:
                     self._fail(L, why)
 
     def _write_host(self, h: _Host) -> None:
-        assert self._sel is not None
-        try:
-            while h.outbuf:
-                n = os.write(h.wfd, h.outbuf)
-                del h.outbuf[:n]
-        except BlockingIOError:
-            if not h.want_write:
-                h.want_write = True
-                self._sel.register(h.wfd, selectors.EVENT_WRITE, ("hostw", h))
-            return
-        except OSError as exc:
-            h.outbuf.clear()
-            self._host_died(h, f"host pipe send failed: {exc}")
-            return
-        if h.want_write:
-            h.want_write = False
-            self._sel.unregister(h.wfd)
+        err = self._drain_outbuf(h, "hostw")
+        if err is not None:
+            self._host_died(h, f"host pipe send failed: {err}")
 
     def _write_worker(self, w: _Worker) -> None:
+        self._drain_outbuf(w, "workerw")  # on error the worker is dead: its sentinel says so
+
+    def _drain_outbuf(self, peer: _Host | _Worker, tag: str) -> OSError | None:
+        """Write what `peer.outbuf` holds without blocking; when the pipe is
+        full, wait for writability in the selector.  Returns a write error
+        (the buffer is dropped then)."""
         assert self._sel is not None
         try:
-            while w.outbuf:
-                n = os.write(w.wfd, w.outbuf)
-                del w.outbuf[:n]
+            while peer.outbuf:
+                n = os.write(peer.wfd, peer.outbuf)
+                del peer.outbuf[:n]
         except BlockingIOError:
-            if not w.want_write:
-                w.want_write = True
-                self._sel.register(w.wfd, selectors.EVENT_WRITE, ("workerw", w))
-            return
-        except OSError:
-            w.outbuf.clear()  # the worker is dead: its sentinel reports it
-            return
-        if w.want_write:
-            w.want_write = False
-            self._sel.unregister(w.wfd)
+            if not peer.want_write:
+                peer.want_write = True
+                self._sel.register(peer.wfd, selectors.EVENT_WRITE, (tag, peer))
+            return None
+        except OSError as exc:
+            peer.outbuf.clear()
+            return exc
+        if peer.want_write:
+            peer.want_write = False
+            self._sel.unregister(peer.wfd)
+        return None
 
     # -- commit and flush ---------------------------------------------------------
 

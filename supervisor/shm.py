@@ -402,8 +402,10 @@ class SharedState:
             rc: int = _claim(self._seg, saga_id)
         except (TypeError, OverflowError):
             raise self._bad_call(saga_id) from None
-        if rc == 1:
-            return True
+        return rc == 1 or self._claim_lost(rc, saga_id)
+
+    def _claim_lost(self, rc: int, saga_id: int) -> bool:
+        """The slow side of claim(): False for a loser, errors for bad ids."""
         if rc == 0:
             if saga_id >= _peek(self._seg):
                 raise ValueError(f"saga id {saga_id} was never allocated by {self._name!r}")
@@ -510,13 +512,7 @@ class _PrimaryState(SharedState):
             rc: int = _claim_p(saga_id)
         except (TypeError, OverflowError):
             raise self._bad_call(saga_id) from None
-        if rc == 1:
-            return True
-        if rc == 0:
-            if saga_id >= _peek(self._seg):
-                raise ValueError(f"saga id {saga_id} was never allocated by {self._name!r}")
-            return False
-        raise self._bad_call(saga_id)
+        return rc == 1 or self._claim_lost(rc, saga_id)
 
     def is_claimed(self, saga_id: int) -> bool:
         try:
