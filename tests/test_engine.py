@@ -483,3 +483,24 @@ def test_host_on_an_already_open_pair_of_fds(tmp_path: Path) -> None:
         host.stdin.close()
         assert host.wait(10) == 0
         host.stdout.close()
+
+
+def test_spawn_from_many_threads(make_sup: Callable[..., Supervisor]) -> None:
+    import threading
+
+    sup = make_sup()
+    got: list[list[int]] = [[] for _ in range(4)]
+
+    def spawner(k: int) -> None:
+        for i in range(500):
+            got[k].append(sup.spawn(S.EchoSaga(i)))
+
+    threads = [threading.Thread(target=spawner, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    ids = [i for g in got for i in g]
+    assert len(ids) == len(set(ids)) == 2000
+    assert all(g == sorted(g) for g in got)  # strictly increasing per thread
+    assert all(sup.wait(i, 60).completed for i in ids)

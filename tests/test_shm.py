@@ -234,7 +234,7 @@ def test_id_uniqueness_across_processes(shared: SharedState, tmp_path: Path) -> 
 
 
 def test_exactly_once_claim_race(shm_name: str) -> None:
-    n, rounds, racers = 100_000, 6, 3
+    n, rounds, racers = 100_000, 15, 3
     with SharedState.create(capacity=131072, name=shm_name) as s:
         pipes = [CTX.Pipe() for _ in range(racers)]
         procs = [CTX.Process(target=_shm_procs.claim_rounds, args=(shm_name, child, i))
