@@ -772,6 +772,13 @@ class Supervisor:
         listening to its kind and to triggers."""
         if not isinstance(event, Event):
             raise TypeError(f"publish() takes an Event, got {type(event).__name__}")
+        if not isinstance(event.kind, str):
+            raise TypeError(f"event kind must be a str, got {type(event.kind).__name__}")
+        try:  # it travels to workers and clients pickled: refuse it here, not in the loop
+            pickle.dumps(event.data, protocol=5)
+        except Exception as exc:
+            raise TypeError(f"event data must be picklable: {type(exc).__name__}: {exc}"
+                            ) from None
         if self._state != "running":
             raise NotRunningError(f"cannot publish: the supervisor is {self._state}")
         self._post(("publish", event))

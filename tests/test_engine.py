@@ -504,3 +504,15 @@ def test_spawn_from_many_threads(make_sup: Callable[..., Supervisor]) -> None:
     assert len(ids) == len(set(ids)) == 2000
     assert all(g == sorted(g) for g in got)  # strictly increasing per thread
     assert all(sup.wait(i, 60).completed for i in ids)
+
+
+def test_publish_rejects_bad_events_in_the_caller(make_sup: Callable[..., Supervisor]) -> None:
+    sup = make_sup()
+    with pytest.raises(TypeError, match="takes an Event"):
+        sup.publish("deploy")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="kind must be a str"):
+        sup.publish(Event(3))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="picklable"):
+        sup.publish(Event("deploy", (i for i in range(3))))
+    sup.publish(Event("deploy", {"ok": True}))  # the supervisor still serves
+    assert sup.wait(sup.spawn(S.EchoSaga()), 10).completed
