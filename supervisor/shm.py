@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import psutil
 
-from supervisor import _sagashm  # type: ignore[attr-defined]
+from supervisor import _sagashm
 from supervisor.errors import (
     CapacityError,
     IdOverflowError,

@@ -13,9 +13,16 @@ if TYPE_CHECKING:
 
     from supervisor import Subscription, Supervisor
 
+import apsw
 import pytest
 
 from supervisor import SharedState
+
+# Fail loudly if an SQLite connection is ever used across fork (apsw's check,
+# where this apsw build offers it): only the supervisor process writes the
+# log, and never from a forked child.
+if hasattr(apsw, "fork_checker"):  # pragma: no branch
+    apsw.fork_checker()
 
 T = TypeVar("T")
 
