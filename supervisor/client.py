@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor._ship import dump_class, encode_saga
-from supervisor.core import segment_name
+from supervisor.shm import segment_name
 from supervisor.errors import NotRunningError, SpawnError, SupervisorError
 from supervisor.frames import FrameReader, frame
 from supervisor.saga import Event, Outcome, Saga

@@ -25,7 +25,6 @@ terminal was claimed.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import heapq
 import json
 import logging
@@ -50,6 +49,7 @@ import multiprocess
 import multiprocess.connection
 
 from supervisor import frames, worker as W
+from supervisor._control import ControlServer, _Conn
 from supervisor._ship import dump_class, encode_saga
 from supervisor.errors import (
     NotRunningError,
@@ -59,7 +59,7 @@ from supervisor.errors import (
     SupervisorCrashedError,
     SupervisorError,
 )
-from supervisor.log import Batch, SagaLog, open_readonly
+from supervisor.log import Batch, LogWriter, SagaLog, open_readonly
 from supervisor.saga import (
     SAGA_ACTION_FAILED,
     SAGA_COMPLETED,
@@ -70,7 +70,7 @@ from supervisor.saga import (
     Saga,
     Target,
 )
-from supervisor.shm import SharedState
+from supervisor.shm import SharedState, segment_name
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +78,6 @@ RUNNING, COMPENSATING = 0, 1
 _TARGET_NAMES = {int(t): t.name for t in Target}
 _OUTCOMES_KEPT = 100_000
 _HOST_READ = 1 << 18
-
-
-def segment_name(data_dir: str | os.PathLike[str]) -> str:
-    """The shared segment's name for a data dir: stable, so a client (or the
-    next supervisor) finds it from the data dir alone."""
-    digest = hashlib.sha1(os.path.realpath(data_dir).encode()).hexdigest()[:16]
-    return f"saga-{digest}"
 
 
 class _Live:
@@ -163,91 +156,6 @@ class _Host:
         self.death: str | None = None
 
 
-class _LogWriter:
-    """Commits the loop's batches on a thread of its own, in order.
-
-    Under load the loop hands a turn's batch over and goes on with the next
-    turn while SQLite (which runs without the GIL) commits; the turn's
-    outputs are held until its batch is committed, so write-ahead holds.
-    Small batches are committed inline by the loop: no hand-over latency."""
-
-    def __init__(self, sagalog: SagaLog, wake_fd: int) -> None:
-        self._log = sagalog
-        self._wake_fd = wake_fd
-        self._cv = threading.Condition()
-        self._queue: deque[tuple[int, Batch]] = deque()
-        self.done = 0
-        self.error: BaseException | None = None
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="saga-log-writer", daemon=True)
-        self._thread.start()
-
-    def busy(self) -> bool:
-        return bool(self._queue)
-
-    def submit(self, seq: int, batch: Batch) -> None:
-        with self._cv:
-            self._queue.append((seq, batch))
-            self._cv.notify()
-
-    def wait(self, seq: int) -> None:
-        """Block until batch `seq` is committed (re-raising a commit error)."""
-        with self._cv:
-            while self.done < seq and self.error is None:
-                self._cv.wait()
-            if self.error is not None:
-                raise self.error
-
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                while not self._queue and not self._stopping:
-                    self._cv.wait()
-                if not self._queue:
-                    return
-                seq, batch = self._queue[0]
-            try:
-                self._log.commit(batch)
-            except BaseException as exc:  # the loop re-raises it at the next wait
-                with self._cv:
-                    self.error = exc
-                    self._cv.notify_all()
-                return
-            with self._cv:
-                self._queue.popleft()
-                self.done = seq
-                self._cv.notify_all()
-            try:
-                os.write(self._wake_fd, b"w")  # the loop may be waiting to flush
-            except OSError:
-                pass
-
-    def stop(self) -> None:
-        with self._cv:
-            self._stopping = True
-            self._cv.notify_all()
-        self._thread.join(30)
-
-
-class _Conn:
-    """A SagaClient connection on the control socket."""
-
-    __slots__ = ("sock", "reader", "outbuf", "classes", "subscribed", "want_write", "closed")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.reader = frames.FrameReader()
-        self.outbuf = bytearray()
-        self.classes: dict[int, int | str] = {}
-        self.subscribed = False
-        self.want_write = False
-        self.closed = False
-
-    def send(self, msg: tuple[Any, ...]) -> None:
-        if not self.closed:
-            self.outbuf += frames.frame(pickle.dumps(msg, protocol=5))
-
-
 class Subscription:
     """A queue of bus events (lifecycle and domain), in version order."""
 
@@ -306,7 +214,7 @@ class _Future:
 Handler = Callable[[Any, int, int], Any]
 
 
-class Supervisor:
+class Supervisor(ControlServer):
     """Runs sagas in worker processes with a durable log and a host pipe.
 
     ``Supervisor(data_dir, workers=2, host=[...argv...])`` then ``start()``
@@ -425,7 +333,7 @@ class Supervisor:
                       "replay_failed": 0, "reopened": 0, "host_restarts": 0, "worker_recycles": 0, "trigger_errors": 0, "worker_restarts": 0,
                       "commits": 0, "rows": 0}
 
-        self._writer: _LogWriter | None = None
+        self._writer: LogWriter | None = None
         self._seq = 0  # batches handed to the writer
         self._held: deque[tuple[int, tuple[Any, ...]]] = deque()  # outputs awaiting a commit
         self._listener: socket.socket | None = None
@@ -491,7 +399,7 @@ class Supervisor:
         os.set_blocking(self._wake_w, False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
         if self.pipeline_rows:
-            self._writer = _LogWriter(self._log, self._wake_w)
+            self._writer = LogWriter(self._log, self._wake_w)
         for i in range(self.n_workers):
             self._workers.append(self._start_worker(i))
         self._await_ready(self._workers, self.start_timeout)
@@ -927,35 +835,6 @@ class Supervisor:
                     "its stderr says why. Under the spawn/forkserver start methods, a "
                     "launcher script must start the supervisor under "
                     "`if __name__ == \"__main__\":`")
-
-    def _open_control(self) -> None:
-        """Listen on a Unix socket (mode 0600) for SagaClient connections and
-        write its path to <data_dir>/run/control."""
-        assert self._sel is not None
-        run = self.data_dir / "run"
-        run.mkdir(parents=True, exist_ok=True)
-        os.chmod(run, 0o700)
-        path = run / "ctl.sock"
-        if len(os.fsencode(path)) > 100:  # AF_UNIX paths are short (108 bytes)
-            path = Path(tempfile.gettempdir()) / f"{segment_name(self.data_dir)}.sock"
-        try:
-            if stat.S_ISSOCK(os.lstat(path).st_mode):
-                path.unlink()  # left by a supervisor that died; we own the data dir now
-        except FileNotFoundError:
-            pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(str(path))
-            os.chmod(path, 0o600)
-            sock.listen(64)
-        except OSError as exc:
-            sock.close()
-            raise SupervisorError(f"cannot listen on control socket {path}: {exc}") from exc
-        sock.setblocking(False)
-        self._listener = sock
-        self._control_path = path
-        (run / "control").write_text(str(path))
-        self._sel.register(sock, selectors.EVENT_READ, ("accept", sock))
 
     def _start_host(self) -> _Host:
         assert self._sel is not None
@@ -1881,139 +1760,6 @@ class Supervisor:
             self._log.commit(batch)
             self.stats["commits"] += 1
             self.stats["rows"] += batch.rows()
-
-    # -- control socket (SagaClient) ----------------------------------------------
-
-    def _accept(self) -> None:
-        assert self._listener is not None and self._sel is not None
-        try:
-            sock, _ = self._listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        sock.setblocking(False)
-        c = _Conn(sock)
-        self._conns.append(c)
-        self._sel.register(sock, selectors.EVENT_READ, ("conn", c))
-
-    def _close_conn(self, c: _Conn) -> None:
-        if c.closed:
-            return
-        c.closed = True
-        if self._sel is not None:
-            try:
-                self._sel.unregister(c.sock)
-            except (KeyError, ValueError):
-                pass
-        c.sock.close()
-        self._conns = [x for x in self._conns if x is not c]
-
-    def _read_conn(self, c: _Conn) -> None:
-        try:
-            data = c.sock.recv(1 << 20)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._close_conn(c)
-            return
-        try:
-            for body in c.reader.feed(data):
-                self._client_request(c, pickle.loads(body))
-        except Exception as exc:  # a broken or hostile client: drop it, never crash
-            log.warning("dropping a control connection: %s: %s", type(exc).__name__, exc)
-            self._close_conn(c)
-
-    def _flush_conn(self, c: _Conn) -> None:
-        assert self._sel is not None
-        try:
-            while c.outbuf:
-                n = c.sock.send(c.outbuf)
-                del c.outbuf[:n]
-        except (BlockingIOError, InterruptedError):
-            if not c.want_write:
-                c.want_write = True
-                self._sel.modify(c.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
-                                 ("conn", c))
-            if len(c.outbuf) > 256 << 20:
-                log.warning("dropping a control client that does not read its replies")
-                self._close_conn(c)
-            return
-        except OSError:
-            self._close_conn(c)
-            return
-        if c.want_write:
-            c.want_write = False
-            self._sel.modify(c.sock, selectors.EVENT_READ, ("conn", c))
-
-    def _client_request(self, c: _Conn, msg: tuple[Any, ...]) -> None:
-        op, req = msg[0], msg[1]
-
-        def err(kind: str, message: str) -> None:
-            c.send(("err", req, (kind, message)))
-
-        if op == "cls":
-            ccid, blob = msg[2], msg[3]
-            try:
-                c.classes[ccid] = self._register_class(dill.loads(blob), blob)
-            except Exception as exc:
-                c.classes[ccid] = f"saga class could not be loaded: {type(exc).__name__}: {exc}"
-            return
-        if self._state != "running" and op in ("spawn", "cancel", "publish"):
-            err("NotRunningError", f"the supervisor is {self._state}")
-            return
-        assert self._shared is not None
-        if op == "spawn":
-            sid, ccid, state, name, timeout, snapshot_json, listens, has_comp = msg[2:10]
-            cid = c.classes.get(ccid)
-            if not isinstance(cid, int):
-                err("SpawnError", cid or f"unknown class id {ccid!r}")
-                return
-            if not isinstance(sid, int) or sid in self._live or \
-                    self._shared.state(sid) != "live":
-                err("ValueError", f"saga id {sid!r} is not a fresh registered id")
-                return
-            with self._lock:
-                self._pending.add(sid)
-            self._do_spawn(sid, (cid, state, str(name), float(timeout), str(snapshot_json),
-                                 frozenset(listens), bool(has_comp)), None)
-            c.send(("ok", req, sid))
-        elif op == "cancel":
-            sid, reason = msg[2], msg[3]
-            L = self._live.get(sid)
-            if L is None and not (0 < sid < self._shared.peek_next_id()):
-                err("ValueError", f"unknown saga id {sid}: never allocated")
-                return
-            won = L is not None and L.phase == RUNNING and self._fail(L, f"cancelled: {reason}")
-            c.send(("ok", req, bool(won)))
-        elif op == "wait":
-            sid = msg[2]
-            with self._lock:
-                o = self._outcomes.get(sid)
-                pending = sid in self._pending
-            if o is not None:
-                c.send(("ok", req, (o[1], o[2])))
-            elif pending or sid in self._live:
-                self._remote_waiters.setdefault(sid, []).append((c, req))
-            else:
-                assert self._log is not None
-                self._drain_log()
-                row = self._log.saga(sid)
-                if row is None:
-                    err("ValueError", f"unknown saga id {sid}")
-                elif row["state"] in ("running", "compensating"):
-                    err("NotRunningError", f"saga {sid} is {row['state']} in the log but not "
-                        "in flight")
-                else:
-                    c.send(("ok", req, (row["state"], row["failure_reason"])))
-        elif op == "publish":
-            self._emit.append((str(msg[2]), msg[3], None, None))
-            c.send(("ok", req, None))
-        elif op == "subscribe":
-            c.subscribed = True
-            c.send(("ok", req, None))
-        else:
-            err("ValueError", f"unknown request {op!r}")
 
     # -- worker health: heartbeat and RSS thresholds ---------------------------------
 

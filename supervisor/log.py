@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,6 +275,72 @@ class SagaLog:
         except apsw.Error:
             pass
         self.conn.close()
+
+
+class LogWriter:
+    """Commits the loop's batches on a thread of its own, in order.
+
+    Under load the loop hands a turn's batch over and goes on with the next
+    turn while SQLite (which runs without the GIL) commits; the turn's
+    outputs are held until its batch is committed, so write-ahead holds.
+    Small batches are committed inline by the loop: no hand-over latency."""
+
+    def __init__(self, sagalog: SagaLog, wake_fd: int) -> None:
+        self._log = sagalog
+        self._wake_fd = wake_fd
+        self._cv = threading.Condition()
+        self._queue: deque[tuple[int, Batch]] = deque()
+        self.done = 0
+        self.error: BaseException | None = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="saga-log-writer", daemon=True)
+        self._thread.start()
+
+    def busy(self) -> bool:
+        return bool(self._queue)
+
+    def submit(self, seq: int, batch: Batch) -> None:
+        with self._cv:
+            self._queue.append((seq, batch))
+            self._cv.notify()
+
+    def wait(self, seq: int) -> None:
+        """Block until batch `seq` is committed (re-raising a commit error)."""
+        with self._cv:
+            while self.done < seq and self.error is None:
+                self._cv.wait()
+            if self.error is not None:
+                raise self.error
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._stopping:
+                    self._cv.wait()
+                if not self._queue:
+                    return
+                seq, batch = self._queue[0]
+            try:
+                self._log.commit(batch)
+            except BaseException as exc:  # the loop re-raises it at the next wait
+                with self._cv:
+                    self.error = exc
+                    self._cv.notify_all()
+                return
+            with self._cv:
+                self._queue.popleft()
+                self.done = seq
+                self._cv.notify_all()
+            try:
+                os.write(self._wake_fd, b"w")  # the loop may be waiting to flush
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        self._thread.join(30)
 
 
 def dict_rows(conn: apsw.Connection, sql: str, params: tuple[Any, ...] = ()

@@ -29,6 +29,7 @@ Semantics:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import time
@@ -146,6 +147,13 @@ def _unlink_if_creator(name: bytes, creator_pid: int) -> None:
     # weakref.finalize / atexit hook: never unlink from a forked child.
     if os.getpid() == creator_pid:
         _lib.ssm_unlink(name)
+
+
+def segment_name(data_dir: str | os.PathLike[str]) -> str:
+    """The shared segment's name for a data dir: stable, so a client (or the
+    next supervisor) finds it from the data dir alone."""
+    digest = hashlib.sha1(os.path.realpath(data_dir).encode()).hexdigest()[:16]
+    return f"saga-{digest}"
 
 
 class SharedState:
@@ -521,4 +529,4 @@ class _PrimaryState(SharedState):
             raise self._bad_call(saga_id) from None
 
 
-__all__ = ["SharedState", "MAX_ID", "MAX_CAPACITY", "LAYOUT_VERSION", "noop", "SagaSlotState"]
+__all__ = ["SharedState", "segment_name", "MAX_ID", "MAX_CAPACITY", "LAYOUT_VERSION", "noop", "SagaSlotState"]
