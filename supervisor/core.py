@@ -156,6 +156,28 @@ class _Host:
         self.death: str | None = None
 
 
+def _stop_host_process(h: _Host, grace: float) -> None:
+    """Close the pipes of a host we started (it exits on stdin EOF), give it
+    `grace` seconds, then SIGTERM, then SIGKILL.  A host on given fds is not
+    ours to stop."""
+    if h.proc is None:
+        return
+    for f in (h.proc.stdin, h.proc.stdout):
+        try:
+            if f is not None:
+                f.close()
+        except OSError:
+            pass
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None:
+            h.proc.send_signal(sig)
+        try:
+            h.proc.wait(grace if sig is None else 2.0)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+
+
 class Subscription:
     """A queue of bus events (lifecycle and domain), in version order."""
 
@@ -1335,17 +1357,7 @@ class Supervisor(ControlServer):
                 self._sel.unregister(fd)
             except (KeyError, ValueError):
                 pass
-        if h.proc is not None:
-            for f in (h.proc.stdin, h.proc.stdout):
-                try:
-                    if f is not None:
-                        f.close()
-                except OSError:
-                    pass
-            try:
-                h.proc.wait(1.0)
-            except subprocess.TimeoutExpired:
-                h.proc.kill()
+        _stop_host_process(h, grace=1.0)
         restarted = False
         if self.restart_host and self.host_argv is not None and self._state == "running":
             now = time.monotonic()
@@ -1867,22 +1879,8 @@ class Supervisor(ControlServer):
                 w.proc.join(2.0)
         self._workers = []
         h = self._host
-        if h is not None and h.proc is not None:
-            for f in (h.proc.stdin, h.proc.stdout):
-                try:
-                    if f is not None:
-                        f.close()
-                except OSError:
-                    pass
-            try:
-                h.proc.wait(5.0)
-            except subprocess.TimeoutExpired:
-                h.proc.send_signal(signal.SIGTERM)
-                try:
-                    h.proc.wait(2.0)
-                except subprocess.TimeoutExpired:
-                    h.proc.kill()
-                    h.proc.wait(2.0)
+        if h is not None:
+            _stop_host_process(h, grace=5.0)
         self._host = None
         for c in list(self._conns):
             self._close_conn(c)
