@@ -8,7 +8,6 @@ import random
 import subprocess
 import sys
 import textwrap
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
@@ -120,14 +119,9 @@ def test_running_sagas_of_a_dead_supervisor_are_failed_at_start(tmp_path: Path) 
         sup = Supervisor({str(tmp_path / 'd')!r}, workers=1,
                          host=[sys.executable, '-m', 'supervisor.host']).start()
         ids = [sup.spawn(SleepSaga(30)) for _ in range(5)]
-        import time
-        from tests.conftest import read_log
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            _, steps = read_log(sup.db_path)
-            if len(steps) == 5:
-                break
-            time.sleep(0.01)
+        from tests.conftest import read_log, wait_for
+        wait_for(lambda: len(read_log(sup.db_path)[1]) == 5, timeout=30,
+                 what="five steps logged")
         print(ids, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     """)
@@ -171,11 +165,10 @@ def test_race_cancel_vs_done(make_sup: Callable[..., Supervisor]) -> None:
     sup = make_sup()
     rng = random.Random(2)
     won = {}
-    ids = []
-    for _ in range(300):
-        sid = sup.spawn(S.SleepSaga(seconds=rng.uniform(0.0, 0.01)))
-        ids.append(sid)
-        time.sleep(rng.uniform(0.0, 0.004)) if rng.random() < 0.3 else None
+    # all spawned first, then cancelled one after another as fast as cancel()
+    # answers: early ones are cancelled in flight, later ones have finished
+    ids = [sup.spawn(S.SleepSaga(seconds=rng.uniform(0.0, 0.01))) for _ in range(300)]
+    for sid in ids:
         won[sid] = sup.cancel(sid, "operator said so")
     outs = {i: sup.wait(i, 30) for i in ids}
     for i in ids:
@@ -196,10 +189,14 @@ def test_race_done_vs_action_failed(make_sup: Callable[..., Supervisor]) -> None
     rng = random.Random(3)
     ids = []
     for _ in range(20):
+        sent = sup.health()["host"]["frames_out"]
         wave = [sup.spawn(S.SleepSaga(seconds=rng.uniform(0.0, 0.02), op="fail"))
                 for _ in range(20)]
         ids += wave
-        time.sleep(0.01)
+        # publish once the wave's commands are with the host: the delayed
+        # refusals (0-20 ms) then race the bus event
+        wait_for(lambda: sup.health()["host"]["frames_out"] >= sent + 20,
+                 what="wave sent to the host")
         sup.publish(Event("finish"))
     outs = [sup.wait(i, 30) for i in ids]
     c = Counter(o.reason for o in outs)
@@ -215,13 +212,18 @@ def test_race_done_vs_eviction(make_sup: Callable[..., Supervisor]) -> None:
     sup.add_trigger(lambda ev: S.TriggeredSaga(seconds=ev.data["s"]),
                     lambda ev: ev.kind == "deploy")
     rng = random.Random(4)
-    for _ in range(200):
+    seen: list[Event] = []
+    for n in range(200):
         sup.publish(Event("deploy", {"s": rng.uniform(0.0, 0.004)}))
         if rng.random() < 0.5:
-            time.sleep(0.002)
-    events = drain_bus(sub, lambda evs: sum(e.kind == SAGA_STARTED for e in evs) == 200 and
-                       {e.saga_id for e in evs if e.kind == SAGA_STARTED} <=
-                       {e.saga_id for e in evs if e.kind in TERMINAL})
+            # let this one start before the next trigger: its echo (0-4 ms)
+            # then races the eviction the next trigger brings
+            seen += drain_bus(sub, lambda evs: sum(e.kind == SAGA_STARTED
+                                                   for e in seen + evs) == n + 1)
+    events = seen + drain_bus(
+        sub, lambda evs: sum(e.kind == SAGA_STARTED for e in seen + evs) == 200 and
+        {e.saga_id for e in seen + evs if e.kind == SAGA_STARTED} <=
+        {e.saga_id for e in seen + evs if e.kind in TERMINAL})
     ids = sorted({e.saga_id for e in events if e.kind == SAGA_STARTED})
     assert len(ids) == 200  # one saga per trigger event
     check_log_and_bus(sup, ids, events)
@@ -240,11 +242,10 @@ def test_race_done_vs_eviction(make_sup: Callable[..., Supervisor]) -> None:
     assert all(s["name"] == "triggered" for s in evicted)
 
 
-def test_race_done_vs_host_death(make_sup: Callable[..., Supervisor]) -> None:
+def test_race_done_vs_host_death(make_sup: Callable[..., Supervisor], tmp_path: Path) -> None:
     """Sagas parked on host sleeps; the host dies while a bus event completes them."""
     for round_ in range(3):
-        sup = make_sup(data_dir=Path(f"/tmp/saga-hostdeath-{round_}-{time.time_ns()}"),
-                       restart_host=False)
+        sup = make_sup(data_dir=tmp_path / f"round{round_}", restart_host=False)
         ids = [sup.spawn(S.SleepSaga(seconds=30)) for _ in range(200)]
         wait_for(lambda: sup.health()["host"]["frames_out"] >= 200, what="commands sent")
         sup.publish(Event("finish"))
@@ -260,9 +261,6 @@ def test_race_done_vs_host_death(make_sup: Callable[..., Supervisor]) -> None:
         later = sup.spawn(S.EchoSaga())
         assert sup.wait(later, 10).reason.startswith("host pipe send failed: host exited")
         sup.stop()
-        import shutil
-
-        shutil.rmtree(sup.data_dir, ignore_errors=True)
 
 
 # -- user code and host misbehaving ---------------------------------------------------
