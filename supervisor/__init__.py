@@ -7,7 +7,8 @@ The public surface is re-exported here; modules are private unless named in
 from __future__ import annotations
 
 from supervisor.client import SagaClient
-from supervisor.core import Subscription, Supervisor
+from supervisor._engine.outcomes import Subscription
+from supervisor.core import Supervisor
 from supervisor.errors import (
     CapacityError,
     IdOverflowError,
@@ -29,6 +30,7 @@ from supervisor.saga import (
     SAGA_ACTION_FAILED,
     SAGA_COMPLETED,
     SAGA_FAILED,
+    SAGA_SPAWN_FAILED,
     SAGA_STARTED,
     Done,
     Event,
@@ -51,6 +53,7 @@ __all__ = [
     "SAGA_ACTION_FAILED",
     "SAGA_COMPLETED",
     "SAGA_FAILED",
+    "SAGA_SPAWN_FAILED",
     "SAGA_STARTED",
     "Done",
     "Event",

@@ -89,7 +89,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _db(data_dir: str) -> Path:
-    return Path(data_dir) / "db" / "sagas.db"
+    from supervisor.paths import DataDir
+
+    return DataDir.of(data_dir).db
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -109,9 +111,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    import psutil
+    from supervisor._procs import same_process
+    from supervisor.paths import DataDir
 
-    path = Path(args.data_dir) / "run" / "health.json"
+    path = DataDir.of(args.data_dir).health_file
     try:
         report = json.loads(path.read_text())
     except FileNotFoundError:
@@ -121,12 +124,9 @@ def cmd_health(args: argparse.Namespace) -> int:
         print(f"unreadable health file {path}: {exc}", file=sys.stderr)
         return EXIT_FAIL
     me = report.get("supervisor", {})
-    try:
-        proc = psutil.Process(me.get("pid", -1))
-        same = abs(proc.create_time() - me.get("create_time", 0)) < 0.01
-        alive = same and proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.Error, ValueError):
-        alive = False
+    pid, started = me.get("pid"), me.get("create_time")
+    alive = isinstance(pid, int) and isinstance(started, (int, float)) and \
+        same_process(pid, float(started))
     if not alive:
         print(f"no supervisor running (pid {me.get('pid')} in {path} is gone)",
               file=sys.stderr)
@@ -172,7 +172,7 @@ def _open_log(data_dir: str) -> Any:
 def cmd_sagas(args: argparse.Namespace) -> int:
     import apsw
 
-    from supervisor.log import dict_rows
+    from supervisor.log import dict_rows, saga_row, step_rows
 
     conn = _open_log(args.data_dir)
     try:
@@ -181,16 +181,14 @@ def cmd_sagas(args: argparse.Namespace) -> int:
                 print("usage: saga-supervisor sagas show ID", file=sys.stderr)
                 return EXIT_USAGE
             sid = int(args.show[1])
-            rows = dict_rows(conn, "SELECT * FROM saga WHERE saga_id = ?", (sid,))
-            if not rows:
+            r = saga_row(conn, sid)
+            if r is None:
                 print(f"no saga {sid} in the log", file=sys.stderr)
                 return EXIT_FAIL
-            steps = dict_rows(conn, "SELECT * FROM saga_step WHERE saga_id = ? "
-                              "ORDER BY step_index", (sid,))
+            steps = step_rows(conn, sid)
             if args.json:
-                print(json.dumps({"saga": rows[0], "steps": steps}))
+                print(json.dumps({"saga": r, "steps": steps}))
                 return EXIT_OK
-            r = rows[0]
             print(f"saga {sid} {r['name']}: {r['state']}"
                   + (f" ({r['failure_reason']})" if r["failure_reason"] else ""))
             print(f"  started {_ts(r['started_at'])}  ended {_ts(r['ended_at'])}")

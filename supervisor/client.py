@@ -21,10 +21,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from supervisor._ship import dump_class, encode_saga
-from supervisor.shm import segment_name
+import supervisor._validate as _validate
+from supervisor._codec import dump_class, encode_saga
+from supervisor._future import Future
 from supervisor.errors import NotRunningError, SpawnError, SupervisorError
-from supervisor.frames import FrameReader, frame
+from supervisor.frames import MAX_FRAME, FrameReader, frame
+from supervisor.paths import DataDir
 from supervisor.saga import Event, Outcome, Saga
 from supervisor.shm import SharedState
 
@@ -36,20 +38,11 @@ _ERRORS: dict[str, type[Exception]] = {
 
 
 def control_address(data_dir: str | os.PathLike[str]) -> str:
-    path = Path(data_dir) / "run" / "control"
+    path = DataDir.of(data_dir).control_file
     try:
         return path.read_text().strip()
     except FileNotFoundError:
         raise NotRunningError(f"no supervisor is running on {data_dir} (no {path})") from None
-
-
-class _Pending:
-    __slots__ = ("ev", "ok", "value")
-
-    def __init__(self) -> None:
-        self.ev = threading.Event()
-        self.ok = False
-        self.value: Any = None
 
 
 class SagaClient:
@@ -67,10 +60,10 @@ class SagaClient:
             raise NotRunningError(f"cannot reach the supervisor of {data_dir} at "
                                   f"{address}: {exc}") from exc
         self._sock.settimeout(None)
-        self._shared = SharedState.attach(segment_name(data_dir))
+        self._shared = SharedState.attach(DataDir.of(data_dir).segment)
         self._send_lock = threading.Lock()
         self._reqs = itertools.count(1)
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, Future] = {}
         self._classes: dict[type, int] = {}
         self._events: queue.SimpleQueue[Event | None] | None = None
         self._closed = False
@@ -81,7 +74,12 @@ class SagaClient:
     # -- requests -------------------------------------------------------------
 
     def _send(self, msg: tuple[Any, ...]) -> None:
-        data = frame(pickle.dumps(msg, protocol=5))
+        body = pickle.dumps(msg, protocol=5)
+        if len(body) > MAX_FRAME:
+            raise SpawnError(f"the {msg[0]} request is {len(body):,} bytes, over the control "
+                             f"socket's limit of {MAX_FRAME:,} bytes (a saga's state or "
+                             "snapshot, or an event's data, is too large)")
+        data = frame(body)
         with self._send_lock:
             if self._closed:
                 raise NotRunningError("the client is closed")
@@ -92,20 +90,15 @@ class SagaClient:
 
     def _call(self, op: str, *args: Any, timeout: float | None = 30.0) -> Any:
         req = next(self._reqs)
-        p = _Pending()
+        p = Future()
         self._pending[req] = p
         try:
             self._send((op, req, *args))
-            if not p.ev.wait(timeout):
-                raise TimeoutError(f"no answer to {op} within {timeout}s")
+            return p.result(timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no answer to {op} within {timeout}s") from None
         finally:
             self._pending.pop(req, None)
-        if not p.ok:
-            if isinstance(p.value, BaseException):
-                raise p.value
-            kind, message = p.value
-            raise _ERRORS.get(kind, SupervisorError)(message)
-        return p.value
 
     def spawn(self, saga: Saga) -> int:
         """Spawn `saga` on the supervisor; returns its id once it is accepted."""
@@ -126,15 +119,13 @@ class SagaClient:
         return sid
 
     def cancel(self, saga_id: int, reason: str = "cancelled") -> bool:
-        if isinstance(saga_id, bool) or not isinstance(saga_id, int):
-            raise TypeError(f"saga id must be an int, got {type(saga_id).__name__}")
-        return bool(self._call("cancel", saga_id, str(reason)))
+        sid = _validate.saga_id(saga_id)
+        return bool(self._call("cancel", sid, _validate.text(reason, "reason")))
 
     def wait(self, saga_id: int, timeout: float | None = None) -> Outcome:
-        if isinstance(saga_id, bool) or not isinstance(saga_id, int):
-            raise TypeError(f"saga id must be an int, got {type(saga_id).__name__}")
-        state, reason = self._call("wait", saga_id, timeout=timeout)
-        return Outcome(saga_id, state, reason)
+        sid = _validate.saga_id(saga_id)
+        state, reason = self._call("wait", sid, timeout=_validate.timeout(timeout))
+        return Outcome(sid, state, reason)
 
     def publish(self, event: Event) -> None:
         if not isinstance(event, Event):
@@ -179,17 +170,19 @@ class SagaClient:
                             self._events.put(Event(*msg[1:]))
                         continue
                     p = self._pending.get(msg[1])
-                    if p is not None:
-                        p.ok = msg[0] == "ok"
-                        p.value = msg[2]
-                        p.ev.set()
+                    if p is None:
+                        continue
+                    if msg[0] == "ok":
+                        p.set(msg[2])
+                    else:
+                        kind, message = msg[2]
+                        p.set(error=_ERRORS.get(kind, SupervisorError)(message))
         except OSError:
             pass
         finally:
             gone = NotRunningError("the supervisor closed the connection")
             for p in list(self._pending.values()):
-                p.ok, p.value = False, gone
-                p.ev.set()
+                p.set(error=gone)
             if self._events is not None:
                 self._events.put(None)
 

@@ -103,8 +103,9 @@ def parse_host(body: bytes) -> tuple[int, int, int, bytes]:
 def decode_json_object(payload: bytes, what: str) -> dict[str, Any]:
     try:
         value = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise FrameError(f"{what} payload is not valid JSON: {exc}", fatal=False) from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise FrameError(f"{what} payload is not valid JSON: {type(exc).__name__}: "
+                         f"{str(exc)[:200]}", fatal=False) from None
     if not isinstance(value, dict):
         raise FrameError(f"{what} payload must be a JSON object, got "
                          f"{type(value).__name__}", fatal=False)

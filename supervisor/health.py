@@ -1,20 +1,55 @@
-"""Health of a running supervisor, measured with psutil.
+"""Health of a running supervisor, measured with psutil, over plain views.
 
-A snapshot names every process by pid *and* create time (so a reused pid is
-never mistaken for ours) and reports alive/zombie, RSS, CPU, open fds, sagas
-in flight, and the host pipe's counters.
+The engine describes itself in an :class:`EngineView` (no references into
+its own objects); :func:`snapshot` measures every process by pid *and*
+create time (so a reused pid is never mistaken for ours) and reports
+alive/zombie, RSS, CPU, open fds, sagas in flight and the host pipe's
+counters.  The same dict is written to ``run/health.json`` for the CLI.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 
-if TYPE_CHECKING:
-    from supervisor.core import Supervisor
+
+@dataclass(frozen=True)
+class WorkerView:
+    index: int
+    pid: int | None
+    in_flight: int
+    heartbeat_age: float
+    retiring: bool
+    rss_breaches: int
+    heartbeat_breaches: int
+
+
+@dataclass(frozen=True)
+class HostView:
+    pid: int | None  # None: a host on given fds
+    alive: bool
+    frames_in: int
+    frames_out: int
+    bad_frames: int
+    unknown_answers: int
+    death: str | None
+
+
+@dataclass(frozen=True)
+class EngineView:
+    state: str
+    in_flight: int
+    rss_limit: int | None
+    heartbeat_timeout: float
+    stats: dict[str, int]
+    workers: list[WorkerView] = field(default_factory=list)
+    host: HostView | None = None
+    problems: list[str] = field(default_factory=list)  # found by the engine itself
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def process_info(pid: int) -> dict[str, Any]:
@@ -39,31 +74,30 @@ def process_info(pid: int) -> dict[str, Any]:
     return info
 
 
-def snapshot(sup: Supervisor) -> dict[str, Any]:
+def snapshot(view: EngineView) -> dict[str, Any]:
     workers: list[dict[str, Any]] = []
-    now = time.monotonic()
     stale = False
-    for w in list(sup._workers) + list(sup._retired):
-        info: dict[str, Any] = process_info(w.proc.pid) if w.proc.pid else {"alive": False}
-        age = now - w.last_reply
-        info.update(index=w.index, sagas_in_flight=w.count, heartbeat_age=round(age, 3),
-                    retiring=w.retiring, rss_breaches=w.rss_breaches,
-                    heartbeat_breaches=w.hb_breaches)
-        if not w.retiring and age > sup.heartbeat_timeout:
+    for w in view.workers:
+        info: dict[str, Any] = process_info(w.pid) if w.pid else {"alive": False}
+        info.update(index=w.index, sagas_in_flight=w.in_flight,
+                    heartbeat_age=round(w.heartbeat_age, 3), retiring=w.retiring,
+                    rss_breaches=w.rss_breaches, heartbeat_breaches=w.heartbeat_breaches)
+        if not w.retiring and w.heartbeat_age > view.heartbeat_timeout:
             stale = True
         workers.append(info)
     host: dict[str, Any] | None = None
-    h = sup._host
+    h = view.host
     if h is not None:
-        host = process_info(h.proc.pid) if h.proc is not None else {"pid": None}
+        host = process_info(h.pid) if h.pid is not None else {"pid": None}
         host.update(alive=h.alive and host.get("alive", True), frames_in=h.frames_in,
                     frames_out=h.frames_out, bad_frames=h.bad_frames,
-                    unknown_answers=h.unknown, death=h.death)
+                    unknown_answers=h.unknown_answers, death=h.death)
     me = process_info(os.getpid())
-    me.update(state=sup._state, sagas_in_flight=len(sup._live), rss_limit=sup.rss_limit,
-              heartbeat_timeout=sup.heartbeat_timeout)
-    healthy = sup._state == "running" and not stale and all(
+    me.update(state=view.state, sagas_in_flight=view.in_flight, rss_limit=view.rss_limit,
+              heartbeat_timeout=view.heartbeat_timeout)
+    healthy = view.state == "running" and not stale and not view.problems and all(
         w["alive"] for w in workers if not w["retiring"]) and (
         host is None or bool(host["alive"]))
     return {"healthy": healthy, "supervisor": me, "workers": workers, "host": host,
-            "stats": dict(sup.stats), "time": time.time()}
+            "stats": dict(view.stats), "problems": list(view.problems), **view.extra,
+            "time": time.time()}

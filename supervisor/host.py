@@ -18,7 +18,10 @@ Fault-injection ops for tests (real faults of a real host process):
 ``garbage`` (a frame with a bad version, then the echo), ``unknown_saga`` (an
 echo for a saga id that does not exist, then the real echo), ``oversize`` (a
 frame header announcing 2 GiB: the stream cannot be resynchronised), ``die``
-(exit at once with status 3).
+(exit at once with status 3), ``deep`` (JSON nested ``depth`` levels, sent ``as``
+``event`` — a domain event —, ``failed`` — the reason of an action failure —
+or ``echo`` — the answer itself; the first two are followed by the real echo),
+``stray`` (a length prefix announcing a frame that never comes).
 
 Every answer carries the command's saga id and step.  Re-issued commands
 (same saga id and step, after a supervisor restart) are answered again: this
@@ -74,6 +77,9 @@ class ReferenceHost:
                 os._exit(0)  # the supervisor is gone: nothing left to answer
             view = view[n:]
 
+    def raw(self, kind: int, saga_id: int, step: int, payload: bytes) -> None:
+        self._out += host_frame(kind, saga_id, step, payload)
+
     def event(self, saga_id: int, step: int, kind: str, data: Any) -> None:
         self._send(T_EVENT, saga_id, step, {"kind": kind, "data": data})
 
@@ -127,6 +133,22 @@ class ReferenceHost:
             self.event(saga_id, step, "echo", rest)
         elif op == "oversize":
             self._out += b"\x7f\xff\xff\xff"  # a length no reader accepts: stream lost
+            self._flush()
+        elif op == "deep":
+            depth = cmd.get("depth", 100_000)
+            nest = b"[" * depth + b"]" * depth
+            how = cmd.get("as", "event")
+            if how == "event":
+                self.raw(T_EVENT, 0, 0, b'{"kind":"deep","data":' + nest + b"}")
+            elif how == "failed":
+                self.raw(T_ACTION_FAILED, saga_id, step, b'{"reason":' + nest + b"}")
+                return
+            elif how == "echo":
+                self.raw(T_EVENT, saga_id, step, b'{"kind":"echo","data":' + nest + b"}")
+                return
+            self.event(saga_id, step, "echo", rest)
+        elif op == "stray":
+            self._out += b"\x00\x00\x10\x00"  # announces 4 KiB that never come
             self._flush()
         elif op == "die":
             self._flush()

@@ -8,16 +8,15 @@ writes them in one transaction, before anything of that turn becomes visible
 commits on power loss) or ``FULL`` (fsync per commit).
 
 Schema (version 1, migrated through ``pragma user_version``): the ``saga`` and
-``saga_step`` tables of DESIGN.md, plus ``compensation_json`` on steps.
+``saga_step`` tables (see ``docs/architecture.md``), plus ``compensation_json``
+on steps.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,6 +177,9 @@ class SagaLog:
         if str(mode).lower() != "wal":
             raise LogError(self.path, f"cannot switch to WAL (journal mode is {mode})")
         c.execute(f"PRAGMA synchronous={DURABILITY[self.durability]}")
+        # read back: what the connection really does, for health reports
+        self.journal_mode = str(mode).lower()
+        self.synchronous = int(c.execute("PRAGMA synchronous").fetchall()[0][0])  # type: ignore[arg-type]
         c.execute("PRAGMA foreign_keys=ON")
         version = int(c.execute("PRAGMA user_version").fetchall()[0][0])  # type: ignore[arg-type]
         if version > SCHEMA_VERSION:
@@ -257,12 +259,14 @@ class SagaLog:
             "WHERE state IN ('running', 'compensating') ORDER BY saga_id")]
 
     def saga(self, saga_id: int) -> dict[str, Any] | None:
-        rows = dict_rows(self.conn, "SELECT * FROM saga WHERE saga_id = ?", (saga_id,))
-        return rows[0] if rows else None
+        return saga_row(self.conn, saga_id)
 
     def steps(self, saga_id: int) -> list[dict[str, Any]]:
-        return dict_rows(self.conn, "SELECT * FROM saga_step WHERE saga_id = ? "
-                         "ORDER BY step_index", (saga_id,))
+        return step_rows(self.conn, saga_id)
+
+    def outcome(self, saga_id: int) -> tuple[str, str | None] | None:
+        """(state, failure reason) as logged, or None if the log has no such saga."""
+        return read_outcome(self.conn, saga_id)
 
     def iter_sagas(self) -> Iterator[tuple[Any, ...]]:
         yield from self.conn.execute("SELECT saga_id, name, state, failure_reason FROM saga "
@@ -277,78 +281,34 @@ class SagaLog:
         self.conn.close()
 
 
-class LogWriter:
-    """Commits the loop's batches on a thread of its own, in order.
-
-    Under load the loop hands a turn's batch over and goes on with the next
-    turn while SQLite (which runs without the GIL) commits; the turn's
-    outputs are held until its batch is committed, so write-ahead holds.
-    Small batches are committed inline by the loop: no hand-over latency."""
-
-    def __init__(self, sagalog: SagaLog, wake_fd: int) -> None:
-        self._log = sagalog
-        self._wake_fd = wake_fd
-        self._cv = threading.Condition()
-        self._queue: deque[tuple[int, Batch]] = deque()
-        self.done = 0
-        self.error: BaseException | None = None
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="saga-log-writer", daemon=True)
-        self._thread.start()
-
-    def busy(self) -> bool:
-        return bool(self._queue)
-
-    def submit(self, seq: int, batch: Batch) -> None:
-        with self._cv:
-            self._queue.append((seq, batch))
-            self._cv.notify()
-
-    def wait(self, seq: int) -> None:
-        """Block until batch `seq` is committed (re-raising a commit error)."""
-        with self._cv:
-            while self.done < seq and self.error is None:
-                self._cv.wait()
-            if self.error is not None:
-                raise self.error
-
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                while not self._queue and not self._stopping:
-                    self._cv.wait()
-                if not self._queue:
-                    return
-                seq, batch = self._queue[0]
-            try:
-                self._log.commit(batch)
-            except BaseException as exc:  # the loop re-raises it at the next wait
-                with self._cv:
-                    self.error = exc
-                    self._cv.notify_all()
-                return
-            with self._cv:
-                self._queue.popleft()
-                self.done = seq
-                self._cv.notify_all()
-            try:
-                os.write(self._wake_fd, b"w")  # the loop may be waiting to flush
-            except OSError:
-                pass
-
-    def stop(self) -> None:
-        with self._cv:
-            self._stopping = True
-            self._cv.notify_all()
-        self._thread.join(30)
-
-
 def dict_rows(conn: apsw.Connection, sql: str, params: tuple[Any, ...] = ()
               ) -> list[dict[str, Any]]:
     """Run a query and return its rows as dicts keyed by column name."""
     cur = conn.cursor()
     cur.row_trace = lambda c, row: dict(zip((d[0] for d in c.getdescription()), row))
     return list(cur.execute(sql, params))
+
+
+def saga_row(conn: apsw.Connection, saga_id: int) -> dict[str, Any] | None:
+    """One saga's row, keyed by column name (None if absent)."""
+    rows = dict_rows(conn, "SELECT * FROM saga WHERE saga_id = ?", (saga_id,))
+    return rows[0] if rows else None
+
+
+def step_rows(conn: apsw.Connection, saga_id: int) -> list[dict[str, Any]]:
+    """A saga's steps in order, keyed by column name."""
+    return dict_rows(conn, "SELECT * FROM saga_step WHERE saga_id = ? ORDER BY step_index",
+                     (saga_id,))
+
+
+def read_outcome(conn: apsw.Connection, saga_id: int) -> tuple[str, str | None] | None:
+    """(state, failure reason) of `saga_id` as logged, or None if absent."""
+    rows = conn.execute("SELECT state, failure_reason FROM saga WHERE saga_id = ?",
+                        (saga_id,)).fetchall()
+    if not rows:
+        return None
+    state, reason = rows[0]
+    return str(state), None if reason is None else str(reason)
 
 
 def open_readonly(path: Path | str) -> apsw.Connection:

@@ -17,7 +17,11 @@ SAGA_STARTED = "SagaStarted"
 SAGA_COMPLETED = "SagaCompleted"
 SAGA_FAILED = "SagaFailed"
 SAGA_ACTION_FAILED = "SagaActionFailed"
-LIFECYCLE_KINDS = frozenset({SAGA_STARTED, SAGA_COMPLETED, SAGA_FAILED, SAGA_ACTION_FAILED})
+# a trigger matched but its saga could not be spawned (factory raised, claim
+# table full): data names the kind (if known), the reason and the trigger event
+SAGA_SPAWN_FAILED = "SagaSpawnFailed"
+LIFECYCLE_KINDS = frozenset({SAGA_STARTED, SAGA_COMPLETED, SAGA_FAILED, SAGA_ACTION_FAILED,
+                             SAGA_SPAWN_FAILED})
 
 
 class Target(enum.IntEnum):

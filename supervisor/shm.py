@@ -29,16 +29,13 @@ Semantics:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import time
 import weakref
-from typing import Any, Literal
+from typing import Any
 
-import psutil
-
-from supervisor import _sagashm
+from supervisor._procs import same_process
 from supervisor.errors import (
     CapacityError,
     IdOverflowError,
@@ -50,110 +47,18 @@ from supervisor.errors import (
     SupervisorError,
 )
 
-# The binding layer: cffi's `ffi`/`lib` are untyped, so this module is the one
-# place that deals in them; mypy is strict everywhere else.
-_ffi = _sagashm.ffi
-_lib = _sagashm.lib
-
-EXPECTED_BUILD_STAMP = 2
-if _lib.SSM_BUILD_STAMP != EXPECTED_BUILD_STAMP:  # pragma: no cover - stale build
-    raise ImportError(
-        f"supervisor._sagashm was built from another version (stamp "
-        f"{_lib.SSM_BUILD_STAMP}, expected {EXPECTED_BUILD_STAMP}): reinstall the package"
-    )
-
-MAX_ID: int = int(_lib.ssm_max_id())
-MAX_CAPACITY: int = int(_lib.ssm_max_capacity())
-LAYOUT_VERSION: int = int(_lib.ssm_layout_version())
-
-# Hot-path functions bound once to module globals (no attribute lookups per call).
-_next_id = _lib.ssm_next_id
-_reserve = _lib.ssm_reserve
-_register = _lib.ssm_register
-_acquire = _lib.ssm_acquire
-_claim = _lib.ssm_claim
-_state = _lib.ssm_state
-_in_flight = _lib.ssm_in_flight
-_peek = _lib.ssm_peek_next_id
-_noop = _lib.ssm_noop
-_noop1 = _lib.ssm_noop1
-_next_id_p = _lib.ssm_next_id_p
-_claim_p = _lib.ssm_claim_p
-_state_p = _lib.ssm_state_p
-
-_OK = _lib.SSM_OK
-_ENOENT = _lib.SSM_ENOENT
-_EEXIST = _lib.SSM_EEXIST
-_ESYS = _lib.SSM_ESYS
-_EMAGIC = _lib.SSM_EMAGIC
-_EVERSION = _lib.SSM_EVERSION
-_ESIZE = _lib.SSM_ESIZE
-_EFULL = _lib.SSM_EFULL
-_ERANGE = _lib.SSM_ERANGE
-_EOVERFLOW = _lib.SSM_EOVERFLOW
-_EUNINIT = _lib.SSM_EUNINIT
-_ECAPACITY = _lib.SSM_ECAPACITY
-_ACQ_FULL = int(_ffi.cast("uint64_t", _EFULL))
-_ACQ_OVERFLOW = int(_ffi.cast("uint64_t", _EOVERFLOW))
-_STATE_NAMES: dict[int, Literal["unknown", "live", "claimed"]] = {
-    _lib.SSM_STATE_UNKNOWN: "unknown",
-    _lib.SSM_STATE_LIVE: "live",
-    _lib.SSM_STATE_CLAIMED: "claimed",
-}
-
-SagaSlotState = Literal["unknown", "live", "claimed"]
-
-_CLOSED = object()  # stands in for the segment pointer after close(): cffi rejects it
+from supervisor._shmlib import (
+    _ffi, _lib, MAX_ID, MAX_CAPACITY, LAYOUT_VERSION, _next_id, _reserve, _register,
+    _acquire, _claim, _state, _in_flight, _peek, _noop, _noop1, _next_id_p, _claim_p,
+    _state_p, _OK, _ENOENT, _EEXIST, _ESYS, _EMAGIC, _EVERSION, _ESIZE, _EFULL, _EUNINIT,
+    _ACQ_OVERFLOW, _STATE_NAMES, SagaSlotState, _CLOSED, _posix_name, _check_int,
+    _process_token, _sys_error, unlink_if_creator,
+)
 
 
 def noop() -> None:
     """Call an empty C function: the floor of any cffi call (for benchmarks)."""
     _noop()
-
-
-def _posix_name(name: str) -> bytes:
-    if not isinstance(name, str):
-        raise TypeError(f"segment name must be a str, not {type(name).__name__}: {name!r}")
-    bare = name[1:] if name.startswith("/") else name
-    if not bare or "/" in bare or len(bare) > 200 or "\x00" in bare:
-        raise ValueError(
-            f"invalid segment name {name!r}: use 1-200 characters without '/' or NUL"
-        )
-    return ("/" + bare).encode()
-
-
-def _check_int(value: object, what: str, minimum: int, maximum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{what} must be an int, not {type(value).__name__}: {value!r}")
-    if not minimum <= value <= maximum:
-        raise ValueError(f"{what} must be between {minimum} and {maximum}, got {value}")
-    return value
-
-
-def _process_token(pid: int) -> int:
-    """Start time of `pid` in microseconds: with the pid, names one process."""
-    try:
-        return int(psutil.Process(pid).create_time() * 1_000_000)
-    except psutil.Error:
-        return 0
-
-
-def _sys_error(name: str, what: str) -> SharedMemoryError:
-    err = _ffi.errno
-    return SharedMemoryError(name, what, err, os.strerror(err))
-
-
-def _unlink_if_creator(name: bytes, creator_pid: int) -> None:
-    # weakref.finalize / atexit hook: never unlink from a forked child.
-    if os.getpid() == creator_pid:
-        _lib.ssm_unlink(name)
-
-
-def segment_name(data_dir: str | os.PathLike[str]) -> str:
-    """The shared segment's name for a data dir: stable, so a client (or the
-    next supervisor) finds it from the data dir alone."""
-    digest = hashlib.sha1(os.path.realpath(data_dir).encode()).hexdigest()[:16]
-    return f"saga-{digest}"
 
 
 class SharedState:
@@ -190,7 +95,7 @@ class SharedState:
         self._finalizer = None
         if creator:
             self._finalizer = weakref.finalize(
-                self, _unlink_if_creator, _posix_name(name), os.getpid()
+                self, unlink_if_creator, _posix_name(name), os.getpid()
             )
         return self
 
@@ -296,15 +201,7 @@ class SharedState:
     def creator_alive(self) -> bool:
         """True if the process that created the segment still runs (same pid
         *and* same start time, so a reused pid does not count)."""
-        pid = self.creator_pid
-        token = self.creator_token
-        try:
-            proc = psutil.Process(pid)
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return False
-            return token == 0 or int(proc.create_time() * 1_000_000) == token
-        except psutil.Error:
-            return False
+        return same_process(self.creator_pid, self.creator_token / 1e6, tolerance=2e-6)
 
     def _live(self) -> object:
         if self._seg is _CLOSED:
@@ -529,4 +426,4 @@ class _PrimaryState(SharedState):
             raise self._bad_call(saga_id) from None
 
 
-__all__ = ["SharedState", "segment_name", "MAX_ID", "MAX_CAPACITY", "LAYOUT_VERSION", "noop", "SagaSlotState"]
+__all__ = ["SharedState", "MAX_ID", "MAX_CAPACITY", "LAYOUT_VERSION", "noop", "SagaSlotState"]

@@ -7,25 +7,7 @@ and answers with one batch per input batch.  A terminal (``Done``/``Failed``)
 is claimed here, directly in the shared claim table; only the winner reports
 it.  An exception in user code fails that saga, never the worker.
 
-Messages in (tuples; first item the opcode):
-  (CLS, class_id, dill_bytes)               a saga class, shipped once
-  (START, saga_id, class_id, state, name)   rebuild the saga, call start()
-  (EVENT, saga_id, kind, data_or_json, is_json, saga_id_of_event, step, version,
-   sent)                                    `sent`: commands dispatched so far
-  (SENT, saga_id, sent)                     commands up to `sent` went out
-  (REPLAY, saga_id, class_id, state, name, steps, inherited)
-        rebuild the saga, replay start() and the logged events of `steps`
-        [(index, target, cmd_json, output_json | None)], compare each command
-        with the logged one; `inherited`: the supervisor holds the claim
-  (COMP, saga_id, [(step, target, cmd_json), ...])   call compensate() in order
-  (DROP, saga_id)                           forget the saga
-Messages out:
-  (ACT, saga_id, code, arg, consumed_json)  code CMD: arg = (target, cmd_json)
-  (COMPS, saga_id, [(step, target, cmd_json) | (step, None, None)], error)
-  (HEARTBEAT, sagas_held)
-  (READY, pid)                              first message: imports are done
-  (REPLAYED, saga_id, code, arg, reissue)   the live action after a replay;
-        `reissue`: it is the logged pending step, to be sent again
+The messages are listed in :mod:`supervisor.protocol`.
 """
 
 from __future__ import annotations
@@ -41,8 +23,9 @@ from typing import Any
 
 import dill
 
-from supervisor._ship import STATE_DICT, STATE_DILL, compact_json
+from supervisor._codec import compact_json
 from supervisor.frames import FrameReader, frame
+from supervisor.protocol import HEARTBEAT_EVERY, STATE_DICT, Act, Op
 from supervisor.saga import (
     Done,
     Event,
@@ -56,10 +39,10 @@ from supervisor.saga import (
 )
 from supervisor.shm import SharedState
 
-CLS, START, EVENT, COMP, DROP, STOP, SENT, REPLAY = range(8)
-ACT, COMPS, HEARTBEAT, READY, REPLAYED = range(10, 15)
-A_CMD, A_WAIT, A_DONE, A_FAILED = range(4)
-HEARTBEAT_EVERY = 0.5  # seconds of silence after which an idle worker says it is alive
+CLS, START, EVENT, COMP, DROP, STOP, SENT, REPLAY = (
+    Op.CLS, Op.START, Op.EVENT, Op.COMP, Op.DROP, Op.STOP, Op.SENT, Op.REPLAY)
+ACT, COMPS, HEARTBEAT, READY, REPLAYED = Op.ACT, Op.COMPS, Op.HEARTBEAT, Op.READY, Op.REPLAYED
+A_CMD, A_WAIT, A_DONE, A_FAILED = Act.CMD, Act.WAIT, Act.DONE, Act.FAILED
 
 
 def describe_exc(where: str, exc: BaseException) -> str:
@@ -79,8 +62,9 @@ def encode_action(action: Any, where: str) -> tuple[int, Any]:
                                   f"{action.target!r} is not a Target")
         try:
             cmd_json = compact_json(action.command)
-        except (TypeError, ValueError) as exc:
-            return A_FAILED, f"invalid action from {where}: command is not JSON-serialisable: {exc}"
+        except (TypeError, ValueError, RecursionError) as exc:
+            why = "it contains itself" if isinstance(exc, RecursionError) else str(exc)
+            return A_FAILED, f"invalid action from {where}: command is not JSON-encodable: {why}"
         cmd = action.command
         step_name = str(cmd.get("op", target.name.lower())) if isinstance(cmd, dict) \
             else target.name.lower()
@@ -106,20 +90,26 @@ class WorkerState:
         self.issued: dict[int, int] = {}  # commands returned per saga
         self.deferred: dict[int, list[tuple[Any, ...]]] = {}
 
+    def _settle(self, sid: int, code: int, claim: bool) -> bool:
+        """A Done/Failed for `sid`: take its claim (unless the supervisor holds
+        it already) and keep or forget the saga.  False if the claim was lost:
+        another party decided this saga's terminal, so do nothing visible."""
+        if claim and not self.shared.claim(sid):
+            self.sagas.pop(sid, None)
+            return False
+        if code == A_DONE:  # nothing to compensate: forget it now
+            self.sagas.pop(sid, None)
+            self.issued.pop(sid, None)
+        else:  # kept for compensate() until the supervisor sends DROP
+            self.ended.add(sid)
+        return True
+
     def _finish(self, out: list[Any], sid: int, code: int, arg: Any,
                 consumed: bytes | str | None) -> None:
         if code == A_CMD:
             self.issued[sid] = self.issued.get(sid, 0) + 1
-        elif code == A_DONE or code == A_FAILED:
-            if not self.shared.claim(sid):
-                # another party decided this saga's terminal: do nothing visible
-                self.sagas.pop(sid, None)
-                return
-            if code == A_DONE:  # nothing to compensate: forget it now
-                self.sagas.pop(sid, None)
-                self.issued.pop(sid, None)
-            else:  # kept for compensate() until the supervisor sends DROP
-                self.ended.add(sid)
+        elif (code == A_DONE or code == A_FAILED) and not self._settle(sid, code, claim=True):
+            return
         out.append((ACT, sid, code, arg, consumed))
 
     def handle(self, batch: list[Any]) -> list[Any]:
@@ -173,8 +163,10 @@ class WorkerState:
             try:
                 obj = json.loads(raw)
                 kind, data = str(obj.get("kind")), obj.get("data")
-            except (ValueError, AttributeError) as exc:
-                kind, data = "undecodable", {"error": str(exc)}
+            except (ValueError, AttributeError, RecursionError) as exc:
+                # the awaiting saga sees it and decides (most fail on it)
+                kind, data = "undecodable", {"error": f"{type(exc).__name__}: {exc}"[:500]}
+                raw = _event_json(kind, data)
             consumed: str | bytes = raw
         else:
             kind, data = msg[2], raw
@@ -234,27 +226,13 @@ class WorkerState:
         if reissue:
             out.append((REPLAYED, sid, A_CMD, arg, True))
             return
-        if inherited:
-            # the claim was taken by a worker that died; the supervisor holds it
-            # now, and only wants to know which outcome the replay reaches
-            if code == A_CMD:
-                self.issued[sid] = n_cmds + 1
-            elif code == A_DONE:
-                self.sagas.pop(sid, None)
-            elif code == A_FAILED:
-                self.ended.add(sid)
-            out.append((REPLAYED, sid, code, arg, False))
-            return
+        # `inherited`: the claim was taken by a worker that died; the supervisor
+        # holds it now, and only wants to know which outcome the replay reaches
         if code == A_CMD:
             self.issued[sid] = n_cmds + 1
-        elif code == A_DONE or code == A_FAILED:
-            if not self.shared.claim(sid):
-                self.sagas.pop(sid, None)
-                return
-            if code == A_DONE:
-                self.sagas.pop(sid, None)
-            else:
-                self.ended.add(sid)
+        elif (code == A_DONE or code == A_FAILED) and \
+                not self._settle(sid, code, claim=not inherited):
+            return
         out.append((REPLAYED, sid, code, arg, False))
 
     def _rebuild(self, cid: int, state: tuple[int, bytes]) -> Saga:
@@ -294,8 +272,12 @@ class WorkerState:
 def _event_json(kind: str, data: Any) -> str:
     try:
         return compact_json({"kind": kind, "data": data})
-    except (TypeError, ValueError):
-        return json.dumps({"kind": kind, "data": repr(data)})
+    except (TypeError, ValueError, RecursionError):
+        try:
+            text = repr(data)
+        except RecursionError:
+            text = f"<unprintable {type(data).__name__}>"
+        return json.dumps({"kind": kind, "data": text[:10_000]})
 
 
 def worker_main(index: int, shm_name: str, in_conn: Any, out_conn: Any) -> None:

@@ -285,3 +285,32 @@ class StuckSaga(Saga):
 
         time.sleep(self.seconds)
         return Done()
+
+
+class DeepSaga(Saga):
+    """Asks the reference host for deeply nested JSON (`how`: event, failed,
+    echo); an answer that cannot be decoded fails it."""
+
+    name = "deep"
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def start(self, ctx: SagaContext) -> SagaAction:
+        return IssueCmd(Target.HOST, {"op": "deep", "as": self.how})
+
+    def on_event(self, event: Event, ctx: SagaContext) -> SagaAction:
+        if event.kind == "undecodable":
+            return Failed(f"undecodable answer: {event.data['error'][:40]}")
+        return Done() if event.kind == "echo" else Wait()
+
+
+class SelfContainingSaga(Saga):
+    """Issues a command that contains itself."""
+
+    name = "selfish"
+
+    def start(self, ctx: SagaContext) -> SagaAction:
+        cmd: dict[str, Any] = {"op": "echo"}
+        cmd["self"] = cmd
+        return IssueCmd(Target.HOST, cmd)

@@ -163,8 +163,8 @@ def test_events_follows_the_bus(make_sup: Callable[..., Supervisor], tmp_path: P
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     # spawn only once the follower is subscribed: watch for its connection
-    wait_for(lambda: len(sup._conns) == 1, what="events client connected")
-    wait_for(lambda: any(c.subscribed for c in sup._conns), what="subscribed")
+    wait_for(lambda: sup.health()["control"]["clients"] == 1, what="events client connected")
+    wait_for(lambda: sup.health()["control"]["subscribers"] == 1, what="subscribed")
     sid = sup.spawn(S.InstantSaga())
     lines = [json.loads(proc.stdout.readline()) for _ in range(2)]
     assert proc.wait(30) == 0

@@ -440,7 +440,7 @@ def test_stale_segment_of_a_killed_supervisor_is_replaced(tmp_path: Path) -> Non
     import os
     import signal
 
-    from supervisor.core import segment_name
+    from supervisor.paths import segment_name
 
     data = tmp_path / "d"
     script = textwrap.dedent(f"""

@@ -167,12 +167,12 @@ def test_restart_intensity_exceeded_stops_cleanly(make_sup: Callable[..., Superv
     calm = [sup.spawn(S.StepperSaga(i, steps=1, seconds=30)) for i in range(5)]
     wait_for(lambda: sup.health()["host"]["frames_out"] >= 6, what="calm sagas parked")
     bomb = sup.spawn(S.ExitingSaga())
-    wait_for(lambda: sup._state == "stopped", timeout=60, what="supervisor stopped itself")
+    wait_for(lambda: sup.state == "stopped", timeout=60, what="supervisor stopped itself")
     sagas, steps = _check_log(sup.db_path)
     assert sagas[bomb]["state"] == "failed"
     assert all(sagas[i]["failure_reason"] == "worker crashed (exit code 7); not restarted: "
                "restart intensity exceeded" for i in calm), [sagas[i] for i in calm]
-    assert isinstance(sup._crash, RestartIntensityError)
+    assert isinstance(sup.error, RestartIntensityError)
     delays = [float(r.getMessage().split(" in ")[1].split("s ")[0]) for r in caplog.records
               if r.getMessage().startswith("restarting worker 0 in")]
     assert delays == [0.05, 0.1], delays  # restarts 2 and 3 backed off, doubling
@@ -305,7 +305,7 @@ def test_sigterm_drains_then_stops_with_no_orphans(tmp_path: Path) -> None:
         for pid in pids:
             assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
         assert not (data / "run" / "health.json").exists()
-        from supervisor.core import segment_name
+        from supervisor.paths import segment_name
 
         assert not os.path.exists("/dev/shm/" + segment_name(data))
     finally:
@@ -318,7 +318,7 @@ def test_failed_start_leaves_nothing_behind(tmp_path: Path) -> None:
     import psutil
 
     from supervisor import SupervisorError
-    from supervisor.core import segment_name
+    from supervisor.paths import segment_name
 
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     sup = Supervisor(tmp_path / "d", workers=2, host=["/nonexistent/host-binary"])
@@ -334,7 +334,7 @@ def test_failed_start_leaves_nothing_behind(tmp_path: Path) -> None:
             if "resource_tracker" not in " ".join(p.cmdline())} - before
     assert not left, [psutil.Process(p).cmdline() for p in left]
     assert not os.path.exists("/dev/shm/" + segment_name(tmp_path / "d"))
-    assert sup._state == "stopped"
+    assert sup.state == "stopped"
 
 
 def test_oversized_host_frame_breaks_the_pipe_not_the_supervisor(

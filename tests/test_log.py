@@ -91,9 +91,13 @@ def test_data_dir_that_is_a_file(tmp_path: Path) -> None:
 def test_durability_full_and_wal(make_sup: Callable[..., Supervisor]) -> None:
     sup = make_sup(durability="full")
     assert sup.wait(sup.spawn(S.EchoSaga()), 10).completed
-    assert sup._log is not None
-    assert sup._log.conn.execute("PRAGMA synchronous").fetchall()[0][0] == 2  # FULL
-    assert sup._log.conn.execute("PRAGMA journal_mode").fetchall()[0][0] == "wal"
+    assert sup.health()["log"] == {"path": str(sup.db_path), "durability": "full",
+                                   "synchronous": 2, "journal_mode": "wal"}  # 2: FULL
+    log = SagaLog(sup.data_dir / "other.db", "full")  # what the engine's log reports
+    assert log.conn.execute("PRAGMA synchronous").fetchall()[0][0] == 2
+    assert log.conn.execute("PRAGMA journal_mode").fetchall()[0][0] == "wal"
+    assert (log.synchronous, log.journal_mode) == (2, "wal")
+    log.close()
     with pytest.raises(ValueError, match="durability"):
         Supervisor(sup.data_dir, durability="sometimes")
 

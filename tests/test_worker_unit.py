@@ -9,32 +9,33 @@ import dill
 
 import supervisor
 from supervisor import SharedState, worker as W
+from supervisor.protocol import STATE_DICT, Act, Op
 
 from . import sagas as S
 
 
 def _ws(shared: SharedState) -> W.WorkerState:
     ws = W.WorkerState(shared)
-    ws.handle([(W.CLS, 1, dill.dumps(S.SleepSaga, recurse=True))])
+    ws.handle([(Op.CLS, 1, dill.dumps(S.SleepSaga, recurse=True))])
     return ws
 
 
 def _start(ws: W.WorkerState, sid: int) -> list:
-    state = (W.STATE_DICT, pickle.dumps(S.SleepSaga(1.0).__dict__))
-    return ws.handle([(W.START, sid, 1, state, "sleeper")])
+    state = (STATE_DICT, pickle.dumps(S.SleepSaga(1.0).__dict__))
+    return ws.handle([(Op.START, sid, 1, state, "sleeper")])
 
 
 def test_event_forwarded_before_dispatch_is_held_until_sent(shared: SharedState) -> None:
     sid = shared.acquire()
     ws = _ws(shared)
     out = _start(ws, sid)
-    assert out[0][:3] == (W.ACT, sid, W.A_CMD)  # start() issued a command: not yet sent
+    assert out[0][:3] == (Op.ACT, sid, Act.CMD)  # start() issued a command: not yet sent
     # a 'finish' event the loop forwarded when 0 commands had been dispatched
-    finish = (W.EVENT, sid, "finish", None, False, None, None, 5, 0)
+    finish = (Op.EVENT, sid, "finish", None, False, None, None, 5, 0)
     assert ws.handle([finish]) == []
     assert shared.state(sid) == "live"  # no terminal claimed while the command is unsent
-    out = ws.handle([(W.SENT, sid, 1)])  # the loop: command 1 went out
-    assert out == [(W.ACT, sid, W.A_DONE, None, '{"kind":"finish","data":null}')]
+    out = ws.handle([(Op.SENT, sid, 1)])  # the loop: command 1 went out
+    assert out == [(Op.ACT, sid, Act.DONE, None, '{"kind":"finish","data":null}')]
     assert shared.state(sid) == "claimed"
 
 
@@ -42,9 +43,9 @@ def test_event_after_dispatch_is_processed_at_once(shared: SharedState) -> None:
     sid = shared.acquire()
     ws = _ws(shared)
     _start(ws, sid)
-    echo = (W.EVENT, sid, None, b'{"kind":"echo","data":{}}', True, sid, 1, 0, 1)
+    echo = (Op.EVENT, sid, None, b'{"kind":"echo","data":{}}', True, sid, 1, 0, 1)
     out = ws.handle([echo])
-    assert out == [(W.ACT, sid, W.A_DONE, None, b'{"kind":"echo","data":{}}')]
+    assert out == [(Op.ACT, sid, Act.DONE, None, b'{"kind":"echo","data":{}}')]
 
 
 def test_loser_of_the_claim_reports_nothing(shared: SharedState) -> None:
@@ -52,7 +53,7 @@ def test_loser_of_the_claim_reports_nothing(shared: SharedState) -> None:
     ws = _ws(shared)
     _start(ws, sid)
     assert shared.claim(sid)  # e.g. the timeout sweeper won
-    echo = (W.EVENT, sid, None, b'{"kind":"echo","data":{}}', True, sid, 1, 0, 1)
+    echo = (Op.EVENT, sid, None, b'{"kind":"echo","data":{}}', True, sid, 1, 0, 1)
     assert ws.handle([echo]) == []
     assert sid not in ws.sagas  # forgotten
 

@@ -1,5 +1,6 @@
-"""Turning a saga object into what a worker needs: done once per class (the
-class, with dill) and once per saga (its state, with plain pickle).
+"""Turning a saga object into what a worker needs: the class once (with dill),
+each saga's state once (with plain pickle where it can), and the registry
+that numbers classes.
 
 Used by :class:`supervisor.Supervisor` and :class:`supervisor.SagaClient`, in
 the caller's thread, so that a saga that cannot be shipped fails at
@@ -12,18 +13,18 @@ from __future__ import annotations
 import json
 import json.encoder
 import pickle
+import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import dill
 
 from supervisor.errors import SpawnError
+from supervisor.protocol import STATE_DICT, STATE_DILL
 from supervisor.saga import Saga
 
-STATE_DICT, STATE_DILL = 0, 1
 _OBJECT_GETSTATE = getattr(object, "__getstate__", None)
 _OBJECT_REDUCE_EX = getattr(object, "__reduce_ex__", None)
-
 
 
 def _not_json(o: object) -> Any:
@@ -47,8 +48,22 @@ def _compact_json_factory() -> Callable[[Any], str]:
 compact_json = _compact_json_factory()
 
 
-class Shipped(NamedTuple):
+class EncodedSaga(NamedTuple):
+    """A saga as encoded in the caller: its class, and the rest by value."""
+
     cls: type
+    state: tuple[int, bytes]
+    name: str
+    timeout: float
+    snapshot_json: str
+    listens: frozenset[str]
+    has_comp: bool
+
+
+class SagaSpec(NamedTuple):
+    """What the engine needs to start a saga: the class by its registry id."""
+
+    class_id: int
     state: tuple[int, bytes]
     name: str
     timeout: float
@@ -78,7 +93,15 @@ def _class_facts(cls: type) -> _ClassFacts:
     return facts
 
 
-def encode_saga(saga: Any) -> Shipped:
+_tuple_new = tuple.__new__  # builds a NamedTuple at half the cost of calling it
+
+
+def encode_saga(saga: Any) -> EncodedSaga:
+    """Encode `saga` for shipping (raises :class:`SpawnError`)."""
+    return _tuple_new(EncodedSaga, _encode(saga))
+
+
+def _encode(saga: Any) -> tuple[type, tuple[int, bytes], str, float, str, frozenset[str], bool]:
     if not isinstance(saga, Saga):
         raise SpawnError(f"spawn() takes a Saga instance, got {type(saga).__name__}: "
                          f"{saga!r:.100}")
@@ -93,8 +116,9 @@ def encode_saga(saga: Any) -> Shipped:
             raise SpawnError(f"saga {name!r}: timeout must be a positive number, "
                              f"got {timeout!r}")
         timeout = float(timeout)
-    if not timeout > 0:
-        raise SpawnError(f"saga {name!r}: timeout must be a positive number, got {timeout!r}")
+    if not 0 < timeout < float("inf"):
+        raise SpawnError(f"saga {name!r}: timeout must be a positive finite number, "
+                         f"got {timeout!r}")
     try:
         snapshot_json = compact_json(saga.input_snapshot())
     except Exception as exc:
@@ -111,7 +135,7 @@ def encode_saga(saga: Any) -> Shipped:
         except Exception:
             raise SpawnError(f"saga {name!r} cannot be pickled for a worker: "
                              f"{type(exc).__name__}: {exc}") from exc
-    return Shipped(cls, state, name, timeout, snapshot_json, facts.listens, facts.has_comp)
+    return (cls, state, name, timeout, snapshot_json, facts.listens, facts.has_comp)
 
 
 def dump_class(cls: type) -> bytes:
@@ -120,3 +144,37 @@ def dump_class(cls: type) -> bytes:
     except Exception as exc:
         raise SpawnError(f"saga class {cls.__qualname__} cannot be pickled for a worker: "
                          f"{type(exc).__name__}: {exc}") from exc
+
+
+class ClassRegistry:
+    """Numbers saga classes (1, 2, ...) and keeps each one's dill blob, for
+    shipping to workers.  Thread-safe: ``spawn()`` runs on any thread, the
+    control socket registers classes sent by clients."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: dict[type, int] = {}
+        self._blobs: dict[int, bytes] = {}
+
+    def register(self, cls: type, blob: bytes | None = None) -> int:
+        with self._lock:
+            cid = self._ids.get(cls)
+            if cid is not None:
+                return cid
+            if blob is None:
+                blob = dump_class(cls)
+            cid = len(self._blobs) + 1
+            self._blobs[cid] = blob
+            self._ids[cls] = cid
+            return cid
+
+    def blob(self, class_id: int) -> bytes:
+        return self._blobs[class_id]
+
+    def prepare(self, saga: Any) -> SagaSpec:
+        """Encode `saga` for a worker (raises :class:`SpawnError`)."""
+        cls, *rest = _encode(saga)
+        cid = self._ids.get(cls)
+        if cid is None:
+            cid = self.register(cls)
+        return _tuple_new(SagaSpec, (cid, *rest))

@@ -1,0 +1,368 @@
+"""The control socket: where :class:`supervisor.SagaClient` connections are
+served.  Loop thread only; composed into the loop (it shares nothing by
+inheritance).
+
+A Unix stream socket in a private directory (mode 0700: ``<data_dir>/run``,
+or a directory of the segment's name under the system's temporary directory
+when that path would be too long for AF_UNIX); ``<data_dir>/run/control``
+holds its path.  A peer must run as the supervisor's user (checked with
+``SO_PEERCRED``): messages are pickles.
+
+Requests are pickled tuples in length-prefixed frames: ``cls``, ``spawn``,
+``cancel``, ``wait``, ``publish``, ``subscribe``; replies ``("ok", req,
+value)`` or ``("err", req, (kind, msg))``, and ``("event", ...)`` for
+subscribers.  Every field is checked as strictly as ``SagaClient`` checks
+it.  Each request is its own failure boundary: one that cannot be handled
+gets an error reply or drops its connection, never the loop.  Replies to
+``wait`` leave after the saga's terminal row is committed, like every output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pickle
+import selectors
+import socket
+import stat
+import struct
+from pathlib import Path
+from collections.abc import Callable
+from typing import Any
+
+import dill
+
+import supervisor.frames as frames
+from supervisor._codec import ClassRegistry, SagaSpec
+from supervisor._engine.outcomes import Outcomes
+from supervisor._engine.records import Lifecycle, Turn
+from supervisor._engine.sagas import SagaOps
+from supervisor._engine.table import SagaTable
+from supervisor.errors import SupervisorError
+from supervisor.log import LogError
+from supervisor.paths import DataDir
+from supervisor.protocol import STATE_DICT, STATE_DILL
+from supervisor.shm import SharedState
+
+log = logging.getLogger(__name__)
+
+_MAX_OUTBUF = 256 << 20
+_PEERCRED = struct.Struct("3i")  # pid, uid, gid
+
+
+class Conn:
+    """A SagaClient connection."""
+
+    __slots__ = ("sock", "reader", "outbuf", "classes", "subscribed", "want_write", "closed")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = frames.FrameReader()
+        self.outbuf = bytearray()
+        self.classes: dict[int, int | str] = {}
+        self.subscribed = False
+        self.want_write = False
+        self.closed = False
+
+    def send(self, msg: tuple[Any, ...]) -> None:
+        if not self.closed:
+            self.outbuf += frames.frame(pickle.dumps(msg, protocol=5))
+
+
+class BadRequest(Exception):
+    """A request field is missing or of the wrong type or value."""
+
+
+def _private_dir(path: os.PathLike[str] | str) -> None:
+    """Make `path` a directory only we can enter (refuse one someone else owns)."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise SupervisorError(f"{path} is not a directory owned by this user: refusing to "
+                              "put the control socket there")
+    os.chmod(path, 0o700)
+
+
+class ControlServer:
+    def __init__(self, paths: DataDir, sel: selectors.BaseSelector, life: Lifecycle,
+                 shared: SharedState, table: SagaTable, outcomes: Outcomes,
+                 registry: ClassRegistry, sagas: SagaOps, turn: Turn,
+                 read_outcome: Callable[[int], tuple[str, str | None] | None]) -> None:
+        self.paths = paths
+        self.sel = sel
+        self.life = life
+        self.shared = shared
+        self.table = table
+        self.outcomes = outcomes
+        self.registry = registry
+        self.sagas = sagas
+        self.turn = turn
+        self.read_outcome = read_outcome
+        self.listener: socket.socket | None = None
+        self.path: Path | None = None
+        self.conns: list[Conn] = []
+        self.remote_waiters: dict[int, list[tuple[Conn, int]]] = {}
+        self.refused = 0
+
+    def open(self) -> None:
+        run = self.paths.run
+        _private_dir(run)
+        where = self.paths.socket_dir()
+        if where != run:
+            _private_dir(where)
+        path = where / "ctl.sock"
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                path.unlink()  # left by a supervisor that died; we own the data dir now
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(path))
+            os.chmod(path, 0o600)  # inside a 0700 directory: no window for others
+            sock.listen(64)
+            self.paths.control_file.write_text(str(path))
+        except OSError as exc:
+            sock.close()
+            raise SupervisorError(f"cannot listen on control socket {path}: {exc}") from exc
+        sock.setblocking(False)
+        self.listener = sock
+        self.path = path
+        self.sel.register(sock, selectors.EVENT_READ, lambda mask: self._accept())
+
+    def subscribed(self) -> list[Conn]:
+        return [c for c in self.conns if c.subscribed] if self.conns else []
+
+    # -- connections -----------------------------------------------------------------
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        try:
+            sock, _ = self.listener.accept()
+        except OSError:
+            return
+        try:
+            _pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+        except (OSError, AttributeError, struct.error):
+            uid = os.getuid()  # no SO_PEERCRED here: the directory's mode guards it
+        if uid != os.getuid() and uid != 0:
+            self.refused += 1
+            log.warning("refused a control connection from uid %d", uid)
+            sock.close()
+            return
+        sock.setblocking(False)
+        c = Conn(sock)
+        self.conns.append(c)
+        self.sel.register(sock, selectors.EVENT_READ, lambda mask: self._ready(c, mask))
+
+    def _ready(self, c: Conn, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self.flush(c)
+        if mask & selectors.EVENT_READ and not c.closed:
+            self._read(c)
+
+    def close_conn(self, c: Conn) -> None:
+        if c.closed:
+            return
+        c.closed = True
+        try:
+            self.sel.unregister(c.sock)
+        except (KeyError, ValueError):
+            pass
+        c.sock.close()
+        self.conns = [x for x in self.conns if x is not c]
+
+    def _read(self, c: Conn) -> None:
+        try:
+            data = c.sock.recv(1 << 20)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close_conn(c)
+            return
+        try:
+            bodies = c.reader.feed(data)
+        except frames.FrameError as exc:
+            log.warning("dropping a control connection: %s", exc)
+            self.close_conn(c)
+            return
+        for body in bodies:
+            try:
+                msg = pickle.loads(body)
+                if not isinstance(msg, tuple) or len(msg) < 2 or not isinstance(msg[0], str) \
+                        or not isinstance(msg[1], int):
+                    raise BadRequest("a request is a tuple (op, request id, ...)")
+            except (KeyboardInterrupt, LogError):
+                raise
+            except BaseException as exc:  # a broken or hostile client: drop it
+                log.warning("dropping a control connection: unreadable request: %s: %s",
+                            type(exc).__name__, exc)
+                self.close_conn(c)
+                return
+            try:
+                self._request(c, msg)
+            except (KeyboardInterrupt, LogError):
+                raise
+            except BadRequest as exc:
+                c.send(("err", msg[1], ("ValueError", f"bad {msg[0]} request: {exc}")))
+            except BaseException as exc:
+                log.warning("control request %r failed: %s: %s", msg[0], type(exc).__name__,
+                            exc)
+                c.send(("err", msg[1], ("SupervisorError", f"{type(exc).__name__}: {exc}")))
+
+    def flush(self, c: Conn) -> None:
+        try:
+            while c.outbuf:
+                n = c.sock.send(c.outbuf)
+                del c.outbuf[:n]
+        except (BlockingIOError, InterruptedError):
+            if not c.want_write:
+                c.want_write = True
+                self.sel.modify(c.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
+                                lambda mask: self._ready(c, mask))
+            if len(c.outbuf) > _MAX_OUTBUF:
+                log.warning("dropping a control client that does not read its replies")
+                self.close_conn(c)
+            return
+        except OSError:
+            self.close_conn(c)
+            return
+        if c.want_write:
+            c.want_write = False
+            self.sel.modify(c.sock, selectors.EVENT_READ, lambda mask: self._ready(c, mask))
+
+    def flush_all(self) -> None:
+        for c in self.conns:
+            if c.outbuf and not c.want_write:
+                self.flush(c)
+
+    def resolved(self, ended: list[tuple[int, str, str | None]]) -> None:
+        """Committed outcomes: answer the clients waiting on them."""
+        if self.remote_waiters:
+            for sid, state, reason in ended:
+                for c, req in self.remote_waiters.pop(sid, ()):
+                    c.send(("ok", req, (state, reason)))
+
+    def close(self) -> None:
+        for c in list(self.conns):
+            self.close_conn(c)
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+            for leftover in (self.path, self.paths.control_file):
+                try:
+                    if leftover is not None:
+                        leftover.unlink()
+                except OSError:
+                    pass
+            if self.path is not None and self.path.parent != self.paths.run:
+                try:
+                    self.path.parent.rmdir()
+                except OSError:
+                    pass
+
+    # -- requests ------------------------------------------------------------------------
+
+    def _request(self, c: Conn, msg: tuple[Any, ...]) -> None:
+        op, req = msg[0], msg[1]
+        if op == "cls":
+            ccid, blob = _field(msg, 2, int), _field(msg, 3, bytes)
+            try:
+                c.classes[ccid] = self.registry.register(dill.loads(blob), blob)
+            except (KeyboardInterrupt, LogError):
+                raise
+            except BaseException as exc:
+                c.classes[ccid] = (f"saga class could not be loaded: "
+                                   f"{type(exc).__name__}: {exc}")
+            return
+        if not self.life.running and op in ("spawn", "cancel", "publish"):
+            c.send(("err", req, ("NotRunningError", f"the supervisor is {self.life.state}")))
+            return
+        if op == "spawn":
+            self._spawn(c, req, msg)
+        elif op == "cancel":
+            sid, reason = _saga_id(msg, 2), _field(msg, 3, str)
+            if self.table.get(sid) is None and sid >= self.shared.peek_next_id():
+                c.send(("err", req, ("ValueError", f"unknown saga id {sid}: never allocated")))
+                return
+            c.send(("ok", req, self.sagas.cancel(sid, reason)))
+        elif op == "wait":
+            self._wait(c, req, _saga_id(msg, 2))
+        elif op == "publish":
+            kind = _field(msg, 2, str)
+            self.turn.events.append((kind, msg[3] if len(msg) > 3 else None, None, None))
+            c.send(("ok", req, None))
+        elif op == "subscribe":
+            c.subscribed = True
+            c.send(("ok", req, None))
+        else:
+            raise BadRequest(f"unknown request {op!r}")
+
+    def _spawn(self, c: Conn, req: int, msg: tuple[Any, ...]) -> None:
+        sid = _saga_id(msg, 2)
+        ccid = _field(msg, 3, int)
+        state = _field(msg, 4, tuple)
+        if len(state) != 2 or state[0] not in (STATE_DICT, STATE_DILL) or \
+                not isinstance(state[1], bytes):
+            raise BadRequest("state must be (kind, bytes)")
+        name = _field(msg, 5, str)
+        timeout = _field(msg, 6, (int, float))
+        if isinstance(timeout, bool) or not math.isfinite(timeout) or timeout <= 0:
+            raise BadRequest(f"timeout must be a positive finite number, got {timeout!r}")
+        snapshot_json = _field(msg, 7, str)
+        try:
+            json.loads(snapshot_json)
+        except (ValueError, RecursionError) as exc:
+            raise BadRequest(f"snapshot is not JSON: {exc}") from None
+        listens = _field(msg, 8, (list, tuple, set, frozenset))
+        if not all(isinstance(k, str) for k in listens):
+            raise BadRequest("listens must hold str event kinds")
+        has_comp = _field(msg, 9, bool)
+        cid = c.classes.get(ccid)
+        if not isinstance(cid, int):
+            c.send(("err", req, ("SpawnError", cid or f"unknown class id {ccid!r}")))
+            return
+        if sid in self.table.live or self.shared.state(sid) != "live":
+            c.send(("err", req, ("ValueError", f"saga id {sid!r} is not a fresh registered id")))
+            return
+        self.outcomes.expect(sid)
+        self.sagas.start(sid, SagaSpec(cid, state, name, float(timeout), snapshot_json,
+                                       frozenset(listens), has_comp))
+        c.send(("ok", req, sid))
+
+    def _wait(self, c: Conn, req: int, sid: int) -> None:
+        o = self.outcomes.lookup(sid)
+        if o is not None:
+            c.send(("ok", req, o))
+        elif self.outcomes.is_undecided(sid) or sid in self.table.live:
+            self.remote_waiters.setdefault(sid, []).append((c, req))
+        else:
+            found = self.read_outcome(sid)
+            if found is None:
+                c.send(("err", req, ("ValueError", f"unknown saga id {sid}")))
+            elif found[0] in ("running", "compensating"):
+                c.send(("err", req, ("NotRunningError", f"saga {sid} is {found[0]} in the log "
+                                     "but not in flight")))
+            else:
+                c.send(("ok", req, found))
+
+
+def _field(msg: tuple[Any, ...], i: int, kind: type | tuple[type, ...]) -> Any:
+    if len(msg) <= i:
+        raise BadRequest(f"field {i} is missing")
+    v = msg[i]
+    if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+        raise BadRequest(f"field {i} has type {type(v).__name__}")
+    return v
+
+
+def _saga_id(msg: tuple[Any, ...], i: int) -> int:
+    sid: int = _field(msg, i, int)
+    if sid <= 0:
+        raise BadRequest(f"saga id must be >= 1, got {sid}")
+    return sid

@@ -1,0 +1,448 @@
+"""The loop thread: selector, the order of a turn, start-up, teardown.
+
+Data flow (one turn)::
+
+    Supervisor / SagaClient --> inbox (Spawn, Cancel, Publish, ...) --+
+    worker reply pipes -----------> routing.worker_replies ----------+
+    host stdout ------------------> routing.host_frame --------------+--> sagas, compensation,
+    worker sentinels -------------> workers.died -> recovery ---------+    recovery, bus
+    deadline heap ----------------> sagas.expire ---------------------+        |
+                                                                                v
+             turn: log rows (Batch) + held outputs  --> pipeline: ONE commit per turn
+                                                                                |
+             only then (emit): dispatch (host, local handlers), outcomes, bus, |
+             control-socket replies, worker messages  <------------------------+
+
+Ownership: this thread is the only one that touches the log (the pipeline's
+writer thread borrows it, and this thread waits for it before touching it
+again), the host pipe and the worker pipes; the shared segment is created
+here and unlinked here.  The inbox and the outcomes are the only ways in and
+out.  Only the log's errors end the loop (:class:`LogError`); every input is
+handled inside its own failure boundary (see :mod:`.routing`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import threading
+import time
+from typing import Any
+
+import multiprocess
+
+from supervisor._codec import ClassRegistry
+from supervisor._engine.bus import Bus, Trigger
+from supervisor._engine.compensation import Compensation
+from supervisor._engine.control import ControlServer
+from supervisor._engine.dispatch import Dispatch, Handler
+from supervisor._engine.host_link import HostLink
+from supervisor._engine.inbox import AddTrigger, Cancel, Inbox, Publish, Replay, Spawn, Stop
+from supervisor._engine.outcomes import Outcomes
+from supervisor._engine.pipeline import Pipeline
+from supervisor._engine.records import HostProc, Lifecycle, Settings, Stats, Turn, TurnOutputs, WorkerProc
+from supervisor._engine.recovery import Kinds, Recovery, at_start
+from supervisor._engine.routing import Routing
+from supervisor._engine.sagas import SagaOps
+from supervisor._engine.segment import create_segment
+from supervisor._engine.table import SagaTable
+from supervisor._engine.workers import WorkerPool
+from supervisor.errors import NotRunningError, RestartIntensityError, SupervisorCrashedError
+from supervisor.health import EngineView, HostView, WorkerView, snapshot
+from supervisor.log import LogError, SagaLog
+from supervisor.paths import DataDir
+from supervisor.saga import Target
+from supervisor.shm import SharedState
+
+log = logging.getLogger(__name__)
+
+_PURGE_EVERY = 3600.0
+
+
+class Engine:
+    """Every part of the engine, wired; :meth:`start` runs the loop thread."""
+
+    def __init__(self, paths: DataDir, settings: Settings) -> None:
+        self.paths = paths
+        self.settings = settings
+        # reached from any thread
+        self.life = Lifecycle()
+        self.stats = Stats()
+        self.inbox = Inbox()
+        self.outcomes = Outcomes()
+        self.registry = ClassRegistry()
+        self.kinds: Kinds = {}
+        self.handlers: dict[Target, Handler] = {}
+        self.triggers: list[Trigger] = []
+        # loop thread only
+        self.turn = Turn()
+        self.table = SagaTable()
+        self.log: SagaLog | None = None
+        self.shared: SharedState | None = None
+        self.sel: selectors.BaseSelector | None = None
+        self.pool: WorkerPool | None = None
+        self.host: HostLink | None = None
+        self.control: ControlServer | None = None
+        self.pipeline: Pipeline | None = None
+        self.thread: threading.Thread | None = None
+        self._dead: list[WorkerProc] = []
+        self._drain_deadline: float | None = None
+
+    # -- start-up -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the log, create the segment, recover, start workers, host,
+        control socket and the loop thread; on any error tear down all."""
+        self.life.state = "starting"
+        try:
+            self._start()
+        except BaseException:
+            self.teardown()
+            self.life.state = "stopped"
+            raise
+        self.life.state = "running"
+        assert self.thread is not None
+        self.thread.start()
+
+    def _start(self) -> None:
+        s, stats, turn, table = self.settings, self.stats, self.turn, self.table
+        sagalog = self.log = SagaLog(self.paths.db, s.durability)
+        # the segment doubles as the data dir's lock: nothing below writes the
+        # log unless no other live supervisor owns this data dir
+        shared = self.shared = create_segment(s.shm_name or self.paths.segment,
+                                              s.capacity, sagalog.max_saga_id() + 1,
+                                              self.paths.root)
+        sagalog.purge(s.retention_days)
+        sel = self.sel = selectors.DefaultSelector()
+        inbox = self.inbox
+        inbox.open()
+        sel.register(inbox.wake_r, selectors.EVENT_READ, lambda mask: inbox.drain_wake())
+        pool = self.pool = WorkerPool(s, multiprocess.get_context(s.start_method), sel,
+                                      shared.name, self.registry, stats, self.life,
+                                      self._worker_readable, self._dead.append)
+        sagas = self.sagas = SagaOps(table, turn, shared, stats, self.life, pool.for_saga,
+                                     pool.ship_class)
+        comp = self.compensation = Compensation(sagas, turn)
+        pipeline = self.pipeline = Pipeline(sagalog, turn, self._emit, pool.all, stats,
+                                            inbox.wake_w, s.pipeline_rows)
+        self.recovery = Recovery(self.kinds, self.registry.prepare, sagas, comp, table, turn,
+                                 shared, stats, sagalog, pipeline.commit_now, pool.for_saga,
+                                 pool.ship_class)
+        control = self.control = ControlServer(self.paths, sel, self.life, shared, table,
+                                               self.outcomes, self.registry, sagas, turn,
+                                               self._read_outcome)
+        self.bus = Bus(table, sagas, shared, self.outcomes, turn, stats, self.life,
+                       self.registry.prepare, self.triggers, control.subscribed)
+        self.host = HostLink(s, sel, stats, self.life, self._host_readable,
+                             self._host_writable)
+        self.dispatch = Dispatch(table, shared, sagas, comp, self.handlers, stats)
+        self.routing = Routing(table, shared, sagas, comp, self.recovery, turn, stats)
+        for req in at_start(sagalog, shared, self.kinds, self.registry.prepare, stats):
+            self.outcomes.expect(req.saga_id)
+            inbox.post_internal(req)
+        pool.start_all()
+        if self.host.configured:
+            self.host.start()
+        control.open()
+        self.thread = threading.Thread(target=self._run, name="saga-supervisor-loop",
+                                       daemon=True)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # the log failed (or a bug): loud, and nobody hangs
+            if isinstance(exc, LogError):
+                log.error("supervisor stopping: %s", exc)
+            else:
+                log.exception("supervisor loop crashed")
+            self.life.error = exc
+            self._begin_stop(exc, f"supervisor crashed: {type(exc).__name__}: {exc}")
+            try:
+                self._take_requests(stopping_now=True)
+                assert self.pipeline is not None
+                self.sagas.fail_all(self.life.stop_reason)
+                self.pipeline.end_turn()
+                self.pipeline.drain()
+            except BaseException:
+                log.exception("could not record the outcome of the sagas in flight")
+        finally:
+            self.teardown()
+            self.life.state = "stopped"
+            err = self.life.error
+            self.outcomes.close(SupervisorCrashedError(err) if err is not None else
+                                NotRunningError("the supervisor stopped before this saga "
+                                                "ended"))
+            while self.inbox:
+                item = self.inbox.take()
+                if type(item) is Cancel:
+                    item.future.set(False)
+
+    def _loop(self) -> None:
+        sel, inbox, table, pool, pipeline = self.sel, self.inbox, self.table, self.pool, \
+            self.pipeline
+        assert sel is not None and pool is not None and pipeline is not None
+        assert self.control is not None
+        control = self.control
+        health_every = self.settings.health_interval
+        last_purge = last_health = time.monotonic()
+        self._write_health()
+        while True:
+            now = time.monotonic()
+            timeout = min(1.0, health_every)
+            for at in (table.next_deadline(), pool.next_restart()):
+                if at is not None:
+                    timeout = min(timeout, max(0.0, at - now))
+            if self._drain_deadline is not None:
+                timeout = min(timeout, 0.05)
+            inbox.sleeping = True
+            if inbox:
+                timeout = 0.0
+            ready = sel.select(timeout)
+            inbox.sleeping = False
+            for key, mask in ready:
+                key.data(mask)
+            stopping = self._take_requests()
+            if self._dead:
+                dead = self._dead[:]
+                self._dead.clear()  # the pool's sentinels append to this very list
+                for w in dead:
+                    self._worker_died(w)
+            now = time.monotonic()
+            if pool.pending_restarts and pool.pending_restarts[0][0] <= now:
+                for dead_w, new, why in pool.restarts_due(now):
+                    self.recovery.adopt_orphans(dead_w, new, why, False)
+            if table.timers and table.timers[0][0] <= now:
+                self.sagas.expire(now)
+            if stopping and (not table or now >= stopping):
+                self.sagas.fail_all(self.life.stop_reason)
+                pipeline.end_turn()
+                pipeline.drain()
+                return
+            pipeline.end_turn()
+            control.flush_all()
+            if now - last_health >= health_every:
+                last_health = now
+                pool.check()
+                self._write_health()
+            if now - last_purge > _PURGE_EVERY:
+                last_purge = now
+                pipeline.drain()
+                assert self.log is not None
+                self.log.purge(self.settings.retention_days)
+
+    def _take_requests(self, stopping_now: bool = False) -> float:
+        """Apply every request in the inbox; returns the drain deadline once a
+        Stop was taken (0.0 while running)."""
+        inbox, sagas, turn = self.inbox, self.sagas, self.turn
+        while inbox:
+            item = inbox.take()
+            t = type(item)
+            try:
+                if t is Spawn:
+                    sagas.start(item.saga_id, item.spec)
+                elif t is Cancel:
+                    item.future.set(False if stopping_now else
+                                    sagas.cancel(item.saga_id, item.reason))
+                elif t is Replay:
+                    self.recovery.replay(item)
+                elif t is Publish:
+                    ev = item.event
+                    turn.events.append((ev.kind, ev.data, ev.saga_id, ev.step))
+                elif t is AddTrigger:
+                    self.triggers.append((item.factory, item.predicate))
+                elif t is Stop:
+                    self._drain_deadline = time.monotonic() + (item.timeout if item.drain
+                                                               else 0.0)
+            except (KeyboardInterrupt, LogError):
+                raise
+            except BaseException as exc:
+                self.routing.input_failed(f"a {t.__name__} request",
+                                          getattr(item, "saga_id", None), exc)
+        return self._drain_deadline or 0.0
+
+    def _begin_stop(self, error: BaseException | None, reason: str) -> None:
+        """Stop from inside the loop (restart intensity, a crash)."""
+        if error is not None and self.life.error is None:
+            self.life.error = error
+        self.life.state = "stopping"
+        self.life.stop_reason = reason
+        self.inbox.close(f"the supervisor is stopping: {reason}")
+        self.inbox.post_internal(Stop(False, 0.0))
+
+    # -- outputs (after the commit) ------------------------------------------------------
+
+    def _emit(self, out: TurnOutputs) -> None:
+        assert self.host is not None and self.pool is not None and self.control is not None
+        if out.host_out:
+            self.dispatch.to_host(self.host.host, out.host_out)
+            self._flush_host()
+        if out.local_out:
+            self.dispatch.to_local(out.local_out)
+        if out.ended:
+            self.outcomes.resolve(out.ended)
+            self.control.resolved(out.ended)
+        if out.events:
+            self.bus.publish(out.events)
+        send = self.pool.send
+        for w, msgs in out.worker_msgs:
+            if w.alive:
+                # messages queued for w since (by dispatch above) go after these
+                send(w, msgs + w.outbox)
+                w.outbox = []
+        assert self.pipeline is not None
+        if not self.pipeline.holding:
+            for w in self.pool.all():
+                if w.outbox and w.alive:
+                    send(w, w.outbox)
+                    w.outbox = []
+
+    # -- host ----------------------------------------------------------------------------
+
+    def _host_readable(self, h: HostProc) -> None:
+        assert self.host is not None
+        bodies, death = self.host.read(h)
+        frame = self.routing.host_frame
+        for body in bodies:
+            frame(h, body)
+        if death is not None:
+            self._host_lost(h, death)
+
+    def _host_writable(self, h: HostProc) -> None:
+        assert self.host is not None
+        death = self.host.flush(h)
+        if death is not None:
+            self._host_lost(h, death)
+
+    def _flush_host(self) -> None:
+        assert self.host is not None
+        h = self.host.host
+        if h is not None and h.alive and not h.want_write:
+            self._host_writable(h)
+
+    def _host_lost(self, h: HostProc, why: str) -> None:
+        assert self.host is not None
+        if not h.alive:
+            return
+        restarted = self.host.lost(h, why)
+        log.error("%s; %s", why, "host restarted, open steps re-issued" if restarted
+                  else "sagas waiting on the host fail")
+        self.routing.host_lost(why, restarted)
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def _worker_readable(self, w: WorkerProc) -> None:
+        assert self.pool is not None
+        replies = self.routing.worker_replies
+        for batch in self.pool.read(w):
+            replies(batch)
+
+    def _worker_died(self, w: WorkerProc) -> None:
+        """A worker is gone: read what it wrote, then replay its sagas on its
+        replacement or fail them; past restart intensity, stop cleanly."""
+        assert self.pool is not None
+        self._worker_readable(w)  # replies written before death still count
+        death = self.pool.died(w, bool(self.table.on_worker(w)))
+        if death.intensity:
+            err = RestartIntensityError(
+                f"{len(self.pool.window)} worker restarts within "
+                f"{self.settings.restart_period}s (max_restarts={self.settings.max_restarts}):"
+                " stopping the supervisor")
+            log.error("%s", err)
+            self._begin_stop(err, "supervisor stopped: restart intensity exceeded")
+        if not death.later:
+            self.recovery.adopt_orphans(w, death.replacement, death.why, death.intensity)
+
+    # -- the log, for readers on the loop thread ---------------------------------------------
+
+    def _read_outcome(self, saga_id: int) -> tuple[str, str | None] | None:
+        assert self.pipeline is not None and self.log is not None
+        self.pipeline.drain()
+        return self.log.outcome(saga_id)
+
+    # -- health ------------------------------------------------------------------------------
+
+    def view(self) -> EngineView:
+        """A plain description of the engine, for :func:`supervisor.health.snapshot`."""
+        now = time.monotonic()
+        workers = [WorkerView(w.index, w.proc.pid, w.in_flight, now - w.last_reply, w.retiring,
+                              w.rss_breaches, w.hb_breaches)
+                   for w in (list(self.pool.workers) + list(self.pool.retired)
+                             if self.pool is not None else [])]
+        h = self.host.host if self.host is not None else None
+        host = None if h is None else HostView(
+            h.proc.pid if h.proc is not None else None, h.alive, h.frames_in, h.frames_out,
+            h.bad_frames, h.unknown_answers, h.death)
+        s = self.settings
+        extra: dict[str, Any] = {}
+        if self.control is not None:
+            extra["control"] = {"clients": len(self.control.conns),
+                                "subscribers": len(self.control.subscribed()),
+                                "refused": self.control.refused}
+        lg = self.log
+        if lg is not None:
+            extra["log"] = {"path": str(lg.path), "durability": lg.durability,
+                            "synchronous": lg.synchronous, "journal_mode": lg.journal_mode}
+        return EngineView(self.life.state, len(self.table), s.rss_limit, s.heartbeat_timeout,
+                          dict(self.stats), workers, host, extra=extra)
+
+    def health(self) -> dict[str, Any]:
+        return snapshot(self.view())
+
+    def _write_health(self) -> None:
+        """Refresh run/health.json (atomically) for the CLI probe."""
+        try:
+            path = self.paths.health_file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.health()))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot write the health file: %s", exc)
+
+    # -- stop and teardown ---------------------------------------------------------------------
+
+    def stop(self, drain: bool, timeout: float) -> None:
+        """Close the inbox with a final Stop; the loop drains, fails the rest,
+        commits, and tears down.  Blocks until it did."""
+        if self.life.state == "running":
+            self.life.state = "stopping"
+            self.inbox.close("the supervisor is stopping", Stop(drain, timeout))
+        t = self.thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout + 30)
+            if t.is_alive():  # pragma: no cover - loop wedged in user code
+                log.error("supervisor loop did not stop in time; tearing down anyway")
+        if t is None or not t.is_alive():
+            self.teardown()
+        self.life.state = "stopped"
+
+    def teardown(self) -> None:
+        """Stop workers and host, close the log, unlink the segment.  Safe on a
+        half-started engine and more than once."""
+        self.inbox.close("the supervisor stopped")
+        if self.pool is not None:
+            self.pool.stop_all()
+        if self.host is not None:
+            self.host.stop()
+        if self.control is not None:
+            self.control.close()
+        if self.sel is not None:
+            self.sel.close()
+            self.sel = None
+        self.inbox.close_pipe()
+        try:
+            self.paths.health_file.unlink()
+        except OSError:
+            pass
+        if self.pipeline is not None:
+            self.pipeline.stop()
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+        if self.shared is not None and not self.shared.closed:
+            self.shared.close()
+            self.shared.unlink()  # the handle stays, for its name in messages

@@ -1,0 +1,185 @@
+"""Outcomes, waiters and subscriptions: the engine's exits.  Thread-safe.
+
+The loop thread *resolves* outcomes (after their terminal rows are
+committed) and *delivers* bus events; any thread waits or subscribes.  The
+cache keeps the last 100,000 outcomes; older ones are read from the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from supervisor._future import Future
+from supervisor._ratelimit import RateLimitedLog
+from supervisor.errors import NotRunningError
+from supervisor.saga import Event, Outcome
+
+log = logging.getLogger(__name__)
+_warn = RateLimitedLog(log)
+
+OUTCOMES_KEPT = 100_000
+
+
+class Subscription:
+    """Bus events (lifecycle and domain) in version order: a queue to read
+    with :meth:`get` or iterate, or, when made with a callback, calls to it on
+    the supervisor's loop thread (a callback that raises is counted and
+    logged; it keeps its subscription)."""
+
+    def __init__(self, owner: Outcomes, callback: Callable[[Event], Any] | None = None
+                 ) -> None:
+        self._q: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+        self._owner = owner
+        self.callback = callback
+        self.closed = False
+
+    def get(self, timeout: float | None = None) -> Event:
+        """The next event; raises ``queue.Empty`` after `timeout` seconds and
+        :class:`NotRunningError` once the supervisor stopped and all was read."""
+        item = self._q.get(timeout=timeout)
+        if item is None:
+            self._q.put(None)
+            raise NotRunningError("the supervisor stopped; no more events")
+        return item
+
+    def __iter__(self) -> Iterator[Event]:
+        while True:
+            try:
+                yield self.get()
+            except NotRunningError:
+                return
+
+    def put(self, ev: Event) -> bool:
+        """Deliver one event (loop thread); False if the callback raised."""
+        cb = self.callback
+        if cb is None:
+            self._q.put(ev)
+            return True
+        try:
+            cb(ev)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # user code: never the loop's problem
+            _warn.warning(f"subscriber {id(self)}", "subscriber callback %r raised on %s v%d: "
+                          "%s: %s", cb, ev.kind, ev.version, type(exc).__name__, exc)
+            return False
+        return True
+
+    def end(self) -> None:
+        self._q.put(None)
+
+    def close(self) -> None:
+        self.closed = True
+        self._owner.unsubscribe(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Outcomes:
+    __slots__ = ("_lock", "_undecided", "_outcomes", "_order", "_waiters", "subs",
+                 "_closed")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._undecided: set[int] = set()
+        self._outcomes: dict[int, tuple[int, str, str | None]] = {}
+        self._order: deque[int] = deque()
+        self._waiters: dict[int, list[Future]] = {}
+        self.subs: list[Subscription] = []  # copy-on-write: the loop reads it unlocked
+        self._closed: BaseException | None = None
+
+    # -- any thread ---------------------------------------------------------------
+
+    def expect(self, saga_id: int) -> None:
+        """`saga_id` is about to be accepted: it will get an outcome here.
+
+        Unlocked on purpose (it is on every spawn): one ``set.add`` is atomic
+        under the GIL, and it always happens before the same id's
+        :meth:`resolve`, which is what the lock orders elsewhere."""
+        self._undecided.add(saga_id)
+
+    def forget(self, saga_id: int) -> None:
+        """`saga_id` was not accepted after all (its spawn was refused)."""
+        self._undecided.discard(saga_id)
+
+    def lookup(self, saga_id: int) -> tuple[str, str | None] | None:
+        with self._lock:
+            o = self._outcomes.get(saga_id)
+        return None if o is None else (o[1], o[2])
+
+    def is_undecided(self, saga_id: int) -> bool:
+        return saga_id in self._undecided
+
+    def waiter(self, saga_id: int) -> Outcome | Future | None:
+        """The outcome if known; else a future for it if the saga is
+        undecided here; else None (ask the log)."""
+        with self._lock:
+            o = self._outcomes.get(saga_id)
+            if o is not None:
+                return Outcome(*o)
+            if saga_id not in self._undecided:
+                return None
+            fut = Future()
+            if self._closed is not None:
+                fut.set(error=self._closed)
+            else:
+                self._waiters.setdefault(saga_id, []).append(fut)
+            return fut
+
+    def subscribe(self, callback: Callable[[Event], Any] | None = None) -> Subscription:
+        sub = Subscription(self, callback)
+        with self._lock:
+            if self._closed is not None:
+                sub.end()
+            else:
+                self.subs = self.subs + [sub]
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            self.subs = [s for s in self.subs if s is not sub]
+
+    # -- loop thread ---------------------------------------------------------------
+
+    def resolve(self, ended: list[tuple[int, str, str | None]]) -> None:
+        """Record committed outcomes and wake their waiters."""
+        with self._lock:
+            outcomes = self._outcomes
+            order = self._order
+            undecided = self._undecided
+            waiters = self._waiters
+            for o in ended:
+                sid = o[0]
+                undecided.discard(sid)
+                outcomes[sid] = o
+                order.append(sid)
+                if waiters:
+                    futs = waiters.pop(sid, None)
+                    if futs:
+                        out = Outcome(*o)
+                        for f in futs:
+                            f.set(out)
+            while len(order) > OUTCOMES_KEPT:
+                outcomes.pop(order.popleft(), None)
+
+    def close(self, error: BaseException) -> None:
+        """The engine stopped: every waiter still waiting gets `error`, every
+        subscription ends."""
+        with self._lock:
+            self._closed = error
+            waiters, self._waiters = self._waiters, {}
+            subs = self.subs
+        for futs in waiters.values():
+            for f in futs:
+                f.set(error=error)
+        for s in subs:
+            s.end()

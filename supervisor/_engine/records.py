@@ -1,0 +1,209 @@
+"""Plain typed records the engine's modules share (no behaviour, no I/O).
+
+Loop thread only: nothing here is locked.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from supervisor.frames import FrameReader
+from supervisor.log import Batch
+from supervisor.saga import Target
+
+# A saga's phase in the loop.
+RUNNING: Final = 0
+COMPENSATING: Final = 1
+
+# Targets as the plain ints that travel in worker messages.
+HOST: Final = int(Target.HOST)
+TARGET_NAMES: Final = {int(t): t.name for t in Target}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A supervisor's configuration, checked by the facade."""
+
+    workers: int = 2
+    host_argv: list[str] | None = None
+    host_fds: tuple[int, int] | None = None
+    durability: str = "normal"
+    capacity: int = 65536
+    retention_days: float = 7.0
+    start_method: str = "spawn"
+    max_restarts: int = 5
+    restart_period: float = 30.0
+    restart_host: bool = True
+    restart_backoff: float = 0.05
+    rss_limit: int | None = None
+    heartbeat_timeout: float = 30.0
+    breaches: int = 3
+    health_interval: float = 1.0
+    shm_name: str | None = None
+    start_timeout: float = 60.0
+    # batches of at least this many rows are committed by the writer thread
+    # while the loop goes on (0: always inline)
+    pipeline_rows: int = 256
+
+
+class Lifecycle:
+    """The engine's state, shared by the facade and the loop:
+    new -> starting -> running -> stopping -> stopped."""
+
+    __slots__ = ("state", "error", "stop_reason")
+
+    def __init__(self) -> None:
+        self.state = "new"
+        self.error: BaseException | None = None  # what stopped the loop, if anything
+        self.stop_reason = "supervisor stopped"
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+
+class WorkerProc:
+    """One worker process and its pipes, as the loop sees it."""
+
+    __slots__ = ("index", "proc", "wfd", "rfd", "reader", "outbuf", "outbox", "in_flight",
+                 "want_write", "alive", "started_at", "last_reply", "rss", "rss_breaches",
+                 "hb_breaches", "retiring", "kill_reason", "psproc")
+
+    def __init__(self, index: int, proc: Any, wfd: int, rfd: int) -> None:
+        self.index = index
+        self.proc = proc
+        self.wfd = wfd
+        self.rfd = rfd
+        self.reader = FrameReader(max_frame=1 << 30)
+        self.outbuf = bytearray()
+        self.outbox: list[tuple[Any, ...]] = []  # messages of this turn, not yet framed
+        self.in_flight = 0
+        self.want_write = False
+        self.alive = True
+        self.started_at = time.time()
+        self.last_reply = time.monotonic()
+        self.rss = 0
+        self.rss_breaches = 0
+        self.hb_breaches = 0
+        self.retiring = False
+        self.kill_reason: str | None = None
+        self.psproc: Any = None
+
+
+class HostProc:
+    """The host process (or a given pair of fds) and its pipe's counters."""
+
+    __slots__ = ("proc", "wfd", "rfd", "reader", "outbuf", "want_write", "alive",
+                 "frames_in", "frames_out", "bad_frames", "unknown_answers", "death")
+
+    def __init__(self, proc: subprocess.Popen[bytes] | None, wfd: int, rfd: int) -> None:
+        self.proc = proc
+        self.wfd = wfd
+        self.rfd = rfd
+        self.reader = FrameReader()
+        self.outbuf = bytearray()
+        self.want_write = False
+        self.alive = True
+        self.frames_in = 0
+        self.frames_out = 0
+        self.bad_frames = 0
+        self.unknown_answers = 0
+        self.death: str | None = None
+
+
+class LiveSaga:
+    """One saga in flight, as the loop sees it."""
+
+    __slots__ = ("saga_id", "name", "worker", "deadline", "timeout", "next_step", "open_step",
+                 "phase", "succeeded", "has_comp", "listens", "dispatched", "needs_sent_ack",
+                 "fail_reason", "comp_queue", "comp_wait", "comp_failed", "open_cmd",
+                 "inherited")
+
+    def __init__(self, saga_id: int, name: str, worker: WorkerProc, deadline: float,
+                 timeout: float, has_comp: bool, listens: frozenset[str]) -> None:
+        self.saga_id = saga_id
+        self.name = name
+        self.worker = worker
+        self.deadline = deadline
+        self.timeout = timeout
+        self.next_step = 1
+        self.open_step = 0
+        self.phase = RUNNING
+        # (step, target, cmd json) of succeeded steps, kept only if it compensates
+        self.succeeded: list[tuple[int, int, str]] | None = [] if has_comp else None
+        self.has_comp = has_comp
+        self.listens = listens
+        # commands of this saga written to their target so far, and whether its
+        # worker must be told of each (it may hold events back until then)
+        self.dispatched = 0
+        self.needs_sent_ack = bool(listens)
+        self.fail_reason: str | None = None
+        self.comp_queue: list[tuple[int, int | None, str | None]] = []
+        self.comp_wait: tuple[int, int] | None = None  # (original step, compensation step)
+        self.comp_failed: str | None = None
+        self.open_cmd: tuple[int, str] | None = None  # (target, cmd json) of open_step
+        self.inherited = False  # a dead worker took the claim; replay re-derives
+
+
+class Turn:
+    """What one loop turn produced: log rows, and the outputs that may leave
+    only once those rows are committed (write-ahead)."""
+
+    __slots__ = ("batch", "host_out", "local_out", "events", "ended")
+
+    def __init__(self) -> None:
+        self.batch = Batch()
+        # (saga id, step, command json, counts as a new dispatch)
+        self.host_out: list[tuple[int, int, str, bool]] = []
+        self.local_out: list[tuple[int, int, int, str]] = []  # (saga id, step, target, json)
+        # bus events, as (kind, data, saga id, step): an Event is built only if
+        # someone (subscriber, listener, trigger) will see it
+        self.events: list[tuple[str, Any, int | None, int | None]] = []
+        self.ended: list[tuple[int, str, str | None]] = []  # (saga id, state, reason)
+
+    def take_outputs(self) -> TurnOutputs:
+        out = TurnOutputs(self.host_out, self.local_out, self.events, self.ended)
+        self.host_out, self.local_out, self.events, self.ended = [], [], [], []
+        return out
+
+    def take_batch(self) -> Batch:
+        batch = self.batch
+        self.batch = Batch()
+        return batch
+
+
+@dataclass(slots=True)
+class TurnOutputs:
+    host_out: list[tuple[int, int, str, bool]]
+    local_out: list[tuple[int, int, int, str]]
+    events: list[tuple[str, Any, int | None, int | None]]
+    ended: list[tuple[int, str, str | None]]
+    # (worker, its messages of the turn), filled in by the pipeline
+    worker_msgs: list[tuple[WorkerProc, list[tuple[Any, ...]]]] = field(default_factory=list)
+
+
+STAT_NAMES: Final = (
+    "spawned", "completed", "failed", "bad_frames", "unknown_answers", "late_answers",
+    "replayed", "reissued", "replay_failed", "reopened", "host_restarts", "worker_recycles",
+    "trigger_errors", "worker_restarts", "input_errors", "subscriber_errors", "commits", "rows",
+)
+
+
+class Stats(dict[str, int]):
+    """The engine's counters (a dict, so that it snapshots with ``dict()``).
+
+    ``unknown_echo`` is the deprecated name of ``unknown_answers``."""
+
+    _ALIASES: Final = {"unknown_echo": "unknown_answers"}
+
+    def __init__(self) -> None:
+        super().__init__((k, 0) for k in STAT_NAMES)
+
+    def __missing__(self, key: str) -> int:
+        alias = self._ALIASES.get(key)
+        if alias is None:
+            raise KeyError(key)
+        return self[alias]

@@ -1,0 +1,212 @@
+"""Replay: resume sagas from the log, at start and after a worker's death.
+Loop thread only (``at_start`` runs before the loop thread starts).
+
+A saga of a kind registered with ``replay=True`` is rebuilt from its logged
+input snapshot; its worker replays ``start()`` and the logged (consumed)
+events, comparing each command with the logged one (a mismatch fails it as
+"non-deterministic replay"), and the open step is re-issued with the same
+saga id and step.  Nothing is written until a replayed saga has a new
+outcome or step, so a crash during recovery leaves the log as it was.
+
+A claim taken by a worker that died before its outcome reached the log is
+*inherited*: replay re-derives the outcome; if replay stops short of a
+terminal, the claim had no visible effect and the saga is put back in flight
+(:meth:`SharedState.reopen`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from supervisor._codec import SagaSpec
+from supervisor._engine.compensation import Compensation
+from supervisor._engine.inbox import Replay
+from supervisor._engine.records import COMPENSATING, HOST, RUNNING, LiveSaga, Stats, Turn, WorkerProc
+from supervisor._engine.sagas import SagaOps
+from supervisor._engine.table import SagaTable
+from supervisor.log import Batch, SagaLog
+from supervisor.protocol import Act, Op
+from supervisor.saga import Saga, Target
+from supervisor.shm import SharedState
+
+log = logging.getLogger(__name__)
+
+# kind name -> (factory(snapshot) -> Saga, replay?)
+Kinds = dict[str, tuple[Callable[[dict[str, Any]], Saga] | None, bool]]
+Steps = list[tuple[int, int, str, str | None]]
+_TARGETS = {t.name: int(t) for t in Target}
+NOT_REPLAYABLE = "not replayable"
+
+
+def rebuild(kinds: Kinds, prepare: Callable[[Saga], SagaSpec], name: str,
+            input_json: str | None) -> SagaSpec | str:
+    """The spec of a saga to replay, or the reason it cannot be."""
+    kind = kinds.get(name)
+    if kind is None or not kind[1] or kind[0] is None:
+        return NOT_REPLAYABLE
+    try:
+        spec = prepare(kind[0](json.loads(input_json or "{}")))
+    except Exception as exc:
+        return (f"cannot rebuild the saga from its input snapshot: "
+                f"{type(exc).__name__}: {exc}")
+    if spec.name != name:
+        return f"the factory for kind {name!r} built a saga of kind {spec.name!r}"
+    return spec
+
+
+def logged_steps(sagalog: SagaLog, saga_id: int) -> Steps | str:
+    """A saga's steps as replay needs them, or why it cannot be replayed."""
+    steps: Steps = []
+    for st in sagalog.steps(saga_id):
+        target = _TARGETS.get(st["target"])
+        if target is None or st["state"] not in ("succeeded", "pending"):
+            return f"step {st['step_index']} is {st['state']}: cannot replay"
+        steps.append((int(st["step_index"]), target, str(st["cmd_json"]),
+                      st["output_json"] if st["state"] == "succeeded" else None))
+    if any(s[3] is None for s in steps[:-1]):
+        return "a step before the last is still pending: cannot replay"
+    return steps
+
+
+def at_start(sagalog: SagaLog, shared: SharedState, kinds: Kinds,
+             prepare: Callable[[Saga], SagaSpec], stats: Stats) -> list[Replay]:
+    """Sagas the log shows unfinished: those to replay (registered in the
+    claim table), the others failed in the log now."""
+    stale = sagalog.unfinished()
+    if not stale:
+        return []
+    now = time.time()
+    batch = Batch()
+    replays: list[Replay] = []
+    for sid, name, started, input_json, state in stale:
+        if state == "compensating":
+            batch.saga_ends.append(("failed_compensation", now,
+                                    "supervisor restarted during compensation", sid))
+            continue
+        spec = rebuild(kinds, prepare, name, input_json)
+        steps = logged_steps(sagalog, sid) if not isinstance(spec, str) else spec
+        if isinstance(spec, str) or isinstance(steps, str):
+            why = "supervisor restarted while saga was running"
+            if spec != NOT_REPLAYABLE:
+                why += f"; {steps}"
+                stats["replay_failed"] += 1
+            batch.saga_ends.append(("failed", now, why, sid))
+            continue
+        shared.register(sid)
+        replays.append(Replay(sid, spec, steps, started, False))
+    if batch:
+        sagalog.commit(batch)
+    log.warning("recovery: %d saga(s) left unfinished by a previous supervisor: %d "
+                "resumed by replay, %d failed", len(stale), len(replays),
+                len(stale) - len(replays))
+    return replays
+
+
+class Recovery:
+    def __init__(self, kinds: Kinds, prepare: Callable[[Saga], SagaSpec], sagas: SagaOps,
+                 compensation: Compensation, table: SagaTable, turn: Turn,
+                 shared: SharedState, stats: Stats, sagalog: SagaLog,
+                 commit_now: Callable[[], None], pick_worker: Callable[[int], WorkerProc],
+                 ship_class: Callable[[int], None]) -> None:
+        self.kinds = kinds
+        self.prepare = prepare
+        self.sagas = sagas
+        self.compensation = compensation
+        self.table = table
+        self.turn = turn
+        self.shared = shared
+        self.stats = stats
+        self.log = sagalog
+        self.commit_now = commit_now
+        self.pick_worker = pick_worker
+        self.ship_class = ship_class
+
+    def replay(self, req: Replay) -> None:
+        """Put a saga back in flight on its worker and ask for its replay."""
+        sid, spec, steps = req.saga_id, req.spec, req.steps
+        self.ship_class(spec.class_id)
+        remaining = spec.timeout - max(0.0, time.time() - req.started_at)
+        w = self.pick_worker(sid)
+        saga = LiveSaga(sid, spec.name, w, time.monotonic() + max(0.0, remaining),
+                        spec.timeout, spec.has_comp, spec.listens)
+        saga.needs_sent_ack = True
+        saga.inherited = req.inherited
+        for index, target, cmd_json, output in steps:
+            if output is None:
+                saga.open_step = index
+                saga.open_cmd = (target, cmd_json)
+            elif saga.succeeded is not None:
+                saga.succeeded.append((index, target, cmd_json))
+        saga.next_step = steps[-1][0] + 1 if steps else 1
+        saga.dispatched = len(steps)
+        self.table.add(saga)
+        w.outbox.append((Op.REPLAY, sid, spec.class_id, spec.state, spec.name, steps,
+                         req.inherited))
+        self.stats["replayed"] += 1
+
+    def replayed(self, saga: LiveSaga, code: int, arg: Any, reissue: bool) -> None:
+        """The live action of a saga rebuilt by replay."""
+        if saga.inherited:
+            saga.inherited = False
+            if code == Act.DONE:
+                self.sagas.end(saga, "completed", None)
+                return
+            if code == Act.FAILED:
+                self.sagas.fail(saga, arg, claimed=True)
+                return
+            # replay stops short of the terminal the dead worker claimed (the
+            # event it consumed was never logged): its claim had no visible
+            # effect, so the saga goes back in flight and carries on
+            self.shared.reopen(saga.saga_id)
+            self.stats["reopened"] += 1
+        if not reissue:
+            self.sagas.act(saga, code, arg, None)
+            return
+        if saga.phase != RUNNING or self.shared.is_claimed(saga.saga_id) or not saga.open_step:
+            return
+        target, cmd_json, _name = arg
+        self.stats["reissued"] += 1
+        if target == HOST:
+            self.turn.host_out.append((saga.saga_id, saga.open_step, cmd_json, False))
+        else:
+            self.turn.local_out.append((saga.saga_id, saga.open_step, target, cmd_json))
+
+    def adopt_orphans(self, dead: WorkerProc, replacement: WorkerProc | None, why: str,
+                      intensity: bool) -> None:
+        """Replay a dead worker's sagas on its replacement, or fail them."""
+        orphans = self.table.on_worker(dead)
+        # the log must show every row of these sagas before replay reads it
+        self.commit_now()
+        if intensity:
+            why += "; not restarted: restart intensity exceeded"
+        for saga in orphans:
+            claimed = self.shared.state(saga.saga_id) == "claimed"
+            if saga.phase == COMPENSATING:
+                self.compensation.abort(saga, why)
+                continue
+            if replacement is not None and self._replay_orphan(saga, claimed, why):
+                continue
+            if claimed:
+                self.sagas.end(saga, "failed", f"{why} after claiming the terminal; it could "
+                               "not be re-derived by replay")
+            else:
+                self.sagas.fail(saga, why)
+
+    def _replay_orphan(self, saga: LiveSaga, claimed: bool, why: str) -> bool:
+        row = self.log.saga(saga.saga_id)
+        if row is None:
+            return False
+        spec = rebuild(self.kinds, self.prepare, saga.name, row["input_json"])
+        steps = logged_steps(self.log, saga.saga_id) if not isinstance(spec, str) else spec
+        if isinstance(spec, str) or isinstance(steps, str):
+            if spec != NOT_REPLAYABLE:
+                self.stats["replay_failed"] += 1
+                log.warning("saga %d cannot be replayed after %s: %s", saga.saga_id, why, steps)
+            return False
+        self.table.remove(saga)
+        self.replay(Replay(saga.saga_id, spec, steps, float(row["started_at"]), claimed))
+        return True

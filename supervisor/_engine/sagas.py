@@ -1,0 +1,183 @@
+"""The loop's side of a saga: start it, apply what its worker decided, close
+a step, end it, fail it, cancel it, expire it.  Loop thread only.
+
+Invariants held here:
+
+* **Exactly one terminal.**  :meth:`SagaOps.fail` is the one function through
+  which every claimant that is not a worker (timeout, eviction, cancel, host
+  failure, action failed, worker crash, shutdown) takes a saga's claim; it
+  does nothing if the claim is lost.  A worker claims ``Done``/``Failed``
+  itself and only the winner reports it (``claimed=True`` here).
+* **No work after the end.**  :meth:`SagaOps.act` drops a command whose saga
+  is compensating or already claimed, and dispatch checks the claim again
+  right before it writes to the host (:mod:`.dispatch`).
+* **Write-ahead.**  Everything here only appends to the turn: log rows to
+  its batch, outputs to its lists; they leave after the commit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from supervisor._codec import SagaSpec
+from supervisor._engine.records import (
+    COMPENSATING,
+    HOST,
+    RUNNING,
+    TARGET_NAMES,
+    Lifecycle,
+    LiveSaga,
+    Stats,
+    Turn,
+    WorkerProc,
+)
+from supervisor._engine.table import SagaTable
+from supervisor.protocol import Act, Op
+from supervisor.saga import SAGA_COMPLETED, SAGA_FAILED, SAGA_STARTED, Event
+from supervisor.shm import SharedState
+
+
+def event_msg(saga: LiveSaga, ev: Event) -> tuple[Any, ...]:
+    """The worker message that offers a bus event to `saga`."""
+    return (Op.EVENT, saga.saga_id, ev.kind, ev.data, False, ev.saga_id, ev.step, ev.version,
+            saga.dispatched)
+
+
+class SagaOps:
+    def __init__(self, table: SagaTable, turn: Turn, shared: SharedState, stats: Stats,
+                 life: Lifecycle, pick_worker: Callable[[int], WorkerProc],
+                 ship_class: Callable[[int], None]) -> None:
+        self.table = table
+        self.turn = turn
+        self.shared = shared
+        self.stats = stats
+        self.life = life
+        self.pick_worker = pick_worker
+        self.ship_class = ship_class
+
+    def start(self, saga_id: int, spec: SagaSpec, trigger_event: Event | None = None) -> None:
+        """Insert, then start: the running row goes into this turn's batch and
+        START to its worker (so a saga that ends at once can claim)."""
+        cid, state, name, timeout, snapshot_json, listens, has_comp = spec
+        self.ship_class(cid)
+        w = self.pick_worker(saga_id)
+        saga = LiveSaga(saga_id, name, w, time.monotonic() + timeout, timeout, has_comp,
+                        listens)
+        self.table.add(saga)
+        turn = self.turn
+        turn.batch.sagas.append((saga_id, name, time.time(), snapshot_json))
+        w.outbox.append((Op.START, saga_id, cid, state, name))
+        if trigger_event is not None:
+            saga.needs_sent_ack = True
+            w.outbox.append(event_msg(saga, trigger_event))
+        turn.events.append((SAGA_STARTED, {"name": name}, saga_id, None))
+        self.stats["spawned"] += 1
+
+    def act(self, saga: LiveSaga, code: int, arg: Any, consumed: bytes | str | None) -> None:
+        """Apply an action a worker reported (it won the claim for Done/Failed)."""
+        sid = saga.saga_id
+        if code == Act.CMD:
+            if saga.phase != RUNNING or self.shared.is_claimed(sid):
+                return  # no work after the end
+            now = time.time()
+            if consumed is not None and saga.open_step:
+                self.close_step(saga, consumed, now)
+            target, cmd_json, step_name = arg
+            step = saga.next_step
+            saga.next_step = step + 1
+            saga.open_step = step
+            saga.open_cmd = (target, cmd_json)
+            turn = self.turn
+            turn.batch.steps.append((sid, step, step_name, cmd_json, TARGET_NAMES[target], now))
+            if target == HOST:
+                turn.host_out.append((sid, step, cmd_json, True))
+            else:
+                turn.local_out.append((sid, step, target, cmd_json))
+        elif code == Act.DONE:
+            if consumed is not None and saga.open_step:
+                self.close_step(saga, consumed, time.time())
+            self.end(saga, "completed", None)
+        elif code == Act.FAILED:
+            self.fail(saga, arg, claimed=True, consumed=consumed)
+
+    def close_step(self, saga: LiveSaga, consumed: bytes | str, now: float) -> None:
+        """The open step's echo was consumed: it succeeded, with that output."""
+        out = consumed if isinstance(consumed, str) else consumed.decode("utf-8", "replace")
+        self.turn.batch.step_ends.append(("succeeded", now, out, None, saga.saga_id,
+                                          saga.open_step))
+        if saga.succeeded is not None and saga.open_cmd is not None:
+            saga.succeeded.append((saga.open_step, saga.open_cmd[0], saga.open_cmd[1]))
+        saga.open_cmd = None
+        saga.open_step = 0
+
+    def end(self, saga: LiveSaga, state: str, reason: str | None) -> None:
+        """Write the terminal row and announce it (after the commit)."""
+        sid = saga.saga_id
+        turn = self.turn
+        turn.batch.saga_ends.append((state, time.time(), reason, sid))
+        self.table.remove(saga)
+        if state != "completed":
+            saga.worker.outbox.append((Op.DROP, sid))
+            self.stats["failed"] += 1
+            data = {"name": saga.name, "reason": reason, "state": state}
+            turn.events.append((SAGA_FAILED, data, sid, None))
+        else:
+            self.stats["completed"] += 1
+            turn.events.append((SAGA_COMPLETED, {"name": saga.name}, sid, None))
+        turn.ended.append((sid, state, reason))
+
+    def fail(self, saga: LiveSaga, reason: str, claimed: bool = False,
+             consumed: bytes | str | None = None) -> bool:
+        """Fail a saga.  Unless `claimed` (a worker won already), take the
+        claim first and do nothing if it is lost.  A saga with succeeded steps
+        to undo goes to compensation (while the supervisor runs)."""
+        if not claimed and not self.shared.claim(saga.saga_id):
+            return False
+        now = time.time()
+        if saga.open_step:
+            if consumed is not None:
+                # on_event consumed the awaited event, then chose to fail: the
+                # step itself finished (and is compensated like the others)
+                self.close_step(saga, consumed, now)
+            else:  # still awaiting its echo: closed as failed with the reason
+                self.turn.batch.step_ends.append(("failed", now, None, reason, saga.saga_id,
+                                                  saga.open_step))
+                saga.open_step = 0
+                saga.open_cmd = None
+        if saga.succeeded and self.life.running:
+            saga.phase = COMPENSATING
+            saga.fail_reason = reason
+            self.turn.batch.saga_states.append(("compensating", saga.saga_id))
+            self.table.rearm(saga, time.monotonic() + saga.timeout)
+            saga.worker.outbox.append((Op.COMP, saga.saga_id, list(reversed(saga.succeeded))))
+            return True
+        self.end(saga, "failed", reason)
+        return True
+
+    def fail_all(self, reason: str) -> None:
+        """Shutdown: every saga in flight ends now."""
+        for saga in self.table.all():
+            if saga.phase == COMPENSATING:
+                self.end(saga, "failed_compensation",
+                         f"{saga.fail_reason}; compensation interrupted: {reason}")
+            elif not self.fail(saga, reason):
+                # claimed elsewhere (a worker) but not reported: the claim holder
+                # is still working or gone; the log must still get an outcome
+                self.end(saga, "failed", f"{reason} (terminal claimed but not reported)")
+
+    def cancel(self, saga_id: int, reason: str) -> bool:
+        """True if this call decided the saga's outcome."""
+        saga = self.table.get(saga_id)
+        if saga is None or saga.phase != RUNNING:
+            return False
+        return self.fail(saga, f"cancelled: {reason}")
+
+    def expire(self, now: float) -> None:
+        """Fail the sagas whose deadline passed ("saga timeout")."""
+        for saga in self.table.expired(now):
+            if saga.phase == COMPENSATING:
+                self.end(saga, "failed_compensation", f"{saga.fail_reason}; compensation timeout")
+            else:
+                self.fail(saga, "saga timeout")

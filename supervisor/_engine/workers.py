@@ -1,0 +1,324 @@
+"""Worker processes: start, readiness, replies, death, restart with backoff,
+health thresholds.  Loop thread only.
+
+The pool decides nothing about sagas.  :meth:`WorkerPool.read` returns the
+reply batches a worker wrote; :meth:`WorkerPool.died` returns a verdict (the
+replacement, or none, and why) and the loop replays or fails the dead
+worker's sagas (:mod:`.recovery`).  Sagas are sharded by ``id % workers``;
+a worker being recycled (over its RSS limit) finishes its own sagas while a
+fresh one takes its shard.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import pickle
+import selectors
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import multiprocess.connection
+
+import supervisor.frames as frames
+from supervisor._codec import ClassRegistry
+from supervisor._engine.records import Lifecycle, Settings, Stats, WorkerProc
+from supervisor._engine.restarts import RestartWindow
+from supervisor.errors import SupervisorError
+from supervisor.protocol import Op
+from supervisor.worker import worker_main
+
+log = logging.getLogger(__name__)
+
+_READ = 1 << 20
+_STOP = frames.frame(pickle.dumps([(Op.STOP,)]))
+
+
+class Death(NamedTuple):
+    """What became of a dead worker's shard."""
+
+    replacement: WorkerProc | None  # where its sagas go now (None: fail them)
+    why: str  # the reason its sagas fail, if they do
+    intensity: bool  # restart intensity exceeded: the supervisor must stop
+    later: bool  # a replacement starts after a backoff: adopt its sagas then
+
+
+class WorkerPool:
+    def __init__(self, settings: Settings, mp: Any, sel: selectors.BaseSelector,
+                 shm_name: str, registry: ClassRegistry, stats: Stats, life: Lifecycle,
+                 on_readable: Callable[[WorkerProc], Any],
+                 on_dead: Callable[[WorkerProc], Any]) -> None:
+        self.settings = settings
+        self.mp = mp
+        self.sel = sel
+        self.shm_name = shm_name
+        self.registry = registry
+        self.stats = stats
+        self.life = life
+        self.on_readable = on_readable
+        self.on_dead = on_dead
+        self.workers: list[WorkerProc] = []
+        self.retired: list[WorkerProc] = []  # recycled, finishing their sagas
+        self.shipped: set[int] = set()  # class ids every worker has
+        self.window = RestartWindow(settings.max_restarts, settings.restart_period,
+                                    settings.restart_backoff)
+        # (when, index, dead worker, why): replacements waiting out a backoff
+        self.pending_restarts: list[tuple[float, int, WorkerProc, str]] = []
+
+    # -- start-up ------------------------------------------------------------------
+
+    def start_all(self) -> None:
+        for i in range(self.settings.workers):
+            self.workers.append(self._start(i))
+        self._await_ready(self.workers, self.settings.start_timeout)
+
+    def _start(self, index: int) -> WorkerProc:
+        mp = self.mp
+        in_r, in_w = mp.Pipe(duplex=False)
+        out_r, out_w = mp.Pipe(duplex=False)
+        proc = mp.Process(target=worker_main, name=f"saga-worker-{index}",
+                          args=(index, self.shm_name, in_r, out_w), daemon=True)
+        proc.start()
+        in_r.close()
+        out_w.close()
+        wfd = os.dup(in_w.fileno())
+        rfd = os.dup(out_r.fileno())
+        in_w.close()
+        out_r.close()
+        os.set_blocking(wfd, False)
+        os.set_blocking(rfd, False)
+        w = WorkerProc(index, proc, wfd, rfd)
+        self.sel.register(rfd, selectors.EVENT_READ, lambda mask: self.on_readable(w))
+        self.sel.register(proc.sentinel, selectors.EVENT_READ, lambda mask: self.on_dead(w))
+        for cid in sorted(self.shipped):
+            w.outbox.append((Op.CLS, cid, self.registry.blob(cid)))
+        return w
+
+    def _await_ready(self, workers: list[WorkerProc], timeout: float) -> None:
+        """Block until every worker has imported and said READY; a worker that
+        dies first is a clear error (e.g. a __main__ without the
+        ``if __name__ == "__main__"`` guard under spawn)."""
+        deadline = time.monotonic() + timeout
+        waiting = {w.rfd: w for w in workers}
+        sentinels = {w.proc.sentinel: w for w in workers}
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SupervisorError(f"{len(waiting)} worker(s) not ready after {timeout}s")
+            for fd in multiprocess.connection.wait(list(waiting) + list(sentinels), left):
+                if fd in waiting:
+                    w = waiting[fd]
+                    try:
+                        data = os.read(fd, 1 << 16)
+                    except BlockingIOError:
+                        continue
+                    if data:
+                        bodies = w.reader.feed(data)
+                        if any(m[0] == Op.READY for b in bodies for m in pickle.loads(b)):
+                            del waiting[fd]
+                            del sentinels[w.proc.sentinel]
+                        continue
+                w = waiting.get(fd) or sentinels[fd]
+                w.proc.join(5.0)
+                raise SupervisorError(
+                    f"worker {w.index} exited during start-up (exit code {w.proc.exitcode}); "
+                    "its stderr says why. Under the spawn/forkserver start methods, a "
+                    "launcher script must start the supervisor under "
+                    "`if __name__ == \"__main__\":`")
+
+    # -- sharding and messages --------------------------------------------------------
+
+    def for_saga(self, saga_id: int) -> WorkerProc:
+        return self.workers[saga_id % len(self.workers)]
+
+    def ship_class(self, class_id: int) -> None:
+        """Make sure every worker has the class (sent once per class)."""
+        if class_id not in self.shipped:
+            self.shipped.add(class_id)
+            blob = self.registry.blob(class_id)
+            for w in self.workers:
+                w.outbox.append((Op.CLS, class_id, blob))
+
+    def all(self) -> list[WorkerProc]:
+        return self.retired + self.workers if self.retired else self.workers
+
+    def read(self, w: WorkerProc) -> list[list[Any]]:
+        """The reply batches `w` wrote (loaded); EOF is left to its sentinel."""
+        batches: list[list[Any]] = []
+        try:
+            while True:
+                data = os.read(w.rfd, _READ)
+                if not data:
+                    return batches
+                w.last_reply = time.monotonic()
+                for body in w.reader.feed(data):
+                    batches.append(pickle.loads(body))
+                if len(data) < _READ:
+                    return batches
+        except (BlockingIOError, OSError):
+            return batches
+
+    def send(self, w: WorkerProc, msgs: list[tuple[Any, ...]]) -> None:
+        """Frame `msgs` as one batch and write what the pipe takes."""
+        if w.alive:
+            w.outbuf += frames.frame(pickle.dumps(msgs, protocol=5))
+            if not w.want_write:
+                self.flush(w)
+
+    def flush(self, w: WorkerProc) -> None:
+        """Write `w`'s buffer without blocking (a full pipe waits for
+        writability); a write error means death, which its sentinel reports."""
+        try:
+            while w.outbuf:
+                n = os.write(w.wfd, w.outbuf)
+                del w.outbuf[:n]
+        except BlockingIOError:
+            if not w.want_write:
+                w.want_write = True
+                self.sel.register(w.wfd, selectors.EVENT_WRITE, lambda mask: self.flush(w))
+            return
+        except OSError:
+            w.outbuf.clear()
+            return
+        if w.want_write:
+            w.want_write = False
+            self.sel.unregister(w.wfd)
+
+    # -- death and restart -------------------------------------------------------------
+
+    def died(self, w: WorkerProc, has_orphans: bool) -> Death:
+        """`w` is gone (its replies were read): close it, and decide what
+        takes its shard, within restart intensity (with backoff)."""
+        w.alive = False
+        for fd in (w.rfd, w.proc.sentinel) + ((w.wfd,) if w.want_write else ()):
+            try:
+                self.sel.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+        w.proc.join(1.0)
+        code = w.proc.exitcode
+        why = w.kill_reason or f"worker crashed (exit code {code})"
+        for fd in (w.rfd, w.wfd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        running = self.life.running
+        if w.retiring:
+            self.retired = [x for x in self.retired if x is not w]
+            # died before finishing its sagas: they go to its successor
+            return Death(self.workers[w.index] if has_orphans and running else None, why,
+                         False, False)
+        if not running or w not in self.workers:
+            return Death(None, why, False, False)
+        log.error("worker %d (pid %s) died (exit code %s)%s", w.index, w.proc.pid, code,
+                  "; its sagas are replayed or failed" if has_orphans else "")
+        verdict = self.window.record(time.monotonic())
+        if not verdict.allowed:
+            return Death(None, why, True, False)
+        self.stats["worker_restarts"] += 1
+        if verdict.delay > 0:
+            # deaths in a row: back off, so a crash loop does not spin the machine
+            log.warning("restarting worker %d in %.2fs (restart %d within %ss)", w.index,
+                        verdict.delay, verdict.restarts, self.settings.restart_period)
+            heapq.heappush(self.pending_restarts,
+                           (time.monotonic() + verdict.delay, w.index, w, why))
+            return Death(None, why, False, True)
+        replacement = self._start(w.index)
+        self.workers[w.index] = replacement
+        return Death(replacement, why, False, False)
+
+    def next_restart(self) -> float | None:
+        return self.pending_restarts[0][0] if self.pending_restarts else None
+
+    def restarts_due(self, now: float) -> list[tuple[WorkerProc, WorkerProc, str]]:
+        """Start the replacements whose backoff passed: (dead, new, why)."""
+        out = []
+        while self.pending_restarts and self.pending_restarts[0][0] <= now:
+            _when, index, dead, why = heapq.heappop(self.pending_restarts)
+            if not self.life.running or self.workers[index] is not dead:
+                continue
+            replacement = self._start(index)
+            self.workers[index] = replacement
+            out.append((dead, replacement, why))
+        return out
+
+    # -- health thresholds ----------------------------------------------------------------
+
+    def check(self) -> None:
+        """Act on a threshold only after `breaches` consecutive breaches: a
+        silent worker (stuck in user code) is killed (its death is then
+        handled as any other), one over `rss_limit` is recycled gracefully."""
+        import psutil
+
+        s = self.settings
+        now = time.monotonic()
+        for w in list(self.workers) + [x for x in self.retired if x.alive]:
+            if not w.alive:
+                continue
+            if now - w.last_reply > s.heartbeat_timeout:
+                w.hb_breaches += 1
+                if w.hb_breaches >= s.breaches and w.kill_reason is None:
+                    w.kill_reason = (f"worker unresponsive (no heartbeat for "
+                                     f"{now - w.last_reply:.1f}s)")
+                    log.error("worker %d (pid %s): %s; killing it", w.index, w.proc.pid,
+                              w.kill_reason)
+                    w.proc.kill()
+                    continue
+            else:
+                w.hb_breaches = 0
+            try:
+                if w.psproc is None:
+                    w.psproc = psutil.Process(w.proc.pid)
+                w.rss = int(w.psproc.memory_info().rss)
+            except psutil.Error:
+                continue
+            if s.rss_limit is not None and not w.retiring and self.life.running:
+                if w.rss > s.rss_limit:
+                    w.rss_breaches += 1
+                    if w.rss_breaches >= s.breaches:
+                        self._recycle(w)
+                else:
+                    w.rss_breaches = 0
+        for w in [x for x in self.retired if x.alive and x.in_flight == 0 and not x.outbox]:
+            self._write_stop(w)
+
+    def _recycle(self, w: WorkerProc) -> None:
+        log.warning("worker %d (pid %s) RSS %d B over the limit %d B %d times: recycling",
+                    w.index, w.proc.pid, w.rss, self.settings.rss_limit, w.rss_breaches)
+        self.stats["worker_recycles"] += 1
+        w.retiring = True
+        self.retired.append(w)
+        self.workers[w.index] = self._start(w.index)
+
+    @staticmethod
+    def _write_stop(w: WorkerProc) -> None:
+        try:
+            os.write(w.wfd, _STOP)
+        except OSError:
+            pass
+
+    def stop_all(self) -> None:
+        """Ask every worker to exit, then terminate, then kill what is left."""
+        workers = self.workers + self.retired
+        self.workers, self.retired = [], []
+        for w in workers:
+            if w.alive:
+                self._write_stop(w)
+            for fd in (w.wfd, w.rfd):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            w.alive = False
+        deadline = time.monotonic() + 5.0
+        for w in workers:
+            w.proc.join(max(0.0, deadline - time.monotonic()))
+            if w.proc.exitcode is None:
+                w.proc.terminate()
+                w.proc.join(2.0)
+            if w.proc.exitcode is None:
+                w.proc.kill()
+                w.proc.join(2.0)

@@ -1,0 +1,368 @@
+"""The loop's decisions, in process, against a real shared segment and a real
+SQLite log: the engine's parts wired as the loop wires them, with no worker
+or host process (worker replies and host frames are fed in directly)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor import NotRunningError, SharedState
+from supervisor._codec import ClassRegistry, SagaSpec
+from supervisor._engine.compensation import Compensation
+from supervisor._engine.dispatch import Dispatch
+from supervisor._engine.inbox import Inbox, Publish, Stop
+from supervisor._engine.outcomes import Outcomes
+from supervisor._engine.pipeline import Pipeline
+from supervisor._engine.records import (
+    COMPENSATING,
+    HOST,
+    Lifecycle,
+    LiveSaga,
+    Stats,
+    Turn,
+    TurnOutputs,
+    WorkerProc,
+    HostProc,
+)
+from supervisor._engine.recovery import Recovery
+from supervisor._engine.restarts import RestartWindow
+from supervisor._engine.routing import Routing
+from supervisor._engine.sagas import SagaOps
+from supervisor._engine.table import SagaTable
+from supervisor.frames import T_ACTION_FAILED, T_CMD, T_EVENT, FrameReader, host_frame, parse_host
+from supervisor.log import SagaLog
+from supervisor.protocol import STATE_DICT, Act, Op
+from supervisor.saga import Event, Target
+
+from .conftest import read_log
+
+
+class Parts:
+    """The engine's parts for one test, wired like Engine._start does."""
+
+    def __init__(self, shared: SharedState, db: Path, pipeline_rows: int = 0) -> None:
+        self.shared = shared
+        self.log = SagaLog(db)
+        self.turn = Turn()
+        self.table = SagaTable()
+        self.stats = Stats()
+        self.life = Lifecycle()
+        self.life.state = "running"
+        self.worker = WorkerProc(0, None, -1, -1)
+        self.host = HostProc(None, -1, -1)
+        self.emitted: list[TurnOutputs] = []
+        self.sagas = SagaOps(self.table, self.turn, shared, self.stats, self.life,
+                             lambda sid: self.worker, lambda cid: None)
+        self.comp = Compensation(self.sagas, self.turn)
+        self.pipeline = Pipeline(self.log, self.turn, self.emitted.append,
+                                 lambda: [self.worker], self.stats, -1, pipeline_rows)
+        self.recovery = Recovery({}, ClassRegistry().prepare, self.sagas, self.comp,
+                                 self.table, self.turn, shared, self.stats, self.log,
+                                 self.pipeline.commit_now, lambda sid: self.worker,
+                                 lambda cid: None)
+        self.routing = Routing(self.table, shared, self.sagas, self.comp, self.recovery,
+                               self.turn, self.stats)
+        self.dispatch = Dispatch(self.table, shared, self.sagas, self.comp, {}, self.stats)
+
+    def spawn(self, timeout: float = 10.0, has_comp: bool = False) -> LiveSaga:
+        sid = self.shared.acquire()
+        self.sagas.start(sid, SagaSpec(1, (STATE_DICT, b""), "kind", timeout, "{}",
+                                       frozenset(), has_comp))
+        saga = self.table.get(sid)
+        assert saga is not None
+        return saga
+
+    def issue(self, saga: LiveSaga, cmd: dict[str, Any], consumed: str | None = None) -> None:
+        """What a worker reports when its saga returns IssueCmd(HOST, cmd)."""
+        self.routing.worker_replies([(Op.ACT, saga.saga_id, Act.CMD,
+                                      (HOST, json.dumps(cmd), "step"), consumed)])
+
+    def end_turn(self) -> TurnOutputs:
+        n = len(self.emitted)
+        self.pipeline.end_turn()
+        self.pipeline.drain()
+        assert len(self.emitted) == n + 1
+        return self.emitted[-1]
+
+    def close(self) -> None:
+        self.pipeline.stop()
+        self.log.close()
+
+
+@pytest.fixture
+def parts(shared: SharedState, tmp_path: Path) -> Iterator[Parts]:
+    p = Parts(shared, tmp_path / "sagas.db")
+    yield p
+    p.close()
+
+
+def _answer(sid: int, step: int, kind: int = T_EVENT, payload: bytes = b'{"kind":"echo"}'
+            ) -> bytes:
+    return host_frame(kind, sid, step, payload)[4:]  # a frame body, as the reader yields it
+
+
+# -- routing of host answers by (saga id, step) ------------------------------------------
+
+
+def test_host_answer_reaches_its_saga_and_step_only(parts: Parts) -> None:
+    a, b = parts.spawn(), parts.spawn()
+    parts.issue(a, {"op": "echo"})
+    parts.issue(b, {"op": "echo"})
+    parts.end_turn()
+    parts.worker.outbox.clear()
+    parts.routing.host_frame(parts.host, _answer(b.saga_id, 1))
+    assert parts.worker.outbox == [(Op.EVENT, b.saga_id, None, b'{"kind":"echo"}', True,
+                                    b.saga_id, 1, 0, 0)]
+    # a step that was never issued, and a saga that does not exist
+    parts.routing.host_frame(parts.host, _answer(a.saga_id, 7))
+    parts.routing.host_frame(parts.host, _answer(10**9, 1))
+    assert parts.stats["unknown_answers"] == 2 and parts.host.unknown_answers == 2
+    assert len(parts.worker.outbox) == 1
+    # an answer for a saga that ended is late, not unknown
+    assert parts.sagas.cancel(a.saga_id, "test")
+    parts.routing.host_frame(parts.host, _answer(a.saga_id, 1))
+    assert parts.stats["late_answers"] == 1 and parts.stats["unknown_answers"] == 2
+
+
+def test_action_failed_fails_the_open_step_with_the_hosts_reason(parts: Parts) -> None:
+    s = parts.spawn()
+    parts.issue(s, {"op": "x"})
+    parts.end_turn()
+    parts.routing.host_frame(parts.host, _answer(s.saga_id, 1, T_ACTION_FAILED,
+                                                 b'{"reason":"disk full"}'))
+    out = parts.end_turn()
+    assert out.ended == [(s.saga_id, "failed", "action failed: disk full")]
+    sagas, steps = read_log(parts.log.path)
+    assert sagas[s.saga_id]["state"] == "failed"
+    assert [(st["state"], st["failure_reason"]) for st in steps[s.saga_id]] == [
+        ("failed", "action failed: disk full")]
+
+
+def test_a_bad_frame_is_counted_and_the_loop_goes_on(parts: Parts) -> None:
+    s = parts.spawn()
+    parts.routing.host_frame(parts.host, b"\x09\x02" + b"\x00" * 12)  # bad version
+    parts.routing.host_frame(parts.host, b"\x01")  # shorter than a header
+    parts.routing.host_frame(parts.host, _answer(0, 0, payload=b"[" * 100_000))  # deep JSON
+    assert parts.stats["bad_frames"] == 3 and parts.host.bad_frames == 3
+    assert s.saga_id in parts.table.live
+
+
+def test_a_worker_reply_that_cannot_be_applied_fails_only_its_saga(parts: Parts) -> None:
+    """A fault no real worker produces (its replies are built by our code), so
+    it is fed in directly: a reply whose command is not a (target, json,
+    name) triple."""
+    bad, good = parts.spawn(), parts.spawn()
+    parts.routing.worker_replies([(Op.ACT, bad.saga_id, Act.CMD, "garbage", None),
+                                  ("not a reply",),
+                                  (Op.ACT, good.saga_id, Act.CMD,
+                                   (HOST, '{"op":"echo"}', "echo"), None)])
+    assert parts.stats["input_errors"] == 2
+    out = parts.end_turn()
+    assert [(e[0], e[1]) for e in out.ended] == [(bad.saga_id, "failed")]
+    assert out.ended[0][2].startswith("internal error handling a worker reply: ValueError")
+    assert [h[:2] for h in out.host_out] == [(good.saga_id, 1)]
+
+
+# -- no work after the end: the claim check before a host write, SENT accounting --------
+
+
+def test_claim_check_right_before_the_host_write(parts: Parts) -> None:
+    a, b = parts.spawn(), parts.spawn()
+    parts.issue(a, {"op": "echo", "n": "a"})
+    parts.issue(b, {"op": "echo", "n": "b"})
+    out = parts.pipeline.turn.take_outputs()  # the turn's commands, not yet dispatched
+    parts.pipeline.commit_now()
+    assert parts.shared.claim(a.saga_id)  # e.g. a worker of another process won
+    parts.dispatch.to_host(parts.host, out.host_out)
+    body = FrameReader().feed(bytes(parts.host.outbuf))
+    assert [parse_host(x)[:3] for x in body] == [(T_CMD, b.saga_id, 1)]
+    assert parts.host.frames_out == 1
+    assert (a.dispatched, b.dispatched) == (0, 1)
+
+
+def test_sent_is_acknowledged_only_where_the_worker_may_hold_events(parts: Parts) -> None:
+    quiet, listening = parts.spawn(), parts.spawn()
+    listening.needs_sent_ack = True
+    for s in (quiet, listening):
+        parts.issue(s, {"op": "echo"})
+    parts.worker.outbox.clear()
+    out = parts.end_turn()
+    parts.dispatch.to_host(parts.host, out.host_out)
+    assert parts.worker.outbox == [(Op.SENT, listening.saga_id, 1)]
+    assert (quiet.dispatched, listening.dispatched) == (1, 1)
+    # a re-issued command (host restarted) is not a new dispatch
+    parts.dispatch.to_host(parts.host, [(listening.saga_id, 1, '{"op":"echo"}', False)])
+    assert listening.dispatched == 1
+    assert parts.worker.outbox[-1] == (Op.SENT, listening.saga_id, 1)
+
+
+def test_no_host_fails_the_sagas_awaiting_it(parts: Parts) -> None:
+    s = parts.spawn()
+    parts.issue(s, {"op": "echo"})
+    parts.pipeline.end_turn()
+    assert parts.emitted[-1].host_out
+    parts.dispatch.to_host(None, parts.emitted[-1].host_out)
+    out = parts.end_turn()
+    assert out.ended == [(s.saga_id, "failed", "host pipe send failed: no host is configured")]
+
+
+# -- write-ahead: outputs leave only once their rows are committed -------------------------
+
+
+def test_outputs_leave_after_their_rows_are_committed(shared: SharedState,
+                                                      tmp_path: Path) -> None:
+    for rows in (0, 1):  # inline commit, and the writer thread
+        p = Parts(shared, tmp_path / f"wa{rows}.db", pipeline_rows=rows)
+        seen: list[dict[int, Any]] = []
+
+        def emit(out: TurnOutputs, p: Parts = p) -> None:
+            seen.append(read_log(p.log.path)[0])
+            for sid, _step, _cmd, _c in out.host_out:
+                assert sid in seen[-1], "a command left before its saga's row was durable"
+
+        p.pipeline.emit = emit
+        ids = []
+        for _ in range(50):
+            s = p.spawn()
+            p.issue(s, {"op": "echo"})
+            ids.append(s.saga_id)
+            p.pipeline.end_turn()
+        p.pipeline.drain()
+        assert len(seen) == 50 and set(ids) <= set(seen[-1])
+        p.close()
+
+
+# -- restart intensity and backoff --------------------------------------------------------
+
+
+def test_restart_window_backs_off_then_refuses_then_forgets() -> None:
+    w = RestartWindow(max_restarts=4, period=10.0, backoff=0.05, cap=0.15)
+    got = [w.record(t) for t in (0.0, 1.0, 2.0, 3.0)]
+    assert [v.allowed for v in got] == [True] * 4
+    assert [v.delay for v in got] == [0.0, 0.05, 0.1, 0.15]  # doubling, capped
+    assert w.record(4.0).allowed is False  # the fifth within 10 s
+    assert w.record(13.5) == (True, 2, 0.05)  # 0, 1, 2 and 3 fell out of the window
+
+
+# -- compensation order and abort ------------------------------------------------------------
+
+
+def _three_steps(parts: Parts) -> LiveSaga:
+    s = parts.spawn(has_comp=True)
+    parts.issue(s, {"op": "do", "n": 1})
+    for n in (2, 3):
+        parts.issue(s, {"op": "do", "n": n}, consumed='{"kind":"echo"}')
+    parts.routing.worker_replies([(Op.ACT, s.saga_id, Act.FAILED, "gave up",
+                                   '{"kind":"echo"}')])
+    return s
+
+
+def test_compensation_runs_in_reverse_order(parts: Parts) -> None:
+    s = _three_steps(parts)
+    assert s.phase == COMPENSATING
+    first = parts.end_turn()  # the three steps' own commands, and the plan asked for
+    comp = [m for _w, msgs in first.worker_msgs for m in msgs if m[0] == Op.COMP]
+    assert [st[0] for st in comp[0][2]] == [3, 2, 1]  # the plan is asked for in reverse
+    plan = [(st[0], HOST, json.dumps({"undo": st[0]})) for st in comp[0][2]]
+    parts.routing.worker_replies([(Op.COMPS, s.saga_id, plan, None)])
+    issued = []
+    for _ in range(3):
+        out = parts.end_turn()
+        (sid, step, cmd, counts), = out.host_out
+        issued.append(json.loads(cmd)["undo"])
+        parts.routing.host_frame(parts.host, _answer(sid, step))
+    out = parts.end_turn()
+    assert issued == [3, 2, 1]
+    assert out.ended == [(s.saga_id, "failed", "gave up")]
+    _, steps = read_log(parts.log.path)
+    assert [st["state"] for st in steps[s.saga_id]] == ["compensated"] * 3
+
+
+def test_compensation_aborted_ends_failed_compensation(parts: Parts) -> None:
+    s = _three_steps(parts)
+    parts.end_turn()
+    plan = [(3, HOST, '{"undo":3}'), (2, None, None), (1, HOST, '{"undo":1}')]
+    parts.routing.worker_replies([(Op.COMPS, s.saga_id, plan, None)])
+    parts.end_turn()
+    parts.routing.host_lost("host exited (status -9)", restarted=False)
+    out = parts.end_turn()
+    assert out.ended == [(s.saga_id, "failed_compensation",
+                          "gave up; compensation failed: host exited (status -9)")]
+    # a stale answer for the aborted compensation is counted, not applied
+    parts.routing.host_frame(parts.host, _answer(s.saga_id, 4))
+    assert parts.stats["late_answers"] == 1
+
+
+# -- the deadline heap -----------------------------------------------------------------------
+
+
+def test_deadline_heap_expires_in_order_and_skips_rearmed(parts: Parts) -> None:
+    slow, fast, rearmed = parts.spawn(30.0), parts.spawn(1.0), parts.spawn(2.0)
+    now = fast.deadline
+    parts.table.rearm(rearmed, rearmed.deadline + 100)  # its old entry goes stale
+    assert [s.saga_id for s in parts.table.expired(now + 5)] == [fast.saga_id]
+    parts.sagas.expire(slow.deadline)
+    out = parts.end_turn()
+    assert out.ended == [(slow.saga_id, "failed", "saga timeout")]
+    assert set(parts.table.live) == {fast.saga_id, rearmed.saga_id}  # popped, not failed
+    assert parts.table.next_deadline() == rearmed.deadline
+
+
+# -- the inbox and the outcomes ---------------------------------------------------------------
+
+
+def test_inbox_closes_under_its_lock() -> None:
+    inbox = Inbox()
+    inbox.open()
+    accepted = []
+    refused = 0
+
+    def poster() -> None:
+        nonlocal refused
+        for i in range(20_000):
+            try:
+                inbox.post(Publish(Event("k", i)))
+                accepted.append(i)
+            except NotRunningError:
+                refused += 1
+
+    threads = [threading.Thread(target=poster) for _ in range(3)]
+    for t in threads:
+        t.start()
+    while len(accepted) < 1000:
+        pass
+    assert inbox.close("stopping", Stop(False, 0.0))
+    for t in threads:
+        t.join()
+    taken = []
+    while inbox:
+        taken.append(inbox.take())
+    # everything accepted was taken, the Stop last; everything after it refused
+    assert len(taken) == len(accepted) + 1 and type(taken[-1]) is Stop
+    assert refused == 60_000 - len(accepted) > 0
+    with pytest.raises(NotRunningError, match="stopping"):
+        inbox.post(Publish(Event("late")))
+    inbox.close_pipe()
+
+
+def test_outcomes_waiters_and_close() -> None:
+    out = Outcomes()
+    out.expect(1)
+    out.expect(2)
+    fut = out.waiter(1)
+    assert out.waiter(99) is None  # unknown here: ask the log
+    out.resolve([(1, "completed", None)])
+    assert fut.result(1).state == "completed"  # type: ignore[union-attr]
+    assert out.waiter(1).state == "completed"  # type: ignore[union-attr]
+    late = out.waiter(2)
+    out.close(NotRunningError("stopped"))
+    with pytest.raises(NotRunningError):
+        late.result(1)  # type: ignore[union-attr]
+    with pytest.raises(NotRunningError):
+        out.waiter(2).result(1)  # type: ignore[union-attr]
