@@ -82,9 +82,11 @@ def _parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("vacuum", help="delete terminal sagas older than N days",
                        description="Remove ended sagas (and steps) older than --older-than "
-                       "days. Do not run while a supervisor writes the same log.")
+                       "days. Refused while a supervisor runs on the data dir (exit 1).")
     v.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
-    v.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    v.add_argument("--older-than", type=float, required=True, metavar="DAYS",
+                   help="ended more than DAYS days ago (>= 0)")
+    v.add_argument("--dry-run", action="store_true", help="count, delete nothing")
     return p
 
 
@@ -294,23 +296,54 @@ def cmd_events(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _running_supervisor(data_dir: str) -> int | None:
+    """The pid of a live supervisor on `data_dir`, from its shared segment
+    (which doubles as the data dir's lock), or None."""
+    from supervisor.errors import SupervisorError
+    from supervisor.paths import DataDir
+    from supervisor.shm import SharedState
+
+    try:
+        seg = SharedState.attach(DataDir.of(data_dir).segment, timeout=0.2)
+    except SupervisorError:
+        return None
+    try:
+        return seg.creator_pid if seg.creator_alive() else None
+    finally:
+        seg.close()
+
+
 def cmd_vacuum(args: argparse.Namespace) -> int:
+    import math
+
     from supervisor.log import LogError, SagaLog
 
+    if not math.isfinite(args.older_than) or args.older_than < 0:
+        print(f"--older-than must be a number of days >= 0, got {args.older_than}",
+              file=sys.stderr)
+        return EXIT_USAGE
     path = _db(args.data_dir)
     if not path.exists():
         print(f"no saga log at {path}", file=sys.stderr)
         return EXIT_NONE
+    pid = _running_supervisor(args.data_dir)
+    if pid is not None:
+        print(f"a supervisor (pid {pid}) is running on {args.data_dir}: it purges ended sagas "
+              "itself (retention_days); stop it before vacuuming", file=sys.stderr)
+        return EXIT_FAIL
     try:
         log = SagaLog(path)
     except LogError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_CORRUPT
     try:
-        removed = log.purge(args.older_than)
+        removed = log.purge(args.older_than, dry_run=args.dry_run)
     finally:
         log.close()
-    print(f"removed {removed} saga(s) that ended more than {args.older_than} days ago")
+    if args.dry_run:
+        print(f"would remove {removed} saga(s) that ended more than {args.older_than} days ago")
+    else:
+        print(f"removed {removed} saga(s) that ended more than {args.older_than} days ago")
     return EXIT_OK
 
 

@@ -113,8 +113,15 @@ class SagaClient:
         try:
             self._call("spawn", sid, ccid, sh.state, sh.name, sh.timeout, sh.snapshot_json,
                        sorted(sh.listens), sh.has_comp)
-        except BaseException:
-            self._shared.claim(sid)  # give the slot back: it never started
+        except BaseException as exc:
+            # give the slot back.  Refused: the saga never started.  No answer
+            # (timeout, connection lost): the supervisor may have accepted it;
+            # then it still ends, failed, within its timeout (a claim it cannot
+            # take is waited for at most a grace period)
+            self._shared.claim(sid)
+            if isinstance(exc, TimeoutError):
+                raise TimeoutError(f"no answer to spawn of saga {sid}: it may have started; "
+                                   f"wait({sid}) tells") from None
             raise
         return sid
 

@@ -7,9 +7,10 @@ writes them in one transaction, before anything of that turn becomes visible
 ``synchronous=NORMAL`` (default: survives a process crash, may lose the last
 commits on power loss) or ``FULL`` (fsync per commit).
 
-Schema (version 1, migrated through ``pragma user_version``): the ``saga`` and
-``saga_step`` tables (see ``docs/architecture.md``), plus ``compensation_json``
-on steps.
+Schema (version 2, migrated in place through ``pragma user_version``): the
+``saga`` and ``saga_step`` tables (see ``docs/architecture.md``), plus
+``compensation_json`` on steps (v1) and ``saga_meta`` holding the ids'
+high-water mark (v2).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import apsw
 
 from supervisor.errors import SupervisorError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -59,7 +60,16 @@ _MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (saga_id, step_index)
     ) WITHOUT ROWID;
     """,
+    # 2: a durable high-water mark of saga ids, so that ids never go back when
+    # the retention purge or `vacuum` empties the log
+    2: """
+    CREATE TABLE saga_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO saga_meta(key, value) SELECT 'next_id', coalesce(max(saga_id), 0) + 1
+        FROM saga;
+    """,
 }
+_MARK_NEXT_ID = ("UPDATE saga_meta SET value = max(value, (SELECT coalesce(max(saga_id), 0) + 1 "
+                 "FROM saga)) WHERE key = 'next_id'")
 
 DURABILITY = {"normal": "NORMAL", "full": "FULL"}
 
@@ -233,16 +243,20 @@ class SagaLog:
                     c.executemany(_CLOSE_OPEN, failed)
                 self._multi("end_saga", batch.saga_ends)
 
-    def purge(self, older_than_days: float) -> int:
-        """Delete terminal sagas (and their steps) that ended before the cutoff."""
+    def purge(self, older_than_days: float, dry_run: bool = False) -> int:
+        """Delete terminal sagas (and their steps) that ended more than
+        `older_than_days` ago; returns how many (would be) removed."""
         cutoff = time.time() - older_than_days * 86400
+        old = ("FROM saga WHERE ended_at IS NOT NULL AND ended_at < ? AND state != 'running' "
+               "AND state != 'compensating'")
         c = self.conn
+        if dry_run:
+            return int(c.execute(f"SELECT count(*) {old}", (cutoff,)).fetchall()[0][0])  # type: ignore[arg-type]
         with c:
-            c.execute("DELETE FROM saga_step WHERE saga_id IN (SELECT saga_id FROM saga "
-                      "WHERE ended_at IS NOT NULL AND ended_at < ? AND state != 'running' "
-                      "AND state != 'compensating')", (cutoff,))
-            c.execute("DELETE FROM saga WHERE ended_at IS NOT NULL AND ended_at < ? AND "
-                      "state != 'running' AND state != 'compensating'", (cutoff,))
+            c.execute(_MARK_NEXT_ID)  # ids never go back, whatever is deleted
+            c.execute(f"DELETE FROM saga_step WHERE saga_id IN (SELECT saga_id {old})",
+                      (cutoff,))
+            c.execute(f"DELETE {old}", (cutoff,))
             removed = int(c.changes())
         return removed
 
@@ -251,6 +265,13 @@ class SagaLog:
     def max_saga_id(self) -> int:
         row = self.conn.execute("SELECT max(saga_id) FROM saga").fetchall()[0][0]
         return int(row or 0)
+
+    def next_id(self) -> int:
+        """The first id a new supervisor may hand out: past every id the log
+        holds or ever held (the high-water mark survives purges)."""
+        mark = self.conn.execute("SELECT value FROM saga_meta WHERE key = 'next_id'"
+                                 ).fetchall()
+        return max(self.max_saga_id() + 1, int(mark[0][0]) if mark else 1)  # type: ignore[arg-type]
 
     def unfinished(self) -> list[tuple[int, str, float, str | None, str]]:
         """Sagas the log shows as running or compensating."""

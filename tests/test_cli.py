@@ -192,3 +192,17 @@ def test_vacuum_and_run_on_bad_ground(tmp_path: Path) -> None:
     (health_bad / "health.json").write_text("{not json")
     probe = cli("health", "--data-dir", str(tmp_path / "h"))
     assert probe.returncode == 1 and "unreadable health file" in probe.stderr
+
+
+def test_vacuum_refuses_a_live_data_dir_and_bad_arguments(tmp_path: Path) -> None:
+    d = tmp_path / "v"
+    with Supervisor(d, workers=1) as sup:
+        assert sup.wait(sup.spawn(S.InstantSaga()), 10).completed
+        live = cli("vacuum", "--data-dir", str(d), "--older-than", "0")
+        assert live.returncode == 1 and f"(pid {os.getpid()}) is running" in live.stderr
+    for bad in ("-1", "nan", "inf"):
+        assert cli("vacuum", "--data-dir", str(d), "--older-than", bad).returncode == 64
+    dry = cli("vacuum", "--data-dir", str(d), "--older-than", "0", "--dry-run")
+    assert dry.returncode == 0 and "would remove 1" in dry.stdout
+    done = cli("vacuum", "--data-dir", str(d), "--older-than", "0")
+    assert done.returncode == 0 and "removed 1" in done.stdout

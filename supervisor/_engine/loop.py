@@ -112,7 +112,7 @@ class Engine:
         # the segment doubles as the data dir's lock: nothing below writes the
         # log unless no other live supervisor owns this data dir
         shared = self.shared = create_segment(s.shm_name or self.paths.segment,
-                                              s.capacity, sagalog.max_saga_id() + 1,
+                                              s.capacity, sagalog.next_id(),
                                               self.paths.root)
         sagalog.purge(s.retention_days)
         sel = self.sel = selectors.DefaultSelector()

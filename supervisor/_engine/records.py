@@ -120,7 +120,7 @@ class LiveSaga:
     __slots__ = ("saga_id", "name", "worker", "deadline", "timeout", "next_step", "open_step",
                  "phase", "succeeded", "has_comp", "listens", "dispatched", "needs_sent_ack",
                  "fail_reason", "comp_queue", "comp_wait", "comp_failed", "open_cmd",
-                 "inherited")
+                 "inherited", "overdue")
 
     def __init__(self, saga_id: int, name: str, worker: WorkerProc, deadline: float,
                  timeout: float, has_comp: bool, listens: frozenset[str]) -> None:
@@ -146,6 +146,7 @@ class LiveSaga:
         self.comp_failed: str | None = None
         self.open_cmd: tuple[int, str] | None = None  # (target, cmd json) of open_step
         self.inherited = False  # a dead worker took the claim; replay re-derives
+        self.overdue = False  # timed out, but someone else holds its claim
 
 
 class Turn:

@@ -39,6 +39,10 @@ from supervisor.saga import SAGA_COMPLETED, SAGA_FAILED, SAGA_STARTED, Event
 from supervisor.shm import SharedState
 
 
+# seconds a claim holder has to report a saga's terminal after its deadline
+REPORT_GRACE = 1.0
+
+
 def event_msg(saga: LiveSaga, ev: Event) -> tuple[Any, ...]:
     """The worker message that offers a bus event to `saga`."""
     return (Op.EVENT, saga.saga_id, ev.kind, ev.data, False, ev.saga_id, ev.step, ev.version,
@@ -175,9 +179,19 @@ class SagaOps:
         return self.fail(saga, f"cancelled: {reason}")
 
     def expire(self, now: float) -> None:
-        """Fail the sagas whose deadline passed ("saga timeout")."""
+        """Fail the sagas whose deadline passed ("saga timeout").
+
+        A saga whose claim someone else holds at its deadline (a worker whose
+        Done is on its way, or a process that claimed it through the shared
+        segment and never reported) gets :data:`REPORT_GRACE` seconds for the
+        report; then it ends failed all the same, so no saga stays in flight
+        past its deadline and the grace."""
         for saga in self.table.expired(now):
             if saga.phase == COMPENSATING:
                 self.end(saga, "failed_compensation", f"{saga.fail_reason}; compensation timeout")
-            else:
-                self.fail(saga, "saga timeout")
+            elif saga.overdue:
+                self.end(saga, "failed", "saga timeout (its terminal was claimed elsewhere "
+                         "and never reported)")
+            elif not self.fail(saga, "saga timeout"):
+                saga.overdue = True
+                self.table.rearm(saga, now + REPORT_GRACE)

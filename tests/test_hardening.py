@@ -1,0 +1,115 @@
+"""Hostile inputs and odd ground, one test per behaviour (issue-style: each
+failed before its fix).  Real supervisors, workers, host and log."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from supervisor import (
+    SAGA_COMPLETED,
+    SAGA_STARTED,
+    Event,
+    SharedState,
+    Supervisor,
+)
+
+from . import sagas as S
+from .conftest import drain_bus, read_log
+
+Make = Callable[..., Supervisor]
+
+
+def test_publish_refuses_data_that_contains_itself(make_sup: Make) -> None:
+    sup = make_sup()
+    d: dict[str, object] = {"a": 1}
+    d["self"] = d
+    with pytest.raises(TypeError, match="contain itself"):
+        sup.publish(Event("loop", d))
+    assert sup.wait(sup.spawn(S.EchoSaga()), 10).completed
+
+
+def test_a_claim_taken_outside_never_strands_its_saga(make_sup: Make) -> None:
+    sup = make_sup()
+    other = SharedState.attach(sup.shm_name)  # e.g. another process, or a client
+    try:
+        ids = [sup.spawn(S.SleepSaga(30, timeout=0.3)) for _ in range(5)]
+        for sid in ids:
+            assert other.claim(sid)
+        t0 = time.monotonic()
+        outs = [sup.wait(i, 10) for i in ids]
+    finally:
+        other.close()
+    assert time.monotonic() - t0 < 0.3 + 1.0 + 2.0  # timeout + grace + slack
+    assert all(o.reason == "saga timeout (its terminal was claimed elsewhere and never "
+               "reported)" for o in outs), outs
+    sagas, steps = read_log(sup.db_path)
+    assert all(sagas[i]["state"] == "failed" for i in ids)
+    assert all(st["state"] == "failed" for i in ids for st in steps.get(i, []))
+
+
+def test_lifecycle_events_never_fire_triggers(make_sup: Make) -> None:
+    sup = make_sup()
+    sub = sup.subscribe()
+    sup.add_trigger(lambda ev: S.InstantSaga(), lambda ev: True)  # matches anything
+    sup.add_trigger(lambda ev: S.EchoSaga(), lambda ev: ev.kind == SAGA_COMPLETED)
+    sup.publish(Event("deploy"))
+    events = drain_bus(sub, lambda evs: any(e.kind == SAGA_COMPLETED for e in evs))
+    # let anything a runaway trigger would spawn show up: one more round trip
+    assert sup.wait(sup.spawn(S.InstantSaga()), 10).completed
+    started = [e for e in events if e.kind == SAGA_STARTED]
+    assert len(started) == 1 and sup.stats["spawned"] == 3  # warm-up, trigger, probe
+
+
+def test_wait_agrees_with_the_log_after_restart_intensity(make_sup: Make) -> None:
+    from .conftest import wait_for
+
+    sup = make_sup(workers=1, max_restarts=1, restart_period=60)
+    sup.register_kind(S.StepperSaga)
+    calm = sup.spawn(S.StepperSaga(1, steps=1, seconds=30))
+    assert sup.wait(sup.spawn(S.ExitingSaga()), 30).failed  # death 1: restarted
+    sup.spawn(S.ExitingSaga())  # death 2: past max_restarts=1
+    wait_for(lambda: sup.state == "stopped", timeout=60, what="stopped by intensity")
+    o = sup.wait(calm)
+    sagas, _ = read_log(sup.db_path)
+    assert (o.state, o.reason) == (sagas[calm]["state"], sagas[calm]["failure_reason"])
+    assert o.reason.endswith("not restarted: restart intensity exceeded")
+
+
+def test_ids_never_go_back_after_the_log_is_emptied(tmp_path: Path) -> None:
+    from supervisor.log import SagaLog
+
+    d = tmp_path / "d"
+    with Supervisor(d, workers=1) as sup:
+        ids = [sup.spawn(S.InstantSaga()) for _ in range(5)]
+        assert all(sup.wait(i, 10).completed for i in ids)
+    log = SagaLog(d / "db" / "sagas.db")
+    assert log.purge(0) == 5 and log.max_saga_id() == 0  # what `vacuum --older-than 0` does
+    log.close()
+    with Supervisor(d, workers=1) as sup:
+        assert sup.spawn(S.InstantSaga()) == max(ids) + 1
+
+
+def test_a_version_1_log_is_upgraded_in_place(tmp_path: Path) -> None:
+    import apsw
+
+    from supervisor.log import _MIGRATIONS, SagaLog
+
+    db = tmp_path / "db" / "sagas.db"
+    db.parent.mkdir(parents=True)
+    conn = apsw.Connection(str(db))
+    conn.execute(_MIGRATIONS[1])
+    conn.execute("PRAGMA user_version=1")
+    conn.execute("INSERT INTO saga(saga_id, name, state, started_at, ended_at) "
+                 "VALUES (41, 'k', 'completed', 1.0, 2.0)")
+    conn.close()
+    log = SagaLog(db)
+    assert log.conn.execute("PRAGMA user_version").fetchall()[0][0] == 2
+    assert log.next_id() == 42 and log.saga(41)["state"] == "completed"  # type: ignore[index]
+    assert log.purge(0) == 1 and log.next_id() == 42
+    log.close()
+    with Supervisor(tmp_path, workers=1) as sup:
+        assert sup.spawn(S.InstantSaga()) == 42
