@@ -134,8 +134,8 @@ def cmd_health(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_NONE
     age = time.time() - float(report.get("time", 0))
-    problems = []
-    if age > args.max_age:
+    problems = [str(p) for p in report.get("problems", [])]
+    if age > args.max_age and me.get("state") == "running":
         problems.append(f"health file is {age:.1f}s old (loop stuck?)")
     if not report.get("healthy"):
         dead = [w["index"] for w in report.get("workers", []) if not w.get("alive")]

@@ -74,6 +74,7 @@ class Supervisor:
         health_interval: float = 1.0,
         shm_name: str | None = None,
         start_timeout: float = 60.0,
+        host_stall_timeout: float = 2.0,
     ) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
             raise ValueError(f"workers must be an int from 1 to 256, got {workers!r}")
@@ -107,7 +108,8 @@ class Supervisor:
             rss_limit=rss_limit,
             heartbeat_timeout=_positive(heartbeat_timeout, "heartbeat_timeout"),
             breaches=breaches, health_interval=_positive(health_interval, "health_interval"),
-            shm_name=shm_name, start_timeout=_positive(start_timeout, "start_timeout"))
+            shm_name=shm_name, start_timeout=_positive(start_timeout, "start_timeout"),
+            host_stall_timeout=_positive(host_stall_timeout, "host_stall_timeout"))
         self.data_dir = Path(data_dir)
         self.paths = DataDir(self.data_dir)
         self._engine = Engine(self.paths, self.settings)

@@ -147,7 +147,13 @@ class ReferenceHost:
                 self.raw(T_EVENT, saga_id, step, b'{"kind":"echo","data":' + nest + b"}")
                 return
             self.event(saga_id, step, "echo", rest)
-        elif op == "stray":
+        elif op == "stray":  # with "once": PATH, only while PATH does not exist yet
+            once = cmd.get("once")
+            if isinstance(once, str) and os.path.exists(once):
+                self.event(saga_id, step, "echo", rest)
+                return
+            if isinstance(once, str):
+                open(once, "w").close()
             self._out += b"\x00\x00\x10\x00"  # announces 4 KiB that never come
             self._flush()
         elif op == "die":

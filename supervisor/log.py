@@ -170,6 +170,7 @@ class SagaLog:
             self.conn = apsw.Connection(str(self.path))
         except apsw.Error as exc:
             raise LogError(self.path, f"cannot open: {exc}") from exc
+        self._ident = self._file_ident()
         try:
             self._setup()
         except (apsw.NotADBError, apsw.CorruptError) as exc:
@@ -208,6 +209,25 @@ class SagaLog:
         # quick structural check, so a damaged file fails here and not mid-run
         c.execute("SELECT max(saga_id) FROM saga").fetchall()
 
+    def _file_ident(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def check_file(self) -> None:
+        """Raise :class:`LogError` if the database file this connection writes
+        is no longer the one at its path (deleted, or replaced): writing on
+        would put every row into a file nobody will read again."""
+        now = self._file_ident()
+        if now is None:
+            raise LogError(self.path, "the database file was deleted while the supervisor "
+                           "ran; stopping rather than writing into a deleted file")
+        if now != self._ident:
+            raise LogError(self.path, "the database file was replaced while the supervisor "
+                           "ran; stopping rather than writing into a file nobody reads")
+
     # -- writing ------------------------------------------------------------
 
     def _multi(self, name: str, rows: list[tuple[Any, ...]]) -> None:
@@ -222,7 +242,14 @@ class SagaLog:
             i += size
 
     def commit(self, batch: Batch) -> None:
-        """Write one turn's rows in one transaction (the group commit)."""
+        """Write one turn's rows in one transaction (the group commit).
+        Raises :class:`LogError` (disk full, I/O error, ...)."""
+        try:
+            self._commit(batch)
+        except apsw.Error as exc:
+            raise LogError(self.path, f"commit failed: {type(exc).__name__}: {exc}") from exc
+
+    def _commit(self, batch: Batch) -> None:
         c = self.conn
         with c:
             if batch.sagas:
@@ -252,12 +279,15 @@ class SagaLog:
         c = self.conn
         if dry_run:
             return int(c.execute(f"SELECT count(*) {old}", (cutoff,)).fetchall()[0][0])  # type: ignore[arg-type]
-        with c:
-            c.execute(_MARK_NEXT_ID)  # ids never go back, whatever is deleted
-            c.execute(f"DELETE FROM saga_step WHERE saga_id IN (SELECT saga_id {old})",
-                      (cutoff,))
-            c.execute(f"DELETE {old}", (cutoff,))
-            removed = int(c.changes())
+        try:
+            with c:
+                c.execute(_MARK_NEXT_ID)  # ids never go back, whatever is deleted
+                c.execute(f"DELETE FROM saga_step WHERE saga_id IN (SELECT saga_id {old})",
+                          (cutoff,))
+                c.execute(f"DELETE {old}", (cutoff,))
+                removed = int(c.changes())
+        except apsw.Error as exc:
+            raise LogError(self.path, f"purge failed: {type(exc).__name__}: {exc}") from exc
         return removed
 
     # -- reading ------------------------------------------------------------

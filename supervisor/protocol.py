@@ -27,6 +27,9 @@ Worker -> supervisor::
     (READY, pid)                              first message: imports are done
     (REPLAYED, saga_id, code, arg, reissue)   the live action after a replay;
         `reissue`: it is the logged pending step, to be sent again
+    (ACK, batches)                            last in every reply: input batches
+        handled so far (a batch not acknowledged when a worker dies holds the
+        saga that may have killed it)
 
 Opcodes are plain ints (class attributes, not an enum): they are compared on
 the hot path of both processes.
@@ -53,6 +56,11 @@ class Op:
     HEARTBEAT: Final = 12
     READY: Final = 13
     REPLAYED: Final = 14
+    ACK: Final = 15
+
+
+# messages that run user code in the worker (START, EVENT, REPLAY, COMP)
+USER_CODE_OPS: Final = frozenset({Op.START, Op.EVENT, Op.REPLAY, Op.COMP})
 
 
 class Act:

@@ -43,7 +43,6 @@ from supervisor.errors import (
     SegmentClosedError,
     SegmentExistsError,
     SegmentNotFoundError,
-    SharedMemoryError,
     SupervisorError,
 )
 

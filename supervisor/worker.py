@@ -41,7 +41,8 @@ from supervisor.shm import SharedState
 
 CLS, START, EVENT, COMP, DROP, STOP, SENT, REPLAY = (
     Op.CLS, Op.START, Op.EVENT, Op.COMP, Op.DROP, Op.STOP, Op.SENT, Op.REPLAY)
-ACT, COMPS, HEARTBEAT, READY, REPLAYED = Op.ACT, Op.COMPS, Op.HEARTBEAT, Op.READY, Op.REPLAYED
+ACT, COMPS, HEARTBEAT, READY, REPLAYED, ACK = (
+    Op.ACT, Op.COMPS, Op.HEARTBEAT, Op.READY, Op.REPLAYED, Op.ACK)
 A_CMD, A_WAIT, A_DONE, A_FAILED = Act.CMD, Act.WAIT, Act.DONE, Act.FAILED
 
 
@@ -280,6 +281,12 @@ def _event_json(kind: str, data: Any) -> str:
         return json.dumps({"kind": kind, "data": text[:10_000]})
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def worker_main(index: int, shm_name: str, in_conn: Any, out_conn: Any) -> None:
     """Entry point of a worker process (started with the spawn method)."""
     in_fd = in_conn.fileno()
@@ -290,6 +297,7 @@ def worker_main(index: int, shm_name: str, in_conn: Any, out_conn: Any) -> None:
     loads = pickle.loads
     dumps = pickle.dumps
     last_write = time.monotonic()
+    handled = 0  # input batches handled, acknowledged in every reply
     try:
         os.write(out_fd, frame(dumps([(READY, os.getpid())], protocol=5)))
         while True:
@@ -302,22 +310,25 @@ def worker_main(index: int, shm_name: str, in_conn: Any, out_conn: Any) -> None:
             data = os.read(in_fd, 1 << 20)
             if not data:
                 break  # supervisor closed our pipe: exit quietly
-            replies: list[Any] = []
             stop = False
+            wrote = False
             for body in reader.feed(data):
                 batch = loads(body)
                 if batch and batch[-1][0] == STOP:
                     stop = True
                     batch = batch[:-1]
-                replies += state.handle(batch)
-            if not replies and time.monotonic() - last_write > HEARTBEAT_EVERY:
-                replies.append((HEARTBEAT, len(state.sagas)))
-            if replies:
+                replies = state.handle(batch)
+                # answer each batch before the next one runs: a batch not
+                # acknowledged when this process dies is the one that killed it
+                handled += 1
+                replies.append((ACK, handled))
+                _write_all(out_fd, frame(dumps(replies, protocol=5)))
+                wrote = True
+            if not wrote and time.monotonic() - last_write > HEARTBEAT_EVERY:
+                _write_all(out_fd, frame(dumps([(HEARTBEAT, len(state.sagas))], protocol=5)))
+                wrote = True
+            if wrote:
                 last_write = time.monotonic()
-                payload = frame(dumps(replies, protocol=5))
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(out_fd, view):]
             if stop:
                 break
     except BrokenPipeError:

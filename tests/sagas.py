@@ -314,3 +314,18 @@ class SelfContainingSaga(Saga):
         cmd: dict[str, Any] = {"op": "echo"}
         cmd["self"] = cmd
         return IssueCmd(Target.HOST, cmd)
+
+
+class StraySaga(Saga):
+    """Makes the reference host send a stray length prefix (once per `once` file)."""
+
+    name = "stray"
+
+    def __init__(self, once: str) -> None:
+        self.once = once
+
+    def start(self, ctx: SagaContext) -> SagaAction:
+        return IssueCmd(Target.HOST, {"op": "stray", "once": self.once})
+
+    def on_event(self, event: Event, ctx: SagaContext) -> SagaAction:
+        return Done() if event.kind == "echo" else Wait()

@@ -38,7 +38,7 @@ from supervisor._engine.table import SagaTable
 from supervisor.frames import T_ACTION_FAILED, T_CMD, T_EVENT, FrameReader, host_frame, parse_host
 from supervisor.log import SagaLog
 from supervisor.protocol import STATE_DICT, Act, Op
-from supervisor.saga import Event, Target
+from supervisor.saga import Event
 
 from .conftest import read_log
 

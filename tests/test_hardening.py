@@ -113,3 +113,108 @@ def test_a_version_1_log_is_upgraded_in_place(tmp_path: Path) -> None:
     log.close()
     with Supervisor(tmp_path, workers=1) as sup:
         assert sup.spawn(S.InstantSaga()) == 42
+
+
+def test_log_deleted_while_running_stops_with_a_named_error(make_sup: Make) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from supervisor import LogError, SupervisorCrashedError
+
+    from .conftest import wait_for
+
+    sup = make_sup(health_interval=0.1)
+    parked = [sup.spawn(S.SleepSaga(30)) for _ in range(5)]
+    os.unlink(sup.db_path)
+    wait_for(lambda: sup.state == "stopped", timeout=10, what="stopped on the deleted log")
+    assert isinstance(sup.error, LogError) and "was deleted while the supervisor ran" in \
+        str(sup.error) and str(sup.db_path) in str(sup.error)
+    with pytest.raises(SupervisorCrashedError, match="deleted"):
+        sup.wait(parked[0], 5)
+    probe = subprocess.run([sys.executable, "-m", "supervisor", "health", "--data-dir",
+                            str(sup.data_dir)], capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 1 and "was deleted" in probe.stdout, probe.stdout
+    assert not os.path.exists("/dev/shm/" + sup.shm_name)
+
+
+def test_disk_full_is_a_named_error_and_loses_nothing_committed(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from supervisor import LogError, NotRunningError, SupervisorError
+
+    from .conftest import HOST_ARGV, wait_for
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mount.stderr.strip()}")
+    try:
+        data = mnt / "d"
+        sup = Supervisor(data, workers=1, host=HOST_ARGV).start()
+        done = [sup.spawn(S.EchoSaga(i)) for i in range(20)]
+        assert all(sup.wait(i, 30).completed for i in done)
+        with open(mnt / "filler", "wb") as f:  # take every free block
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        big = "x" * 60_000
+        for _ in range(200):
+            try:
+                sup.spawn(S.EchoSaga(big))  # type: ignore[arg-type]
+            except NotRunningError:
+                break
+        wait_for(lambda: sup.state == "stopped", timeout=30, what="stopped on a full disk")
+        assert isinstance(sup.error, LogError) and "full" in str(sup.error).lower()
+        assert str(sup.db_path) in str(sup.error)
+        sup.stop()
+        with pytest.raises(SupervisorError):  # restarting on the still-full disk
+            Supervisor(data, workers=1).start()
+        os.unlink(mnt / "filler")
+        with Supervisor(data, workers=1) as again:
+            assert all(again.wait(i).completed for i in done)  # nothing committed was lost
+        sagas, steps = read_log(data / "db" / "sagas.db")
+        assert all(r["state"] != "running" for r in sagas.values())
+        assert all(st["state"] != "pending" for v in steps.values() for st in v)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_stray_length_prefix_is_a_stalled_stream_not_silence(make_sup: Make,
+                                                               tmp_path: Path) -> None:
+    from .conftest import wait_for
+
+    sup = make_sup(host_stall_timeout=0.5, health_interval=0.1)
+    parked = [sup.spawn(S.StepperSaga(i, steps=1, seconds=1.0)) for i in range(20)]
+    wait_for(lambda: sup.health()["host"]["frames_out"] >= 21, what="parked on the host")
+    # the host announces a 4 KiB frame and never sends it (the first time only)
+    stray = sup.spawn(S.StraySaga(str(tmp_path / "strayed")))
+    assert sup.wait(stray, 30).completed  # re-issued to the restarted host
+    outs = [sup.wait(i, 30) for i in parked]
+    assert all(o.completed for o in outs), [o.reason for o in outs if o.failed][:3]
+    assert sup.stats["host_stalls"] == 1 and sup.stats["host_restarts"] == 1
+    assert sup.stats["reissued"] >= 1 and sup.health()["host"]["alive"]
+    assert sup.health()["host"]["bad_frames"] >= 1
+
+
+def test_a_poison_saga_fails_alone_and_the_pool_survives(make_sup: Make) -> None:
+    from supervisor import RestartIntensityError
+
+    sup = make_sup(workers=1, max_restarts=4, restart_period=60)
+    sup.register_kind(S.StepperSaga)
+    sup.register_kind(S.ExitingSaga, factory=lambda snap: S.ExitingSaga())  # dies on replay
+    calm = [sup.spawn(S.StepperSaga(i, steps=2, seconds=0.2)) for i in range(30)]
+    poison = sup.spawn(S.ExitingSaga())
+    late = [sup.spawn(S.StepperSaga(100 + i, steps=1, seconds=0.05)) for i in range(30)]
+    o = sup.wait(poison, 60)
+    assert o.failed and o.reason.startswith("killed its worker 2 times"), o
+    outs = [sup.wait(i, 60) for i in calm + late]
+    assert all(x.completed for x in outs), [x.reason for x in outs if x.failed][:3]
+    assert sup.state == "running" and not isinstance(sup.error, RestartIntensityError)
+    assert sup.stats["poison_sagas"] == 1 and sup.stats["worker_restarts"] == 2

@@ -108,15 +108,19 @@ class ControlServer:
 
     def open(self) -> None:
         run = self.paths.run
-        _private_dir(run)
-        where = self.paths.socket_dir()
-        if where != run:
-            _private_dir(where)
+        try:
+            _private_dir(run)
+            where = self.paths.socket_dir()
+            if where != run:
+                _private_dir(where)
+        except OSError as exc:
+            raise SupervisorError(f"cannot set up the control socket's directory under "
+                                  f"{run}: {exc}") from exc
         path = where / "ctl.sock"
         try:
             if stat.S_ISSOCK(os.lstat(path).st_mode):
                 path.unlink()  # left by a supervisor that died; we own the data dir now
-        except FileNotFoundError:
+        except OSError:
             pass
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:

@@ -92,10 +92,12 @@ class HostLink:
     def read(self, h: HostProc) -> tuple[list[bytes], str | None]:
         """Every whole frame readable now, and the death verdict."""
         bodies: list[bytes] = []
+        eof = False
         try:
             while True:
                 data = os.read(h.rfd, _READ)
                 if not data:
+                    eof = True
                     break
                 try:
                     bodies += h.reader.feed(data)
@@ -104,11 +106,14 @@ class HostLink:
                     self.stats["bad_frames"] += 1
                     return bodies, f"host pipe broken: {exc}"
                 if len(data) < _READ:
-                    return bodies, None
+                    break
         except BlockingIOError:
-            return bodies, None
+            pass
         except OSError as exc:
             return bodies, f"host pipe read failed: {exc}"
+        if not eof:
+            self._note_partial(h, progressed=bool(bodies))
+            return bodies, None
         status = h.proc.poll() if h.proc is not None else None  # EOF
         if h.proc is not None and status is None:
             try:
@@ -116,6 +121,31 @@ class HostLink:
             except subprocess.TimeoutExpired:
                 status = None
         return bodies, f"host exited (status {status})"
+
+    @staticmethod
+    def _note_partial(h: HostProc, progressed: bool) -> None:
+        """Remember since when the stream has held an unfinished frame without
+        completing any (reads that end mid-frame under load are normal)."""
+        if not h.reader.pending:
+            h.partial_since = None
+        elif progressed or h.partial_since is None:
+            h.partial_since = time.monotonic()
+
+    def check_stall(self, now: float) -> tuple[HostProc, str] | None:
+        """A frame left unfinished for longer than ``host_stall_timeout`` (a
+        stray length prefix, a host wedged mid-write): the stream cannot be
+        trusted any more.  Returns the host and a death verdict."""
+        h = self.host
+        if h is None or not h.alive or h.partial_since is None:
+            return None
+        waited = now - h.partial_since
+        if waited < self.settings.host_stall_timeout:
+            return None
+        self.stats["host_stalls"] += 1
+        h.bad_frames += 1
+        self.stats["bad_frames"] += 1
+        return h, (f"host pipe stalled: {h.reader.pending} bytes of an unfinished frame for "
+                   f"{waited:.1f}s (a stray length prefix, or a host stuck mid-write)")
 
     def flush(self, h: HostProc) -> str | None:
         """Write what the host's buffer holds, without blocking (a full pipe

@@ -60,6 +60,7 @@ class Replay(NamedTuple):
     steps: list[tuple[int, int, str, str | None]]
     started_at: float
     inherited: bool
+    kills: int = 0  # worker deaths it is suspected of: isolated when > 0
 
 
 Request = Spawn | Cancel | Publish | AddTrigger | Stop | Replay

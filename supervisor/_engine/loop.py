@@ -23,9 +23,7 @@ handled inside its own failure boundary (see :mod:`.routing`).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import selectors
 import threading
 import time
@@ -47,10 +45,11 @@ from supervisor._engine.recovery import Kinds, Recovery, at_start
 from supervisor._engine.routing import Routing
 from supervisor._engine.sagas import SagaOps
 from supervisor._engine.segment import create_segment
+from supervisor._engine.status import describe, write_health_file
 from supervisor._engine.table import SagaTable
 from supervisor._engine.workers import WorkerPool
 from supervisor.errors import NotRunningError, RestartIntensityError, SupervisorCrashedError
-from supervisor.health import EngineView, HostView, WorkerView, snapshot
+from supervisor.health import EngineView, snapshot
 from supervisor.log import LogError, SagaLog
 from supervisor.paths import DataDir
 from supervisor.saga import Target
@@ -122,6 +121,7 @@ class Engine:
         pool = self.pool = WorkerPool(s, multiprocess.get_context(s.start_method), sel,
                                       shared.name, self.registry, stats, self.life,
                                       self._worker_readable, self._dead.append)
+        pool.live = table.live
         sagas = self.sagas = SagaOps(table, turn, shared, stats, self.life, pool.for_saga,
                                      pool.ship_class)
         comp = self.compensation = Compensation(sagas, turn)
@@ -161,18 +161,25 @@ class Engine:
                 log.exception("supervisor loop crashed")
             self.life.error = exc
             self._begin_stop(exc, f"supervisor crashed: {type(exc).__name__}: {exc}")
-            try:
-                self._take_requests(stopping_now=True)
-                assert self.pipeline is not None
-                self.sagas.fail_all(self.life.stop_reason)
-                self.pipeline.end_turn()
-                self.pipeline.drain()
-            except BaseException:
-                log.exception("could not record the outcome of the sagas in flight")
+            if not isinstance(exc, LogError):
+                # the log still works: every saga in flight (and every spawn
+                # accepted) ends there, with the reason
+                try:
+                    self._take_requests(stopping_now=True)
+                    assert self.pipeline is not None
+                    self.sagas.fail_all(self.life.stop_reason)
+                    self.pipeline.end_turn()
+                    self.pipeline.drain()
+                except BaseException:
+                    log.exception("could not record the outcome of the sagas in flight")
+            # else nothing more is written: what was committed stays, and the
+            # sagas still running there are recovered at the next start
         finally:
             self.teardown()
             self.life.state = "stopped"
             err = self.life.error
+            if err is not None:  # leave the reason where a liveness probe looks
+                self._write_health([f"stopped: {type(err).__name__}: {err}"])
             self.outcomes.close(SupervisorCrashedError(err) if err is not None else
                                 NotRunningError("the supervisor stopped before this saga "
                                                 "ended"))
@@ -192,7 +199,7 @@ class Engine:
         self._write_health()
         while True:
             now = time.monotonic()
-            timeout = min(1.0, health_every)
+            timeout = min(1.0, health_every, self.settings.host_stall_timeout)
             for at in (table.next_deadline(), pool.next_restart()):
                 if at is not None:
                     timeout = min(timeout, max(0.0, at - now))
@@ -222,11 +229,18 @@ class Engine:
                 pipeline.end_turn()
                 pipeline.drain()
                 return
+            health_due = now - last_health >= health_every
+            if health_due:  # before the commit, so that what it decides goes out now
+                last_health = now
+                assert self.host is not None and self.log is not None
+                stalled = self.host.check_stall(now)
+                if stalled is not None:
+                    self._host_lost(*stalled)
+                self.log.check_file()  # deleted or replaced: LogError ends the loop
+                pool.check()
             pipeline.end_turn()
             control.flush_all()
-            if now - last_health >= health_every:
-                last_health = now
-                pool.check()
+            if health_due:
                 self._write_health()
             if now - last_purge > _PURGE_EVERY:
                 last_purge = now
@@ -299,6 +313,8 @@ class Engine:
                 if w.outbox and w.alive:
                     send(w, w.outbox)
                     w.outbox = []
+                if w.quarantine:
+                    self.pool.release_quarantine(w)
 
     # -- host ----------------------------------------------------------------------------
 
@@ -345,6 +361,10 @@ class Engine:
         replacement or fail them; past restart intensity, stop cleanly."""
         assert self.pool is not None
         self._worker_readable(w)  # replies written before death still count
+        for sid in self.pool.suspects(w):  # its user code ran when the worker died
+            saga = self.table.get(sid)
+            if saga is not None and saga.worker is w:
+                saga.kills += 1
         death = self.pool.died(w, bool(self.table.on_worker(w)))
         if death.intensity:
             err = RestartIntensityError(
@@ -365,43 +385,19 @@ class Engine:
 
     # -- health ------------------------------------------------------------------------------
 
-    def view(self) -> EngineView:
+    def view(self, problems: list[str] | None = None) -> EngineView:
         """A plain description of the engine, for :func:`supervisor.health.snapshot`."""
-        now = time.monotonic()
-        workers = [WorkerView(w.index, w.proc.pid, w.in_flight, now - w.last_reply, w.retiring,
-                              w.rss_breaches, w.hb_breaches)
-                   for w in (list(self.pool.workers) + list(self.pool.retired)
-                             if self.pool is not None else [])]
-        h = self.host.host if self.host is not None else None
-        host = None if h is None else HostView(
-            h.proc.pid if h.proc is not None else None, h.alive, h.frames_in, h.frames_out,
-            h.bad_frames, h.unknown_answers, h.death)
-        s = self.settings
-        extra: dict[str, Any] = {}
-        if self.control is not None:
-            extra["control"] = {"clients": len(self.control.conns),
-                                "subscribers": len(self.control.subscribed()),
-                                "refused": self.control.refused}
-        lg = self.log
-        if lg is not None:
-            extra["log"] = {"path": str(lg.path), "durability": lg.durability,
-                            "synchronous": lg.synchronous, "journal_mode": lg.journal_mode}
-        return EngineView(self.life.state, len(self.table), s.rss_limit, s.heartbeat_timeout,
-                          dict(self.stats), workers, host, extra=extra)
+        if problems is None and self.life.error is not None:
+            problems = [f"stopped: {type(self.life.error).__name__}: {self.life.error}"]
+        return describe(self.life, self.settings, self.stats, len(self.table), self.pool,
+                        self.host.host if self.host is not None else None, self.control,
+                        self.log, problems or [])
 
     def health(self) -> dict[str, Any]:
         return snapshot(self.view())
 
-    def _write_health(self) -> None:
-        """Refresh run/health.json (atomically) for the CLI probe."""
-        try:
-            path = self.paths.health_file
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.health()))
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.warning("cannot write the health file: %s", exc)
+    def _write_health(self, problems: list[str] | None = None) -> None:
+        write_health_file(self.paths.health_file, snapshot(self.view(problems)))
 
     # -- stop and teardown ---------------------------------------------------------------------
 

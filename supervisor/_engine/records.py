@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -44,6 +45,8 @@ class Settings:
     health_interval: float = 1.0
     shm_name: str | None = None
     start_timeout: float = 60.0
+    # a host frame left unfinished this long means a corrupt or stalled stream
+    host_stall_timeout: float = 2.0
     # batches of at least this many rows are committed by the writer thread
     # while the loop goes on (0: always inline)
     pipeline_rows: int = 256
@@ -70,7 +73,8 @@ class WorkerProc:
 
     __slots__ = ("index", "proc", "wfd", "rfd", "reader", "outbuf", "outbox", "in_flight",
                  "want_write", "alive", "started_at", "last_reply", "rss", "rss_breaches",
-                 "hb_breaches", "retiring", "kill_reason", "psproc")
+                 "hb_breaches", "retiring", "kill_reason", "psproc", "batches", "unacked",
+                 "quarantine")
 
     def __init__(self, index: int, proc: Any, wfd: int, rfd: int) -> None:
         self.index = index
@@ -91,13 +95,19 @@ class WorkerProc:
         self.retiring = False
         self.kill_reason: str | None = None
         self.psproc: Any = None
+        self.batches = 0  # batches written to it
+        # (batch number, saga ids whose user code it runs) not yet acknowledged
+        self.unacked: deque[tuple[int, list[int]]] = deque()
+        # replays of sagas suspected of killing a worker: sent one at a time
+        self.quarantine: deque[tuple[Any, ...]] = deque()
 
 
 class HostProc:
     """The host process (or a given pair of fds) and its pipe's counters."""
 
     __slots__ = ("proc", "wfd", "rfd", "reader", "outbuf", "want_write", "alive",
-                 "frames_in", "frames_out", "bad_frames", "unknown_answers", "death")
+                 "frames_in", "frames_out", "bad_frames", "unknown_answers", "death",
+                 "partial_since")
 
     def __init__(self, proc: subprocess.Popen[bytes] | None, wfd: int, rfd: int) -> None:
         self.proc = proc
@@ -112,6 +122,7 @@ class HostProc:
         self.bad_frames = 0
         self.unknown_answers = 0
         self.death: str | None = None
+        self.partial_since: float | None = None  # when an unfinished frame began
 
 
 class LiveSaga:
@@ -120,7 +131,7 @@ class LiveSaga:
     __slots__ = ("saga_id", "name", "worker", "deadline", "timeout", "next_step", "open_step",
                  "phase", "succeeded", "has_comp", "listens", "dispatched", "needs_sent_ack",
                  "fail_reason", "comp_queue", "comp_wait", "comp_failed", "open_cmd",
-                 "inherited", "overdue")
+                 "inherited", "overdue", "kills")
 
     def __init__(self, saga_id: int, name: str, worker: WorkerProc, deadline: float,
                  timeout: float, has_comp: bool, listens: frozenset[str]) -> None:
@@ -147,6 +158,7 @@ class LiveSaga:
         self.open_cmd: tuple[int, str] | None = None  # (target, cmd json) of open_step
         self.inherited = False  # a dead worker took the claim; replay re-derives
         self.overdue = False  # timed out, but someone else holds its claim
+        self.kills = 0  # worker deaths while its user code ran (see workers.py)
 
 
 class Turn:
@@ -189,7 +201,9 @@ class TurnOutputs:
 STAT_NAMES: Final = (
     "spawned", "completed", "failed", "bad_frames", "unknown_answers", "late_answers",
     "replayed", "reissued", "replay_failed", "reopened", "host_restarts", "worker_recycles",
-    "trigger_errors", "worker_restarts", "input_errors", "subscriber_errors", "commits", "rows",
+    "trigger_errors", "worker_restarts", "input_errors", "subscriber_errors", "host_stalls",
+    "poison_sagas",
+    "commits", "rows",
 )
 
 

@@ -40,6 +40,8 @@ Kinds = dict[str, tuple[Callable[[dict[str, Any]], Saga] | None, bool]]
 Steps = list[tuple[int, int, str, str | None]]
 _TARGETS = {t.name: int(t) for t in Target}
 NOT_REPLAYABLE = "not replayable"
+# a saga suspected this many times of killing its worker fails alone
+POISON_KILLS = 2
 
 
 def rebuild(kinds: Kinds, prepare: Callable[[Saga], SagaSpec], name: str,
@@ -135,6 +137,7 @@ class Recovery:
                         spec.timeout, spec.has_comp, spec.listens)
         saga.needs_sent_ack = True
         saga.inherited = req.inherited
+        saga.kills = req.kills
         for index, target, cmd_json, output in steps:
             if output is None:
                 saga.open_step = index
@@ -144,8 +147,11 @@ class Recovery:
         saga.next_step = steps[-1][0] + 1 if steps else 1
         saga.dispatched = len(steps)
         self.table.add(saga)
-        w.outbox.append((Op.REPLAY, sid, spec.class_id, spec.state, spec.name, steps,
-                         req.inherited))
+        msg = (Op.REPLAY, sid, spec.class_id, spec.state, spec.name, steps, req.inherited)
+        if req.kills:
+            w.quarantine.append(msg)  # suspected of killing a worker: replayed alone
+        else:
+            w.outbox.append(msg)
         self.stats["replayed"] += 1
 
     def replayed(self, saga: LiveSaga, code: int, arg: Any, reissue: bool) -> None:
@@ -188,6 +194,18 @@ class Recovery:
             if saga.phase == COMPENSATING:
                 self.compensation.abort(saga, why)
                 continue
+            if saga.kills >= POISON_KILLS:
+                # it was alone with its user code when the worker died again:
+                # fail it, and protect the pool from it (not restart intensity)
+                poison = (f"killed its worker {saga.kills} times ({why}); not replayed "
+                          "again")
+                self.stats["poison_sagas"] += 1
+                log.error("saga %d (%s) %s", saga.saga_id, saga.name, poison)
+                if claimed:
+                    self.sagas.end(saga, "failed", poison)
+                else:
+                    self.sagas.fail(saga, poison)
+                continue
             if replacement is not None and self._replay_orphan(saga, claimed, why):
                 continue
             if claimed:
@@ -208,5 +226,6 @@ class Recovery:
                 log.warning("saga %d cannot be replayed after %s: %s", saga.saga_id, why, steps)
             return False
         self.table.remove(saga)
-        self.replay(Replay(saga.saga_id, spec, steps, float(row["started_at"]), claimed))
+        self.replay(Replay(saga.saga_id, spec, steps, float(row["started_at"]), claimed,
+                           saga.kills))
         return True

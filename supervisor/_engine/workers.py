@@ -27,7 +27,7 @@ from supervisor._codec import ClassRegistry
 from supervisor._engine.records import Lifecycle, Settings, Stats, WorkerProc
 from supervisor._engine.restarts import RestartWindow
 from supervisor.errors import SupervisorError
-from supervisor.protocol import Op
+from supervisor.protocol import USER_CODE_OPS, Op
 from supervisor.worker import worker_main
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class WorkerPool:
         self.life = life
         self.on_readable = on_readable
         self.on_dead = on_dead
+        self.live: dict[int, Any] = {}  # the sagas in flight (set by the loop)
         self.workers: list[WorkerProc] = []
         self.retired: list[WorkerProc] = []  # recycled, finishing their sagas
         self.shipped: set[int] = set()  # class ids every worker has
@@ -145,27 +146,67 @@ class WorkerPool:
         return self.retired + self.workers if self.retired else self.workers
 
     def read(self, w: WorkerProc) -> list[list[Any]]:
-        """The reply batches `w` wrote (loaded); EOF is left to its sentinel."""
+        """The reply batches `w` wrote (loaded, acknowledgements taken out);
+        EOF is left to its sentinel.  A reply that cannot be unpickled is
+        counted and dropped."""
         batches: list[list[Any]] = []
         try:
             while True:
                 data = os.read(w.rfd, _READ)
                 if not data:
-                    return batches
+                    break
                 w.last_reply = time.monotonic()
                 for body in w.reader.feed(data):
-                    batches.append(pickle.loads(body))
+                    try:
+                        replies = pickle.loads(body)
+                    except (KeyboardInterrupt, MemoryError):
+                        raise
+                    except BaseException as exc:
+                        self.stats["input_errors"] += 1
+                        log.warning("worker %d sent an unreadable reply: %s: %s", w.index,
+                                    type(exc).__name__, exc)
+                        continue
+                    if replies and replies[-1][0] == Op.ACK:
+                        self._acked(w, replies.pop()[1])
+                    batches.append(replies)
                 if len(data) < _READ:
-                    return batches
+                    break
         except (BlockingIOError, OSError):
-            return batches
+            pass
+        return batches
 
     def send(self, w: WorkerProc, msgs: list[tuple[Any, ...]]) -> None:
-        """Frame `msgs` as one batch and write what the pipe takes."""
+        """Frame `msgs` as one batch and write what the pipe takes; note which
+        sagas' user code the batch runs, until the worker acknowledges it."""
         if w.alive:
+            w.batches += 1
+            sids = [m[1] for m in msgs if m[0] in USER_CODE_OPS]
+            if sids:
+                w.unacked.append((w.batches, sids))
             w.outbuf += frames.frame(pickle.dumps(msgs, protocol=5))
             if not w.want_write:
                 self.flush(w)
+
+    def _acked(self, w: WorkerProc, n: int) -> None:
+        unacked = w.unacked
+        while unacked and unacked[0][0] <= n:
+            unacked.popleft()
+        if not unacked:
+            self.release_quarantine(w)
+
+    def suspects(self, w: WorkerProc) -> list[int]:
+        """The sagas whose user code `w` was running when it died: those of
+        the first batch it had not acknowledged (a worker answers each batch
+        before it starts the next, so the batches behind it never ran)."""
+        return list(w.unacked[0][1]) if w.unacked else []
+
+    def release_quarantine(self, w: WorkerProc) -> None:
+        """Send the next isolated replay, alone, once everything `w` was sent
+        is acknowledged: if it kills the worker, it alone is to blame."""
+        while w.quarantine and not w.unacked and w.alive:
+            msg = w.quarantine.popleft()
+            if msg[1] in self.live:
+                self.send(w, [msg])
 
     def flush(self, w: WorkerProc) -> None:
         """Write `w`'s buffer without blocking (a full pipe waits for
@@ -295,6 +336,7 @@ class WorkerPool:
 
     @staticmethod
     def _write_stop(w: WorkerProc) -> None:
+        w.batches += 1
         try:
             os.write(w.wfd, _STOP)
         except OSError:

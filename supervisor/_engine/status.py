@@ -1,0 +1,53 @@
+"""The engine described in plain values, for health reports.  Any thread
+(reads are unlocked snapshots of loop-thread state; a report may be a turn
+old)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from supervisor._engine.control import ControlServer
+from supervisor._engine.records import HostProc, Lifecycle, Settings, Stats
+from supervisor._engine.workers import WorkerPool
+from supervisor.health import EngineView, HostView, WorkerView
+from supervisor.log import SagaLog
+
+log = logging.getLogger(__name__)
+
+
+def describe(life: Lifecycle, settings: Settings, stats: Stats, in_flight: int,
+             pool: WorkerPool | None, h: HostProc | None, control: ControlServer | None,
+             sagalog: SagaLog | None, problems: list[str]) -> EngineView:
+    now = time.monotonic()
+    workers = [WorkerView(w.index, w.proc.pid, w.in_flight, now - w.last_reply, w.retiring,
+                          w.rss_breaches, w.hb_breaches)
+               for w in (list(pool.workers) + list(pool.retired) if pool is not None else [])]
+    host = None if h is None else HostView(
+        h.proc.pid if h.proc is not None else None, h.alive, h.frames_in, h.frames_out,
+        h.bad_frames, h.unknown_answers, h.death)
+    extra: dict[str, Any] = {}
+    if control is not None:
+        extra["control"] = {"clients": len(control.conns),
+                            "subscribers": len(control.subscribed()),
+                            "refused": control.refused}
+    if sagalog is not None:
+        extra["log"] = {"path": str(sagalog.path), "durability": sagalog.durability,
+                        "synchronous": sagalog.synchronous, "journal_mode": sagalog.journal_mode}
+    return EngineView(life.state, in_flight, settings.rss_limit, settings.heartbeat_timeout,
+                      dict(stats), workers, host, problems=problems, extra=extra)
+
+
+def write_health_file(path: Path, report: dict[str, Any]) -> None:
+    """Replace `path` with `report` as JSON, atomically (for the CLI probe)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot write the health file: %s", exc)
