@@ -23,6 +23,9 @@ frame header announcing 2 GiB: the stream cannot be resynchronised), ``die``
 or ``echo`` — the answer itself; the first two are followed by the real echo),
 ``stray`` (a length prefix announcing a frame that never comes).
 
+With ``SAGA_HOST_RECORD=PATH`` in its environment it appends one line per
+command it receives (``saga_id step time``), for the soak's checks.
+
 Every answer carries the command's saga id and step.  Re-issued commands
 (same saga id and step, after a supervisor restart) are answered again: this
 host keeps no state between commands, which makes it idempotent.
@@ -35,6 +38,7 @@ import json
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 from supervisor.frames import (
@@ -56,6 +60,10 @@ class ReferenceHost:
         self._children: dict[int, asyncio.subprocess.Process] = {}
         self._loop = asyncio.get_running_loop()
         self.bad_frames = 0
+        # SAGA_HOST_RECORD=PATH: append "saga_id step time" per command (tests, soak)
+        record = os.environ.get("SAGA_HOST_RECORD")
+        self._record = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600) \
+            if record else -1
 
     # -- output -------------------------------------------------------------
 
@@ -98,6 +106,8 @@ class ReferenceHost:
             self.bad_frames += 1
             print(f"reference host: bad frame: {exc}", file=sys.stderr)
             return
+        if self._record >= 0:
+            os.write(self._record, f"{saga_id} {step} {time.time():.6f}\n".encode())
         if not isinstance(cmd, dict):
             self.failed(saga_id, step, f"command must be a JSON object, got {cmd!r}")
             return

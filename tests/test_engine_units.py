@@ -13,86 +13,16 @@ from typing import Any
 import pytest
 
 from supervisor import NotRunningError, SharedState
-from supervisor._codec import ClassRegistry, SagaSpec
-from supervisor._engine.compensation import Compensation
-from supervisor._engine.dispatch import Dispatch
 from supervisor._engine.inbox import Inbox, Publish, Stop
 from supervisor._engine.outcomes import Outcomes
-from supervisor._engine.pipeline import Pipeline
-from supervisor._engine.records import (
-    COMPENSATING,
-    HOST,
-    Lifecycle,
-    LiveSaga,
-    Stats,
-    Turn,
-    TurnOutputs,
-    WorkerProc,
-    HostProc,
-)
-from supervisor._engine.recovery import Recovery
+from supervisor._engine.records import COMPENSATING, HOST, LiveSaga, TurnOutputs
 from supervisor._engine.restarts import RestartWindow
-from supervisor._engine.routing import Routing
-from supervisor._engine.sagas import SagaOps
-from supervisor._engine.table import SagaTable
-from supervisor.frames import T_ACTION_FAILED, T_CMD, T_EVENT, FrameReader, host_frame, parse_host
-from supervisor.log import SagaLog
-from supervisor.protocol import STATE_DICT, Act, Op
+from supervisor.frames import T_ACTION_FAILED, T_CMD, FrameReader, parse_host
+from supervisor.protocol import Act, Op
 from supervisor.saga import Event
 
+from ._parts import Parts, answer
 from .conftest import read_log
-
-
-class Parts:
-    """The engine's parts for one test, wired like Engine._start does."""
-
-    def __init__(self, shared: SharedState, db: Path, pipeline_rows: int = 0) -> None:
-        self.shared = shared
-        self.log = SagaLog(db)
-        self.turn = Turn()
-        self.table = SagaTable()
-        self.stats = Stats()
-        self.life = Lifecycle()
-        self.life.state = "running"
-        self.worker = WorkerProc(0, None, -1, -1)
-        self.host = HostProc(None, -1, -1)
-        self.emitted: list[TurnOutputs] = []
-        self.sagas = SagaOps(self.table, self.turn, shared, self.stats, self.life,
-                             lambda sid: self.worker, lambda cid: None)
-        self.comp = Compensation(self.sagas, self.turn)
-        self.pipeline = Pipeline(self.log, self.turn, self.emitted.append,
-                                 lambda: [self.worker], self.stats, -1, pipeline_rows)
-        self.recovery = Recovery({}, ClassRegistry().prepare, self.sagas, self.comp,
-                                 self.table, self.turn, shared, self.stats, self.log,
-                                 self.pipeline.commit_now, lambda sid: self.worker,
-                                 lambda cid: None)
-        self.routing = Routing(self.table, shared, self.sagas, self.comp, self.recovery,
-                               self.turn, self.stats)
-        self.dispatch = Dispatch(self.table, shared, self.sagas, self.comp, {}, self.stats)
-
-    def spawn(self, timeout: float = 10.0, has_comp: bool = False) -> LiveSaga:
-        sid = self.shared.acquire()
-        self.sagas.start(sid, SagaSpec(1, (STATE_DICT, b""), "kind", timeout, "{}",
-                                       frozenset(), has_comp))
-        saga = self.table.get(sid)
-        assert saga is not None
-        return saga
-
-    def issue(self, saga: LiveSaga, cmd: dict[str, Any], consumed: str | None = None) -> None:
-        """What a worker reports when its saga returns IssueCmd(HOST, cmd)."""
-        self.routing.worker_replies([(Op.ACT, saga.saga_id, Act.CMD,
-                                      (HOST, json.dumps(cmd), "step"), consumed)])
-
-    def end_turn(self) -> TurnOutputs:
-        n = len(self.emitted)
-        self.pipeline.end_turn()
-        self.pipeline.drain()
-        assert len(self.emitted) == n + 1
-        return self.emitted[-1]
-
-    def close(self) -> None:
-        self.pipeline.stop()
-        self.log.close()
 
 
 @pytest.fixture
@@ -100,11 +30,6 @@ def parts(shared: SharedState, tmp_path: Path) -> Iterator[Parts]:
     p = Parts(shared, tmp_path / "sagas.db")
     yield p
     p.close()
-
-
-def _answer(sid: int, step: int, kind: int = T_EVENT, payload: bytes = b'{"kind":"echo"}'
-            ) -> bytes:
-    return host_frame(kind, sid, step, payload)[4:]  # a frame body, as the reader yields it
 
 
 # -- routing of host answers by (saga id, step) ------------------------------------------
@@ -116,17 +41,17 @@ def test_host_answer_reaches_its_saga_and_step_only(parts: Parts) -> None:
     parts.issue(b, {"op": "echo"})
     parts.end_turn()
     parts.worker.outbox.clear()
-    parts.routing.host_frame(parts.host, _answer(b.saga_id, 1))
+    parts.routing.host_frame(parts.host, answer(b.saga_id, 1))
     assert parts.worker.outbox == [(Op.EVENT, b.saga_id, None, b'{"kind":"echo"}', True,
                                     b.saga_id, 1, 0, 0)]
     # a step that was never issued, and a saga that does not exist
-    parts.routing.host_frame(parts.host, _answer(a.saga_id, 7))
-    parts.routing.host_frame(parts.host, _answer(10**9, 1))
+    parts.routing.host_frame(parts.host, answer(a.saga_id, 7))
+    parts.routing.host_frame(parts.host, answer(10**9, 1))
     assert parts.stats["unknown_answers"] == 2 and parts.host.unknown_answers == 2
     assert len(parts.worker.outbox) == 1
     # an answer for a saga that ended is late, not unknown
     assert parts.sagas.cancel(a.saga_id, "test")
-    parts.routing.host_frame(parts.host, _answer(a.saga_id, 1))
+    parts.routing.host_frame(parts.host, answer(a.saga_id, 1))
     assert parts.stats["late_answers"] == 1 and parts.stats["unknown_answers"] == 2
 
 
@@ -134,7 +59,7 @@ def test_action_failed_fails_the_open_step_with_the_hosts_reason(parts: Parts) -
     s = parts.spawn()
     parts.issue(s, {"op": "x"})
     parts.end_turn()
-    parts.routing.host_frame(parts.host, _answer(s.saga_id, 1, T_ACTION_FAILED,
+    parts.routing.host_frame(parts.host, answer(s.saga_id, 1, T_ACTION_FAILED,
                                                  b'{"reason":"disk full"}'))
     out = parts.end_turn()
     assert out.ended == [(s.saga_id, "failed", "action failed: disk full")]
@@ -148,7 +73,7 @@ def test_a_bad_frame_is_counted_and_the_loop_goes_on(parts: Parts) -> None:
     s = parts.spawn()
     parts.routing.host_frame(parts.host, b"\x09\x02" + b"\x00" * 12)  # bad version
     parts.routing.host_frame(parts.host, b"\x01")  # shorter than a header
-    parts.routing.host_frame(parts.host, _answer(0, 0, payload=b"[" * 100_000))  # deep JSON
+    parts.routing.host_frame(parts.host, answer(0, 0, payload=b"[" * 100_000))  # deep JSON
     assert parts.stats["bad_frames"] == 3 and parts.host.bad_frames == 3
     assert s.saga_id in parts.table.live
 
@@ -276,7 +201,7 @@ def test_compensation_runs_in_reverse_order(parts: Parts) -> None:
         out = parts.end_turn()
         (sid, step, cmd, counts), = out.host_out
         issued.append(json.loads(cmd)["undo"])
-        parts.routing.host_frame(parts.host, _answer(sid, step))
+        parts.routing.host_frame(parts.host, answer(sid, step))
     out = parts.end_turn()
     assert issued == [3, 2, 1]
     assert out.ended == [(s.saga_id, "failed", "gave up")]
@@ -295,7 +220,7 @@ def test_compensation_aborted_ends_failed_compensation(parts: Parts) -> None:
     assert out.ended == [(s.saga_id, "failed_compensation",
                           "gave up; compensation failed: host exited (status -9)")]
     # a stale answer for the aborted compensation is counted, not applied
-    parts.routing.host_frame(parts.host, _answer(s.saga_id, 4))
+    parts.routing.host_frame(parts.host, answer(s.saga_id, 4))
     assert parts.stats["late_answers"] == 1
 
 

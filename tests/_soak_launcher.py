@@ -1,0 +1,45 @@
+"""The launcher the soak runner kills (python -m tests._soak_launcher DATA SEED).
+
+Spawns a mix until it is killed: multi-step sagas (replayed after a restart),
+compensating sagas (replayed), and sagas of a kind that opts out of replay;
+some of them time out.  The reference host records every command it gets
+(SAGA_HOST_RECORD)."""
+
+from __future__ import annotations
+
+import random
+import sys
+
+from supervisor import Supervisor
+
+from .conftest import HOST_ARGV
+from .sagas import CompensatingSaga, EchoSaga, StepperSaga
+
+if __name__ == "__main__":
+    data_dir, seed = sys.argv[1], int(sys.argv[2])
+    rng = random.Random(seed)
+    sup = Supervisor(data_dir, workers=2, host=HOST_ARGV, health_interval=0.1,
+                     max_restarts=50, restart_period=5.0)
+    sup.register_kind(StepperSaga)
+    sup.register_kind(CompensatingSaga)
+    sup.register_kind(EchoSaga, replay=False)
+    sup.start()
+    print("ready", flush=True)
+    previous: list[int] = []
+    n = 0
+    while True:  # until SIGKILL: about two batches in flight at any time
+        batch = []
+        for _ in range(100):
+            n += 1
+            pick = rng.random()
+            if pick < 0.6:
+                saga = StepperSaga(n, steps=rng.randint(1, 4), seconds=rng.uniform(0.0, 0.02),
+                                   timeout=rng.choice((60.0, 60.0, 0.05)))
+            elif pick < 0.8:
+                saga = CompensatingSaga("failed" if rng.random() < 0.5 else "host")
+            else:
+                saga = EchoSaga(n, steps=rng.randint(1, 3))
+            batch.append(sup.spawn(saga))
+        for sid in previous:
+            sup.wait(sid, 120)
+        previous = batch

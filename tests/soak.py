@@ -1,0 +1,220 @@
+"""The soak: SIGKILL the launcher (with its supervisor), its workers and its
+host at seeded random points, restart on the same data dir, and check the
+invariants after every restart and at the end.  Outside the default test run:
+
+    .venv/bin/python -m tests.soak --kills 1000 --seed 1 [--fuzz-cases 100000]
+
+Checked after each launcher's death: its workers and host exit (no orphan
+process); every ended saga has no pending step and no step started after its
+end; ids never go back.  At the end, a clean supervisor resumes what was left
+and stops with drain: then nothing is running or compensating, no step is
+pending, no segment is left in /dev/shm, and every (saga id, step) the
+recording host received is a logged step that was started before its saga
+ended (write-ahead; no work after the end).  ``--fuzz-cases N`` then runs the
+host-frame and control-request fuzz (tests/test_fuzz.py) with N cases each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Violation(AssertionError):
+    pass
+
+
+def _health(data: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((data / "run" / "health.json").read_text())  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return None
+
+
+def _check_log(db: Path, prev_max: int, final: bool) -> tuple[dict[int, dict[str, Any]], int]:
+    from .conftest import read_log
+
+    sagas, steps = read_log(db)
+    for sid, row in sagas.items():
+        ended = row["ended_at"]
+        state = row["state"]
+        if final and state in ("running", "compensating"):
+            raise Violation(f"saga {sid} still {state} after the final drain")
+        if state in ("running", "compensating"):
+            continue
+        for st in steps.get(sid, []):
+            if st["state"] == "pending":
+                raise Violation(f"saga {sid} ended {state} with step {st['step_index']} pending")
+            if ended is not None and st["started_at"] > ended + 1e-6:
+                raise Violation(f"saga {sid}: step {st['step_index']} started after its end")
+    new = [i for i in sagas if i > prev_max]
+    return sagas, max(new) if new else prev_max
+
+
+def _wait_gone(pids: list[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    left = pids
+    while left and time.monotonic() < deadline:
+        left = [p for p in left if psutil.pid_exists(p) and
+                psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        time.sleep(0.02)
+    return left
+
+
+def soak(kills: int, seed: int, work: Path) -> dict[str, Any]:
+    rng = random.Random(seed)
+    data = work / "data"
+    record = work / "host-record.txt"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGA_HOST_RECORD": str(record),
+           "SAGA_LOG_LEVEL": "CRITICAL"}
+    done = Counter[str]()
+    prev_max = 0
+    sessions = 0
+    started = time.monotonic()
+    while done["kills"] < kills:
+        sessions += 1
+        proc = subprocess.Popen([sys.executable, "-m", "tests._soak_launcher", str(data),
+                                 str(rng.randrange(1 << 30))], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise Violation(f"session {sessions}: the launcher did not start "
+                            f"(exit {proc.wait(30)})")
+        report = None
+        for _ in range(rng.randint(0, 3)):  # worker and host kills inside the session
+            time.sleep(rng.uniform(0.05, 0.4))
+            report = _health(data)
+            if report is None or proc.poll() is not None:
+                break
+            targets = [w["pid"] for w in report["workers"] if w.get("alive")]
+            if report.get("host") and report["host"].get("alive"):
+                targets.append(report["host"]["pid"])
+            if targets:
+                victim = rng.choice(targets)
+                try:
+                    os.kill(victim, signal.SIGKILL)
+                    done["kills"] += 1
+                    done["host kills" if report.get("host") and
+                         victim == report["host"]["pid"] else "worker kills"] += 1
+                except ProcessLookupError:
+                    pass
+        time.sleep(rng.uniform(0.02, 0.5))
+        report = _health(data) or report
+        if proc.poll() is not None:
+            raise Violation(f"session {sessions}: the launcher exited by itself "
+                            f"({proc.returncode})")
+        children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        proc.stdout.close()
+        done["kills"] += 1
+        done["launcher kills"] += 1
+        if report is not None:
+            for k in ("replayed", "reissued", "worker_restarts", "host_restarts",
+                      "poison_sagas", "reopened"):
+                done[k] += int(report["stats"].get(k, 0))
+        orphans = _wait_gone(children, 15.0)
+        if orphans:
+            raise Violation(f"session {sessions}: processes outlived their launcher: "
+                            f"{[psutil.Process(p).cmdline() for p in orphans]}")
+        if (data / "db" / "sagas.db").exists():
+            _, prev_max = _check_log(data / "db" / "sagas.db", prev_max, final=False)
+        if sessions % 25 == 0:
+            print(f"  {done['kills']} kill points, {sessions} sessions, "
+                  f"{prev_max} sagas, {time.monotonic() - started:.0f}s", flush=True)
+    return finish(data, record, dict(done), sessions, prev_max, time.monotonic() - started)
+
+
+def finish(data: Path, record: Path, done: dict[str, Any], sessions: int, prev_max: int,
+           elapsed: float) -> dict[str, Any]:
+    from supervisor import Supervisor
+    from supervisor.paths import segment_name
+
+    from .conftest import HOST_ARGV, read_log
+    from .sagas import CompensatingSaga, EchoSaga, StepperSaga
+
+    sagas, _ = read_log(data / "db" / "sagas.db")
+    left = [i for i, r in sagas.items() if r["state"] in ("running", "compensating")]
+    sup = Supervisor(data, workers=2, host=HOST_ARGV)
+    sup.register_kind(StepperSaga)
+    sup.register_kind(CompensatingSaga)
+    sup.register_kind(EchoSaga, replay=False)
+    with sup:
+        for sid in left:
+            sup.wait(sid, 120)
+        fresh = sup.spawn(StepperSaga(0, steps=1, seconds=0.0))
+        if fresh <= prev_max:
+            raise Violation(f"id {fresh} reused (the log went up to {prev_max})")
+        sup.wait(fresh, 30)
+    sagas, final_max = _check_log(data / "db" / "sagas.db", 0, final=True)
+    if os.path.exists("/dev/shm/" + segment_name(data)):
+        raise Violation("the segment was left in /dev/shm")
+    _, steps = read_log(data / "db" / "sagas.db")
+    logged = {(sid, st["step_index"]): st for sid, v in steps.items() for st in v}
+    got = Counter[tuple[int, int]]()
+    late = 0
+    for line in record.read_text().splitlines():
+        sid_s, step_s, t_s = line.split()
+        key = (int(sid_s), int(step_s))
+        got[key] += 1
+        st = logged.get(key)
+        if st is None:
+            comp = any(json.loads(s.get("compensation_json") or "{}").get("step") == key[1]
+                       for s in steps.get(key[0], []))
+            if not comp:
+                raise Violation(f"the host got saga {key[0]} step {key[1]}, never logged")
+            continue
+        ended = sagas[key[0]]["ended_at"]
+        if st["started_at"] > ended:
+            raise Violation(f"saga {key[0]} step {key[1]} was started after its end")
+        if float(t_s) > ended + 0.5:
+            late += 1
+    states = Counter(r["state"] for r in sagas.values())
+    return {**done, "sessions": sessions, "sagas": len(sagas), "states": dict(states),
+            "replayed after restart (recovery at start, counted by the next supervisor)":
+            None, "commands the host received": sum(got.values()),
+            "duplicates seen by the host (re-issued commands)":
+            sum(n - 1 for n in got.values() if n > 1),
+            "received over 0.5 s after the saga's end": late,
+            "elapsed_s": round(elapsed)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kills", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--dir", type=Path, default=None, help="keep the data here")
+    ap.add_argument("--fuzz-cases", type=int, default=0,
+                    help="then run the fuzz tests with this many cases each")
+    args = ap.parse_args()
+    work = args.dir or Path(tempfile.mkdtemp(prefix="saga-soak-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"soak: {args.kills} kill points, seed {args.seed}, in {work}", flush=True)
+    result = soak(args.kills, args.seed, work)
+    result.pop("replayed after restart (recovery at start, counted by the next supervisor)")
+    print(json.dumps(result, indent=2))
+    if args.fuzz_cases:
+        env = {**os.environ, "SAGA_FUZZ_CASES": str(args.fuzz_cases)}
+        rc = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_fuzz.py",
+                             "-p", "no:cacheprovider"], cwd=ROOT, env=env).returncode
+        if rc:
+            return rc
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
