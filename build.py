@@ -61,6 +61,8 @@ ffibuilder.set_source(
     include_dirs=["csrc"],
     extra_compile_args=_extra_compile_args(),
     libraries=["rt"],
+    # the limited API: one cp310-abi3 wheel per platform (setup.py tags it)
+    py_limited_api=True,
 )
 
 if __name__ == "__main__":

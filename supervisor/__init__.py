@@ -1,52 +1,115 @@
 """saga-supervisor: run many durable sagas at once.
 
 The public surface is re-exported here; modules are private unless named in
-``__all__``.
+``__all__``.  Names are imported on first use (PEP 562), so that ``import
+supervisor`` and the read-only CLI commands (``health``, ``sagas``) do not
+pay for multiprocess, dill, apsw and cffi.
 """
 
 from __future__ import annotations
 
-from supervisor.client import SagaClient
-from supervisor._engine.outcomes import Subscription
-from supervisor.core import Supervisor
-from supervisor.errors import (
-    CapacityError,
-    IdOverflowError,
-    LayoutMismatchError,
-    NotRunningError,
-    RestartIntensityError,
-    SegmentClosedError,
-    SegmentExistsError,
-    SegmentNotFoundError,
-    SharedMemoryError,
-    SpawnError,
-    SupervisorCrashedError,
-    SupervisorError,
-)
-from supervisor.frames import FrameError
-from supervisor.log import LogCorruptError, LogError, SchemaTooNewError
-from supervisor.saga import (
-    LIFECYCLE_KINDS,
-    SAGA_ACTION_FAILED,
-    SAGA_COMPLETED,
-    SAGA_FAILED,
-    SAGA_SPAWN_FAILED,
-    SAGA_STARTED,
-    Done,
-    Event,
-    Failed,
-    IssueCmd,
-    Outcome,
-    Saga,
-    SagaAction,
-    SagaContext,
-    StepInfo,
-    Target,
-    Wait,
-)
-from supervisor.shm import SharedState
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+# set here and nowhere else: the CLI checks it to tell this package from
+# another one installed over it under the same import name (supervisord)
+__saga_supervisor__ = True
+
+_WHERE = {
+    "LIFECYCLE_KINDS": "supervisor.saga",
+    "SAGA_ACTION_FAILED": "supervisor.saga",
+    "SAGA_COMPLETED": "supervisor.saga",
+    "SAGA_FAILED": "supervisor.saga",
+    "SAGA_SPAWN_FAILED": "supervisor.saga",
+    "SAGA_STARTED": "supervisor.saga",
+    "Done": "supervisor.saga",
+    "Event": "supervisor.saga",
+    "Failed": "supervisor.saga",
+    "FrameError": "supervisor.frames",
+    "IssueCmd": "supervisor.saga",
+    "LogCorruptError": "supervisor.log",
+    "LogError": "supervisor.log",
+    "NotRunningError": "supervisor.errors",
+    "Outcome": "supervisor.saga",
+    "RestartIntensityError": "supervisor.errors",
+    "Saga": "supervisor.saga",
+    "SagaAction": "supervisor.saga",
+    "SagaClient": "supervisor.client",
+    "SagaContext": "supervisor.saga",
+    "SchemaTooNewError": "supervisor.log",
+    "SpawnError": "supervisor.errors",
+    "StepInfo": "supervisor.saga",
+    "Subscription": "supervisor._engine.outcomes",
+    "Supervisor": "supervisor.core",
+    "SupervisorCrashedError": "supervisor.errors",
+    "Target": "supervisor.saga",
+    "Wait": "supervisor.saga",
+    "CapacityError": "supervisor.errors",
+    "IdOverflowError": "supervisor.errors",
+    "LayoutMismatchError": "supervisor.errors",
+    "SegmentClosedError": "supervisor.errors",
+    "SegmentExistsError": "supervisor.errors",
+    "SegmentNotFoundError": "supervisor.errors",
+    "SharedMemoryError": "supervisor.errors",
+    "SharedState": "supervisor.shm",
+    "SupervisorError": "supervisor.errors",
+}
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers
+    from supervisor.client import SagaClient
+    from supervisor._engine.outcomes import Subscription
+    from supervisor.core import Supervisor
+    from supervisor.errors import (
+        CapacityError,
+        IdOverflowError,
+        LayoutMismatchError,
+        NotRunningError,
+        RestartIntensityError,
+        SegmentClosedError,
+        SegmentExistsError,
+        SegmentNotFoundError,
+        SharedMemoryError,
+        SpawnError,
+        SupervisorCrashedError,
+        SupervisorError,
+    )
+    from supervisor.frames import FrameError
+    from supervisor.log import LogCorruptError, LogError, SchemaTooNewError
+    from supervisor.saga import (
+        LIFECYCLE_KINDS,
+        SAGA_ACTION_FAILED,
+        SAGA_COMPLETED,
+        SAGA_FAILED,
+        SAGA_SPAWN_FAILED,
+        SAGA_STARTED,
+        Done,
+        Event,
+        Failed,
+        IssueCmd,
+        Outcome,
+        Saga,
+        SagaAction,
+        SagaContext,
+        StepInfo,
+        Target,
+        Wait,
+    )
+    from supervisor.shm import SharedState
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'supervisor' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))
+
 
 __all__ = [
     "LIFECYCLE_KINDS",

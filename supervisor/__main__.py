@@ -1,9 +1,12 @@
 """Command line: ``python -m supervisor`` (also installed as ``saga-supervisor``).
 
 Exit codes: 0 success (``health``: healthy); 1 failure (``health``:
-unhealthy); 2 nothing to act on (``health``: no supervisor running; other
-commands: missing data dir or log); 3 the log is corrupt or unreadable;
-64 bad usage.
+unhealthy; ``cancel``: had already ended); 2 nothing to act on (``health``:
+no supervisor running; other commands: missing data dir or log); 3 the log
+is corrupt or unreadable; 64 bad usage.  The parser and the commands that
+run or probe a supervisor are here; reading the log is in
+:mod:`supervisor._cli_log`, talking to a running one in
+:mod:`supervisor._cli_live`.  Each command imports only what it uses.
 """
 
 from __future__ import annotations
@@ -15,25 +18,56 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-EXIT_OK, EXIT_FAIL, EXIT_NONE, EXIT_CORRUPT, EXIT_USAGE = 0, 1, 2, 3, 64
-DEFAULT_DATA_DIR = "./saga-data"
+
+from supervisor._cli_util import (
+    DEFAULT_DATA_DIR,
+    EXIT_CORRUPT,
+    EXIT_FAIL,
+    EXIT_NONE,
+    EXIT_OK,
+    EXIT_USAGE,
+    db_path,
+)
+
+
+def _data_dir_default() -> str:
+    return os.environ.get("SAGA_DATA_DIR") or DEFAULT_DATA_DIR
+
+
+def _add_data_dir(p: argparse.ArgumentParser, suppress: bool = False) -> None:
+    p.add_argument("--data-dir", default=argparse.SUPPRESS if suppress else _data_dir_default(),
+                   help=f"the supervisor's data dir (default: $SAGA_DATA_DIR, else "
+                        f"{DEFAULT_DATA_DIR})")
+
+
+def _add_filters(p: argparse.ArgumentParser, suppress: bool = False) -> None:
+    d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
+    p.add_argument("--state", default=d(None), choices=("running", "completed", "failed",
+                                                        "compensating", "failed_compensation"))
+    p.add_argument("--kind", default=d(None), help="saga kind (name)")
+    p.add_argument("--reason", default=d(None), help="substring of the failure reason")
+    p.add_argument("--since", default=d(None), type=float,
+                   help="started within the last N seconds")
+    p.add_argument("--limit", default=d(50), type=int, help="rows to show (default 50)")
+    p.add_argument("--json", default=d(False), action="store_true")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from supervisor import __version__
+
     p = argparse.ArgumentParser(
         prog="saga-supervisor",
         description="Run and inspect durable sagas (see README.md).",
         epilog="exit codes: 0 ok/healthy, 1 failed/unhealthy, 2 none running or no data, "
-               "3 corrupt log, 64 usage")
+               "3 corrupt log, 64 usage. The data dir defaults to $SAGA_DATA_DIR.")
+    p.add_argument("--version", action="version", version=f"saga-supervisor {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="run the demo launcher against the reference host",
                        description="Start a supervisor on an embedded SQLite log, the "
                        "reference host and a demo launcher; show live progress and a summary.")
-    d.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="where the log lives "
-                   f"(default {DEFAULT_DATA_DIR})")
+    _add_data_dir(d)
     d.add_argument("--sagas", type=int, default=5000, help="health-check sagas (default 5000)")
     d.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     d.add_argument("--durability", choices=("normal", "full"), default="normal",
@@ -44,24 +78,24 @@ def _parser() -> argparse.ArgumentParser:
     h = sub.add_parser("health", help="probe a running supervisor (liveness probe)",
                        description="Read the health file a running supervisor refreshes "
                        "every second. Exit 0 healthy, 1 unhealthy, 2 none running.")
-    h.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    _add_data_dir(h)
     h.add_argument("--max-age", type=float, default=5.0,
                    help="a health file older than this many seconds is unhealthy (default 5)")
     h.add_argument("--json", action="store_true", help="print the whole report as JSON")
 
     s = sub.add_parser("sagas", help="list sagas from the log, or show one",
                        description="Review sagas in the log (read-only; safe while a "
-                       "supervisor runs).")
-    s.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
-    s.add_argument("--state", choices=("running", "completed", "failed", "compensating",
-                                       "failed_compensation"))
-    s.add_argument("--kind", help="saga kind (name)")
-    s.add_argument("--reason", help="substring of the failure reason")
-    s.add_argument("--since", type=float, help="started within the last N seconds")
-    s.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("show", nargs="*", metavar="show ID",
-                   help="`show ID`: one saga with its steps")
+                       "supervisor runs). `sagas` alone is `sagas list`.")
+    _add_data_dir(s)
+    _add_filters(s)
+    ssub = s.add_subparsers(dest="sagas_command")
+    sl = ssub.add_parser("list", help="list sagas, newest first")
+    _add_data_dir(sl, suppress=True)
+    _add_filters(sl, suppress=True)
+    sh = ssub.add_parser("show", help="one saga with its steps")
+    _add_data_dir(sh, suppress=True)
+    sh.add_argument("id", type=int, help="saga id")
+    sh.add_argument("--json", default=argparse.SUPPRESS, action="store_true")
 
     r = sub.add_parser("run", help="run a user's supervisor until SIGTERM/SIGINT",
                        description="Import MODULE, call FACTORY() to get a Supervisor "
@@ -71,29 +105,43 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--drain-timeout", type=float, default=10.0,
                    help="seconds to let in-flight sagas finish on shutdown (default 10)")
 
-    e = sub.add_parser("events", help="follow the lifecycle bus of a running supervisor",
+    e = sub.add_parser("events", help="follow the bus of a running supervisor",
                        description="Print bus events (lifecycle and domain) as they happen, "
-                       "one per line, until the supervisor stops or --count is reached.")
-    e.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+                       "one per line with the time it arrived, until the supervisor stops or "
+                       "--count is reached. The bus keeps no history: --since-version skips "
+                       "events up to that version (to resume after a reconnect).")
+    _add_data_dir(e)
     e.add_argument("--count", type=int, default=0, help="stop after N events (0: follow)")
     e.add_argument("--idle", type=float, default=None,
                    help="stop after this many seconds without an event")
+    e.add_argument("--since-version", type=int, default=0, metavar="N",
+                   help="only events with a version above N")
     e.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    c = sub.add_parser("cancel", help="cancel a saga in flight on a running supervisor",
+                       description="Fail saga ID with 'cancelled: REASON'. Exit 0 if this "
+                       "decided its outcome, 1 if it had already ended (or is unknown), "
+                       "2 if no supervisor runs.")
+    _add_data_dir(c)
+    c.add_argument("id", type=int)
+    c.add_argument("--reason", default="cancelled by operator")
+
+    pb = sub.add_parser("publish", help="put a domain event on a running supervisor's bus",
+                        description="Publish KIND with --data (JSON) to the bus: offered to "
+                        "listening sagas and triggers. Exit 0, 2 if no supervisor runs, "
+                        "64 if --data is not JSON.")
+    _add_data_dir(pb)
+    pb.add_argument("kind")
+    pb.add_argument("--data", default="null", help="the event's data, as JSON (default null)")
 
     v = sub.add_parser("vacuum", help="delete terminal sagas older than N days",
                        description="Remove ended sagas (and steps) older than --older-than "
                        "days. Refused while a supervisor runs on the data dir (exit 1).")
-    v.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+    _add_data_dir(v)
     v.add_argument("--older-than", type=float, required=True, metavar="DAYS",
                    help="ended more than DAYS days ago (>= 0)")
     v.add_argument("--dry-run", action="store_true", help="count, delete nothing")
     return p
-
-
-def _db(data_dir: str) -> Path:
-    from supervisor.paths import DataDir
-
-    return DataDir.of(data_dir).db
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -103,7 +151,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print("--sagas must be >= 0 and --workers >= 1", file=sys.stderr)
         return EXIT_USAGE
     print(f"saga-supervisor demo: {args.sagas} health checks + restart, evict, timeout and "
-          f"compensation sagas; log in {_db(args.data_dir)} ({args.durability})",
+          f"compensation sagas; log in {db_path(args.data_dir)} ({args.durability})",
           file=sys.stderr if args.json else sys.stdout)
     result = run_demo(Path(args.data_dir), args.sagas, args.workers, args.durability,
                       live=not args.no_live and not args.json,
@@ -157,90 +205,6 @@ def cmd_health(args: argparse.Namespace) -> int:
     return EXIT_OK if not problems else EXIT_FAIL
 
 
-def _open_log(data_dir: str) -> Any:
-    from supervisor.log import LogError, open_readonly
-
-    path = _db(data_dir)
-    if not path.exists():
-        print(f"no saga log at {path} (is --data-dir right?)", file=sys.stderr)
-        raise SystemExit(EXIT_NONE)
-    try:
-        return open_readonly(path)
-    except LogError as exc:
-        print(str(exc), file=sys.stderr)
-        raise SystemExit(EXIT_CORRUPT) from None
-
-
-def cmd_sagas(args: argparse.Namespace) -> int:
-    import apsw
-
-    from supervisor.log import dict_rows, saga_row, step_rows
-
-    conn = _open_log(args.data_dir)
-    try:
-        if args.show:
-            if len(args.show) != 2 or args.show[0] != "show" or not args.show[1].isdigit():
-                print("usage: saga-supervisor sagas show ID", file=sys.stderr)
-                return EXIT_USAGE
-            sid = int(args.show[1])
-            r = saga_row(conn, sid)
-            if r is None:
-                print(f"no saga {sid} in the log", file=sys.stderr)
-                return EXIT_FAIL
-            steps = step_rows(conn, sid)
-            if args.json:
-                print(json.dumps({"saga": r, "steps": steps}))
-                return EXIT_OK
-            print(f"saga {sid} {r['name']}: {r['state']}"
-                  + (f" ({r['failure_reason']})" if r["failure_reason"] else ""))
-            print(f"  started {_ts(r['started_at'])}  ended {_ts(r['ended_at'])}")
-            print(f"  input {r['input_json']}")
-            for st in steps:
-                print(f"  step {st['step_index']:>3} {st['name']:<16} {st['state']:<11} "
-                      f"{st['target']:<13} cmd={st['cmd_json']}")
-                if st["output_json"]:
-                    print(f"      output {st['output_json']}")
-                if st["failure_reason"]:
-                    print(f"      reason {st['failure_reason']}")
-                if st["compensation_json"]:
-                    print(f"      compensation {st['compensation_json']}")
-            return EXIT_OK
-        where, params = [], []
-        if args.state:
-            where.append("state = ?")
-            params.append(args.state)
-        if args.kind:
-            where.append("name = ?")
-            params.append(args.kind)
-        if args.reason:
-            where.append("instr(failure_reason, ?) > 0")
-            params.append(args.reason)
-        if args.since is not None:
-            where.append("started_at >= ?")
-            params.append(time.time() - args.since)
-        sql = ("SELECT saga_id, name, state, started_at, ended_at, failure_reason FROM saga"
-               + (" WHERE " + " AND ".join(where) if where else "")
-               + " ORDER BY saga_id DESC LIMIT ?")
-        params.append(max(0, args.limit))
-        rows = dict_rows(conn, sql, tuple(params))
-        if args.json:
-            print(json.dumps(rows))
-            return EXIT_OK
-        if not rows:
-            print("no sagas match", file=sys.stderr)
-            return EXIT_OK
-        print(f"{'id':>8}  {'kind':<16} {'state':<20} {'started':<19}  reason")
-        for r in rows:
-            print(f"{r['saga_id']:>8}  {r['name']:<16} {r['state']:<20} "
-                  f"{_ts(r['started_at']):<19}  {r['failure_reason'] or ''}")
-        return EXIT_OK
-    except apsw.Error as exc:
-        print(f"cannot read {_db(args.data_dir)}: {exc}", file=sys.stderr)
-        return EXIT_CORRUPT
-    finally:
-        conn.close()
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     import importlib
 
@@ -266,34 +230,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     except SupervisorError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_FAIL
-
-
-def cmd_events(args: argparse.Namespace) -> int:
-    from supervisor.client import SagaClient
-    from supervisor.errors import NotRunningError
-
-    try:
-        client = SagaClient(args.data_dir)
-    except NotRunningError as exc:
-        print(str(exc), file=sys.stderr)
-        return EXIT_NONE
-    seen = 0
-    try:
-        for ev in client.events(timeout=args.idle):
-            if args.json:
-                print(json.dumps({"version": ev.version, "kind": ev.kind, "saga_id": ev.saga_id,
-                                  "step": ev.step, "data": ev.data}, default=repr), flush=True)
-            else:
-                print(f"v{ev.version:<8} {ev.kind:<18} saga={ev.saga_id} "
-                      f"{json.dumps(ev.data, default=repr)}", flush=True)
-            seen += 1
-            if args.count and seen >= args.count:
-                break
-    except KeyboardInterrupt:
-        pass
-    finally:
-        client.close()
-    return EXIT_OK
 
 
 def _running_supervisor(data_dir: str) -> int | None:
@@ -322,7 +258,7 @@ def cmd_vacuum(args: argparse.Namespace) -> int:
         print(f"--older-than must be a number of days >= 0, got {args.older_than}",
               file=sys.stderr)
         return EXIT_USAGE
-    path = _db(args.data_dir)
+    path = db_path(args.data_dir)
     if not path.exists():
         print(f"no saga log at {path}", file=sys.stderr)
         return EXIT_NONE
@@ -347,19 +283,36 @@ def cmd_vacuum(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _ts(t: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+def _clash() -> str | None:
+    """Another distribution installed over our import name (supervisord's
+    package is also ``supervisor``) leaves a package without our marker."""
+    import supervisor
+
+    if getattr(supervisor, "__saga_supervisor__", False):
+        return None
+    return (f"the package 'supervisor' at {getattr(supervisor, '__file__', '?')} is not "
+            "saga-supervisor's: another distribution (supervisord?) was installed over it "
+            "under the same import name. Use a virtual environment without it and "
+            "reinstall: pip install --force-reinstall saga-supervisor")
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("SAGA_LOG_LEVEL", "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    clash = _clash()
+    if clash is not None:
+        print(f"saga-supervisor: {clash}", file=sys.stderr)
+        return EXIT_FAIL
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:
         return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
-    handler = {"demo": cmd_demo, "health": cmd_health, "sagas": cmd_sagas,
-               "events": cmd_events, "vacuum": cmd_vacuum, "run": cmd_run}[args.command]
+    from supervisor import _cli_live, _cli_log
+
+    handler = {"demo": cmd_demo, "health": cmd_health, "sagas": _cli_log.cmd_sagas,
+               "events": _cli_live.cmd_events, "cancel": _cli_live.cmd_cancel,
+               "publish": _cli_live.cmd_publish, "vacuum": cmd_vacuum,
+               "run": cmd_run}[args.command]
     return handler(args)
 
 

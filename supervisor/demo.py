@@ -272,7 +272,7 @@ class _Display:
     def __init__(self, progress: _Progress, live: bool, out: Any) -> None:
         self.p = progress
         self.out = out
-        self.next = time.monotonic()
+        self.next = time.monotonic() + 1.0  # a first line after a second, not of zeros
         self._live: Any = None
         if live:
             try:
@@ -304,16 +304,21 @@ class _Display:
         if self._live is not None:
             self._live.update(self._render())
         else:
-            p = self.p
-            print(f"started {p.started:>7}  completed {p.completed:>7}  failed {p.failed:>5}  "
-                  f"in flight {p.in_flight:>6}  ({p.rates[1]:,.0f} completed/s)",
-                  file=self.out, flush=True)
+            self._plain_line()
+
+    def _plain_line(self) -> None:
+        p = self.p
+        print(f"started {p.started:>7}  completed {p.completed:>7}  failed {p.failed:>5}  "
+              f"in flight {p.in_flight:>6}  ({p.rates[1]:,.0f} completed/s)",
+              file=self.out, flush=True)
 
     def close(self) -> None:
         self.p.tick()
         if self._live is not None:
             self._live.update(self._render())
             self._live.stop()
+        else:  # the final counts, always
+            self._plain_line()
 
 
 def print_summary(result: DemoResult, out: Any = None, as_json: bool = False) -> None:

@@ -206,3 +206,115 @@ def test_vacuum_refuses_a_live_data_dir_and_bad_arguments(tmp_path: Path) -> Non
     assert dry.returncode == 0 and "would remove 1" in dry.stdout
     done = cli("vacuum", "--data-dir", str(d), "--older-than", "0")
     assert done.returncode == 0 and "removed 1" in done.stdout
+
+
+ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d")
+
+
+def test_version() -> None:
+    import supervisor
+
+    proc = cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"saga-supervisor {supervisor.__version__}"
+
+
+def test_sagas_subcommands_limits_and_iso_times(demo_dir: Path) -> None:
+    d = str(demo_dir / "saga-data")
+    alone = cli("sagas", "--data-dir", d, "--limit", "3")
+    listed = cli("sagas", "list", "--data-dir", d, "--limit", "3")
+    assert alone.returncode == listed.returncode == 0 and alone.stdout == listed.stdout
+    total = len(json.loads(cli("sagas", "--data-dir", d, "--json", "--limit", "100000").stdout))
+    assert f"3 of {total} shown (--limit N)" in listed.stderr
+    assert len(ISO.findall(listed.stdout)) == 3  # one start time per row, with its offset
+    assert cli("sagas", "--data-dir", d, "--limit", "0").returncode == 64
+    rows = json.loads(cli("sagas", "list", "--data-dir", d, "--kind", "provision",
+                          "--json").stdout)
+    assert all(ISO.fullmatch(r["started_at"]) and ISO.fullmatch(r["ended_at"]) for r in rows)
+    shown = json.loads(cli("sagas", "show", str(rows[0]["saga_id"]), "--data-dir", d,
+                           "--json").stdout)
+    step = shown["steps"][0]
+    assert isinstance(step["cmd"], dict) and step["cmd"]["op"] == "echo"
+    assert isinstance(step["output"], dict) and isinstance(step["compensation"], dict)
+    assert "cmd_json" not in step and ISO.fullmatch(shown["saga"]["started_at"])
+
+
+def test_data_dir_from_the_environment(demo_dir: Path) -> None:
+    env = {**os.environ, "SAGA_DATA_DIR": str(demo_dir / "saga-data")}
+    proc = subprocess.run([sys.executable, "-m", "supervisor", "sagas", "--json", "--limit",
+                           "1"], capture_output=True, text=True, timeout=60, env=env,
+                          cwd=demo_dir.parent)
+    assert proc.returncode == 0 and len(json.loads(proc.stdout)) == 1
+    gone = subprocess.run([sys.executable, "-m", "supervisor", "health"], capture_output=True,
+                          text=True, timeout=60, env=env)
+    assert gone.returncode == 2 and str(demo_dir / "saga-data") in gone.stderr
+
+
+def test_cancel_publish_and_events_against_a_running_supervisor(
+        make_sup: Callable[..., Supervisor], tmp_path: Path) -> None:
+    from supervisor import Event
+
+    for sub in (("cancel", "1"), ("publish", "k")):
+        assert cli(*sub, "--data-dir", str(tmp_path / "none")).returncode == 2
+    sup = make_sup()
+    d = str(sup.data_dir)
+    seen: list[Event] = []
+    sup.subscribe(seen.append)
+    parked = sup.spawn(S.SleepSaga(30))
+    done = cli("cancel", str(parked), "--reason", "ops said so", "--data-dir", d)
+    assert done.returncode == 0, done.stderr
+    assert sup.wait(parked, 10).reason == "cancelled: ops said so"
+    again = cli("cancel", str(parked), "--data-dir", d)
+    assert again.returncode == 1 and "had already ended" in again.stderr
+    unknown = cli("cancel", "999999", "--data-dir", d)
+    assert unknown.returncode == 1 and "unknown saga id" in unknown.stderr
+    assert cli("publish", "deploy", "--data", "{not json", "--data-dir", d).returncode == 64
+    pub = cli("publish", "deploy", "--data", '{"rev": 7}', "--data-dir", d)
+    assert pub.returncode == 0
+    wait_for(lambda: any(e.kind == "deploy" and e.data == {"rev": 7} for e in seen),
+             what="published event on the bus")
+    proc = subprocess.Popen([sys.executable, "-m", "supervisor", "events", "--data-dir", d,
+                             "--count", "1", "--since-version", "0"], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    wait_for(lambda: sup.health()["control"]["subscribers"] == 1, what="subscribed")
+    sid = sup.spawn(S.InstantSaga())
+    line = proc.stdout.readline()
+    assert proc.wait(30) == 0
+    proc.stdout.close()
+    assert ISO.match(line) and "SagaStarted" in line and f"saga={sid}" in line
+
+
+def test_demo_plain_fallback_has_no_zero_line_and_a_final_line(tmp_path: Path) -> None:
+    proc = cli("demo", "--sagas", "100", "--no-live", "--data-dir", str(tmp_path / "d"))
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("started")]
+    assert lines, proc.stdout
+    assert not re.match(r"started\s+0\s", lines[0])
+    last = re.match(r"started\s+(\d+)\s+completed\s+(\d+)\s+failed\s+(\d+)", lines[-1])
+    assert last and int(last[1]) == int(last[2]) + int(last[3]) >= 100
+
+
+def test_a_package_installed_over_ours_is_named(tmp_path: Path) -> None:
+    """supervisord's package is also called `supervisor`: installed after us it
+    overwrites supervisor/__init__.py, and the CLI must say so."""
+    import shutil
+
+    fake = tmp_path / "site" / "supervisor"
+    shutil.copytree(ROOT / "supervisor", fake, ignore=shutil.ignore_patterns("*.so"))
+    (fake / "__init__.py").write_text("# supervisord's package\n")
+    proc = subprocess.run([sys.executable, "-m", "supervisor", "--version"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    assert proc.returncode == 1
+    assert "is not saga-supervisor's" in proc.stderr and "supervisord" in proc.stderr
+
+
+def test_read_only_commands_load_only_what_they_use(tmp_path: Path) -> None:
+    code = ("import sys, runpy; sys.argv = ['saga-supervisor', 'health', '--data-dir', "
+            f"{str(tmp_path)!r}]\ntry:\n    runpy.run_module('supervisor', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('dill', 'multiprocess', 'apsw', 'cffi') "
+            "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout + proc.stderr

@@ -218,3 +218,31 @@ def test_a_poison_saga_fails_alone_and_the_pool_survives(make_sup: Make) -> None
     assert all(x.completed for x in outs), [x.reason for x in outs if x.failed][:3]
     assert sup.state == "running" and not isinstance(sup.error, RestartIntensityError)
     assert sup.stats["poison_sagas"] == 1 and sup.stats["worker_restarts"] == 2
+
+
+def test_an_oversized_client_request_is_refused_before_it_is_sent(make_sup: Make) -> None:
+    from supervisor import SagaClient, SpawnError
+
+    sup = make_sup()
+    with SagaClient(sup.data_dir) as client:
+        with pytest.raises(SpawnError, match=r"over the control socket's limit of 16,777,216"):
+            client.spawn(S.EchoSaga("x" * (20 << 20)))  # type: ignore[arg-type]
+        assert client.wait(client.spawn(S.InstantSaga()), 10).completed  # same connection
+    assert sup.state == "running"
+
+
+def test_a_long_data_dir_gets_its_socket_in_a_private_directory(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from supervisor import SagaClient
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    with Supervisor(deep, workers=1) as sup:
+        path = Path((deep / "run" / "control").read_text())
+        assert path.parent != deep / "run" and len(os.fsencode(path)) <= 100
+        st = os.stat(path.parent)
+        assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.getuid()
+        with SagaClient(deep) as client:
+            assert client.wait(client.spawn(S.InstantSaga()), 10).completed
+    assert not path.exists() and not path.parent.exists()

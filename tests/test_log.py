@@ -3,7 +3,6 @@ durability and retention settings, through a real SQLite file."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Callable
