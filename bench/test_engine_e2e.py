@@ -132,3 +132,15 @@ def test_latency_at_fixed_load(benchmark: Any, data_dir: Path) -> None:
     benchmark.extra_info.update(latency_median_ms=round(median * 1e3, 3),
                                 latency_p99_ms=round(p99 * 1e3, 3), offered_per_s=rate)
     print(json.dumps({"latency_median_ms": median * 1e3, "latency_p99_ms": p99 * 1e3}))
+
+
+def test_sagas_with_metrics(benchmark: Any, data_dir: Path) -> None:
+    """One-step sagas, 2 workers, with Prometheus metrics served (failure
+    causes and latency histograms measured on the loop); the ratio against
+    the same run without metrics is their cost (target: under 5%)."""
+    benchmark.extra_info["per"] = N
+    benchmark.extra_info["baseline"] = "test_sagas[1-2-normal]"
+    with Supervisor(data_dir, workers=2, host=HOST, metrics_port=0) as sup:
+        _run_batch(sup, 200)
+        benchmark.pedantic(_run_batch, args=(sup, N, 1), rounds=3, iterations=1)
+    benchmark.extra_info["rate"] = N / benchmark.stats.stats.median

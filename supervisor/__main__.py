@@ -134,6 +134,13 @@ def _parser() -> argparse.ArgumentParser:
     pb.add_argument("kind")
     pb.add_argument("--data", default="null", help="the event's data, as JSON (default null)")
 
+    m = sub.add_parser("metrics", help="print a running supervisor's Prometheus metrics",
+                       description="Print the OpenMetrics/Prometheus text exposition of a "
+                       "running supervisor (the same as its /metrics), e.g. for "
+                       "node-exporter's textfile collector. Exit 0, 1 if its environment "
+                       "lacks prometheus-client, 2 if none runs.")
+    _add_data_dir(m)
+
     v = sub.add_parser("vacuum", help="delete terminal sagas older than N days",
                        description="Remove ended sagas (and steps) older than --older-than "
                        "days. Refused while a supervisor runs on the data dir (exit 1).")
@@ -311,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
 
     handler = {"demo": cmd_demo, "health": cmd_health, "sagas": _cli_log.cmd_sagas,
                "events": _cli_live.cmd_events, "cancel": _cli_live.cmd_cancel,
-               "publish": _cli_live.cmd_publish, "vacuum": cmd_vacuum,
+               "publish": _cli_live.cmd_publish, "metrics": _cli_live.cmd_metrics,
+               "vacuum": cmd_vacuum,
                "run": cmd_run}[args.command]
     return handler(args)
 

@@ -94,3 +94,20 @@ def cmd_publish(args: argparse.Namespace) -> int:
         client.close()
     print(f"published {args.kind}")
     return EXIT_OK
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from supervisor.errors import SupervisorError
+
+    client = _client(args.data_dir)
+    if client is None:
+        return EXIT_NONE
+    try:
+        text = client.metrics()
+    except (SupervisorError, ValueError) as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAIL
+    finally:
+        client.close()
+    sys.stdout.write(text)
+    return EXIT_OK

@@ -139,6 +139,11 @@ class SagaClient:
             raise TypeError(f"publish() takes an Event, got {type(event).__name__}")
         self._call("publish", event.kind, event.data)
 
+    def metrics(self) -> str:
+        """The supervisor's Prometheus exposition (needs prometheus-client
+        where the supervisor runs)."""
+        return bytes(self._call("metrics")).decode()
+
     def events(self, timeout: float | None = None) -> Iterator[Event]:
         """Subscribe now; iterate over bus events from now on.  The iterator
         ends when the supervisor stops, the client closes, or no event came

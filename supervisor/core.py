@@ -75,6 +75,8 @@ class Supervisor:
         shm_name: str | None = None,
         start_timeout: float = 60.0,
         host_stall_timeout: float = 2.0,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
             raise ValueError(f"workers must be an int from 1 to 256, got {workers!r}")
@@ -109,7 +111,16 @@ class Supervisor:
             heartbeat_timeout=_positive(heartbeat_timeout, "heartbeat_timeout"),
             breaches=breaches, health_interval=_positive(health_interval, "health_interval"),
             shm_name=shm_name, start_timeout=_positive(start_timeout, "start_timeout"),
-            host_stall_timeout=_positive(host_stall_timeout, "host_stall_timeout"))
+            host_stall_timeout=_positive(host_stall_timeout, "host_stall_timeout"),
+            metrics_port=metrics_port, metrics_host=metrics_host)
+        if metrics_port is not None:
+            if isinstance(metrics_port, bool) or not isinstance(metrics_port, int) or \
+                    not 0 <= metrics_port <= 65535:
+                raise ValueError(f"metrics_port must be a port number (0: any free one), "
+                                 f"got {metrics_port!r}")
+            from supervisor._engine.metrics import require
+
+            require()  # the extra is missing: say so now, not at start()
         self.data_dir = Path(data_dir)
         self.paths = DataDir(self.data_dir)
         self._engine = Engine(self.paths, self.settings)
@@ -142,6 +153,12 @@ class Supervisor:
     @property
     def health_path(self) -> Path:
         return self.paths.health_file
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) where ``/metrics`` is served, once started; else None."""
+        m = self._engine.metrics
+        return m.address if m is not None else None
 
     @property
     def durability(self) -> str:

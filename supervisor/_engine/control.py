@@ -9,7 +9,7 @@ holds its path.  A peer must run as the supervisor's user (checked with
 ``SO_PEERCRED``): messages are pickles.
 
 Requests are pickled tuples in length-prefixed frames: ``cls``, ``spawn``,
-``cancel``, ``wait``, ``publish``, ``subscribe``; replies ``("ok", req,
+``cancel``, ``wait``, ``publish``, ``subscribe``, ``metrics``; replies ``("ok", req,
 value)`` or ``("err", req, (kind, msg))``, and ``("event", ...)`` for
 subscribers.  Every field is checked as strictly as ``SagaClient`` checks
 it.  Each request is its own failure boundary: one that cannot be handled
@@ -89,7 +89,8 @@ class ControlServer:
     def __init__(self, paths: DataDir, sel: selectors.BaseSelector, life: Lifecycle,
                  shared: SharedState, table: SagaTable, outcomes: Outcomes,
                  registry: ClassRegistry, sagas: SagaOps, turn: Turn,
-                 read_outcome: Callable[[int], tuple[str, str | None] | None]) -> None:
+                 read_outcome: Callable[[int], tuple[str, str | None] | None],
+                 metrics: Callable[[], bytes] | None = None) -> None:
         self.paths = paths
         self.sel = sel
         self.life = life
@@ -100,6 +101,7 @@ class ControlServer:
         self.sagas = sagas
         self.turn = turn
         self.read_outcome = read_outcome
+        self.metrics = metrics
         self.listener: socket.socket | None = None
         self.path: Path | None = None
         self.conns: list[Conn] = []
@@ -304,6 +306,10 @@ class ControlServer:
         elif op == "subscribe":
             c.subscribed = True
             c.send(("ok", req, None))
+        elif op == "metrics":
+            if self.metrics is None:
+                raise BadRequest("this supervisor has no metrics")
+            c.send(("ok", req, self.metrics()))
         else:
             raise BadRequest(f"unknown request {op!r}")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -69,6 +70,7 @@ class Dispatch:
         buf = host.outbuf
         frame = frames.host_frame
         sent = 0
+        now = time.monotonic() if self.sagas.measures.enabled else 0.0
         for sid, step, cmd_json, counts in out:
             saga = live.get(sid)
             if saga is None:
@@ -81,6 +83,7 @@ class Dispatch:
                 if saga.needs_sent_ack:
                     saga.worker.outbox.append((Op.SENT, sid, saga.dispatched))
             buf += frame(frames.T_CMD, sid, step, cmd_json.encode())
+            saga.step_sent = now
             sent += 1
         host.frames_out += sent
 

@@ -38,6 +38,8 @@ from supervisor._engine.control import ControlServer
 from supervisor._engine.dispatch import Dispatch, Handler
 from supervisor._engine.host_link import HostLink
 from supervisor._engine.inbox import AddTrigger, Cancel, Inbox, Publish, Replay, Spawn, Stop
+from supervisor._engine.measure import Measures
+from supervisor._engine.metrics import EngineCollector, MetricsServer, exposition
 from supervisor._engine.outcomes import Outcomes
 from supervisor._engine.pipeline import Pipeline
 from supervisor._engine.records import HostProc, Lifecycle, Settings, Stats, Turn, TurnOutputs, WorkerProc
@@ -78,6 +80,8 @@ class Engine:
         # loop thread only
         self.turn = Turn()
         self.table = SagaTable()
+        self.measures = Measures(enabled=settings.metrics_port is not None)
+        self.metrics: MetricsServer | None = None
         self.log: SagaLog | None = None
         self.shared: SharedState | None = None
         self.sel: selectors.BaseSelector | None = None
@@ -123,16 +127,18 @@ class Engine:
                                       self._worker_readable, self._dead.append)
         pool.live = table.live
         sagas = self.sagas = SagaOps(table, turn, shared, stats, self.life, pool.for_saga,
-                                     pool.ship_class)
+                                     pool.ship_class, self.measures)
         comp = self.compensation = Compensation(sagas, turn)
         pipeline = self.pipeline = Pipeline(sagalog, turn, self._emit, pool.all, stats,
                                             inbox.wake_w, s.pipeline_rows)
         self.recovery = Recovery(self.kinds, self.registry.prepare, sagas, comp, table, turn,
                                  shared, stats, sagalog, pipeline.commit_now, pool.for_saga,
                                  pool.ship_class)
+        self.collector = EngineCollector(self.health, self.measures, table.by_kind)
         control = self.control = ControlServer(self.paths, sel, self.life, shared, table,
                                                self.outcomes, self.registry, sagas, turn,
-                                               self._read_outcome)
+                                               self._read_outcome,
+                                               lambda: exposition(self.collector))
         self.bus = Bus(table, sagas, shared, self.outcomes, turn, stats, self.life,
                        self.registry.prepare, self.triggers, control.subscribed)
         self.host = HostLink(s, sel, stats, self.life, self._host_readable,
@@ -146,6 +152,8 @@ class Engine:
         if self.host.configured:
             self.host.start()
         control.open()
+        if s.metrics_port is not None:
+            self.metrics = MetricsServer(self.collector, s.metrics_host, s.metrics_port)
         self.thread = threading.Thread(target=self._run, name="saga-supervisor-loop",
                                        daemon=True)
 
@@ -420,6 +428,9 @@ class Engine:
         """Stop workers and host, close the log, unlink the segment.  Safe on a
         half-started engine and more than once."""
         self.inbox.close("the supervisor stopped")
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         if self.pool is not None:
             self.pool.stop_all()
         if self.host is not None:

@@ -47,6 +47,9 @@ class Settings:
     start_timeout: float = 60.0
     # a host frame left unfinished this long means a corrupt or stalled stream
     host_stall_timeout: float = 2.0
+    # serve Prometheus metrics on (metrics_host, metrics_port); None: do not
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     # batches of at least this many rows are committed by the writer thread
     # while the loop goes on (0: always inline)
     pipeline_rows: int = 256
@@ -131,7 +134,7 @@ class LiveSaga:
     __slots__ = ("saga_id", "name", "worker", "deadline", "timeout", "next_step", "open_step",
                  "phase", "succeeded", "has_comp", "listens", "dispatched", "needs_sent_ack",
                  "fail_reason", "comp_queue", "comp_wait", "comp_failed", "open_cmd",
-                 "inherited", "overdue", "kills")
+                 "inherited", "overdue", "kills", "born", "step_sent", "cause")
 
     def __init__(self, saga_id: int, name: str, worker: WorkerProc, deadline: float,
                  timeout: float, has_comp: bool, listens: frozenset[str]) -> None:
@@ -159,6 +162,9 @@ class LiveSaga:
         self.inherited = False  # a dead worker took the claim; replay re-derives
         self.overdue = False  # timed out, but someone else holds its claim
         self.kills = 0  # worker deaths while its user code ran (see workers.py)
+        self.born = deadline - timeout  # monotonic time of its spawn (metrics)
+        self.step_sent = 0.0  # monotonic time its open step went out (metrics)
+        self.cause: str | None = None  # why it failed, once it did (metrics)
 
 
 class Turn:

@@ -33,6 +33,7 @@ from supervisor._engine.records import (
     Turn,
     WorkerProc,
 )
+from supervisor._engine.measure import Measures, cause_of
 from supervisor._engine.table import SagaTable
 from supervisor.protocol import Act, Op
 from supervisor.saga import SAGA_COMPLETED, SAGA_FAILED, SAGA_STARTED, Event
@@ -52,7 +53,7 @@ def event_msg(saga: LiveSaga, ev: Event) -> tuple[Any, ...]:
 class SagaOps:
     def __init__(self, table: SagaTable, turn: Turn, shared: SharedState, stats: Stats,
                  life: Lifecycle, pick_worker: Callable[[int], WorkerProc],
-                 ship_class: Callable[[int], None]) -> None:
+                 ship_class: Callable[[int], None], measures: Measures | None = None) -> None:
         self.table = table
         self.turn = turn
         self.shared = shared
@@ -60,6 +61,7 @@ class SagaOps:
         self.life = life
         self.pick_worker = pick_worker
         self.ship_class = ship_class
+        self.measures = measures or Measures()
 
     def start(self, saga_id: int, spec: SagaSpec, trigger_event: Event | None = None) -> None:
         """Insert, then start: the running row goes into this turn's batch and
@@ -109,6 +111,8 @@ class SagaOps:
     def close_step(self, saga: LiveSaga, consumed: bytes | str, now: float) -> None:
         """The open step's echo was consumed: it succeeded, with that output."""
         out = consumed if isinstance(consumed, str) else consumed.decode("utf-8", "replace")
+        if self.measures.enabled and saga.step_sent:
+            self.measures.step(saga.name, time.monotonic() - saga.step_sent)
         self.turn.batch.step_ends.append(("succeeded", now, out, None, saga.saga_id,
                                           saga.open_step))
         if saga.succeeded is not None and saga.open_cmd is not None:
@@ -131,6 +135,9 @@ class SagaOps:
             self.stats["completed"] += 1
             turn.events.append((SAGA_COMPLETED, {"name": saga.name}, sid, None))
         turn.ended.append((sid, state, reason))
+        if self.measures.enabled:
+            self.measures.ended(saga.name, state, saga.cause, reason,
+                                time.monotonic() - saga.born)
 
     def fail(self, saga: LiveSaga, reason: str, claimed: bool = False,
              consumed: bytes | str | None = None) -> bool:
@@ -139,6 +146,8 @@ class SagaOps:
         to undo goes to compensation (while the supervisor runs)."""
         if not claimed and not self.shared.claim(saga.saga_id):
             return False
+        if self.measures.enabled:
+            saga.cause = cause_of(reason, by_worker=claimed)
         now = time.time()
         if saga.open_step:
             if consumed is not None:

@@ -1,0 +1,165 @@
+"""Prometheus / OpenMetrics exposition of a running engine, through
+prometheus-client (the optional extra ``metrics``).
+
+Counters and gauges are read at scrape time from what the engine keeps
+anyway (its stats, its health snapshot, the kind index); only failures by
+cause and the latency histograms are measured on the loop
+(:mod:`.measure`), and only when metrics are served.  Scrapes run on the
+HTTP server's thread and read loop-thread state unlocked: a scrape may be a
+turn behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from supervisor._engine.measure import Measures
+from supervisor.errors import SupervisorError
+
+NEEDS = ("serving metrics needs prometheus-client: pip install 'saga-supervisor[metrics]'")
+
+
+def require() -> Any:
+    try:
+        import prometheus_client
+    except ImportError:
+        raise SupervisorError(NEEDS) from None
+    return prometheus_client
+
+
+class EngineCollector:
+    """A prometheus-client collector over one engine."""
+
+    def __init__(self, health: Callable[[], dict[str, Any]], measures: Measures,
+                 by_kind: dict[str, set[int]]) -> None:
+        self.health = health
+        self.measures = measures
+        self.by_kind = by_kind
+        self._procs: dict[int, Any] = {}  # psutil.Process by pid: cpu_percent needs one
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        report = self.health()
+        st = report["stats"]
+
+        def counter(name: str, doc: str, value: float) -> Any:
+            return CounterMetricFamily(name, doc, value=value)
+
+        yield counter("saga_spawned", "Sagas spawned", st["spawned"])
+        yield counter("saga_completed", "Sagas completed", st["completed"])
+        failed = CounterMetricFamily("saga_failed", "Sagas failed, by cause", labels=["cause"])
+        for cause, n in self.measures.failed.items():
+            failed.add_metric([cause], n)
+        yield failed
+        for name, key, doc in (
+                ("saga_replays", "replayed", "Sagas resumed by replay"),
+                ("saga_reissues", "reissued", "Commands re-issued (same saga id and step)"),
+                ("saga_worker_restarts", "worker_restarts", "Worker processes restarted"),
+                ("saga_host_restarts", "host_restarts", "Host processes restarted"),
+                ("saga_bad_frames", "bad_frames", "Host frames that could not be used"),
+                ("saga_unknown_answers", "unknown_answers",
+                 "Host answers for no saga or step in flight"),
+                ("saga_late_answers", "late_answers", "Host answers for ended sagas"),
+                ("saga_input_errors", "input_errors", "Inputs dropped at a failure boundary"),
+                ("saga_trigger_errors", "trigger_errors", "Trigger spawns that failed"),
+                ("saga_poison", "poison_sagas", "Sagas failed for killing their worker"),
+                ("saga_log_commits", "commits", "Log transactions"),
+                ("saga_log_rows", "rows", "Log rows written")):
+            yield counter(name, doc, st.get(key, 0))
+        yield GaugeMetricFamily("saga_log_rows_per_commit", "Log rows per transaction (mean)",
+                                value=st["rows"] / st["commits"] if st["commits"] else 0.0)
+        yield GaugeMetricFamily("saga_up", "1 if the supervisor is healthy",
+                                value=1.0 if report["healthy"] else 0.0)
+        yield GaugeMetricFamily("saga_in_flight", "Sagas in flight",
+                                value=report["supervisor"].get("sagas_in_flight", 0))
+        by_kind = GaugeMetricFamily("saga_in_flight_by_kind", "Sagas in flight, by kind",
+                                    labels=["kind"])
+        for kind, ids in list(self.by_kind.items()):
+            by_kind.add_metric([kind], len(ids))
+        yield by_kind
+        yield from self._workers(report["workers"], GaugeMetricFamily)
+        host = report.get("host")
+        if host is not None:
+            yield counter("saga_host_frames_in", "Frames read from the host", host["frames_in"])
+            yield counter("saga_host_frames_out", "Frames written to the host",
+                          host["frames_out"])
+        for name, doc, hists in (
+                ("saga_duration_seconds", "Spawn to completion, by kind",
+                 self.measures.duration),
+                ("saga_step_round_trip_seconds", "Command dispatch to its answer, by kind",
+                 self.measures.step_rtt)):
+            fam = HistogramMetricFamily(name, doc, labels=["kind"])
+            for kind, h in list(hists.items()):
+                fam.add_metric([kind], h.cumulative(), sum_value=h.sum)
+            yield fam
+
+    def _workers(self, workers: list[dict[str, Any]], gauge: Any) -> Iterator[Any]:
+        import psutil
+
+        rss = gauge("saga_worker_rss_bytes", "Worker resident memory", labels=["worker"])
+        cpu = gauge("saga_worker_cpu_percent", "Worker CPU since the last scrape",
+                    labels=["worker"])
+        age = gauge("saga_worker_heartbeat_age_seconds", "Seconds since a worker last spoke",
+                    labels=["worker"])
+        held = gauge("saga_worker_in_flight", "Sagas in flight on a worker", labels=["worker"])
+        seen = set()
+        for w in workers:
+            label = [str(w["index"])]
+            rss.add_metric(label, w.get("rss", 0))
+            age.add_metric(label, w.get("heartbeat_age", 0.0))
+            held.add_metric(label, w.get("sagas_in_flight", 0))
+            pid = w.get("pid")
+            value = 0.0
+            if pid:
+                seen.add(pid)
+                try:
+                    proc = self._procs.get(pid) or self._procs.setdefault(pid,
+                                                                          psutil.Process(pid))
+                    value = proc.cpu_percent(interval=None)
+                except psutil.Error:
+                    pass
+            cpu.add_metric(label, value)
+        for pid in set(self._procs) - seen:
+            del self._procs[pid]
+        yield from (rss, cpu, age, held)
+
+
+class MetricsServer:
+    """``/metrics`` over HTTP on (host, port) for one engine."""
+
+    def __init__(self, collector: EngineCollector, host: str, port: int) -> None:
+        pc = require()
+        from prometheus_client.registry import CollectorRegistry
+
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(collector)
+        try:
+            self.server, self.thread = pc.start_http_server(port, addr=host,
+                                                            registry=self.registry)
+        except OSError as exc:
+            raise SupervisorError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.server.server_address[:2]
+        return str(host), int(port)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def exposition(collector: EngineCollector) -> bytes:
+    """The text a scrape would get, for ``saga-supervisor metrics``."""
+    pc = require()
+    from prometheus_client.registry import CollectorRegistry
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return bytes(pc.generate_latest(registry))
