@@ -134,6 +134,16 @@ def _parser() -> argparse.ArgumentParser:
     pb.add_argument("kind")
     pb.add_argument("--data", default="null", help="the event's data, as JSON (default null)")
 
+    t = sub.add_parser("top", help="a live view of a running supervisor",
+                       description="Sagas in flight by kind and state, the oldest one's age, "
+                       "rates, each worker's pid, RSS, CPU, heartbeat and sagas, the host's "
+                       "frames and restarts; from the health file and the shared segment, "
+                       "never the log. Exit 0, 2 if none runs.")
+    _add_data_dir(t)
+    t.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    t.add_argument("--once", action="store_true", help="one view (after one interval) and exit")
+    t.add_argument("--json", action="store_true", help="with --once: the view as JSON")
+
     m = sub.add_parser("metrics", help="print a running supervisor's Prometheus metrics",
                        description="Print the OpenMetrics/Prometheus text exposition of a "
                        "running supervisor (the same as its /metrics), e.g. for "
@@ -314,11 +324,12 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:
         return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
-    from supervisor import _cli_live, _cli_log
+    from supervisor import _cli_live, _cli_log, _cli_top
 
     handler = {"demo": cmd_demo, "health": cmd_health, "sagas": _cli_log.cmd_sagas,
                "events": _cli_live.cmd_events, "cancel": _cli_live.cmd_cancel,
                "publish": _cli_live.cmd_publish, "metrics": _cli_live.cmd_metrics,
+               "top": _cli_top.cmd_top,
                "vacuum": cmd_vacuum,
                "run": cmd_run}[args.command]
     return handler(args)

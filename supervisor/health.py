@@ -52,11 +52,21 @@ class EngineView:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# psutil.Process objects by pid: cpu_percent() measures since the previous
+# call on the same object (a fresh one always says 0.0)
+_seen: dict[int, psutil.Process] = {}
+
+
 def process_info(pid: int) -> dict[str, Any]:
-    """pid, create_time, status, alive, rss, cpu_percent, open fds."""
+    """pid, create_time, status, alive, rss, cpu_percent (since the previous
+    report), open fds."""
     info: dict[str, Any] = {"pid": pid, "alive": False}
     try:
-        p = psutil.Process(pid)
+        p = _seen.get(pid)
+        if p is None or not p.is_running():  # is_running() also catches a reused pid
+            if len(_seen) > 1024:
+                _seen.clear()
+            p = _seen[pid] = psutil.Process(pid)
         with p.oneshot():
             status = p.status()
             info.update(

@@ -178,9 +178,11 @@ class CompensatingSaga(Saga):
 
     name = "compensating"
 
-    def __init__(self, fail_how: str = "failed", undo_op: str = "echo") -> None:
+    def __init__(self, fail_how: str = "failed", undo_op: str = "echo",
+                 undo_seconds: float = 0.0) -> None:
         self.fail_how = fail_how
         self.undo_op = undo_op
+        self.undo_seconds = undo_seconds
         self.steps_done = 0
 
     def start(self, ctx: SagaContext) -> SagaAction:
@@ -200,7 +202,8 @@ class CompensatingSaga(Saga):
         if step.command.get("op") != "echo":
             return None
         return IssueCmd(Target.HOST, {"op": self.undo_op, "undo": step.command["do"],
-                                      "reason": "undo refused"})
+                                      "reason": "undo refused",
+                                      "seconds": getattr(self, "undo_seconds", 0.0)})
 
 
 class UnpicklableSaga(Saga):

@@ -397,7 +397,7 @@ class Engine:
         """A plain description of the engine, for :func:`supervisor.health.snapshot`."""
         if problems is None and self.life.error is not None:
             problems = [f"stopped: {type(self.life.error).__name__}: {self.life.error}"]
-        return describe(self.life, self.settings, self.stats, len(self.table), self.pool,
+        return describe(self.life, self.settings, self.stats, self.table, self.pool,
                         self.host.host if self.host is not None else None, self.control,
                         self.log, problems or [])
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from supervisor._engine.control import ControlServer
-from supervisor._engine.records import HostProc, Lifecycle, Settings, Stats
+from supervisor._engine.records import COMPENSATING, HostProc, Lifecycle, Settings, Stats
+from supervisor._engine.table import SagaTable
 from supervisor._engine.workers import WorkerPool
 from supervisor.health import EngineView, HostView, WorkerView
 from supervisor.log import SagaLog
@@ -20,7 +21,30 @@ from supervisor.log import SagaLog
 log = logging.getLogger(__name__)
 
 
-def describe(life: Lifecycle, settings: Settings, stats: Stats, in_flight: int,
+# past this many sagas in flight, a report counts them by kind only (the per
+# saga pass for states and the oldest age would cost the loop too much)
+_SCAN_LIMIT = 50_000
+
+
+def in_flight_by_kind(table: SagaTable) -> dict[str, Any]:
+    """Sagas in flight by kind and phase, and the oldest one's age."""
+    now = time.monotonic()
+    if len(table) > _SCAN_LIMIT:
+        return {"kinds": {k: {"in_flight": len(v)} for k, v in list(table.by_kind.items())},
+                "oldest_in_flight_s": None}
+    kinds: dict[str, dict[str, int]] = {}
+    oldest = now
+    for s in list(table.live.values()):
+        k = kinds.get(s.name)
+        if k is None:
+            k = kinds[s.name] = {"in_flight": 0, "running": 0, "compensating": 0}
+        k["in_flight"] += 1
+        k["compensating" if s.phase == COMPENSATING else "running"] += 1
+        oldest = min(oldest, s.born)
+    return {"kinds": kinds, "oldest_in_flight_s": round(now - oldest, 3) if kinds else None}
+
+
+def describe(life: Lifecycle, settings: Settings, stats: Stats, table: SagaTable,
              pool: WorkerPool | None, h: HostProc | None, control: ControlServer | None,
              sagalog: SagaLog | None, problems: list[str]) -> EngineView:
     now = time.monotonic()
@@ -30,7 +54,7 @@ def describe(life: Lifecycle, settings: Settings, stats: Stats, in_flight: int,
     host = None if h is None else HostView(
         h.proc.pid if h.proc is not None else None, h.alive, h.frames_in, h.frames_out,
         h.bad_frames, h.unknown_answers, h.death)
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = in_flight_by_kind(table)
     if control is not None:
         extra["control"] = {"clients": len(control.conns),
                             "subscribers": len(control.subscribed()),
@@ -38,7 +62,7 @@ def describe(life: Lifecycle, settings: Settings, stats: Stats, in_flight: int,
     if sagalog is not None:
         extra["log"] = {"path": str(sagalog.path), "durability": sagalog.durability,
                         "synchronous": sagalog.synchronous, "journal_mode": sagalog.journal_mode}
-    return EngineView(life.state, in_flight, settings.rss_limit, settings.heartbeat_timeout,
+    return EngineView(life.state, len(table), settings.rss_limit, settings.heartbeat_timeout,
                       dict(stats), workers, host, problems=problems, extra=extra)
 
 
