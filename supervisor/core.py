@@ -77,6 +77,7 @@ class Supervisor:
         host_stall_timeout: float = 2.0,
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
+        clock: Callable[[], float] | None = None,
     ) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
             raise ValueError(f"workers must be an int from 1 to 256, got {workers!r}")
@@ -112,7 +113,10 @@ class Supervisor:
             breaches=breaches, health_interval=_positive(health_interval, "health_interval"),
             shm_name=shm_name, start_timeout=_positive(start_timeout, "start_timeout"),
             host_stall_timeout=_positive(host_stall_timeout, "host_stall_timeout"),
-            metrics_port=metrics_port, metrics_host=metrics_host)
+            metrics_port=metrics_port, metrics_host=metrics_host, clock=clock)
+        if clock is not None and not callable(clock):
+            raise TypeError("clock must be a callable returning monotonic seconds "
+                            "(e.g. supervisor.testing.Clock())")
         if metrics_port is not None:
             if isinstance(metrics_port, bool) or not isinstance(metrics_port, int) or \
                     not 0 <= metrics_port <= 65535:

@@ -39,6 +39,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from supervisor.frames import (
@@ -205,9 +206,13 @@ class ReferenceHost:
                 pass
 
 
-async def _main(in_fd: int, out_fd: int) -> int:
+async def _main(in_fd: int, out_fd: int,
+                make: Callable[[int], ReferenceHost] | None = None) -> int:
+    """Serve the host protocol on (in_fd, out_fd) until EOF or a signal;
+    `make(out_fd)` builds the host (the reference host; the testing kit's
+    scripted host)."""
     loop = asyncio.get_running_loop()
-    host = ReferenceHost(out_fd)
+    host = (make or ReferenceHost)(out_fd)
     reader = FrameReader()
     done = loop.create_future()
 

@@ -438,7 +438,6 @@ def test_saga_class_in_main_script_using_an_import(tmp_path: Path, method: str) 
 
 def test_stale_segment_of_a_killed_supervisor_is_replaced(tmp_path: Path) -> None:
     import os
-    import signal
 
     from supervisor.paths import segment_name
 

@@ -238,7 +238,7 @@ def test_a_long_data_dir_gets_its_socket_in_a_private_directory(tmp_path: Path) 
     from supervisor import SagaClient
 
     deep = tmp_path / ("d" * 60) / ("e" * 60)
-    with Supervisor(deep, workers=1) as sup:
+    with Supervisor(deep, workers=1):
         path = Path((deep / "run" / "control").read_text())
         assert path.parent != deep / "run" and len(os.fsencode(path)) <= 100
         st = os.stat(path.parent)

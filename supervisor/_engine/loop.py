@@ -27,6 +27,7 @@ import logging
 import selectors
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import multiprocess
@@ -81,15 +82,18 @@ class Engine:
         self.turn = Turn()
         self.table = SagaTable()
         self.measures = Measures(enabled=settings.metrics_port is not None)
+        # deadlines run on this clock; health ticks, stalls and heartbeats on real time
+        self.clock: Callable[[], float] = settings.clock or time.monotonic
         self.metrics: MetricsServer | None = None
         self.log: SagaLog | None = None
         self.shared: SharedState | None = None
         self.sel: selectors.BaseSelector | None = None
-        self.pool: WorkerPool | None = None
-        self.host: HostLink | None = None
-        self.control: ControlServer | None = None
-        self.pipeline: Pipeline | None = None
         self.thread: threading.Thread | None = None
+        # made by _start(); teardown() copes with a start that stopped half-way
+        self.pool: WorkerPool
+        self.host: HostLink
+        self.control: ControlServer
+        self.pipeline: Pipeline
         self._dead: list[WorkerProc] = []
         self._drain_deadline: float | None = None
 
@@ -121,13 +125,16 @@ class Engine:
         sel = self.sel = selectors.DefaultSelector()
         inbox = self.inbox
         inbox.open()
+        attach = getattr(s.clock, "attach", None)
+        if attach is not None:  # a test's clock wakes the loop when it is advanced
+            attach(inbox.wake)
         sel.register(inbox.wake_r, selectors.EVENT_READ, lambda mask: inbox.drain_wake())
         pool = self.pool = WorkerPool(s, multiprocess.get_context(s.start_method), sel,
                                       shared.name, self.registry, stats, self.life,
                                       self._worker_readable, self._dead.append)
         pool.live = table.live
         sagas = self.sagas = SagaOps(table, turn, shared, stats, self.life, pool.for_saga,
-                                     pool.ship_class, self.measures)
+                                     pool.ship_class, self.measures, self.clock)
         comp = self.compensation = Compensation(sagas, turn)
         pipeline = self.pipeline = Pipeline(sagalog, turn, self._emit, pool.all, stats,
                                             inbox.wake_w, s.pipeline_rows)
@@ -174,7 +181,6 @@ class Engine:
                 # accepted) ends there, with the reason
                 try:
                     self._take_requests(stopping_now=True)
-                    assert self.pipeline is not None
                     self.sagas.fail_all(self.life.stop_reason)
                     self.pipeline.end_turn()
                     self.pipeline.drain()
@@ -197,20 +203,19 @@ class Engine:
                     item.future.set(False)
 
     def _loop(self) -> None:
-        sel, inbox, table, pool, pipeline = self.sel, self.inbox, self.table, self.pool, \
-            self.pipeline
-        assert sel is not None and pool is not None and pipeline is not None
-        assert self.control is not None
-        control = self.control
+        sel, inbox, table, pool, pipeline, control = self.sel, self.inbox, self.table, \
+            self.pool, self.pipeline, self.control
+        assert sel is not None
         health_every = self.settings.health_interval
         last_purge = last_health = time.monotonic()
         self._write_health()
+        clock = self.clock
         while True:
-            now = time.monotonic()
+            vnow = clock()
             timeout = min(1.0, health_every, self.settings.host_stall_timeout)
             for at in (table.next_deadline(), pool.next_restart()):
                 if at is not None:
-                    timeout = min(timeout, max(0.0, at - now))
+                    timeout = min(timeout, max(0.0, at - vnow))
             if self._drain_deadline is not None:
                 timeout = min(timeout, 0.05)
             inbox.sleeping = True
@@ -226,12 +231,12 @@ class Engine:
                 self._dead.clear()  # the pool's sentinels append to this very list
                 for w in dead:
                     self._worker_died(w)
-            now = time.monotonic()
-            if pool.pending_restarts and pool.pending_restarts[0][0] <= now:
-                for dead_w, new, why in pool.restarts_due(now):
+            now, vnow = time.monotonic(), clock()
+            if pool.pending_restarts and pool.pending_restarts[0][0] <= vnow:
+                for dead_w, new, why in pool.restarts_due(vnow):
                     self.recovery.adopt_orphans(dead_w, new, why, False)
-            if table.timers and table.timers[0][0] <= now:
-                self.sagas.expire(now)
+            if table.timers and table.timers[0][0] <= vnow:
+                self.sagas.expire(vnow)
             if stopping and (not table or now >= stopping):
                 self.sagas.fail_all(self.life.stop_reason)
                 pipeline.end_turn()
@@ -240,7 +245,7 @@ class Engine:
             health_due = now - last_health >= health_every
             if health_due:  # before the commit, so that what it decides goes out now
                 last_health = now
-                assert self.host is not None and self.log is not None
+                assert self.log is not None
                 stalled = self.host.check_stall(now)
                 if stalled is not None:
                     self._host_lost(*stalled)
@@ -298,7 +303,6 @@ class Engine:
     # -- outputs (after the commit) ------------------------------------------------------
 
     def _emit(self, out: TurnOutputs) -> None:
-        assert self.host is not None and self.pool is not None and self.control is not None
         if out.host_out:
             self.dispatch.to_host(self.host.host, out.host_out)
             self._flush_host()
@@ -315,7 +319,6 @@ class Engine:
                 # messages queued for w since (by dispatch above) go after these
                 send(w, msgs + w.outbox)
                 w.outbox = []
-        assert self.pipeline is not None
         if not self.pipeline.holding:
             for w in self.pool.all():
                 if w.outbox and w.alive:
@@ -327,7 +330,6 @@ class Engine:
     # -- host ----------------------------------------------------------------------------
 
     def _host_readable(self, h: HostProc) -> None:
-        assert self.host is not None
         bodies, death = self.host.read(h)
         frame = self.routing.host_frame
         for body in bodies:
@@ -336,19 +338,16 @@ class Engine:
             self._host_lost(h, death)
 
     def _host_writable(self, h: HostProc) -> None:
-        assert self.host is not None
         death = self.host.flush(h)
         if death is not None:
             self._host_lost(h, death)
 
     def _flush_host(self) -> None:
-        assert self.host is not None
         h = self.host.host
         if h is not None and h.alive and not h.want_write:
             self._host_writable(h)
 
     def _host_lost(self, h: HostProc, why: str) -> None:
-        assert self.host is not None
         if not h.alive:
             return
         restarted = self.host.lost(h, why)
@@ -359,7 +358,6 @@ class Engine:
     # -- workers ---------------------------------------------------------------------------
 
     def _worker_readable(self, w: WorkerProc) -> None:
-        assert self.pool is not None
         replies = self.routing.worker_replies
         for batch in self.pool.read(w):
             replies(batch)
@@ -367,7 +365,6 @@ class Engine:
     def _worker_died(self, w: WorkerProc) -> None:
         """A worker is gone: read what it wrote, then replay its sagas on its
         replacement or fail them; past restart intensity, stop cleanly."""
-        assert self.pool is not None
         self._worker_readable(w)  # replies written before death still count
         for sid in self.pool.suspects(w):  # its user code ran when the worker died
             saga = self.table.get(sid)
@@ -387,7 +384,7 @@ class Engine:
     # -- the log, for readers on the loop thread ---------------------------------------------
 
     def _read_outcome(self, saga_id: int) -> tuple[str, str | None] | None:
-        assert self.pipeline is not None and self.log is not None
+        assert self.log is not None
         self.pipeline.drain()
         return self.log.outcome(saga_id)
 
@@ -397,9 +394,10 @@ class Engine:
         """A plain description of the engine, for :func:`supervisor.health.snapshot`."""
         if problems is None and self.life.error is not None:
             problems = [f"stopped: {type(self.life.error).__name__}: {self.life.error}"]
-        return describe(self.life, self.settings, self.stats, self.table, self.pool,
-                        self.host.host if self.host is not None else None, self.control,
-                        self.log, problems or [])
+        host = getattr(self, "host", None)
+        return describe(self.life, self.settings, self.stats, self.table,
+                        getattr(self, "pool", None), host.host if host is not None else None,
+                        getattr(self, "control", None), self.log, problems or [])
 
     def health(self) -> dict[str, Any]:
         return snapshot(self.view())
@@ -431,12 +429,9 @@ class Engine:
         if self.metrics is not None:
             self.metrics.close()
             self.metrics = None
-        if self.pool is not None:
-            self.pool.stop_all()
-        if self.host is not None:
-            self.host.stop()
-        if self.control is not None:
-            self.control.close()
+        for part, close in (("pool", "stop_all"), ("host", "stop"), ("control", "close")):
+            if hasattr(self, part):
+                getattr(getattr(self, part), close)()
         if self.sel is not None:
             self.sel.close()
             self.sel = None
@@ -445,7 +440,7 @@ class Engine:
             self.paths.health_file.unlink()
         except OSError:
             pass
-        if self.pipeline is not None:
+        if hasattr(self, "pipeline"):
             self.pipeline.stop()
         if self.log is not None:
             self.log.close()

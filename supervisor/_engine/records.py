@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Final
 
 from supervisor.frames import FrameReader
@@ -50,6 +51,9 @@ class Settings:
     # serve Prometheus metrics on (metrics_host, metrics_port); None: do not
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
+    # the clock of deadlines (saga and compensation timeouts, restart backoff):
+    # time.monotonic, or a test's clock that it can advance (supervisor.testing)
+    clock: Callable[[], float] | None = None
     # batches of at least this many rows are committed by the writer thread
     # while the loop goes on (0: always inline)
     pipeline_rows: int = 256

@@ -133,7 +133,7 @@ class Recovery:
         self.ship_class(spec.class_id)
         remaining = spec.timeout - max(0.0, time.time() - req.started_at)
         w = self.pick_worker(sid)
-        saga = LiveSaga(sid, spec.name, w, time.monotonic() + max(0.0, remaining),
+        saga = LiveSaga(sid, spec.name, w, self.sagas.clock() + max(0.0, remaining),
                         spec.timeout, spec.has_comp, spec.listens)
         saga.needs_sent_ack = True
         saga.inherited = req.inherited

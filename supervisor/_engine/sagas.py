@@ -53,7 +53,8 @@ def event_msg(saga: LiveSaga, ev: Event) -> tuple[Any, ...]:
 class SagaOps:
     def __init__(self, table: SagaTable, turn: Turn, shared: SharedState, stats: Stats,
                  life: Lifecycle, pick_worker: Callable[[int], WorkerProc],
-                 ship_class: Callable[[int], None], measures: Measures | None = None) -> None:
+                 ship_class: Callable[[int], None], measures: Measures | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.table = table
         self.turn = turn
         self.shared = shared
@@ -62,6 +63,7 @@ class SagaOps:
         self.pick_worker = pick_worker
         self.ship_class = ship_class
         self.measures = measures or Measures()
+        self.clock = clock  # of deadlines: real, or a test's
 
     def start(self, saga_id: int, spec: SagaSpec, trigger_event: Event | None = None) -> None:
         """Insert, then start: the running row goes into this turn's batch and
@@ -69,7 +71,7 @@ class SagaOps:
         cid, state, name, timeout, snapshot_json, listens, has_comp = spec
         self.ship_class(cid)
         w = self.pick_worker(saga_id)
-        saga = LiveSaga(saga_id, name, w, time.monotonic() + timeout, timeout, has_comp,
+        saga = LiveSaga(saga_id, name, w, self.clock() + timeout, timeout, has_comp,
                         listens)
         self.table.add(saga)
         turn = self.turn
@@ -137,7 +139,7 @@ class SagaOps:
         turn.ended.append((sid, state, reason))
         if self.measures.enabled:
             self.measures.ended(saga.name, state, saga.cause, reason,
-                                time.monotonic() - saga.born)
+                                self.clock() - saga.born)
 
     def fail(self, saga: LiveSaga, reason: str, claimed: bool = False,
              consumed: bytes | str | None = None) -> bool:
@@ -163,7 +165,7 @@ class SagaOps:
             saga.phase = COMPENSATING
             saga.fail_reason = reason
             self.turn.batch.saga_states.append(("compensating", saga.saga_id))
-            self.table.rearm(saga, time.monotonic() + saga.timeout)
+            self.table.rearm(saga, self.clock() + saga.timeout)
             saga.worker.outbox.append((Op.COMP, saga.saga_id, list(reversed(saga.succeeded))))
             return True
         self.end(saga, "failed", reason)

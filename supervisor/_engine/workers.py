@@ -59,6 +59,7 @@ class WorkerPool:
         self.life = life
         self.on_readable = on_readable
         self.on_dead = on_dead
+        self.clock: Callable[[], float] = settings.clock or time.monotonic  # backoffs
         self.live: dict[int, Any] = {}  # the sagas in flight (set by the loop)
         self.workers: list[WorkerProc] = []
         self.retired: list[WorkerProc] = []  # recycled, finishing their sagas
@@ -265,7 +266,7 @@ class WorkerPool:
             log.warning("restarting worker %d in %.2fs (restart %d within %ss)", w.index,
                         verdict.delay, verdict.restarts, self.settings.restart_period)
             heapq.heappush(self.pending_restarts,
-                           (time.monotonic() + verdict.delay, w.index, w, why))
+                           (self.clock() + verdict.delay, w.index, w, why))
             return Death(None, why, False, True)
         replacement = self._start(w.index)
         self.workers[w.index] = replacement
