@@ -100,8 +100,12 @@ class SagaClient:
         finally:
             self._pending.pop(req, None)
 
-    def spawn(self, saga: Saga) -> int:
-        """Spawn `saga` on the supervisor; returns its id once it is accepted."""
+    def spawn(self, saga: Saga, key: str | None = None) -> int:
+        """Spawn `saga` on the supervisor; returns its id once it is accepted.
+        With an idempotency `key`, the id of the saga that holds it (see
+        :meth:`supervisor.Supervisor.spawn`)."""
+        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
+            raise ValueError(f"key must be a str of 1 to 256 characters, got {key!r:.80}")
         sh = encode_saga(saga)
         ccid = self._classes.get(sh.cls)
         if ccid is None:
@@ -111,8 +115,8 @@ class SagaClient:
             self._send(("cls", 0, ccid, blob))
         sid = self._shared.acquire()
         try:
-            self._call("spawn", sid, ccid, sh.state, sh.name, sh.timeout, sh.snapshot_json,
-                       sorted(sh.listens), sh.has_comp)
+            got = int(self._call("spawn", sid, ccid, sh.state, sh.name, sh.timeout,
+                                 sh.snapshot_json, sorted(sh.listens), sh.has_comp, key))
         except BaseException as exc:
             # give the slot back.  Refused: the saga never started.  No answer
             # (timeout, connection lost): the supervisor may have accepted it;
@@ -123,7 +127,9 @@ class SagaClient:
                 raise TimeoutError(f"no answer to spawn of saga {sid}: it may have started; "
                                    f"wait({sid}) tells") from None
             raise
-        return sid
+        if got != sid:  # the key's saga exists: ours never started
+            self._shared.claim(sid)
+        return got
 
     def cancel(self, saga_id: int, reason: str = "cancelled") -> bool:
         sid = _validate.saga_id(saga_id)

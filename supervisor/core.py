@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import supervisor._validate as _validate
-from supervisor._engine.inbox import AddTrigger, Cancel, Publish, spawn_request
+from supervisor._engine.inbox import AddTrigger, Cancel, Publish, SpawnKeyed, spawn_request
 from supervisor._engine.loop import Engine
 from supervisor._engine.outcomes import Subscription
 from supervisor._engine.records import Settings
@@ -278,11 +278,18 @@ class Supervisor:
 
     # -- sagas ------------------------------------------------------------------------------
 
-    def spawn(self, saga: Saga) -> int:
+    def spawn(self, saga: Saga, key: str | None = None) -> int:
         """Start `saga`; returns its id at once (callable from any thread).
         Raises :class:`SpawnError` if the saga cannot be shipped to a worker,
         :class:`NotRunningError` if the supervisor is not running.  Every id
-        returned gets a logged outcome."""
+        returned gets a logged outcome.
+
+        With an idempotency `key`, a saga that holds the key already — in
+        flight, or ended and not yet purged (``retention_days``), across
+        restarts — is returned instead of starting another; of concurrent
+        spawns with one key (any threads or processes) exactly one starts."""
+        if key is not None:
+            return self._spawn_keyed(saga, key)
         engine = self._engine
         if engine.life.state != "running":
             raise NotRunningError(f"cannot spawn: the supervisor is {engine.life.state}")
@@ -299,6 +306,29 @@ class Supervisor:
             raise NotRunningError(f"cannot spawn: the supervisor is {engine.life.state}"
                                   ) from None
         return sid
+
+    def _spawn_keyed(self, saga: Saga, key: str) -> int:
+        if not isinstance(key, str) or not 0 < len(key) <= 256:
+            raise ValueError(f"key must be a str of 1 to 256 characters, got {key!r:.80}")
+        engine = self._engine
+        if engine.life.state != "running" or engine.shared is None:
+            raise NotRunningError(f"cannot spawn: the supervisor is {engine.life.state}")
+        spec = engine.registry.prepare(saga)
+        shared = engine.shared
+        sid = shared.acquire()
+        engine.outcomes.expect(sid)
+        fut = Future()
+        try:
+            engine.inbox.post(SpawnKeyed(sid, spec, key, fut))
+            got = int(fut.result(30.0))
+        except (NotRunningError, TimeoutError):
+            engine.outcomes.forget(sid)
+            shared.claim(sid)
+            raise
+        if got != sid:  # the key's saga exists: ours never starts
+            engine.outcomes.forget(sid)
+            shared.claim(sid)
+        return got
 
     def wait(self, saga_id: int, timeout: float | None = None) -> Outcome:
         """Block until `saga_id` has its terminal outcome (from any thread).

@@ -7,10 +7,10 @@ writes them in one transaction, before anything of that turn becomes visible
 ``synchronous=NORMAL`` (default: survives a process crash, may lose the last
 commits on power loss) or ``FULL`` (fsync per commit).
 
-Schema (version 2, migrated in place through ``pragma user_version``): the
+Schema (version 3, migrated in place through ``pragma user_version``): the
 ``saga`` and ``saga_step`` tables (see ``docs/architecture.md``), plus
-``compensation_json`` on steps (v1) and ``saga_meta`` holding the ids'
-high-water mark (v2).
+``compensation_json`` on steps (v1), ``saga_meta`` holding the ids'
+high-water mark (v2) and ``saga.idem_key`` with a unique index (v3).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import apsw
 
 from supervisor.errors import SupervisorError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -67,6 +67,12 @@ _MIGRATIONS: dict[int, str] = {
     INSERT INTO saga_meta(key, value) SELECT 'next_id', coalesce(max(saga_id), 0) + 1
         FROM saga;
     """,
+    # 3: idempotency keys: spawn(saga, key=...) returns the saga that already
+    # has the key, in flight or ended (and not yet purged)
+    3: """
+    ALTER TABLE saga ADD COLUMN idem_key TEXT;
+    CREATE UNIQUE INDEX saga_idem_key ON saga(idem_key) WHERE idem_key IS NOT NULL;
+    """,
 }
 _MARK_NEXT_ID = ("UPDATE saga_meta SET value = max(value, (SELECT coalesce(max(saga_id), 0) + 1 "
                  "FROM saga)) WHERE key = 'next_id'")
@@ -101,14 +107,15 @@ class Batch:
     step_comps: list[tuple[Any, ...]] = field(default_factory=list)
     saga_states: list[tuple[Any, ...]] = field(default_factory=list)
     saga_ends: list[tuple[Any, ...]] = field(default_factory=list)
+    saga_keys: list[tuple[str, int]] = field(default_factory=list)  # (key, saga id)
 
     def __bool__(self) -> bool:
         return bool(self.sagas or self.steps or self.step_ends or self.step_comps
-                    or self.saga_states or self.saga_ends)
+                    or self.saga_states or self.saga_ends or self.saga_keys)
 
     def rows(self) -> int:
         return (len(self.sagas) + len(self.steps) + len(self.step_ends) + len(self.step_comps)
-                + len(self.saga_states) + len(self.saga_ends))
+                + len(self.saga_states) + len(self.saga_ends) + len(self.saga_keys))
 
 
 # The hot statements take many rows per statement (multi-row VALUES, and
@@ -254,6 +261,8 @@ class SagaLog:
         with c:
             if batch.sagas:
                 self._multi("insert_saga", batch.sagas)
+            if batch.saga_keys:
+                c.executemany("UPDATE saga SET idem_key = ? WHERE saga_id = ?", batch.saga_keys)
             if batch.steps:
                 self._multi("insert_step", batch.steps)
             if batch.step_ends:
@@ -314,6 +323,12 @@ class SagaLog:
 
     def steps(self, saga_id: int) -> list[dict[str, Any]]:
         return step_rows(self.conn, saga_id)
+
+    def find_key(self, key: str) -> int | None:
+        """The saga that holds idempotency key `key`, if the log has one."""
+        rows = self.conn.execute("SELECT saga_id FROM saga WHERE idem_key = ?",
+                                 (key,)).fetchall()
+        return int(rows[0][0]) if rows else None  # type: ignore[arg-type]
 
     def outcome(self, saga_id: int) -> tuple[str, str | None] | None:
         """(state, failure reason) as logged, or None if the log has no such saga."""

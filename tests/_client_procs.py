@@ -20,3 +20,11 @@ def cancel_from_afar(data_dir: str, saga_id: int, conn: Any) -> None:
     with SagaClient(data_dir) as client:
         won = client.cancel(saga_id, "remote operator")
         conn.send((won, client.wait(saga_id, 30).reason))
+
+
+def spawn_keyed(data_dir: str, keys: list[str], go: Any, conn: Any) -> None:
+    """Spawn one saga per key, all at once with the other processes."""
+    with SagaClient(data_dir) as client:
+        go.wait(30)
+        conn.send([client.spawn(S.InstantSaga() if k.endswith("i") else S.SleepSaga(0.2),
+                                key=k) for k in keys])

@@ -90,7 +90,8 @@ class ControlServer:
                  shared: SharedState, table: SagaTable, outcomes: Outcomes,
                  registry: ClassRegistry, sagas: SagaOps, turn: Turn,
                  read_outcome: Callable[[int], tuple[str, str | None] | None],
-                 metrics: Callable[[], bytes] | None = None) -> None:
+                 metrics: Callable[[], bytes] | None = None,
+                 spawn_keyed: Callable[[int, SagaSpec, str], int] | None = None) -> None:
         self.paths = paths
         self.sel = sel
         self.life = life
@@ -102,6 +103,7 @@ class ControlServer:
         self.turn = turn
         self.read_outcome = read_outcome
         self.metrics = metrics
+        self.spawn_keyed = spawn_keyed
         self.listener: socket.socket | None = None
         self.path: Path | None = None
         self.conns: list[Conn] = []
@@ -333,6 +335,9 @@ class ControlServer:
         if not all(isinstance(k, str) for k in listens):
             raise BadRequest("listens must hold str event kinds")
         has_comp = _field(msg, 9, bool)
+        key = msg[10] if len(msg) > 10 else None
+        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
+            raise BadRequest("key must be a str of 1 to 256 characters")
         cid = c.classes.get(ccid)
         if not isinstance(cid, int):
             c.send(("err", req, ("SpawnError", cid or f"unknown class id {ccid!r}")))
@@ -340,10 +345,17 @@ class ControlServer:
         if sid in self.table.live or self.shared.state(sid) != "live":
             c.send(("err", req, ("ValueError", f"saga id {sid!r} is not a fresh registered id")))
             return
+        spec = SagaSpec(cid, state, name, float(timeout), snapshot_json, frozenset(listens),
+                        has_comp)
         self.outcomes.expect(sid)
-        self.sagas.start(sid, SagaSpec(cid, state, name, float(timeout), snapshot_json,
-                                       frozenset(listens), has_comp))
-        c.send(("ok", req, sid))
+        if key is not None and self.spawn_keyed is not None:
+            got = self.spawn_keyed(sid, spec, key)
+            if got != sid:
+                self.outcomes.forget(sid)  # the key's saga exists: this one never starts
+        else:
+            self.sagas.start(sid, spec)
+            got = sid
+        c.send(("ok", req, got))
 
     def _wait(self, c: Conn, req: int, sid: int) -> None:
         o = self.outcomes.lookup(sid)

@@ -32,6 +32,16 @@ class Spawn(NamedTuple):
     spec: SagaSpec
 
 
+class SpawnKeyed(NamedTuple):
+    """A spawn with an idempotency key: `future` gets the id of the saga that
+    holds the key (this one, or one in flight or ended before)."""
+
+    saga_id: int
+    spec: SagaSpec
+    key: str
+    future: Future
+
+
 class Cancel(NamedTuple):
     saga_id: int
     reason: str
@@ -63,7 +73,7 @@ class Replay(NamedTuple):
     kills: int = 0  # worker deaths it is suspected of: isolated when > 0
 
 
-Request = Spawn | Cancel | Publish | AddTrigger | Stop | Replay
+Request = Spawn | SpawnKeyed | Cancel | Publish | AddTrigger | Stop | Replay
 
 _tuple_new = tuple.__new__
 

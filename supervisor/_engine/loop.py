@@ -38,7 +38,9 @@ from supervisor._engine.compensation import Compensation
 from supervisor._engine.control import ControlServer
 from supervisor._engine.dispatch import Dispatch, Handler
 from supervisor._engine.host_link import HostLink
-from supervisor._engine.inbox import AddTrigger, Cancel, Inbox, Publish, Replay, Spawn, Stop
+from supervisor._engine.inbox import (AddTrigger, Cancel, Inbox, Publish, Replay, Spawn,
+                                     SpawnKeyed, Stop)
+from supervisor._engine.keys import Keys
 from supervisor._engine.measure import Measures
 from supervisor._engine.metrics import EngineCollector, MetricsServer, exposition
 from supervisor._engine.outcomes import Outcomes
@@ -141,11 +143,13 @@ class Engine:
         self.recovery = Recovery(self.kinds, self.registry.prepare, sagas, comp, table, turn,
                                  shared, stats, sagalog, pipeline.commit_now, pool.for_saga,
                                  pool.ship_class)
+        self.keys = Keys(table, sagas, pipeline.commit_now, sagalog.find_key)
         self.collector = EngineCollector(self.health, self.measures, table.by_kind)
         control = self.control = ControlServer(self.paths, sel, self.life, shared, table,
                                                self.outcomes, self.registry, sagas, turn,
                                                self._read_outcome,
-                                               lambda: exposition(self.collector))
+                                               lambda: exposition(self.collector),
+                                               self.keys.spawn)
         self.bus = Bus(table, sagas, shared, self.outcomes, turn, stats, self.life,
                        self.registry.prepare, self.triggers, control.subscribed)
         self.host = HostLink(s, sel, stats, self.life, self._host_readable,
@@ -271,6 +275,8 @@ class Engine:
             try:
                 if t is Spawn:
                     sagas.start(item.saga_id, item.spec)
+                elif t is SpawnKeyed:
+                    item.future.set(self.keys.spawn(item.saga_id, item.spec, item.key))
                 elif t is Cancel:
                     item.future.set(False if stopping_now else
                                     sagas.cancel(item.saga_id, item.reason))
@@ -331,24 +337,21 @@ class Engine:
 
     def _host_readable(self, h: HostProc) -> None:
         bodies, death = self.host.read(h)
-        frame = self.routing.host_frame
         for body in bodies:
-            frame(h, body)
-        if death is not None:
-            self._host_lost(h, death)
+            self.routing.host_frame(h, body)
+        self._host_lost(h, death)
 
     def _host_writable(self, h: HostProc) -> None:
-        death = self.host.flush(h)
-        if death is not None:
-            self._host_lost(h, death)
+        self._host_lost(h, self.host.flush(h))
 
     def _flush_host(self) -> None:
         h = self.host.host
         if h is not None and h.alive and not h.want_write:
             self._host_writable(h)
 
-    def _host_lost(self, h: HostProc, why: str) -> None:
-        if not h.alive:
+    def _host_lost(self, h: HostProc, why: str | None) -> None:
+        """A death verdict (None: no death) for the host: restart or fail."""
+        if why is None or not h.alive:
             return
         restarted = self.host.lost(h, why)
         log.error("%s; %s", why, "host restarted, open steps re-issued" if restarted
@@ -358,9 +361,8 @@ class Engine:
     # -- workers ---------------------------------------------------------------------------
 
     def _worker_readable(self, w: WorkerProc) -> None:
-        replies = self.routing.worker_replies
         for batch in self.pool.read(w):
-            replies(batch)
+            self.routing.worker_replies(batch)
 
     def _worker_died(self, w: WorkerProc) -> None:
         """A worker is gone: read what it wrote, then replay its sagas on its
@@ -381,14 +383,11 @@ class Engine:
         if not death.later:
             self.recovery.adopt_orphans(w, death.replacement, death.why, death.intensity)
 
-    # -- the log, for readers on the loop thread ---------------------------------------------
-
     def _read_outcome(self, saga_id: int) -> tuple[str, str | None] | None:
+        """The logged outcome (the writer finished first: it borrows the log)."""
         assert self.log is not None
         self.pipeline.drain()
         return self.log.outcome(saga_id)
-
-    # -- health ------------------------------------------------------------------------------
 
     def view(self, problems: list[str] | None = None) -> EngineView:
         """A plain description of the engine, for :func:`supervisor.health.snapshot`."""

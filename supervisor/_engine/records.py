@@ -138,7 +138,7 @@ class LiveSaga:
     __slots__ = ("saga_id", "name", "worker", "deadline", "timeout", "next_step", "open_step",
                  "phase", "succeeded", "has_comp", "listens", "dispatched", "needs_sent_ack",
                  "fail_reason", "comp_queue", "comp_wait", "comp_failed", "open_cmd",
-                 "inherited", "overdue", "kills", "born", "step_sent", "cause")
+                 "inherited", "overdue", "kills", "born", "step_sent", "cause", "key")
 
     def __init__(self, saga_id: int, name: str, worker: WorkerProc, deadline: float,
                  timeout: float, has_comp: bool, listens: frozenset[str]) -> None:
@@ -169,6 +169,7 @@ class LiveSaga:
         self.born = deadline - timeout  # monotonic time of its spawn (metrics)
         self.step_sent = 0.0  # monotonic time its open step went out (metrics)
         self.cause: str | None = None  # why it failed, once it did (metrics)
+        self.key: str | None = None  # its idempotency key, if spawned with one
 
 
 class Turn:

@@ -65,7 +65,8 @@ class SagaOps:
         self.measures = measures or Measures()
         self.clock = clock  # of deadlines: real, or a test's
 
-    def start(self, saga_id: int, spec: SagaSpec, trigger_event: Event | None = None) -> None:
+    def start(self, saga_id: int, spec: SagaSpec, trigger_event: Event | None = None,
+              key: str | None = None) -> None:
         """Insert, then start: the running row goes into this turn's batch and
         START to its worker (so a saga that ends at once can claim)."""
         cid, state, name, timeout, snapshot_json, listens, has_comp = spec
@@ -76,6 +77,10 @@ class SagaOps:
         self.table.add(saga)
         turn = self.turn
         turn.batch.sagas.append((saga_id, name, time.time(), snapshot_json))
+        if key is not None:
+            saga.key = key
+            self.table.by_key[key] = saga_id
+            turn.batch.saga_keys.append((key, saga_id))
         w.outbox.append((Op.START, saga_id, cid, state, name))
         if trigger_event is not None:
             saga.needs_sent_ack = True

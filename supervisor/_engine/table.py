@@ -16,13 +16,14 @@ from supervisor._engine.records import LiveSaga, WorkerProc
 
 
 class SagaTable:
-    __slots__ = ("live", "by_kind", "listeners", "timers")
+    __slots__ = ("live", "by_kind", "listeners", "timers", "by_key")
 
     def __init__(self) -> None:
         self.live: dict[int, LiveSaga] = {}
         self.by_kind: dict[str, set[int]] = {}
         self.listeners: dict[str, set[int]] = {}
         self.timers: list[tuple[float, int]] = []
+        self.by_key: dict[str, int] = {}  # idempotency keys of sagas in flight
 
     def __len__(self) -> int:
         return len(self.live)
@@ -59,6 +60,8 @@ class SagaTable:
                 if not ls:
                     del self.listeners[k]
         saga.worker.in_flight -= 1
+        if saga.key is not None:
+            self.by_key.pop(saga.key, None)
 
     def rearm(self, saga: LiveSaga, deadline: float) -> None:
         """Move a saga's deadline (the old heap entry goes stale)."""
