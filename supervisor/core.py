@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import supervisor._validate as _validate
-from supervisor._engine.inbox import AddTrigger, Cancel, Publish, SpawnKeyed, spawn_request
+from supervisor._engine.inbox import (AddTrigger, Cancel, Publish, SpawnKeyed, SpawnMany,
+                                     spawn_request)
 from supervisor._engine.loop import Engine
 from supervisor._engine.outcomes import Subscription
 from supervisor._engine.records import Settings
 from supervisor._future import Future
 from supervisor.errors import NotRunningError, SupervisorCrashedError
-from supervisor.log import LogError, open_readonly, read_outcome
+from supervisor.log import open_readonly, read_outcome
 from supervisor.paths import DataDir
 from supervisor.saga import Event, Outcome, Saga, Target
 
@@ -307,6 +308,30 @@ class Supervisor:
                                   ) from None
         return sid
 
+    def spawn_many(self, sagas: list[Saga]) -> list[int]:
+        """Start many sagas at once (one hand-over to the loop for all): their
+        ids, in order.  All are encoded first, so a saga that cannot be
+        shipped raises :class:`SpawnError` before any starts."""
+        engine = self._engine
+        if engine.life.state != "running" or engine.shared is None:
+            raise NotRunningError(f"cannot spawn: the supervisor is {engine.life.state}")
+        prepare = engine.registry.prepare
+        specs = [prepare(s) for s in sagas]
+        shared, outcomes = engine.shared, engine.outcomes
+        ids: list[int] = []
+        try:
+            for _ in specs:
+                sid = shared.acquire()
+                ids.append(sid)
+                outcomes.expect(sid)
+            engine.inbox.post(SpawnMany(ids, specs))
+        except BaseException:
+            for sid in ids:  # none of them started: give their slots back
+                outcomes.forget(sid)
+                shared.claim(sid)
+            raise
+        return ids
+
     def _spawn_keyed(self, saga: Saga, key: str) -> int:
         if not isinstance(key, str) or not 0 < len(key) <= 256:
             raise ValueError(f"key must be a str of 1 to 256 characters, got {key!r:.80}")
@@ -352,10 +377,7 @@ class Supervisor:
     def _outcome_from_log(self, saga_id: int) -> Outcome | None:
         if not self.db_path.exists():
             return None
-        try:
-            conn = open_readonly(self.db_path)
-        except LogError:
-            raise
+        conn = open_readonly(self.db_path)  # a corrupt log raises LogError, naming it
         try:
             row = read_outcome(conn, saga_id)
         finally:

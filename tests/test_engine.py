@@ -513,3 +513,23 @@ def test_publish_rejects_bad_events_in_the_caller(make_sup: Callable[..., Superv
         sup.publish(Event("deploy", (i for i in range(3))))
     sup.publish(Event("deploy", {"ok": True}))  # the supervisor still serves
     assert sup.wait(sup.spawn(S.EchoSaga()), 10).completed
+
+
+def test_spawn_many_in_process_and_from_a_client(make_sup: Callable[..., Supervisor]) -> None:
+    from supervisor import SagaClient
+
+    sup = make_sup()
+    ids = sup.spawn_many([S.EchoSaga(i) for i in range(300)] + [S.RefusingSaga()])
+    assert len(ids) == len(set(ids)) == 301 and ids == sorted(ids)
+    assert all(sup.wait(i, 30).completed for i in ids[:-1])
+    assert sup.wait(ids[-1], 30).reason == "action failed: host says no"
+    with pytest.raises(SpawnError, match="cannot be pickled"):
+        sup.spawn_many([S.InstantSaga(), S.UnpicklableSaga()])  # all or none
+    before = sup.stats["spawned"]
+    with SagaClient(sup.data_dir) as client:
+        got = client.spawn_many([S.EchoSaga(i, steps=2) for i in range(200)])
+        assert len(got) == 200 and all(client.wait(i, 30).completed for i in got)
+    assert sup.stats["spawned"] == before + 200
+    sagas, steps = read_log(sup.db_path)
+    assert all(len(steps[i]) == 2 for i in got)
+    assert sup.spawn_many([]) == []

@@ -9,7 +9,7 @@ holds its path.  A peer must run as the supervisor's user (checked with
 ``SO_PEERCRED``): messages are pickles.
 
 Requests are pickled tuples in length-prefixed frames: ``cls``, ``spawn``,
-``cancel``, ``wait``, ``publish``, ``subscribe``, ``metrics``; replies ``("ok", req,
+``spawn_many``, ``cancel``, ``wait``, ``publish``, ``subscribe``, ``metrics``; replies ``("ok", req,
 value)`` or ``("err", req, (kind, msg))``, and ``("event", ...)`` for
 subscribers.  Every field is checked as strictly as ``SagaClient`` checks
 it.  Each request is its own failure boundary: one that cannot be handled
@@ -73,6 +73,14 @@ class Conn:
 
 class BadRequest(Exception):
     """A request field is missing or of the wrong type or value."""
+
+
+class Refused(Exception):
+    """A well-formed request that cannot be done (answered as `kind`)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind, self.message = kind, message
+        super().__init__(message)
 
 
 def _private_dir(path: os.PathLike[str] | str) -> None:
@@ -288,11 +296,13 @@ class ControlServer:
                 c.classes[ccid] = (f"saga class could not be loaded: "
                                    f"{type(exc).__name__}: {exc}")
             return
-        if not self.life.running and op in ("spawn", "cancel", "publish"):
+        if not self.life.running and op in ("spawn", "spawn_many", "cancel", "publish"):
             c.send(("err", req, ("NotRunningError", f"the supervisor is {self.life.state}")))
             return
         if op == "spawn":
             self._spawn(c, req, msg)
+        elif op == "spawn_many":
+            self._spawn_many(c, req, msg)
         elif op == "cancel":
             sid, reason = _saga_id(msg, 2), _field(msg, 3, str)
             if self.table.get(sid) is None and sid >= self.shared.peek_next_id():
@@ -315,7 +325,8 @@ class ControlServer:
         else:
             raise BadRequest(f"unknown request {op!r}")
 
-    def _spawn(self, c: Conn, req: int, msg: tuple[Any, ...]) -> None:
+    def _parse_spawn(self, c: Conn, msg: tuple[Any, ...]) -> tuple[int, SagaSpec, str | None]:
+        """A spawn request's fields, checked: (saga id, spec, key)."""
         sid = _saga_id(msg, 2)
         ccid = _field(msg, 3, int)
         state = _field(msg, 4, tuple)
@@ -340,22 +351,40 @@ class ControlServer:
             raise BadRequest("key must be a str of 1 to 256 characters")
         cid = c.classes.get(ccid)
         if not isinstance(cid, int):
-            c.send(("err", req, ("SpawnError", cid or f"unknown class id {ccid!r}")))
-            return
+            raise Refused("SpawnError", cid or f"unknown class id {ccid!r}")
         if sid in self.table.live or self.shared.state(sid) != "live":
-            c.send(("err", req, ("ValueError", f"saga id {sid!r} is not a fresh registered id")))
-            return
-        spec = SagaSpec(cid, state, name, float(timeout), snapshot_json, frozenset(listens),
-                        has_comp)
+            raise Refused("ValueError", f"saga id {sid!r} is not a fresh registered id")
+        return sid, SagaSpec(cid, state, name, float(timeout), snapshot_json,
+                             frozenset(listens), has_comp), key
+
+    def _start(self, sid: int, spec: SagaSpec, key: str | None) -> int:
         self.outcomes.expect(sid)
         if key is not None and self.spawn_keyed is not None:
             got = self.spawn_keyed(sid, spec, key)
             if got != sid:
                 self.outcomes.forget(sid)  # the key's saga exists: this one never starts
-        else:
-            self.sagas.start(sid, spec)
-            got = sid
-        c.send(("ok", req, got))
+            return got
+        self.sagas.start(sid, spec)
+        return sid
+
+    def _spawn(self, c: Conn, req: int, msg: tuple[Any, ...]) -> None:
+        try:
+            sid, spec, key = self._parse_spawn(c, msg)
+        except Refused as r:
+            c.send(("err", req, (r.kind, r.message)))
+            return
+        c.send(("ok", req, self._start(sid, spec, key)))
+
+    def _spawn_many(self, c: Conn, req: int, msg: tuple[Any, ...]) -> None:
+        """Every item checked first, then all started: all or none."""
+        items = _field(msg, 2, list)
+        try:
+            parsed = [self._parse_spawn(c, ("spawn", req) + tuple(_field((it,), 0, tuple)))
+                      for it in items]
+        except Refused as r:
+            c.send(("err", req, (r.kind, r.message)))
+            return
+        c.send(("ok", req, [self._start(sid, spec, key) for sid, spec, key in parsed]))
 
     def _wait(self, c: Conn, req: int, sid: int) -> None:
         o = self.outcomes.lookup(sid)

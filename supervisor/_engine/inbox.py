@@ -32,6 +32,13 @@ class Spawn(NamedTuple):
     spec: SagaSpec
 
 
+class SpawnMany(NamedTuple):
+    """Many spawns in one post (one lock, one wake-up)."""
+
+    saga_ids: list[int]
+    specs: list[SagaSpec]
+
+
 class SpawnKeyed(NamedTuple):
     """A spawn with an idempotency key: `future` gets the id of the saga that
     holds the key (this one, or one in flight or ended before)."""
@@ -73,7 +80,7 @@ class Replay(NamedTuple):
     kills: int = 0  # worker deaths it is suspected of: isolated when > 0
 
 
-Request = Spawn | SpawnKeyed | Cancel | Publish | AddTrigger | Stop | Replay
+Request = Spawn | SpawnMany | SpawnKeyed | Cancel | Publish | AddTrigger | Stop | Replay
 
 _tuple_new = tuple.__new__
 

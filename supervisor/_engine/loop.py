@@ -39,7 +39,7 @@ from supervisor._engine.control import ControlServer
 from supervisor._engine.dispatch import Dispatch, Handler
 from supervisor._engine.host_link import HostLink
 from supervisor._engine.inbox import (AddTrigger, Cancel, Inbox, Publish, Replay, Spawn,
-                                     SpawnKeyed, Stop)
+                                     SpawnKeyed, SpawnMany, Stop)
 from supervisor._engine.keys import Keys
 from supervisor._engine.measure import Measures
 from supervisor._engine.metrics import EngineCollector, MetricsServer, exposition
@@ -275,6 +275,9 @@ class Engine:
             try:
                 if t is Spawn:
                     sagas.start(item.saga_id, item.spec)
+                elif t is SpawnMany:
+                    for sid, spec in zip(item.saga_ids, item.specs):
+                        sagas.start(sid, spec)
                 elif t is SpawnKeyed:
                     item.future.set(self.keys.spawn(item.saga_id, item.spec, item.key))
                 elif t is Cancel:
@@ -306,9 +309,8 @@ class Engine:
         self.inbox.close(f"the supervisor is stopping: {reason}")
         self.inbox.post_internal(Stop(False, 0.0))
 
-    # -- outputs (after the commit) ------------------------------------------------------
-
     def _emit(self, out: TurnOutputs) -> None:
+        """A committed turn's outputs leave: commands, outcomes, events, messages."""
         if out.host_out:
             self.dispatch.to_host(self.host.host, out.host_out)
             self._flush_host()
@@ -332,8 +334,6 @@ class Engine:
                     w.outbox = []
                 if w.quarantine:
                     self.pool.release_quarantine(w)
-
-    # -- host ----------------------------------------------------------------------------
 
     def _host_readable(self, h: HostProc) -> None:
         bodies, death = self.host.read(h)

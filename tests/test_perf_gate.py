@@ -1,0 +1,46 @@
+"""The documented perf gate works against a baseline saved on another
+machine: pytest-benchmark warns about the different machine_info, and that
+warning must not crash the run (it did, as an INTERNALERROR, under -W error)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bench(storage: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pytest", "bench/test_hotpath.py", "-q",
+                           "-k", "test_empty_python_call", f"--benchmark-storage=file://{storage}",
+                           "--benchmark-max-time=0.05", *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_gate_against_another_machines_baseline() -> None:
+    # pytest-benchmark wants its storage under the project root (.benchmarks/
+    # is git-ignored)
+    tmp_path = ROOT / ".benchmarks" / f"gate-test-{secrets.token_hex(4)}"
+    try:
+        _gate(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _gate(tmp_path: Path) -> None:
+    saved = _bench(tmp_path, "--benchmark-save=base")
+    assert saved.returncode == 0, saved.stdout[-2000:] + saved.stderr[-2000:]
+    (path,) = tmp_path.rglob("0001_base.json")
+    data = json.loads(path.read_text())
+    data["machine_info"]["node"] = "another-machine"
+    data["machine_info"]["cpu"] = {"brand_raw": "another cpu"}
+    path.write_text(json.dumps(data))
+    gate = _bench(tmp_path, "--benchmark-compare=0001", "--benchmark-compare-fail=median:1000%")
+    assert gate.returncode == 0, gate.stdout[-2000:] + gate.stderr[-2000:]
+    assert "INTERNALERROR" not in gate.stdout + gate.stderr
+    slow = _bench(tmp_path, "--benchmark-compare=0001", "--benchmark-compare-fail=min:0.0001%")
+    assert slow.returncode != 0 and "INTERNALERROR" not in slow.stdout + slow.stderr
