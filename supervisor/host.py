@@ -97,16 +97,23 @@ class ReferenceHost:
 
     # -- commands -----------------------------------------------------------
 
-    def handle(self, body: bytes) -> None:
+    def command(self, body: bytes) -> tuple[int, int, Any] | None:
+        """A command frame's (saga id, step, command), or None for a bad frame."""
         try:
             kind, saga_id, step, payload = parse_host(body)
             if kind != T_CMD:
                 raise FrameError(f"host got frame type {kind}, expected a command", False)
-            cmd = json.loads(payload)
+            return saga_id, step, json.loads(payload)
         except (FrameError, ValueError) as exc:
             self.bad_frames += 1
-            print(f"reference host: bad frame: {exc}", file=sys.stderr)
+            print(f"{type(self).__name__}: bad frame: {exc}", file=sys.stderr)
+            return None
+
+    def handle(self, body: bytes) -> None:
+        got = self.command(body)
+        if got is None:
             return
+        saga_id, step, cmd = got
         if self._record >= 0:
             os.write(self._record, f"{saga_id} {step} {time.time():.6f}\n".encode())
         if not isinstance(cmd, dict):

@@ -15,11 +15,15 @@ import os
 import pickle
 import secrets
 import selectors
+import shutil
 import socket
 import struct
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -46,19 +50,48 @@ CASES = int(os.environ.get("SAGA_FUZZ_CASES", "1000"))
 FUZZ = settings(max_examples=CASES, deadline=None, derandomize=CASES <= 5000,
                 suppress_health_check=list(HealthCheck))
 
-_dir = Path(tempfile.mkdtemp(prefix="saga-fuzz-"))
-_shared = SharedState.create(capacity=1 << 16, name=f"saga-fuzz-{os.getpid()}-"
-                             f"{secrets.token_hex(4)}")
-_parts = Parts(_shared, _dir / "sagas.db")
+class _Fuzz:
+    """The engine's parts and a control server over a socket pair, made once
+    per module (a fixture: a run that deselects these tests creates nothing)."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="saga-fuzz-"))
+        self.shared = SharedState.create(capacity=1 << 16, name=f"saga-fuzz-{os.getpid()}-"
+                                         f"{secrets.token_hex(4)}")
+        self.parts = Parts(self.shared, self.dir / "sagas.db")
+        self.sel = selectors.DefaultSelector()
+        p = self.parts
+        self.server = ControlServer(DataDir(self.dir / "ctl"), self.sel, p.life, self.shared,
+                                    p.table, Outcomes(), ClassRegistry(), p.sagas, p.turn,
+                                    lambda sid: None)
+        self.new_conn()
+
+    def new_conn(self) -> None:
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        b.settimeout(5)
+        self.client = b
+        self.conn = Conn(a)
+        self.server.conns.append(self.conn)
+        self.sel.register(a, selectors.EVENT_READ, None)
+
+    def close(self) -> None:
+        self.server.close()
+        self.client.close()
+        self.sel.close()
+        self.parts.close()
+        self.shared.close()
+        self.shared.unlink()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def teardown_module() -> None:
-    _srv.server.close()
-    _srv.client.close()
-    _srv.sel.close()
-    _parts.close()
-    _shared.close()
-    _shared.unlink()
+@pytest.fixture(scope="module")
+def fuzz() -> Iterator[_Fuzz]:
+    f = _Fuzz()
+    try:
+        yield f
+    finally:
+        f.close()
 
 
 json_values = st.recursive(
@@ -112,9 +145,9 @@ def _finish(p: Parts, sagas: list[Any]) -> None:
 
 
 @FUZZ
-@given(st.data())
-def test_host_stream_fuzz(data: Any) -> None:
-    p = _parts
+@given(data=st.data())
+def test_host_stream_fuzz(fuzz: _Fuzz, data: Any) -> None:
+    p = fuzz.parts
     sagas = [p.spawn() for _ in range(3)]
     for s in sagas:
         p.issue(s, {"op": "echo"})
@@ -144,31 +177,10 @@ requests = st.tuples(
     max_size=9).map(lambda rest: head + tuple(rest)))
 
 
-class _Server:
-    def __init__(self) -> None:
-        self.sel = selectors.DefaultSelector()
-        self.server = ControlServer(DataDir(_dir / "ctl"), self.sel, _parts.life, _shared,
-                                    _parts.table, Outcomes(), ClassRegistry(), _parts.sagas,
-                                    _parts.turn, lambda sid: None)
-        self.new_conn()
-
-    def new_conn(self) -> None:
-        a, b = socket.socketpair()
-        a.setblocking(False)
-        b.settimeout(5)
-        self.client = b
-        self.conn = Conn(a)
-        self.server.conns.append(self.conn)
-        self.sel.register(a, selectors.EVENT_READ, None)
-
-
-_srv = _Server()
-
-
 @FUZZ
-@given(st.lists(requests | st.binary(min_size=1, max_size=40), min_size=1, max_size=5))
-def test_control_request_fuzz(msgs: list[Any]) -> None:
-    s = _srv
+@given(msgs=st.lists(requests | st.binary(min_size=1, max_size=40), min_size=1, max_size=5))
+def test_control_request_fuzz(fuzz: _Fuzz, msgs: list[Any]) -> None:
+    s = fuzz
     s.server.close_conn(s.conn)  # each case on a connection of its own
     s.client.close()
     s.new_conn()
@@ -189,7 +201,7 @@ def test_control_request_fuzz(msgs: list[Any]) -> None:
     s.server.close_conn(s.conn)
     s.client.close()
     s.new_conn()
-    saga = _parts.spawn()
+    saga = fuzz.parts.spawn()
     s.client.sendall(frame(pickle.dumps(("cancel", 7, saga.saga_id, "fuzz"))))
     s.server._read(s.conn)
     s.server.flush(s.conn)
@@ -198,5 +210,5 @@ def test_control_request_fuzz(msgs: list[Any]) -> None:
     while not any(r[0] == "ok" and r[1] == 7 for r in replies):
         replies += [pickle.loads(b) for b in reader.feed(s.client.recv(1 << 20))]
     assert ("ok", 7, True) in replies
-    _parts.end_turn()
-    assert saga.saga_id not in _parts.table.live
+    fuzz.parts.end_turn()
+    assert saga.saga_id not in fuzz.parts.table.live

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import supervisor.frames as frames
+from supervisor._engine.pipes import drain
 from supervisor._engine.records import HostProc, Lifecycle, Settings, Stats
 from supervisor._engine.restarts import RestartWindow
 from supervisor.errors import SupervisorError
@@ -150,23 +151,8 @@ class HostLink:
     def flush(self, h: HostProc) -> str | None:
         """Write what the host's buffer holds, without blocking (a full pipe
         waits for writability in the selector).  Returns a death verdict."""
-        try:
-            while h.outbuf:
-                n = os.write(h.wfd, h.outbuf)
-                del h.outbuf[:n]
-        except BlockingIOError:
-            if not h.want_write:
-                h.want_write = True
-                self.sel.register(h.wfd, selectors.EVENT_WRITE,
-                                  lambda mask: self.on_writable(h))
-            return None
-        except OSError as exc:
-            h.outbuf.clear()
-            return f"host pipe send failed: {exc}"
-        if h.want_write:
-            h.want_write = False
-            self.sel.unregister(h.wfd)
-        return None
+        err = drain(self.sel, h, lambda mask: self.on_writable(h))
+        return None if err is None else f"host pipe send failed: {err}"
 
     def lost(self, h: HostProc, why: str) -> bool:
         """The host is gone: stop it, and start a new one if it was started

@@ -24,6 +24,7 @@ import multiprocess.connection
 
 import supervisor.frames as frames
 from supervisor._codec import ClassRegistry
+from supervisor._engine.pipes import drain
 from supervisor._engine.records import Lifecycle, Settings, Stats, WorkerProc
 from supervisor._engine.restarts import RestartWindow
 from supervisor.errors import SupervisorError
@@ -212,21 +213,7 @@ class WorkerPool:
     def flush(self, w: WorkerProc) -> None:
         """Write `w`'s buffer without blocking (a full pipe waits for
         writability); a write error means death, which its sentinel reports."""
-        try:
-            while w.outbuf:
-                n = os.write(w.wfd, w.outbuf)
-                del w.outbuf[:n]
-        except BlockingIOError:
-            if not w.want_write:
-                w.want_write = True
-                self.sel.register(w.wfd, selectors.EVENT_WRITE, lambda mask: self.flush(w))
-            return
-        except OSError:
-            w.outbuf.clear()
-            return
-        if w.want_write:
-            w.want_write = False
-            self.sel.unregister(w.wfd)
+        drain(self.sel, w, lambda mask: self.flush(w))
 
     # -- death and restart -------------------------------------------------------------
 

@@ -11,7 +11,6 @@ import sys
 from typing import Any
 
 from supervisor import host as reference
-from supervisor.frames import T_CMD, FrameError, parse_host
 
 
 class ScriptedHost(reference.ReferenceHost):
@@ -23,14 +22,10 @@ class ScriptedHost(reference.ReferenceHost):
         self.record_fd = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def handle(self, body: bytes) -> None:
-        try:
-            kind, saga_id, step, payload = parse_host(body)
-            if kind != T_CMD:
-                raise FrameError(f"host got frame type {kind}, expected a command", False)
-            cmd = json.loads(payload)
-        except (FrameError, ValueError) as exc:
-            print(f"fake host: bad frame: {exc}", file=sys.stderr)
+        got = self.command(body)
+        if got is None:
             return
+        saga_id, step, cmd = got
         os.write(self.record_fd, (json.dumps({"saga_id": saga_id, "step": step, "command": cmd})
                                   + "\n").encode())
         op = cmd.get("op") if isinstance(cmd, dict) else None
