@@ -112,15 +112,17 @@ payloads = st.one_of(
 @st.composite
 def host_chunks(draw: Any, live: list[tuple[int, int]]) -> list[bytes]:
     """Bytes a broken or hostile host could write: well-framed frames with any
-    header fields and payloads, truncated ones, and raw junk."""
+    header fields and payloads, truncated ones, and raw junk.  Sagas in flight
+    are drawn by position, not id (ids change from case to case)."""
     out = []
     for _ in range(draw(st.integers(1, 8))):
         kind = draw(st.sampled_from(["frame", "frame", "frame", "junk", "truncated"]))
         if kind == "junk":
             out.append(draw(st.binary(min_size=1, max_size=32)))
             continue
-        sid_step = draw(st.sampled_from(live + [(0, 0), (10**9, 1)]) |
-                        st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1)))
+        pick = draw(st.integers(0, len(live) + 1))
+        sid_step = (live + [(0, 0), (10**9, 1)])[pick] if draw(st.booleans()) else \
+            draw(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1)))
         body = struct.pack(">BBQI", draw(st.sampled_from([1, 1, 1, 0, 2, 255])),
                            draw(st.sampled_from([T_EVENT, T_ACTION_FAILED, T_CMD, 0, 9])),
                            *sid_step) + draw(payloads)
@@ -137,11 +139,15 @@ def _finish(p: Parts, sagas: list[Any]) -> None:
     for s in sagas:
         if s.saga_id in p.table.live and s.open_step:
             p.routing.host_frame(p.host, answer(s.saga_id, s.open_step))
-            p.routing.worker_replies([(Op.ACT, s.saga_id, Act.DONE, None, '{"kind":"echo"}')])
+            # what a worker does on Done: win the claim, then report
+            if p.shared.claim(s.saga_id):
+                p.routing.worker_replies([(Op.ACT, s.saga_id, Act.DONE, None,
+                                           '{"kind":"echo"}')])
         elif s.saga_id in p.table.live:
             p.sagas.cancel(s.saga_id, "fuzz cleanup")
     p.end_turn()
     assert not any(s.saga_id in p.table.live for s in sagas)
+    assert p.shared.in_flight() == len(p.table)  # no slot held by a saga that ended
 
 
 @FUZZ
@@ -212,3 +218,4 @@ def test_control_request_fuzz(fuzz: _Fuzz, msgs: list[Any]) -> None:
     assert ("ok", 7, True) in replies
     fuzz.parts.end_turn()
     assert saga.saga_id not in fuzz.parts.table.live
+    assert fuzz.shared.in_flight() == len(fuzz.parts.table)
