@@ -49,6 +49,8 @@ from ._parts import Parts, answer
 CASES = int(os.environ.get("SAGA_FUZZ_CASES", "1000"))
 FUZZ = settings(max_examples=CASES, deadline=None, derandomize=CASES <= 5000,
                 suppress_health_check=list(HealthCheck))
+# seconds for a whole run: the suite's 180 s per test is for 1,000 cases
+pytestmark = pytest.mark.timeout(int(120 + CASES * 0.02))
 
 class _Fuzz:
     """The engine's parts and a control server over a socket pair, made once
