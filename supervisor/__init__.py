@@ -36,6 +36,7 @@ _WHERE = {
     "Saga": "supervisor.saga",
     "SagaAction": "supervisor.saga",
     "SagaClient": "supervisor.client",
+    "AsyncSagaClient": "supervisor.async_client",
     "SagaContext": "supervisor.saga",
     "SchemaTooNewError": "supervisor.log",
     "SpawnError": "supervisor.errors",
@@ -57,6 +58,7 @@ _WHERE = {
 }
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers
+    from supervisor.async_client import AsyncSagaClient
     from supervisor.client import SagaClient
     from supervisor._engine.outcomes import Subscription
     from supervisor.core import Supervisor
@@ -112,6 +114,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AsyncSagaClient",
     "LIFECYCLE_KINDS",
     "SAGA_ACTION_FAILED",
     "SAGA_COMPLETED",

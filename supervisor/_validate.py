@@ -30,3 +30,11 @@ def text(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, got {type(value).__name__}")
     return value
+
+
+def positive(value: object, what: str) -> float:
+    """A finite number of seconds (or bytes, ...) > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{what} must be a positive number, got {value!r}")
+    return float(value)

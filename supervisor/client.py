@@ -19,7 +19,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import supervisor._validate as _validate
 from supervisor._codec import dump_class, encode_saga
@@ -104,36 +104,29 @@ class SagaClient:
         """Spawn `saga` on the supervisor; returns its id once it is accepted.
         With an idempotency `key`, the id of the saga that holds it (see
         :meth:`supervisor.Supervisor.spawn`)."""
-        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
-            raise ValueError(f"key must be a str of 1 to 256 characters, got {key!r:.80}")
-        sh = encode_saga(saga)
-        ccid = self._classes.get(sh.cls)
-        if ccid is None:
-            blob = dump_class(sh.cls)
-            with self._send_lock:
-                ccid = self._classes.setdefault(sh.cls, len(self._classes) + 1)
-            self._send(("cls", 0, ccid, blob))
-        sid = self._shared.acquire()
+        (sid, *args), = self._spawn_requests([saga], key)
         try:
-            got = int(self._call("spawn", sid, ccid, sh.state, sh.name, sh.timeout,
-                                 sh.snapshot_json, sorted(sh.listens), sh.has_comp, key))
+            got = int(self._call("spawn", sid, *args))
         except BaseException as exc:
-            # give the slot back.  Refused: the saga never started.  No answer
-            # (timeout, connection lost): the supervisor may have accepted it;
-            # then it still ends, failed, within its timeout (a claim it cannot
-            # take is waited for at most a grace period)
-            self._shared.claim(sid)
-            if isinstance(exc, TimeoutError):
-                raise TimeoutError(f"no answer to spawn of saga {sid}: it may have started; "
-                                   f"wait({sid}) tells") from None
-            raise
-        if got != sid:  # the key's saga exists: ours never started
-            self._shared.claim(sid)
-        return got
+            self._abandon([sid], exc)
+        return self._spawned(sid, got)
 
     def spawn_many(self, sagas: list[Saga]) -> list[int]:
         """Spawn many sagas in one request: their ids, in order (all or none
         start)."""
+        items = self._spawn_requests(sagas, None)
+        ids = [it[0] for it in items]
+        try:
+            return list(self._call("spawn_many", [it[:-1] for it in items]))
+        except BaseException as exc:
+            self._abandon(ids, exc)
+
+    # -- what spawn and spawn_many share with AsyncSagaClient ------------------------
+
+    def _spawn_requests(self, sagas: list[Saga], key: str | None) -> list[tuple[Any, ...]]:
+        """Encode, ship each class once, take an id each: the requests' fields."""
+        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
+            raise ValueError(f"key must be a str of 1 to 256 characters, got {key!r:.80}")
         encoded = [encode_saga(s) for s in sagas]
         for sh in encoded:
             if sh.cls not in self._classes:
@@ -141,15 +134,24 @@ class SagaClient:
                 with self._send_lock:
                     ccid = self._classes.setdefault(sh.cls, len(self._classes) + 1)
                 self._send(("cls", 0, ccid, blob))
-        ids = [self._shared.acquire() for _ in encoded]
-        try:
-            got = list(self._call("spawn_many", [
-                (sid, self._classes[sh.cls], sh.state, sh.name, sh.timeout, sh.snapshot_json,
-                 sorted(sh.listens), sh.has_comp) for sid, sh in zip(ids, encoded)]))
-        except BaseException:
-            for sid in ids:  # see spawn(): refused or unknown, the slots go back
-                self._shared.claim(sid)
-            raise
+        return [(self._shared.acquire(), self._classes[sh.cls], sh.state, sh.name, sh.timeout,
+                 sh.snapshot_json, sorted(sh.listens), sh.has_comp, key) for sh in encoded]
+
+    def _abandon(self, ids: list[int], exc: BaseException) -> NoReturn:
+        """A spawn request failed: give the slots back.  Refused: the sagas
+        never started.  No answer (timeout, connection lost): the supervisor
+        may have accepted them; then each still ends, failed, within its
+        timeout (a claim it cannot take is waited for at most a grace period)."""
+        for sid in ids:
+            self._shared.claim(sid)
+        if isinstance(exc, TimeoutError):
+            raise TimeoutError(f"no answer to the spawn of saga(s) {ids[:5]}: they may have "
+                               "started; wait() tells") from None
+        raise exc
+
+    def _spawned(self, sid: int, got: int) -> int:
+        if got != sid:  # the key's saga exists: ours never started
+            self._shared.claim(sid)
         return got
 
     def cancel(self, saga_id: int, reason: str = "cancelled") -> bool:

@@ -11,18 +11,19 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import math
 import os
 import pickle
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import supervisor._aio as _aio
 import supervisor._validate as _validate
 from supervisor._engine.inbox import (AddTrigger, Cancel, Publish, SpawnKeyed, SpawnMany,
                                      spawn_request)
+import supervisor._engine.metrics as _metrics
 from supervisor._engine.loop import Engine
 from supervisor._engine.outcomes import Subscription
 from supervisor._engine.records import Settings
@@ -37,13 +38,6 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Any, int, int], Any]
 
 __all__ = ["Supervisor", "Subscription", "Handler"]
-
-
-def _positive(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{what} must be a positive number, got {value!r}")
-    return float(value)
 
 
 class Supervisor:
@@ -103,17 +97,17 @@ class Supervisor:
         self.settings = Settings(
             workers=workers, host_argv=list(host) if host is not None else None,
             host_fds=host_fds, durability=durability, capacity=capacity,
-            retention_days=_positive(retention_days, "retention_days"),
+            retention_days=_validate.positive(retention_days, "retention_days"),
             start_method=start_method, max_restarts=max_restarts,
-            restart_period=_positive(restart_period, "restart_period"),
+            restart_period=_validate.positive(restart_period, "restart_period"),
             restart_host=bool(restart_host),
             restart_backoff=float(_validate.timeout(restart_backoff, "restart_backoff",
                                                     allow_none=False) or 0.0),
             rss_limit=rss_limit,
-            heartbeat_timeout=_positive(heartbeat_timeout, "heartbeat_timeout"),
-            breaches=breaches, health_interval=_positive(health_interval, "health_interval"),
-            shm_name=shm_name, start_timeout=_positive(start_timeout, "start_timeout"),
-            host_stall_timeout=_positive(host_stall_timeout, "host_stall_timeout"),
+            heartbeat_timeout=_validate.positive(heartbeat_timeout, "heartbeat_timeout"),
+            breaches=breaches, health_interval=_validate.positive(health_interval, "health_interval"),
+            shm_name=shm_name, start_timeout=_validate.positive(start_timeout, "start_timeout"),
+            host_stall_timeout=_validate.positive(host_stall_timeout, "host_stall_timeout"),
             metrics_port=metrics_port, metrics_host=metrics_host, clock=clock)
         if clock is not None and not callable(clock):
             raise TypeError("clock must be a callable returning monotonic seconds "
@@ -123,9 +117,7 @@ class Supervisor:
                     not 0 <= metrics_port <= 65535:
                 raise ValueError(f"metrics_port must be a port number (0: any free one), "
                                  f"got {metrics_port!r}")
-            from supervisor._engine.metrics import require
-
-            require()  # the extra is missing: say so now, not at start()
+            _metrics.require()  # the extra is missing: say so now, not at start()
         self.data_dir = Path(data_dir)
         self.paths = DataDir(self.data_dir)
         self._engine = Engine(self.paths, self.settings)
@@ -140,16 +132,14 @@ class Supervisor:
 
     @property
     def error(self) -> BaseException | None:
-        """What stopped the supervisor on its own (restart intensity, a log
-        failure), or None."""
+        """What stopped it on its own (restart intensity, the log), or None."""
         return self._engine.life.error
 
     @property
     def shm_name(self) -> str:
-        shared = self._engine.shared
-        if shared is None:
+        if self._engine.shared is None:
             raise NotRunningError("the supervisor has not started")
-        return shared.name
+        return self._engine.shared.name
 
     @property
     def db_path(self) -> Path:
@@ -162,8 +152,7 @@ class Supervisor:
     @property
     def metrics_address(self) -> tuple[str, int] | None:
         """(host, port) where ``/metrics`` is served, once started; else None."""
-        m = self._engine.metrics
-        return m.address if m is not None else None
+        return self._engine.metrics.address if self._engine.metrics is not None else None
 
     @property
     def durability(self) -> str:
@@ -193,9 +182,8 @@ class Supervisor:
         atexit.unregister(self._atexit)
 
     def _atexit(self) -> None:
-        # the interpreter is exiting with the supervisor still running (a
-        # script that forgot stop(), or an exception): stop it cleanly so no
-        # worker, host or segment outlives us
+        """The interpreter exits with the supervisor running (a script that
+        forgot stop()): stop it, so no worker, host or segment outlives us."""
         if self.state in ("running", "stopping"):
             self.stop()
 
@@ -439,6 +427,18 @@ class Supervisor:
         if callback is not None and not callable(callback):
             raise TypeError("callback must be callable")
         return self._engine.outcomes.subscribe(callback)
+
+    # -- asyncio -----------------------------------------------------------------------------
+
+    async def wait_async(self, saga_id: int, timeout: float | None = None) -> Outcome:
+        """:meth:`wait` for asyncio: awaits the outcome without holding a thread."""
+        return await _aio.wait_outcome(self._engine.outcomes, _validate.saga_id(saga_id),
+                                       _validate.timeout(timeout), self._outcome_from_log)
+
+    def events_async(self, idle: float | None = None) -> AsyncIterator[Event]:
+        """Every bus event from now on, for ``async for``; ends when the
+        supervisor stops (or after `idle` seconds without an event)."""
+        return _aio.follow(self._engine.outcomes, idle)
 
     # -- looking at it ----------------------------------------------------------------------
 

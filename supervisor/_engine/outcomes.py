@@ -31,9 +31,11 @@ class Subscription:
     the supervisor's loop thread (a callback that raises is counted and
     logged; it keeps its subscription)."""
 
-    def __init__(self, owner: Outcomes, callback: Callable[[Event], Any] | None = None
-                 ) -> None:
-        self._q: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+    def __init__(self, owner: Outcomes, callback: Callable[[Event], Any] | None = None,
+                 sink: Any = None) -> None:
+        # where events go: a queue of ours, or one the caller gives (put(item);
+        # None at the end), e.g. one that feeds an asyncio loop
+        self._q: Any = sink if sink is not None else queue.SimpleQueue()
         self._owner = owner
         self.callback = callback
         self.closed = False
@@ -41,7 +43,7 @@ class Subscription:
     def get(self, timeout: float | None = None) -> Event:
         """The next event; raises ``queue.Empty`` after `timeout` seconds and
         :class:`NotRunningError` once the supervisor stopped and all was read."""
-        item = self._q.get(timeout=timeout)
+        item: Event | None = self._q.get(timeout=timeout)
         if item is None:
             self._q.put(None)
             raise NotRunningError("the supervisor stopped; no more events")
@@ -119,24 +121,26 @@ class Outcomes:
     def is_undecided(self, saga_id: int) -> bool:
         return saga_id in self._undecided
 
-    def waiter(self, saga_id: int) -> Outcome | Future | None:
-        """The outcome if known; else a future for it if the saga is
-        undecided here; else None (ask the log)."""
+    def waiter(self, saga_id: int, make: Callable[[], Any] = Future) -> Any:
+        """The outcome if known; else a future for it (made by `make`: anything
+        with ``set(value, error)``) if the saga is undecided here; else None
+        (ask the log)."""
         with self._lock:
             o = self._outcomes.get(saga_id)
             if o is not None:
                 return Outcome(*o)
             if saga_id not in self._undecided:
                 return None
-            fut = Future()
+            fut = make()
             if self._closed is not None:
                 fut.set(error=self._closed)
             else:
                 self._waiters.setdefault(saga_id, []).append(fut)
             return fut
 
-    def subscribe(self, callback: Callable[[Event], Any] | None = None) -> Subscription:
-        sub = Subscription(self, callback)
+    def subscribe(self, callback: Callable[[Event], Any] | None = None,
+                  sink: Any = None) -> Subscription:
+        sub = Subscription(self, callback, sink)
         with self._lock:
             if self._closed is not None:
                 sub.end()

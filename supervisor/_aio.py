@@ -1,0 +1,90 @@
+"""Bridges from the supervisor's threads to an asyncio event loop, so that
+awaiting an outcome or an event holds no thread: a thread that resolves a
+waiter or delivers an event hands it to the loop with
+``call_soon_threadsafe``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from supervisor.saga import Event, Outcome
+
+
+class AsyncResult:
+    """Duck-types :class:`supervisor._future.Future` (``set(value, error)``)
+    for an asyncio future of `loop`; set from any thread."""
+
+    __slots__ = ("loop", "fut")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.fut: asyncio.Future[Any] = loop.create_future()
+
+    def set(self, value: Any = None, error: BaseException | None = None) -> None:
+        self.loop.call_soon_threadsafe(self._deliver, value, error)
+
+    def _deliver(self, value: Any, error: BaseException | None) -> None:
+        if self.fut.done():
+            return
+        if error is not None:
+            self.fut.set_exception(error)
+        else:
+            self.fut.set_result(value)
+
+    async def result(self, timeout: float | None, what: str) -> Any:
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.fut), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(what) from None
+
+
+class AsyncQueue:
+    """A queue whose ``put`` (from any thread) feeds an asyncio queue;
+    ``None`` ends the iteration."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.q: asyncio.Queue[Any] = asyncio.Queue()
+
+    def put(self, item: Any) -> None:
+        self.loop.call_soon_threadsafe(self.q.put_nowait, item)
+
+    async def items(self, timeout: float | None = None) -> AsyncIterator[Any]:
+        while True:
+            try:
+                item = await asyncio.wait_for(self.q.get(), timeout)
+            except asyncio.TimeoutError:
+                return
+            if item is None:
+                self.q.put_nowait(None)
+                return
+            yield item
+
+
+async def wait_outcome(outcomes: Any, sid: int, timeout: float | None,
+                       from_log: Callable[[int], Outcome | None]) -> Outcome:
+    """The body of ``Supervisor.wait_async`` (`outcomes`: the engine's)."""
+    loop = asyncio.get_running_loop()
+    found = outcomes.waiter(sid, make=lambda: AsyncResult(loop))
+    if isinstance(found, Outcome):
+        return found
+    if found is not None:
+        out: Outcome = await found.result(timeout, f"saga {sid} did not end within {timeout}s")
+        return out
+    logged = from_log(sid)
+    if logged is None:
+        raise ValueError(f"unknown saga id {sid}: not spawned here and not in the log")
+    return logged
+
+
+async def follow(outcomes: Any, idle: float | None) -> AsyncIterator[Event]:
+    """The body of ``Supervisor.events_async``."""
+    sink = AsyncQueue(asyncio.get_running_loop())
+    sub = outcomes.subscribe(sink=sink)
+    try:
+        async for ev in sink.items(idle):
+            yield ev
+    finally:
+        sub.close()
