@@ -78,6 +78,7 @@ class AsyncSagaClient:
         stops, the client closes, or no event came for `timeout` seconds."""
         c = self._client
         ack: AsyncResult | None = None
+        req = 0
         if c._events is None:
             loop = asyncio.get_running_loop()
             c._events = AsyncQueue(loop)  # type: ignore[assignment]  # the reader put()s here
@@ -87,13 +88,15 @@ class AsyncSagaClient:
             c._send(("subscribe", req))  # requests are served in order: in effect now
         sink = c._events
         assert isinstance(sink, AsyncQueue), "events() of a client used synchronously"
-        return self._follow(sink, ack, timeout)
+        return self._follow(sink, ack, req, timeout)
 
-    @staticmethod
-    async def _follow(sink: AsyncQueue, ack: AsyncResult | None, timeout: float | None
-                      ) -> AsyncIterator[Event]:
+    async def _follow(self, sink: AsyncQueue, ack: AsyncResult | None, req: int,
+                      timeout: float | None) -> AsyncIterator[Event]:
         if ack is not None:
-            await ack.result(30.0, "no answer to subscribe within 30s")
+            try:
+                await ack.result(30.0, "no answer to subscribe within 30s")
+            finally:
+                self._client._pending.pop(req, None)
         async for ev in sink.items(timeout):
             yield ev
 
