@@ -6,6 +6,7 @@ test_fuzz.py)."""
 from __future__ import annotations
 
 import json
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,13 @@ class Parts:
         self.life.state = "running"
         self.worker = WorkerProc(0, None, -1, -1)
         self.host = HostProc(None, -1, -1)
-        self.emitted: list[TurnOutputs] = []
+        # the last outputs only: a fuzz run ends 100,000s of turns
+        self.emitted: deque[TurnOutputs] = deque(maxlen=64)
+        self.turns = 0
         self.sagas = SagaOps(self.table, self.turn, shared, self.stats, self.life,
                              lambda sid: self.worker, lambda cid: None)
         self.comp = Compensation(self.sagas, self.turn)
-        self.pipeline = Pipeline(self.log, self.turn, self.emitted.append,
+        self.pipeline = Pipeline(self.log, self.turn, self._emitted,
                                  lambda: [self.worker], self.stats, -1, pipeline_rows)
         self.recovery = Recovery({}, ClassRegistry().prepare, self.sagas, self.comp,
                                  self.table, self.turn, shared, self.stats, self.log,
@@ -65,6 +68,10 @@ class Parts:
         self.routing = Routing(self.table, shared, self.sagas, self.comp, self.recovery,
                                self.turn, self.stats)
         self.dispatch = Dispatch(self.table, shared, self.sagas, self.comp, {}, self.stats)
+
+    def _emitted(self, out: TurnOutputs) -> None:
+        self.emitted.append(out)
+        self.turns += 1
 
     def spawn(self, timeout: float = 10.0, has_comp: bool = False) -> LiveSaga:
         sid = self.shared.acquire()
@@ -80,10 +87,10 @@ class Parts:
                                       (HOST, json.dumps(cmd), "step"), consumed)])
 
     def end_turn(self) -> TurnOutputs:
-        n = len(self.emitted)
+        n = self.turns
         self.pipeline.end_turn()
         self.pipeline.drain()
-        assert len(self.emitted) == n + 1
+        assert self.turns == n + 1
         return self.emitted[-1]
 
     def close(self) -> None:

@@ -205,18 +205,36 @@ def main() -> int:
     ap.add_argument("--dir", type=Path, default=None, help="keep the data here")
     ap.add_argument("--fuzz-cases", type=int, default=0,
                     help="then run the fuzz tests with this many cases each")
+    ap.add_argument("--fuzz-only", action="store_true", help="skip the kills")
     args = ap.parse_args()
-    work = args.dir or Path(tempfile.mkdtemp(prefix="saga-soak-"))
-    work.mkdir(parents=True, exist_ok=True)
-    print(f"soak: {args.kills} kill points, seed {args.seed}, in {work}", flush=True)
-    result = soak(args.kills, args.seed, work)
-    print(json.dumps(result, indent=2))
+    if not args.fuzz_only:
+        work = args.dir or Path(tempfile.mkdtemp(prefix="saga-soak-"))
+        work.mkdir(parents=True, exist_ok=True)
+        print(f"soak: {args.kills} kill points, seed {args.seed}, in {work}", flush=True)
+        print(json.dumps(soak(args.kills, args.seed, work), indent=2))
     if args.fuzz_cases:
-        env = {**os.environ, "SAGA_FUZZ_CASES": str(args.fuzz_cases)}
-        rc = subprocess.run([sys.executable, "-m", "pytest", "-q", "tests/test_fuzz.py",
-                             "-p", "no:cacheprovider"], cwd=ROOT, env=env).returncode
-        if rc:
-            return rc
+        return fuzz(args.fuzz_cases, args.seed)
+    return 0
+
+
+FUZZ_CHUNK = 10_000  # cases per process: memory grows with the cases of one run
+
+
+def fuzz(cases: int, seed: int) -> int:
+    """Each fuzz test with `cases` cases, in chunks of FUZZ_CHUNK, each chunk
+    a process of its own with a seed of its own; the two tests in parallel."""
+    for start in range(0, cases, FUZZ_CHUNK):
+        n = min(FUZZ_CHUNK, cases - start)
+        env = {**os.environ, "SAGA_FUZZ_CASES": str(n)}
+        procs = [subprocess.Popen([sys.executable, "-m", "pytest", "-q", "tests/test_fuzz.py",
+                                   "-p", "no:cacheprovider", "-k", name,
+                                   f"--hypothesis-seed={seed * 1000 + start // FUZZ_CHUNK}"],
+                                  cwd=ROOT, env=env)
+                 for name in ("host_stream", "control_request")]
+        if any(p.wait() for p in procs):
+            print(f"fuzz failed in the chunk of cases {start}-{start + n}", flush=True)
+            return 1
+        print(f"  fuzz: {start + n} cases of each test passed", flush=True)
     return 0
 
 
