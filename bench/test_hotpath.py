@@ -6,7 +6,7 @@ Run: ``python -m pytest bench/test_hotpath.py`` (see README, Performance).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import multiprocess as mp

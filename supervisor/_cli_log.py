@@ -51,15 +51,22 @@ def cmd_sagas(args: argparse.Namespace) -> int:
 
 
 def _show(conn: Any, sid: int, as_json: bool) -> int:
-    from supervisor.log import saga_row, step_rows
+    import apsw
+
+    from supervisor.log import attempt_rows, saga_row, step_rows
 
     r = saga_row(conn, sid)
     if r is None:
         print(f"no saga {sid} in the log", file=sys.stderr)
         return EXIT_FAIL
     steps = step_rows(conn, sid)
+    try:
+        attempts = attempt_rows(conn, sid)
+    except apsw.SQLError:  # a log from before retries (schema < 4), read as it is
+        attempts = []
     if as_json:
-        print(json.dumps({"saga": _nested(r), "steps": [_nested(st) for st in steps]}))
+        print(json.dumps({"saga": _nested(r), "steps": [_nested(st) for st in steps],
+                          "attempts": attempts}))
         return EXIT_OK
     print(f"saga {sid} {r['name']}: {r['state']}"
           + (f" ({r['failure_reason']})" if r["failure_reason"] else ""))
@@ -72,6 +79,12 @@ def _show(conn: Any, sid: int, as_json: bool) -> int:
             print(f"      output {st['output_json']}")
         if st["failure_reason"]:
             print(f"      reason {st['failure_reason']}")
+        for a in attempts:
+            if a["step_index"] == st["step_index"]:
+                print(f"      attempt {a['attempt']} failed {iso(a['ended_at'])}: "
+                      f"{a['failure_reason']}")
+        if st.get("attempt", 1) > 1:
+            print(f"      at attempt {st['attempt']}")
         if st["compensation_json"]:
             print(f"      compensation {st['compensation_json']}")
     return EXIT_OK

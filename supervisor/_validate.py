@@ -38,3 +38,30 @@ def positive(value: object, what: str) -> float:
             not math.isfinite(value) or value <= 0:
         raise ValueError(f"{what} must be a positive number, got {value!r}")
     return float(value)
+
+
+def supervisor_args(workers: object, host: object, host_fds: object, durability: object,
+                    start_method: object, rss_limit: object, breaches: object,
+                    max_restarts: object, host_protocol: object) -> None:
+    """The checks of ``Supervisor(...)`` that are not a plain number of seconds."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
+        raise ValueError(f"workers must be an int from 1 to 256, got {workers!r}")
+    if host is not None and (not isinstance(host, (list, tuple)) or not host
+                             or not all(isinstance(a, str) for a in host)):
+        raise TypeError(f"host must be a non-empty list of str (an argv), got {host!r}")
+    if host is not None and host_fds is not None:
+        raise ValueError("give either host (an argv) or host_fds, not both")
+    if durability not in ("normal", "full"):
+        raise ValueError(f"durability must be 'normal' or 'full', got {durability!r}")
+    if start_method not in ("spawn", "forkserver", "fork"):
+        raise ValueError(f"start_method must be spawn, forkserver or fork, "
+                         f"got {start_method!r}")
+    if rss_limit is not None and (isinstance(rss_limit, bool)
+                                  or not isinstance(rss_limit, int) or rss_limit <= 0):
+        raise ValueError(f"rss_limit must be a positive number of bytes, got {rss_limit!r}")
+    if isinstance(breaches, bool) or not isinstance(breaches, int) or breaches < 1:
+        raise ValueError(f"breaches must be an int >= 1, got {breaches!r}")
+    if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+        raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
+    if host_protocol not in (1, 2) or isinstance(host_protocol, bool):
+        raise ValueError(f"host_protocol must be 1 or 2, got {host_protocol!r}")

@@ -73,27 +73,10 @@ class Supervisor:
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
         clock: Callable[[], float] | None = None,
+        host_protocol: int = 2,
     ) -> None:
-        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
-            raise ValueError(f"workers must be an int from 1 to 256, got {workers!r}")
-        if host is not None and (not isinstance(host, (list, tuple)) or not host
-                                 or not all(isinstance(a, str) for a in host)):
-            raise TypeError(f"host must be a non-empty list of str (an argv), got {host!r}")
-        if host is not None and host_fds is not None:
-            raise ValueError("give either host (an argv) or host_fds, not both")
-        if durability not in ("normal", "full"):
-            raise ValueError(f"durability must be 'normal' or 'full', got {durability!r}")
-        if start_method not in ("spawn", "forkserver", "fork"):
-            raise ValueError(f"start_method must be spawn, forkserver or fork, "
-                             f"got {start_method!r}")
-        if rss_limit is not None and (isinstance(rss_limit, bool)
-                                      or not isinstance(rss_limit, int) or rss_limit <= 0):
-            raise ValueError(f"rss_limit must be a positive number of bytes, got {rss_limit!r}")
-        if isinstance(breaches, bool) or not isinstance(breaches, int) or breaches < 1:
-            raise ValueError(f"breaches must be an int >= 1, got {breaches!r}")
-        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or \
-                max_restarts < 0:
-            raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
+        _validate.supervisor_args(workers, host, host_fds, durability, start_method, rss_limit,
+                                  breaches, max_restarts, host_protocol)
         self.settings = Settings(
             workers=workers, host_argv=list(host) if host is not None else None,
             host_fds=host_fds, durability=durability, capacity=capacity,
@@ -108,7 +91,8 @@ class Supervisor:
             breaches=breaches, health_interval=_validate.positive(health_interval, "health_interval"),
             shm_name=shm_name, start_timeout=_validate.positive(start_timeout, "start_timeout"),
             host_stall_timeout=_validate.positive(host_stall_timeout, "host_stall_timeout"),
-            metrics_port=metrics_port, metrics_host=metrics_host, clock=clock)
+            metrics_port=metrics_port, metrics_host=metrics_host, clock=clock,
+            host_protocol=host_protocol)
         if clock is not None and not callable(clock):
             raise TypeError("clock must be a callable returning monotonic seconds "
                             "(e.g. supervisor.testing.Clock())")

@@ -1,11 +1,14 @@
-"""Length-prefixed frames, and the host protocol (version 1) on top of them.
+"""Length-prefixed frames, and the host protocol (version 2) on top of them.
 
 Every frame on every pipe is ``u32 big-endian length`` + ``length`` bytes.
 Worker pipes carry a pickled batch (list of message tuples) per frame.  The
 host pipe carries host frames, documented in ``docs/host-protocol.md``::
 
-    u32 length | u8 version (=1) | u8 type | u64 saga_id | u32 step | JSON payload
+    u32 length | u8 version (=2) | u8 type | u64 saga_id | u32 step | u16 attempt | JSON
 
+Version 1 is the same without ``attempt``; both are read (a version-1 answer
+has attempt 0: "whichever attempt is current"), and a supervisor sends
+version 2 unless told to speak version 1 to an old host (``host_protocol=1``).
 ``length`` counts everything after itself.  Types: CMD (supervisor -> host,
 payload: the command), EVENT (host -> supervisor, payload
 ``{"kind": str, "data": any}``), ACTION_FAILED (host -> supervisor, payload
@@ -17,20 +20,35 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any
+from typing import Any, NamedTuple
 
 from supervisor.errors import SupervisorError
 
 MAX_FRAME = 16 * 1024 * 1024
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+PROTOCOL_VERSIONS = (1, 2)
 T_CMD = 1
 T_EVENT = 2
 T_ACTION_FAILED = 3
+MAX_ATTEMPT = 0xFFFF
 
 _LEN = struct.Struct(">I")
-_HOST_HDR = struct.Struct(">IBBQI")  # length, version, type, saga_id, step
-HOST_HDR_SIZE = _HOST_HDR.size - 4  # header bytes counted in `length`
-_HOST_BODY = struct.Struct(">BBQI")
+_HOST_HDR_V1 = struct.Struct(">IBBQI")  # length, version, type, saga_id, step
+_HOST_HDR = struct.Struct(">IBBQIH")  # ... and attempt (version 2)
+HOST_HDR_SIZE_V1 = _HOST_HDR_V1.size - 4  # header bytes counted in `length`
+HOST_HDR_SIZE = _HOST_HDR.size - 4
+_HOST_BODY_V1 = struct.Struct(">BBQI")
+_ATTEMPT = struct.Struct(">H")
+
+
+class HostFrame(NamedTuple):
+    """A decoded host frame.  `attempt` is 0 in a version-1 frame."""
+
+    kind: int
+    saga_id: int
+    step: int
+    attempt: int
+    payload: bytes
 
 
 class FrameError(SupervisorError):
@@ -81,23 +99,43 @@ def frame(payload: bytes) -> bytes:
     return _LEN.pack(len(payload)) + payload
 
 
-def host_frame(kind: int, saga_id: int, step: int, payload: bytes) -> bytes:
-    return _HOST_HDR.pack(HOST_HDR_SIZE + len(payload), PROTOCOL_VERSION, kind,
-                          saga_id, step) + payload
+def host_frame(kind: int, saga_id: int, step: int, payload: bytes, attempt: int = 1,
+               version: int = PROTOCOL_VERSION) -> bytes:
+    """One host frame.  `attempt` travels in version 2 only (capped at 65535)."""
+    if version == 1:
+        return _HOST_HDR_V1.pack(HOST_HDR_SIZE_V1 + len(payload), 1, kind, saga_id,
+                                 step) + payload
+    return _HOST_HDR.pack(HOST_HDR_SIZE + len(payload), version, kind, saga_id, step,
+                          min(attempt, MAX_ATTEMPT)) + payload
+
+
+def parse_host_frame(body: bytes) -> HostFrame:
+    """Decode a host frame body (version 1 or 2)."""
+    if len(body) < HOST_HDR_SIZE_V1:
+        raise FrameError(f"host frame of {len(body)} bytes is shorter than its header",
+                         fatal=False)
+    version, kind, saga_id, step = _HOST_BODY_V1.unpack_from(body)
+    if version == 2:
+        if len(body) < HOST_HDR_SIZE:
+            raise FrameError(f"version-2 host frame of {len(body)} bytes is shorter than "
+                             "its header", fatal=False)
+        (attempt,) = _ATTEMPT.unpack_from(body, HOST_HDR_SIZE_V1)
+        payload = body[HOST_HDR_SIZE:]
+    elif version == 1:
+        attempt, payload = 0, body[HOST_HDR_SIZE_V1:]
+    else:
+        raise FrameError(f"host frame has protocol version {version}, expected one of "
+                         f"{PROTOCOL_VERSIONS}", fatal=False)
+    if kind not in (T_CMD, T_EVENT, T_ACTION_FAILED):
+        raise FrameError(f"host frame has unknown type {kind}", fatal=False)
+    return HostFrame(kind, saga_id, step, attempt, payload)
 
 
 def parse_host(body: bytes) -> tuple[int, int, int, bytes]:
-    """Split a host frame body into (type, saga_id, step, payload)."""
-    if len(body) < HOST_HDR_SIZE:
-        raise FrameError(f"host frame of {len(body)} bytes is shorter than its header",
-                         fatal=False)
-    version, kind, saga_id, step = _HOST_BODY.unpack_from(body)
-    if version != PROTOCOL_VERSION:
-        raise FrameError(f"host frame has protocol version {version}, expected "
-                         f"{PROTOCOL_VERSION}", fatal=False)
-    if kind not in (T_CMD, T_EVENT, T_ACTION_FAILED):
-        raise FrameError(f"host frame has unknown type {kind}", fatal=False)
-    return kind, saga_id, step, body[HOST_HDR_SIZE:]
+    """Split a host frame body into (type, saga_id, step, payload); see
+    :func:`parse_host_frame` for the attempt number too."""
+    f = parse_host_frame(body)
+    return f.kind, f.saga_id, f.step, f.payload
 
 
 def decode_json_object(payload: bytes, what: str) -> dict[str, Any]:

@@ -21,14 +21,18 @@ frame header announcing 2 GiB: the stream cannot be resynchronised), ``die``
 (exit at once with status 3), ``deep`` (JSON nested ``depth`` levels, sent ``as``
 ``event`` — a domain event —, ``failed`` — the reason of an action failure —
 or ``echo`` — the answer itself; the first two are followed by the real echo),
-``stray`` (a length prefix announcing a frame that never comes).
+``stray`` (a length prefix announcing a frame that never comes), ``flaky``
+(``{"op": "flaky", "succeed_at": K, "how": "fail"|"hang"}``: attempts before
+K fail, or get no answer at all; attempt K and later are echoed with data
+``{"attempt": n}``; the attempt is the frame header's, so it keeps no state).
 
 With ``SAGA_HOST_RECORD=PATH`` in its environment it appends one line per
 command it receives (``saga_id step time``), for the soak's checks.
 
-Every answer carries the command's saga id and step.  Re-issued commands
-(same saga id and step, after a supervisor restart) are answered again: this
-host keeps no state between commands, which makes it idempotent.
+Every answer carries the command's saga id, step and attempt (version 2
+frames).  Re-issued commands (same saga id and step, after a supervisor
+restart or a retry) are answered again: this host keeps no state between
+commands, which makes it idempotent.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from supervisor.frames import (
     FrameError,
     FrameReader,
     host_frame,
-    parse_host,
+    parse_host_frame,
 )
 
 
@@ -61,6 +65,7 @@ class ReferenceHost:
         self._children: dict[int, asyncio.subprocess.Process] = {}
         self._loop = asyncio.get_running_loop()
         self.bad_frames = 0
+        self._attempt = 0  # of the command being handled: its answers carry it
         # SAGA_HOST_RECORD=PATH: append "saga_id step time" per command (tests, soak)
         record = os.environ.get("SAGA_HOST_RECORD")
         self._record = os.open(record, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600) \
@@ -68,8 +73,10 @@ class ReferenceHost:
 
     # -- output -------------------------------------------------------------
 
-    def _send(self, kind: int, saga_id: int, step: int, payload: dict[str, Any]) -> None:
-        self._out += host_frame(kind, saga_id, step, json.dumps(payload).encode())
+    def _send(self, kind: int, saga_id: int, step: int, payload: dict[str, Any],
+              attempt: int | None = None) -> None:
+        self._out += host_frame(kind, saga_id, step, json.dumps(payload).encode(),
+                                self._attempt if attempt is None else attempt)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -87,22 +94,25 @@ class ReferenceHost:
             view = view[n:]
 
     def raw(self, kind: int, saga_id: int, step: int, payload: bytes) -> None:
-        self._out += host_frame(kind, saga_id, step, payload)
+        self._out += host_frame(kind, saga_id, step, payload, self._attempt)
 
-    def event(self, saga_id: int, step: int, kind: str, data: Any) -> None:
-        self._send(T_EVENT, saga_id, step, {"kind": kind, "data": data})
+    def event(self, saga_id: int, step: int, kind: str, data: Any,
+              attempt: int | None = None) -> None:
+        self._send(T_EVENT, saga_id, step, {"kind": kind, "data": data}, attempt)
 
-    def failed(self, saga_id: int, step: int, reason: str) -> None:
-        self._send(T_ACTION_FAILED, saga_id, step, {"reason": reason})
+    def failed(self, saga_id: int, step: int, reason: str, attempt: int | None = None) -> None:
+        self._send(T_ACTION_FAILED, saga_id, step, {"reason": reason}, attempt)
 
     # -- commands -----------------------------------------------------------
 
     def command(self, body: bytes) -> tuple[int, int, Any] | None:
-        """A command frame's (saga id, step, command), or None for a bad frame."""
+        """A command frame's (saga id, step, command), or None for a bad frame;
+        its attempt number is kept for the answers (``self._attempt``)."""
         try:
-            kind, saga_id, step, payload = parse_host(body)
+            kind, saga_id, step, attempt, payload = parse_host_frame(body)
             if kind != T_CMD:
                 raise FrameError(f"host got frame type {kind}, expected a command", False)
+            self._attempt = attempt
             return saga_id, step, json.loads(payload)
         except (FrameError, ValueError) as exc:
             self.bad_frames += 1
@@ -128,16 +138,18 @@ class ReferenceHost:
             if not isinstance(seconds, (int, float)) or seconds < 0:
                 self.failed(saga_id, step, f"sleep needs seconds >= 0, got {seconds!r}")
                 return
-            self._loop.call_later(seconds, self.event, saga_id, step, "echo", rest)
+            self._loop.call_later(seconds, self.event, saga_id, step, "echo", rest,
+                                  self._attempt)
         elif op == "fail":
             reason = str(cmd.get("reason", "failed on request"))
             delay = cmd.get("seconds", 0)
             if isinstance(delay, (int, float)) and delay > 0:
-                self._loop.call_later(delay, self.failed, saga_id, step, reason)
+                self._loop.call_later(delay, self.failed, saga_id, step, reason,
+                                      self._attempt)
             else:
                 self.failed(saga_id, step, reason)
         elif op == "run":
-            self._loop.create_task(self._run(saga_id, step, cmd.get("argv")))
+            self._loop.create_task(self._run(saga_id, step, cmd.get("argv"), self._attempt))
         elif op == "stop":
             self._stop(saga_id, step, cmd.get("pid"))
         elif op == "publish":
@@ -174,28 +186,43 @@ class ReferenceHost:
                 open(once, "w").close()
             self._out += b"\x00\x00\x10\x00"  # announces 4 KiB that never come
             self._flush()
+        elif op == "flaky":
+            self._flaky(saga_id, step, cmd)
         elif op == "die":
             self._flush()
             os._exit(3)
         else:
             self.failed(saga_id, step, f"unknown op {op!r}")
 
-    async def _run(self, saga_id: int, step: int, argv: Any) -> None:
+    def _flaky(self, saga_id: int, step: int, cmd: dict[str, Any]) -> None:
+        attempt = max(1, self._attempt)  # a version-1 command is attempt 1
+        succeed_at = cmd.get("succeed_at", 2)
+        if not isinstance(succeed_at, int) or succeed_at < 1:
+            self.failed(saga_id, step, f"flaky needs succeed_at >= 1, got {succeed_at!r}")
+        elif attempt >= succeed_at:
+            self.event(saga_id, step, "echo", {"attempt": attempt})
+        elif cmd.get("how", "fail") == "fail":
+            self.failed(saga_id, step, f"flaky: attempt {attempt} fails (succeeds at "
+                        f"{succeed_at})")
+        # how == "hang": no answer at all (a step deadline must notice)
+
+    async def _run(self, saga_id: int, step: int, argv: Any, attempt: int) -> None:
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-            self.failed(saga_id, step, f"run needs a non-empty argv list of str, got {argv!r}")
+            self.failed(saga_id, step, f"run needs a non-empty argv list of str, got {argv!r}",
+                        attempt)
             return
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL
             )
         except OSError as exc:
-            self.failed(saga_id, step, f"cannot start {argv[0]!r}: {exc}")
+            self.failed(saga_id, step, f"cannot start {argv[0]!r}: {exc}", attempt)
             return
         self._children[proc.pid] = proc
-        self.event(saga_id, step, "started", {"pid": proc.pid})
+        self.event(saga_id, step, "started", {"pid": proc.pid}, attempt)
         status = await proc.wait()
         self._children.pop(proc.pid, None)
-        self.event(saga_id, step, "exited", {"pid": proc.pid, "status": status})
+        self.event(saga_id, step, "exited", {"pid": proc.pid, "status": status}, attempt)
 
     def _stop(self, saga_id: int, step: int, pid: Any) -> None:
         proc = self._children.get(pid) if isinstance(pid, int) else None

@@ -7,10 +7,12 @@ writes them in one transaction, before anything of that turn becomes visible
 ``synchronous=NORMAL`` (default: survives a process crash, may lose the last
 commits on power loss) or ``FULL`` (fsync per commit).
 
-Schema (version 3, migrated in place through ``pragma user_version``): the
+Schema (version 4, migrated in place through ``pragma user_version``): the
 ``saga`` and ``saga_step`` tables (see ``docs/architecture.md``), plus
 ``compensation_json`` on steps (v1), ``saga_meta`` holding the ids'
-high-water mark (v2) and ``saga.idem_key`` with a unique index (v3).
+high-water mark (v2), ``saga.idem_key`` with a unique index (v3), and step
+retries (v4): ``saga_step.attempt`` and one ``saga_step_attempt`` row per
+failed attempt.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import apsw
 
 from supervisor.errors import SupervisorError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -73,6 +75,19 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE saga ADD COLUMN idem_key TEXT;
     CREATE UNIQUE INDEX saga_idem_key ON saga(idem_key) WHERE idem_key IS NOT NULL;
     """,
+    # 4: step retries: the attempt a step is at, and every attempt that failed
+    4: """
+    ALTER TABLE saga_step ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE saga_step_attempt (
+        saga_id INTEGER NOT NULL,
+        step_index INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        ended_at REAL NOT NULL,
+        failure_reason TEXT,
+        PRIMARY KEY (saga_id, step_index, attempt)
+    ) WITHOUT ROWID;
+    """,
 }
 _MARK_NEXT_ID = ("UPDATE saga_meta SET value = max(value, (SELECT coalesce(max(saga_id), 0) + 1 "
                  "FROM saga)) WHERE key = 'next_id'")
@@ -108,14 +123,19 @@ class Batch:
     saga_states: list[tuple[Any, ...]] = field(default_factory=list)
     saga_ends: list[tuple[Any, ...]] = field(default_factory=list)
     saga_keys: list[tuple[str, int]] = field(default_factory=list)  # (key, saga id)
+    # failed attempts: (saga id, step, attempt, started, ended, reason)
+    attempts: list[tuple[Any, ...]] = field(default_factory=list)
+    step_attempts: list[tuple[int, int, int]] = field(default_factory=list)  # (n, sid, step)
 
     def __bool__(self) -> bool:
         return bool(self.sagas or self.steps or self.step_ends or self.step_comps
-                    or self.saga_states or self.saga_ends or self.saga_keys)
+                    or self.saga_states or self.saga_ends or self.saga_keys
+                    or self.attempts or self.step_attempts)
 
     def rows(self) -> int:
         return (len(self.sagas) + len(self.steps) + len(self.step_ends) + len(self.step_comps)
-                + len(self.saga_states) + len(self.saga_ends) + len(self.saga_keys))
+                + len(self.saga_states) + len(self.saga_ends) + len(self.saga_keys)
+                + len(self.attempts) + len(self.step_attempts))
 
 
 # The hot statements take many rows per statement (multi-row VALUES, and
@@ -265,6 +285,12 @@ class SagaLog:
                 c.executemany("UPDATE saga SET idem_key = ? WHERE saga_id = ?", batch.saga_keys)
             if batch.steps:
                 self._multi("insert_step", batch.steps)
+            if batch.attempts:
+                c.executemany("INSERT OR REPLACE INTO saga_step_attempt VALUES (?,?,?,?,?,?)",
+                              batch.attempts)
+            if batch.step_attempts:
+                c.executemany("UPDATE saga_step SET attempt = ? WHERE saga_id = ? AND "
+                              "step_index = ?", batch.step_attempts)
             if batch.step_ends:
                 self._multi("end_step", batch.step_ends)
             if batch.step_comps:
@@ -291,8 +317,9 @@ class SagaLog:
         try:
             with c:
                 c.execute(_MARK_NEXT_ID)  # ids never go back, whatever is deleted
-                c.execute(f"DELETE FROM saga_step WHERE saga_id IN (SELECT saga_id {old})",
-                          (cutoff,))
+                for table in ("saga_step", "saga_step_attempt"):
+                    c.execute(f"DELETE FROM {table} WHERE saga_id IN (SELECT saga_id {old})",
+                              (cutoff,))
                 c.execute(f"DELETE {old}", (cutoff,))
                 removed = int(c.changes())
         except apsw.Error as exc:
@@ -323,6 +350,9 @@ class SagaLog:
 
     def steps(self, saga_id: int) -> list[dict[str, Any]]:
         return step_rows(self.conn, saga_id)
+
+    def attempts(self, saga_id: int) -> list[dict[str, Any]]:
+        return attempt_rows(self.conn, saga_id)
 
     def find_key(self, key: str) -> int | None:
         """The saga that holds idempotency key `key`, if the log has one."""
@@ -365,6 +395,12 @@ def step_rows(conn: apsw.Connection, saga_id: int) -> list[dict[str, Any]]:
     """A saga's steps in order, keyed by column name."""
     return dict_rows(conn, "SELECT * FROM saga_step WHERE saga_id = ? ORDER BY step_index",
                      (saga_id,))
+
+
+def attempt_rows(conn: apsw.Connection, saga_id: int) -> list[dict[str, Any]]:
+    """A saga's failed step attempts, in order, keyed by column name."""
+    return dict_rows(conn, "SELECT * FROM saga_step_attempt WHERE saga_id = ? "
+                     "ORDER BY step_index, attempt", (saga_id,))
 
 
 def read_outcome(conn: apsw.Connection, saga_id: int) -> tuple[str, str | None] | None:

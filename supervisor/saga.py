@@ -9,6 +9,7 @@ here is a frozen dataclass or a plain base class; nothing here does I/O.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
@@ -32,13 +33,61 @@ class Target(enum.IntEnum):
     SRV = 3  #: handled in the supervisor by a registered handler
 
 
+def _seconds(name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """How often to try a step again when its action fails.
+
+    A step is tried at most `attempts` times in all.  Attempt *n* (n >= 2) is
+    re-issued ``min(max_backoff, backoff * 2 ** (n - 2))`` seconds after
+    attempt *n - 1* failed: an ``ACTION_FAILED`` answer from the host, a local
+    handler that raised, or the step's deadline (``step_timeout``) passing.
+    `step_timeout` here is the default for commands that do not set their own.
+    """
+
+    attempts: int = 3
+    backoff: float = 0.1
+    max_backoff: float = 5.0
+    step_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
+            raise TypeError(f"Retry.attempts must be an int, got {self.attempts!r}")
+        if not 1 <= self.attempts <= 65535:
+            raise ValueError(f"Retry.attempts must be 1..65535, got {self.attempts}")
+        _seconds("Retry.backoff", self.backoff)
+        _seconds("Retry.max_backoff", self.max_backoff)
+        _seconds("Retry.step_timeout", self.step_timeout, allow_none=True)
+        if self.step_timeout == 0:
+            raise ValueError("Retry.step_timeout must be > 0 (or None)")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before issuing `attempt` (2, 3, ...)."""
+        return float(min(self.max_backoff, self.backoff * 2.0 ** max(0, attempt - 2)))
+
+
 @dataclass(frozen=True, slots=True)
 class IssueCmd:
     """Issue `command` (a JSON-serialisable value, usually a dict) to `target`;
-    the saga is parked until the command's echo is offered to ``on_event``."""
+    the saga is parked until the command's echo is offered to ``on_event``.
+
+    `retry` re-issues the same step (same saga id and step, the next attempt
+    number) when its action fails; `step_timeout` (seconds) is a deadline for
+    each attempt's answer.  Without `retry`, a failed or timed-out step fails
+    the saga at once."""
 
     target: Target
     command: Any
+    retry: Retry | None = None
+    step_timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from supervisor.saga import (
     Event,
     Failed,
     IssueCmd,
+    Retry,
     Saga,
     SagaContext,
     StepInfo,
@@ -69,7 +70,12 @@ def encode_action(action: Any, where: str) -> tuple[int, Any]:
         cmd = action.command
         step_name = str(cmd.get("op", target.name.lower())) if isinstance(cmd, dict) \
             else target.name.lower()
-        return A_CMD, (int(target), cmd_json, step_name[:200])
+        if action.retry is None and action.step_timeout is None:
+            return A_CMD, (int(target), cmd_json, step_name[:200])
+        policy = retry_policy(action.retry, action.step_timeout)
+        if isinstance(policy, str):
+            return A_FAILED, f"invalid action from {where}: {policy}"
+        return A_CMD, (int(target), cmd_json, step_name[:200], policy)
     if t is Wait:
         return A_WAIT, None
     if t is Done:
@@ -78,6 +84,23 @@ def encode_action(action: Any, where: str) -> tuple[int, Any]:
         return A_FAILED, str(action.reason)
     return A_FAILED, (f"invalid action from {where}: returned {action!r:.200} "
                       "(expected IssueCmd, Wait, Done or Failed)")
+
+
+def retry_policy(retry: Any, step_timeout: Any
+                 ) -> tuple[int, float, float, float | None] | str:
+    """(attempts, backoff, max_backoff, step timeout) of an IssueCmd, as it
+    travels to the supervisor, or why it is invalid."""
+    if retry is not None and not isinstance(retry, Retry):
+        return f"IssueCmd retry must be a supervisor.Retry, got {retry!r:.100}"
+    if step_timeout is None and retry is not None:
+        step_timeout = retry.step_timeout
+    if step_timeout is not None and (
+            isinstance(step_timeout, bool) or not isinstance(step_timeout, (int, float))
+            or not 0 < step_timeout < float("inf")):
+        return f"IssueCmd step_timeout must be a number of seconds > 0, got {step_timeout!r}"
+    if retry is None:
+        return (1, 0.0, 0.0, step_timeout)
+    return (retry.attempts, retry.backoff, retry.max_backoff, step_timeout)
 
 
 class WorkerState:

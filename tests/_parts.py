@@ -26,6 +26,7 @@ from supervisor._engine.records import (
     WorkerProc,
 )
 from supervisor._engine.recovery import Recovery
+from supervisor._engine.retries import Retries
 from supervisor._engine.routing import Routing
 from supervisor._engine.sagas import SagaOps
 from supervisor._engine.table import SagaTable
@@ -34,10 +35,10 @@ from supervisor.log import SagaLog
 from supervisor.protocol import STATE_DICT, Act, Op
 
 
-def answer(sid: int, step: int, kind: int = T_EVENT, payload: bytes = b'{"kind":"echo"}'
-           ) -> bytes:
+def answer(sid: int, step: int, kind: int = T_EVENT, payload: bytes = b'{"kind":"echo"}',
+           attempt: int = 1) -> bytes:
     """A host frame's body, as the reader yields it."""
-    return host_frame(kind, sid, step, payload)[4:]
+    return host_frame(kind, sid, step, payload, attempt)[4:]
 
 
 class Parts:
@@ -65,9 +66,11 @@ class Parts:
                                  self.table, self.turn, shared, self.stats, self.log,
                                  self.pipeline.commit_now, lambda sid: self.worker,
                                  lambda cid: None)
+        self.retries = Retries(self.table, self.sagas, shared, self.turn, self.stats)
         self.routing = Routing(self.table, shared, self.sagas, self.comp, self.recovery,
-                               self.turn, self.stats)
-        self.dispatch = Dispatch(self.table, shared, self.sagas, self.comp, {}, self.stats)
+                               self.turn, self.stats, self.retries)
+        self.dispatch = Dispatch(self.table, shared, self.sagas, self.comp, {}, self.stats,
+                                 self.retries)
 
     def _emitted(self, out: TurnOutputs) -> None:
         self.emitted.append(out)

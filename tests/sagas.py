@@ -332,3 +332,43 @@ class StraySaga(Saga):
 
     def on_event(self, event: Event, ctx: SagaContext) -> SagaAction:
         return Done() if event.kind == "echo" else Wait()
+
+
+class RetrySaga(Saga):
+    """One command with a retry policy, then (optionally) an echo step.
+    `command` is sent to `target` (a Target's int); `attempts`/`backoff`/
+    `step_timeout` build its Retry (attempts 0: no Retry at all)."""
+
+    name = "retrying"
+
+    def __init__(self, command: dict[str, Any], attempts: int = 3, backoff: float = 0.01,
+                 step_timeout: float | None = None, target: int = 1, then_echo: bool = False,
+                 timeout: float = 10.0) -> None:
+        self.command = command
+        self.attempts = attempts
+        self.backoff = backoff
+        self.step_timeout = step_timeout
+        self.target = target
+        self.then_echo = then_echo
+        self.timeout = timeout  # type: ignore[misc]
+        self.first: Any = None
+
+    def input_snapshot(self) -> dict[str, Any]:
+        return {"command": self.command, "attempts": self.attempts, "backoff": self.backoff,
+                "step_timeout": self.step_timeout, "target": self.target,
+                "then_echo": self.then_echo, "timeout": self.timeout}
+
+    def start(self, ctx: SagaContext) -> SagaAction:
+        from supervisor import Retry
+
+        retry = Retry(self.attempts, self.backoff, max_backoff=1.0) if self.attempts else None
+        return IssueCmd(Target(self.target), self.command, retry=retry,
+                        step_timeout=self.step_timeout)
+
+    def on_event(self, event: Event, ctx: SagaContext) -> SagaAction:
+        if event.saga_id != ctx.saga_id or event.kind != "echo":
+            return Wait()
+        if self.then_echo and self.first is None:
+            self.first = event.data
+            return IssueCmd(Target.HOST, {"op": "echo", "after": event.data})
+        return Done()

@@ -91,6 +91,6 @@ def test_a_version_2_log_gains_keys_in_place(tmp_path: Path) -> None:
     conn.execute("PRAGMA user_version=2")
     conn.close()
     log = SagaLog(db)
-    assert log.conn.execute("PRAGMA user_version").fetchall()[0][0] == 3
+    assert log.conn.execute("PRAGMA user_version").fetchall()[0][0] >= 3
     assert log.find_key("x") is None
     log.close()

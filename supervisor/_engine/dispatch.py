@@ -27,6 +27,7 @@ from typing import Any
 import supervisor.frames as frames
 from supervisor._engine.compensation import Compensation
 from supervisor._engine.records import COMPENSATING, RUNNING, HostProc, Stats
+from supervisor._engine.retries import Retries
 from supervisor._engine.sagas import SagaOps
 from supervisor._engine.table import SagaTable
 from supervisor.protocol import Op
@@ -42,13 +43,15 @@ _NO_HANDLER_ECHO = b'{"kind":"echo","data":null}'
 class Dispatch:
     def __init__(self, table: SagaTable, shared: SharedState, sagas: SagaOps,
                  compensation: Compensation, handlers: dict[Target, Handler],
-                 stats: Stats) -> None:
+                 stats: Stats, retries: Retries, host_protocol: int = 2) -> None:
         self.table = table
         self.shared = shared
         self.sagas = sagas
         self.compensation = compensation
         self.handlers = handlers
         self.stats = stats
+        self.retries = retries
+        self.version = host_protocol
 
     def to_host(self, host: HostProc | None, out: list[tuple[int, int, str, bool]]) -> None:
         """Frame a committed turn's host commands into the host's buffer (the
@@ -71,10 +74,12 @@ class Dispatch:
         frame = frames.host_frame
         sent = 0
         now = time.monotonic() if self.sagas.measures.enabled else 0.0
+        version = self.version
         for sid, step, cmd_json, counts in out:
             saga = live.get(sid)
             if saga is None:
                 continue
+            attempt = 1
             if saga.phase == RUNNING:
                 if is_claimed(sid):
                     continue  # claimed since it was issued: never send after the end
@@ -82,7 +87,10 @@ class Dispatch:
                     saga.dispatched += 1
                 if saga.needs_sent_ack:
                     saga.worker.outbox.append((Op.SENT, sid, saga.dispatched))
-            buf += frame(frames.T_CMD, sid, step, cmd_json.encode())
+                if saga.policy is not None and step == saga.open_step:
+                    attempt = saga.attempt
+                    self.retries.sent(saga)
+            buf += frame(frames.T_CMD, sid, step, cmd_json.encode(), attempt, version)
             saga.step_sent = now
             sent += 1
         host.frames_out += sent
@@ -107,7 +115,7 @@ class Dispatch:
                     why = f"{Target(target).name} handler raised {type(exc).__name__}: {exc}"
                     if saga.phase == COMPENSATING:
                         self.compensation.answer(saga, step, why)
-                    else:
+                    elif step != saga.open_step or not self.retries.failed(saga, 0, why):
                         self.sagas.fail(saga, why)
                     continue
             else:

@@ -78,6 +78,7 @@ class Replay(NamedTuple):
     started_at: float
     inherited: bool
     kills: int = 0  # worker deaths it is suspected of: isolated when > 0
+    attempt: int = 1  # the attempt its open step is at (step retries)
 
 
 Request = Spawn | SpawnMany | SpawnKeyed | Cancel | Publish | AddTrigger | Stop | Replay

@@ -38,8 +38,7 @@ from supervisor._engine.compensation import Compensation
 from supervisor._engine.control import ControlServer
 from supervisor._engine.dispatch import Dispatch, Handler
 from supervisor._engine.host_link import HostLink
-from supervisor._engine.inbox import (AddTrigger, Cancel, Inbox, Publish, Replay, Spawn,
-                                     SpawnKeyed, SpawnMany, Stop)
+from supervisor._engine.inbox import Cancel, Inbox, Stop
 from supervisor._engine.keys import Keys
 from supervisor._engine.measure import Measures
 from supervisor._engine.metrics import EngineCollector, MetricsServer, exposition
@@ -47,6 +46,8 @@ from supervisor._engine.outcomes import Outcomes
 from supervisor._engine.pipeline import Pipeline
 from supervisor._engine.records import HostProc, Lifecycle, Settings, Stats, Turn, TurnOutputs, WorkerProc
 from supervisor._engine.recovery import Kinds, Recovery, at_start
+from supervisor._engine.requests import Requests
+from supervisor._engine.retries import Retries
 from supervisor._engine.routing import Routing
 from supervisor._engine.sagas import SagaOps
 from supervisor._engine.segment import create_segment
@@ -97,7 +98,6 @@ class Engine:
         self.control: ControlServer
         self.pipeline: Pipeline
         self._dead: list[WorkerProc] = []
-        self._drain_deadline: float | None = None
 
     # -- start-up -------------------------------------------------------------------
 
@@ -154,8 +154,12 @@ class Engine:
                        self.registry.prepare, self.triggers, control.subscribed)
         self.host = HostLink(s, sel, stats, self.life, self._host_readable,
                              self._host_writable)
-        self.dispatch = Dispatch(table, shared, sagas, comp, self.handlers, stats)
-        self.routing = Routing(table, shared, sagas, comp, self.recovery, turn, stats)
+        retries = self.retries = Retries(table, sagas, shared, turn, stats)
+        self.dispatch = Dispatch(table, shared, sagas, comp, self.handlers, stats, retries,
+                                 s.host_protocol)
+        self.routing = Routing(table, shared, sagas, comp, self.recovery, turn, stats, retries)
+        self.requests = Requests(inbox, sagas, self.keys, self.recovery, self.routing, turn,
+                                 self.triggers)
         for req in at_start(sagalog, shared, self.kinds, self.registry.prepare, stats):
             self.outcomes.expect(req.saga_id)
             inbox.post_internal(req)
@@ -184,7 +188,7 @@ class Engine:
                 # the log still works: every saga in flight (and every spawn
                 # accepted) ends there, with the reason
                 try:
-                    self._take_requests(stopping_now=True)
+                    self.requests.take(stopping_now=True)
                     self.sagas.fail_all(self.life.stop_reason)
                     self.pipeline.end_turn()
                     self.pipeline.drain()
@@ -217,10 +221,10 @@ class Engine:
         while True:
             vnow = clock()
             timeout = min(1.0, health_every, self.settings.host_stall_timeout)
-            for at in (table.next_deadline(), pool.next_restart()):
+            for at in (table.next_deadline(), pool.next_restart(), self.retries.next_due()):
                 if at is not None:
                     timeout = min(timeout, max(0.0, at - vnow))
-            if self._drain_deadline is not None:
+            if self.requests.drain_deadline is not None:
                 timeout = min(timeout, 0.05)
             inbox.sleeping = True
             if inbox:
@@ -229,7 +233,7 @@ class Engine:
             inbox.sleeping = False
             for key, mask in ready:
                 key.data(mask)
-            stopping = self._take_requests()
+            stopping = self.requests.take()
             if self._dead:
                 dead = self._dead[:]
                 self._dead.clear()  # the pool's sentinels append to this very list
@@ -241,6 +245,8 @@ class Engine:
                     self.recovery.adopt_orphans(dead_w, new, why, False)
             if table.timers and table.timers[0][0] <= vnow:
                 self.sagas.expire(vnow)
+            if self.retries.timers and self.retries.timers[0][0] <= vnow:
+                self.retries.run_due(vnow)
             if stopping and (not table or now >= stopping):
                 self.sagas.fail_all(self.life.stop_reason)
                 pipeline.end_turn()
@@ -264,41 +270,6 @@ class Engine:
                 pipeline.drain()
                 assert self.log is not None
                 self.log.purge(self.settings.retention_days)
-
-    def _take_requests(self, stopping_now: bool = False) -> float:
-        """Apply every request in the inbox; returns the drain deadline once a
-        Stop was taken (0.0 while running)."""
-        inbox, sagas, turn = self.inbox, self.sagas, self.turn
-        while inbox:
-            item = inbox.take()
-            t = type(item)
-            try:
-                if t is Spawn:
-                    sagas.start(item.saga_id, item.spec)
-                elif t is SpawnMany:
-                    for sid, spec in zip(item.saga_ids, item.specs):
-                        sagas.start(sid, spec)
-                elif t is SpawnKeyed:
-                    item.future.set(self.keys.spawn(item.saga_id, item.spec, item.key))
-                elif t is Cancel:
-                    item.future.set(False if stopping_now else
-                                    sagas.cancel(item.saga_id, item.reason))
-                elif t is Replay:
-                    self.recovery.replay(item)
-                elif t is Publish:
-                    ev = item.event
-                    turn.events.append((ev.kind, ev.data, ev.saga_id, ev.step))
-                elif t is AddTrigger:
-                    self.triggers.append((item.factory, item.predicate))
-                elif t is Stop:
-                    self._drain_deadline = time.monotonic() + (item.timeout if item.drain
-                                                               else 0.0)
-            except (KeyboardInterrupt, LogError):
-                raise
-            except BaseException as exc:
-                self.routing.input_failed(f"a {t.__name__} request",
-                                          getattr(item, "saga_id", None), exc)
-        return self._drain_deadline or 0.0
 
     def _begin_stop(self, error: BaseException | None, reason: str) -> None:
         """Stop from inside the loop (restart intensity, a crash)."""

@@ -57,6 +57,8 @@ class Settings:
     # batches of at least this many rows are committed by the writer thread
     # while the loop goes on (0: always inline)
     pipeline_rows: int = 256
+    # the host protocol version the supervisor speaks (2; 1 for an old host)
+    host_protocol: int = 2
 
 
 class Lifecycle:
@@ -138,7 +140,8 @@ class LiveSaga:
     __slots__ = ("saga_id", "name", "worker", "deadline", "timeout", "next_step", "open_step",
                  "phase", "succeeded", "has_comp", "listens", "dispatched", "needs_sent_ack",
                  "fail_reason", "comp_queue", "comp_wait", "comp_failed", "open_cmd",
-                 "inherited", "overdue", "kills", "born", "step_sent", "cause", "key")
+                 "inherited", "overdue", "kills", "born", "step_sent", "cause", "key",
+                 "policy", "attempt", "attempt_at", "retry_wait")
 
     def __init__(self, saga_id: int, name: str, worker: WorkerProc, deadline: float,
                  timeout: float, has_comp: bool, listens: frozenset[str]) -> None:
@@ -170,6 +173,13 @@ class LiveSaga:
         self.step_sent = 0.0  # monotonic time its open step went out (metrics)
         self.cause: str | None = None  # why it failed, once it did (metrics)
         self.key: str | None = None  # its idempotency key, if spawned with one
+        # the open step's retry policy: (attempts, backoff, max backoff, step
+        # timeout), or None; the attempt it is at, since when (wall clock), and
+        # whether that attempt waits out its backoff (not yet sent)
+        self.policy: tuple[int, float, float, float | None] | None = None
+        self.attempt = 1
+        self.attempt_at = 0.0
+        self.retry_wait = False
 
 
 class Turn:
@@ -213,7 +223,7 @@ STAT_NAMES: Final = (
     "spawned", "completed", "failed", "bad_frames", "unknown_answers", "late_answers",
     "replayed", "reissued", "replay_failed", "reopened", "host_restarts", "worker_recycles",
     "trigger_errors", "worker_restarts", "input_errors", "subscriber_errors", "host_stalls",
-    "poison_sagas",
+    "poison_sagas", "retries", "step_timeouts",
     "commits", "rows",
 )
 

@@ -60,10 +60,13 @@ def rebuild(kinds: Kinds, prepare: Callable[[Saga], SagaSpec], name: str,
     return spec
 
 
-def logged_steps(sagalog: SagaLog, saga_id: int) -> Steps | str:
-    """A saga's steps as replay needs them, or why it cannot be replayed."""
+def logged_steps(sagalog: SagaLog, saga_id: int) -> tuple[Steps, int] | str:
+    """A saga's steps as replay needs them and the attempt its last step is
+    at, or why it cannot be replayed."""
     steps: Steps = []
+    attempt = 1
     for st in sagalog.steps(saga_id):
+        attempt = int(st.get("attempt") or 1)
         target = _TARGETS.get(st["target"])
         if target is None or st["state"] not in ("succeeded", "pending"):
             return f"step {st['step_index']} is {st['state']}: cannot replay"
@@ -71,7 +74,7 @@ def logged_steps(sagalog: SagaLog, saga_id: int) -> Steps | str:
                       st["output_json"] if st["state"] == "succeeded" else None))
     if any(s[3] is None for s in steps[:-1]):
         return "a step before the last is still pending: cannot replay"
-    return steps
+    return steps, attempt
 
 
 def at_start(sagalog: SagaLog, shared: SharedState, kinds: Kinds,
@@ -99,7 +102,7 @@ def at_start(sagalog: SagaLog, shared: SharedState, kinds: Kinds,
             batch.saga_ends.append(("failed", now, why, sid))
             continue
         shared.register(sid)
-        replays.append(Replay(sid, spec, steps, started, False))
+        replays.append(Replay(sid, spec, steps[0], started, False, attempt=steps[1]))
     if batch:
         sagalog.commit(batch)
     log.warning("recovery: %d saga(s) left unfinished by a previous supervisor: %d "
@@ -145,6 +148,9 @@ class Recovery:
             elif saga.succeeded is not None:
                 saga.succeeded.append((index, target, cmd_json))
         saga.next_step = steps[-1][0] + 1 if steps else 1
+        if saga.open_step:
+            saga.attempt = req.attempt
+            saga.attempt_at = time.time()
         saga.dispatched = len(steps)
         self.table.add(saga)
         msg = (Op.REPLAY, sid, spec.class_id, spec.state, spec.name, steps, req.inherited)
@@ -174,7 +180,8 @@ class Recovery:
             return
         if saga.phase != RUNNING or self.shared.is_claimed(saga.saga_id) or not saga.open_step:
             return
-        target, cmd_json, _name = arg
+        target, cmd_json = arg[0], arg[1]
+        saga.policy = arg[3] if len(arg) > 3 else None  # its retry policy, replayed
         self.stats["reissued"] += 1
         if target == HOST:
             self.turn.host_out.append((saga.saga_id, saga.open_step, cmd_json, False))
@@ -226,6 +233,6 @@ class Recovery:
                 log.warning("saga %d cannot be replayed after %s: %s", saga.saga_id, why, steps)
             return False
         self.table.remove(saga)
-        self.replay(Replay(saga.saga_id, spec, steps, float(row["started_at"]), claimed,
-                           saga.kills))
+        self.replay(Replay(saga.saga_id, spec, steps[0], float(row["started_at"]), claimed,
+                           saga.kills, steps[1]))
         return True

@@ -17,6 +17,7 @@ import supervisor.frames as frames
 from supervisor._engine.compensation import Compensation
 from supervisor._engine.recovery import Recovery
 from supervisor._engine.records import COMPENSATING, HOST, HostProc, Stats, Turn
+from supervisor._engine.retries import Retries
 from supervisor._engine.sagas import SagaOps
 from supervisor._engine.table import SagaTable
 from supervisor._ratelimit import RateLimitedLog
@@ -34,7 +35,7 @@ FATAL = (KeyboardInterrupt, LogError)
 class Routing:
     def __init__(self, table: SagaTable, shared: SharedState, sagas: SagaOps,
                  compensation: Compensation, recovery: Recovery, turn: Turn,
-                 stats: Stats) -> None:
+                 stats: Stats, retries: Retries) -> None:
         self.table = table
         self.shared = shared
         self.sagas = sagas
@@ -42,6 +43,7 @@ class Routing:
         self.recovery = recovery
         self.turn = turn
         self.stats = stats
+        self.retries = retries
         self.warn = RateLimitedLog(log)
 
     # -- worker replies ---------------------------------------------------------
@@ -106,7 +108,7 @@ class Routing:
 
     def _host_frame(self, h: HostProc, body: bytes) -> None:
         try:
-            kind, sid, step, payload = frames.parse_host(body)
+            kind, sid, step, attempt, payload = frames.parse_host_frame(body)
         except frames.FrameError as exc:
             self.bad_frame(h, str(exc))
             return
@@ -151,6 +153,8 @@ class Routing:
             if step != saga.open_step:
                 self.unknown_answer(h, sid, step, "action failed for a step that is not open")
                 return
+            if self.retries.failed(saga, attempt, f"action failed: {reason}"):
+                return  # tried again after its backoff (or a superseded attempt)
             self.turn.events.append((SAGA_ACTION_FAILED, {"name": saga.name, "reason": reason},
                                      sid, step))
             self.sagas.fail(saga, f"action failed: {reason}")
@@ -170,7 +174,8 @@ class Routing:
             if saga.phase == COMPENSATING:
                 if saga.comp_wait is not None:
                     self.compensation.abort(saga, why)
-            elif saga.open_step and saga.open_cmd is not None and saga.open_cmd[0] == HOST:
+            elif saga.open_step and saga.open_cmd is not None and saga.open_cmd[0] == HOST \
+                    and not saga.retry_wait:  # (a retry due later goes out then)
                 if restarted:
                     self.stats["reissued"] += 1
                     self.turn.host_out.append((saga.saga_id, saga.open_step, saga.open_cmd[1],

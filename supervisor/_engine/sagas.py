@@ -97,11 +97,16 @@ class SagaOps:
             now = time.time()
             if consumed is not None and saga.open_step:
                 self.close_step(saga, consumed, now)
-            target, cmd_json, step_name = arg
+            target, cmd_json, step_name = arg[0], arg[1], arg[2]
             step = saga.next_step
             saga.next_step = step + 1
             saga.open_step = step
             saga.open_cmd = (target, cmd_json)
+            if saga.policy is not None or len(arg) > 3 or saga.attempt != 1:
+                saga.policy = arg[3] if len(arg) > 3 else None
+                saga.attempt = 1
+                saga.attempt_at = now
+                saga.retry_wait = False
             turn = self.turn
             turn.batch.steps.append((sid, step, step_name, cmd_json, TARGET_NAMES[target], now))
             if target == HOST:

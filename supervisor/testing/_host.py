@@ -26,7 +26,8 @@ class ScriptedHost(reference.ReferenceHost):
         if got is None:
             return
         saga_id, step, cmd = got
-        os.write(self.record_fd, (json.dumps({"saga_id": saga_id, "step": step, "command": cmd})
+        os.write(self.record_fd, (json.dumps({"saga_id": saga_id, "step": step,
+                                              "attempt": self._attempt, "command": cmd})
                                   + "\n").encode())
         op = cmd.get("op") if isinstance(cmd, dict) else None
         steps = self.script.get(op) if isinstance(op, str) else None
@@ -41,10 +42,11 @@ class ScriptedHost(reference.ReferenceHost):
             return
         after = float(r.get("after", 0.0))
         if "fail" in r:
-            self._loop.call_later(after, self.failed, saga_id, step, str(r["fail"]))
+            self._loop.call_later(after, self.failed, saga_id, step, str(r["fail"]),
+                                  self._attempt)
         else:
             self._loop.call_later(after, self.event, saga_id, step, str(r["answer"]),
-                                  r.get("data"))
+                                  r.get("data"), self._attempt)
 
 
 async def _main(script_path: str, record: str) -> int:

@@ -1,0 +1,66 @@
+"""Applying what the inbox holds: spawns, cancels, publishes, triggers,
+replays and the final Stop.  Loop thread only; each request is its own
+failure boundary (only the log's errors and ``KeyboardInterrupt`` pass)."""
+
+from __future__ import annotations
+
+import time
+
+from supervisor._engine.bus import Trigger
+from supervisor._engine.inbox import (AddTrigger, Cancel, Inbox, Publish, Replay, Spawn,
+                                     SpawnKeyed, SpawnMany, Stop)
+from supervisor._engine.keys import Keys
+from supervisor._engine.recovery import Recovery
+from supervisor._engine.routing import FATAL, Routing
+from supervisor._engine.sagas import SagaOps
+from supervisor._engine.records import Turn
+
+
+class Requests:
+    def __init__(self, inbox: Inbox, sagas: SagaOps, keys: Keys, recovery: Recovery,
+                 routing: Routing, turn: Turn, triggers: list[Trigger]) -> None:
+        self.inbox = inbox
+        self.sagas = sagas
+        self.keys = keys
+        self.recovery = recovery
+        self.routing = routing
+        self.turn = turn
+        self.triggers = triggers
+        # monotonic time by which the sagas in flight must have ended, once a
+        # Stop was taken (its drain timeout; now, without drain)
+        self.drain_deadline: float | None = None
+
+    def take(self, stopping_now: bool = False) -> float:
+        """Apply every request in the inbox; returns the drain deadline once a
+        Stop was taken (0.0 while running)."""
+        inbox, sagas, turn = self.inbox, self.sagas, self.turn
+        while inbox:
+            item = inbox.take()
+            t = type(item)
+            try:
+                if t is Spawn:
+                    sagas.start(item.saga_id, item.spec)
+                elif t is SpawnMany:
+                    for sid, spec in zip(item.saga_ids, item.specs):
+                        sagas.start(sid, spec)
+                elif t is SpawnKeyed:
+                    item.future.set(self.keys.spawn(item.saga_id, item.spec, item.key))
+                elif t is Cancel:
+                    item.future.set(False if stopping_now else
+                                    sagas.cancel(item.saga_id, item.reason))
+                elif t is Replay:
+                    self.recovery.replay(item)
+                elif t is Publish:
+                    ev = item.event
+                    turn.events.append((ev.kind, ev.data, ev.saga_id, ev.step))
+                elif t is AddTrigger:
+                    self.triggers.append((item.factory, item.predicate))
+                elif t is Stop:
+                    self.drain_deadline = time.monotonic() + (item.timeout if item.drain
+                                                              else 0.0)
+            except FATAL:
+                raise
+            except BaseException as exc:
+                self.routing.input_failed(f"a {t.__name__} request",
+                                          getattr(item, "saga_id", None), exc)
+        return self.drain_deadline or 0.0

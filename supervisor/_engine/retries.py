@@ -1,0 +1,112 @@
+"""Step retries: re-issue a failed step, and per-step deadlines.  Loop thread only.
+
+A command issued with ``IssueCmd(..., retry=Retry(...), step_timeout=...)``
+carries its policy to the loop as ``(attempts, backoff, max_backoff,
+step_timeout)`` (:attr:`LiveSaga.policy`).  When an attempt fails (the
+host's ``ACTION_FAILED`` for it, a local handler that raised, or its step
+deadline passing) and attempts remain, the failure is logged as a
+``saga_step_attempt`` row, the step row's ``attempt`` moves on (write-ahead:
+both are in the turn's batch before anything is re-sent), and after the
+backoff the *same* (saga id, step) is issued again with the next attempt
+number in the frame header.  When none remain, the caller fails the saga as
+it would without retries.
+
+Timers are a heap of ``(due, seq, what, saga id, step, attempt)``; an entry
+whose saga has moved on (another step, another attempt, an end) is stale and
+dropped when it surfaces, as in :class:`SagaTable`'s deadline heap.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+
+from supervisor._engine.records import HOST, RUNNING, LiveSaga, Stats, Turn
+from supervisor._engine.sagas import SagaOps
+from supervisor._engine.table import SagaTable
+from supervisor.shm import SharedState
+
+_REISSUE = 0
+_DEADLINE = 1
+
+
+class Retries:
+    def __init__(self, table: SagaTable, sagas: SagaOps, shared: SharedState, turn: Turn,
+                 stats: Stats) -> None:
+        self.table = table
+        self.sagas = sagas
+        self.shared = shared
+        self.turn = turn
+        self.stats = stats
+        self.clock = sagas.clock
+        self.timers: list[tuple[float, int, int, int, int, int]] = []
+        self._seq = itertools.count()
+
+    def next_due(self) -> float | None:
+        return self.timers[0][0] if self.timers else None
+
+    def sent(self, saga: LiveSaga) -> None:
+        """Its open step's current attempt went out: arm the step deadline."""
+        policy = saga.policy
+        if policy is not None and policy[3] is not None:
+            self._push(self.clock() + policy[3], _DEADLINE, saga)
+
+    def failed(self, saga: LiveSaga, attempt: int, reason: str) -> bool:
+        """Attempt `attempt` (0: whichever is current) of the open step failed.
+        True if it is tried again (or the failure was for an attempt already
+        superseded); False if the caller must fail the saga."""
+        if attempt and attempt != saga.attempt or saga.retry_wait:
+            self.stats["late_answers"] += 1  # an attempt that was given up on already
+            return True
+        policy = saga.policy
+        if policy is None:
+            return False
+        sid, step, n = saga.saga_id, saga.open_step, saga.attempt
+        batch = self.turn.batch
+        now = time.time()
+        batch.attempts.append((sid, step, n, saga.attempt_at, now, reason[:1000]))
+        if n >= policy[0]:
+            return False  # exhausted: the step fails as it would without retries
+        saga.attempt = n + 1
+        saga.retry_wait = True
+        batch.step_attempts.append((n + 1, sid, step))
+        delay = min(policy[2], policy[1] * 2.0 ** (n - 1))
+        self._push(self.clock() + delay, _REISSUE, saga)
+        return True
+
+    def _push(self, due: float, what: int, saga: LiveSaga) -> None:
+        heapq.heappush(self.timers, (due, next(self._seq), what, saga.saga_id,
+                                     saga.open_step, saga.attempt))
+
+    def run_due(self, now: float) -> None:
+        """Re-issue the steps whose backoff is over; time out the attempts
+        whose deadline passed."""
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            _due, _seq, what, sid, step, attempt = heapq.heappop(timers)
+            saga = self.table.get(sid)
+            if saga is None or saga.phase != RUNNING or saga.open_step != step or \
+                    saga.attempt != attempt or saga.open_cmd is None or \
+                    self.shared.is_claimed(sid):
+                continue  # stale: the saga moved on
+            if what == _REISSUE:
+                if saga.retry_wait:
+                    self._reissue(saga)
+            elif not saga.retry_wait:
+                assert saga.policy is not None
+                self.stats["step_timeouts"] += 1
+                reason = f"step timeout ({saga.policy[3]:g}s)"
+                if not self.failed(saga, attempt, reason):
+                    self.sagas.fail(saga, reason)
+
+    def _reissue(self, saga: LiveSaga) -> None:
+        assert saga.open_cmd is not None
+        saga.retry_wait = False
+        saga.attempt_at = time.time()
+        self.stats["retries"] += 1
+        target, cmd_json = saga.open_cmd
+        if target == HOST:
+            self.turn.host_out.append((saga.saga_id, saga.open_step, cmd_json, False))
+        else:
+            self.turn.local_out.append((saga.saga_id, saga.open_step, target, cmd_json))
