@@ -85,7 +85,8 @@ def _plain(view: dict[str, Any]) -> str:
              f"failed/s {r.get('failed', '-')}"]
     for kind, c in sorted(view["kinds"].items()):
         lines.append(f"  kind {kind:<20} in flight {c.get('in_flight', 0):>7}  running "
-                     f"{c.get('running', '-'):>7}  compensating {c.get('compensating', '-'):>5}")
+                     f"{c.get('running', '-'):>7}  compensating {c.get('compensating', '-'):>5}"
+                     f"  queued {c.get('queued', 0):>7}")
     for w in view["workers"]:
         lines.append(f"  worker {w['index']} pid {w['pid']}  rss {(w['rss'] or 0) >> 20} MiB  "
                      f"cpu {w['cpu_percent']}%  heartbeat {w['heartbeat_age']}s  "
@@ -112,11 +113,11 @@ def _rich(view: dict[str, Any]) -> Any:
                  str(r.get("spawned", "-")), str(r.get("completed", "-")),
                  str(r.get("failed", "-")))
     kinds = Table(title="in flight by kind", show_edge=False)
-    for col in ("kind", "in flight", "running", "compensating"):
+    for col in ("kind", "in flight", "running", "compensating", "queued"):
         kinds.add_column(col, justify="left" if col == "kind" else "right")
     for kind, c in sorted(view["kinds"].items()):
         kinds.add_row(kind, str(c.get("in_flight", 0)), str(c.get("running", "-")),
-                      str(c.get("compensating", "-")))
+                      str(c.get("compensating", "-")), str(c.get("queued", 0)))
     procs = Table(title="processes", show_edge=False)
     for col in ("process", "pid", "rss MiB", "cpu %", "heartbeat s", "sagas / frames"):
         procs.add_column(col, justify="left" if col == "process" else "right")

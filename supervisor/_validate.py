@@ -65,3 +65,19 @@ def supervisor_args(workers: object, host: object, host_fds: object, durability:
         raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
     if host_protocol not in (1, 2) or isinstance(host_protocol, bool):
         raise ValueError(f"host_protocol must be 1 or 2, got {host_protocol!r}")
+
+
+def kind_limit(max_in_flight: object, queue_timeout: object
+               ) -> tuple[int, float | None] | None:
+    """``register_kind``'s (max_in_flight, queue_timeout), or None for no limit."""
+    if max_in_flight is None:
+        if queue_timeout is not None:
+            raise ValueError("queue_timeout needs max_in_flight (without a limit, nothing "
+                             "ever waits in a queue)")
+        return None
+    if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int):
+        raise TypeError(f"max_in_flight must be an int, got {max_in_flight!r}")
+    if max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+    return max_in_flight, (None if queue_timeout is None
+                           else positive(queue_timeout, "queue_timeout"))

@@ -204,12 +204,20 @@ class Supervisor:
 
     def register_kind(self, kind: type[Saga] | str,
                       factory: Callable[[dict[str, Any]], Saga] | None = None,
-                      replay: bool = True) -> None:
+                      replay: bool = True, *, max_in_flight: int | None = None,
+                      queue_timeout: float | None = None) -> None:
         """Say how to rebuild a saga of `kind` from its logged input snapshot,
         so that it is resumed by replay after a supervisor restart or a worker
         crash.  `factory(snapshot)` defaults to ``cls(**snapshot)``.  With
         ``replay=False`` such sagas are failed instead ("supervisor restarted
-        while saga was running" / "worker crashed")."""
+        while saga was running" / "worker crashed").
+
+        `max_in_flight` caps the sagas of the kind in flight; spawns past it
+        wait in the kind's durable FIFO queue, failing with "queue timeout"
+        after `queue_timeout` seconds there (None: no limit).  Register before
+        ``start()`` so that restart recovery knows the kind; a limit changed
+        later applies from the kind's next spawn or end."""
+        limit = _validate.kind_limit(max_in_flight, queue_timeout)
         if isinstance(kind, type) and issubclass(kind, Saga):
             name = kind.name or kind.__name__
             if factory is None:
@@ -224,6 +232,10 @@ class Supervisor:
         if replay and factory is None:
             raise ValueError(f"kind {name!r}: replay needs a factory(snapshot) -> Saga")
         self._engine.kinds[name] = (factory, bool(replay))
+        if limit is not None:
+            self._engine.limits[name] = limit
+        else:
+            self._engine.limits.pop(name, None)
 
     def register_handler(self, target: Target, fn: Handler) -> None:
         """Handle LAUNCHER_SELF or SRV commands in the supervisor (on its loop

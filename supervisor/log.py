@@ -7,12 +7,13 @@ writes them in one transaction, before anything of that turn becomes visible
 ``synchronous=NORMAL`` (default: survives a process crash, may lose the last
 commits on power loss) or ``FULL`` (fsync per commit).
 
-Schema (version 4, migrated in place through ``pragma user_version``): the
+Schema (version 5, migrated in place through ``pragma user_version``): the
 ``saga`` and ``saga_step`` tables (see ``docs/architecture.md``), plus
 ``compensation_json`` on steps (v1), ``saga_meta`` holding the ids'
-high-water mark (v2), ``saga.idem_key`` with a unique index (v3), and step
-retries (v4): ``saga_step.attempt`` and one ``saga_step_attempt`` row per
-failed attempt.
+high-water mark (v2), ``saga.idem_key`` with a unique index (v3), step
+retries (v4: ``saga_step.attempt`` and one ``saga_step_attempt`` row per
+failed attempt), and per-kind queues (v5: the ``queued`` saga state, with
+``queued_at`` and ``queue_seq``, the queue's durable FIFO order).
 """
 
 from __future__ import annotations
@@ -27,68 +28,11 @@ from typing import Any
 
 import apsw
 
+# the migrations are re-exported: tests and tools build old logs from them
+from supervisor._schema import MIGRATIONS as _MIGRATIONS
+from supervisor._schema import SCHEMA_VERSION
 from supervisor.errors import SupervisorError
 
-SCHEMA_VERSION = 4
-
-_MIGRATIONS: dict[int, str] = {
-    1: """
-    CREATE TABLE saga (
-        saga_id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL,
-        state TEXT NOT NULL CHECK (state IN
-            ('running', 'completed', 'failed', 'compensating', 'failed_compensation')),
-        started_at REAL NOT NULL,
-        ended_at REAL,
-        input_json TEXT,
-        failure_reason TEXT
-    );
-    -- only unfinished sagas are indexed (recovery reads them at start): a
-    -- saga enters the index once and leaves it once, so the hot path pays
-    -- little for it; listing by state or age scans, off the hot path
-    CREATE INDEX saga_unfinished ON saga(state) WHERE state IN ('running', 'compensating');
-    CREATE TABLE saga_step (
-        saga_id INTEGER NOT NULL,
-        step_index INTEGER NOT NULL,
-        name TEXT NOT NULL,
-        state TEXT NOT NULL CHECK (state IN ('pending', 'succeeded', 'failed', 'compensated')),
-        cmd_json TEXT,
-        target TEXT NOT NULL,
-        started_at REAL NOT NULL,
-        ended_at REAL,
-        output_json TEXT,
-        failure_reason TEXT,
-        compensation_json TEXT,
-        PRIMARY KEY (saga_id, step_index)
-    ) WITHOUT ROWID;
-    """,
-    # 2: a durable high-water mark of saga ids, so that ids never go back when
-    # the retention purge or `vacuum` empties the log
-    2: """
-    CREATE TABLE saga_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
-    INSERT INTO saga_meta(key, value) SELECT 'next_id', coalesce(max(saga_id), 0) + 1
-        FROM saga;
-    """,
-    # 3: idempotency keys: spawn(saga, key=...) returns the saga that already
-    # has the key, in flight or ended (and not yet purged)
-    3: """
-    ALTER TABLE saga ADD COLUMN idem_key TEXT;
-    CREATE UNIQUE INDEX saga_idem_key ON saga(idem_key) WHERE idem_key IS NOT NULL;
-    """,
-    # 4: step retries: the attempt a step is at, and every attempt that failed
-    4: """
-    ALTER TABLE saga_step ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
-    CREATE TABLE saga_step_attempt (
-        saga_id INTEGER NOT NULL,
-        step_index INTEGER NOT NULL,
-        attempt INTEGER NOT NULL,
-        started_at REAL NOT NULL,
-        ended_at REAL NOT NULL,
-        failure_reason TEXT,
-        PRIMARY KEY (saga_id, step_index, attempt)
-    ) WITHOUT ROWID;
-    """,
-}
 _MARK_NEXT_ID = ("UPDATE saga_meta SET value = max(value, (SELECT coalesce(max(saga_id), 0) + 1 "
                  "FROM saga)) WHERE key = 'next_id'")
 
@@ -126,16 +70,20 @@ class Batch:
     # failed attempts: (saga id, step, attempt, started, ended, reason)
     attempts: list[tuple[Any, ...]] = field(default_factory=list)
     step_attempts: list[tuple[int, int, int]] = field(default_factory=list)  # (n, sid, step)
+    # sagas put in their kind's queue: (id, name, queued at, input json, seq)
+    queued: list[tuple[Any, ...]] = field(default_factory=list)
+    dequeued: list[tuple[float, int]] = field(default_factory=list)  # (started at, id)
 
     def __bool__(self) -> bool:
         return bool(self.sagas or self.steps or self.step_ends or self.step_comps
                     or self.saga_states or self.saga_ends or self.saga_keys
-                    or self.attempts or self.step_attempts)
+                    or self.attempts or self.step_attempts or self.queued or self.dequeued)
 
     def rows(self) -> int:
         return (len(self.sagas) + len(self.steps) + len(self.step_ends) + len(self.step_comps)
                 + len(self.saga_states) + len(self.saga_ends) + len(self.saga_keys)
-                + len(self.attempts) + len(self.step_attempts))
+                + len(self.attempts) + len(self.step_attempts) + len(self.queued)
+                + len(self.dequeued))
 
 
 # The hot statements take many rows per statement (multi-row VALUES, and
@@ -281,8 +229,15 @@ class SagaLog:
         with c:
             if batch.sagas:
                 self._multi("insert_saga", batch.sagas)
+            if batch.queued:
+                c.executemany("INSERT INTO saga(saga_id, name, state, started_at, input_json, "
+                              "queued_at, queue_seq) VALUES (?,?,'queued',?3,?4,?3,?5)",
+                              batch.queued)
             if batch.saga_keys:
                 c.executemany("UPDATE saga SET idem_key = ? WHERE saga_id = ?", batch.saga_keys)
+            if batch.dequeued:
+                c.executemany("UPDATE saga SET state = 'running', started_at = ? "
+                              "WHERE saga_id = ?", batch.dequeued)
             if batch.steps:
                 self._multi("insert_step", batch.steps)
             if batch.attempts:
@@ -309,8 +264,8 @@ class SagaLog:
         """Delete terminal sagas (and their steps) that ended more than
         `older_than_days` ago; returns how many (would be) removed."""
         cutoff = time.time() - older_than_days * 86400
-        old = ("FROM saga WHERE ended_at IS NOT NULL AND ended_at < ? AND state != 'running' "
-               "AND state != 'compensating'")
+        old = ("FROM saga WHERE ended_at IS NOT NULL AND ended_at < ? AND state NOT IN "
+               "('queued', 'running', 'compensating')")
         c = self.conn
         if dry_run:
             return int(c.execute(f"SELECT count(*) {old}", (cutoff,)).fetchall()[0][0])  # type: ignore[arg-type]
@@ -339,11 +294,19 @@ class SagaLog:
                                  ).fetchall()
         return max(self.max_saga_id() + 1, int(mark[0][0]) if mark else 1)  # type: ignore[arg-type]
 
-    def unfinished(self) -> list[tuple[int, str, float, str | None, str]]:
-        """Sagas the log shows as running or compensating."""
-        return [(int(r[0]), str(r[1]), float(r[2]), r[3], str(r[4])) for r in self.conn.execute(
-            "SELECT saga_id, name, started_at, input_json, state FROM saga "
-            "WHERE state IN ('running', 'compensating') ORDER BY saga_id")]
+    def unfinished(self) -> list[tuple[int, str, float, str | None, str, str | None]]:
+        """Sagas the log shows as queued, running or compensating, as (id,
+        name, started at (queued at, if queued), input json, state, key); the
+        queued ones last, in their queue's order."""
+        return [(int(r[0]), str(r[1]), float(r[2]), r[3], str(r[4]), r[5])
+                for r in self.conn.execute(
+            "SELECT saga_id, name, coalesce(queued_at, started_at), input_json, state, "
+            "idem_key FROM saga WHERE state IN ('queued', 'running', 'compensating') "
+            "ORDER BY state = 'queued', queue_seq, saga_id")]
+
+    def max_queue_seq(self) -> int:
+        return int(self.conn.execute("SELECT coalesce(max(queue_seq), 0) FROM saga"
+                                     ).fetchall()[0][0])  # type: ignore[arg-type]
 
     def saga(self, saga_id: int) -> dict[str, Any] | None:
         return saga_row(self.conn, saga_id)

@@ -21,8 +21,11 @@ SAGA_ACTION_FAILED = "SagaActionFailed"
 # a trigger matched but its saga could not be spawned (factory raised, claim
 # table full): data names the kind (if known), the reason and the trigger event
 SAGA_SPAWN_FAILED = "SagaSpawnFailed"
+# a spawn past its kind's max_in_flight waits in the kind's queue: data names
+# the kind and the queue's depth; SagaStarted follows when a slot frees
+SAGA_QUEUED = "SagaQueued"
 LIFECYCLE_KINDS = frozenset({SAGA_STARTED, SAGA_COMPLETED, SAGA_FAILED, SAGA_ACTION_FAILED,
-                             SAGA_SPAWN_FAILED})
+                             SAGA_SPAWN_FAILED, SAGA_QUEUED})
 
 
 class Target(enum.IntEnum):

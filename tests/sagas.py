@@ -372,3 +372,28 @@ class RetrySaga(Saga):
             self.first = event.data
             return IssueCmd(Target.HOST, {"op": "echo", "after": event.data})
         return Done()
+
+
+class LimitedSaga(Saga):
+    """One host sleep; the kind tests register with max_in_flight."""
+
+    name = "limited"
+    listens_to = frozenset({"finish"})
+
+    def __init__(self, n: int = 0, seconds: float = 0.1, timeout: float = 10.0) -> None:
+        self.n = n
+        self.seconds = seconds
+        self.timeout = timeout  # type: ignore[misc]
+
+    def input_snapshot(self) -> dict[str, Any]:
+        return {"n": self.n, "seconds": self.seconds, "timeout": self.timeout}
+
+    def start(self, ctx: SagaContext) -> SagaAction:
+        return IssueCmd(Target.HOST, {"op": "sleep", "seconds": self.seconds, "n": self.n})
+
+    def on_event(self, event: Event, ctx: SagaContext) -> SagaAction:
+        if event.kind == "echo" and event.saga_id == ctx.saga_id:
+            return Done()
+        if event.kind == "finish" and event.data == self.n:
+            return Done()
+        return Wait()

@@ -157,11 +157,10 @@ def test_disk_full_is_a_named_error_and_loses_nothing_committed(tmp_path: Path) 
         sup = Supervisor(data, workers=1, host=HOST_ARGV).start()
         done = [sup.spawn(S.EchoSaga(i)) for i in range(20)]
         assert all(sup.wait(i, 30).completed for i in done)
-        with open(mnt / "filler", "wb") as f:  # take every free block
+        with open(mnt / "filler", "wb", buffering=0) as f:  # take every free block
             try:
                 while True:
                     f.write(b"\0" * 65536)
-                    f.flush()
             except OSError:
                 pass
         big = "x" * 60_000

@@ -101,10 +101,8 @@ class Bus:
             except SupervisorError:
                 sid = None  # evict first: the slots the evicted sagas free may do
             by = f"saga {sid}" if sid is not None else "a new saga"
-            for old in self.table.of_kind(spec.name):
-                if old.phase == RUNNING:
-                    self.sagas.fail(old, f"evicted: replaced by {by} on {ev.kind} "
-                                    f"v{ev.version}")
+            self.sagas.evict(spec.name, f"evicted: replaced by {by} on {ev.kind} "
+                             f"v{ev.version}")
             if sid is None:
                 try:
                     sid = self.shared.acquire()

@@ -81,7 +81,25 @@ class Replay(NamedTuple):
     attempt: int = 1  # the attempt its open step is at (step retries)
 
 
-Request = Spawn | SpawnMany | SpawnKeyed | Cancel | Publish | AddTrigger | Stop | Replay
+class Requeue(NamedTuple):
+    """A saga the log shows queued (its kind's limit held it back): back
+    into its kind's queue, in its logged order."""
+
+    saga_id: int
+    spec: SagaSpec
+    key: str | None
+    queued_at: float  # wall clock
+
+
+class RequeueAll(NamedTuple):
+    """The queued sagas of the log, posted at start after the replays (so
+    that the replayed sagas count against the limits first)."""
+
+    items: list[Requeue]
+
+
+Request = (Spawn | SpawnMany | SpawnKeyed | Cancel | Publish | AddTrigger | Stop | Replay
+           | RequeueAll)
 
 _tuple_new = tuple.__new__
 

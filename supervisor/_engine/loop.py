@@ -38,13 +38,14 @@ from supervisor._engine.compensation import Compensation
 from supervisor._engine.control import ControlServer
 from supervisor._engine.dispatch import Dispatch, Handler
 from supervisor._engine.host_link import HostLink
-from supervisor._engine.inbox import Cancel, Inbox, Stop
+from supervisor._engine.inbox import Cancel, Inbox, RequeueAll, Stop
 from supervisor._engine.keys import Keys
 from supervisor._engine.measure import Measures
 from supervisor._engine.metrics import EngineCollector, MetricsServer, exposition
 from supervisor._engine.outcomes import Outcomes
 from supervisor._engine.pipeline import Pipeline
 from supervisor._engine.records import HostProc, Lifecycle, Settings, Stats, Turn, TurnOutputs, WorkerProc
+from supervisor._engine.queues import Limits, Queues
 from supervisor._engine.recovery import Kinds, Recovery, at_start
 from supervisor._engine.requests import Requests
 from supervisor._engine.retries import Retries
@@ -79,6 +80,7 @@ class Engine:
         self.outcomes = Outcomes()
         self.registry = ClassRegistry()
         self.kinds: Kinds = {}
+        self.limits: Limits = {}  # per-kind max_in_flight and queue timeout
         self.handlers: dict[Target, Handler] = {}
         self.triggers: list[Trigger] = []
         # loop thread only
@@ -144,6 +146,8 @@ class Engine:
                                  shared, stats, sagalog, pipeline.commit_now, pool.for_saga,
                                  pool.ship_class)
         self.keys = Keys(table, sagas, pipeline.commit_now, sagalog.find_key)
+        queues = sagas.queue = self.queues = Queues(self.limits, table, sagas, shared, turn,
+                                                    stats, self.life, sagalog.max_queue_seq() + 1)
         self.collector = EngineCollector(self.health, self.measures, table.by_kind)
         control = self.control = ControlServer(self.paths, sel, self.life, shared, table,
                                                self.outcomes, self.registry, sagas, turn,
@@ -159,10 +163,14 @@ class Engine:
                                  s.host_protocol)
         self.routing = Routing(table, shared, sagas, comp, self.recovery, turn, stats, retries)
         self.requests = Requests(inbox, sagas, self.keys, self.recovery, self.routing, turn,
-                                 self.triggers)
-        for req in at_start(sagalog, shared, self.kinds, self.registry.prepare, stats):
+                                 self.triggers, queues)
+        replays, requeues = at_start(sagalog, shared, self.kinds, self.registry.prepare, stats)
+        for req in replays + requeues:
             self.outcomes.expect(req.saga_id)
+        for req in replays:
             inbox.post_internal(req)
+        if requeues:  # after the replays: they count against the limits first
+            inbox.post_internal(RequeueAll(requeues))
         pool.start_all()
         if self.host.configured:
             self.host.start()
@@ -221,7 +229,8 @@ class Engine:
         while True:
             vnow = clock()
             timeout = min(1.0, health_every, self.settings.host_stall_timeout)
-            for at in (table.next_deadline(), pool.next_restart(), self.retries.next_due()):
+            for at in (table.next_deadline(), pool.next_restart(), self.retries.next_due(),
+                       self.queues.next_due()):
                 if at is not None:
                     timeout = min(timeout, max(0.0, at - vnow))
             if self.requests.drain_deadline is not None:
@@ -247,6 +256,8 @@ class Engine:
                 self.sagas.expire(vnow)
             if self.retries.timers and self.retries.timers[0][0] <= vnow:
                 self.retries.run_due(vnow)
+            if self.queues.timers and self.queues.timers[0][0] <= vnow:
+                self.queues.expire(vnow)
             if stopping and (not table or now >= stopping):
                 self.sagas.fail_all(self.life.stop_reason)
                 pipeline.end_turn()
@@ -367,7 +378,8 @@ class Engine:
         host = getattr(self, "host", None)
         return describe(self.life, self.settings, self.stats, self.table,
                         getattr(self, "pool", None), host.host if host is not None else None,
-                        getattr(self, "control", None), self.log, problems or [])
+                        getattr(self, "control", None), self.log, problems or [],
+                        self.queues.depth() if hasattr(self, "queues") else None)
 
     def health(self) -> dict[str, Any]:
         return snapshot(self.view())

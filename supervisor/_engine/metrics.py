@@ -69,6 +69,9 @@ class EngineCollector:
                 ("saga_input_errors", "input_errors", "Inputs dropped at a failure boundary"),
                 ("saga_trigger_errors", "trigger_errors", "Trigger spawns that failed"),
                 ("saga_poison", "poison_sagas", "Sagas failed for killing their worker"),
+                ("saga_step_retries", "retries", "Steps issued again after a failed attempt"),
+                ("saga_step_timeouts", "step_timeouts", "Step attempts past step_timeout"),
+                ("saga_queue_timeouts", "queue_timeouts", "Sagas failed waiting in a queue"),
                 ("saga_log_commits", "commits", "Log transactions"),
                 ("saga_log_rows", "rows", "Log rows written")):
             yield counter(name, doc, st.get(key, 0))
@@ -83,6 +86,13 @@ class EngineCollector:
         for kind, ids in list(self.by_kind.items()):
             by_kind.add_metric([kind], len(ids))
         yield by_kind
+        yield GaugeMetricFamily("saga_queued", "Sagas waiting in their kind's queue",
+                                value=report.get("queued", 0))
+        queued = GaugeMetricFamily("saga_queued_by_kind", "Sagas waiting in their kind's "
+                                   "queue (max_in_flight), by kind", labels=["kind"])
+        for kind, n in report.get("queued_by_kind", {}).items():
+            queued.add_metric([kind], n)
+        yield queued
         yield from self._workers(report["workers"], GaugeMetricFamily)
         host = report.get("host")
         if host is not None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from supervisor._codec import SagaSpec
 from supervisor._engine.compensation import Compensation
-from supervisor._engine.inbox import Replay
+from supervisor._engine.inbox import Replay, Requeue
 from supervisor._engine.records import COMPENSATING, HOST, RUNNING, LiveSaga, Stats, Turn, WorkerProc
 from supervisor._engine.sagas import SagaOps
 from supervisor._engine.table import SagaTable
@@ -78,21 +78,33 @@ def logged_steps(sagalog: SagaLog, saga_id: int) -> tuple[Steps, int] | str:
 
 
 def at_start(sagalog: SagaLog, shared: SharedState, kinds: Kinds,
-             prepare: Callable[[Saga], SagaSpec], stats: Stats) -> list[Replay]:
-    """Sagas the log shows unfinished: those to replay (registered in the
-    claim table), the others failed in the log now."""
+             prepare: Callable[[Saga], SagaSpec], stats: Stats
+             ) -> tuple[list[Replay], list[Requeue]]:
+    """Sagas the log shows unfinished: those to replay and those to queue
+    again, in their order (registered in the claim table); the others failed
+    in the log now."""
     stale = sagalog.unfinished()
     if not stale:
-        return []
+        return [], []
     now = time.time()
     batch = Batch()
     replays: list[Replay] = []
-    for sid, name, started, input_json, state in stale:
+    requeues: list[Requeue] = []
+    for sid, name, started, input_json, state, key in stale:
         if state == "compensating":
             batch.saga_ends.append(("failed_compensation", now,
                                     "supervisor restarted during compensation", sid))
             continue
         spec = rebuild(kinds, prepare, name, input_json)
+        if state == "queued":  # no user code ran: it waits again, in its place
+            if isinstance(spec, str):
+                why = "supervisor restarted while saga was queued" + (
+                    f"; {spec}" if spec != NOT_REPLAYABLE else "")
+                batch.saga_ends.append(("failed", now, why, sid))
+            else:
+                shared.register(sid)
+                requeues.append(Requeue(sid, spec, key, started))
+            continue
         steps = logged_steps(sagalog, sid) if not isinstance(spec, str) else spec
         if isinstance(spec, str) or isinstance(steps, str):
             why = "supervisor restarted while saga was running"
@@ -106,9 +118,9 @@ def at_start(sagalog: SagaLog, shared: SharedState, kinds: Kinds,
     if batch:
         sagalog.commit(batch)
     log.warning("recovery: %d saga(s) left unfinished by a previous supervisor: %d "
-                "resumed by replay, %d failed", len(stale), len(replays),
-                len(stale) - len(replays))
-    return replays
+                "resumed by replay, %d queued again, %d failed", len(stale), len(replays),
+                len(requeues), len(stale) - len(replays) - len(requeues))
+    return replays, requeues
 
 
 class Recovery:

@@ -7,9 +7,10 @@ from __future__ import annotations
 import time
 
 from supervisor._engine.bus import Trigger
-from supervisor._engine.inbox import (AddTrigger, Cancel, Inbox, Publish, Replay, Spawn,
-                                     SpawnKeyed, SpawnMany, Stop)
+from supervisor._engine.inbox import (AddTrigger, Cancel, Inbox, Publish, Replay, RequeueAll,
+                                     Spawn, SpawnKeyed, SpawnMany, Stop)
 from supervisor._engine.keys import Keys
+from supervisor._engine.queues import Queues
 from supervisor._engine.recovery import Recovery
 from supervisor._engine.routing import FATAL, Routing
 from supervisor._engine.sagas import SagaOps
@@ -18,7 +19,8 @@ from supervisor._engine.records import Turn
 
 class Requests:
     def __init__(self, inbox: Inbox, sagas: SagaOps, keys: Keys, recovery: Recovery,
-                 routing: Routing, turn: Turn, triggers: list[Trigger]) -> None:
+                 routing: Routing, turn: Turn, triggers: list[Trigger], queues: Queues
+                 ) -> None:
         self.inbox = inbox
         self.sagas = sagas
         self.keys = keys
@@ -26,6 +28,7 @@ class Requests:
         self.routing = routing
         self.turn = turn
         self.triggers = triggers
+        self.queues = queues
         # monotonic time by which the sagas in flight must have ended, once a
         # Stop was taken (its drain timeout; now, without drain)
         self.drain_deadline: float | None = None
@@ -53,6 +56,8 @@ class Requests:
                 elif t is Publish:
                     ev = item.event
                     turn.events.append((ev.kind, ev.data, ev.saga_id, ev.step))
+                elif t is RequeueAll:
+                    self.queues.restore(item.items)
                 elif t is AddTrigger:
                     self.triggers.append((item.factory, item.predicate))
                 elif t is Stop:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from supervisor._codec import SagaSpec
 from supervisor._engine.records import (
@@ -50,6 +50,19 @@ def event_msg(saga: LiveSaga, ev: Event) -> tuple[Any, ...]:
             saga.dispatched)
 
 
+class Admission(Protocol):
+    """Per-kind concurrency limits (:mod:`.queues`), as SagaOps sees them."""
+
+    def admit(self, saga_id: int, spec: SagaSpec, trigger_event: Event | None,
+              key: str | None) -> bool: ...
+
+    def freed(self, kind: str) -> None: ...
+
+    def cancel(self, saga_id: int, reason: str) -> bool: ...
+
+    def evict(self, kind: str, reason: str) -> None: ...
+
+
 class SagaOps:
     def __init__(self, table: SagaTable, turn: Turn, shared: SharedState, stats: Stats,
                  life: Lifecycle, pick_worker: Callable[[int], WorkerProc],
@@ -64,11 +77,17 @@ class SagaOps:
         self.ship_class = ship_class
         self.measures = measures or Measures()
         self.clock = clock  # of deadlines: real, or a test's
+        self.queue: Admission | None = None  # per-kind limits, where registered
 
     def start(self, saga_id: int, spec: SagaSpec, trigger_event: Event | None = None,
-              key: str | None = None) -> None:
+              key: str | None = None, dequeued: bool = False) -> None:
         """Insert, then start: the running row goes into this turn's batch and
-        START to its worker (so a saga that ends at once can claim)."""
+        START to its worker (so a saga that ends at once can claim).  A saga
+        its kind's limit holds back goes to the kind's queue instead, and
+        comes back here (`dequeued`, its row and key logged already)."""
+        if not dequeued and self.queue is not None and \
+                self.queue.admit(saga_id, spec, trigger_event, key):
+            return
         cid, state, name, timeout, snapshot_json, listens, has_comp = spec
         self.ship_class(cid)
         w = self.pick_worker(saga_id)
@@ -76,11 +95,15 @@ class SagaOps:
                         listens)
         self.table.add(saga)
         turn = self.turn
-        turn.batch.sagas.append((saga_id, name, time.time(), snapshot_json))
+        if dequeued:
+            turn.batch.dequeued.append((time.time(), saga_id))
+        else:
+            turn.batch.sagas.append((saga_id, name, time.time(), snapshot_json))
         if key is not None:
             saga.key = key
             self.table.by_key[key] = saga_id
-            turn.batch.saga_keys.append((key, saga_id))
+            if not dequeued:
+                turn.batch.saga_keys.append((key, saga_id))
         w.outbox.append((Op.START, saga_id, cid, state, name))
         if trigger_event is not None:
             saga.needs_sent_ack = True
@@ -135,21 +158,28 @@ class SagaOps:
     def end(self, saga: LiveSaga, state: str, reason: str | None) -> None:
         """Write the terminal row and announce it (after the commit)."""
         sid = saga.saga_id
-        turn = self.turn
-        turn.batch.saga_ends.append((state, time.time(), reason, sid))
         self.table.remove(saga)
         if state != "completed":
             saga.worker.outbox.append((Op.DROP, sid))
-            self.stats["failed"] += 1
-            data = {"name": saga.name, "reason": reason, "state": state}
-            turn.events.append((SAGA_FAILED, data, sid, None))
-        else:
-            self.stats["completed"] += 1
-            turn.events.append((SAGA_COMPLETED, {"name": saga.name}, sid, None))
-        turn.ended.append((sid, state, reason))
+        self.announce_end(sid, saga.name, state, reason)
         if self.measures.enabled:
             self.measures.ended(saga.name, state, saga.cause, reason,
                                 self.clock() - saga.born)
+        if self.queue is not None:
+            self.queue.freed(saga.name)  # its slot may start the next one queued
+
+    def announce_end(self, sid: int, name: str, state: str, reason: str | None) -> None:
+        """The terminal row, the lifecycle event and the outcome of a saga."""
+        turn = self.turn
+        turn.batch.saga_ends.append((state, time.time(), reason, sid))
+        if state != "completed":
+            self.stats["failed"] += 1
+            data = {"name": name, "reason": reason, "state": state}
+            turn.events.append((SAGA_FAILED, data, sid, None))
+        else:
+            self.stats["completed"] += 1
+            turn.events.append((SAGA_COMPLETED, {"name": name}, sid, None))
+        turn.ended.append((sid, state, reason))
 
     def fail(self, saga: LiveSaga, reason: str, claimed: bool = False,
              consumed: bytes | str | None = None) -> bool:
@@ -195,9 +225,20 @@ class SagaOps:
     def cancel(self, saga_id: int, reason: str) -> bool:
         """True if this call decided the saga's outcome."""
         saga = self.table.get(saga_id)
+        if saga is None and self.queue is not None:
+            return self.queue.cancel(saga_id, f"cancelled: {reason}")
         if saga is None or saga.phase != RUNNING:
             return False
         return self.fail(saga, f"cancelled: {reason}")
+
+    def evict(self, kind: str, reason: str) -> None:
+        """Fail every saga of `kind` that is queued or running (not those
+        compensating already): evict-and-replace."""
+        if self.queue is not None:
+            self.queue.evict(kind, reason)  # first, so no slot freed below starts one
+        for old in self.table.of_kind(kind):
+            if old.phase == RUNNING:
+                self.fail(old, reason)
 
     def expire(self, now: float) -> None:
         """Fail the sagas whose deadline passed ("saga timeout").

@@ -26,13 +26,19 @@ log = logging.getLogger(__name__)
 _SCAN_LIMIT = 50_000
 
 
-def in_flight_by_kind(table: SagaTable) -> dict[str, Any]:
-    """Sagas in flight by kind and phase, and the oldest one's age."""
+def in_flight_by_kind(table: SagaTable, queued: dict[str, int] | None = None
+                      ) -> dict[str, Any]:
+    """Sagas in flight by kind and phase, the oldest one's age, and the
+    sagas waiting in each kind's queue (``queued``)."""
     now = time.monotonic()
-    if len(table) > _SCAN_LIMIT:
-        return {"kinds": {k: {"in_flight": len(v)} for k, v in list(table.by_kind.items())},
-                "oldest_in_flight_s": None}
+    queued = queued or {}
+    extra = {"queued": sum(queued.values()), "queued_by_kind": queued}
     kinds: dict[str, dict[str, int]] = {}
+    if len(table) > _SCAN_LIMIT:
+        kinds = {k: {"in_flight": len(v)} for k, v in list(table.by_kind.items())}
+        for name, n in queued.items():
+            kinds.setdefault(name, {"in_flight": 0})["queued"] = n
+        return {"kinds": kinds, "oldest_in_flight_s": None, **extra}
     oldest = now
     for s in list(table.live.values()):
         k = kinds.get(s.name)
@@ -41,12 +47,16 @@ def in_flight_by_kind(table: SagaTable) -> dict[str, Any]:
         k["in_flight"] += 1
         k["compensating" if s.phase == COMPENSATING else "running"] += 1
         oldest = min(oldest, s.born)
-    return {"kinds": kinds, "oldest_in_flight_s": round(now - oldest, 3) if kinds else None}
+    oldest_s = round(now - oldest, 3) if kinds else None
+    for name, n in queued.items():  # (kinds with none queued keep their shape)
+        kinds.setdefault(name, {"in_flight": 0, "running": 0, "compensating": 0})["queued"] = n
+    return {"kinds": kinds, "oldest_in_flight_s": oldest_s, **extra}
 
 
 def describe(life: Lifecycle, settings: Settings, stats: Stats, table: SagaTable,
              pool: WorkerPool | None, h: HostProc | None, control: ControlServer | None,
-             sagalog: SagaLog | None, problems: list[str]) -> EngineView:
+             sagalog: SagaLog | None, problems: list[str],
+             queued: dict[str, int] | None = None) -> EngineView:
     now = time.monotonic()
     workers = [WorkerView(w.index, w.proc.pid, w.in_flight, now - w.last_reply, w.retiring,
                           w.rss_breaches, w.hb_breaches)
@@ -54,7 +64,7 @@ def describe(life: Lifecycle, settings: Settings, stats: Stats, table: SagaTable
     host = None if h is None else HostView(
         h.proc.pid if h.proc is not None else None, h.alive, h.frames_in, h.frames_out,
         h.bad_frames, h.unknown_answers, h.death)
-    extra: dict[str, Any] = in_flight_by_kind(table)
+    extra: dict[str, Any] = in_flight_by_kind(table, queued)
     if control is not None:
         extra["control"] = {"clients": len(control.conns),
                             "subscribers": len(control.subscribed()),

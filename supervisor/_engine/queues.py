@@ -1,0 +1,162 @@
+"""Per-kind concurrency limits: a durable FIFO queue per kind.  Loop thread only.
+
+``register_kind(Kind, max_in_flight=N, queue_timeout=T)`` caps the sagas of
+a kind in flight (running or compensating).  A spawn past the cap is
+*queued*: its row is logged with state ``queued`` and a ``queue_seq`` (the
+queue's order, durable), it holds its id, its claim slot and its key, and
+``SagaQueued`` goes on the bus.  When a saga of the kind ends, the head of
+the queue starts (its row becomes ``running``; its ``timeout`` counts from
+then).  A queued saga can be cancelled or evicted like a running one, and
+fails with ``queue timeout`` after `T` seconds in the queue.
+
+A queued saga has no worker and no user code has run for it, so a restart
+re-queues it from its logged input snapshot (kinds registered for replay) in
+its logged order; :meth:`SagaOps.start` with ``dequeued=True`` starts it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections import deque
+from typing import NamedTuple
+
+from supervisor._codec import SagaSpec
+from supervisor._engine.inbox import Requeue
+from supervisor._engine.records import Lifecycle, Stats, Turn
+from supervisor._engine.sagas import SagaOps
+from supervisor._engine.table import SagaTable
+from supervisor.saga import SAGA_QUEUED, Event
+from supervisor.shm import SharedState
+
+# kind name -> (max in flight, queue timeout in seconds or None)
+Limits = dict[str, tuple[int, float | None]]
+
+
+class Queued(NamedTuple):
+    saga_id: int
+    spec: SagaSpec
+    key: str | None
+    trigger_event: Event | None
+
+
+class Queues:
+    def __init__(self, limits: Limits, table: SagaTable, sagas: SagaOps, shared: SharedState,
+                 turn: Turn, stats: Stats, life: Lifecycle, first_seq: int = 1) -> None:
+        self.limits = limits
+        self.table = table
+        self.sagas = sagas
+        self.shared = shared
+        self.turn = turn
+        self.stats = stats
+        self.life = life
+        self.clock = sagas.clock
+        self.waiting: dict[str, deque[Queued]] = {}
+        self.kind_of: dict[int, str] = {}  # queued saga id -> its kind
+        self.timers: list[tuple[float, int]] = []  # (queue deadline, saga id)
+        self._seq = itertools.count(first_seq)
+
+    def depth(self) -> dict[str, int]:
+        """Sagas queued, by kind (any thread: a snapshot)."""
+        return {k: len(q) for k, q in list(self.waiting.items()) if q}
+
+    def __len__(self) -> int:
+        return len(self.kind_of)
+
+    def _full(self, kind: str, cap: int) -> bool:
+        return len(self.table.by_kind.get(kind, ())) >= cap
+
+    # -- admission -------------------------------------------------------------------
+
+    def admit(self, saga_id: int, spec: SagaSpec, trigger_event: Event | None,
+              key: str | None) -> bool:
+        """True if the saga waits in its kind's queue (logged now); False if
+        it may start.  FIFO: none starts while others of its kind wait."""
+        limit = self.limits.get(spec.name)
+        if limit is None or (not self.waiting.get(spec.name) and
+                             not self._full(spec.name, limit[0])):
+            return False
+        now = time.time()
+        batch = self.turn.batch
+        batch.queued.append((saga_id, spec.name, now, spec.snapshot_json, next(self._seq)))
+        if key is not None:
+            self.table.by_key[key] = saga_id
+            batch.saga_keys.append((key, saga_id))
+        self._enqueue(Queued(saga_id, spec, key, trigger_event), limit[1], 0.0)
+        return True
+
+    def _enqueue(self, q: Queued, queue_timeout: float | None, waited: float) -> None:
+        name = q.spec.name
+        queue = self.waiting.get(name)
+        if queue is None:
+            queue = self.waiting[name] = deque()
+        queue.append(q)
+        self.kind_of[q.saga_id] = name
+        if queue_timeout is not None:
+            heapq.heappush(self.timers, (self.clock() + queue_timeout - waited, q.saga_id))
+        self.turn.events.append((SAGA_QUEUED, {"name": name, "depth": len(queue)},
+                                 q.saga_id, None))
+
+    def freed(self, kind: str) -> None:
+        """A saga of `kind` ended: start the queue's head while slots allow."""
+        queue = self.waiting.get(kind)
+        if not queue or not self.life.running:
+            return  # (stopping: the queue stays in the log for the next start)
+        limit = self.limits.get(kind)
+        cap = limit[0] if limit is not None else 1 << 62  # its limit was lifted: start all
+        while queue and not self._full(kind, cap):
+            q = queue.popleft()
+            del self.kind_of[q.saga_id]
+            self.sagas.start(q.saga_id, q.spec, q.trigger_event, q.key, dequeued=True)
+        if not queue:
+            del self.waiting[kind]
+
+    def restore(self, items: list[Requeue]) -> None:
+        """Sagas the log showed queued, in their order: queue them again, then
+        start what the limits allow (the replayed sagas count already)."""
+        now = time.time()
+        for r in items:
+            limit = self.limits.get(r.spec.name)
+            self._enqueue(Queued(r.saga_id, r.spec, r.key, None),
+                          limit[1] if limit is not None else None,
+                          max(0.0, now - r.queued_at))
+            if r.key is not None:
+                self.table.by_key[r.key] = r.saga_id
+        for kind in {r.spec.name for r in items}:
+            self.freed(kind)
+
+    # -- ending a queued saga ---------------------------------------------------------
+
+    def _drop(self, saga_id: int, reason: str) -> bool:
+        kind = self.kind_of.pop(saga_id, None)
+        if kind is None:
+            return False
+        queue = self.waiting[kind]
+        q = next(q for q in queue if q.saga_id == saga_id)
+        queue.remove(q)
+        if not queue:
+            del self.waiting[kind]
+        if q.key is not None:
+            self.table.by_key.pop(q.key, None)
+        self.shared.claim(saga_id)  # nobody else can hold it: no user code ran
+        self.sagas.announce_end(saga_id, kind, "failed", reason)
+        return True
+
+    def cancel(self, saga_id: int, reason: str) -> bool:
+        return self._drop(saga_id, reason)
+
+    def evict(self, kind: str, reason: str) -> None:
+        for q in list(self.waiting.get(kind, ())):
+            self._drop(q.saga_id, reason)
+
+    def next_due(self) -> float | None:
+        return self.timers[0][0] if self.timers else None
+
+    def expire(self, now: float) -> None:
+        """Fail the sagas that waited in their queue past its timeout."""
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            _due, sid = heapq.heappop(timers)
+            if self._drop(sid, "queue timeout"):
+                self.stats["queue_timeouts"] += 1

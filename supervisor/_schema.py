@@ -1,0 +1,93 @@
+"""The saga log's schema: one migration per version, applied in order by
+:class:`supervisor.log.SagaLog` through ``pragma user_version``.  A log
+written by any earlier version is upgraded in place at start; each
+migration runs in its own transaction with its version bump."""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 5
+
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE saga (
+        saga_id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN
+            ('running', 'completed', 'failed', 'compensating', 'failed_compensation')),
+        started_at REAL NOT NULL,
+        ended_at REAL,
+        input_json TEXT,
+        failure_reason TEXT
+    );
+    -- only unfinished sagas are indexed (recovery reads them at start): a
+    -- saga enters the index once and leaves it once, so the hot path pays
+    -- little for it; listing by state or age scans, off the hot path
+    CREATE INDEX saga_unfinished ON saga(state) WHERE state IN ('running', 'compensating');
+    CREATE TABLE saga_step (
+        saga_id INTEGER NOT NULL,
+        step_index INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'succeeded', 'failed', 'compensated')),
+        cmd_json TEXT,
+        target TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        ended_at REAL,
+        output_json TEXT,
+        failure_reason TEXT,
+        compensation_json TEXT,
+        PRIMARY KEY (saga_id, step_index)
+    ) WITHOUT ROWID;
+    """,
+    # 2: a durable high-water mark of saga ids, so that ids never go back when
+    # the retention purge or `vacuum` empties the log
+    2: """
+    CREATE TABLE saga_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+    INSERT INTO saga_meta(key, value) SELECT 'next_id', coalesce(max(saga_id), 0) + 1
+        FROM saga;
+    """,
+    # 3: idempotency keys: spawn(saga, key=...) returns the saga that already
+    # has the key, in flight or ended (and not yet purged)
+    3: """
+    ALTER TABLE saga ADD COLUMN idem_key TEXT;
+    CREATE UNIQUE INDEX saga_idem_key ON saga(idem_key) WHERE idem_key IS NOT NULL;
+    """,
+    # 4: step retries: the attempt a step is at, and every attempt that failed
+    4: """
+    ALTER TABLE saga_step ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE saga_step_attempt (
+        saga_id INTEGER NOT NULL,
+        step_index INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        started_at REAL NOT NULL,
+        ended_at REAL NOT NULL,
+        failure_reason TEXT,
+        PRIMARY KEY (saga_id, step_index, attempt)
+    ) WITHOUT ROWID;
+    """,
+    # 5: per-kind concurrency limits: a saga may wait in its kind's queue
+    # (state 'queued'); SQLite cannot alter a CHECK, so the table is rebuilt
+    5: """
+    CREATE TABLE saga_v5 (
+        saga_id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'completed', 'failed',
+                                             'compensating', 'failed_compensation')),
+        started_at REAL NOT NULL,
+        ended_at REAL,
+        input_json TEXT,
+        failure_reason TEXT,
+        idem_key TEXT,
+        queued_at REAL,
+        queue_seq INTEGER
+    );
+    INSERT INTO saga_v5(saga_id, name, state, started_at, ended_at, input_json,
+                        failure_reason, idem_key)
+        SELECT saga_id, name, state, started_at, ended_at, input_json, failure_reason,
+               idem_key FROM saga;
+    DROP TABLE saga;
+    ALTER TABLE saga_v5 RENAME TO saga;
+    CREATE INDEX saga_unfinished ON saga(state)
+        WHERE state IN ('queued', 'running', 'compensating');
+    CREATE UNIQUE INDEX saga_idem_key ON saga(idem_key) WHERE idem_key IS NOT NULL;
+    """,
+}
