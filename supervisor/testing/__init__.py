@@ -101,7 +101,8 @@ class FakeHost:
                 str(self.record_path)]
 
     def received(self) -> list[dict[str, Any]]:
-        """Every command the host got so far: saga_id, step and the command."""
+        """Every command the host got so far: saga_id, step, attempt (the
+        frame header's: 1, 2, ... for a retried step) and the command."""
         out = []
         for line in self.record_path.read_text().splitlines():
             out.append(json.loads(line))
