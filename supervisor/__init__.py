@@ -45,6 +45,8 @@ _WHERE = {
     "StepInfo": "supervisor.saga",
     "Subscription": "supervisor._engine.outcomes",
     "Supervisor": "supervisor.core",
+    "SupervisorProcess": "supervisor.process",
+    "SupervisorGoneError": "supervisor.process",
     "SupervisorCrashedError": "supervisor.errors",
     "Target": "supervisor.saga",
     "Wait": "supervisor.saga",
@@ -62,6 +64,7 @@ _WHERE = {
 if TYPE_CHECKING:  # what the lazy names are, for type checkers
     from supervisor.async_client import AsyncSagaClient
     from supervisor.client import SagaClient
+    from supervisor.process import SupervisorGoneError, SupervisorProcess
     from supervisor._engine.outcomes import Subscription
     from supervisor.core import Supervisor
     from supervisor.errors import (
@@ -146,6 +149,8 @@ __all__ = [
     "StepInfo",
     "Subscription",
     "Supervisor",
+    "SupervisorProcess",
+    "SupervisorGoneError",
     "SupervisorCrashedError",
     "Target",
     "Wait",

@@ -6,7 +6,10 @@ holds the path of the supervisor's control socket (a Unix socket, mode 0600:
 messages are pickles, so only the supervisor's own user may connect).
 
 Ids come from the shared segment (lock-free, no round trip); the saga class
-is shipped once per class and connection, its state once per saga.
+is shipped once per class and connection, its state once per saga.  The
+supervisor pushes the outcome of every saga this client spawned as soon as it
+is committed, so ``wait()`` on one of them is no round trip (a launcher whose
+other threads keep the GIL busy pays each round trip in switch intervals).
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ from supervisor.paths import DataDir
 from supervisor.saga import Event, Outcome, Saga
 from supervisor.shm import SharedState
 
+
+# pushed outcomes kept for a wait() that may come; past this many, the oldest
+# go (a wait() for one of those asks the supervisor, which reads the log)
+_KEEP_OUTCOMES = 100_000
 
 _ERRORS: dict[str, type[Exception]] = {
     "ValueError": ValueError, "TypeError": TypeError, "NotRunningError": NotRunningError,
@@ -66,6 +73,9 @@ class SagaClient:
         self._pending: dict[int, Future] = {}
         self._classes: dict[type, int] = {}
         self._events: queue.SimpleQueue[Event | None] | None = None
+        # outcomes of the sagas this client spawned, pushed by the supervisor
+        self._outcomes: dict[int, Future] = {}
+        self._resolved = 0
         self._closed = False
         self._reader = threading.Thread(target=self._read, name="saga-client-reader",
                                         daemon=True)
@@ -105,10 +115,14 @@ class SagaClient:
         With an idempotency `key`, the id of the saga that holds it (see
         :meth:`supervisor.Supervisor.spawn`)."""
         (sid, *args), = self._spawn_requests([saga], key)
+        self._outcomes[sid] = Future()
         try:
-            got = int(self._call("spawn", sid, *args))
+            got = int(self._call("spawn", sid, *args, True))
         except BaseException as exc:
+            self._outcomes.pop(sid, None)
             self._abandon([sid], exc)
+        if got != sid:
+            self._outcomes.pop(sid, None)
         return self._spawned(sid, got)
 
     def spawn_many(self, sagas: list[Saga]) -> list[int]:
@@ -116,9 +130,13 @@ class SagaClient:
         start)."""
         items = self._spawn_requests(sagas, None)
         ids = [it[0] for it in items]
+        for sid in ids:
+            self._outcomes[sid] = Future()
         try:
-            return list(self._call("spawn_many", [it[:-1] for it in items]))
+            return list(self._call("spawn_many", [it[:-1] for it in items], True))
         except BaseException as exc:
+            for sid in ids:
+                self._outcomes.pop(sid, None)
             self._abandon(ids, exc)
 
     # -- what spawn and spawn_many share with AsyncSagaClient ------------------------
@@ -160,7 +178,17 @@ class SagaClient:
 
     def wait(self, saga_id: int, timeout: float | None = None) -> Outcome:
         sid = _validate.saga_id(saga_id)
-        state, reason = self._call("wait", sid, timeout=_validate.timeout(timeout))
+        timeout = _validate.timeout(timeout)
+        mine = self._outcomes.get(sid)
+        if mine is not None:  # spawned here: its outcome is pushed, no round trip
+            try:
+                state, reason = mine.result(timeout)
+            except TimeoutError:
+                raise TimeoutError(f"saga {sid} did not end within {timeout}s") from None
+            if self._outcomes.pop(sid, None) is not None:
+                self._resolved -= 1
+        else:
+            state, reason = self._call("wait", sid, timeout=timeout)
         return Outcome(sid, state, reason)
 
     def publish(self, event: Event) -> None:
@@ -172,6 +200,10 @@ class SagaClient:
         """The supervisor's Prometheus exposition (needs prometheus-client
         where the supervisor runs)."""
         return bytes(self._call("metrics")).decode()
+
+    def health(self) -> dict[str, Any]:
+        """The supervisor's health report (as :meth:`Supervisor.health`)."""
+        return dict(self._call("health"))
 
     def events(self, timeout: float | None = None) -> Iterator[Event]:
         """Subscribe now; iterate over bus events from now on.  The iterator
@@ -206,6 +238,9 @@ class SagaClient:
                     break
                 for body in reader.feed(data):
                     msg = pickle.loads(body)
+                    if msg[0] == "outcome":
+                        self._pushed(msg[1], msg[2], msg[3])
+                        continue
                     if msg[0] == "event":
                         if self._events is not None:
                             self._events.put(Event(*msg[1:]))
@@ -222,10 +257,22 @@ class SagaClient:
             pass
         finally:
             gone = NotRunningError("the supervisor closed the connection")
-            for p in list(self._pending.values()):
+            for p in list(self._pending.values()) + list(self._outcomes.values()):
                 p.set(error=gone)
             if self._events is not None:
                 self._events.put(None)
+
+    def _pushed(self, sid: int, state: str, reason: str | None) -> None:
+        f = self._outcomes.get(sid)
+        if f is None:
+            return
+        f.set((state, reason))
+        self._resolved += 1
+        if self._resolved > _KEEP_OUTCOMES:  # nobody waits for these: keep the newest
+            for old in list(self._outcomes)[:len(self._outcomes) // 2]:
+                f = self._outcomes.get(old)
+                if f is not None and f.done() and self._outcomes.pop(old, None) is not None:
+                    self._resolved -= 1
 
     def close(self) -> None:
         with self._send_lock:

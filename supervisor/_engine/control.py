@@ -99,7 +99,8 @@ class ControlServer:
                  registry: ClassRegistry, sagas: SagaOps, turn: Turn,
                  read_outcome: Callable[[int], tuple[str, str | None] | None],
                  metrics: Callable[[], bytes] | None = None,
-                 spawn_keyed: Callable[[int, SagaSpec, str], int] | None = None) -> None:
+                 spawn_keyed: Callable[[int, SagaSpec, str], int] | None = None,
+                 health: Callable[[], dict[str, Any]] | None = None) -> None:
         self.paths = paths
         self.sel = sel
         self.life = life
@@ -111,6 +112,7 @@ class ControlServer:
         self.turn = turn
         self.read_outcome = read_outcome
         self.metrics = metrics
+        self.health = health
         self.spawn_keyed = spawn_keyed
         self.listener: socket.socket | None = None
         self.path: Path | None = None
@@ -262,7 +264,9 @@ class ControlServer:
         if self.remote_waiters:
             for sid, state, reason in ended:
                 for c, req in self.remote_waiters.pop(sid, ()):
-                    c.send(("ok", req, (state, reason)))
+                    # req 0: a client watching the sagas it spawned (pushed)
+                    c.send(("ok", req, (state, reason)) if req else
+                           ("outcome", sid, state, reason))
 
     def close(self) -> None:
         for c in list(self.conns):
@@ -318,6 +322,8 @@ class ControlServer:
         elif op == "subscribe":
             c.subscribed = True
             c.send(("ok", req, None))
+        elif op == "health" and self.health is not None:
+            c.send(("ok", req, self.health()))
         elif op == "metrics":
             if self.metrics is None:
                 raise BadRequest("this supervisor has no metrics")
@@ -373,7 +379,10 @@ class ControlServer:
         except Refused as r:
             c.send(("err", req, (r.kind, r.message)))
             return
-        c.send(("ok", req, self._start(sid, spec, key)))
+        got = self._start(sid, spec, key)
+        if len(msg) > 11 and msg[11] is True and got == sid:
+            self.remote_waiters.setdefault(sid, []).append((c, 0))  # push its outcome
+        c.send(("ok", req, got))
 
     def _spawn_many(self, c: Conn, req: int, msg: tuple[Any, ...]) -> None:
         """Every item checked first, then all started: all or none."""
@@ -384,7 +393,11 @@ class ControlServer:
         except Refused as r:
             c.send(("err", req, (r.kind, r.message)))
             return
-        c.send(("ok", req, [self._start(sid, spec, key) for sid, spec, key in parsed]))
+        ids = [self._start(sid, spec, key) for sid, spec, key in parsed]
+        if len(msg) > 3 and msg[3] is True:  # push the outcomes of these sagas
+            for sid in ids:
+                self.remote_waiters.setdefault(sid, []).append((c, 0))
+        c.send(("ok", req, ids))
 
     def _wait(self, c: Conn, req: int, sid: int) -> None:
         o = self.outcomes.lookup(sid)

@@ -153,7 +153,7 @@ class Engine:
                                                self.outcomes, self.registry, sagas, turn,
                                                self._read_outcome,
                                                lambda: exposition(self.collector),
-                                               self.keys.spawn)
+                                               self.keys.spawn, self.health)
         self.bus = Bus(table, sagas, shared, self.outcomes, turn, stats, self.life,
                        self.registry.prepare, self.triggers, control.subscribed)
         self.host = HostLink(s, sel, stats, self.life, self._host_readable,

@@ -1,0 +1,110 @@
+"""The supervisor process behind :class:`supervisor.SupervisorProcess`:
+``python -m supervisor._serve`` (started by the launcher, never by hand).
+
+Protocol with the launcher, over the child's stdin and stdout:
+
+* stdin, first: a u32 big-endian length and a dill blob: the data dir, the
+  Supervisor options, and the kinds, handlers and triggers registered;
+* stdout: one line, ``ready`` or ``error <what went wrong>``;
+* stdin, then: a ``stop <drain 0|1> <timeout>`` line stops it (the launcher's
+  ``stop()``); EOF means the launcher is gone (exited or killed): with
+  ``orphan="stop"`` (default) it stops at once, failing what is in flight
+  ("supervisor stopped"); with ``orphan="serve"`` it keeps serving other
+  clients (SagaClient) until SIGTERM or SIGINT.
+* stdout, last: ``stopped`` (or ``crashed <error>`` when the supervisor
+  stopped on its own: restart intensity, the log).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+import dill
+
+from supervisor.core import Supervisor
+
+log = logging.getLogger("supervisor.serve")
+
+
+def _say(line: str) -> None:
+    try:
+        sys.stdout.write(line.replace("\n", " ") + "\n")
+        sys.stdout.flush()
+    except (OSError, ValueError):  # the launcher is gone: nobody reads it
+        pass
+
+
+def _build(cfg: dict[str, Any]) -> Supervisor:
+    sup = Supervisor(cfg["data_dir"], **cfg["options"])
+    for args, kw in cfg["kinds"]:
+        sup.register_kind(*args, **kw)
+    for target, fn in cfg["handlers"]:
+        sup.register_handler(target, fn)
+    for factory, predicate in cfg["triggers"]:
+        sup.add_trigger(factory, predicate)
+    return sup
+
+
+def _watch_launcher(commands: list[tuple[str, bool, float]], wake: threading.Event) -> None:
+    """Read the launcher's commands until EOF (it exited or was killed)."""
+    for raw in sys.stdin.buffer:
+        parts = raw.decode("utf-8", "replace").split()
+        if len(parts) == 3 and parts[0] == "stop":
+            commands.append(("stop", parts[1] == "1", float(parts[2])))
+            wake.set()
+            return
+    commands.append(("orphaned", False, 0.0))
+    wake.set()
+
+
+def main() -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s supervisor[%(process)d] "
+                        "%(levelname)s %(name)s: %(message)s")
+    head = sys.stdin.buffer.read(4)
+    blob = sys.stdin.buffer.read(int.from_bytes(head, "big")) if len(head) == 4 else b""
+    try:
+        cfg = dill.loads(blob)
+        sup = _build(cfg)
+        sup.start()
+    except BaseException as exc:
+        _say(f"error {type(exc).__name__}: {exc}")
+        return 1
+    commands: list[tuple[str, bool, float]] = []
+    wake = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:  # drain, as Supervisor.serve() does
+        commands.append(("stop", True, 10.0))
+        wake.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    threading.Thread(target=_watch_launcher, args=(commands, wake), daemon=True,
+                     name="launcher-watch").start()
+    _say("ready")
+    while True:
+        wake.wait(0.2)
+        wake.clear()
+        if sup.state != "running":  # stopped on its own
+            sup.stop()
+            _say(f"crashed {type(sup.error).__name__}: {sup.error}")
+            return 1
+        if not commands:
+            continue
+        what, drain, timeout = commands.pop(0)
+        if what == "orphaned" and cfg.get("orphan") == "serve":
+            log.warning("the launcher is gone; serving on (orphan='serve') until SIGTERM")
+            signal.signal(signal.SIGINT, on_signal)
+            continue
+        if what == "orphaned":
+            log.warning("the launcher is gone: stopping (orphan='stop')")
+        sup.stop(drain=drain, timeout=timeout)
+        _say("stopped")
+        return 1 if sup.error is not None else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

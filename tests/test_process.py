@@ -1,0 +1,168 @@
+"""SupervisorProcess: the engine in a supervisor process of its own, the
+launcher talking to it over the control socket.  Real processes throughout:
+the launcher killed, the supervisor process killed, each noticed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import psutil
+import pytest
+
+from supervisor import (Event, SagaClient, SupervisorError, SupervisorGoneError,
+                        SupervisorProcess, Target)
+
+from . import sagas as S
+from .conftest import HOST_ARGV, read_log, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_the_same_api_from_a_process_of_its_own(tmp_path: Path) -> None:
+    sp = SupervisorProcess(tmp_path / "d", workers=2, host=HOST_ARGV)
+    sp.register_kind(S.LimitedSaga, max_in_flight=1)
+    sp.register_handler(Target.SRV, lambda cmd, sid, step: {"pid": os.getpid()})
+    sp.add_trigger(lambda ev: S.InstantSaga(), lambda ev: ev.kind == "go")
+    seen: list[str] = []
+    lock = threading.Lock()
+    with sp:
+        assert sp.pid is not None and sp.pid != os.getpid()
+        assert psutil.Process(sp.pid).is_running()
+        sp.subscribe(lambda ev: (lock.acquire(), seen.append(ev.kind), lock.release()))
+        ids = sp.spawn_many([S.EchoSaga(i) for i in range(50)])
+        assert all(sp.wait(i, 30).completed for i in ids)
+        local = sp.spawn(S.RetrySaga({"op": "where"}, attempts=0, target=int(Target.SRV)))
+        assert sp.wait(local, 30).completed
+        _, steps = read_log(sp.data_dir / "db" / "sagas.db")
+        # the handler ran in the supervisor process, not here
+        assert json.loads(steps[local][0]["output_json"])["data"] == {"pid": sp.pid}
+        held = [sp.spawn(S.LimitedSaga(n, seconds=30)) for n in range(2)]
+        wait_for(lambda: sp.health()["queued"] == 1, what="the limit, shipped")
+        assert sp.cancel(held[1], "enough") is True
+        assert sp.wait(held[1], 10).reason == "cancelled: enough"
+        sp.publish(Event("go"))
+        # (a queued saga cancelled before it started is not counted as spawned)
+        wait_for(lambda: sp.stats["spawned"] == 50 + 1 + 1 + 1, what="the trigger, shipped")
+        sp.publish(Event("finish", 0))
+        assert sp.wait(held[0], 10).completed
+        wait_for(lambda: seen.count("SagaCompleted") >= 50 + 1 + 1 + 1, what="subscriber")
+        assert sp.in_flight() == 0
+        with pytest.raises(ValueError):
+            sp.wait(10**9, 1)  # unknown ids are named, as in-process
+    assert sp.state == "stopped" and _gone(sp.pid)
+    with pytest.raises(SupervisorError):
+        sp.spawn(S.InstantSaga())
+
+
+def test_registration_after_start_and_a_bad_start_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="clock"):
+        SupervisorProcess(tmp_path / "a", clock=lambda: 0.0)
+    with pytest.raises(ValueError, match="orphan"):
+        SupervisorProcess(tmp_path / "a", orphan="sometimes")
+    with pytest.raises(ValueError, match="workers"):
+        SupervisorProcess(tmp_path / "a", workers=0)  # checked here, not in the child
+    bad = tmp_path / "b"
+    (bad / "db").mkdir(parents=True)
+    (bad / "db" / "sagas.db").write_bytes(b"not a database" * 100)
+    with pytest.raises(SupervisorError, match="damaged or not a SQLite database"):
+        SupervisorProcess(bad, workers=1).start()
+    with SupervisorProcess(tmp_path / "c", workers=1) as sp:
+        with pytest.raises(SupervisorError, match="before start"):
+            sp.register_kind(S.InstantSaga)
+
+
+_LAUNCHER = """
+    import json, sys, time
+    from supervisor import SupervisorProcess
+    from tests.conftest import HOST_ARGV
+    from tests.sagas import SleepSaga
+    if __name__ == "__main__":
+        sp = SupervisorProcess({data!r}, workers=1, host=HOST_ARGV, orphan={orphan!r})
+        sp.start()
+        ids = [sp.spawn(SleepSaga(60, timeout=120)) for _ in range(5)]
+        print(json.dumps([sp.pid, ids]), flush=True)
+        time.sleep(600)
+"""
+
+
+def _launch(tmp_path: Path, orphan: str) -> tuple[subprocess.Popen[str], int, list[int]]:
+    data = tmp_path / "d"
+    (tmp_path / "launch.py").write_text(textwrap.dedent(_LAUNCHER).format(
+        data=str(data), orphan=orphan))
+    launcher = subprocess.Popen([sys.executable, str(tmp_path / "launch.py")], cwd=ROOT,
+                                stdout=subprocess.PIPE, text=True, env=_env())
+    assert launcher.stdout is not None
+    pid, ids = json.loads(launcher.stdout.readline())
+    return launcher, pid, ids
+
+
+def test_a_killed_launcher_stops_its_supervisor_cleanly(tmp_path: Path) -> None:
+    launcher, pid, ids = _launch(tmp_path, "stop")
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    assert len(procs) >= 3  # the supervisor, its worker, its host
+    launcher.kill()
+    launcher.wait()
+    launcher.stdout.close()  # type: ignore[union-attr]
+    wait_for(lambda: all(_gone(p.pid) for p in procs), timeout=30,
+             what="the supervisor process and its children gone")
+    sagas, steps = read_log(tmp_path / "d" / "db" / "sagas.db")
+    for i in ids:  # every saga it accepted has its outcome, no step left pending
+        assert sagas[i]["state"] == "failed" and sagas[i]["failure_reason"] == \
+            "supervisor stopped", sagas[i]
+        assert all(st["state"] != "pending" for st in steps[i])
+    assert not (tmp_path / "d" / "run" / "ctl.sock").exists()
+
+
+def test_orphan_serve_keeps_serving_other_clients(tmp_path: Path) -> None:
+    launcher, pid, ids = _launch(tmp_path, "serve")
+    launcher.kill()
+    launcher.wait()
+    launcher.stdout.close()  # type: ignore[union-attr]
+    with SagaClient(tmp_path / "d") as c:
+        assert c.cancel(ids[0], "still here") is True
+        sid = c.spawn(S.InstantSaga())
+        assert c.wait(sid, 10).completed
+    assert not _gone(pid)
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: _gone(pid), timeout=30, what="stopped on SIGTERM")
+
+
+def test_a_killed_supervisor_process_is_a_named_error(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    sp = SupervisorProcess(data, workers=1, host=HOST_ARGV)
+    sp.register_kind(S.LimitedSaga)
+    sp.start()
+    try:
+        sid = sp.spawn(S.LimitedSaga(1, seconds=0.5, timeout=60))
+        wait_for(lambda: read_log(data / "db" / "sagas.db")[1].get(sid), what="its step")
+        os.kill(sp.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        with pytest.raises(SupervisorGoneError, match="killed by signal 9"):
+            sp.wait(sid, 30)
+        with pytest.raises(SupervisorGoneError):
+            sp.spawn(S.InstantSaga())
+    finally:
+        sp.stop()
+    # its workers and host noticed too; the next start resumes the saga
+    again = SupervisorProcess(data, workers=1, host=HOST_ARGV)
+    again.register_kind(S.LimitedSaga)
+    with again:
+        assert again.wait(sid, 30).completed
+
