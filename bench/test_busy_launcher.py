@@ -1,0 +1,95 @@
+"""A launcher that is busy itself: the engine as a thread of the launcher
+(``Supervisor``) against the engine in a process of its own
+(``SupervisorProcess``), with the launcher idle and with one of its threads
+running pure-Python code (holding the GIL, as parsing or serving requests
+does).
+
+Run: ``python -m pytest bench/test_busy_launcher.py -p no:cacheprovider``.
+Ratios: each busy case against the same engine idle (target >= 0.8x), and
+the process engine idle against the thread engine idle.  The one-saga-at-a-
+time latency (p50 / p99 of spawn + wait) is in ``extra_info``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supervisor import Supervisor, SupervisorProcess
+from tests.sagas import EchoSaga
+
+N = 5000
+HOST = [sys.executable, "-m", "supervisor.host"]
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="saga-bench-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@contextmanager
+def _busy(on: bool) -> Iterator[None]:
+    """A thread of the launcher that keeps the GIL busy while it runs."""
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(2000))
+
+    t = threading.Thread(target=spin, daemon=True)
+    if on:
+        t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if on:
+            t.join()
+
+
+def _batch(api: Any, n: int) -> None:
+    ids = api.spawn_many([EchoSaga(i) for i in range(n)])
+    for sid in ids:
+        assert api.wait(sid, 120).completed
+
+
+def _one_at_a_time(api: Any, k: int = 300) -> tuple[float, float]:
+    lat = []
+    for i in range(k):
+        t = time.perf_counter()
+        assert api.wait(api.spawn(EchoSaga(i)), 30).completed
+        lat.append(time.perf_counter() - t)
+    lat.sort()
+    return lat[len(lat) // 2] * 1e3, lat[int(len(lat) * 0.99) - 1] * 1e3
+
+
+@pytest.mark.parametrize("launcher", ["idle", "busy"])
+@pytest.mark.parametrize("engine", ["thread", "process"])
+def test_launcher(benchmark: Any, data_dir: Path, engine: str, launcher: str,
+                  request: Any) -> None:
+    name = request.node.name
+    benchmark.extra_info["per"] = N
+    if launcher == "busy":
+        benchmark.extra_info["baseline"] = name.replace("busy", "idle")
+    elif engine == "process":
+        benchmark.extra_info["baseline"] = name.replace("process", "thread")
+    cls = Supervisor if engine == "thread" else SupervisorProcess
+    with cls(data_dir, workers=2, host=HOST) as api:  # type: ignore[operator]
+        _batch(api, 500)  # warm: host start-up, class shipping
+        with _busy(launcher == "busy"):
+            benchmark.pedantic(_batch, args=(api, N), rounds=3, iterations=1)
+            p50, p99 = _one_at_a_time(api)
+    benchmark.extra_info.update(rate=N / benchmark.stats.stats.median,
+                                one_at_a_time_p50_ms=round(p50, 3),
+                                one_at_a_time_p99_ms=round(p99, 3))

@@ -1,0 +1,67 @@
+"""Scaling: one-step sagas/s with 1, 2, 4 and 8 workers, and the CPU each
+process spent per saga (psutil), so that the curve names the next bottleneck.
+
+Run: ``python -m pytest bench/test_scaling.py -p no:cacheprovider -s``; the
+CPU split is printed and kept in ``extra_info`` (``--benchmark-json``).
+Ratios: each worker count against 1 worker, in the same run.  The engine
+runs as a thread of this process (``Supervisor``), so "supervisor" CPU below
+includes the launcher thread that calls spawn_many/wait.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from supervisor import Supervisor
+from tests.sagas import EchoSaga
+
+N = 10_000
+HOST = [sys.executable, "-m", "supervisor.host"]
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="saga-bench-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _batch(sup: Supervisor, n: int) -> None:
+    ids = sup.spawn_many([EchoSaga(i) for i in range(n)])
+    for sid in ids:
+        assert sup.wait(sid, 120).completed
+
+
+def _cpu(p: psutil.Process) -> float:
+    t = p.cpu_times()
+    return float(t.user + t.system)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4, 8])
+def test_workers(benchmark: Any, data_dir: Path, workers: int, request: Any) -> None:
+    benchmark.extra_info["per"] = N
+    if workers != 1:
+        benchmark.extra_info["baseline"] = request.node.name.replace(f"[{workers}]", "[1]")
+    with Supervisor(data_dir, workers=workers, host=HOST) as sup:
+        _batch(sup, 500)
+        me = psutil.Process()
+        kids = {"worker": [c for c in me.children() if "supervisor.host" not in
+                           " ".join(c.cmdline())],
+                "host": [c for c in me.children() if "supervisor.host" in " ".join(c.cmdline())]}
+        before = {"supervisor": _cpu(me)} | {k: sum(map(_cpu, v)) for k, v in kids.items()}
+        benchmark.pedantic(_batch, args=(sup, N), rounds=3, iterations=1)
+        after = {"supervisor": _cpu(me)} | {k: sum(map(_cpu, v)) for k, v in kids.items()}
+    per_saga_us = {k: round((after[k] - before[k]) / (3 * N) * 1e6, 1) for k in before}
+    benchmark.extra_info.update(rate=N / benchmark.stats.stats.median,
+                                cpu_us_per_saga=per_saga_us, cores=psutil.cpu_count())
+    print(json.dumps({"workers": workers, "rate": round(N / benchmark.stats.stats.median),
+                      "cpu_us_per_saga": per_saga_us}))
