@@ -31,6 +31,7 @@ import apsw
 # the migrations are re-exported: tests and tools build old logs from them
 from supervisor._schema import MIGRATIONS as _MIGRATIONS
 from supervisor._schema import SCHEMA_VERSION
+from supervisor._checkpoint import Checkpointer
 from supervisor.errors import SupervisorError
 
 _MARK_NEXT_ID = ("UPDATE saga_meta SET value = max(value, (SELECT coalesce(max(saga_id), 0) + 1 "
@@ -128,7 +129,10 @@ _CLOSE_OPEN = ("UPDATE saga_step SET state = 'failed', ended_at = ?, failure_rea
 class SagaLog:
     """The supervisor's connection to the log (one per process, never across fork)."""
 
-    def __init__(self, path: Path | str, durability: str = "normal") -> None:
+    def __init__(self, path: Path | str, durability: str = "normal",
+                 background_checkpoint: bool = False) -> None:
+        """`background_checkpoint`: checkpoint the WAL from a thread of its own
+        (:mod:`supervisor._checkpoint`) instead of inside a commit."""
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {sorted(DURABILITY)}, "
                              f"got {durability!r}")
@@ -146,8 +150,12 @@ class SagaLog:
         except apsw.Error as exc:
             raise LogError(self.path, f"cannot open: {exc}") from exc
         self._ident = self._file_ident()
+        self._checkpointer: Checkpointer | None = None
         try:
             self._setup()
+            if background_checkpoint:
+                self.conn.execute("PRAGMA wal_autocheckpoint=0")
+                self._checkpointer = Checkpointer(self.path)
         except (apsw.NotADBError, apsw.CorruptError) as exc:
             self.conn.close()
             raise LogCorruptError(self.path, f"the file is damaged or not a SQLite "
@@ -333,6 +341,9 @@ class SagaLog:
 
     def close(self) -> None:
         """Checkpoint the WAL into the main file and close (idempotent)."""
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         try:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except apsw.Error:

@@ -119,7 +119,7 @@ class Engine:
 
     def _start(self) -> None:
         s, stats, turn, table = self.settings, self.stats, self.turn, self.table
-        sagalog = self.log = SagaLog(self.paths.db, s.durability)
+        sagalog = self.log = SagaLog(self.paths.db, s.durability, background_checkpoint=True)
         # the segment doubles as the data dir's lock: nothing below writes the
         # log unless no other live supervisor owns this data dir
         shared = self.shared = create_segment(s.shm_name or self.paths.segment,
