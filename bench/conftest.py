@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,14 @@ def shared() -> Iterator[SharedState]:
     finally:
         state.close()
         state.unlink()
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A fresh data dir for one benchmark, removed after."""
+    d = Path(tempfile.mkdtemp(prefix="saga-bench-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def _per_op(bench: Any) -> float:

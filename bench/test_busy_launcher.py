@@ -12,9 +12,7 @@ time latency (p50 / p99 of spawn + wait) is in ``extra_info``.
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -29,13 +27,6 @@ from tests.sagas import EchoSaga
 
 N = 5000
 HOST = [sys.executable, "-m", "supervisor.host"]
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="saga-bench-"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @contextmanager

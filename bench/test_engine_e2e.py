@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +26,6 @@ from tests.sagas import EchoSaga
 
 N = 20_000
 HOST = [sys.executable, "-m", "supervisor.host"]
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="saga-bench-"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 class _Events:

@@ -11,10 +11,7 @@ includes the launcher thread that calls spawn_many/wait.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +23,6 @@ from tests.sagas import EchoSaga
 
 N = 10_000
 HOST = [sys.executable, "-m", "supervisor.host"]
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="saga-bench-"))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def _batch(sup: Supervisor, n: int) -> None:

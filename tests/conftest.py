@@ -124,3 +124,23 @@ def drain_bus(sub: "Subscription", until: "Callable[[list], bool]", timeout: flo
         except _q.Empty:
             pass
     return events
+
+
+def run_killed_launcher(tmp_path: "Path", script: str) -> object:
+    """Run `script` (a launcher that prints a JSON line, then SIGKILLs
+    itself) from the project root; return that line, decoded."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    path = tmp_path / "launch.py"
+    path.write_text(textwrap.dedent(script))
+    out = subprocess.run([sys.executable, str(path)], cwd=root, capture_output=True,
+                         text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -19,7 +18,7 @@ import pytest
 from supervisor import SAGA_QUEUED, SAGA_STARTED, Event, Supervisor
 
 from . import sagas as S
-from .conftest import HOST_ARGV, read_log, wait_for
+from .conftest import HOST_ARGV, read_log, run_killed_launcher, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 Make = Callable[..., Supervisor]
@@ -181,7 +180,7 @@ def test_a_graceful_restart_keeps_the_queue_and_its_order(tmp_path: Path) -> Non
 def test_a_killed_launcher_leaves_a_queue_the_next_start_resumes_in_order(
         tmp_path: Path) -> None:
     data = tmp_path / "d"
-    script = textwrap.dedent(f"""
+    script = f"""
         import os, signal
         from supervisor import Supervisor
         from tests.conftest import HOST_ARGV, read_log, wait_for
@@ -196,13 +195,9 @@ def test_a_killed_launcher_leaves_a_queue_the_next_start_resumes_in_order(
                      what="six queued in the log")
             print(ids, flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
-    """)
-    (tmp_path / "launch.py").write_text(script)
-    out = subprocess.run([sys.executable, str(tmp_path / "launch.py")], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert out.returncode == -signal.SIGKILL, out.stderr
-    ids = json.loads(out.stdout.strip().splitlines()[-1])
+    """
+    ids = run_killed_launcher(tmp_path, script)
+    assert isinstance(ids, list)
     db = data / "db" / "sagas.db"
     before, _ = read_log(db)
     queued = [i for i in ids if before[i]["state"] == "queued"]

@@ -7,11 +7,8 @@ number in the frame header), a real log; replay across a killed launcher."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,7 +19,7 @@ from supervisor.log import attempt_rows, open_readonly
 from supervisor.testing import FakeHost, answer, fail
 
 from . import sagas as S
-from .conftest import HOST_ARGV, read_log
+from .conftest import HOST_ARGV, read_log, run_killed_launcher
 
 ROOT = Path(__file__).resolve().parent.parent
 Make = Callable[..., Supervisor]
@@ -153,7 +150,7 @@ def test_retries_survive_a_killed_launcher(tmp_path: Path) -> None:
     supervisor replays each saga, re-issues its open step at the attempt the
     log shows, and the retries carry on to the end."""
     data = tmp_path / "d"
-    script = textwrap.dedent(f"""
+    script = f"""
         import os, signal
         from supervisor import Supervisor
         from tests.conftest import HOST_ARGV, wait_for
@@ -176,13 +173,9 @@ def test_retries_survive_a_killed_launcher(tmp_path: Path) -> None:
                      timeout=30, what="two failed attempts each")
             print(ids, flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
-    """)
-    (tmp_path / "launch.py").write_text(script)
-    out = subprocess.run([sys.executable, str(tmp_path / "launch.py")], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert out.returncode == -signal.SIGKILL, out.stderr
-    ids = json.loads(out.stdout.strip().splitlines()[-1])
+    """
+    ids = run_killed_launcher(tmp_path, script)
+    assert isinstance(ids, list)
     db = data / "db" / "sagas.db"
     _, before = read_log(db)
     at_kill = {i: before[i][0]["attempt"] for i in ids}
