@@ -43,8 +43,9 @@ def _add_data_dir(p: argparse.ArgumentParser, suppress: bool = False) -> None:
 
 def _add_filters(p: argparse.ArgumentParser, suppress: bool = False) -> None:
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
-    p.add_argument("--state", default=d(None), choices=("running", "completed", "failed",
-                                                        "compensating", "failed_compensation"))
+    p.add_argument("--state", default=d(None), choices=("queued", "running", "completed",
+                                                        "failed", "compensating",
+                                                        "failed_compensation"))
     p.add_argument("--kind", default=d(None), help="saga kind (name)")
     p.add_argument("--reason", default=d(None), help="substring of the failure reason")
     p.add_argument("--since", default=d(None), type=float,

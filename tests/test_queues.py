@@ -241,3 +241,16 @@ def test_an_old_log_gains_the_queued_state_in_place(tmp_path: Path) -> None:
     log.close()
     with Supervisor(tmp_path, workers=1) as sup:  # the running one is failed, not replayed
         assert sup.wait(6, 10).failed
+
+
+def test_the_cli_lists_queued_sagas(make_sup: Make) -> None:
+    sup = make_sup()
+    sup.register_kind(S.LimitedSaga, max_in_flight=1)
+    ids = [sup.spawn(S.LimitedSaga(n, seconds=30)) for n in range(3)]
+    wait_for(lambda: sum(r["state"] == "queued" for r in read_log(sup.db_path)[0].values())
+             == 2, what="two queued in the log")
+    out = subprocess.run([sys.executable, "-m", "supervisor", "sagas", "--data-dir",
+                          str(sup.data_dir), "list", "--state", "queued", "--json"],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert sorted(r["saga_id"] for r in json.loads(out.stdout)) == ids[1:]

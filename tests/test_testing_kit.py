@@ -59,3 +59,36 @@ def test_clock_fake_host_and_perf_helpers(tmp_path: Path) -> None:
         pass
     else:
         raise AssertionError("a clock must not go back")
+
+
+def test_step_deadlines_backoffs_and_queue_timeouts_run_on_the_test_clock(
+        tmp_path: Path) -> None:
+    """A test advances the clock past a step timeout, a retry's backoff and a
+    queue timeout: no real waiting, and nothing fires before its time."""
+    clock = Clock()
+    host = FakeHost({"deploy": silence(), "sleep": silence()}, workdir=tmp_path / "h")
+    with Supervisor(tmp_path / "d", workers=1, host=host.argv, clock=clock) as sup:
+        sup.register_kind(S.LimitedSaga, max_in_flight=1, queue_timeout=300)
+        sid = sup.spawn(S.RetrySaga({"op": "deploy"}, attempts=2, backoff=100.0,
+                                    step_timeout=60.0, timeout=3600))
+        head = sup.spawn(S.LimitedSaga(0, seconds=30, timeout=3600))
+        queued = sup.spawn(S.LimitedSaga(1, timeout=3600))
+        t = time.monotonic()
+        while len([r for r in host.received() if r["saga_id"] == sid]) < 1:
+            assert time.monotonic() - t < 10
+        clock.advance(59)  # before the step deadline: nothing happens
+        clock.advance(2)  # past it: attempt 1 timed out, attempt 2 waits out 100 s
+        t = time.monotonic()
+        while sup.stats["step_timeouts"] < 1:  # (the loop saw it before we go on)
+            assert time.monotonic() - t < 10
+        clock.advance(99)
+        assert [r["attempt"] for r in host.received() if r["saga_id"] == sid] == [1]
+        clock.advance(2)  # the backoff is over: attempt 2 goes out
+        while len([r for r in host.received() if r["saga_id"] == sid]) < 2:
+            assert time.monotonic() - t < 10
+        assert [r["attempt"] for r in host.received() if r["saga_id"] == sid] == [1, 2]
+        clock.advance(61)  # attempt 2 times out too: the step fails
+        assert sup.wait(sid, 10).reason == "step timeout (60s)"
+        clock.advance(300)  # the queued saga waited its 300 s (223 before this)
+        assert sup.wait(queued, 10).reason == "queue timeout"
+        assert sup.cancel(head, "done")
