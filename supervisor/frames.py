@@ -39,6 +39,9 @@ HOST_HDR_SIZE_V1 = _HOST_HDR_V1.size - 4  # header bytes counted in `length`
 HOST_HDR_SIZE = _HOST_HDR.size - 4
 _HOST_BODY_V1 = struct.Struct(">BBQI")
 _ATTEMPT = struct.Struct(">H")
+_HOST_BODY = struct.Struct(">BBQIH")
+_TYPES = frozenset((T_CMD, T_EVENT, T_ACTION_FAILED))
+_tuple_new = tuple.__new__
 
 
 class HostFrame(NamedTuple):
@@ -111,6 +114,10 @@ def host_frame(kind: int, saga_id: int, step: int, payload: bytes, attempt: int 
 
 def parse_host_frame(body: bytes) -> HostFrame:
     """Decode a host frame body (version 1 or 2)."""
+    if len(body) >= HOST_HDR_SIZE and body[0] == 2:  # the hot path: one unpack
+        _v, kind, saga_id, step, attempt = _HOST_BODY.unpack_from(body)
+        if kind in _TYPES:
+            return _tuple_new(HostFrame, (kind, saga_id, step, attempt, body[HOST_HDR_SIZE:]))
     if len(body) < HOST_HDR_SIZE_V1:
         raise FrameError(f"host frame of {len(body)} bytes is shorter than its header",
                          fatal=False)
@@ -126,9 +133,9 @@ def parse_host_frame(body: bytes) -> HostFrame:
     else:
         raise FrameError(f"host frame has protocol version {version}, expected one of "
                          f"{PROTOCOL_VERSIONS}", fatal=False)
-    if kind not in (T_CMD, T_EVENT, T_ACTION_FAILED):
+    if kind not in _TYPES:
         raise FrameError(f"host frame has unknown type {kind}", fatal=False)
-    return HostFrame(kind, saga_id, step, attempt, payload)
+    return _tuple_new(HostFrame, (kind, saga_id, step, attempt, payload))
 
 
 def parse_host(body: bytes) -> tuple[int, int, int, bytes]:

@@ -51,7 +51,12 @@ def event_msg(saga: LiveSaga, ev: Event) -> tuple[Any, ...]:
 
 
 class Admission(Protocol):
-    """Per-kind concurrency limits (:mod:`.queues`), as SagaOps sees them."""
+    """Per-kind concurrency limits (:mod:`.queues`), as SagaOps sees them:
+    `limits` (empty: nothing is ever held back) and `waiting` (empty: no
+    queue to start from) let the hot path skip the calls."""
+
+    limits: dict[str, Any]
+    waiting: dict[str, Any]
 
     def admit(self, saga_id: int, spec: SagaSpec, trigger_event: Event | None,
               key: str | None) -> bool: ...
@@ -85,8 +90,9 @@ class SagaOps:
         START to its worker (so a saga that ends at once can claim).  A saga
         its kind's limit holds back goes to the kind's queue instead, and
         comes back here (`dequeued`, its row and key logged already)."""
-        if not dequeued and self.queue is not None and \
-                self.queue.admit(saga_id, spec, trigger_event, key):
+        queue = self.queue
+        if not dequeued and queue is not None and queue.limits and \
+                queue.admit(saga_id, spec, trigger_event, key):
             return
         cid, state, name, timeout, snapshot_json, listens, has_comp = spec
         self.ship_class(cid)
@@ -165,8 +171,9 @@ class SagaOps:
         if self.measures.enabled:
             self.measures.ended(saga.name, state, saga.cause, reason,
                                 self.clock() - saga.born)
-        if self.queue is not None:
-            self.queue.freed(saga.name)  # its slot may start the next one queued
+        queue = self.queue
+        if queue is not None and queue.waiting:
+            queue.freed(saga.name)  # its slot may start the next one queued
 
     def announce_end(self, sid: int, name: str, state: str, reason: str | None) -> None:
         """The terminal row, the lifecycle event and the outcome of a saga."""
