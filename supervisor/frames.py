@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any, NamedTuple
+from typing import Any
 
 from supervisor.errors import SupervisorError
 
@@ -41,17 +41,12 @@ _HOST_BODY_V1 = struct.Struct(">BBQI")
 _ATTEMPT = struct.Struct(">H")
 _HOST_BODY = struct.Struct(">BBQIH")
 _TYPES = frozenset((T_CMD, T_EVENT, T_ACTION_FAILED))
-_tuple_new = tuple.__new__
+_pack = _HOST_HDR.pack
 
 
-class HostFrame(NamedTuple):
-    """A decoded host frame.  `attempt` is 0 in a version-1 frame."""
-
-    kind: int
-    saga_id: int
-    step: int
-    attempt: int
-    payload: bytes
+# a decoded host frame: (type, saga_id, step, attempt, payload); attempt is 0
+# in a version-1 frame.  A plain tuple: it is built once per answer.
+HostFrame = tuple[int, int, int, int, bytes]
 
 
 class FrameError(SupervisorError):
@@ -105,11 +100,13 @@ def frame(payload: bytes) -> bytes:
 def host_frame(kind: int, saga_id: int, step: int, payload: bytes, attempt: int = 1,
                version: int = PROTOCOL_VERSION) -> bytes:
     """One host frame.  `attempt` travels in version 2 only (capped at 65535)."""
+    if version == 2 and attempt <= MAX_ATTEMPT:
+        return _pack(HOST_HDR_SIZE + len(payload), 2, kind, saga_id, step, attempt) + payload
     if version == 1:
         return _HOST_HDR_V1.pack(HOST_HDR_SIZE_V1 + len(payload), 1, kind, saga_id,
                                  step) + payload
-    return _HOST_HDR.pack(HOST_HDR_SIZE + len(payload), version, kind, saga_id, step,
-                          min(attempt, MAX_ATTEMPT)) + payload
+    return _pack(HOST_HDR_SIZE + len(payload), version, kind, saga_id, step,
+                 min(attempt, MAX_ATTEMPT)) + payload
 
 
 def parse_host_frame(body: bytes) -> HostFrame:
@@ -117,7 +114,7 @@ def parse_host_frame(body: bytes) -> HostFrame:
     if len(body) >= HOST_HDR_SIZE and body[0] == 2:  # the hot path: one unpack
         _v, kind, saga_id, step, attempt = _HOST_BODY.unpack_from(body)
         if kind in _TYPES:
-            return _tuple_new(HostFrame, (kind, saga_id, step, attempt, body[HOST_HDR_SIZE:]))
+            return kind, saga_id, step, attempt, body[HOST_HDR_SIZE:]
     if len(body) < HOST_HDR_SIZE_V1:
         raise FrameError(f"host frame of {len(body)} bytes is shorter than its header",
                          fatal=False)
@@ -135,14 +132,14 @@ def parse_host_frame(body: bytes) -> HostFrame:
                          f"{PROTOCOL_VERSIONS}", fatal=False)
     if kind not in _TYPES:
         raise FrameError(f"host frame has unknown type {kind}", fatal=False)
-    return _tuple_new(HostFrame, (kind, saga_id, step, attempt, payload))
+    return kind, saga_id, step, attempt, payload
 
 
 def parse_host(body: bytes) -> tuple[int, int, int, bytes]:
     """Split a host frame body into (type, saga_id, step, payload); see
     :func:`parse_host_frame` for the attempt number too."""
-    f = parse_host_frame(body)
-    return f.kind, f.saga_id, f.step, f.payload
+    kind, saga_id, step, _attempt, payload = parse_host_frame(body)
+    return kind, saga_id, step, payload
 
 
 def decode_json_object(payload: bytes, what: str) -> dict[str, Any]:
