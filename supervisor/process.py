@@ -36,12 +36,13 @@ import subprocess
 import sys
 import threading
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import dill
 
+from supervisor.async_client import AsyncSagaClient
 from supervisor.client import SagaClient
 from supervisor.core import Supervisor
 from supervisor.errors import NotRunningError, SupervisorError
@@ -104,6 +105,7 @@ class SupervisorProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._client: SagaClient | None = None
         self._subs: list[SagaClient] = []
+        self._aclient: AsyncSagaClient | None = None
         self.state = "new"
 
     # -- what the supervisor process needs before it starts --------------------------
@@ -143,6 +145,26 @@ class SupervisorProcess:
     def pid(self) -> int | None:
         """The supervisor process's pid, once started."""
         return self._proc.pid if self._proc is not None else None
+
+    @property
+    def db_path(self) -> Path:
+        return self._probe.db_path
+
+    @property
+    def health_path(self) -> Path:
+        return self._probe.health_path
+
+    @property
+    def durability(self) -> str:
+        return self._probe.durability
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the supervisor process is gone when nobody stopped it, or None."""
+        proc = self._proc
+        if proc is None or self.state != "running" or proc.poll() is None:
+            return None
+        return self._gone(NotRunningError("the supervisor process exited"))
 
     def start(self) -> SupervisorProcess:
         if self.state != "new":
@@ -198,7 +220,8 @@ class SupervisorProcess:
             self.state = "stopped"
             return
         self.state = "stopping"
-        for c in [self._client, *self._subs]:
+        for c in [self._client, *self._subs,
+                  self._aclient._client if self._aclient is not None else None]:
             if c is not None:
                 c.close()
         try:
@@ -265,6 +288,27 @@ class SupervisorProcess:
 
     def publish(self, event: Event) -> None:
         self._do(lambda c: c.publish(event))
+
+    def metrics(self) -> str:
+        """The Prometheus exposition (needs ``metrics_port``)."""
+        return str(self._do(lambda c: c.metrics()))
+
+    def _async(self) -> AsyncSagaClient:
+        self._api()
+        if self._aclient is None:
+            self._aclient = AsyncSagaClient(self.data_dir)
+        return self._aclient
+
+    async def wait_async(self, saga_id: int, timeout: float | None = None) -> Outcome:
+        """:meth:`wait` for asyncio, holding no thread while it waits."""
+        try:
+            return await self._async().wait(saga_id, timeout)
+        except (NotRunningError, OSError) as exc:
+            raise self._gone(exc) from exc
+
+    def events_async(self, idle: float | None = None) -> AsyncIterator[Event]:
+        """Bus events from now on, for ``async for`` (see :meth:`events`)."""
+        return self._async().events(idle)
 
     def health(self) -> dict[str, Any]:
         report: dict[str, Any] = self._do(lambda c: c.health())

@@ -166,3 +166,20 @@ def test_a_killed_supervisor_process_is_a_named_error(tmp_path: Path) -> None:
     with again:
         assert again.wait(sid, 30).completed
 
+
+
+def test_asyncio_and_the_paths_from_a_process_of_its_own(tmp_path: Path) -> None:
+    import asyncio
+
+    with SupervisorProcess(tmp_path / "d", workers=1, host=HOST_ARGV) as sp:
+        assert sp.db_path == tmp_path / "d" / "db" / "sagas.db" and sp.db_path.exists()
+        assert sp.durability == "normal" and sp.error is None
+
+        async def main() -> list[str]:
+            ids = sp.spawn_many([S.EchoSaga(i) for i in range(100)])
+            outs = await asyncio.gather(*(sp.wait_async(i, 30) for i in ids))
+            return [o.state for o in outs]
+
+        before = threading.active_count()
+        assert asyncio.run(main()) == ["completed"] * 100
+        assert threading.active_count() <= before + 1  # one reader, not one per waiter
