@@ -238,8 +238,9 @@ class SagaClient:
                     break
                 for body in reader.feed(data):
                     msg = pickle.loads(body)
-                    if msg[0] == "outcome":
-                        self._pushed(msg[1], msg[2], msg[3])
+                    if msg[0] == "outcomes":
+                        for sid, state, reason in msg[1]:
+                            self._pushed(sid, state, reason)
                         continue
                     if msg[0] == "event":
                         if self._events is not None:

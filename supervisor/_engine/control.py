@@ -262,11 +262,15 @@ class ControlServer:
     def resolved(self, ended: list[tuple[int, str, str | None]]) -> None:
         """Committed outcomes: answer the clients waiting on them."""
         if self.remote_waiters:
+            pushed: dict[Conn, list[tuple[int, str, str | None]]] = {}
             for sid, state, reason in ended:
                 for c, req in self.remote_waiters.pop(sid, ()):
-                    # req 0: a client watching the sagas it spawned (pushed)
-                    c.send(("ok", req, (state, reason)) if req else
-                           ("outcome", sid, state, reason))
+                    if req:
+                        c.send(("ok", req, (state, reason)))
+                    else:  # a client watching the sagas it spawned: one message a turn
+                        pushed.setdefault(c, []).append((sid, state, reason))
+            for c, items in pushed.items():
+                c.send(("outcomes", items))
 
     def close(self) -> None:
         for c in list(self.conns):
