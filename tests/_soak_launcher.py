@@ -1,8 +1,9 @@
 """The launcher the soak runner kills (python -m tests._soak_launcher DATA SEED).
 
 Spawns a mix until it is killed: multi-step sagas (replayed after a restart),
-compensating sagas (replayed), and sagas of a kind that opts out of replay;
-some of them time out.  The reference host records every command it gets
+compensating sagas (replayed), sagas of a kind that opts out of replay, sagas
+of a kind limited to 5 in flight (queued past that), and steps the host fails
+at first (retried); some of them time out.  The reference host records every command it gets
 (SAGA_HOST_RECORD)."""
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import sys
 from supervisor import Supervisor
 
 from .conftest import HOST_ARGV
-from .sagas import CompensatingSaga, EchoSaga, StepperSaga
+from .sagas import CompensatingSaga, EchoSaga, LimitedSaga, RetrySaga, StepperSaga
+
+LIMIT = 5  # LimitedSaga's max_in_flight, here and in the soak's final drain
 
 if __name__ == "__main__":
     data_dir, seed = sys.argv[1], int(sys.argv[2])
@@ -23,6 +26,8 @@ if __name__ == "__main__":
     sup.register_kind(StepperSaga)
     sup.register_kind(CompensatingSaga)
     sup.register_kind(EchoSaga, replay=False)
+    sup.register_kind(LimitedSaga, max_in_flight=LIMIT)
+    sup.register_kind(RetrySaga)
     sup.start()
     print("ready", flush=True)
     previous: list[int] = []
@@ -32,7 +37,12 @@ if __name__ == "__main__":
         for _ in range(100):
             n += 1
             pick = rng.random()
-            if pick < 0.6:
+            if pick < 0.1:
+                saga = LimitedSaga(n, seconds=rng.uniform(0.0, 0.02), timeout=60.0)
+            elif pick < 0.2:
+                saga = RetrySaga({"op": "flaky", "succeed_at": rng.randint(1, 3), "n": n},
+                                 attempts=3, backoff=0.005, timeout=60.0)
+            elif pick < 0.6:
                 saga = StepperSaga(n, steps=rng.randint(1, 4), seconds=rng.uniform(0.0, 0.02),
                                    timeout=rng.choice((60.0, 60.0, 0.05)))
             elif pick < 0.8:

@@ -54,21 +54,43 @@ def _check_log(db: Path, prev_max: int, final: bool) -> int:
     try:
         bad = conn.execute(
             "SELECT s.saga_id, s.state, st.step_index, st.state FROM saga s JOIN saga_step st "
-            "USING (saga_id) WHERE s.state NOT IN ('running', 'compensating') AND "
+            "USING (saga_id) WHERE s.state NOT IN ('queued', 'running', 'compensating') AND "
             "(st.state = 'pending' OR st.started_at > s.ended_at + 1e-6) LIMIT 3").fetchall()
         if bad:
             raise Violation(f"ended sagas with a pending step or a step after their end: {bad}")
         if final:
             left = conn.execute("SELECT saga_id, state FROM saga WHERE state IN "
-                                "('running', 'compensating') LIMIT 3").fetchall()
+                                "('queued', 'running', 'compensating') LIMIT 3").fetchall()
             if left:
                 raise Violation(f"still running after the final drain: {left}")
+        _check_limit(conn, final)
         top = int(conn.execute("SELECT coalesce(max(saga_id), 0) FROM saga").fetchall()[0][0])
     finally:
         conn.close()
     if top < prev_max:
         raise Violation(f"ids went back: the highest id is {top}, it was {prev_max}")
     return top
+
+
+def _check_limit(conn: Any, final: bool) -> None:
+    """Sagas of the limited kind never ran more than LIMIT at once: a sweep
+    over their [started_at, ended_at] (a dequeued saga's start is when it left
+    the queue; an end at the same instant frees its slot first)."""
+    from ._soak_launcher import LIMIT
+
+    edges: list[tuple[float, int]] = []
+    for start, end in conn.execute("SELECT started_at, ended_at FROM saga WHERE name = "
+                                   "'limited' AND state != 'queued'"):
+        edges.append((float(start), 1))
+        if end is not None:
+            edges.append((float(end), -1))
+        elif final:
+            raise Violation("a limited saga without an end after the final drain")
+    running = 0
+    for _t, step in sorted(edges):
+        running += step
+        if running > LIMIT:
+            raise Violation(f"more than {LIMIT} sagas of the limited kind ran at once")
 
 
 def _wait_gone(pids: list[int], timeout: float) -> list[int]:
@@ -151,14 +173,17 @@ def finish(data: Path, record: Path, done: dict[str, Any], sessions: int, prev_m
     from supervisor.paths import segment_name
 
     from .conftest import HOST_ARGV, read_log
-    from .sagas import CompensatingSaga, EchoSaga, StepperSaga
+    from ._soak_launcher import LIMIT
+    from .sagas import CompensatingSaga, EchoSaga, LimitedSaga, RetrySaga, StepperSaga
 
     sagas, _ = read_log(data / "db" / "sagas.db")
-    left = [i for i, r in sagas.items() if r["state"] in ("running", "compensating")]
+    left = [i for i, r in sagas.items() if r["state"] in ("queued", "running", "compensating")]
     sup = Supervisor(data, workers=2, host=HOST_ARGV)
     sup.register_kind(StepperSaga)
     sup.register_kind(CompensatingSaga)
     sup.register_kind(EchoSaga, replay=False)
+    sup.register_kind(LimitedSaga, max_in_flight=LIMIT)
+    sup.register_kind(RetrySaga)
     with sup:
         for sid in left:
             sup.wait(sid, 120)
