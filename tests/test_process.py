@@ -90,7 +90,7 @@ def test_registration_after_start_and_a_bad_start_are_named(tmp_path: Path) -> N
 
 
 _LAUNCHER = """
-    import json, sys, time
+    import json, signal
     from supervisor import SupervisorProcess
     from tests.conftest import HOST_ARGV
     from tests.sagas import SleepSaga
@@ -99,7 +99,7 @@ _LAUNCHER = """
         sp.start()
         ids = [sp.spawn(SleepSaga(60, timeout=120)) for _ in range(5)]
         print(json.dumps([sp.pid, ids]), flush=True)
-        time.sleep(600)
+        signal.pause()  # until the test kills this launcher
 """
 
 
