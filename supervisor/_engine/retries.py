@@ -56,12 +56,12 @@ class Retries:
         """Attempt `attempt` (0: whichever is current) of the open step failed.
         True if it is tried again (or the failure was for an attempt already
         superseded); False if the caller must fail the saga."""
+        policy = saga.policy
+        if policy is None:
+            return False  # no retries: exactly as without this module
         if attempt and attempt != saga.attempt or saga.retry_wait:
             self.stats["late_answers"] += 1  # an attempt that was given up on already
             return True
-        policy = saga.policy
-        if policy is None:
-            return False
         sid, step, n = saga.saga_id, saga.open_step, saga.attempt
         batch = self.turn.batch
         now = time.time()
