@@ -81,8 +81,8 @@ def _show(conn: Any, sid: int, as_json: bool) -> int:
             print(f"      reason {st['failure_reason']}")
         for a in attempts:
             if a["step_index"] == st["step_index"]:
-                print(f"      attempt {a['attempt']} failed {iso(a['ended_at'])}: "
-                      f"{a['failure_reason']}")
+                print(f"      attempt {a['attempt']} {a['state']} {iso(a['ended_at'])}"
+                      + (f": {a['failure_reason']}" if a["failure_reason"] else ""))
         if st.get("attempt", 1) > 1:
             print(f"      at attempt {st['attempt']}")
         if st["compensation_json"]:

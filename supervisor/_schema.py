@@ -51,7 +51,8 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE saga ADD COLUMN idem_key TEXT;
     CREATE UNIQUE INDEX saga_idem_key ON saga(idem_key) WHERE idem_key IS NOT NULL;
     """,
-    # 4: step retries: the attempt a step is at, and every attempt that failed
+    # 4: step retries: the attempt a step is at, and every attempt of a step
+    # issued with a retry policy, once it ended (failed or succeeded)
     4: """
     ALTER TABLE saga_step ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
     CREATE TABLE saga_step_attempt (
@@ -61,6 +62,7 @@ MIGRATIONS: dict[int, str] = {
         started_at REAL NOT NULL,
         ended_at REAL NOT NULL,
         failure_reason TEXT,
+        state TEXT NOT NULL CHECK (state IN ('failed', 'succeeded')),
         PRIMARY KEY (saga_id, step_index, attempt)
     ) WITHOUT ROWID;
     """,

@@ -12,7 +12,7 @@ Schema (version 5, migrated in place through ``pragma user_version``): the
 ``compensation_json`` on steps (v1), ``saga_meta`` holding the ids'
 high-water mark (v2), ``saga.idem_key`` with a unique index (v3), step
 retries (v4: ``saga_step.attempt`` and one ``saga_step_attempt`` row per
-failed attempt), and per-kind queues (v5: the ``queued`` saga state, with
+ended attempt of a retried step), and per-kind queues (v5: the ``queued`` saga state, with
 ``queued_at`` and ``queue_seq``, the queue's durable FIFO order).
 """
 
@@ -68,7 +68,7 @@ class Batch:
     saga_states: list[tuple[Any, ...]] = field(default_factory=list)
     saga_ends: list[tuple[Any, ...]] = field(default_factory=list)
     saga_keys: list[tuple[str, int]] = field(default_factory=list)  # (key, saga id)
-    # failed attempts: (saga id, step, attempt, started, ended, reason)
+    # ended attempts: (saga id, step, attempt, started, ended, reason, state)
     attempts: list[tuple[Any, ...]] = field(default_factory=list)
     step_attempts: list[tuple[int, int, int]] = field(default_factory=list)  # (n, sid, step)
     # sagas put in their kind's queue: (id, name, queued at, input json, seq)
@@ -249,7 +249,7 @@ class SagaLog:
             if batch.steps:
                 self._multi("insert_step", batch.steps)
             if batch.attempts:
-                c.executemany("INSERT OR REPLACE INTO saga_step_attempt VALUES (?,?,?,?,?,?)",
+                c.executemany("INSERT OR REPLACE INTO saga_step_attempt VALUES (?,?,?,?,?,?,?)",
                               batch.attempts)
             if batch.step_attempts:
                 c.executemany("UPDATE saga_step SET attempt = ? WHERE saga_id = ? AND "
@@ -372,7 +372,8 @@ def step_rows(conn: apsw.Connection, saga_id: int) -> list[dict[str, Any]]:
 
 
 def attempt_rows(conn: apsw.Connection, saga_id: int) -> list[dict[str, Any]]:
-    """A saga's failed step attempts, in order, keyed by column name."""
+    """A saga's ended step attempts (steps issued with a retry policy), in
+    order, keyed by column name."""
     return dict_rows(conn, "SELECT * FROM saga_step_attempt WHERE saga_id = ? "
                      "ORDER BY step_index, attempt", (saga_id,))
 

@@ -65,10 +65,13 @@ def test_an_action_failure_is_retried_with_the_same_step_and_the_next_attempt(
     assert json.loads(steps[ok][0]["output_json"])["data"] == {"attempt": 3}
     assert [(s["state"], s["attempt"]) for s in steps[spent]] == [("failed", 3)]
     assert steps[once][0]["attempt"] == 1
-    rows = _attempts(sup.db_path, ok)
-    assert [(r["step_index"], r["attempt"]) for r in rows] == [(1, 1), (1, 2)]
-    assert all(r["failure_reason"].startswith("action failed: flaky: attempt") and
-               r["ended_at"] >= r["started_at"] for r in rows)
+    rows = _attempts(sup.db_path, ok)  # every attempt of the retried step, once ended
+    assert [(r["step_index"], r["attempt"], r["state"]) for r in rows] == \
+        [(1, 1, "failed"), (1, 2, "failed"), (1, 3, "succeeded")]
+    assert all(r["failure_reason"].startswith("action failed: flaky: attempt")
+               for r in rows[:2]) and rows[2]["failure_reason"] is None
+    assert all(r["ended_at"] >= r["started_at"] for r in rows)
+    assert rows[1]["started_at"] >= rows[0]["ended_at"]  # one after the other
     assert [r["attempt"] for r in _attempts(sup.db_path, spent)] == [1, 2, 3]
     assert _attempts(sup.db_path, once) == []  # no retry policy: nothing extra logged
     assert sup.stats["retries"] == 2 + 2
@@ -102,8 +105,10 @@ def test_a_step_deadline_retries_a_silent_host_then_fails(make_sup: Make) -> Non
     assert o.failed and o.reason == "step timeout (0.2s)", o
     o = sup.wait(spent, 20)
     assert o.failed and o.reason == "step timeout (0.2s)", o
-    assert [r["failure_reason"] for r in _attempts(sup.db_path, late)] == \
-        ["step timeout (0.3s)"]
+    assert [(r["state"], r["failure_reason"]) for r in _attempts(sup.db_path, late)] == \
+        [("failed", "step timeout (0.3s)"), ("succeeded", None)]
+    assert [r["failure_reason"] for r in _attempts(sup.db_path, lone)] == \
+        ["step timeout (0.2s)"]
     assert [r["attempt"] for r in _attempts(sup.db_path, spent)] == [1, 2]
     assert sup.stats["step_timeouts"] == 1 + 1 + 2
 
@@ -190,8 +195,9 @@ def test_retries_survive_a_killed_launcher(tmp_path: Path) -> None:
         (step,) = steps[i]
         assert step["state"] == "succeeded" and step["attempt"] == 4
         assert json.loads(step["output_json"])["data"] == {"attempt": 4}
-        # every failed attempt logged once, in order, none lost in the crash
-        assert [r["attempt"] for r in _attempts(db, i)] == [1, 2, 3]
+        # every attempt logged once, in order, none lost in the crash
+        assert [(r["attempt"], r["state"]) for r in _attempts(db, i)] == \
+            [(1, "failed"), (2, "failed"), (3, "failed"), (4, "succeeded")]
 
 
 def test_an_old_log_gains_retry_columns_in_place(tmp_path: Path) -> None:
@@ -254,7 +260,7 @@ def test_an_answer_for_a_superseded_attempt_is_counted_not_applied(
         parts.close()
 
 
-def test_sagas_show_lists_the_failed_attempts(make_sup: Make) -> None:
+def test_sagas_show_lists_the_attempts(make_sup: Make) -> None:
     sup = make_sup()
     sid = sup.spawn(S.RetrySaga({"op": "flaky", "succeed_at": 2}, attempts=2))
     assert sup.wait(sid, 20).completed
@@ -262,9 +268,11 @@ def test_sagas_show_lists_the_failed_attempts(make_sup: Make) -> None:
            "show", str(sid)]
     out = subprocess.run(run, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    assert "attempt 1 failed" in out.stdout and "at attempt 2" in out.stdout, out.stdout
+    assert "attempt 1 failed" in out.stdout and "attempt 2 succeeded" in out.stdout and \
+        "at attempt 2" in out.stdout, out.stdout
     out = subprocess.run(run + ["--json"], capture_output=True, text=True, timeout=60,
                          cwd=ROOT)
     doc = json.loads(out.stdout)
-    assert [a["attempt"] for a in doc["attempts"]] == [1]
+    assert [(a["attempt"], a["state"]) for a in doc["attempts"]] == \
+        [(1, "failed"), (2, "succeeded")]
     assert doc["steps"][0]["attempt"] == 2

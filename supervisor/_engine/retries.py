@@ -5,7 +5,8 @@ carries its policy to the loop as ``(attempts, backoff, max_backoff,
 step_timeout)`` (:attr:`LiveSaga.policy`).  When an attempt fails (the
 host's ``ACTION_FAILED`` for it, a local handler that raised, or its step
 deadline passing) and attempts remain, the failure is logged as a
-``saga_step_attempt`` row, the step row's ``attempt`` moves on (write-ahead:
+``saga_step_attempt`` row (so is the attempt that ends the step, failed or
+succeeded), the step row's ``attempt`` moves on (write-ahead:
 both are in the turn's batch before anything is re-sent), and after the
 backoff the *same* (saga id, step) is issued again with the next attempt
 number in the frame header.  When none remain, the caller fails the saga as
@@ -65,7 +66,7 @@ class Retries:
         sid, step, n = saga.saga_id, saga.open_step, saga.attempt
         batch = self.turn.batch
         now = time.time()
-        batch.attempts.append((sid, step, n, saga.attempt_at, now, reason[:1000]))
+        batch.attempts.append((sid, step, n, saga.attempt_at, now, reason[:1000], "failed"))
         if n >= policy[0]:
             return False  # exhausted: the step fails as it would without retries
         saga.attempt = n + 1

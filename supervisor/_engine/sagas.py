@@ -156,6 +156,9 @@ class SagaOps:
             self.measures.step(saga.name, time.monotonic() - saga.step_sent)
         self.turn.batch.step_ends.append(("succeeded", now, out, None, saga.saga_id,
                                           saga.open_step))
+        if saga.policy is not None:  # a retried step logs each attempt, this one too
+            self.turn.batch.attempts.append((saga.saga_id, saga.open_step, saga.attempt,
+                                             saga.attempt_at, now, None, "succeeded"))
         if saga.succeeded is not None and saga.open_cmd is not None:
             saga.succeeded.append((saga.open_step, saga.open_cmd[0], saga.open_cmd[1]))
         saga.open_cmd = None
@@ -206,6 +209,10 @@ class SagaOps:
             else:  # still awaiting its echo: closed as failed with the reason
                 self.turn.batch.step_ends.append(("failed", now, None, reason, saga.saga_id,
                                                   saga.open_step))
+                if saga.policy is not None and not saga.retry_wait:  # its attempt ends too
+                    self.turn.batch.attempts.append((saga.saga_id, saga.open_step,
+                                                     saga.attempt, saga.attempt_at, now,
+                                                     reason[:1000], "failed"))
                 saga.open_step = 0
                 saga.open_cmd = None
         if saga.succeeded and self.life.running:
