@@ -343,10 +343,11 @@ class RetrySaga(Saga):
 
     def __init__(self, command: dict[str, Any], attempts: int = 3, backoff: float = 0.01,
                  step_timeout: float | None = None, target: int = 1, then_echo: bool = False,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, max_backoff: float = 1.0) -> None:
         self.command = command
         self.attempts = attempts
         self.backoff = backoff
+        self.max_backoff = max_backoff
         self.step_timeout = step_timeout
         self.target = target
         self.then_echo = then_echo
@@ -356,12 +357,13 @@ class RetrySaga(Saga):
     def input_snapshot(self) -> dict[str, Any]:
         return {"command": self.command, "attempts": self.attempts, "backoff": self.backoff,
                 "step_timeout": self.step_timeout, "target": self.target,
-                "then_echo": self.then_echo, "timeout": self.timeout}
+                "then_echo": self.then_echo, "timeout": self.timeout,
+                "max_backoff": self.max_backoff}
 
     def start(self, ctx: SagaContext) -> SagaAction:
         from supervisor import Retry
 
-        retry = Retry(self.attempts, self.backoff, max_backoff=1.0) if self.attempts else None
+        retry = Retry(self.attempts, self.backoff, self.max_backoff) if self.attempts else None
         return IssueCmd(Target(self.target), self.command, retry=retry,
                         step_timeout=self.step_timeout)
 
