@@ -87,6 +87,8 @@ def test_registration_after_start_and_a_bad_start_are_named(tmp_path: Path) -> N
     with SupervisorProcess(tmp_path / "c", workers=1) as sp:
         with pytest.raises(SupervisorError, match="before start"):
             sp.register_kind(S.InstantSaga)
+        with pytest.raises(SupervisorError, match="another supervisor .* is running"):
+            SupervisorProcess(tmp_path / "c", workers=1).start()  # one per data dir
 
 
 _LAUNCHER = """
