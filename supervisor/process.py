@@ -198,8 +198,12 @@ class SupervisorProcess:
                     pipe.close()
             raise SupervisorError(f"the supervisor process did not start: "
                                   f"{line.removeprefix('error ') or 'it exited'}")
-        self._client = SagaClient(self.data_dir)
         self.state = "running"
+        try:
+            self._client = SagaClient(self.data_dir)
+        except BaseException:
+            self.stop()  # started, but unreachable: leave nothing behind
+            raise
         atexit.register(self.stop)
         return self
 
