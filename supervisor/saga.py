@@ -45,6 +45,11 @@ def _seconds(name: str, value: Any, allow_none: bool = False) -> None:
         raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
 
 
+def backoff_delay(backoff: float, max_backoff: float, attempt: int) -> float:
+    """Seconds to wait before issuing `attempt` (2, 3, ...) of a step."""
+    return float(min(max_backoff, backoff * 2.0 ** max(0, attempt - 2)))
+
+
 @dataclass(frozen=True, slots=True)
 class Retry:
     """How often to try a step again when its action fails.
@@ -74,7 +79,7 @@ class Retry:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before issuing `attempt` (2, 3, ...)."""
-        return float(min(self.max_backoff, self.backoff * 2.0 ** max(0, attempt - 2)))
+        return backoff_delay(self.backoff, self.max_backoff, attempt)
 
 
 @dataclass(frozen=True, slots=True)

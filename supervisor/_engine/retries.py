@@ -26,6 +26,7 @@ import time
 from supervisor._engine.records import HOST, RUNNING, LiveSaga, Stats, Turn
 from supervisor._engine.sagas import SagaOps
 from supervisor._engine.table import SagaTable
+from supervisor.saga import backoff_delay
 from supervisor.shm import SharedState
 
 _REISSUE = 0
@@ -72,8 +73,7 @@ class Retries:
         saga.attempt = n + 1
         saga.retry_wait = True
         batch.step_attempts.append((n + 1, sid, step))
-        delay = min(policy[2], policy[1] * 2.0 ** (n - 1))
-        self._push(self.clock() + delay, _REISSUE, saga)
+        self._push(self.clock() + backoff_delay(policy[1], policy[2], n + 1), _REISSUE, saga)
         return True
 
     def _push(self, due: float, what: int, saga: LiveSaga) -> None:
