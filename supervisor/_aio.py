@@ -23,7 +23,11 @@ class AsyncResult:
         self.fut: asyncio.Future[Any] = loop.create_future()
 
     def set(self, value: Any = None, error: BaseException | None = None) -> None:
-        self.loop.call_soon_threadsafe(self._deliver, value, error)
+        if not self.loop.is_closed():  # (a closed loop: nobody awaits it any more)
+            try:
+                self.loop.call_soon_threadsafe(self._deliver, value, error)
+            except RuntimeError:  # closed in between
+                pass
 
     def _deliver(self, value: Any, error: BaseException | None) -> None:
         if self.fut.done():
@@ -49,7 +53,11 @@ class AsyncQueue:
         self.q: asyncio.Queue[Any] = asyncio.Queue()
 
     def put(self, item: Any) -> None:
-        self.loop.call_soon_threadsafe(self.q.put_nowait, item)
+        if not self.loop.is_closed():
+            try:
+                self.loop.call_soon_threadsafe(self.q.put_nowait, item)
+            except RuntimeError:
+                pass
 
     async def items(self, timeout: float | None = None) -> AsyncIterator[Any]:
         while True:

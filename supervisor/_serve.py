@@ -5,7 +5,8 @@ Protocol with the launcher, over the child's stdin and stdout:
 
 * stdin, first: a u32 big-endian length and a dill blob: the data dir, the
   Supervisor options, and the kinds, handlers and triggers registered;
-* stdout: one line, ``ready`` or ``error <what went wrong>``;
+* stdout: one line, ``ready <json: shm segment, metrics address>`` or
+  ``error <what went wrong>``;
 * stdin, then: a ``stop <drain 0|1> <timeout>`` line stops it (the launcher's
   ``stop()``); EOF means the launcher is gone (exited or killed): with
   ``orphan="stop"`` (default) it stops at once, failing what is in flight
@@ -17,6 +18,7 @@ Protocol with the launcher, over the child's stdin and stdout:
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -39,7 +41,7 @@ def _say(line: str) -> None:
 
 
 def _build(cfg: dict[str, Any]) -> Supervisor:
-    sup = Supervisor(cfg["data_dir"], **cfg["options"])
+    sup = Supervisor(cfg["data_dir"], **dict(cfg["options"], engine="thread"))
     for args, kw in cfg["kinds"]:
         sup.register_kind(*args, **kw)
     for target, fn in cfg["handlers"]:
@@ -84,7 +86,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     threading.Thread(target=_watch_launcher, args=(commands, wake), daemon=True,
                      name="launcher-watch").start()
-    _say("ready")
+    _say("ready " + json.dumps({"shm": sup.shm_name, "metrics": sup.metrics_address}))
     while True:
         wake.wait(0.2)
         wake.clear()

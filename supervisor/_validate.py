@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
+import pickle
+from typing import Any
+
+from supervisor.saga import Event
 
 
 def saga_id(value: object) -> int:
@@ -81,3 +86,31 @@ def kind_limit(max_in_flight: object, queue_timeout: object
         raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
     return max_in_flight, (None if queue_timeout is None
                            else positive(queue_timeout, "queue_timeout"))
+
+
+def clock_and_port(clock: object, metrics_port: object) -> None:
+    if clock is not None and not callable(clock):
+        raise TypeError("clock must be a callable returning monotonic seconds "
+                        "(e.g. supervisor.testing.Clock())")
+    if metrics_port is not None and (isinstance(metrics_port, bool) or not isinstance(
+            metrics_port, int) or not 0 <= metrics_port <= 65535):
+        raise ValueError(f"metrics_port must be a port number (0: any free one), "
+                         f"got {metrics_port!r}")
+
+
+def event(ev: Any) -> None:
+    """An event ``publish()`` can take: refused here, not in the loop."""
+    if not isinstance(ev, Event):
+        raise TypeError(f"publish() takes an Event, got {type(ev).__name__}")
+    if not isinstance(ev.kind, str):
+        raise TypeError(f"event kind must be a str, got {type(ev.kind).__name__}")
+    try:  # it travels to workers and clients pickled
+        pickle.dumps(ev.data, protocol=5)
+    except Exception as exc:
+        raise TypeError(f"event data must be picklable: {type(exc).__name__}: {exc}"
+                        ) from None
+    try:  # and is logged as JSON where a saga consumes it (repr where not JSON)
+        json.dumps(ev.data, default=repr)
+    except (ValueError, RecursionError) as exc:
+        raise TypeError(f"event data cannot be encoded (does it contain itself?): "
+                        f"{type(exc).__name__}: {str(exc)[:200]}") from None

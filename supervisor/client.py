@@ -172,9 +172,11 @@ class SagaClient:
             self._shared.claim(sid)
         return got
 
-    def cancel(self, saga_id: int, reason: str = "cancelled") -> bool:
+    def cancel(self, saga_id: int, reason: str = "cancelled", timeout: float | None = 30.0
+               ) -> bool:
         sid = _validate.saga_id(saga_id)
-        return bool(self._call("cancel", sid, _validate.text(reason, "reason")))
+        return bool(self._call("cancel", sid, _validate.text(reason, "reason"),
+                               timeout=timeout))
 
     def wait(self, saga_id: int, timeout: float | None = None) -> Outcome:
         sid = _validate.saga_id(saga_id)
@@ -209,10 +211,15 @@ class SagaClient:
         """Subscribe now; iterate over bus events from now on.  The iterator
         ends when the supervisor stops, the client closes, or no event came
         for `timeout` seconds."""
+        return self._iter_events(self.subscribe_queue(), timeout)
+
+    def subscribe_queue(self) -> queue.SimpleQueue[Event | None]:
+        """Subscribe now: bus events from now on go to the queue returned
+        (None once the connection is gone)."""
         if self._events is None:
             self._events = queue.SimpleQueue()
             self._call("subscribe")
-        return self._iter_events(self._events, timeout)
+        return self._events
 
     @staticmethod
     def _iter_events(q: queue.SimpleQueue[Event | None], timeout: float | None

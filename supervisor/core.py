@@ -9,15 +9,12 @@ thread; the engine's own work happens on its loop thread.
 from __future__ import annotations
 
 import atexit
-import json
+import importlib
 import logging
 import os
-import pickle
-import signal
-import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import supervisor._aio as _aio
 import supervisor._validate as _validate
@@ -27,6 +24,7 @@ import supervisor._engine.metrics as _metrics
 from supervisor._engine.loop import Engine
 from supervisor._engine.outcomes import Subscription
 from supervisor._engine.records import Settings
+from supervisor._foreground import serve_until_signal
 from supervisor._future import Future
 from supervisor.errors import NotRunningError, SupervisorCrashedError
 from supervisor.log import open_readonly, read_outcome
@@ -35,9 +33,14 @@ from supervisor.saga import Event, Outcome, Saga, Target
 
 log = logging.getLogger(__name__)
 
+DEFAULT_ENGINE = "thread"
+
 Handler = Callable[[Any, int, int], Any]
 
 __all__ = ["Supervisor", "Subscription", "Handler"]
+
+
+ENGINES = ("process", "thread")
 
 
 class Supervisor:
@@ -46,7 +49,33 @@ class Supervisor:
     ``Supervisor(data_dir, workers=2, host=[...argv...])`` then ``start()``
     (or ``with``).  `host` is the host program's argv (started as a
     subprocess), or ``host_fds=(write_fd, read_fd)`` for an already-open pair.
+
+    `engine` says where the engine runs: ``"thread"`` (the default), a
+    thread of the calling process, or ``"process"``, a supervisor process of
+    its own that ``start()`` starts, so that the launcher's own threads never
+    hold the engine up (this constructor then returns a
+    :class:`supervisor.process.SupervisorProcess`).
     """
+
+    _engines: ClassVar[dict[str, type[Supervisor]]] = {}
+    engine = "thread"
+
+    def __init_subclass__(cls, engine: str | None = None, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if engine is not None:  # a class that runs the engine elsewhere
+            cls.engine = engine
+            Supervisor._engines[engine] = cls
+
+    def __new__(cls, *args: Any, engine: str | None = None, **kwargs: Any) -> Supervisor:
+        if cls is Supervisor:
+            engine = DEFAULT_ENGINE if engine is None else engine
+            if engine not in ENGINES:
+                raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+            if engine != "thread":
+                if engine not in Supervisor._engines:  # it registers itself on import
+                    importlib.import_module("supervisor.process")
+                cls = Supervisor._engines[engine]
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -74,7 +103,10 @@ class Supervisor:
         metrics_host: str = "127.0.0.1",
         clock: Callable[[], float] | None = None,
         host_protocol: int = 2,
+        engine: str | None = None,
     ) -> None:
+        if engine not in (None, self.engine):
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
         _validate.supervisor_args(workers, host, host_fds, durability, start_method, rss_limit,
                                   breaches, max_restarts, host_protocol)
         self.settings = Settings(
@@ -93,19 +125,17 @@ class Supervisor:
             host_stall_timeout=_validate.positive(host_stall_timeout, "host_stall_timeout"),
             metrics_port=metrics_port, metrics_host=metrics_host, clock=clock,
             host_protocol=host_protocol)
-        if clock is not None and not callable(clock):
-            raise TypeError("clock must be a callable returning monotonic seconds "
-                            "(e.g. supervisor.testing.Clock())")
+        _validate.clock_and_port(clock, metrics_port)
         if metrics_port is not None:
-            if isinstance(metrics_port, bool) or not isinstance(metrics_port, int) or \
-                    not 0 <= metrics_port <= 65535:
-                raise ValueError(f"metrics_port must be a port number (0: any free one), "
-                                 f"got {metrics_port!r}")
             _metrics.require()  # the extra is missing: say so now, not at start()
         self.data_dir = Path(data_dir)
         self.paths = DataDir(self.data_dir)
         self._engine = Engine(self.paths, self.settings)
-        self.stats = self._engine.stats
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """The engine's counters."""
+        return self._engine.stats
 
     # -- properties -------------------------------------------------------------------
 
@@ -181,24 +211,7 @@ class Supervisor:
         """Run in the foreground until SIGTERM or SIGINT (main thread only),
         then stop, draining in-flight sagas for up to `drain_timeout` seconds.
         Returns 0, or 1 if the supervisor stopped on an error."""
-        stop = threading.Event()
-
-        def on_signal(signum: int, frame: Any) -> None:
-            log.warning("signal %d: stopping (drain up to %ss)", signum, drain_timeout)
-            stop.set()
-
-        old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            if self.state == "new":
-                self.start()
-            while not stop.wait(0.2):
-                if self.state != "running":
-                    break
-            self.stop(drain=True, timeout=drain_timeout)
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-        return 1 if self.error is not None else 0
+        return serve_until_signal(self, drain_timeout)
 
     # -- registration (before start, or any time) -----------------------------------------
 
@@ -398,20 +411,7 @@ class Supervisor:
     def publish(self, event: Event) -> None:
         """Put a domain event on the bus (from any thread): offered to sagas
         listening to its kind and to triggers."""
-        if not isinstance(event, Event):
-            raise TypeError(f"publish() takes an Event, got {type(event).__name__}")
-        if not isinstance(event.kind, str):
-            raise TypeError(f"event kind must be a str, got {type(event.kind).__name__}")
-        try:  # it travels to workers and clients pickled: refuse it here, not in the loop
-            pickle.dumps(event.data, protocol=5)
-        except Exception as exc:
-            raise TypeError(f"event data must be picklable: {type(exc).__name__}: {exc}"
-                            ) from None
-        try:  # and is logged as JSON where a saga consumes it (repr where not JSON)
-            json.dumps(event.data, default=repr)
-        except (ValueError, RecursionError) as exc:
-            raise TypeError(f"event data cannot be encoded (does it contain itself?): "
-                            f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        _validate.event(event)
         if self.state != "running":
             raise NotRunningError(f"cannot publish: the supervisor is {self.state}")
         self._engine.inbox.post(Publish(event))

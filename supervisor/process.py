@@ -26,25 +26,30 @@ killed) and stops cleanly, or keeps serving other clients with
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import builtins
 import importlib
 import io
+import json
 import logging
 import os
 import selectors
 import subprocess
 import sys
-import threading
 import types
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import dill
 
+import supervisor._validate as _validate
 from supervisor.async_client import AsyncSagaClient
+from supervisor._events import EventStream
 from supervisor.client import SagaClient
 from supervisor.core import Supervisor
+import supervisor.errors as errors
+import supervisor.log as log_module
 from supervisor.errors import NotRunningError, SupervisorError
 from supervisor.saga import Event, Outcome, Saga, Target
 
@@ -76,28 +81,45 @@ def _dumps(obj: Any) -> bytes:
     return buf.getvalue()
 
 
+def named_error(text: str) -> BaseException:
+    """``"LogCorruptError: <message>"``, as the supervisor process reports an
+    error, made back into that exception where it is one of ours or a
+    built-in one (so ``except LogError`` works as with the thread engine)."""
+    name, _, message = text.partition(": ")
+    for where in (errors, log_module, builtins):
+        cls = getattr(where, name, None)
+        if isinstance(cls, type) and issubclass(cls, Exception):
+            exc = cls.__new__(cls)  # its own __init__ may take other arguments
+            Exception.__init__(exc, message)
+            if isinstance(exc, log_module.LogError):
+                exc.path = message.removeprefix("saga log ").partition(": ")[0]
+            return exc
+    return SupervisorError(f"the supervisor process failed: {text}")
+
+
 class SupervisorGoneError(SupervisorError):
     """The supervisor process died (killed, or crashed) under the launcher."""
 
 
-class SupervisorProcess:
+class SupervisorProcess(Supervisor, engine="process"):
     """A supervisor in a process of its own; see the module's documentation.
 
+    ``Supervisor(data_dir, ...)`` returns one (the default engine);
     ``SupervisorProcess(data_dir, workers=2, host=[...], orphan="stop",
-    **options)`` takes :class:`Supervisor`'s options (all but ``clock``)."""
+    **options)`` says so outright.  It takes :class:`Supervisor`'s options
+    (all but ``clock``)."""
 
     def __init__(self, data_dir: str | os.PathLike[str], workers: int = 2,
                  host: list[str] | None = None, *, orphan: str = "stop",
-                 **options: Any) -> None:
+                 engine: str | None = None, **options: Any) -> None:
         if orphan not in ("stop", "serve"):
             raise ValueError(f"orphan must be 'stop' or 'serve', got {orphan!r}")
         if options.get("clock") is not None:
-            raise ValueError("clock= cannot cross processes: use an in-process Supervisor "
+            raise ValueError("clock= cannot cross processes: use Supervisor(engine='thread') "
                              "with a test clock")
         # every option checked here, the way the supervisor process will take it
-        self._probe = Supervisor(data_dir, workers, host, **options)
-        self.data_dir = Path(data_dir)
-        self._options = dict(options, workers=workers, host=host)
+        super().__init__(data_dir, workers, host, engine=engine, **options)
+        self._options = dict(options, workers=workers, host=host, engine="thread")
         self._orphan = orphan
         self._kinds: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         self._handlers: list[tuple[Target, Callable[..., Any]]] = []
@@ -106,7 +128,10 @@ class SupervisorProcess:
         self._client: SagaClient | None = None
         self._subs: list[SagaClient] = []
         self._aclient: AsyncSagaClient | None = None
-        self.state = "new"
+        self._aloop: asyncio.AbstractEventLoop | None = None
+        self._state = "new"
+        self._info: dict[str, Any] = {}
+        self._crash: BaseException | None = None
 
     # -- what the supervisor process needs before it starts --------------------------
 
@@ -114,14 +139,14 @@ class SupervisorProcess:
                       **limits: Any) -> None:
         """As :meth:`Supervisor.register_kind` (before ``start()``); the
         factory is shipped to the supervisor process and runs there."""
-        self._probe.register_kind(kind, factory, replay, **limits)  # checks the arguments
+        super().register_kind(kind, factory, replay, **limits)  # checks the arguments
         self._before_start("register_kind")
         self._kinds.append(((kind, factory, replay), limits))
 
     def register_handler(self, target: Target, fn: Callable[[Any, int, int], Any]) -> None:
         """As :meth:`Supervisor.register_handler` (before ``start()``); `fn`
         runs in the supervisor process, on its loop thread."""
-        self._probe.register_handler(target, fn)
+        super().register_handler(target, fn)
         self._before_start("register_handler")
         self._handlers.append((target, fn))
 
@@ -135,7 +160,7 @@ class SupervisorProcess:
         self._triggers.append((saga_factory, predicate))
 
     def _before_start(self, what: str) -> None:
-        if self.state != "new":
+        if self._state != "new":
             raise NotRunningError(f"{what}() must come before start(): it is shipped to "
                                   "the supervisor process when that starts")
 
@@ -147,27 +172,45 @@ class SupervisorProcess:
         return self._proc.pid if self._proc is not None else None
 
     @property
-    def db_path(self) -> Path:
-        return self._probe.db_path
+    def shm_name(self) -> str:
+        if "shm" not in self._info:
+            raise NotRunningError("the supervisor has not started")
+        return str(self._info["shm"])
 
     @property
-    def health_path(self) -> Path:
-        return self._probe.health_path
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) where ``/metrics`` is served, once started; else None."""
+        addr = self._info.get("metrics")
+        return (str(addr[0]), int(addr[1])) if addr else None
 
     @property
-    def durability(self) -> str:
-        return self._probe.durability
+    def state(self) -> str:
+        """``new``, ``starting``, ``running``, ``stopping`` or ``stopped``
+        (also once the supervisor process exited on its own: see `error`)."""
+        if self._state == "running" and self._proc is not None and \
+                self._proc.poll() is not None:
+            return "stopped"
+        return self._state
 
     @property
     def error(self) -> BaseException | None:
-        """Why the supervisor process is gone when nobody stopped it, or None."""
+        """Why the supervisor process is gone when nobody stopped it, or None:
+        the engine's own error where it said one (``RestartIntensityError``,
+        ``LogError``...), else :class:`SupervisorGoneError`."""
         proc = self._proc
-        if proc is None or self.state != "running" or proc.poll() is None:
+        if proc is None or self._state != "running" or proc.poll() is None:
             return None
-        return self._gone(NotRunningError("the supervisor process exited"))
+        if self._crash is None:
+            last = ""
+            while line := self._line(0.0):
+                last = line
+            word, _, rest = last.partition(" ")
+            self._crash = named_error(rest) if word == "crashed" else \
+                self._gone(NotRunningError("the supervisor process exited"))
+        return self._crash
 
     def start(self) -> SupervisorProcess:
-        if self.state != "new":
+        if self._state != "new":
             raise NotRunningError(f"start() called on a supervisor that is {self.state}")
         try:
             blob = _dumps({"data_dir": str(self.data_dir), "options": self._options,
@@ -178,10 +221,11 @@ class SupervisorProcess:
                                   f"supervisor process: {type(exc).__name__}: {exc}") from exc
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
-        self.state = "starting"
+        self._state = "starting"
+        fds = self._options.get("host_fds")
         proc = self._proc = subprocess.Popen(
             [sys.executable, "-m", "supervisor._serve"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, env=env)
+            stdout=subprocess.PIPE, bufsize=0, env=env, pass_fds=tuple(fds) if fds else ())
         assert proc.stdin is not None
         try:
             proc.stdin.write(len(blob).to_bytes(4, "big") + blob)
@@ -189,16 +233,19 @@ class SupervisorProcess:
         except BrokenPipeError:
             pass
         line = self._line(float(self._options.get("start_timeout", 60.0)) + 30.0)
-        if line != "ready":
-            self.state = "stopped"
+        word, _, rest = line.partition(" ")
+        if word != "ready":
+            self._state = "stopped"
             proc.kill()
             proc.wait()
             for pipe in (proc.stdin, proc.stdout):
                 if pipe is not None:
                     pipe.close()
-            raise SupervisorError(f"the supervisor process did not start: "
-                                  f"{line.removeprefix('error ') or 'it exited'}")
-        self.state = "running"
+            if word == "error":  # the engine's own error, by name
+                raise named_error(rest)
+            raise SupervisorError("the supervisor process did not start: it exited")
+        self._info = json.loads(rest or "{}")
+        self._state = "running"
         try:
             self._client = SagaClient(self.data_dir)
         except BaseException:
@@ -220,10 +267,10 @@ class SupervisorProcess:
         """Stop the supervisor process (see :meth:`Supervisor.stop`) and wait
         for it to exit.  Idempotent."""
         proc = self._proc
-        if self.state in ("new", "stopped") or proc is None:
-            self.state = "stopped"
+        if self._state in ("new", "stopped") or proc is None:
+            self._state = "stopped"
             return
-        self.state = "stopping"
+        self._state = "stopping"
         for c in [self._client, *self._subs,
                   self._aclient._client if self._aclient is not None else None]:
             if c is not None:
@@ -242,11 +289,11 @@ class SupervisorProcess:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
-        self.state = "stopped"
+        self._state = "stopped"
         atexit.unregister(self.stop)
 
     def __enter__(self) -> SupervisorProcess:
-        return self.start() if self.state == "new" else self
+        return self.start() if self._state == "new" else self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -256,7 +303,7 @@ class SupervisorProcess:
     def _gone(self, exc: BaseException) -> BaseException:
         """A call failed: if the supervisor process is dead, say so by name."""
         proc = self._proc
-        if proc is None or self.state != "running":
+        if proc is None or self._state != "running":
             return exc
         try:
             code = proc.wait(0.5)
@@ -267,7 +314,7 @@ class SupervisorProcess:
                                    f"sagas in flight are recovered at its next start")
 
     def _api(self) -> SagaClient:
-        if self._client is None or self.state != "running":
+        if self._client is None or self._state != "running":
             raise NotRunningError(f"the supervisor is {self.state}")
         return self._client
 
@@ -287,10 +334,12 @@ class SupervisorProcess:
         out: Outcome = self._do(lambda c: c.wait(saga_id, timeout))
         return out
 
-    def cancel(self, saga_id: int, reason: str = "cancelled") -> bool:
-        return bool(self._do(lambda c: c.cancel(saga_id, reason)))
+    def cancel(self, saga_id: int, reason: str = "cancelled", timeout: float = 10.0) -> bool:
+        limit = _validate.timeout(timeout, allow_none=False)
+        return bool(self._do(lambda c: c.cancel(saga_id, reason, timeout=limit)))
 
     def publish(self, event: Event) -> None:
+        _validate.event(event)
         self._do(lambda c: c.publish(event))
 
     def metrics(self) -> str:
@@ -298,9 +347,14 @@ class SupervisorProcess:
         return str(self._do(lambda c: c.metrics()))
 
     def _async(self) -> AsyncSagaClient:
+        """A connection for the running event loop (one per loop: its answers
+        are handed to that loop)."""
         self._api()
-        if self._aclient is None:
-            self._aclient = AsyncSagaClient(self.data_dir)
+        loop = asyncio.get_running_loop()
+        if self._aclient is None or self._aloop is not loop:
+            if self._aclient is not None:
+                self._aclient._client.close()
+            self._aclient, self._aloop = AsyncSagaClient(self.data_dir), loop
         return self._aclient
 
     async def wait_async(self, saga_id: int, timeout: float | None = None) -> Outcome:
@@ -334,20 +388,17 @@ class SupervisorProcess:
         self._subs.append(c)
         return c.events(timeout)
 
-    def subscribe(self, callback: Callable[[Event], Any]) -> threading.Thread:
-        """Call `callback(event)` for every bus event from now on, on a thread
-        of the launcher (one that raises is logged; the stream goes on)."""
-        if not callable(callback):
-            raise TypeError("subscribe() takes a callable")
-        stream = self.events()  # subscribed when this returns
-
-        def run() -> None:
-            for ev in stream:
-                try:
-                    callback(ev)
-                except Exception:
-                    log.exception("subscriber callback raised on %s", ev.kind)
-
-        t = threading.Thread(target=run, name="saga-subscriber", daemon=True)
-        t.start()
-        return t
+    def subscribe(self, callback: Callable[[Event], Any] | None = None) -> Any:
+        """As :meth:`Supervisor.subscribe`, on a connection of its own: an
+        :class:`~supervisor._events.EventStream` to read, or, with
+        `callback`, calls to it on a thread of this (the launcher's) process
+        (one that raises is logged; the stream goes on)."""
+        if callback is not None and not callable(callback):
+            raise TypeError("callback must be callable")
+        self._api()
+        try:
+            c = SagaClient(self.data_dir)
+        except (NotRunningError, OSError) as exc:
+            raise self._gone(exc) from exc
+        self._subs.append(c)
+        return EventStream(c, callback)

@@ -185,3 +185,78 @@ def test_asyncio_and_the_paths_from_a_process_of_its_own(tmp_path: Path) -> None
         before = threading.active_count()
         assert asyncio.run(main()) == ["completed"] * 100
         assert threading.active_count() <= before + 1  # one reader, not one per waiter
+
+
+def test_supervisor_start_runs_the_engine_in_its_own_process(tmp_path: Path) -> None:
+    """``Supervisor(engine="process")``: the same class, the same calls; the
+    engine in a child process whose stderr we never need to read."""
+    import asyncio
+
+    from supervisor import NotRunningError, Supervisor
+
+    assert type(Supervisor(tmp_path / "t")) is Supervisor  # the default: a thread
+    with pytest.raises(ValueError, match="engine must be one of"):
+        Supervisor(tmp_path / "t", engine="fiber")
+    host = subprocess.Popen(HOST_ARGV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+    assert host.stdin is not None and host.stdout is not None
+    sup = Supervisor(tmp_path / "d", workers=1, engine="process", metrics_port=0,
+                     host_fds=(host.stdin.fileno(), host.stdout.fileno()))
+    assert isinstance(sup, SupervisorProcess) and isinstance(sup, Supervisor)
+    assert sup.engine == "process" and sup.state == "new"
+    try:
+        with sup:
+            assert sup.pid != os.getpid() and sup.state == "running"
+            assert sup.shm_name and sup.metrics_address is not None
+            events = sup.subscribe()  # a queue, as with the thread engine
+            got: list[str] = []
+            sup.subscribe(lambda ev: got.append(ev.kind))  # called in this process
+            ids = sup.spawn_many([S.EchoSaga(i, steps=2) for i in range(20)])
+            assert all(sup.wait(i, 30).completed for i in ids)
+            assert sup.stats["completed"] >= 20 and sup.in_flight() == 0
+            sup.publish(Event("hello", {"n": 1}))
+            kinds = []
+            while "hello" not in kinds:
+                kinds.append(events.get(timeout=10).kind)
+            wait_for(lambda: "hello" in got, what="the callback, in the launcher")
+            events.close()
+            assert len(list(events)) < 100  # what came before close(), then the end
+            with pytest.raises(NotRunningError, match="closed"):
+                events.get(timeout=0.01)
+
+            async def one() -> str:  # one event loop, then another: each gets answers
+                return (await sup.wait_async(sup.spawn(S.InstantSaga()), 30)).state
+
+            assert asyncio.run(one()) == asyncio.run(one()) == "completed"
+            assert sup.cancel(sup.spawn(S.SleepSaga(30)), "enough", timeout=10) is True
+            assert sup.health()["host"]["frames_out"] >= 40  # on the fds we passed
+        assert sup.state == "stopped" and host.poll() is None  # the host is not ours
+    finally:
+        host.stdin.close()
+        host.wait(10)
+        host.stdout.close()
+
+
+def test_the_supervisor_process_names_its_own_errors(tmp_path: Path) -> None:
+    from supervisor import LogCorruptError, LogError, Supervisor
+
+    bad = tmp_path / "b"
+    (bad / "db").mkdir(parents=True)
+    (bad / "db" / "sagas.db").write_bytes(b"not a database" * 100)
+    with pytest.raises(LogCorruptError, match="damaged or not a SQLite database"):
+        Supervisor(bad, workers=1, engine="process").start()
+    # a log deleted under a running supervisor stops it with a LogError, as
+    # with the thread engine: state and error say so
+    sup = Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine="process").start()
+    try:
+        assert sup.wait(sup.spawn(S.InstantSaga()), 30).completed
+        (tmp_path / "d" / "db").rename(tmp_path / "gone")
+        (tmp_path / "gone" / "sagas.db").unlink()
+        for _ in range(50):
+            try:
+                sup.spawn(S.InstantSaga())
+            except SupervisorError:
+                break
+        wait_for(lambda: sup.state == "stopped", timeout=30, what="stopped on its own")
+        assert isinstance(sup.error, LogError), sup.error
+    finally:
+        sup.stop()

@@ -1,0 +1,76 @@
+"""Bus events followed from another process: what ``subscribe()`` returns
+when the engine runs in a supervisor process of its own.
+
+It reads as :class:`supervisor.Subscription` does (``get``, iteration,
+``close``, ``with``); made with a callback, the callback runs on a thread of
+this process, fed from a connection of its own, so a slow callback never
+holds up the supervisor."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from supervisor.client import SagaClient
+from supervisor.errors import NotRunningError
+from supervisor.saga import Event
+
+log = logging.getLogger(__name__)
+
+
+class EventStream:
+    def __init__(self, client: SagaClient, callback: Callable[[Event], Any] | None = None
+                 ) -> None:
+        self._client = client
+        self._q: queue.SimpleQueue[Event | None] = client.subscribe_queue()
+        self.callback = callback
+        self.closed = False
+        self._thread: threading.Thread | None = None
+        if callback is not None:
+            self._thread = threading.Thread(target=self._run, name="saga-subscriber",
+                                            daemon=True)
+            self._thread.start()
+
+    def get(self, timeout: float | None = None) -> Event:
+        """The next event; raises ``queue.Empty`` after `timeout` seconds and
+        :class:`NotRunningError` once the supervisor stopped (or this stream
+        closed) and all was read."""
+        item = self._q.get(timeout=timeout)
+        if item is None:
+            self._q.put(None)
+            raise NotRunningError("the subscription is closed; no more events" if self.closed
+                                  else "the supervisor stopped; no more events")
+        return item
+
+    def __iter__(self) -> Iterator[Event]:
+        while True:
+            try:
+                yield self.get()
+            except NotRunningError:
+                return
+
+    def _run(self) -> None:
+        cb = self.callback
+        assert cb is not None
+        for ev in self:
+            try:
+                cb(ev)
+            except Exception as exc:  # user code: logged, the stream goes on
+                log.warning("subscriber callback %r raised on %s v%d: %s: %s", cb, ev.kind,
+                            ev.version, type(exc).__name__, exc)
+
+    def close(self) -> None:
+        self.closed = True
+        self._client.close()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(5)
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
