@@ -44,10 +44,10 @@ def _build(cfg: dict[str, Any]) -> Supervisor:
     sup = Supervisor(cfg["data_dir"], **dict(cfg["options"], engine="thread"))
     for args, kw in cfg["kinds"]:
         sup.register_kind(*args, **kw)
-    for target, fn in cfg["handlers"]:
-        sup.register_handler(target, fn)
-    for factory, predicate in cfg["triggers"]:
-        sup.add_trigger(factory, predicate)
+    for args, _ in cfg["handlers"]:
+        sup.register_handler(*args)
+    for args, _ in cfg["triggers"]:
+        sup.add_trigger(*args)
     return sup
 
 

@@ -7,7 +7,7 @@ import math
 import pickle
 from typing import Any
 
-from supervisor.saga import Event
+from supervisor.saga import Event, Saga
 
 
 def saga_id(value: object) -> int:
@@ -114,3 +114,22 @@ def event(ev: Any) -> None:
     except (ValueError, RecursionError) as exc:
         raise TypeError(f"event data cannot be encoded (does it contain itself?): "
                         f"{type(exc).__name__}: {str(exc)[:200]}") from None
+
+
+def kind(kind: Any, factory: Any, replay: bool) -> tuple[str, Any]:
+    """``register_kind``'s kind as (name, factory); a Saga subclass's
+    factory defaults to ``cls(**snapshot)``."""
+    if isinstance(kind, type) and issubclass(kind, Saga):
+        name = kind.name or kind.__name__
+        if factory is None:
+            cls = kind
+            factory = lambda snap: cls(**snap)  # noqa: E731
+    elif isinstance(kind, str):
+        name = kind
+    else:
+        raise TypeError(f"kind must be a Saga subclass or a kind name, got {kind!r}")
+    if factory is not None and not callable(factory):
+        raise TypeError("factory must be callable: factory(snapshot) -> Saga")
+    if replay and factory is None:
+        raise ValueError(f"kind {name!r}: replay needs a factory(snapshot) -> Saga")
+    return name, factory

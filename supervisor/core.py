@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+import dill
+
 import supervisor._aio as _aio
 import supervisor._validate as _validate
 from supervisor._engine.inbox import (AddTrigger, Cancel, Publish, SpawnKeyed, SpawnMany,
@@ -27,7 +29,7 @@ from supervisor._engine.records import Settings
 from supervisor._foreground import serve_until_signal
 from supervisor._future import Future
 from supervisor.errors import NotRunningError, SupervisorCrashedError
-from supervisor.log import open_readonly, read_outcome
+from supervisor.log import logged_outcome
 from supervisor.paths import DataDir
 from supervisor.saga import Event, Outcome, Saga, Target
 
@@ -131,6 +133,7 @@ class Supervisor:
         self.data_dir = Path(data_dir)
         self.paths = DataDir(self.data_dir)
         self._engine = Engine(self.paths, self.settings)
+        self._engine.register = self._registered
 
     @property
     def stats(self) -> dict[str, int]:
@@ -220,10 +223,9 @@ class Supervisor:
                       replay: bool = True, *, max_in_flight: int | None = None,
                       queue_timeout: float | None = None) -> None:
         """Say how to rebuild a saga of `kind` from its logged input snapshot,
-        so that it is resumed by replay after a supervisor restart or a worker
-        crash.  `factory(snapshot)` defaults to ``cls(**snapshot)``.  With
-        ``replay=False`` such sagas are failed instead ("supervisor restarted
-        while saga was running" / "worker crashed").
+        so that it is resumed by replay after a restart or a worker crash.
+        `factory(snapshot)` defaults to ``cls(**snapshot)``.  With
+        ``replay=False`` such sagas are failed instead.
 
         `max_in_flight` caps the sagas of the kind in flight; spawns past it
         wait in the kind's durable FIFO queue, failing with "queue timeout"
@@ -231,19 +233,7 @@ class Supervisor:
         ``start()`` so that restart recovery knows the kind; a limit changed
         later applies from the kind's next spawn or end."""
         limit = _validate.kind_limit(max_in_flight, queue_timeout)
-        if isinstance(kind, type) and issubclass(kind, Saga):
-            name = kind.name or kind.__name__
-            if factory is None:
-                cls = kind
-                factory = lambda snap: cls(**snap)  # noqa: E731
-        elif isinstance(kind, str):
-            name = kind
-        else:
-            raise TypeError(f"kind must be a Saga subclass or a kind name, got {kind!r}")
-        if factory is not None and not callable(factory):
-            raise TypeError("factory must be callable: factory(snapshot) -> Saga")
-        if replay and factory is None:
-            raise ValueError(f"kind {name!r}: replay needs a factory(snapshot) -> Saga")
+        name, factory = _validate.kind(kind, factory, replay)
         self._engine.kinds[name] = (factory, bool(replay))
         if limit is not None:
             self._engine.limits[name] = limit
@@ -372,13 +362,7 @@ class Supervisor:
         return logged
 
     def _outcome_from_log(self, saga_id: int) -> Outcome | None:
-        if not self.db_path.exists():
-            return None
-        conn = open_readonly(self.db_path)  # a corrupt log raises LogError, naming it
-        try:
-            row = read_outcome(conn, saga_id)
-        finally:
-            conn.close()
+        row = logged_outcome(self.db_path, saga_id)
         if row is None:
             return None
         if row[0] in ("running", "compensating"):
@@ -387,6 +371,14 @@ class Supervisor:
             raise NotRunningError(f"saga {saga_id} is {row[0]} in the log but not in flight "
                                   "in this supervisor")
         return Outcome(saga_id, row[0], row[1])
+
+    def _registered(self, blob: bytes) -> None:
+        """A kind, handler or trigger shipped (dill) by the launcher of a
+        supervisor process after it started: registered as if here."""
+        what, args, kw = dill.loads(blob)
+        if what not in ("register_kind", "register_handler", "add_trigger"):
+            raise ValueError(f"cannot register {what!r}")
+        getattr(self, what)(*args, **kw)
 
     def cancel(self, saga_id: int, reason: str = "cancelled", timeout: float = 10.0) -> bool:
         """Fail `saga_id` with ``cancelled: <reason>`` if it is still in

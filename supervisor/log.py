@@ -403,3 +403,15 @@ def open_readonly(path: Path | str) -> apsw.Connection:
     except apsw.SQLError as exc:
         raise LogError(p, f"is not a saga log ({exc})") from exc
     return conn
+
+
+def logged_outcome(path: Path, saga_id: int) -> tuple[str, str | None] | None:
+    """`saga_id`'s (state, reason) in the log at `path` (None: no log, or
+    not in it); a corrupt log raises :class:`LogCorruptError`, naming it."""
+    if not path.exists():
+        return None
+    conn = open_readonly(path)
+    try:
+        return read_outcome(conn, saga_id)
+    finally:
+        conn.close()

@@ -75,9 +75,14 @@ def _save_module(pickler: Any, obj: types.ModuleType) -> None:
 _Pickler.dispatch[types.ModuleType] = _save_module
 
 
-def _dumps(obj: Any) -> bytes:
+def _ship(what: str, obj: Any) -> bytes:
+    """`obj` with dill, for the supervisor process; SupervisorError if not."""
     buf = io.BytesIO()
-    _Pickler(buf, recurse=True).dump(obj)
+    try:
+        _Pickler(buf, recurse=True).dump(obj)
+    except Exception as exc:
+        raise SupervisorError(f"{what} cannot be shipped to the supervisor process: "
+                              f"{type(exc).__name__}: {exc}") from exc
     return buf.getvalue()
 
 
@@ -121,9 +126,10 @@ class SupervisorProcess(Supervisor, engine="process"):
         super().__init__(data_dir, workers, host, engine=engine, **options)
         self._options = dict(options, workers=workers, host=host, engine="thread")
         self._orphan = orphan
+        # registrations made before start(), (args, keywords) each: shipped with it
         self._kinds: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-        self._handlers: list[tuple[Target, Callable[..., Any]]] = []
-        self._triggers: list[tuple[Callable[[Event], Saga], Callable[[Event], bool]]] = []
+        self._handlers: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        self._triggers: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         self._proc: subprocess.Popen[bytes] | None = None
         self._client: SagaClient | None = None
         self._subs: list[SagaClient] = []
@@ -137,32 +143,33 @@ class SupervisorProcess(Supervisor, engine="process"):
 
     def register_kind(self, kind: type[Saga] | str, factory: Any = None, replay: bool = True,
                       **limits: Any) -> None:
-        """As :meth:`Supervisor.register_kind` (before ``start()``); the
-        factory is shipped to the supervisor process and runs there."""
+        """As :meth:`Supervisor.register_kind`; the factory is shipped to the
+        supervisor process and runs there."""
         super().register_kind(kind, factory, replay, **limits)  # checks the arguments
-        self._before_start("register_kind")
-        self._kinds.append(((kind, factory, replay), limits))
+        self._register("register_kind", (kind, factory, replay), limits, self._kinds)
 
     def register_handler(self, target: Target, fn: Callable[[Any, int, int], Any]) -> None:
-        """As :meth:`Supervisor.register_handler` (before ``start()``); `fn`
-        runs in the supervisor process, on its loop thread."""
+        """As :meth:`Supervisor.register_handler`; `fn` is shipped to the
+        supervisor process and runs there, on its loop thread."""
         super().register_handler(target, fn)
-        self._before_start("register_handler")
-        self._handlers.append((target, fn))
+        self._register("register_handler", (target, fn), {}, self._handlers)
 
     def add_trigger(self, saga_factory: Callable[[Event], Saga],
                     predicate: Callable[[Event], bool]) -> None:
-        """As :meth:`Supervisor.add_trigger` (before ``start()``); both run in
-        the supervisor process."""
+        """As :meth:`Supervisor.add_trigger`; both are shipped to the
+        supervisor process and run there."""
         if not callable(saga_factory) or not callable(predicate):
-            raise TypeError("add_trigger(saga_factory, predicate): both must be callable")
-        self._before_start("add_trigger")
-        self._triggers.append((saga_factory, predicate))
+            raise TypeError("add_trigger(saga_factory, predicate) takes two callables")
+        self._register("add_trigger", (saga_factory, predicate), {}, self._triggers)
 
-    def _before_start(self, what: str) -> None:
-        if self._state != "new":
-            raise NotRunningError(f"{what}() must come before start(): it is shipped to "
-                                  "the supervisor process when that starts")
+    def _register(self, what: str, args: tuple[Any, ...], kw: dict[str, Any],
+                  before_start: list[Any]) -> None:
+        """Kept for the start (before it), or shipped now (once running)."""
+        if self._state == "new":
+            before_start.append((args, kw))
+            return
+        blob = _ship(what, (what, args, kw))
+        self._do(lambda c: c._call("register", blob))
 
     # -- start and stop ------------------------------------------------------------------
 
@@ -212,13 +219,9 @@ class SupervisorProcess(Supervisor, engine="process"):
     def start(self) -> SupervisorProcess:
         if self._state != "new":
             raise NotRunningError(f"start() called on a supervisor that is {self.state}")
-        try:
-            blob = _dumps({"data_dir": str(self.data_dir), "options": self._options,
-                           "kinds": self._kinds, "handlers": self._handlers,
-                           "triggers": self._triggers, "orphan": self._orphan})
-        except Exception as exc:
-            raise SupervisorError(f"the kinds, handlers and triggers cannot be shipped to the "
-                                  f"supervisor process: {type(exc).__name__}: {exc}") from exc
+        blob = _ship("the kinds, handlers and triggers", {
+            "data_dir": str(self.data_dir), "options": self._options, "kinds": self._kinds,
+            "handlers": self._handlers, "triggers": self._triggers, "orphan": self._orphan})
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
         self._state = "starting"
@@ -375,7 +378,9 @@ class SupervisorProcess(Supervisor, engine="process"):
     @property
     def stats(self) -> dict[str, int]:
         """The engine's counters (a snapshot, fetched)."""
-        return dict(self.health()["stats"])
+        stats = dict(self.health()["stats"])
+        stats.setdefault("unknown_echo", stats.get("unknown_answers", 0))  # deprecated name
+        return stats
 
     def in_flight(self) -> int:
         return int(self.health()["supervisor"]["sagas_in_flight"])

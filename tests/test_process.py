@@ -84,9 +84,26 @@ def test_registration_after_start_and_a_bad_start_are_named(tmp_path: Path) -> N
     (bad / "db" / "sagas.db").write_bytes(b"not a database" * 100)
     with pytest.raises(SupervisorError, match="damaged or not a SQLite database"):
         SupervisorProcess(bad, workers=1).start()
-    with SupervisorProcess(tmp_path / "c", workers=1) as sp:
-        with pytest.raises(SupervisorError, match="before start"):
-            sp.register_kind(S.InstantSaga)
+    with SupervisorProcess(tmp_path / "c", workers=1, host=HOST_ARGV) as sp:
+        # after start, as with the thread engine: shipped over the control socket
+        sp.register_kind(S.LimitedSaga, max_in_flight=1)
+        sp.register_handler(Target.SRV, lambda cmd, sid, step: {"late": os.getpid()})
+        sp.add_trigger(lambda ev: S.InstantSaga(), lambda ev: ev.kind == "late-go")
+        held = [sp.spawn(S.LimitedSaga(n, seconds=30)) for n in range(2)]
+        wait_for(lambda: sp.health()["queued"] == 1, what="the limit, shipped late")
+        local = sp.spawn(S.RetrySaga({"op": "where"}, attempts=0, target=int(Target.SRV)))
+        assert sp.wait(local, 30).completed
+        _, steps = read_log(sp.db_path)
+        assert json.loads(steps[local][0]["output_json"])["data"] == {"late": sp.pid}
+        sp.publish(Event("late-go"))
+        wait_for(lambda: sp.stats["spawned"] >= 4, what="the late trigger fired")
+        with pytest.raises(TypeError, match="kind must be"):
+            sp.register_kind(42)  # type: ignore[arg-type]
+        gen = (i for i in range(3))  # dill cannot ship a generator
+        with pytest.raises(SupervisorError, match="cannot be shipped"):
+            sp.register_handler(Target.SRV, lambda cmd, sid, step: next(gen))
+        for sid in held:
+            sp.cancel(sid)
         with pytest.raises(SupervisorError, match="another supervisor .* is running"):
             SupervisorProcess(tmp_path / "c", workers=1).start()  # one per data dir
 

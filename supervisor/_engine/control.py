@@ -40,7 +40,7 @@ from supervisor._engine.outcomes import Outcomes
 from supervisor._engine.records import Lifecycle, Turn
 from supervisor._engine.sagas import SagaOps
 from supervisor._engine.table import SagaTable
-from supervisor.errors import SupervisorError
+from supervisor.errors import NotRunningError, SupervisorError
 from supervisor.log import LogError
 from supervisor.paths import DataDir
 from supervisor.protocol import STATE_DICT, STATE_DILL
@@ -114,6 +114,7 @@ class ControlServer:
         self.metrics = metrics
         self.health = health
         self.spawn_keyed = spawn_keyed
+        self.register: Callable[[bytes], None] | None = None  # set by the facade
         self.listener: socket.socket | None = None
         self.path: Path | None = None
         self.conns: list[Conn] = []
@@ -226,6 +227,8 @@ class ControlServer:
                 self._request(c, msg)
             except (KeyboardInterrupt, LogError):
                 raise
+            except Refused as r:
+                c.send(("err", msg[1], (r.kind, r.message)))
             except BadRequest as exc:
                 c.send(("err", msg[1], ("ValueError", f"bad {msg[0]} request: {exc}")))
             except BaseException as exc:
@@ -325,6 +328,12 @@ class ControlServer:
             c.send(("ok", req, None))
         elif op == "subscribe":
             c.subscribed = True
+            c.send(("ok", req, None))
+        elif op == "register" and self.register is not None:
+            try:  # a kind, handler or trigger from a launcher (dill, as classes are)
+                self.register(_field(msg, 2, bytes))
+            except (TypeError, ValueError, NotRunningError) as exc:
+                raise Refused(type(exc).__name__, str(exc)) from None
             c.send(("ok", req, None))
         elif op == "health" and self.health is not None:
             c.send(("ok", req, self.health()))

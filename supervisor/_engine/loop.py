@@ -83,6 +83,8 @@ class Engine:
         self.limits: Limits = {}  # per-kind max_in_flight and queue timeout
         self.handlers: dict[Target, Handler] = {}
         self.triggers: list[Trigger] = []
+        # registrations a launcher ships to a supervisor process (the facade's)
+        self.register: Callable[[bytes], None] | None = None
         # loop thread only
         self.turn = Turn()
         self.table = SagaTable()
@@ -154,6 +156,7 @@ class Engine:
                                                self._read_outcome,
                                                lambda: exposition(self.collector),
                                                self.keys.spawn, self.health)
+        control.register = self.register
         self.bus = Bus(table, sagas, shared, self.outcomes, turn, stats, self.life,
                        self.registry.prepare, self.triggers, control.subscribed)
         self.host = HostLink(s, sel, stats, self.life, self._host_readable,
