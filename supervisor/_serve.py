@@ -7,11 +7,13 @@ Protocol with the launcher, over the child's stdin and stdout:
   Supervisor options, and the kinds, handlers and triggers registered;
 * stdout: one line, ``ready <json: shm segment, metrics address>`` or
   ``error <what went wrong>``;
-* stdin, then: a ``stop <drain 0|1> <timeout>`` line stops it (the launcher's
-  ``stop()``); EOF means the launcher is gone (exited or killed): with
-  ``orphan="stop"`` (default) it stops at once, failing what is in flight
-  ("supervisor stopped"); with ``orphan="serve"`` it keeps serving other
-  clients (SagaClient) until SIGTERM or SIGINT.
+* stdin, then: a ``stop <drain 0|1> <timeout> <suspend 0|1>`` line stops it
+  (the launcher's ``stop()``); EOF means the launcher is gone (exited or
+  killed): with ``orphan="stop"`` (default) it stops at once, failing what
+  is in flight ("supervisor stopped"); with ``orphan="suspend"`` it stops at
+  once leaving what is in flight in the log for the next start to resume;
+  with ``orphan="serve"`` it keeps serving other clients (SagaClient) until
+  SIGTERM or SIGINT.
 * stdout, last: ``stopped`` (or ``crashed <error>`` when the supervisor
   stopped on its own: restart intensity, the log).
 """
@@ -51,15 +53,19 @@ def _build(cfg: dict[str, Any]) -> Supervisor:
     return sup
 
 
-def _watch_launcher(commands: list[tuple[str, bool, float]], wake: threading.Event) -> None:
+Command = tuple[str, bool, float, bool]  # (what, drain, timeout, suspend)
+
+
+def _watch_launcher(commands: list[Command], wake: threading.Event) -> None:
     """Read the launcher's commands until EOF (it exited or was killed)."""
     for raw in sys.stdin.buffer:
         parts = raw.decode("utf-8", "replace").split()
-        if len(parts) == 3 and parts[0] == "stop":
-            commands.append(("stop", parts[1] == "1", float(parts[2])))
+        if len(parts) in (3, 4) and parts[0] == "stop":
+            commands.append(("stop", parts[1] == "1", float(parts[2]),
+                             parts[3:] == ["1"]))
             wake.set()
             return
-    commands.append(("orphaned", False, 0.0))
+    commands.append(("orphaned", False, 0.0, False))
     wake.set()
 
 
@@ -76,11 +82,11 @@ def main() -> int:
     except BaseException as exc:
         _say(f"error {type(exc).__name__}: {exc}")
         return 1
-    commands: list[tuple[str, bool, float]] = []
+    commands: list[Command] = []
     wake = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:  # drain, as Supervisor.serve() does
-        commands.append(("stop", True, 10.0))
+        commands.append(("stop", True, 10.0, False))
         wake.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -96,14 +102,16 @@ def main() -> int:
             return 1
         if not commands:
             continue
-        what, drain, timeout = commands.pop(0)
-        if what == "orphaned" and cfg.get("orphan") == "serve":
+        what, drain, timeout, suspend = commands.pop(0)
+        orphan = cfg.get("orphan", "stop")
+        if what == "orphaned" and orphan == "serve":
             log.warning("the launcher is gone; serving on (orphan='serve') until SIGTERM")
             signal.signal(signal.SIGINT, on_signal)
             continue
         if what == "orphaned":
-            log.warning("the launcher is gone: stopping (orphan='stop')")
-        sup.stop(drain=drain, timeout=timeout)
+            log.warning("the launcher is gone: stopping (orphan=%r)", orphan)
+            suspend = orphan == "suspend"
+        sup.stop(drain=drain, timeout=timeout, suspend=suspend)
         _say("stopped")
         return 1 if sup.error is not None else 0
 

@@ -186,16 +186,18 @@ class Supervisor:
         atexit.register(self._atexit)
         return self
 
-    def stop(self, drain: bool = False, timeout: float = 5.0) -> None:
+    def stop(self, drain: bool = False, timeout: float = 5.0, suspend: bool = False) -> None:
         """Stop: with `drain`, let sagas in flight finish for up to `timeout`
-        seconds; then fail the rest with "supervisor stopped".  Every saga
-        :meth:`spawn` accepted gets a logged outcome.  Closes the log, stops
-        workers and host, unlinks the shared segment.  Idempotent."""
+        seconds; then fail the rest with "supervisor stopped" — every saga
+        :meth:`spawn` accepted gets a logged outcome — or, with `suspend`,
+        leave them in the log for the next start to resume, as after a crash.
+        Closes the log, stops workers and host, unlinks the shared segment.
+        Idempotent."""
         timeout = float(_validate.timeout(timeout, allow_none=False) or 0.0)
         if self.state in ("new", "stopped"):
             self._engine.life.state = "stopped"
             return
-        self._engine.stop(bool(drain), timeout)
+        self._engine.stop(bool(drain), timeout, bool(suspend))
         atexit.unregister(self._atexit)
 
     def _atexit(self) -> None:

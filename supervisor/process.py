@@ -19,8 +19,9 @@ their own fed from the bus.
 
 Nothing is left behind when either process dies: the supervisor process
 watches the launcher through its stdin (EOF: the launcher exited or was
-killed) and stops cleanly, or keeps serving other clients with
-``orphan="serve"``; the launcher sees a dead supervisor process as
+killed) and stops cleanly (``orphan="stop"``: failing what is in flight;
+``"suspend"``: leaving it in the log for the next start to resume), or keeps
+serving other clients with ``orphan="serve"``; the launcher sees a dead supervisor process as
 :class:`SupervisorGoneError` from its calls.
 """
 
@@ -102,6 +103,11 @@ def named_error(text: str) -> BaseException:
     return SupervisorError(f"the supervisor process failed: {text}")
 
 
+# what the supervisor process does when its launcher dies: stop (failing what
+# is in flight), suspend (leaving it in the log for the next start), serve on
+ORPHAN = ("stop", "suspend", "serve")
+
+
 class SupervisorGoneError(SupervisorError):
     """The supervisor process died (killed, or crashed) under the launcher."""
 
@@ -117,8 +123,8 @@ class SupervisorProcess(Supervisor, engine="process"):
     def __init__(self, data_dir: str | os.PathLike[str], workers: int = 2,
                  host: list[str] | None = None, *, orphan: str = "stop",
                  engine: str | None = None, **options: Any) -> None:
-        if orphan not in ("stop", "serve"):
-            raise ValueError(f"orphan must be 'stop' or 'serve', got {orphan!r}")
+        if orphan not in ORPHAN:
+            raise ValueError(f"orphan must be one of {', '.join(ORPHAN)}, got {orphan!r}")
         if options.get("clock") is not None:
             raise ValueError("clock= cannot cross processes: use Supervisor(engine='thread') "
                              "with a test clock")
@@ -266,7 +272,7 @@ class SupervisorProcess(Supervisor, engine="process"):
                 return ""
         return self._proc.stdout.readline().decode("utf-8", "replace").strip()
 
-    def stop(self, drain: bool = False, timeout: float = 5.0) -> None:
+    def stop(self, drain: bool = False, timeout: float = 5.0, suspend: bool = False) -> None:
         """Stop the supervisor process (see :meth:`Supervisor.stop`) and wait
         for it to exit.  Idempotent."""
         proc = self._proc
@@ -280,7 +286,8 @@ class SupervisorProcess(Supervisor, engine="process"):
                 c.close()
         try:
             assert proc.stdin is not None
-            proc.stdin.write(f"stop {int(bool(drain))} {float(timeout)}\n".encode())
+            proc.stdin.write(f"stop {int(bool(drain))} {float(timeout)} "
+                             f"{int(bool(suspend))}\n".encode())
             proc.stdin.close()
         except (BrokenPipeError, ValueError):
             pass

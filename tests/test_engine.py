@@ -412,6 +412,41 @@ def test_stop_fails_in_flight_sagas_and_cleans_up(make_sup: Callable[..., Superv
     assert all(st["state"] != "pending" for v in steps.values() for st in v)
 
 
+def test_stop_suspend_leaves_sagas_in_flight_for_the_next_start(tmp_path: Path) -> None:
+    """stop(suspend=True): nothing fails; the log keeps what was in flight as
+    a crash would, and the next start resumes it (replay) or fails it (a
+    kind without replay).  A drain first lets the quick ones end."""
+    import os
+
+    from .conftest import HOST_ARGV
+
+    data = tmp_path / "d"
+    sup = Supervisor(data, workers=2, host=HOST_ARGV)
+    sup.register_kind(S.LimitedSaga)
+    sup.start()
+    shm = sup.shm_name
+    held = [sup.spawn(S.LimitedSaga(n, seconds=60, timeout=120)) for n in range(6)]
+    other = sup.spawn(S.SleepSaga(60, timeout=120))  # its kind is not registered
+    quick = [sup.spawn(S.EchoSaga(i)) for i in range(20)]
+    wait_for(lambda: len(read_log(sup.db_path)[1]) >= 27, what="every first step logged")
+    sup.stop(drain=True, timeout=0.5, suspend=True)
+    assert all(sup.wait(i, 1).completed for i in quick)  # drained, not suspended
+    with pytest.raises(NotRunningError, match="suspended: the next start resumes it"):
+        sup.wait(held[0])
+    assert not os.path.exists("/dev/shm/" + shm)
+    sagas, steps = read_log(data / "db" / "sagas.db")
+    assert [sagas[i]["state"] for i in held + [other]] == ["running"] * 7
+    assert all(steps[i][0]["state"] == "pending" for i in held)
+    again = Supervisor(data, workers=2, host=HOST_ARGV)
+    again.register_kind(S.LimitedSaga)
+    with again:
+        for n in range(6):
+            again.publish(Event("finish", n))
+        assert all(again.wait(i, 30).completed for i in held)  # resumed by replay
+        o = again.wait(other, 30)
+        assert o.failed and o.reason == "supervisor restarted while saga was running"
+
+
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
 def test_saga_class_in_main_script_using_an_import(tmp_path: Path, method: str) -> None:
     script = tmp_path / "launcher.py"

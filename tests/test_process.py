@@ -112,11 +112,12 @@ _LAUNCHER = """
     import json, signal
     from supervisor import SupervisorProcess
     from tests.conftest import HOST_ARGV
-    from tests.sagas import SleepSaga
+    from tests.sagas import LimitedSaga
     if __name__ == "__main__":
         sp = SupervisorProcess({data!r}, workers=1, host=HOST_ARGV, orphan={orphan!r})
+        sp.register_kind(LimitedSaga)
         sp.start()
-        ids = [sp.spawn(SleepSaga(60, timeout=120)) for _ in range(5)]
+        ids = [sp.spawn(LimitedSaga(n, seconds=60, timeout=120)) for n in range(5)]
         print(json.dumps([sp.pid, ids]), flush=True)
         signal.pause()  # until the test kills this launcher
 """
@@ -148,6 +149,24 @@ def test_a_killed_launcher_stops_its_supervisor_cleanly(tmp_path: Path) -> None:
             "supervisor stopped", sagas[i]
         assert all(st["state"] != "pending" for st in steps.get(i, []))
     assert not (tmp_path / "d" / "run" / "ctl.sock").exists()
+
+
+def test_orphan_suspend_leaves_the_sagas_for_the_next_start(tmp_path: Path) -> None:
+    launcher, pid, ids = _launch(tmp_path, "suspend")
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    launcher.kill()
+    launcher.wait()
+    launcher.stdout.close()  # type: ignore[union-attr]
+    wait_for(lambda: all(_gone(p.pid) for p in procs), timeout=30,
+             what="the supervisor process and its children gone")
+    sagas, _ = read_log(tmp_path / "d" / "db" / "sagas.db")
+    assert [sagas[i]["state"] for i in ids] == ["running"] * len(ids)  # nothing failed
+    sup = SupervisorProcess(tmp_path / "d", workers=1, host=HOST_ARGV)
+    sup.register_kind(S.LimitedSaga)
+    with sup:
+        for n in range(len(ids)):
+            sup.publish(Event("finish", n))
+        assert all(sup.wait(i, 30).completed for i in ids)  # resumed by replay
 
 
 def test_orphan_serve_keeps_serving_other_clients(tmp_path: Path) -> None:

@@ -67,6 +67,7 @@ class AddTrigger(NamedTuple):
 class Stop(NamedTuple):
     drain: bool
     timeout: float
+    suspend: bool = False  # leave what is still in flight for the next start
 
 
 class Replay(NamedTuple):

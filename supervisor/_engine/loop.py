@@ -215,7 +215,9 @@ class Engine:
                 self._write_health([f"stopped: {type(err).__name__}: {err}"])
             self.outcomes.close(SupervisorCrashedError(err) if err is not None else
                                 NotRunningError("the supervisor stopped before this saga "
-                                                "ended"))
+                                                "ended" + (" (suspended: the next start "
+                                                           "resumes it)"
+                                                           if self.requests.suspend else "")))
             while self.inbox:
                 item = self.inbox.take()
                 if type(item) is Cancel:
@@ -262,7 +264,11 @@ class Engine:
             if self.queues.timers and self.queues.timers[0][0] <= vnow:
                 self.queues.expire(vnow)
             if stopping and (not table or now >= stopping):
-                self.sagas.fail_all(self.life.stop_reason)
+                if self.requests.suspend:  # left 'running' in the log: the next start
+                    log.warning("suspended with %d saga(s) in flight: the next start "
+                                "resumes them", len(table))
+                else:
+                    self.sagas.fail_all(self.life.stop_reason)
                 pipeline.end_turn()
                 pipeline.drain()
                 return
@@ -392,12 +398,13 @@ class Engine:
 
     # -- stop and teardown ---------------------------------------------------------------------
 
-    def stop(self, drain: bool, timeout: float) -> None:
-        """Close the inbox with a final Stop; the loop drains, fails the rest,
-        commits, and tears down.  Blocks until it did."""
+    def stop(self, drain: bool, timeout: float, suspend: bool = False) -> None:
+        """Close the inbox with a final Stop; the loop drains, fails the rest
+        (or, suspending, leaves them in the log), commits, and tears down.
+        Blocks until it did."""
         if self.life.state == "running":
             self.life.state = "stopping"
-            self.inbox.close("the supervisor is stopping", Stop(drain, timeout))
+            self.inbox.close("the supervisor is stopping", Stop(drain, timeout, suspend))
         t = self.thread
         if t is not None and t is not threading.current_thread():
             t.join(timeout + 30)

@@ -32,6 +32,7 @@ class Requests:
         # monotonic time by which the sagas in flight must have ended, once a
         # Stop was taken (its drain timeout; now, without drain)
         self.drain_deadline: float | None = None
+        self.suspend = False  # the Stop taken leaves the sagas in flight in the log
 
     def take(self, stopping_now: bool = False) -> float:
         """Apply every request in the inbox; returns the drain deadline once a
@@ -61,6 +62,7 @@ class Requests:
                 elif t is AddTrigger:
                     self.triggers.append((item.factory, item.predicate))
                 elif t is Stop:
+                    self.suspend = item.suspend
                     self.drain_deadline = time.monotonic() + (item.timeout if item.drain
                                                               else 0.0)
             except FATAL:
