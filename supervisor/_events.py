@@ -58,7 +58,9 @@ class EventStream:
         for ev in self:
             try:
                 cb(ev)
-            except Exception as exc:  # user code: logged, the stream goes on
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # user code (SystemExit too): logged, it goes on
                 log.warning("subscriber callback %r raised on %s v%d: %s: %s", cb, ev.kind,
                             ev.version, type(exc).__name__, exc)
 

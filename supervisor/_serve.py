@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import dill
@@ -56,9 +58,39 @@ def _build(cfg: dict[str, Any]) -> Supervisor:
 Command = tuple[str, bool, float, bool]  # (what, drain, timeout, suspend)
 
 
+def _lines(fd: int) -> Iterator[bytes]:
+    """Lines read from `fd` with os.read, until EOF.  Not sys.stdin: a daemon
+    thread blocked in a buffered read holds its lock, and the interpreter
+    aborts at exit when it cannot take it ("could not acquire lock")."""
+    pending = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except InterruptedError:
+            continue
+        except OSError:
+            chunk = b""
+        if not chunk:
+            return
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            yield line
+
+
+def _read_exactly(fd: int, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
 def _watch_launcher(commands: list[Command], wake: threading.Event) -> None:
     """Read the launcher's commands until EOF (it exited or was killed)."""
-    for raw in sys.stdin.buffer:
+    for raw in _lines(0):
         parts = raw.decode("utf-8", "replace").split()
         if len(parts) in (3, 4) and parts[0] == "stop":
             commands.append(("stop", parts[1] == "1", float(parts[2]),
@@ -73,8 +105,8 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s supervisor[%(process)d] "
                         "%(levelname)s %(name)s: %(message)s")
-    head = sys.stdin.buffer.read(4)
-    blob = sys.stdin.buffer.read(int.from_bytes(head, "big")) if len(head) == 4 else b""
+    head = _read_exactly(0, 4)
+    blob = _read_exactly(0, int.from_bytes(head, "big")) if len(head) == 4 else b""
     try:
         cfg = dill.loads(blob)
         sup = _build(cfg)

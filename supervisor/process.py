@@ -51,7 +51,7 @@ from supervisor.client import SagaClient
 from supervisor.core import Supervisor
 import supervisor.errors as errors
 import supervisor.log as log_module
-from supervisor.errors import NotRunningError, SupervisorError
+from supervisor.errors import NotRunningError, SupervisorCrashedError, SupervisorError
 from supervisor.saga import Event, Outcome, Saga, Target
 
 log = logging.getLogger(__name__)
@@ -218,8 +218,7 @@ class SupervisorProcess(Supervisor, engine="process"):
             while line := self._line(0.0):
                 last = line
             word, _, rest = last.partition(" ")
-            self._crash = named_error(rest) if word == "crashed" else \
-                self._gone(NotRunningError("the supervisor process exited"))
+            self._crash = named_error(rest) if word == "crashed" else self._died()
         return self._crash
 
     def start(self) -> SupervisorProcess:
@@ -316,12 +315,20 @@ class SupervisorProcess(Supervisor, engine="process"):
         if proc is None or self._state != "running":
             return exc
         try:
-            code = proc.wait(0.5)
+            proc.wait(0.5)
         except subprocess.TimeoutExpired:
             return exc
+        crash = self.error  # it stopped on its own error (as the thread engine says), or died
+        if crash is None or isinstance(crash, SupervisorGoneError):
+            return crash or exc
+        return SupervisorCrashedError(crash)
+
+    def _died(self) -> SupervisorGoneError:
+        assert self._proc is not None
+        code = self._proc.returncode
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-        return SupervisorGoneError(f"the supervisor process (pid {proc.pid}) died ({how}); "
-                                   f"sagas in flight are recovered at its next start")
+        return SupervisorGoneError(f"the supervisor process (pid {self._proc.pid}) died "
+                                   f"({how}); sagas in flight are recovered at its next start")
 
     def _api(self) -> SagaClient:
         if self._client is None or self._state != "running":
@@ -341,6 +348,14 @@ class SupervisorProcess(Supervisor, engine="process"):
         return list(self._do(lambda c: c.spawn_many(sagas)))
 
     def wait(self, saga_id: int, timeout: float | None = None) -> Outcome:
+        """As :meth:`Supervisor.wait`; once stopped, the outcome is read from
+        the log, as the thread engine does."""
+        if self._state in ("stopped", "stopping"):
+            sid = _validate.saga_id(saga_id)
+            logged = self._outcome_from_log(sid)
+            if logged is None:
+                raise ValueError(f"unknown saga id {sid}: not in the log")
+            return logged
         out: Outcome = self._do(lambda c: c.wait(saga_id, timeout))
         return out
 

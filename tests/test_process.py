@@ -266,6 +266,7 @@ def test_supervisor_start_runs_the_engine_in_its_own_process(tmp_path: Path) -> 
             assert sup.cancel(sup.spawn(S.SleepSaga(30)), "enough", timeout=10) is True
             assert sup.health()["host"]["frames_out"] >= 40  # on the fds we passed
         assert sup.state == "stopped" and host.poll() is None  # the host is not ours
+        assert sup.wait(ids[0]).completed  # from the log, once stopped
     finally:
         host.stdin.close()
         host.wait(10)
@@ -273,7 +274,7 @@ def test_supervisor_start_runs_the_engine_in_its_own_process(tmp_path: Path) -> 
 
 
 def test_the_supervisor_process_names_its_own_errors(tmp_path: Path) -> None:
-    from supervisor import LogCorruptError, LogError, Supervisor
+    from supervisor import LogCorruptError, LogError, Supervisor, SupervisorCrashedError
 
     bad = tmp_path / "b"
     (bad / "db").mkdir(parents=True)
@@ -294,5 +295,9 @@ def test_the_supervisor_process_names_its_own_errors(tmp_path: Path) -> None:
                 break
         wait_for(lambda: sup.state == "stopped", timeout=30, what="stopped on its own")
         assert isinstance(sup.error, LogError), sup.error
+        with pytest.raises(SupervisorCrashedError, match="deleted"):
+            sup.spawn(S.InstantSaga())  # as the thread engine would say it
+        # it exited (code 1), not aborted at shutdown on a thread blocked on stdin
+        assert sup._proc is not None and sup._proc.wait(10) == 1
     finally:
         sup.stop()
