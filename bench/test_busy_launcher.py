@@ -1,6 +1,6 @@
 """A launcher that is busy itself: the engine as a thread of the launcher
 (``Supervisor``) against the engine in a process of its own
-(``SupervisorProcess``), with the launcher idle and with one of its threads
+(``Supervisor(engine="process")``), with the launcher idle and with one of its threads
 running pure-Python code (holding the GIL, as parsing or serving requests
 does).
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from supervisor import Supervisor, SupervisorProcess
+from supervisor import Supervisor
 from tests.sagas import EchoSaga
 
 N = 5000
@@ -83,8 +83,7 @@ def test_launcher(benchmark: Any, data_dir: Path, engine: str, launcher: str,
         benchmark.extra_info["baseline"] = name.replace(launcher, "idle")
     elif engine == "process":
         benchmark.extra_info["baseline"] = name.replace("process", "thread")
-    cls = Supervisor if engine == "thread" else SupervisorProcess
-    with cls(data_dir, workers=2, host=HOST) as api:  # type: ignore[operator]
+    with Supervisor(data_dir, workers=2, host=HOST, engine=engine) as api:
         _batch(api, 500)  # warm: host start-up, class shipping
         with _busy(launcher != "idle", 0.0005 if launcher == "busy-0.5ms" else None):
             benchmark.pedantic(_batch, args=(api, N), rounds=3, iterations=1)

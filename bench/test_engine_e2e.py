@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from supervisor import SAGA_COMPLETED, Supervisor, SupervisorProcess
+from supervisor import SAGA_COMPLETED, Supervisor
 from supervisor.frames import T_CMD, FrameReader, host_frame
 from tests.sagas import EchoSaga
 
@@ -102,8 +102,7 @@ def test_latency_at_fixed_load(benchmark: Any, data_dir: Path, engine: str) -> N
     the time from spawn() to the SagaCompleted event on the bus; the engine
     as a thread of this process, or in a process of its own."""
     rate, seconds = 1000, 3.0
-    cls = Supervisor if engine == "thread" else SupervisorProcess
-    with cls(data_dir, workers=2, host=HOST) as sup:  # type: ignore[operator]
+    with Supervisor(data_dir, workers=2, host=HOST, engine=engine) as sup:
         _run_batch(sup, 200)
         sub = _Events(sup)
         spawned: dict[int, float] = {}

@@ -3,9 +3,11 @@ process spent per saga (psutil), so that the curve names the next bottleneck.
 
 Run: ``python -m pytest bench/test_scaling.py -p no:cacheprovider -s``; the
 CPU split is printed and kept in ``extra_info`` (``--benchmark-json``).
-Ratios: each worker count against 1 worker, in the same run.  The engine
-runs as a thread of this process (``Supervisor``), so "supervisor" CPU below
-includes the launcher thread that calls spawn_many/wait.
+Ratios: each worker count against 1 worker, in the same run, for each
+engine.  With the thread engine the "launcher" CPU holds the engine too (the
+loop, the log writer and the thread that calls spawn_many/wait); with the
+process engine the supervisor process is measured on its own, and the
+"worker" CPU is the sum over the workers.
 """
 
 from __future__ import annotations
@@ -36,22 +38,36 @@ def _cpu(p: psutil.Process) -> float:
     return float(t.user + t.system)
 
 
+def _processes() -> dict[str, list[psutil.Process]]:
+    """This launcher, the supervisor process (if the engine has one), the
+    workers and the host, by their command lines."""
+    me = psutil.Process()
+    out: dict[str, list[psutil.Process]] = {"launcher": [me], "supervisor": [], "worker": [],
+                                            "host": []}
+    for c in me.children(recursive=True):
+        cmd = " ".join(c.cmdline())
+        role = "host" if "supervisor.host" in cmd else \
+            "supervisor" if "supervisor._serve" in cmd else "worker"
+        out[role].append(c)
+    return out
+
+
 @pytest.mark.parametrize("workers", [1, 2, 4, 8])
-def test_workers(benchmark: Any, data_dir: Path, workers: int, request: Any) -> None:
+@pytest.mark.parametrize("engine", ["thread", "process"])
+def test_workers(benchmark: Any, data_dir: Path, engine: str, workers: int,
+                 request: Any) -> None:
     benchmark.extra_info["per"] = N
     if workers != 1:
-        benchmark.extra_info["baseline"] = request.node.name.replace(f"[{workers}]", "[1]")
-    with Supervisor(data_dir, workers=workers, host=HOST) as sup:
+        benchmark.extra_info["baseline"] = request.node.name.replace(f"-{workers}]", "-1]")
+    with Supervisor(data_dir, workers=workers, host=HOST, engine=engine) as sup:
         _batch(sup, 500)
-        me = psutil.Process()
-        kids = {"worker": [c for c in me.children() if "supervisor.host" not in
-                           " ".join(c.cmdline())],
-                "host": [c for c in me.children() if "supervisor.host" in " ".join(c.cmdline())]}
-        before = {"supervisor": _cpu(me)} | {k: sum(map(_cpu, v)) for k, v in kids.items()}
+        procs = _processes()
+        before = {k: sum(map(_cpu, v)) for k, v in procs.items() if v}
         benchmark.pedantic(_batch, args=(sup, N), rounds=3, iterations=1)
-        after = {"supervisor": _cpu(me)} | {k: sum(map(_cpu, v)) for k, v in kids.items()}
+        after = {k: sum(map(_cpu, v)) for k, v in procs.items() if v}
     per_saga_us = {k: round((after[k] - before[k]) / (3 * N) * 1e6, 1) for k in before}
     benchmark.extra_info.update(rate=N / benchmark.stats.stats.median,
                                 cpu_us_per_saga=per_saga_us, cores=psutil.cpu_count())
-    print(json.dumps({"workers": workers, "rate": round(N / benchmark.stats.stats.median),
+    print(json.dumps({"engine": engine, "workers": workers,
+                      "rate": round(N / benchmark.stats.stats.median),
                       "cpu_us_per_saga": per_saga_us}))
