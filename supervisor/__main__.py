@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     d.add_argument("--durability", choices=("normal", "full"), default="normal",
                    help="SQLite synchronous level (default normal)")
+    d.add_argument("--engine", choices=("thread", "process"), default="thread",
+                   help="run the engine as a thread of the demo or in a process of its own")
     d.add_argument("--no-live", action="store_true", help="plain progress lines")
     d.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -173,7 +175,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           file=sys.stderr if args.json else sys.stdout)
     result = run_demo(Path(args.data_dir), args.sagas, args.workers, args.durability,
                       live=not args.no_live and not args.json,
-                      out=sys.stderr if args.json else sys.stdout)
+                      out=sys.stderr if args.json else sys.stdout, engine=args.engine)
     print_summary(result, as_json=args.json)
     return EXIT_OK
 

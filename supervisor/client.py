@@ -27,7 +27,8 @@ from typing import Any, NoReturn
 import supervisor._validate as _validate
 from supervisor._codec import dump_class, encode_saga
 from supervisor._future import Future
-from supervisor.errors import NotRunningError, SpawnError, SupervisorError
+from supervisor.errors import (NotRunningError, SegmentClosedError, SpawnError,
+                               SupervisorError)
 from supervisor.frames import MAX_FRAME, FrameReader, frame
 from supervisor.paths import DataDir
 from supervisor.saga import Event, Outcome, Saga
@@ -72,6 +73,8 @@ class SagaClient:
         self._reqs = itertools.count(1)
         self._pending: dict[int, Future] = {}
         self._classes: dict[type, int] = {}
+        self._accepted: set[int] = set()  # class ids the supervisor loaded
+        self._sealed = False  # seal(): nothing more is sent
         self._events: queue.SimpleQueue[Event | None] | None = None
         # outcomes of the sagas this client spawned, pushed by the supervisor
         self._outcomes: dict[int, Future] = {}
@@ -83,7 +86,7 @@ class SagaClient:
 
     # -- requests -------------------------------------------------------------
 
-    def _send(self, msg: tuple[Any, ...]) -> None:
+    def _send(self, msg: tuple[Any, ...], seal: bool = False) -> None:
         body = pickle.dumps(msg, protocol=5)
         if len(body) > MAX_FRAME:
             raise SpawnError(f"the {msg[0]} request is {len(body):,} bytes, over the control "
@@ -93,10 +96,13 @@ class SagaClient:
         with self._send_lock:
             if self._closed:
                 raise NotRunningError("the client is closed")
+            if self._sealed:
+                raise NotRunningError("the supervisor is stopping")
             try:
                 self._sock.sendall(data)
             except OSError as exc:
                 raise NotRunningError(f"the supervisor connection broke: {exc}") from exc
+            self._sealed = seal
 
     def _call(self, op: str, *args: Any, timeout: float | None = 30.0) -> Any:
         req = next(self._reqs)
@@ -117,10 +123,17 @@ class SagaClient:
         (sid, *args), = self._spawn_requests([saga], key)
         self._outcomes[sid] = Future()
         try:
+            if key is None and args[0] in self._accepted:
+                # pipelined: nothing to wait for, the id is ours already; a
+                # refusal (a stopping supervisor, a malformed request) is its
+                # outcome: wait() raises it
+                self._send(("spawn", 0, sid, *args, True))
+                return int(sid)
             got = int(self._call("spawn", sid, *args, True))
         except BaseException as exc:
             self._outcomes.pop(sid, None)
             self._abandon([sid], exc)
+        self._accepted.add(args[0])  # its class loaded there: the next spawns need no answer
         if got != sid:
             self._outcomes.pop(sid, None)
         return self._spawned(sid, got)
@@ -152,8 +165,15 @@ class SagaClient:
                 with self._send_lock:
                     ccid = self._classes.setdefault(sh.cls, len(self._classes) + 1)
                 self._send(("cls", 0, ccid, blob))
-        return [(self._shared.acquire(), self._classes[sh.cls], sh.state, sh.name, sh.timeout,
-                 sh.snapshot_json, sorted(sh.listens), sh.has_comp, key) for sh in encoded]
+        if self._sealed or self._closed:
+            raise NotRunningError("the supervisor is stopping" if self._sealed else
+                                  "the client is closed")
+        try:
+            ids = [self._shared.acquire() for _ in encoded]
+        except SegmentClosedError:  # closed by another thread meanwhile
+            raise NotRunningError("the client is closed") from None
+        return [(sid, self._classes[sh.cls], sh.state, sh.name, sh.timeout, sh.snapshot_json,
+                 sorted(sh.listens), sh.has_comp, key) for sid, sh in zip(ids, encoded)]
 
     def _abandon(self, ids: list[int], exc: BaseException) -> NoReturn:
         """A spawn request failed: give the slots back.  Refused: the sagas
@@ -161,7 +181,10 @@ class SagaClient:
         may have accepted them; then each still ends, failed, within its
         timeout (a claim it cannot take is waited for at most a grace period)."""
         for sid in ids:
-            self._shared.claim(sid)
+            try:
+                self._shared.claim(sid)
+            except SegmentClosedError:  # the client closed meanwhile: nothing to give back
+                break
         if isinstance(exc, TimeoutError):
             raise TimeoutError(f"no answer to the spawn of saga(s) {ids[:5]}: they may have "
                                "started; wait() tells") from None
@@ -249,6 +272,9 @@ class SagaClient:
                         for sid, state, reason in msg[1]:
                             self._pushed(sid, state, reason)
                         continue
+                    if msg[0] == "refused":  # a pipelined spawn: it never started
+                        self._refused(msg[1], *msg[2])
+                        continue
                     if msg[0] == "event":
                         if self._events is not None:
                             self._events.put(Event(*msg[1:]))
@@ -270,6 +296,16 @@ class SagaClient:
             if self._events is not None:
                 self._events.put(None)
 
+    def _refused(self, sid: int, kind: str, message: str) -> None:
+        f = self._outcomes.get(sid) if isinstance(sid, int) else None
+        if f is not None:
+            try:
+                self._shared.claim(sid)  # give the slot back
+            except SegmentClosedError:
+                pass
+            f.set(error=_ERRORS.get(kind, SupervisorError)(
+                f"saga {sid} was not started: {message}"))
+
     def _pushed(self, sid: int, state: str, reason: str | None) -> None:
         f = self._outcomes.get(sid)
         if f is None:
@@ -281,6 +317,20 @@ class SagaClient:
                 f = self._outcomes.get(old)
                 if f is not None and f.done() and self._outcomes.pop(old, None) is not None:
                     self._resolved -= 1
+
+    def seal(self, timeout: float = 10.0) -> None:
+        """Send nothing more, and return once the supervisor has taken every
+        request sent before (a spawn that was not answered, too): what a
+        stopping launcher does first, so that every id it returned is
+        logged with an outcome."""
+        req = next(self._reqs)
+        p = Future()
+        self._pending[req] = p
+        self._send(("sync", req), seal=True)  # any other send went before, or raises
+        try:
+            p.result(timeout)
+        finally:
+            self._pending.pop(req, None)
 
     def close(self) -> None:
         with self._send_lock:

@@ -199,14 +199,15 @@ class _Progress:
 
 
 def run_demo(data_dir: Path, sagas: int = 5000, workers: int = 2, durability: str = "normal",
-             live: bool = True, out: Any = None) -> DemoResult:
+             live: bool = True, out: Any = None, engine: str = "thread") -> DemoResult:
     """Run the demo launcher; returns every saga's outcome."""
     out = out or sys.stdout
     host = [sys.executable, "-m", "supervisor.host"]
     progress = _Progress()
     result = DemoResult()
     t0 = time.monotonic()
-    with Supervisor(data_dir, workers=workers, host=host, durability=durability) as sup:
+    with Supervisor(data_dir, workers=workers, host=host, durability=durability,
+                    engine=engine) as sup:
         sub = sup.subscribe()
         sup.add_trigger(lambda ev: Reconfigure(ev.data["revision"]),
                         lambda ev: ev.kind == "config-changed")

@@ -279,6 +279,11 @@ class SupervisorProcess(Supervisor, engine="process"):
             self._state = "stopped"
             return
         self._state = "stopping"
+        if self._client is not None and proc.poll() is None:
+            try:  # spawns are pipelined: let the supervisor take those sent so far
+                self._client.seal()
+            except (NotRunningError, OSError, TimeoutError):
+                pass
         for c in [self._client, *self._subs,
                   self._aclient._client if self._aclient is not None else None]:
             if c is not None:

@@ -10,6 +10,7 @@ import multiprocess as mp
 import pytest
 
 from supervisor import Event, NotRunningError, SagaClient, SpawnError, Supervisor
+from supervisor._future import Future
 
 from . import _client_procs, sagas as S
 from .conftest import read_log
@@ -80,3 +81,39 @@ def test_client_sees_supervisor_stop(make_sup: Callable[..., Supervisor]) -> Non
         client.wait(sid, 10)
     client.close()
     assert sup.wait(sid).reason == "supervisor stopped"
+
+
+def test_spawns_after_the_first_of_a_class_are_pipelined(
+        make_sup: Callable[..., Supervisor]) -> None:
+    """The first spawn of a class waits for the supervisor to load it (so a
+    class it cannot load raises at spawn); later ones return at once.  A
+    refusal is the saga's outcome: wait() raises it and the id's slot is
+    given back.  Our client never sends a request the supervisor refuses,
+    so the refused request here is forged through the client's own send."""
+    from supervisor.shm import SharedState
+
+    sup = make_sup()
+    with SagaClient(sup.data_dir) as client:
+        first = client.spawn(S.SleepSaga(0.01))
+        assert client.wait(first, 10).completed
+        ids = [client.spawn(S.SleepSaga(0.01)) for _ in range(200)]  # no answer awaited
+        assert all(client.wait(i, 30).completed for i in ids)
+        assert len(set(ids)) == 200
+        (sid, *fields), = client._spawn_requests([S.SleepSaga(0.01)], None)
+        fields[3] = -1.0  # a timeout the supervisor refuses
+        client._outcomes[sid] = Future()
+        client._send(("spawn", 0, sid, *fields, True))
+        with pytest.raises(ValueError, match=f"saga {sid} was not started: bad spawn "
+                                             "request: timeout must be"):
+            client.wait(sid, 10)
+        shared = SharedState.attach(sup.shm_name)
+        try:
+            assert shared.state(sid) != "live"  # the slot was given back
+        finally:
+            shared.close()
+        after = client.spawn(S.SleepSaga(0.01))  # the connection goes on
+        assert client.wait(after, 10).completed
+        with pytest.raises(SpawnError, match="cannot be pickled"):
+            client.spawn(S.UnpicklableSaga())  # refused here, before any request
+    sagas, _ = read_log(sup.db_path)
+    assert sid not in sagas and all(sagas[i]["state"] == "completed" for i in ids)

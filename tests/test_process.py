@@ -301,3 +301,39 @@ def test_the_supervisor_process_names_its_own_errors(tmp_path: Path) -> None:
         assert sup._proc is not None and sup._proc.wait(10) == 1
     finally:
         sup.stop()
+
+
+def test_every_id_spawn_returned_is_logged_when_stop_races_it(tmp_path: Path) -> None:
+    """Spawns to a supervisor process are pipelined (no answer awaited), so
+    stop() first seals the launcher's connection and waits until the
+    supervisor took everything sent before; threads spawning meanwhile get
+    an id that ends logged, or NotRunningError.  Several rounds."""
+    from supervisor import NotRunningError, Supervisor
+
+    for round_ in range(3):
+        sup = Supervisor(tmp_path / f"r{round_}", workers=1, engine="process").start()
+        sup.wait(sup.spawn(S.InstantSaga()), 30)  # the class is loaded: pipelined now
+        got: list[list[int]] = [[] for _ in range(3)]
+        refused = [0, 0, 0]
+
+        def spawner(k: int) -> None:
+            while True:
+                try:
+                    got[k].append(sup.spawn(S.InstantSaga()))
+                except NotRunningError:
+                    refused[k] += 1
+                    return
+
+        threads = [threading.Thread(target=spawner, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: sum(map(len, got)) >= 300 * (round_ + 1), what="spawns flowing")
+        sup.stop()
+        for t in threads:
+            t.join(30)
+        ids = [i for g in got for i in g]
+        sagas, _ = read_log(sup.db_path)
+        assert set(ids) <= set(sagas), f"{len(set(ids) - set(sagas))} ids never logged"
+        assert all(sagas[i]["state"] in ("completed", "failed") for i in ids)
+        assert all(sup.wait(i).saga_id == i for i in ids[-50:])  # from the log
+        assert refused == [1, 1, 1]

@@ -19,9 +19,7 @@ gets an error reply or drops its connection, never the loop.  Replies to
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import pickle
 import selectors
@@ -36,6 +34,7 @@ import dill
 
 import supervisor.frames as frames
 from supervisor._codec import ClassRegistry, SagaSpec
+from supervisor._engine.control_msgs import BadRequest, Refused, field, parse_spawn, saga_id
 from supervisor._engine.outcomes import Outcomes
 from supervisor._engine.records import Lifecycle, Turn
 from supervisor._engine.sagas import SagaOps
@@ -43,7 +42,6 @@ from supervisor._engine.table import SagaTable
 from supervisor.errors import NotRunningError, SupervisorError
 from supervisor.log import LogError
 from supervisor.paths import DataDir
-from supervisor.protocol import STATE_DICT, STATE_DILL
 from supervisor.shm import SharedState
 
 log = logging.getLogger(__name__)
@@ -69,18 +67,6 @@ class Conn:
     def send(self, msg: tuple[Any, ...]) -> None:
         if not self.closed:
             self.outbuf += frames.frame(pickle.dumps(msg, protocol=5))
-
-
-class BadRequest(Exception):
-    """A request field is missing or of the wrong type or value."""
-
-
-class Refused(Exception):
-    """A well-formed request that cannot be done (answered as `kind`)."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        self.kind, self.message = kind, message
-        super().__init__(message)
 
 
 def _private_dir(path: os.PathLike[str] | str) -> None:
@@ -228,13 +214,15 @@ class ControlServer:
             except (KeyboardInterrupt, LogError):
                 raise
             except Refused as r:
-                c.send(("err", msg[1], (r.kind, r.message)))
+                self._refuse(c, msg[1], msg, r)
             except BadRequest as exc:
-                c.send(("err", msg[1], ("ValueError", f"bad {msg[0]} request: {exc}")))
+                self._refuse(c, msg[1], msg, Refused("ValueError",
+                                                     f"bad {msg[0]} request: {exc}"))
             except BaseException as exc:
                 log.warning("control request %r failed: %s: %s", msg[0], type(exc).__name__,
                             exc)
-                c.send(("err", msg[1], ("SupervisorError", f"{type(exc).__name__}: {exc}")))
+                self._refuse(c, msg[1], msg, Refused("SupervisorError",
+                                                     f"{type(exc).__name__}: {exc}"))
 
     def flush(self, c: Conn) -> None:
         try:
@@ -298,7 +286,7 @@ class ControlServer:
     def _request(self, c: Conn, msg: tuple[Any, ...]) -> None:
         op, req = msg[0], msg[1]
         if op == "cls":
-            ccid, blob = _field(msg, 2, int), _field(msg, 3, bytes)
+            ccid, blob = field(msg, 2, int), field(msg, 3, bytes)
             try:
                 c.classes[ccid] = self.registry.register(dill.loads(blob), blob)
             except (KeyboardInterrupt, LogError):
@@ -308,30 +296,33 @@ class ControlServer:
                                    f"{type(exc).__name__}: {exc}")
             return
         if not self.life.running and op in ("spawn", "spawn_many", "cancel", "publish"):
-            c.send(("err", req, ("NotRunningError", f"the supervisor is {self.life.state}")))
+            self._refuse(c, req, msg, Refused("NotRunningError",
+                                              f"the supervisor is {self.life.state}"))
             return
         if op == "spawn":
             self._spawn(c, req, msg)
         elif op == "spawn_many":
             self._spawn_many(c, req, msg)
         elif op == "cancel":
-            sid, reason = _saga_id(msg, 2), _field(msg, 3, str)
+            sid, reason = saga_id(msg, 2), field(msg, 3, str)
             if self.table.get(sid) is None and sid >= self.shared.peek_next_id():
                 c.send(("err", req, ("ValueError", f"unknown saga id {sid}: never allocated")))
                 return
             c.send(("ok", req, self.sagas.cancel(sid, reason)))
         elif op == "wait":
-            self._wait(c, req, _saga_id(msg, 2))
+            self._wait(c, req, saga_id(msg, 2))
         elif op == "publish":
-            kind = _field(msg, 2, str)
+            kind = field(msg, 2, str)
             self.turn.events.append((kind, msg[3] if len(msg) > 3 else None, None, None))
             c.send(("ok", req, None))
         elif op == "subscribe":
             c.subscribed = True
             c.send(("ok", req, None))
+        elif op == "sync":  # answered once every earlier request was taken
+            c.send(("ok", req, None))
         elif op == "register" and self.register is not None:
             try:  # a kind, handler or trigger from a launcher (dill, as classes are)
-                self.register(_field(msg, 2, bytes))
+                self.register(field(msg, 2, bytes))
             except (TypeError, ValueError, NotRunningError) as exc:
                 raise Refused(type(exc).__name__, str(exc)) from None
             c.send(("ok", req, None))
@@ -346,35 +337,10 @@ class ControlServer:
 
     def _parse_spawn(self, c: Conn, msg: tuple[Any, ...]) -> tuple[int, SagaSpec, str | None]:
         """A spawn request's fields, checked: (saga id, spec, key)."""
-        sid = _saga_id(msg, 2)
-        ccid = _field(msg, 3, int)
-        state = _field(msg, 4, tuple)
-        if len(state) != 2 or state[0] not in (STATE_DICT, STATE_DILL) or \
-                not isinstance(state[1], bytes):
-            raise BadRequest("state must be (kind, bytes)")
-        name = _field(msg, 5, str)
-        timeout = _field(msg, 6, (int, float))
-        if isinstance(timeout, bool) or not math.isfinite(timeout) or timeout <= 0:
-            raise BadRequest(f"timeout must be a positive finite number, got {timeout!r}")
-        snapshot_json = _field(msg, 7, str)
-        try:
-            json.loads(snapshot_json)
-        except (ValueError, RecursionError) as exc:
-            raise BadRequest(f"snapshot is not JSON: {exc}") from None
-        listens = _field(msg, 8, (list, tuple, set, frozenset))
-        if not all(isinstance(k, str) for k in listens):
-            raise BadRequest("listens must hold str event kinds")
-        has_comp = _field(msg, 9, bool)
-        key = msg[10] if len(msg) > 10 else None
-        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
-            raise BadRequest("key must be a str of 1 to 256 characters")
-        cid = c.classes.get(ccid)
-        if not isinstance(cid, int):
-            raise Refused("SpawnError", cid or f"unknown class id {ccid!r}")
+        sid, spec, key = parse_spawn(msg, c.classes)
         if sid in self.table.live or self.shared.state(sid) != "live":
             raise Refused("ValueError", f"saga id {sid!r} is not a fresh registered id")
-        return sid, SagaSpec(cid, state, name, float(timeout), snapshot_json,
-                             frozenset(listens), has_comp), key
+        return sid, spec, key
 
     def _start(self, sid: int, spec: SagaSpec, key: str | None) -> int:
         self.outcomes.expect(sid)
@@ -386,22 +352,31 @@ class ControlServer:
         self.sagas.start(sid, spec)
         return sid
 
+    def _refuse(self, c: Conn, req: int, msg: tuple[Any, ...], r: Refused) -> None:
+        if req == 0 and msg[0] == "spawn":  # a pipelined spawn: say which saga
+            c.send(("refused", msg[2] if len(msg) > 2 else None, (r.kind, r.message)))
+        else:
+            c.send(("err", req, (r.kind, r.message)))
+
     def _spawn(self, c: Conn, req: int, msg: tuple[Any, ...]) -> None:
+        """Request 0: pipelined, answered only if refused (the client took
+        the id from shared memory and returned it already)."""
         try:
             sid, spec, key = self._parse_spawn(c, msg)
         except Refused as r:
-            c.send(("err", req, (r.kind, r.message)))
+            self._refuse(c, req, msg, r)
             return
         got = self._start(sid, spec, key)
         if len(msg) > 11 and msg[11] is True and got == sid:
             self.remote_waiters.setdefault(sid, []).append((c, 0))  # push its outcome
-        c.send(("ok", req, got))
+        if req:
+            c.send(("ok", req, got))
 
     def _spawn_many(self, c: Conn, req: int, msg: tuple[Any, ...]) -> None:
         """Every item checked first, then all started: all or none."""
-        items = _field(msg, 2, list)
+        items = field(msg, 2, list)
         try:
-            parsed = [self._parse_spawn(c, ("spawn", req) + tuple(_field((it,), 0, tuple)))
+            parsed = [self._parse_spawn(c, ("spawn", req) + tuple(field((it,), 0, tuple)))
                       for it in items]
         except Refused as r:
             c.send(("err", req, (r.kind, r.message)))
@@ -428,18 +403,3 @@ class ControlServer:
             else:
                 c.send(("ok", req, found))
 
-
-def _field(msg: tuple[Any, ...], i: int, kind: type | tuple[type, ...]) -> Any:
-    if len(msg) <= i:
-        raise BadRequest(f"field {i} is missing")
-    v = msg[i]
-    if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
-        raise BadRequest(f"field {i} has type {type(v).__name__}")
-    return v
-
-
-def _saga_id(msg: tuple[Any, ...], i: int) -> int:
-    sid: int = _field(msg, i, int)
-    if sid <= 0:
-        raise BadRequest(f"saga id must be >= 1, got {sid}")
-    return sid
