@@ -91,3 +91,28 @@ def test_launcher(benchmark: Any, data_dir: Path, engine: str, launcher: str,
     benchmark.extra_info.update(rate=N / benchmark.stats.stats.median,
                                 one_at_a_time_p50_ms=round(p50, 3),
                                 one_at_a_time_p99_ms=round(p99, 3))
+
+
+def _one_by_one(api: Any, n: int) -> None:
+    ids = [api.spawn(EchoSaga(i)) for i in range(n)]  # a launcher spawning as work comes
+    for sid in ids:
+        assert api.wait(sid, 120).completed
+
+
+@pytest.mark.parametrize("launcher", ["idle", "busy"])
+@pytest.mark.parametrize("engine", ["thread", "process"])
+def test_spawn_one_by_one(benchmark: Any, data_dir: Path, engine: str, launcher: str,
+                          request: Any) -> None:
+    """spawn() called once per saga, then a wait each: the process engine
+    pipelines the spawns (no answer awaited after a class's first)."""
+    name = request.node.name
+    benchmark.extra_info["per"] = N
+    benchmark.extra_info["baseline"] = name.replace(launcher, "idle") if launcher != "idle" \
+        else name.replace("process", "thread") if engine == "process" else None
+    if benchmark.extra_info["baseline"] is None:
+        del benchmark.extra_info["baseline"]
+    with Supervisor(data_dir, workers=2, host=HOST, engine=engine) as api:
+        _one_by_one(api, 500)
+        with _busy(launcher != "idle"):
+            benchmark.pedantic(_one_by_one, args=(api, N), rounds=3, iterations=1)
+    benchmark.extra_info["rate"] = N / benchmark.stats.stats.median
