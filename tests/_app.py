@@ -11,6 +11,7 @@ from .sagas import StepperSaga
 
 
 def make() -> Supervisor:
-    sup = Supervisor(os.environ["SAGA_TEST_DATA"], workers=2, host=HOST_ARGV)
+    sup = Supervisor(os.environ["SAGA_TEST_DATA"], workers=2, host=HOST_ARGV,
+                     engine=os.environ.get("SAGA_TEST_ENGINE", "thread"))
     sup.register_kind(StepperSaga)
     return sup

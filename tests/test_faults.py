@@ -281,7 +281,10 @@ def test_stuck_worker_is_killed_after_consecutive_missed_heartbeats(
     assert sup.wait(sup.spawn(S.EchoSaga()), 10).completed
 
 
-def test_sigterm_drains_then_stops_with_no_orphans(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["thread", "process"])
+def test_sigterm_drains_then_stops_with_no_orphans(tmp_path: Path, engine: str) -> None:
+    """`saga-supervisor run` (Supervisor.serve()) on SIGTERM, with the engine
+    as a thread of the app's process or in a process of its own."""
     import psutil
 
     from supervisor import SagaClient
@@ -289,12 +292,14 @@ def test_sigterm_drains_then_stops_with_no_orphans(tmp_path: Path) -> None:
     data = tmp_path / "d"
     proc = subprocess.Popen([sys.executable, "-m", "supervisor", "run", "--app",
                              "tests._app:make", "--drain-timeout", "1.0"], cwd=ROOT,
-                            env={**_env(), "SAGA_TEST_DATA": str(data)})
+                            env={**_env(), "SAGA_TEST_DATA": str(data),
+                                 "SAGA_TEST_ENGINE": engine})
     try:
         wait_for(lambda: (data / "run" / "control").exists() and
                  (data / "run" / "health.json").exists(), timeout=60, what="running")
         report = json.loads((data / "run" / "health.json").read_text())
-        pids = [w["pid"] for w in report["workers"]] + [report["host"]["pid"]]
+        pids = [w["pid"] for w in report["workers"]] + [report["host"]["pid"]] + \
+            [c.pid for c in psutil.Process(proc.pid).children()]  # (the supervisor process)
         with SagaClient(data) as client:
             quick = client.spawn(S.StepperSaga(1, steps=2, seconds=0.3))
             slow = client.spawn(S.StepperSaga(2, steps=1, seconds=60))
