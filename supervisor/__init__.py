@@ -44,7 +44,7 @@ _WHERE = {
     "SpawnError": "supervisor.errors",
     "StepInfo": "supervisor.saga",
     "Subscription": "supervisor._engine.outcomes",
-    "Supervisor": "supervisor.core",
+    "Supervisor": "supervisor.process",  # (loading it registers engine="process")
     "SupervisorProcess": "supervisor.process",
     "SupervisorGoneError": "supervisor.process",
     "SupervisorCrashedError": "supervisor.errors",

@@ -11,17 +11,17 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
+from supervisor._eventq import EventQueueReader
 from supervisor.client import SagaClient
-from supervisor.errors import NotRunningError
 from supervisor.saga import Event
 
 log = logging.getLogger(__name__)
 
 
-class EventStream:
+class EventStream(EventQueueReader):
     def __init__(self, client: SagaClient, callback: Callable[[Event], Any] | None = None
                  ) -> None:
         self._client = client
@@ -33,24 +33,6 @@ class EventStream:
             self._thread = threading.Thread(target=self._run, name="saga-subscriber",
                                             daemon=True)
             self._thread.start()
-
-    def get(self, timeout: float | None = None) -> Event:
-        """The next event; raises ``queue.Empty`` after `timeout` seconds and
-        :class:`NotRunningError` once the supervisor stopped (or this stream
-        closed) and all was read."""
-        item = self._q.get(timeout=timeout)
-        if item is None:
-            self._q.put(None)
-            raise NotRunningError("the subscription is closed; no more events" if self.closed
-                                  else "the supervisor stopped; no more events")
-        return item
-
-    def __iter__(self) -> Iterator[Event]:
-        while True:
-            try:
-                yield self.get()
-            except NotRunningError:
-                return
 
     def _run(self) -> None:
         cb = self.callback

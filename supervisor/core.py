@@ -9,7 +9,6 @@ thread; the engine's own work happens on its loop thread.
 from __future__ import annotations
 
 import atexit
-import importlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -28,7 +27,7 @@ from supervisor._engine.outcomes import Subscription
 from supervisor._engine.records import Settings
 from supervisor._foreground import serve_until_signal
 from supervisor._future import Future
-from supervisor.errors import NotRunningError, SupervisorCrashedError
+from supervisor.errors import NotRunningError, SupervisorCrashedError, SupervisorError
 from supervisor.log import logged_outcome
 from supervisor.paths import DataDir
 from supervisor.saga import Event, Outcome, Saga, Target
@@ -55,8 +54,8 @@ class Supervisor:
     `engine` says where the engine runs: ``"thread"`` (the default), a
     thread of the calling process, or ``"process"``, a supervisor process of
     its own that ``start()`` starts, so that the launcher's own threads never
-    hold the engine up (this constructor then returns a
-    :class:`supervisor.process.SupervisorProcess`).
+    hold the engine up (this constructor then returns an instance of the
+    subclass registered for that engine, with the same API).
     """
 
     _engines: ClassVar[dict[str, type[Supervisor]]] = {}
@@ -74,8 +73,9 @@ class Supervisor:
             if engine not in ENGINES:
                 raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
             if engine != "thread":
-                if engine not in Supervisor._engines:  # it registers itself on import
-                    importlib.import_module("supervisor.process")
+                if engine not in Supervisor._engines:  # (the package's Supervisor has it)
+                    raise SupervisorError(f"engine={engine!r} is not loaded: import "
+                                          "Supervisor from the supervisor package")
                 cls = Supervisor._engines[engine]
         return super().__new__(cls)
 

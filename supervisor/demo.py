@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor.core import Supervisor
+from supervisor.process import Supervisor
 from supervisor.saga import (
     SAGA_COMPLETED,
     SAGA_FAILED,

@@ -56,6 +56,10 @@ from supervisor.saga import Event, Outcome, Saga, Target
 
 log = logging.getLogger(__name__)
 
+# Supervisor is re-exported: the package's Supervisor comes from here, so that
+# loading it registers engine="process" (core cannot import this module back)
+__all__ = ["Supervisor", "SupervisorProcess", "SupervisorGoneError", "ORPHAN", "named_error"]
+
 
 class _Pickler(dill.Pickler):  # type: ignore[misc]
     """dill, but an importable module is pickled by name: dill pickles the

@@ -6,7 +6,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -144,3 +144,39 @@ def run_killed_launcher(tmp_path: "Path", script: str) -> object:
                          env={**os.environ, "PYTHONPATH": str(root)})
     assert out.returncode == -signal.SIGKILL, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def race_spawns_against_stop(sup: Any, after: int) -> None:
+    """Three threads spawn while `sup.stop()` runs (once `after` spawns
+    returned): each spawn returns an id that ends with a logged outcome, or
+    raises NotRunningError (each thread once, then it stops)."""
+    import threading
+
+    from supervisor import NotRunningError
+
+    from . import sagas as S
+
+    got: list[list[int]] = [[] for _ in range(3)]
+    refused = [0, 0, 0]
+
+    def spawner(k: int) -> None:
+        while True:
+            try:
+                got[k].append(sup.spawn(S.InstantSaga()))
+            except NotRunningError:
+                refused[k] += 1
+                return
+
+    threads = [threading.Thread(target=spawner, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: sum(map(len, got)) >= after, what="spawns flowing")
+    sup.stop()
+    for t in threads:
+        t.join(30)
+    ids = [i for g in got for i in g]
+    sagas, _ = read_log(sup.db_path)
+    assert set(ids) <= set(sagas), f"{len(set(ids) - set(sagas))} ids never logged"
+    assert all(sagas[i]["state"] in ("completed", "failed") for i in ids)
+    assert all(sup.wait(i).saga_id == i for i in ids[-50:])  # from the log, once stopped
+    assert refused == [1, 1, 1]

@@ -9,7 +9,6 @@ import math
 import pickle
 import socket
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,7 +20,6 @@ from supervisor import (
     SAGA_SPAWN_FAILED,
     SAGA_STARTED,
     Event,
-    NotRunningError,
     SharedState,
     Supervisor,
     Target,
@@ -29,7 +27,7 @@ from supervisor import (
 from supervisor.frames import FrameReader, frame
 
 from . import sagas as S
-from .conftest import drain_bus, read_log
+from .conftest import drain_bus
 
 Make = Callable[..., Supervisor]
 
@@ -206,33 +204,8 @@ def test_trigger_on_a_full_claim_table_fails_alone_and_eviction_frees_a_slot(
 def test_every_id_spawn_returned_ends_logged_when_stop_races_it(tmp_path: Path) -> None:
     """Threads spawn while stop() runs: each spawn either returns an id that
     ends with a logged outcome, or raises NotRunningError."""
+    from .conftest import race_spawns_against_stop
+
     for round_ in range(4):
         sup = Supervisor(tmp_path / f"r{round_}", workers=1).start()
-        got: list[list[int]] = [[] for _ in range(3)]
-        refused = [0, 0, 0]
-        go = threading.Event()
-
-        def spawner(k: int) -> None:
-            go.set()
-            while True:
-                try:
-                    got[k].append(sup.spawn(S.InstantSaga()))
-                except NotRunningError:
-                    refused[k] += 1
-                    return
-
-        threads = [threading.Thread(target=spawner, args=(k,)) for k in range(3)]
-        for t in threads:
-            t.start()
-        go.wait(10)
-        while sum(map(len, got)) < 200 * (round_ + 1):
-            pass
-        sup.stop()
-        for t in threads:
-            t.join(30)
-        ids = [i for g in got for i in g]
-        sagas, steps = read_log(sup.db_path)
-        assert set(ids) <= set(sagas), f"{len(set(ids) - set(sagas))} ids never logged"
-        assert all(sagas[i]["state"] in ("completed", "failed") for i in ids)
-        assert all(sup.wait(i).saga_id == i for i in ids[-50:])
-        assert refused == [1, 1, 1]
+        race_spawns_against_stop(sup, 200 * (round_ + 1))

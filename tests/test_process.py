@@ -134,8 +134,10 @@ def _launch(tmp_path: Path, orphan: str) -> tuple[subprocess.Popen[str], int, li
     return launcher, pid, ids
 
 
-def test_a_killed_launcher_stops_its_supervisor_cleanly(tmp_path: Path) -> None:
-    launcher, pid, ids = _launch(tmp_path, "stop")
+def _kill_launcher(tmp_path: Path, orphan: str) -> list[int]:
+    """Start a launcher, SIGKILL it, wait until its supervisor process and
+    that one's children are gone: the ids it spawned."""
+    launcher, pid, ids = _launch(tmp_path, orphan)
     procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
     assert len(procs) >= 3  # the supervisor, its worker, its host
     launcher.kill()
@@ -143,6 +145,11 @@ def test_a_killed_launcher_stops_its_supervisor_cleanly(tmp_path: Path) -> None:
     launcher.stdout.close()  # type: ignore[union-attr]
     wait_for(lambda: all(_gone(p.pid) for p in procs), timeout=30,
              what="the supervisor process and its children gone")
+    return ids
+
+
+def test_a_killed_launcher_stops_its_supervisor_cleanly(tmp_path: Path) -> None:
+    ids = _kill_launcher(tmp_path, "stop")
     sagas, steps = read_log(tmp_path / "d" / "db" / "sagas.db")
     for i in ids:  # every saga it accepted has its outcome, no step left pending
         assert sagas[i]["state"] == "failed" and sagas[i]["failure_reason"] == \
@@ -152,13 +159,7 @@ def test_a_killed_launcher_stops_its_supervisor_cleanly(tmp_path: Path) -> None:
 
 
 def test_orphan_suspend_leaves_the_sagas_for_the_next_start(tmp_path: Path) -> None:
-    launcher, pid, ids = _launch(tmp_path, "suspend")
-    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    launcher.kill()
-    launcher.wait()
-    launcher.stdout.close()  # type: ignore[union-attr]
-    wait_for(lambda: all(_gone(p.pid) for p in procs), timeout=30,
-             what="the supervisor process and its children gone")
+    ids = _kill_launcher(tmp_path, "suspend")
     sagas, _ = read_log(tmp_path / "d" / "db" / "sagas.db")
     assert [sagas[i]["state"] for i in ids] == ["running"] * len(ids)  # nothing failed
     sup = SupervisorProcess(tmp_path / "d", workers=1, host=HOST_ARGV)
@@ -308,32 +309,11 @@ def test_every_id_spawn_returned_is_logged_when_stop_races_it(tmp_path: Path) ->
     stop() first seals the launcher's connection and waits until the
     supervisor took everything sent before; threads spawning meanwhile get
     an id that ends logged, or NotRunningError.  Several rounds."""
-    from supervisor import NotRunningError, Supervisor
+    from supervisor import Supervisor
+
+    from .conftest import race_spawns_against_stop
 
     for round_ in range(3):
         sup = Supervisor(tmp_path / f"r{round_}", workers=1, engine="process").start()
         sup.wait(sup.spawn(S.InstantSaga()), 30)  # the class is loaded: pipelined now
-        got: list[list[int]] = [[] for _ in range(3)]
-        refused = [0, 0, 0]
-
-        def spawner(k: int) -> None:
-            while True:
-                try:
-                    got[k].append(sup.spawn(S.InstantSaga()))
-                except NotRunningError:
-                    refused[k] += 1
-                    return
-
-        threads = [threading.Thread(target=spawner, args=(k,)) for k in range(3)]
-        for t in threads:
-            t.start()
-        wait_for(lambda: sum(map(len, got)) >= 300 * (round_ + 1), what="spawns flowing")
-        sup.stop()
-        for t in threads:
-            t.join(30)
-        ids = [i for g in got for i in g]
-        sagas, _ = read_log(sup.db_path)
-        assert set(ids) <= set(sagas), f"{len(set(ids) - set(sagas))} ids never logged"
-        assert all(sagas[i]["state"] in ("completed", "failed") for i in ids)
-        assert all(sup.wait(i).saga_id == i for i in ids[-50:])  # from the log
-        assert refused == [1, 1, 1]
+        race_spawns_against_stop(sup, 300 * (round_ + 1))

@@ -11,12 +11,12 @@ import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
+from supervisor._eventq import EventQueueReader
 from supervisor._future import Future
 from supervisor._ratelimit import RateLimitedLog
-from supervisor.errors import NotRunningError
 from supervisor.saga import Event, Outcome
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ _warn = RateLimitedLog(log)
 OUTCOMES_KEPT = 100_000
 
 
-class Subscription:
+class Subscription(EventQueueReader):
     """Bus events (lifecycle and domain) in version order: a queue to read
     with :meth:`get` or iterate, or, when made with a callback, calls to it on
     the supervisor's loop thread (a callback that raises is counted and
@@ -39,22 +39,6 @@ class Subscription:
         self._owner = owner
         self.callback = callback
         self.closed = False
-
-    def get(self, timeout: float | None = None) -> Event:
-        """The next event; raises ``queue.Empty`` after `timeout` seconds and
-        :class:`NotRunningError` once the supervisor stopped and all was read."""
-        item: Event | None = self._q.get(timeout=timeout)
-        if item is None:
-            self._q.put(None)
-            raise NotRunningError("the supervisor stopped; no more events")
-        return item
-
-    def __iter__(self) -> Iterator[Event]:
-        while True:
-            try:
-                yield self.get()
-            except NotRunningError:
-                return
 
     def put(self, ev: Event) -> bool:
         """Deliver one event (loop thread); False if the callback raised."""
