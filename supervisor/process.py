@@ -1,56 +1,52 @@
-"""SupervisorProcess: the engine in a supervisor process of its own.
+"""The engine in a supervisor process of its own: ``Supervisor(...,
+engine="process")``, which returns a :class:`SupervisorProcess`.
 
-``Supervisor`` runs its engine as a thread of the launcher's process, so a
-launcher whose own threads keep the GIL busy slows every saga down (each
-hand-over between threads can wait a whole switch interval, 5 ms).
-``SupervisorProcess`` has the same API, but ``start()`` starts a separate
-supervisor process (``python -m supervisor._serve``) that owns the log, the
-host pipe and the workers; the launcher talks to it as :class:`SagaClient`
-does — ids and claims straight from shared memory, requests over the control
-socket, and the outcome of every saga it spawned pushed to it as soon as it
-is committed.
+With ``engine="thread"`` (the default) the engine is a thread of the
+launcher's process, so a launcher whose own threads keep the GIL busy slows
+every saga down (each hand-over between threads can wait a whole switch
+interval, 5 ms).  ``SupervisorProcess`` has the same API, but ``start()``
+starts a separate supervisor process (``python -m supervisor._serve``) that
+owns the log, the host pipe and the workers; the launcher talks to it as
+:class:`SagaClient` does — ids and claims straight from shared memory,
+requests over the control socket (spawns pipelined), and the outcome of
+every saga it spawned pushed to it as soon as it is committed.
 
 Where user code runs: saga code in the workers, as always.  Kind factories,
 local-target handlers and trigger predicates and factories are shipped to the
-supervisor process with dill when it starts (register them before
-``start()``) and run there, on its loop thread — they must not rely on the
-launcher's memory.  Subscriber callbacks run in the launcher, on a thread of
-their own fed from the bus.
+supervisor process with dill (with the start, or over the control socket
+when registered later) and run there, on its loop thread — they must not
+rely on the launcher's memory.  Subscriber callbacks run in the launcher, on
+a thread and connection of their own.
 
 Nothing is left behind when either process dies: the supervisor process
 watches the launcher through its stdin (EOF: the launcher exited or was
 killed) and stops cleanly (``orphan="stop"``: failing what is in flight;
-``"suspend"``: leaving it in the log for the next start to resume), or keeps
-serving other clients with ``orphan="serve"``; the launcher sees a dead supervisor process as
-:class:`SupervisorGoneError` from its calls.
+``"suspend"``: leaving it in the log for the next start to resume), or
+keeps serving other clients with ``orphan="serve"``; the launcher sees a
+dead supervisor process as :class:`SupervisorGoneError` from its calls, and
+one that stopped on its own error as the thread engine reports it
+(:class:`SupervisorCrashedError`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import builtins
-import importlib
-import io
 import json
 import logging
 import os
 import selectors
 import subprocess
 import sys
-import types
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-import dill
-
 import supervisor._validate as _validate
+from supervisor._ship import named_error, ship
 from supervisor.async_client import AsyncSagaClient
 from supervisor._events import EventStream
 from supervisor.client import SagaClient
 from supervisor.core import Supervisor
-import supervisor.errors as errors
-import supervisor.log as log_module
 from supervisor.errors import NotRunningError, SupervisorCrashedError, SupervisorError
 from supervisor.saga import Event, Outcome, Saga, Target
 
@@ -58,53 +54,7 @@ log = logging.getLogger(__name__)
 
 # Supervisor is re-exported: the package's Supervisor comes from here, so that
 # loading it registers engine="process" (core cannot import this module back)
-__all__ = ["Supervisor", "SupervisorProcess", "SupervisorGoneError", "ORPHAN", "named_error"]
-
-
-class _Pickler(dill.Pickler):  # type: ignore[misc]
-    """dill, but an importable module is pickled by name: dill pickles the
-    modules of a project (not installed in site-packages) by value, which
-    fails on their native handles.  Lambdas and closures still travel by
-    value; what they name from modules is imported in the supervisor."""
-
-    dispatch = dill.Pickler.dispatch.copy()
-
-
-def _save_module(pickler: Any, obj: types.ModuleType) -> None:
-    if obj.__name__ != "__main__" and sys.modules.get(obj.__name__) is obj:
-        pickler.save_reduce(importlib.import_module, (obj.__name__,), obj=obj)
-    else:
-        dill._dill.save_module(pickler, obj)
-
-
-_Pickler.dispatch[types.ModuleType] = _save_module
-
-
-def _ship(what: str, obj: Any) -> bytes:
-    """`obj` with dill, for the supervisor process; SupervisorError if not."""
-    buf = io.BytesIO()
-    try:
-        _Pickler(buf, recurse=True).dump(obj)
-    except Exception as exc:
-        raise SupervisorError(f"{what} cannot be shipped to the supervisor process: "
-                              f"{type(exc).__name__}: {exc}") from exc
-    return buf.getvalue()
-
-
-def named_error(text: str) -> BaseException:
-    """``"LogCorruptError: <message>"``, as the supervisor process reports an
-    error, made back into that exception where it is one of ours or a
-    built-in one (so ``except LogError`` works as with the thread engine)."""
-    name, _, message = text.partition(": ")
-    for where in (errors, log_module, builtins):
-        cls = getattr(where, name, None)
-        if isinstance(cls, type) and issubclass(cls, Exception):
-            exc = cls.__new__(cls)  # its own __init__ may take other arguments
-            Exception.__init__(exc, message)
-            if isinstance(exc, log_module.LogError):
-                exc.path = message.removeprefix("saga log ").partition(": ")[0]
-            return exc
-    return SupervisorError(f"the supervisor process failed: {text}")
+__all__ = ["Supervisor", "SupervisorProcess", "SupervisorGoneError", "ORPHAN"]
 
 
 # what the supervisor process does when its launcher dies: stop (failing what
@@ -178,7 +128,7 @@ class SupervisorProcess(Supervisor, engine="process"):
         if self._state == "new":
             before_start.append((args, kw))
             return
-        blob = _ship(what, (what, args, kw))
+        blob = ship(what, (what, args, kw))
         self._do(lambda c: c._call("register", blob))
 
     # -- start and stop ------------------------------------------------------------------
@@ -228,7 +178,7 @@ class SupervisorProcess(Supervisor, engine="process"):
     def start(self) -> SupervisorProcess:
         if self._state != "new":
             raise NotRunningError(f"start() called on a supervisor that is {self.state}")
-        blob = _ship("the kinds, handlers and triggers", {
+        blob = ship("the kinds, handlers and triggers", {
             "data_dir": str(self.data_dir), "options": self._options, "kinds": self._kinds,
             "handlers": self._handlers, "triggers": self._triggers, "orphan": self._orphan})
         env = dict(os.environ)
