@@ -26,6 +26,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -101,6 +102,18 @@ def _watch_launcher(commands: list[Command], wake: threading.Event) -> None:
     wake.set()
 
 
+def _take_what_was_sent(sup: Supervisor, limit: float = 2.0) -> None:
+    """Before stopping for a dead launcher, let the loop read what it sent
+    on the control socket (pipelined spawns it already has ids for): its
+    connection closes once all of that was read.  Other clients' connections
+    stay open, so this waits at most `limit` seconds."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and sup.state == "running":
+        if not sup.health().get("control", {}).get("clients"):
+            return
+        time.sleep(0.01)
+
+
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s supervisor[%(process)d] "
@@ -143,6 +156,7 @@ def main() -> int:
         if what == "orphaned":
             log.warning("the launcher is gone: stopping (orphan=%r)", orphan)
             suspend = orphan == "suspend"
+            _take_what_was_sent(sup)
         sup.stop(drain=drain, timeout=timeout, suspend=suspend)
         _say("stopped")
         return 1 if sup.error is not None else 0

@@ -117,7 +117,7 @@ _LAUNCHER = """
         sp = SupervisorProcess({data!r}, workers=1, host=HOST_ARGV, orphan={orphan!r})
         sp.register_kind(LimitedSaga)
         sp.start()
-        ids = [sp.spawn(LimitedSaga(n, seconds=60, timeout=120)) for n in range(5)]
+        ids = [sp.spawn(LimitedSaga(n, seconds=60, timeout=120)) for n in range(200)]
         print(json.dumps([sp.pid, ids]), flush=True)
         signal.pause()  # until the test kills this launcher
 """
