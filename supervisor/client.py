@@ -102,7 +102,8 @@ class SagaClient:
                 self._sock.sendall(data)
             except OSError as exc:
                 raise NotRunningError(f"the supervisor connection broke: {exc}") from exc
-            self._sealed = seal
+            if seal:
+                self._sealed = True
 
     def _call(self, op: str, *args: Any, timeout: float | None = 30.0) -> Any:
         req = next(self._reqs)
