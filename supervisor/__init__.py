@@ -59,6 +59,7 @@ _WHERE = {
     "SharedMemoryError": "supervisor.errors",
     "SharedState": "supervisor.shm",
     "SupervisorError": "supervisor.errors",
+    "HostStartError": "supervisor.errors",
 }
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers
@@ -67,6 +68,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers
     from supervisor.process import SupervisorGoneError, SupervisorProcess
     from supervisor._engine.outcomes import Subscription
     from supervisor.core import Supervisor
+    from supervisor.errors import HostStartError
     from supervisor.errors import (
         CapacityError,
         IdOverflowError,
@@ -163,4 +165,5 @@ __all__ = [
     "SharedMemoryError",
     "SharedState",
     "SupervisorError",
+    "HostStartError",
 ]

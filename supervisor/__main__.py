@@ -210,7 +210,8 @@ def cmd_health(args: argparse.Namespace) -> int:
         if dead:
             problems.append(f"workers not alive: {dead}")
         host = report.get("host")
-        if host is not None and not host.get("alive"):
+        if host is not None and not host.get("alive") and \
+                not any(p.startswith("host down") for p in problems):
             problems.append(f"host down: {host.get('death')}")
         if not problems:
             problems.append(f"supervisor state {me.get('state')}")

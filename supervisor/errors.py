@@ -93,3 +93,17 @@ class SupervisorCrashedError(SupervisorError):
 class RestartIntensityError(SupervisorError):
     """Workers died more often than `max_restarts` within `period`: the
     supervisor stopped itself (OTP-style) and failed every saga in flight."""
+
+
+class HostStartError(SupervisorError):
+    """The host exited in its first moments, before the supervisor could use
+    it: ``start()`` raises this with its exit status and the last lines it
+    wrote to stderr (fix the host's argv or the host itself)."""
+
+    def __init__(self, argv: list[str] | None, status: int | None, stderr: str) -> None:
+        self.argv = argv
+        self.status = status
+        self.stderr = stderr
+        tail = "".join(f"\n  | {line}" for line in stderr.splitlines()) or " (nothing)"
+        super().__init__(f"the host {argv!r} exited at start (status {status}); "
+                         f"the last lines of its stderr:{tail}")

@@ -65,6 +65,13 @@ def shared(shm_name: str) -> Iterator[SharedState]:
 HOST_ARGV = [__import__("sys").executable, "-m", "supervisor.host"]
 
 
+@pytest.fixture(params=["thread", "process"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """Run the test on both engines: the supervisor as a thread of the test,
+    and in a supervisor process of its own."""
+    return str(request.param)
+
+
 @pytest.fixture
 def make_sup(tmp_path: "Path") -> "Iterator[Callable[..., Supervisor]]":
     """Build started supervisors on a real data dir; all are stopped after."""

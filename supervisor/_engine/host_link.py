@@ -1,11 +1,21 @@
-"""The host process and its pipe.  Loop thread only.
+"""The host process and its pipe.  Loop thread only (but the stderr tail's
+reader thread).
 
 Starts the host (an argv, as a subprocess) or adopts a given pair of fds,
 reads whole frames from it and writes framed commands to it, without
 blocking.  It decides nothing about sagas: :meth:`HostLink.read` and
 :meth:`HostLink.flush` return frame bodies and a *death verdict* (why the
 pipe is gone, or None), and the loop routes both.  :meth:`HostLink.lost`
-stops a dead host and, within restart intensity, starts a new one.
+stops a dead host and, within restart intensity, starts a new one at once
+(the first death in a period) or after a backoff that doubles with each
+death (``restart_backoff``, capped at 2 s); commands issued meanwhile are
+held and go to the new host.  Past the intensity the host stays down
+(:attr:`HostLink.down`, reported in health) and host commands fail at once.
+
+A host started from an argv writes its stderr through a pipe: a thread
+copies it to the supervisor's own stderr as it comes and keeps its last
+lines, so that a host that dies at start is reported by ``start()`` with
+what it said (:class:`HostStartError`).
 """
 
 from __future__ import annotations
@@ -15,19 +25,75 @@ import os
 import selectors
 import signal
 import subprocess
+import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import supervisor.frames as frames
 from supervisor._engine.pipes import drain
 from supervisor._engine.records import HostProc, Lifecycle, Settings, Stats
 from supervisor._engine.restarts import RestartWindow
-from supervisor.errors import SupervisorError
+from supervisor.errors import HostStartError, SupervisorError
 
 log = logging.getLogger(__name__)
 
 _READ = 1 << 18
+# a host that dies within this long of its start is reported by start()
+HOST_SETTLE: Final = 0.25
+_TAIL_LINES = 20
+
+# what became of a host that died (HostLink.lost)
+RESTARTED: Final = "restarted"
+LATER: Final = "later"  # restarted after a backoff; its commands are held
+GONE: Final = "gone"
+
+
+class StderrTail:
+    """Copies a host's stderr to ours as it comes, keeping its last lines."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.lines: deque[bytes] = deque(maxlen=_TAIL_LINES)
+        self._partial = b""
+        self._pipe = pipe
+        self._thread = threading.Thread(target=self._copy, name="saga-host-stderr",
+                                        daemon=True)
+        self._thread.start()
+
+    def _copy(self) -> None:
+        fd = self._pipe.fileno()
+        out = getattr(sys.stderr, "buffer", None)
+        while True:
+            try:
+                data = os.read(fd, 1 << 16)
+            except OSError:
+                break
+            if not data:
+                break
+            try:
+                if out is not None:
+                    out.write(data)
+                    out.flush()
+            except (OSError, ValueError):
+                out = None  # our stderr is gone: keep the tail all the same
+            lines = (self._partial + data).split(b"\n")
+            self._partial = lines.pop()[-4096:]
+            self.lines.extend(line[-1024:] for line in lines)
+        if self._partial:
+            self.lines.append(self._partial)
+            self._partial = b""
+        try:
+            self._pipe.close()
+        except OSError:
+            pass
+
+    def text(self, wait: float = 0.0) -> str:
+        """The last lines, after waiting up to `wait` s for the pipe's end."""
+        if wait:
+            self._thread.join(wait)
+        return b"\n".join(self.lines).decode("utf-8", "replace")
 
 
 def stop_host_process(h: HostProc, grace: float) -> None:
@@ -55,15 +121,21 @@ def stop_host_process(h: HostProc, grace: float) -> None:
 class HostLink:
     def __init__(self, settings: Settings, sel: selectors.BaseSelector, stats: Stats,
                  life: Lifecycle, on_readable: Callable[[HostProc], Any],
-                 on_writable: Callable[[HostProc], Any]) -> None:
+                 on_writable: Callable[[HostProc], Any],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.sel = sel
         self.stats = stats
         self.life = life
         self.on_readable = on_readable
         self.on_writable = on_writable
+        self.clock = clock
         self.host: HostProc | None = None
-        self.window = RestartWindow(settings.max_restarts, settings.restart_period)
+        self.window = RestartWindow(settings.max_restarts, settings.restart_period,
+                                    backoff=settings.restart_backoff)
+        self.restart_at: float | None = None  # a restart waiting out its backoff
+        self.held: list[tuple[int, int, str, bool]] = []  # host commands meanwhile
+        self.down: str | None = None  # why the host stays down (past intensity)
 
     @property
     def configured(self) -> bool:
@@ -77,18 +149,45 @@ class HostLink:
         else:
             assert s.host_argv is not None
             try:
+                # its own process group: a terminal's Ctrl-C goes to the
+                # launcher, which stops the host itself (stdin EOF)
                 proc = subprocess.Popen(s.host_argv, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, bufsize=0, close_fds=True)
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        bufsize=0, close_fds=True, start_new_session=True)
             except OSError as exc:
                 raise SupervisorError(f"cannot start the host {s.host_argv!r}: {exc}"
                                       ) from exc
             assert proc.stdin is not None and proc.stdout is not None
             h = HostProc(proc, proc.stdin.fileno(), proc.stdout.fileno())
+            h.stderr = StderrTail(proc.stderr)
         os.set_blocking(h.wfd, False)
         os.set_blocking(h.rfd, False)
         self.sel.register(h.rfd, selectors.EVENT_READ, lambda mask: self.on_readable(h))
         self.host = h
         return h
+
+    def check_started(self, timeout: float) -> None:
+        """At start: a host that exits within its first moments (HOST_SETTLE
+        seconds, or before answering anything) raises HostStartError with
+        its exit status and the last lines of its stderr."""
+        h = self.host
+        if h is None or h.proc is None:
+            return
+        deadline = h.born + HOST_SETTLE
+        while True:
+            status = h.proc.poll()
+            if status is not None:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0 or h.frames_in:
+                return
+            try:
+                status = h.proc.wait(min(left, timeout))
+            except subprocess.TimeoutExpired:
+                return
+            break
+        tail = h.stderr.text(wait=1.0) if h.stderr is not None else ""
+        raise HostStartError(self.settings.host_argv, status, tail)
 
     def read(self, h: HostProc) -> tuple[list[bytes], str | None]:
         """Every whole frame readable now, and the death verdict."""
@@ -154,11 +253,13 @@ class HostLink:
         err = drain(self.sel, h, lambda mask: self.on_writable(h))
         return None if err is None else f"host pipe send failed: {err}"
 
-    def lost(self, h: HostProc, why: str) -> bool:
+    def lost(self, h: HostProc, why: str) -> str:
         """The host is gone: stop it, and start a new one if it was started
-        from an argv and restarts are within intensity.  True if restarted."""
+        from an argv and restarts are within intensity: at once
+        (:data:`RESTARTED`) or after a backoff (:data:`LATER`, see
+        :meth:`restart_due`); else :data:`GONE`."""
         if not h.alive:
-            return False
+            return GONE
         h.alive = False
         h.death = why
         for fd in (h.rfd, h.wfd):
@@ -169,24 +270,59 @@ class HostLink:
         stop_host_process(h, grace=1.0)
         s = self.settings
         if not (s.restart_host and s.host_argv is not None and self.life.running):
-            return False
-        verdict = self.window.record(time.monotonic())
+            if s.host_argv is not None and self.life.running:
+                self.down = f"host down (restart_host=False): {why}"
+            return GONE
+        verdict = self.window.record(self.clock())
         if not verdict.allowed:
-            log.error("host restart intensity exceeded (%d within %ss): not restarting",
-                      verdict.restarts, s.restart_period)
-            return False
+            self.down = (f"host down: restart intensity exceeded ({verdict.restarts} "
+                         f"deaths within {s.restart_period}s, max_restarts="
+                         f"{s.max_restarts}); the last: {why}{self._said(h)}")
+            log.error("%s: not restarting; host commands fail until the supervisor is "
+                      "restarted", self.down)
+            return GONE
+        if verdict.delay > 0:
+            self.restart_at = self.clock() + verdict.delay
+            return LATER
+        return RESTARTED if self._restart(h) else GONE
+
+    @staticmethod
+    def _said(h: HostProc) -> str:
+        tail = h.stderr.text(wait=0.2).splitlines()[-3:] if h.stderr is not None else []
+        return f"; its stderr ended: {' | '.join(tail)}" if tail else ""
+
+    def _restart(self, old: HostProc) -> bool:
         try:
             new = self.start()
         except SupervisorError as exc:
-            log.error("cannot restart the host: %s", exc)
-            self.host = h
+            self.down = f"host down: cannot restart it: {exc}"
+            log.error("%s", self.down)
+            self.host = old
             return False
-        new.frames_in, new.frames_out = h.frames_in, h.frames_out
-        new.bad_frames, new.unknown_answers = h.bad_frames, h.unknown_answers
+        new.frames_in, new.frames_out = old.frames_in, old.frames_out
+        new.bad_frames, new.unknown_answers = old.bad_frames, old.unknown_answers
         self.stats["host_restarts"] += 1
         return True
+
+    def restart_due(self, now: float) -> bool:
+        return self.restart_at is not None and now >= self.restart_at
+
+    def restart_now(self) -> tuple[HostProc | None, list[tuple[int, int, str, bool]]]:
+        """A backed-off restart is due: the new host (None if it could not
+        start) and the commands held for it meanwhile."""
+        self.restart_at = None
+        held, self.held = self.held, []
+        old = self.host
+        assert old is not None
+        if not self.life.running or not self._restart(old):
+            return None, held
+        return self.host, held
 
     def stop(self) -> None:
         if self.host is not None:
             stop_host_process(self.host, grace=5.0)
+            if self.host.stderr is not None:
+                self.host.stderr.text(wait=1.0)  # its last words reach our stderr
         self.host = None
+        self.restart_at = None
+        self.held = []

@@ -37,7 +37,7 @@ from supervisor._engine.bus import Bus, Trigger
 from supervisor._engine.compensation import Compensation
 from supervisor._engine.control import ControlServer
 from supervisor._engine.dispatch import Dispatch, Handler
-from supervisor._engine.host_link import HostLink
+from supervisor._engine.host_link import GONE, LATER, RESTARTED, HostLink
 from supervisor._engine.inbox import Cancel, Inbox, RequeueAll, Stop
 from supervisor._engine.keys import Keys
 from supervisor._engine.measure import Measures
@@ -160,7 +160,7 @@ class Engine:
         self.bus = Bus(table, sagas, shared, self.outcomes, turn, stats, self.life,
                        self.registry.prepare, self.triggers, control.subscribed)
         self.host = HostLink(s, sel, stats, self.life, self._host_readable,
-                             self._host_writable)
+                             self._host_writable, self.clock)
         retries = self.retries = Retries(table, sagas, shared, turn, stats)
         self.dispatch = Dispatch(table, shared, sagas, comp, self.handlers, stats, retries,
                                  s.host_protocol)
@@ -174,9 +174,10 @@ class Engine:
             inbox.post_internal(req)
         if requeues:  # after the replays: they count against the limits first
             inbox.post_internal(RequeueAll(requeues))
-        pool.start_all()
-        if self.host.configured:
+        if self.host.configured:  # first: it starts up while the workers import
             self.host.start()
+        pool.start_all()
+        self.host.check_started(s.start_timeout)  # a host dead at birth fails start()
         control.open()
         if s.metrics_port is not None:
             self.metrics = MetricsServer(self.collector, s.metrics_host, s.metrics_port)
@@ -235,7 +236,7 @@ class Engine:
             vnow = clock()
             timeout = min(1.0, health_every, self.settings.host_stall_timeout)
             for at in (table.next_deadline(), pool.next_restart(), self.retries.next_due(),
-                       self.queues.next_due()):
+                       self.queues.next_due(), self.host.restart_at):
                 if at is not None:
                     timeout = min(timeout, max(0.0, at - vnow))
             if self.requests.drain_deadline is not None:
@@ -263,6 +264,8 @@ class Engine:
                 self.retries.run_due(vnow)
             if self.queues.timers and self.queues.timers[0][0] <= vnow:
                 self.queues.expire(vnow)
+            if self.host.restart_due(vnow):
+                self._host_restart()
             if stopping and (not table or now >= stopping):
                 if self.requests.suspend:  # left 'running' in the log: the next start
                     log.warning("suspended with %d saga(s) in flight: the next start "
@@ -303,8 +306,11 @@ class Engine:
     def _emit(self, out: TurnOutputs) -> None:
         """A committed turn's outputs leave: commands, outcomes, events, messages."""
         if out.host_out:
-            self.dispatch.to_host(self.host.host, out.host_out)
-            self._flush_host()
+            if self.host.restart_at is not None:  # a new host comes after a backoff
+                self.host.held += out.host_out
+            else:
+                self.dispatch.to_host(self.host.host, out.host_out)
+                self._flush_host()
         if out.local_out:
             self.dispatch.to_local(out.local_out)
         if out.ended:
@@ -344,10 +350,22 @@ class Engine:
         """A death verdict (None: no death) for the host: restart or fail."""
         if why is None or not h.alive:
             return
-        restarted = self.host.lost(h, why)
-        log.error("%s; %s", why, "host restarted, open steps re-issued" if restarted
-                  else "sagas waiting on the host fail")
-        self.routing.host_lost(why, restarted)
+        became = self.host.lost(h, why)
+        log.error("%s; %s", why, {RESTARTED: "host restarted, open steps re-issued",
+                                  LATER: "host restarts after a backoff, open steps "
+                                         "re-issued then",
+                                  GONE: "sagas waiting on the host fail"}[became])
+        self.routing.host_lost(why, became != GONE)
+        if self.host.down is not None:
+            self._write_health()  # the probe sees it now, not a tick later
+
+    def _host_restart(self) -> None:
+        """A host restart's backoff is over: start it and send it what was
+        issued meanwhile (or fail that, if it cannot start)."""
+        h, held = self.host.restart_now()
+        self.dispatch.to_host(h if h is not None else self.host.host, held)
+        if h is not None:
+            self._flush_host()
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -385,6 +403,8 @@ class Engine:
         if problems is None and self.life.error is not None:
             problems = [f"stopped: {type(self.life.error).__name__}: {self.life.error}"]
         host = getattr(self, "host", None)
+        if host is not None and host.down is not None:
+            problems = [*(problems or []), host.down]
         return describe(self.life, self.settings, self.stats, self.table,
                         getattr(self, "pool", None), host.host if host is not None else None,
                         getattr(self, "control", None), self.log, problems or [],

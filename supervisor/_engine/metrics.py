@@ -96,6 +96,9 @@ class EngineCollector:
         yield from self._workers(report["workers"], GaugeMetricFamily)
         host = report.get("host")
         if host is not None:
+            yield GaugeMetricFamily("saga_host_up", "1 if the host is alive (0 while it "
+                                    "restarts, or stays down past restart intensity)",
+                                    value=1.0 if host.get("alive") else 0.0)
             yield counter("saga_host_frames_in", "Frames read from the host", host["frames_in"])
             yield counter("saga_host_frames_out", "Frames written to the host",
                           host["frames_out"])

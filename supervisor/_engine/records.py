@@ -116,7 +116,7 @@ class HostProc:
 
     __slots__ = ("proc", "wfd", "rfd", "reader", "outbuf", "want_write", "alive",
                  "frames_in", "frames_out", "bad_frames", "unknown_answers", "death",
-                 "partial_since")
+                 "partial_since", "stderr", "born")
 
     def __init__(self, proc: subprocess.Popen[bytes] | None, wfd: int, rfd: int) -> None:
         self.proc = proc
@@ -132,6 +132,8 @@ class HostProc:
         self.unknown_answers = 0
         self.death: str | None = None
         self.partial_since: float | None = None  # when an unfinished frame began
+        self.stderr: Any = None  # the host's stderr tail (host_link.StderrTail), if ours
+        self.born = time.monotonic()
 
 
 class LiveSaga:
