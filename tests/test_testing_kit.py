@@ -19,17 +19,21 @@ from . import sagas as S
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_the_documented_example_runs(tmp_path: Path) -> None:
+def test_the_documented_examples_run(tmp_path: Path) -> None:
+    """Every Python block of docs/testing.md, as a user would paste it: the
+    complete example and the perf gate, each a test file run by pytest."""
     text = (ROOT / "docs" / "testing.md").read_text()
-    (code,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    (tmp_path / "test_example.py").write_text(code)
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 2
+    for i, code in enumerate(blocks):
+        (tmp_path / f"test_example_{i}.py").write_text(code)
     t = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            str(tmp_path)],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "2 passed" in proc.stdout
-    assert time.monotonic() - t < 30  # the 30-second timeout did not take 30 seconds
+    assert "3 passed" in proc.stdout
+    assert time.monotonic() - t < 60  # the 30-second timeout did not take 30 seconds
 
 
 def test_clock_fake_host_and_perf_helpers(tmp_path: Path) -> None:
@@ -92,3 +96,67 @@ def test_step_deadlines_backoffs_and_queue_timeouts_run_on_the_test_clock(
         clock.advance(300)  # the queued saga waited its 300 s (223 before this)
         assert sup.wait(queued, 10).reason == "queue timeout"
         assert sup.cancel(head, "done")
+
+
+_KIT_USER = '''
+import time
+
+import pytest
+
+from supervisor import Done, IssueCmd, Saga, Target, Wait
+from supervisor.testing import silence
+
+
+class Slow(Saga):
+    name = "slow"
+    timeout = 0.2
+
+    def __init__(self, n=0):
+        self.n = n
+
+    def input_snapshot(self):
+        return {"n": self.n}
+
+    def start(self, ctx):
+        return IssueCmd(Target.HOST, {"op": "hold", "n": self.n})
+
+    def on_event(self, event, ctx):
+        return Done() if event.kind == "held" else Wait()
+
+
+@pytest.fixture
+def saga_host(fake_host):
+    return fake_host({"hold": silence()})
+
+
+@pytest.fixture
+def saga_supervisor_options():
+    return {"kinds": [{"kind": Slow, "max_in_flight": 1, "queue_timeout": 100.0,
+                       "factory": lambda snap: Slow(**snap)}]}
+
+
+def test_the_clock_stands_still_and_the_kind_is_limited(saga_supervisor, saga_clock,
+                                                         saga_host):
+    first = saga_supervisor.spawn(Slow(1))
+    second = saga_supervisor.spawn(Slow(2))
+    while not saga_host.received():
+        pass
+    time.sleep(0.5)  # real time passes: a 0.2 s timeout on a standing clock does not fire
+    assert saga_supervisor.health()["queued"] == 1 and saga_supervisor.in_flight() == 1
+    saga_clock.advance(0.3)
+    assert saga_supervisor.wait(first, 5).reason == "saga timeout"
+    while len(saga_host.received()) < 2:  # the queued one started: its 0.2 s counts now
+        pass
+    saga_clock.advance(0.3)
+    assert saga_supervisor.wait(second, 5).reason == "saga timeout"
+'''
+
+
+def test_the_kit_takes_kind_options_and_its_clock_moves_only_when_told(
+        tmp_path: Path) -> None:
+    (tmp_path / "test_user.py").write_text(_KIT_USER)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "1 passed" in proc.stdout

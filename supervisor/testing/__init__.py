@@ -1,8 +1,11 @@
 """A testing kit for people who write sagas.
 
-* :class:`Clock` — deadlines (saga and compensation timeouts, restart
-  backoff) on a clock the test advances: ``Supervisor(..., clock=clock)``,
-  then ``clock.advance(30)`` and a 30-second timeout fires at once.
+* :class:`Clock` — deadlines on a clock that moves only when the test
+  advances it: ``Supervisor(..., clock=clock)``, then ``clock.advance(30)``
+  and a 30-second timeout fires at once (and never before).  It drives saga
+  and compensation timeouts, step deadlines (``step_timeout``), retry
+  backoffs, queue timeouts and the restart backoff of workers and host;
+  ``Clock(running=True)`` also moves with real time.
 * :class:`FakeHost` — a host scripted in Python in the test (per-op answers,
   failures, delays, silence) that speaks the real host protocol in a real
   subprocess: ``Supervisor(..., host=fake.argv)``; ``fake.received()`` lists
@@ -34,15 +37,23 @@ __all__ = ["Clock", "FakeHost", "answer", "fail", "silence", "sagas_per_second",
 
 
 class Clock:
-    """Monotonic seconds that a test can move forward (never back)."""
+    """Monotonic seconds that move only when a test advances them (never
+    back).  With ``running=True`` they also move with real time, so that a
+    deadline the test never advances to still fires in real time."""
 
-    def __init__(self) -> None:
+    def __init__(self, running: bool = False) -> None:
+        self._base = time.monotonic()
+        self._running = bool(running)
         self._offset = 0.0
         self._lock = threading.Lock()
         self._wakers: list[Callable[[], None]] = []
 
+    @property
+    def running(self) -> bool:
+        return self._running
+
     def __call__(self) -> float:
-        return time.monotonic() + self._offset
+        return (time.monotonic() if self._running else self._base) + self._offset
 
     def attach(self, wake: Callable[[], None]) -> None:
         """Called by a supervisor that runs on this clock: woken on advance."""

@@ -4,14 +4,17 @@ through the ``pytest11`` entry point; or ``-p supervisor.testing.plugin``).
 Fixtures:
 
 * ``saga_clock`` — a :class:`supervisor.testing.Clock` the supervisor's
-  deadlines run on: ``saga_clock.advance(30)``.
+  deadlines run on; it moves only when the test says ``saga_clock.advance(30)``.
 * ``fake_host`` — a factory: ``fake_host({"deploy": answer("deployed")})``
   returns a :class:`supervisor.testing.FakeHost` in the test's tmp dir.
 * ``saga_host`` — the host the ``saga_supervisor`` fixture starts: the
   reference host by default; override the fixture to return a FakeHost (or
   an argv, or None for no host).
 * ``saga_supervisor_options`` — extra ``Supervisor`` options (a dict);
-  override it to change workers, register kinds through ``"kinds"``, ...
+  override it to change workers, register kinds through ``"kinds"``: a list
+  of saga classes, or of dicts ``{"kind": MySaga, "max_in_flight": 2,
+  "queue_timeout": 60, "factory": ..., "replay": True}`` (the arguments of
+  ``Supervisor.register_kind``), ...
 * ``saga_supervisor`` — a started :class:`supervisor.Supervisor` on a
   temporary data dir and ``saga_clock``, stopped after the test and checked
   for leftovers: no worker or host process and no shared segment survive.
@@ -70,7 +73,16 @@ def saga_supervisor(tmp_path: Path, saga_clock: Clock, saga_host: Any,
     host = saga_host.argv if isinstance(saga_host, FakeHost) else saga_host
     sup = Supervisor(tmp_path / "saga-data", host=host, clock=saga_clock, **options)
     for kind in kinds:
-        sup.register_kind(kind)
+        if isinstance(kind, dict):
+            args = dict(kind)
+            try:
+                cls = args.pop("kind")
+            except KeyError:
+                raise pytest.UsageError(
+                    f'saga_supervisor_options["kinds"]: {kind!r} has no "kind" key') from None
+            sup.register_kind(cls, **args)
+        else:
+            sup.register_kind(kind)
     sup.start()
     report = sup.health()
     pids = [w["pid"] for w in report["workers"]]
