@@ -22,7 +22,7 @@ _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2, "64-bit atomics must be lock-free");
 _Static_assert(sizeof(unsigned long long) == 8, "64-bit words expected");
 
 #define MAGIC 0x314d48534147415bULL /* "[AGASHM1" little-endian: saga shm v1 */
-#define LAYOUT_VERSION 1u
+#define LAYOUT_VERSION 2u /* 2: the id fence (id_limit) */
 #define HEADER_SIZE 256u
 #define MAX_ID ((1ULL << 62) - 1)
 #define MAX_CAPACITY (1ULL << 30)
@@ -41,7 +41,8 @@ typedef struct {
     char pad1[CACHE_LINE - 8];
     _Atomic int64_t in_flight;          /* own cache line */
     char pad2[CACHE_LINE - 8];
-    char reserved[HEADER_SIZE - 3 * CACHE_LINE];
+    _Atomic uint64_t id_limit;          /* ids >= this are not handed out (read-mostly) */
+    char reserved[HEADER_SIZE - 3 * CACHE_LINE - 8];
 } header_t;
 
 _Static_assert(sizeof(header_t) == HEADER_SIZE, "header must be 256 bytes");
@@ -77,7 +78,7 @@ static int map_segment(int fd, size_t size, ssm_segment **out) {
     return SSM_OK;
 }
 
-int ssm_create(const char *name, uint64_t capacity, uint64_t first_id,
+int ssm_create(const char *name, uint64_t capacity, uint64_t first_id, uint64_t id_limit,
                int64_t creator_pid, uint64_t creator_token, ssm_segment **out) {
     if (capacity == 0 || capacity > MAX_CAPACITY || (capacity & (capacity - 1)) != 0)
         return SSM_ECAPACITY;
@@ -110,6 +111,7 @@ int ssm_create(const char *name, uint64_t capacity, uint64_t first_id,
     h->creator_token = creator_token;
     atomic_store_explicit(&h->next_id, first_id, memory_order_relaxed);
     atomic_store_explicit(&h->in_flight, 0, memory_order_relaxed);
+    atomic_store_explicit(&h->id_limit, id_limit, memory_order_relaxed);
     atomic_store_explicit(&h->magic, MAGIC, memory_order_release);
     seg->mask = capacity - 1;
     *out = seg;
@@ -172,9 +174,30 @@ uint64_t ssm_peek_next_id(ssm_segment *seg) {
     return atomic_load_explicit(&seg->hdr->next_id, memory_order_acquire);
 }
 
+uint64_t ssm_id_limit(ssm_segment *seg) {
+    return atomic_load_explicit(&seg->hdr->id_limit, memory_order_acquire);
+}
+
+uint64_t ssm_raise_id_limit(ssm_segment *seg, uint64_t limit) {
+    _Atomic uint64_t *lim = &seg->hdr->id_limit;
+    uint64_t cur = atomic_load_explicit(lim, memory_order_relaxed);
+    while (cur < limit && !atomic_compare_exchange_weak_explicit(lim, &cur, limit,
+                                                                 memory_order_release,
+                                                                 memory_order_relaxed)) {
+    }
+    return cur < limit ? limit : cur;
+}
+
+/* An id at or past the fence is burned (never handed out): ids need not be
+ * dense, and the fence only ever rises. */
+static inline int fenced(ssm_segment *seg, uint64_t id) {
+    return id >= atomic_load_explicit(&seg->hdr->id_limit, memory_order_acquire);
+}
+
 uint64_t ssm_next_id(ssm_segment *seg) {
     uint64_t id = atomic_fetch_add_explicit(&seg->hdr->next_id, 1, memory_order_relaxed);
-    return id <= MAX_ID ? id : 0;
+    if (id > MAX_ID) return 0;
+    return fenced(seg, id) ? (uint64_t)(int64_t)SSM_EFENCE : id;
 }
 
 uint64_t ssm_reserve(ssm_segment *seg, uint64_t n) {
@@ -185,6 +208,7 @@ uint64_t ssm_reserve(ssm_segment *seg, uint64_t n) {
     uint64_t cur = atomic_load_explicit(ctr, memory_order_relaxed);
     do {
         if (cur > MAX_ID || n > MAX_ID - cur + 1) return 0;
+        if (fenced(seg, cur + n - 1)) return (uint64_t)(int64_t)SSM_EFENCE;
     } while (!atomic_compare_exchange_weak_explicit(ctr, &cur, cur + n,
                                                     memory_order_relaxed,
                                                     memory_order_relaxed));
@@ -226,6 +250,7 @@ uint64_t ssm_acquire(ssm_segment *seg, uint64_t max_tries) {
             return (uint64_t)(int64_t)SSM_EFULL;
         uint64_t id = atomic_fetch_add_explicit(&seg->hdr->next_id, 1, memory_order_relaxed);
         if (id > MAX_ID) return (uint64_t)(int64_t)SSM_EOVERFLOW;
+        if (fenced(seg, id)) return (uint64_t)(int64_t)SSM_EFENCE;
         int rc = take_slot(seg, id);
         if (rc == SSM_OK) return id;
         /* slot held by a long-lived saga: skip this id, ids need not be dense */

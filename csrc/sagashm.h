@@ -23,6 +23,7 @@
 #define SSM_EOVERFLOW -9    /* the id counter would pass the maximum id */
 #define SSM_EUNINIT -10     /* segment exists but its creator has not finished */
 #define SSM_ECAPACITY -11   /* capacity not a power of two in range */
+#define SSM_EFENCE -12      /* the id would pass the fence (id_limit): wait for it to rise */
 
 #define SSM_STATE_UNKNOWN 0 /* id not in the table: never registered, or its slot was reused */
 #define SSM_STATE_LIVE 1
@@ -37,7 +38,7 @@ uint64_t ssm_max_id(void);
 uint64_t ssm_max_capacity(void);
 uint32_t ssm_header_size(void);
 
-int ssm_create(const char *name, uint64_t capacity, uint64_t first_id,
+int ssm_create(const char *name, uint64_t capacity, uint64_t first_id, uint64_t id_limit,
                int64_t creator_pid, uint64_t creator_token, ssm_segment **out);
 int ssm_attach(const char *name, ssm_segment **out);
 void ssm_detach(ssm_segment *seg);
@@ -48,13 +49,20 @@ int64_t ssm_creator_pid(ssm_segment *seg);
 uint64_t ssm_creator_token(ssm_segment *seg);
 uint64_t ssm_peek_next_id(ssm_segment *seg);
 
-/* Hot path. next_id/reserve return the (first) id, or 0 on overflow. */
+/* The id fence: no id at or past id_limit is handed out, so that a durable
+ * high-water mark written before the fence rises stays ahead of every id
+ * handed out (the supervisor raises it; it never goes down). */
+uint64_t ssm_id_limit(ssm_segment *seg);
+uint64_t ssm_raise_id_limit(ssm_segment *seg, uint64_t limit);
+
+/* Hot path. next_id/reserve return the (first) id, 0 on overflow, or
+ * (uint64_t)SSM_EFENCE (above ssm_max_id()) at the fence. */
 uint64_t ssm_next_id(ssm_segment *seg);
 uint64_t ssm_reserve(ssm_segment *seg, uint64_t n);
 int ssm_register(ssm_segment *seg, uint64_t id);
 /* Allocate a fresh id and register it, skipping ids whose slot is live.
  * Returns the id, or (uint64_t)SSM_EFULL / (uint64_t)SSM_EOVERFLOW cast to
- * unsigned (values above ssm_max_id()) on failure. */
+ * unsigned (values above ssm_max_id()) on failure, or (uint64_t)SSM_EFENCE. */
 uint64_t ssm_acquire(ssm_segment *seg, uint64_t max_tries);
 int ssm_claim(ssm_segment *seg, uint64_t id);
 /* Undo a claim whose holder died before its outcome was made visible: the

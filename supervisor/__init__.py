@@ -9,12 +9,20 @@ pay for multiprocess, dill, apsw and cffi.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 # set here and nowhere else: the CLI checks it to tell this package from
 # another one installed over it under the same import name (supervisord)
 __saga_supervisor__ = True
+
+# A library logs and lets the application decide where it goes (the logging
+# HOWTO's advice): every logger is named under "supervisor"; without a
+# configuration nothing is printed. serve(), `saga-supervisor run` and the
+# supervisor process configure logging (names and times) when the
+# application has not.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _WHERE = {
     "LIFECYCLE_KINDS": "supervisor.saga",
@@ -60,15 +68,20 @@ _WHERE = {
     "SharedState": "supervisor.shm",
     "SupervisorError": "supervisor.errors",
     "HostStartError": "supervisor.errors",
+    "UnknownSagaError": "supervisor.errors",
+    "SagaNotLoggedError": "supervisor.errors",
+    "IdFenceError": "supervisor.errors",
 }
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers
+    from supervisor.errors import IdFenceError
+    from supervisor.errors import SagaNotLoggedError
     from supervisor.async_client import AsyncSagaClient
     from supervisor.client import SagaClient
     from supervisor.process import SupervisorGoneError, SupervisorProcess
     from supervisor._engine.outcomes import Subscription
     from supervisor.core import Supervisor
-    from supervisor.errors import HostStartError
+    from supervisor.errors import HostStartError, UnknownSagaError
     from supervisor.errors import (
         CapacityError,
         IdOverflowError,
@@ -166,4 +179,7 @@ __all__ = [
     "SharedState",
     "SupervisorError",
     "HostStartError",
+    "UnknownSagaError",
+    "SagaNotLoggedError",
+    "IdFenceError",
 ]

@@ -28,6 +28,8 @@ from supervisor._cli_util import (
     EXIT_OK,
     EXIT_USAGE,
     db_path,
+    iso,
+    not_running,
 )
 
 
@@ -35,10 +37,12 @@ def _data_dir_default() -> str:
     return os.environ.get("SAGA_DATA_DIR") or DEFAULT_DATA_DIR
 
 
+_DATA_DIR_HELP = f"the supervisor's data dir (default: $SAGA_DATA_DIR, else {DEFAULT_DATA_DIR})"
+
+
 def _add_data_dir(p: argparse.ArgumentParser, suppress: bool = False) -> None:
-    p.add_argument("--data-dir", default=argparse.SUPPRESS if suppress else _data_dir_default(),
-                   help=f"the supervisor's data dir (default: $SAGA_DATA_DIR, else "
-                        f"{DEFAULT_DATA_DIR})")
+    # given before or after the command; resolved in main() (the command's wins)
+    p.add_argument("--data-dir", default=argparse.SUPPRESS, help=_DATA_DIR_HELP)
 
 
 def _add_filters(p: argparse.ArgumentParser, suppress: bool = False) -> None:
@@ -48,8 +52,10 @@ def _add_filters(p: argparse.ArgumentParser, suppress: bool = False) -> None:
                                                         "failed_compensation"))
     p.add_argument("--kind", default=d(None), help="saga kind (name)")
     p.add_argument("--reason", default=d(None), help="substring of the failure reason")
-    p.add_argument("--since", default=d(None), type=float,
-                   help="started within the last N seconds")
+    p.add_argument("--since", default=d(None), metavar="WHEN",
+                   help="started since WHEN: a span back from now (90, 90s, 30m, 1h, 2d) "
+                        "or an ISO 8601 time (2026-12-06T10:00, local unless it has an "
+                        "offset)")
     p.add_argument("--limit", default=d(50), type=int, help="rows to show (default 50)")
     p.add_argument("--json", default=d(False), action="store_true")
 
@@ -59,10 +65,15 @@ def _parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="saga-supervisor",
-        description="Run and inspect durable sagas (see README.md).",
+        description="Run and inspect durable sagas: a supervisor's log, bus and health, "
+                    "found through its data dir. `saga-supervisor COMMAND --help` tells "
+                    "more about each command.",
         epilog="exit codes: 0 ok/healthy, 1 failed/unhealthy, 2 none running or no data, "
-               "3 corrupt log, 64 usage. The data dir defaults to $SAGA_DATA_DIR.")
+               f"3 corrupt log, 64 usage. --data-dir (before or after the command) "
+               f"defaults to $SAGA_DATA_DIR, else {DEFAULT_DATA_DIR}.")
     p.add_argument("--version", action="version", version=f"saga-supervisor {__version__}")
+    p.add_argument("--data-dir", dest="global_data_dir", default=None, metavar="DATA_DIR",
+                   help=_DATA_DIR_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="run the demo launcher against the reference host",
@@ -75,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="SQLite synchronous level (default normal)")
     d.add_argument("--engine", choices=("thread", "process"), default="thread",
                    help="run the engine as a thread of the demo or in a process of its own")
+    d.add_argument("--capacity", type=int, default=None,
+                   help="sagas in flight at most, a power of two (default: enough for "
+                        "--sagas, at least 65536)")
     d.add_argument("--no-live", action="store_true", help="plain progress lines")
     d.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -104,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Import MODULE, call FACTORY() to get a Supervisor "
                        "(configured, not started), run it in the foreground; on SIGTERM or "
                        "SIGINT drain in-flight sagas, then stop. Exit 0, or 1 on error.")
+    _add_data_dir(r)  # (for symmetry: FACTORY() names the data dir)
     r.add_argument("--app", required=True, metavar="MODULE:FACTORY")
     r.add_argument("--drain-timeout", type=float, default=10.0,
                    help="seconds to let in-flight sagas finish on shutdown (default 10)")
@@ -156,7 +171,8 @@ def _parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("vacuum", help="delete terminal sagas older than N days",
                        description="Remove ended sagas (and steps) older than --older-than "
-                       "days. Refused while a supervisor runs on the data dir (exit 1).")
+                       "days. Refused while a supervisor runs on the data dir (exit 1), "
+                       "but for --dry-run, which only counts.")
     _add_data_dir(v)
     v.add_argument("--older-than", type=float, required=True, metavar="DAYS",
                    help="ended more than DAYS days ago (>= 0)")
@@ -165,17 +181,28 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from supervisor.demo import print_summary, run_demo
+    from supervisor.demo import DemoInterrupted, demo_capacity, print_summary, run_demo
 
     if args.sagas < 0 or args.workers < 1:
         print("--sagas must be >= 0 and --workers >= 1", file=sys.stderr)
         return EXIT_USAGE
+    capacity = args.capacity if args.capacity is not None else demo_capacity(args.sagas)
+    if capacity < 1 or capacity & (capacity - 1):
+        print(f"--capacity must be a power of two, got {capacity}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"saga-supervisor demo: {args.sagas} health checks + restart, evict, timeout and "
           f"compensation sagas; log in {db_path(args.data_dir)} ({args.durability})",
           file=sys.stderr if args.json else sys.stdout)
-    result = run_demo(Path(args.data_dir), args.sagas, args.workers, args.durability,
-                      live=not args.no_live and not args.json,
-                      out=sys.stderr if args.json else sys.stdout, engine=args.engine)
+    try:
+        result = run_demo(Path(args.data_dir), args.sagas, args.workers, args.durability,
+                          live=not args.no_live and not args.json,
+                          out=sys.stderr if args.json else sys.stdout, engine=args.engine,
+                          capacity=capacity)
+    except DemoInterrupted as exc:
+        print(f"\ninterrupted: the supervisor on {args.data_dir} stopped; {exc.in_flight} "
+              "saga(s) in flight ended failed ('supervisor stopped'), as the log shows "
+              "(saga-supervisor sagas --state failed)", file=sys.stderr)
+        return 130
     print_summary(result, as_json=args.json)
     return EXIT_OK
 
@@ -188,7 +215,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     try:
         report = json.loads(path.read_text())
     except FileNotFoundError:
-        print(f"no supervisor running (no {path})", file=sys.stderr)
+        print(not_running(args.data_dir, f"no {path}"), file=sys.stderr)
         return EXIT_NONE
     except (OSError, ValueError) as exc:
         print(f"unreadable health file {path}: {exc}", file=sys.stderr)
@@ -198,7 +225,7 @@ def cmd_health(args: argparse.Namespace) -> int:
     alive = isinstance(pid, int) and isinstance(started, (int, float)) and \
         same_process(pid, float(started))
     if not alive:
-        print(f"no supervisor running (pid {me.get('pid')} in {path} is gone)",
+        print(not_running(args.data_dir, f"pid {me.get('pid')} in {path} is gone"),
               file=sys.stderr)
         return EXIT_NONE
     age = time.time() - float(report.get("time", 0))
@@ -216,7 +243,7 @@ def cmd_health(args: argparse.Namespace) -> int:
         if not problems:
             problems.append(f"supervisor state {me.get('state')}")
     if args.json:
-        print(json.dumps({**report, "problems": problems, "age": age}))
+        print(json.dumps(_iso_times({**report, "problems": problems, "age": age})))
     else:
         w = report.get("workers", [])
         print(f"supervisor pid {me.get('pid')} {me.get('state')}: "
@@ -224,6 +251,25 @@ def cmd_health(args: argparse.Namespace) -> int:
               f"rss {me.get('rss', 0) // 1024} KiB; "
               + ("healthy" if not problems else "UNHEALTHY: " + "; ".join(problems)))
     return EXIT_OK if not problems else EXIT_FAIL
+
+
+def _iso_times(report: dict[str, object]) -> dict[str, object]:
+    """The health report with its epoch times (``time``, each process's
+    ``create_time``) as ISO 8601, as every time the CLI prints."""
+    out = dict(report)
+    if isinstance(out.get("time"), (int, float)):
+        out["time"] = iso(float(out["time"]))  # type: ignore[arg-type]
+    for key in ("supervisor", "host"):
+        part = out.get(key)
+        if isinstance(part, dict) and isinstance(part.get("create_time"), (int, float)):
+            out[key] = {**part, "create_time": iso(float(part["create_time"]))}
+    workers = out.get("workers")
+    if isinstance(workers, list):
+        out["workers"] = [{**w, "create_time": iso(float(w["create_time"]))}
+                          if isinstance(w, dict) and isinstance(w.get("create_time"),
+                                                                (int, float)) else w
+                          for w in workers]
+    return out
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -247,10 +293,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{args.app} returned {type(sup).__name__}, not a Supervisor", file=sys.stderr)
         return EXIT_FAIL
     try:
-        return sup.serve(drain_timeout=args.drain_timeout)
+        sup.start()
     except SupervisorError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_FAIL
+    print(f"saga-supervisor: {args.app} is running on {sup.data_dir} (pid {os.getpid()}, "
+          f"engine {sup.engine}, {sup.settings.workers} workers); SIGTERM or Ctrl-C drains "
+          f"for up to {args.drain_timeout}s and stops", file=sys.stderr, flush=True)
+    try:
+        code = sup.serve(drain_timeout=args.drain_timeout)
+    except SupervisorError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAIL
+    print("saga-supervisor: stopped" + (f" on an error: {sup.error}" if code else ""),
+          file=sys.stderr)
+    return code
 
 
 def _running_supervisor(data_dir: str) -> int | None:
@@ -283,10 +340,24 @@ def cmd_vacuum(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"no saga log at {path}", file=sys.stderr)
         return EXIT_NONE
+    if args.dry_run:  # only counts: safe beside a running supervisor
+        from supervisor.log import count_purgeable, open_readonly
+        try:
+            conn = open_readonly(path)
+        except LogError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_CORRUPT
+        try:
+            removed = count_purgeable(conn, args.older_than)
+        finally:
+            conn.close()
+        print(f"would remove {removed} saga(s) that ended more than {args.older_than} days ago")
+        return EXIT_OK
     pid = _running_supervisor(args.data_dir)
     if pid is not None:
         print(f"a supervisor (pid {pid}) is running on {args.data_dir}: it purges ended sagas "
-              "itself (retention_days); stop it before vacuuming", file=sys.stderr)
+              "itself (retention_days); stop it before vacuuming (--dry-run only counts, "
+              "and works while it runs)", file=sys.stderr)
         return EXIT_FAIL
     try:
         log = SagaLog(path)
@@ -294,13 +365,10 @@ def cmd_vacuum(args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return EXIT_CORRUPT
     try:
-        removed = log.purge(args.older_than, dry_run=args.dry_run)
+        removed = log.purge(args.older_than)
     finally:
         log.close()
-    if args.dry_run:
-        print(f"would remove {removed} saga(s) that ended more than {args.older_than} days ago")
-    else:
-        print(f"removed {removed} saga(s) that ended more than {args.older_than} days ago")
+    print(f"removed {removed} saga(s) that ended more than {args.older_than} days ago")
     return EXIT_OK
 
 
@@ -328,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:
         return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
+    data_dir = getattr(args, "data_dir", None) or args.global_data_dir or _data_dir_default()
+    args.data_dir = data_dir
     from supervisor import _cli_live, _cli_log, _cli_top
 
     handler = {"demo": cmd_demo, "health": cmd_health, "sagas": _cli_log.cmd_sagas,
@@ -336,7 +406,17 @@ def main(argv: list[str] | None = None) -> int:
                "top": _cli_top.cmd_top,
                "vacuum": cmd_vacuum,
                "run": cmd_run}[args.command]
-    return handler(args)
+    try:
+        code = handler(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (`| head`): quiet, as any Unix tool; stdout is
+        # pointed at /dev/null so that the interpreter's last flush is quiet too
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_OK
+    return code
 
 
 if __name__ == "__main__":

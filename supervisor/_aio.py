@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from supervisor.saga import Event, Outcome
+from supervisor.errors import NOT_IN_LOG, unknown_saga
 
 
 class AsyncResult:
@@ -83,7 +84,7 @@ async def wait_outcome(outcomes: Any, sid: int, timeout: float | None,
         return out
     logged = from_log(sid)
     if logged is None:
-        raise ValueError(f"unknown saga id {sid}: not spawned here and not in the log")
+        raise unknown_saga(sid, NOT_IN_LOG)
     return logged
 
 

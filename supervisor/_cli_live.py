@@ -9,20 +9,17 @@ import sys
 import time
 from typing import Any
 
-from supervisor._cli_util import EXIT_FAIL, EXIT_NONE, EXIT_OK, EXIT_USAGE, iso
+from supervisor._cli_util import EXIT_FAIL, EXIT_NONE, EXIT_OK, EXIT_USAGE, iso, not_running
 
 
 def _client(data_dir: str) -> Any:
     from supervisor.client import SagaClient
-    from supervisor.errors import NotRunningError, SupervisorError
+    from supervisor.errors import SupervisorError
 
     try:
         return SagaClient(data_dir)
-    except NotRunningError as exc:
-        print(str(exc), file=sys.stderr)
-        return None
-    except SupervisorError as exc:  # e.g. a segment left by a dead supervisor
-        print(f"no supervisor running on {data_dir}: {exc}", file=sys.stderr)
+    except SupervisorError as exc:  # none running, or a segment left by a dead one
+        print(not_running(data_dir, str(exc)), file=sys.stderr)
         return None
 
 
@@ -41,7 +38,9 @@ def cmd_events(args: argparse.Namespace) -> int:
                                   "saga_id": ev.saga_id, "step": ev.step, "data": ev.data},
                                  default=repr), flush=True)
             else:
-                print(f"{at} v{ev.version:<8} {ev.kind:<18} saga={ev.saga_id} "
+                about = "" if ev.saga_id is None else f"saga={ev.saga_id} " + (
+                    "" if ev.step is None else f"step={ev.step} ")
+                print(f"{at} v{ev.version:<8} {ev.kind:<18} {about}"
                       f"{json.dumps(ev.data, default=repr)}", flush=True)
             seen += 1
             if args.count and seen >= args.count:

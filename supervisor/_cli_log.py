@@ -6,21 +6,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Any
 
 from supervisor._cli_util import EXIT_CORRUPT, EXIT_FAIL, EXIT_OK, EXIT_USAGE, db_path, iso, \
-    open_log
+    open_log, since
 
 _JSON_COLUMNS = {"input_json": "input", "cmd_json": "cmd", "output_json": "output",
                  "compensation_json": "compensation"}
 
 
 def _nested(row: dict[str, Any]) -> dict[str, Any]:
-    """A row for --json: times in ISO 8601, JSON columns as objects."""
+    """A row for --json: times (every ``*_at`` column) in ISO 8601, JSON
+    columns as objects."""
     out: dict[str, Any] = {}
     for k, v in row.items():
-        if k in ("started_at", "ended_at"):
+        if k.endswith("_at") and isinstance(v, (int, float)):
             out[k] = iso(v)
         elif k in _JSON_COLUMNS:
             try:
@@ -38,6 +38,12 @@ def cmd_sagas(args: argparse.Namespace) -> int:
     if args.sagas_command != "show" and args.limit < 1:
         print(f"--limit must be at least 1, got {args.limit}", file=sys.stderr)
         return EXIT_USAGE
+    if args.sagas_command != "show" and args.since is not None:
+        try:
+            args.since = since(args.since)
+        except ValueError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_USAGE
     conn = open_log(args.data_dir)
     try:
         if args.sagas_command == "show":
@@ -66,7 +72,7 @@ def _show(conn: Any, sid: int, as_json: bool) -> int:
         attempts = []
     if as_json:
         print(json.dumps({"saga": _nested(r), "steps": [_nested(st) for st in steps],
-                          "attempts": attempts}))
+                          "attempts": [_nested(a) for a in attempts]}))
         return EXIT_OK
     print(f"saga {sid} {r['name']}: {r['state']}"
           + (f" ({r['failure_reason']})" if r["failure_reason"] else ""))
@@ -105,7 +111,7 @@ def _list(conn: Any, args: argparse.Namespace) -> int:
         params.append(args.reason)
     if args.since is not None:
         where.append("started_at >= ?")
-        params.append(time.time() - args.since)
+        params.append(args.since)
     cond = " WHERE " + " AND ".join(where) if where else ""
     total = int(conn.execute(f"SELECT count(*) FROM saga{cond}", tuple(params)).fetchall()[0][0])
     rows = dict_rows(conn, "SELECT saga_id, name, state, started_at, ended_at, failure_reason "

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from supervisor._cli_util import EXIT_NONE, EXIT_OK, iso
+from supervisor._cli_util import EXIT_NONE, EXIT_OK, iso, not_running
 
 _RATES = (("spawned", "spawned"), ("completed", "completed"), ("failed", "failed"))
 
@@ -76,11 +76,15 @@ def snapshot(data_dir: str, before: dict[str, Any] | None) -> dict[str, Any] | N
     }
 
 
+def _age(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds}s"
+
+
 def _plain(view: dict[str, Any]) -> str:
     r = view["rates_per_s"]
     lines = [f"{view['time']}  supervisor pid {view['pid']} {view['state']}"
              f"{'' if view['healthy'] else ' UNHEALTHY'}  in flight {view['in_flight']} "
-             f"(segment: {view['in_flight_shm']})  oldest {view['oldest_in_flight_s']}s  "
+             f"(segment: {view['in_flight_shm']})  oldest {_age(view['oldest_in_flight_s'])}  "
              f"spawned/s {r.get('spawned', '-')}  completed/s {r.get('completed', '-')}  "
              f"failed/s {r.get('failed', '-')}"]
     for kind, c in sorted(view["kinds"].items()):
@@ -109,7 +113,7 @@ def _rich(view: dict[str, Any]) -> Any:
                  f"{'' if view['healthy'] else ' (UNHEALTHY)'}", show_edge=False)
     for col in ("in flight", "oldest (s)", "spawned/s", "completed/s", "failed/s"):
         head.add_column(col, justify="right")
-    head.add_row(str(view["in_flight"]), str(view["oldest_in_flight_s"]),
+    head.add_row(str(view["in_flight"]), _age(view["oldest_in_flight_s"]),
                  str(r.get("spawned", "-")), str(r.get("completed", "-")),
                  str(r.get("failed", "-")))
     kinds = Table(title="in flight by kind", show_edge=False)
@@ -134,7 +138,7 @@ def _rich(view: dict[str, Any]) -> Any:
 def cmd_top(args: argparse.Namespace) -> int:
     first = snapshot(args.data_dir, None)
     if first is None:
-        print(f"no supervisor running on {args.data_dir}", file=sys.stderr)
+        print(not_running(args.data_dir), file=sys.stderr)
         return EXIT_NONE
     if args.once:
         time.sleep(args.interval)  # one interval, for the rates

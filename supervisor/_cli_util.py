@@ -1,8 +1,11 @@
-"""What the CLI's commands share: exit codes, times, the data dir's log."""
+"""What the CLI's commands share: exit codes, times, the data dir's log, and
+the one way of saying that no supervisor runs on a data dir."""
 
 from __future__ import annotations
 
+import re
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,36 @@ def db_path(data_dir: str) -> Path:
     from supervisor.paths import DataDir
 
     return DataDir.of(data_dir).db
+
+
+def not_running(data_dir: str, why: str | None = None) -> str:
+    """The one message for "no supervisor runs here", naming the data dir
+    and how to point at another."""
+    return (f"no supervisor is running on {data_dir}" + (f" ({why})" if why else "")
+            + ": start one there, or name its data dir with --data-dir DIR or "
+            "$SAGA_DATA_DIR")
+
+
+_SPAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?\s*$")
+_UNIT = {None: 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0,
+         "d": 86400.0}
+
+
+def since(text: str) -> float:
+    """``--since``: a span back from now (``90``, ``90s``, ``30m``, ``1h``,
+    ``2d``) or an ISO 8601 time (``2026-12-06T10:00``, with or without an
+    offset; without one it is local time).  Returns an epoch time."""
+    m = _SPAN.match(text)
+    if m:
+        return time.time() - float(m.group(1)) * _UNIT[m.group(2)]
+    try:
+        at = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"--since takes a span (90, 90s, 30m, 1h, 2d) or an ISO 8601 time, "
+                         f"got {text!r}") from None
+    if at.tzinfo is None:
+        at = at.astimezone()  # local time
+    return at.timestamp()
 
 
 def iso(t: float | None) -> str | None:
@@ -31,8 +64,8 @@ def open_log(data_dir: str) -> Any:
 
     path = db_path(data_dir)
     if not path.exists():
-        print(f"no saga log at {path} (is --data-dir or $SAGA_DATA_DIR right?)",
-              file=sys.stderr)
+        print(f"no saga log at {path}: name the data dir with --data-dir DIR or "
+              "$SAGA_DATA_DIR", file=sys.stderr)
         raise SystemExit(EXIT_NONE)
     try:
         return open_readonly(path)

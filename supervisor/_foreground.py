@@ -26,6 +26,9 @@ def serve_until_signal(sup: Servable, drain_timeout: float) -> int:
     """Start `sup` if new, run until SIGTERM or SIGINT (main thread only) or
     until it stops on its own, then stop it, draining for up to
     `drain_timeout` seconds.  0, or 1 if it stopped on an error."""
+    if not logging.getLogger().handlers:  # a foreground service: its operator reads this
+        logging.basicConfig(level=logging.WARNING,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -5,7 +5,7 @@ migration runs in its own transaction with its version bump."""
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -91,5 +91,15 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX saga_unfinished ON saga(state)
         WHERE state IN ('queued', 'running', 'compensating');
     CREATE UNIQUE INDEX saga_idem_key ON saga(idem_key) WHERE idem_key IS NOT NULL;
+    """,
+    # 6: which ids were handed out and never logged: each supervisor start
+    # records its run (its first id, when; a clean stop adds the first id it
+    # never handed out) and moves the ids' high-water mark
+    # ahead of every id it may hand out; every purge records the newest end
+    # time it may have removed (see supervisor.log_read)
+    6: """
+    CREATE TABLE saga_run (first_id INTEGER PRIMARY KEY, started_at REAL NOT NULL,
+                           pid INTEGER, end_id INTEGER) WITHOUT ROWID;
+    INSERT OR IGNORE INTO saga_meta(key, value) VALUES ('purge_cutoff', 0);
     """,
 }

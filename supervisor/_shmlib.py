@@ -9,18 +9,20 @@ cffi's ``ffi``/``lib`` are untyped, so the names here are ``Any`` to mypy;
 from __future__ import annotations
 
 import os
-from typing import Literal
+import time
+from collections.abc import Callable
+from typing import Any, Literal
 
 import supervisor._sagashm as _sagashm
 from supervisor._procs import start_time
-from supervisor.errors import SharedMemoryError
+from supervisor.errors import IdFenceError, IdOverflowError, SharedMemoryError
 
 # The binding layer: cffi's `ffi`/`lib` are untyped, so this module is the one
 # place that deals in them; mypy is strict everywhere else.
 _ffi = _sagashm.ffi
 _lib = _sagashm.lib
 
-EXPECTED_BUILD_STAMP = 2
+EXPECTED_BUILD_STAMP = 3
 if _lib.SSM_BUILD_STAMP != EXPECTED_BUILD_STAMP:  # pragma: no cover - stale build
     raise ImportError(
         f"supervisor._sagashm was built from another version (stamp "
@@ -59,6 +61,9 @@ _EOVERFLOW = _lib.SSM_EOVERFLOW
 _EUNINIT = _lib.SSM_EUNINIT
 _ECAPACITY = _lib.SSM_ECAPACITY
 _ACQ_FULL = int(_ffi.cast("uint64_t", _EFULL))
+_AT_FENCE = int(_ffi.cast("uint64_t", _lib.SSM_EFENCE))  # above MAX_ID
+_id_limit = _lib.ssm_id_limit
+_raise_id_limit = _lib.ssm_raise_id_limit
 _ACQ_OVERFLOW = int(_ffi.cast("uint64_t", _EOVERFLOW))
 _STATE_NAMES: dict[int, Literal["unknown", "live", "claimed"]] = {
     _lib.SSM_STATE_UNKNOWN: "unknown",
@@ -106,3 +111,29 @@ def unlink_if_creator(name: bytes, creator_pid: int) -> None:
     # weakref.finalize / atexit hook: never unlink from a forked child.
     if os.getpid() == creator_pid:
         _lib.ssm_unlink(name)
+
+
+FENCE_WAIT = 10.0  # seconds an allocation waits for the ids' fence to rise
+
+
+def wait_at_fence(r: int, again: Callable[[], int], state: Any) -> int:
+    """A hot call returned `r`, no id: at the fence, retry `again` (backing
+    off) until it gives an id, for up to FENCE_WAIT seconds; past that, or on
+    overflow, raise."""
+    deadline = None
+    pause = 0.0005
+    while r == _AT_FENCE:
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + FENCE_WAIT
+        elif now >= deadline:
+            raise IdFenceError(
+                f"no id could be handed out from {state.name!r} for {FENCE_WAIT}s: the "
+                f"counter is at the fence ({state.id_limit}), which its supervisor raises after writing a "
+                "higher mark to its log; is it running, and can it write its log?")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+        r = again()
+        if r and r <= MAX_ID:
+            return r
+    raise IdOverflowError(f"the id counter of {state.name!r} passed its maximum {MAX_ID}")

@@ -47,8 +47,15 @@ def positive(value: object, what: str) -> float:
 
 def supervisor_args(workers: object, host: object, host_fds: object, durability: object,
                     start_method: object, rss_limit: object, breaches: object,
-                    max_restarts: object, host_protocol: object) -> None:
+                    max_restarts: object, host_protocol: object,
+                    capacity: object = 65536) -> None:
     """The checks of ``Supervisor(...)`` that are not a plain number of seconds."""
+    from supervisor._shmlib import MAX_CAPACITY
+
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or \
+            not 1 <= capacity <= MAX_CAPACITY or capacity & (capacity - 1):
+        raise ValueError(f"capacity must be a power of two from 1 to {MAX_CAPACITY} "
+                         f"(e.g. 65536 or {1 << 17}), got {capacity!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
         raise ValueError(f"workers must be an int from 1 to 256, got {workers!r}")
     if host is not None and (not isinstance(host, (list, tuple)) or not host

@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 import supervisor._validate as _validate
 from supervisor._codec import dump_class, encode_saga
 from supervisor._future import Future
-from supervisor.errors import (NotRunningError, SegmentClosedError, SpawnError,
+from supervisor.errors import (NotRunningError, SagaNotLoggedError, UnknownSagaError, SegmentClosedError, SpawnError,
                                SupervisorError)
 from supervisor.frames import MAX_FRAME, FrameReader, frame
 from supervisor.paths import DataDir
@@ -42,6 +42,7 @@ _KEEP_OUTCOMES = 100_000
 _ERRORS: dict[str, type[Exception]] = {
     "ValueError": ValueError, "TypeError": TypeError, "NotRunningError": NotRunningError,
     "SpawnError": SpawnError, "TimeoutError": TimeoutError,
+    "UnknownSagaError": UnknownSagaError, "SagaNotLoggedError": SagaNotLoggedError,
 }
 
 

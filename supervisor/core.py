@@ -27,8 +27,10 @@ from supervisor._engine.outcomes import Subscription
 from supervisor._engine.records import Settings
 from supervisor._foreground import serve_until_signal
 from supervisor._future import Future
-from supervisor.errors import NotRunningError, SupervisorCrashedError, SupervisorError
-from supervisor.log import logged_outcome
+from supervisor.errors import (NEVER_ALLOCATED, NOT_IN_LOG, NotRunningError,
+                               SupervisorCrashedError, SupervisorError, not_logged,
+                               unknown_saga)
+from supervisor.log import UNLOGGED, logged_outcome
 from supervisor.paths import DataDir
 from supervisor.saga import Event, Outcome, Saga, Target
 
@@ -110,7 +112,7 @@ class Supervisor:
         if engine not in (None, self.engine):
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
         _validate.supervisor_args(workers, host, host_fds, durability, start_method, rss_limit,
-                                  breaches, max_restarts, host_protocol)
+                                  breaches, max_restarts, host_protocol, capacity)
         self.settings = Settings(
             workers=workers, host_argv=list(host) if host is not None else None,
             host_fds=host_fds, durability=durability, capacity=capacity,
@@ -346,10 +348,13 @@ class Supervisor:
 
     def wait(self, saga_id: int, timeout: float | None = None) -> Outcome:
         """Block until `saga_id` has its terminal outcome (from any thread).
-        Raises ``TimeoutError`` after `timeout` seconds, ``ValueError`` for an
-        id this supervisor and its log do not know."""
+        Raises ``TimeoutError`` after `timeout` seconds,
+        :class:`UnknownSagaError` (a ``ValueError``) for an id this supervisor
+        and its log do not know, :class:`NotRunningError` before ``start()``."""
         sid = _validate.saga_id(saga_id)
         timeout = _validate.timeout(timeout)
+        if self.state == "new":
+            raise NotRunningError(f"wait({sid}) before start(): the supervisor has not started")
         found = self._engine.outcomes.waiter(sid)
         if isinstance(found, Outcome):
             return found
@@ -360,13 +365,17 @@ class Supervisor:
                 raise TimeoutError(f"saga {sid} did not end within {timeout}s") from None
         logged = self._outcome_from_log(sid)
         if logged is None:
-            raise ValueError(f"unknown saga id {sid}: not spawned here and not in the log")
+            raise unknown_saga(sid, NOT_IN_LOG)
         return logged
 
     def _outcome_from_log(self, saga_id: int) -> Outcome | None:
-        row = logged_outcome(self.db_path, saga_id)
+        log = self._engine.log  # (running: this run's own spawns may be on their way)
+        row = logged_outcome(self.db_path, saga_id,
+                             log.run_first if log is not None else None)
         if row is None:
             return None
+        if row[0] == UNLOGGED:
+            raise not_logged(saga_id)
         if row[0] in ("running", "compensating"):
             if self.error is not None:
                 raise SupervisorCrashedError(self.error)
@@ -393,7 +402,7 @@ class Supervisor:
         if engine.life.state != "running" or engine.shared is None:
             raise NotRunningError(f"cannot cancel: the supervisor is {engine.life.state}")
         if sid >= engine.shared.peek_next_id():
-            raise ValueError(f"unknown saga id {sid}: never allocated")
+            raise unknown_saga(sid, NEVER_ALLOCATED)
         fut = Future()
         engine.inbox.post(Cancel(sid, reason, fut))
         try:

@@ -16,6 +16,7 @@ triggers sagas of a few kinds, as a real launcher would:
 from __future__ import annotations
 
 import queue
+import signal
 import sys
 import time
 from collections import Counter
@@ -198,20 +199,59 @@ class _Progress:
         return self.started - self.completed - self.failed
 
 
+class DemoInterrupted(Exception):
+    """Ctrl-C: the demo's supervisor was stopped; `in_flight` sagas were
+    failed with "supervisor stopped" (they are in the log)."""
+
+    def __init__(self, in_flight: int) -> None:
+        self.in_flight = in_flight
+        super().__init__(f"interrupted with {in_flight} saga(s) in flight")
+
+
+def demo_capacity(sagas: int) -> int:
+    """A claim table for `sagas` health checks plus the demo's other sagas,
+    all of which may be in flight at once: a power of two, at least 65536."""
+    need = max(sagas + 64, 65536)
+    return 1 << (need - 1).bit_length()
+
+
 def run_demo(data_dir: Path, sagas: int = 5000, workers: int = 2, durability: str = "normal",
-             live: bool = True, out: Any = None, engine: str = "thread") -> DemoResult:
-    """Run the demo launcher; returns every saga's outcome."""
-    out = out or sys.stdout
-    host = [sys.executable, "-m", "supervisor.host"]
+             live: bool = True, out: Any = None, engine: str = "thread",
+             capacity: int | None = None) -> DemoResult:
+    """Run the demo launcher; returns every saga's outcome.  Ctrl-C stops
+    the supervisor (which fails what is in flight) and raises
+    :class:`DemoInterrupted`."""
+    sup = Supervisor(data_dir, workers=workers, host=[sys.executable, "-m", "supervisor.host"],
+                     durability=durability, engine=engine,
+                     capacity=capacity if capacity is not None else demo_capacity(sagas))
+    try:
+        sup.start()
+        result = _run(sup, sagas, live, out or sys.stdout)
+    except KeyboardInterrupt:
+        left = sup.in_flight() if sup.state == "running" else 0
+        # a second Ctrl-C must not cut the stop short
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            sup.stop()
+        finally:
+            signal.signal(signal.SIGINT, old)
+        raise DemoInterrupted(left) from None
+    except BaseException:
+        sup.stop()
+        raise
+    sup.stop()
+    return result
+
+
+def _run(sup: Supervisor, sagas: int, live: bool, out: Any) -> DemoResult:
     progress = _Progress()
     result = DemoResult()
     t0 = time.monotonic()
-    with Supervisor(data_dir, workers=workers, host=host, durability=durability,
-                    engine=engine) as sup:
-        sub = sup.subscribe()
+    sub = sup.subscribe()
+    display = _Display(progress, live, out)
+    try:
         sup.add_trigger(lambda ev: Reconfigure(ev.data["revision"]),
                         lambda ev: ev.kind == "config-changed")
-        display = _Display(progress, live, out)
         expected: list[int] = []
 
         def pump(until: float) -> None:
@@ -259,6 +299,7 @@ def run_demo(data_dir: Path, sagas: int = 5000, workers: int = 2, durability: st
         while (progress.in_flight > 0 or progress.started < len(expected) + 20) \
                 and time.monotonic() < deadline:
             pump(time.monotonic() + 0.05)
+    finally:
         display.close()
         sub.close()
     result.outcomes = dict(progress.outcomes)

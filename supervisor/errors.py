@@ -6,6 +6,8 @@ it; the message says what happened and what to do.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class SupervisorError(Exception):
     """Base class of every error raised by saga-supervisor."""
@@ -59,6 +61,13 @@ class IdOverflowError(SupervisorError):
     """The id counter reached its maximum; ids are never wrapped or reused."""
 
 
+class IdFenceError(SupervisorError):
+    """No id could be handed out: the counter reached the segment's fence
+    (the durable high-water mark the supervisor keeps ahead of every id it
+    hands out) and the supervisor did not raise it in time.  Is it running,
+    and can it write its log?"""
+
+
 class SharedMemoryError(SupervisorError):
     """A system call on the shared-memory segment failed."""
 
@@ -107,3 +116,63 @@ class HostStartError(SupervisorError):
         tail = "".join(f"\n  | {line}" for line in stderr.splitlines()) or " (nothing)"
         super().__init__(f"the host {argv!r} exited at start (status {status}); "
                          f"the last lines of its stderr:{tail}")
+
+
+class UnknownSagaError(SupervisorError, ValueError):
+    """No saga has this id: never allocated, or not spawned here and not in
+    the log (purged, or another data dir's).  A ValueError too, as it was."""
+
+    def __init__(self, message: str, saga_id: int | None = None) -> None:
+        if saga_id is None:  # (made back from its message, by name)
+            found = message.removeprefix("unknown saga id ").partition(":")[0]
+            saga_id = int(found) if found.isdigit() else None
+        self.saga_id = saga_id
+        super().__init__(message)
+
+
+def unknown_saga(saga_id: int, why: str) -> UnknownSagaError:
+    """The one wording of an unknown id, on every engine and client."""
+    return UnknownSagaError(f"unknown saga id {saga_id}: {why}", saga_id)
+
+
+NOT_IN_LOG = "not spawned here and not in the log"
+NEVER_ALLOCATED = "never allocated"
+
+
+class LogError(SupervisorError):
+    """The saga log cannot be used; the message names the file."""
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        self.path = str(path)
+        super().__init__(f"saga log {self.path}: {problem}")
+
+
+class LogCorruptError(LogError):
+    """The database file is damaged or not a SQLite database.  It is never
+    recreated silently: move it aside (keep it for inspection) and restart."""
+
+
+class SchemaTooNewError(LogError):
+    """The database was written by a newer saga-supervisor."""
+
+
+class SagaNotLoggedError(SupervisorError):
+    """``spawn()`` handed out this id, but the supervisor stopped (it was
+    killed, or crashed) before it logged the saga: the saga never ran and
+    never will.  Spawn it again (an idempotency key makes that safe), or use
+    ``spawn(..., durable=True)``, which returns only once the log has it."""
+
+    def __init__(self, message: str, saga_id: int | None = None) -> None:
+        if saga_id is None:  # (made back from its message, by name)
+            found = message.removeprefix("saga ").partition(" ")[0]
+            saga_id = int(found) if found.isdigit() else None
+        self.saga_id = saga_id
+        super().__init__(message)
+
+
+def not_logged(saga_id: int) -> SagaNotLoggedError:
+    """The one wording of an id that was handed out and never logged."""
+    return SagaNotLoggedError(
+        f"saga {saga_id} was accepted but never logged: its supervisor stopped before "
+        "writing it, so it never ran; spawn it again (with an idempotency key to be "
+        "safe), or spawn with durable=True to return only once it is logged", saga_id)

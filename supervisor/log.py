@@ -7,13 +7,20 @@ writes them in one transaction, before anything of that turn becomes visible
 ``synchronous=NORMAL`` (default: survives a process crash, may lose the last
 commits on power loss) or ``FULL`` (fsync per commit).
 
-Schema (version 5, migrated in place through ``pragma user_version``): the
+Schema (version 6, migrated in place through ``pragma user_version``): the
 ``saga`` and ``saga_step`` tables (see ``docs/architecture.md``), plus
 ``compensation_json`` on steps (v1), ``saga_meta`` holding the ids'
 high-water mark (v2), ``saga.idem_key`` with a unique index (v3), step
 retries (v4: ``saga_step.attempt`` and one ``saga_step_attempt`` row per
 ended attempt of a retried step), and per-kind queues (v5: the ``queued`` saga state, with
-``queued_at`` and ``queue_seq``, the queue's durable FIFO order).
+``queued_at`` and ``queue_seq``, the queue's durable FIFO order), and the
+record of which ids were handed out (v6: ``saga_run`` and the purges'
+cutoff, see :mod:`supervisor.log_read`).
+
+The ids' high-water mark (``saga_meta.next_id``) is kept ahead of every id
+handed out: :meth:`SagaLog.begin_run` writes it before the segment exists,
+and a turn that needs more ids writes a higher one (``Batch.id_mark``)
+before the segment's fence rises to it.
 """
 
 from __future__ import annotations
@@ -32,29 +39,22 @@ import apsw
 from supervisor._schema import MIGRATIONS as _MIGRATIONS
 from supervisor._schema import SCHEMA_VERSION
 from supervisor._checkpoint import Checkpointer
-from supervisor.errors import SupervisorError
+from supervisor.errors import LogCorruptError, LogError, SchemaTooNewError
+# the readers live in log_read (any process, read-only); re-exported here
+from supervisor.log_read import (UNLOGGED, _PURGEABLE, attempt_rows, count_purgeable,
+                                 dict_rows, logged_outcome, open_readonly, read_outcome,
+                                 saga_row, step_rows)
+
+__all__ = ["Batch", "SagaLog", "LogError", "LogCorruptError", "SchemaTooNewError",
+           "UNLOGGED", "attempt_rows", "count_purgeable", "dict_rows", "logged_outcome",
+           "open_readonly", "read_outcome", "saga_row", "step_rows"]
 
 _MARK_NEXT_ID = ("UPDATE saga_meta SET value = max(value, (SELECT coalesce(max(saga_id), 0) + 1 "
                  "FROM saga)) WHERE key = 'next_id'")
 
+_RAISE_MARK = "UPDATE saga_meta SET value = max(value, ?) WHERE key = 'next_id'"
+
 DURABILITY = {"normal": "NORMAL", "full": "FULL"}
-
-
-class LogError(SupervisorError):
-    """The saga log cannot be used; the message names the file."""
-
-    def __init__(self, path: Path | str, problem: str) -> None:
-        self.path = str(path)
-        super().__init__(f"saga log {self.path}: {problem}")
-
-
-class LogCorruptError(LogError):
-    """The database file is damaged or not a SQLite database.  It is never
-    recreated silently: move it aside (keep it for inspection) and restart."""
-
-
-class SchemaTooNewError(LogError):
-    """The database was written by a newer saga-supervisor."""
 
 
 @dataclass(slots=True)
@@ -74,17 +74,19 @@ class Batch:
     # sagas put in their kind's queue: (id, name, queued at, input json, seq)
     queued: list[tuple[Any, ...]] = field(default_factory=list)
     dequeued: list[tuple[float, int]] = field(default_factory=list)  # (started at, id)
+    id_mark: int = 0  # a new high-water mark for ids (0: none this turn)
 
     def __bool__(self) -> bool:
         return bool(self.sagas or self.steps or self.step_ends or self.step_comps
                     or self.saga_states or self.saga_ends or self.saga_keys
-                    or self.attempts or self.step_attempts or self.queued or self.dequeued)
+                    or self.attempts or self.step_attempts or self.queued or self.dequeued
+                    or self.id_mark)
 
     def rows(self) -> int:
         return (len(self.sagas) + len(self.steps) + len(self.step_ends) + len(self.step_comps)
                 + len(self.saga_states) + len(self.saga_ends) + len(self.saga_keys)
                 + len(self.attempts) + len(self.step_attempts) + len(self.queued)
-                + len(self.dequeued))
+                + len(self.dequeued) + (1 if self.id_mark else 0))
 
 
 # The hot statements take many rows per statement (multi-row VALUES, and
@@ -137,6 +139,7 @@ class SagaLog:
             raise ValueError(f"durability must be one of {sorted(DURABILITY)}, "
                              f"got {durability!r}")
         self.path = Path(path)
+        self.run_first: int | None = None  # this run's first id (begin_run)
         self.durability = durability
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -235,6 +238,8 @@ class SagaLog:
     def _commit(self, batch: Batch) -> None:
         c = self.conn
         with c:
+            if batch.id_mark:
+                c.execute(_RAISE_MARK, (batch.id_mark,))
             if batch.sagas:
                 self._multi("insert_saga", batch.sagas)
             if batch.queued:
@@ -272,14 +277,17 @@ class SagaLog:
         """Delete terminal sagas (and their steps) that ended more than
         `older_than_days` ago; returns how many (would be) removed."""
         cutoff = time.time() - older_than_days * 86400
-        old = ("FROM saga WHERE ended_at IS NOT NULL AND ended_at < ? AND state NOT IN "
-               "('queued', 'running', 'compensating')")
+        old = _PURGEABLE
         c = self.conn
         if dry_run:
-            return int(c.execute(f"SELECT count(*) {old}", (cutoff,)).fetchall()[0][0])  # type: ignore[arg-type]
+            return count_purgeable(c, older_than_days)
         try:
             with c:
                 c.execute(_MARK_NEXT_ID)  # ids never go back, whatever is deleted
+                # what a purge may have removed ended before the cutoff (so
+                # started before it): runs started later lost nothing to it
+                c.execute("UPDATE saga_meta SET value = max(value, ?) "
+                          "WHERE key = 'purge_cutoff'", (int(cutoff) + 1,))
                 for table in ("saga_step", "saga_step_attempt"):
                     c.execute(f"DELETE FROM {table} WHERE saga_id IN (SELECT saga_id {old})",
                               (cutoff,))
@@ -294,6 +302,28 @@ class SagaLog:
     def max_saga_id(self) -> int:
         row = self.conn.execute("SELECT max(saga_id) FROM saga").fetchall()[0][0]
         return int(row or 0)
+
+    def begin_run(self, first_id: int, mark: int) -> None:
+        """A supervisor starts handing out ids from `first_id`, never reaching
+        `mark`: record the run and make `mark` the durable high-water mark,
+        before any id is handed out."""
+        try:
+            with self.conn:
+                self.conn.execute("INSERT OR REPLACE INTO saga_run(first_id, started_at, pid) "
+                                  "VALUES (?, ?, ?)", (first_id, time.time(), os.getpid()))
+                self.conn.execute(_RAISE_MARK, (mark,))
+        except apsw.Error as exc:
+            raise LogError(self.path, f"cannot record the start: {type(exc).__name__}: {exc}"
+                           ) from exc
+        self.run_first = first_id
+
+    def end_run(self, next_id: int) -> None:
+        """A clean stop: ids from `next_id` on were never handed out."""
+        if self.run_first is None:
+            return
+        with self.conn:
+            self.conn.execute("UPDATE saga_run SET end_id = ? WHERE first_id = ?",
+                              (next_id, self.run_first))
 
     def next_id(self) -> int:
         """The first id a new supervisor may hand out: past every id the log
@@ -332,8 +362,9 @@ class SagaLog:
         return int(rows[0][0]) if rows else None  # type: ignore[arg-type]
 
     def outcome(self, saga_id: int) -> tuple[str, str | None] | None:
-        """(state, failure reason) as logged, or None if the log has no such saga."""
-        return read_outcome(self.conn, saga_id)
+        """(state, failure reason) as logged, ``(UNLOGGED, None)`` for an id an
+        earlier run handed out and never logged, or None."""
+        return read_outcome(self.conn, saga_id, self.run_first)
 
     def iter_sagas(self) -> Iterator[tuple[Any, ...]]:
         yield from self.conn.execute("SELECT saga_id, name, state, failure_reason FROM saga "
@@ -351,67 +382,3 @@ class SagaLog:
         self.conn.close()
 
 
-def dict_rows(conn: apsw.Connection, sql: str, params: tuple[Any, ...] = ()
-              ) -> list[dict[str, Any]]:
-    """Run a query and return its rows as dicts keyed by column name."""
-    cur = conn.cursor()
-    cur.row_trace = lambda c, row: dict(zip((d[0] for d in c.getdescription()), row))
-    return list(cur.execute(sql, params))
-
-
-def saga_row(conn: apsw.Connection, saga_id: int) -> dict[str, Any] | None:
-    """One saga's row, keyed by column name (None if absent)."""
-    rows = dict_rows(conn, "SELECT * FROM saga WHERE saga_id = ?", (saga_id,))
-    return rows[0] if rows else None
-
-
-def step_rows(conn: apsw.Connection, saga_id: int) -> list[dict[str, Any]]:
-    """A saga's steps in order, keyed by column name."""
-    return dict_rows(conn, "SELECT * FROM saga_step WHERE saga_id = ? ORDER BY step_index",
-                     (saga_id,))
-
-
-def attempt_rows(conn: apsw.Connection, saga_id: int) -> list[dict[str, Any]]:
-    """A saga's ended step attempts (steps issued with a retry policy), in
-    order, keyed by column name."""
-    return dict_rows(conn, "SELECT * FROM saga_step_attempt WHERE saga_id = ? "
-                     "ORDER BY step_index, attempt", (saga_id,))
-
-
-def read_outcome(conn: apsw.Connection, saga_id: int) -> tuple[str, str | None] | None:
-    """(state, failure reason) of `saga_id` as logged, or None if absent."""
-    rows = conn.execute("SELECT state, failure_reason FROM saga WHERE saga_id = ?",
-                        (saga_id,)).fetchall()
-    if not rows:
-        return None
-    state, reason = rows[0]
-    return str(state), None if reason is None else str(reason)
-
-
-def open_readonly(path: Path | str) -> apsw.Connection:
-    """A read-only connection for tools (CLI, tests) while a supervisor writes."""
-    p = Path(path)
-    if not p.exists():
-        raise LogError(p, "does not exist")
-    try:
-        conn = apsw.Connection(str(p), flags=apsw.SQLITE_OPEN_READONLY)
-        conn.set_busy_timeout(5000)
-        conn.execute("SELECT count(*) FROM saga").fetchall()
-    except (apsw.NotADBError, apsw.CorruptError) as exc:
-        raise LogCorruptError(p, f"the file is damaged or not a SQLite database ({exc})"
-                              ) from exc
-    except apsw.SQLError as exc:
-        raise LogError(p, f"is not a saga log ({exc})") from exc
-    return conn
-
-
-def logged_outcome(path: Path, saga_id: int) -> tuple[str, str | None] | None:
-    """`saga_id`'s (state, reason) in the log at `path` (None: no log, or
-    not in it); a corrupt log raises :class:`LogCorruptError`, naming it."""
-    if not path.exists():
-        return None
-    conn = open_readonly(path)
-    try:
-        return read_outcome(conn, saga_id)
-    finally:
-        conn.close()

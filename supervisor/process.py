@@ -47,7 +47,8 @@ from supervisor.async_client import AsyncSagaClient
 from supervisor._events import EventStream
 from supervisor.client import SagaClient
 from supervisor.core import Supervisor
-from supervisor.errors import NotRunningError, SupervisorCrashedError, SupervisorError
+from supervisor.errors import (NOT_IN_LOG, NotRunningError, SupervisorCrashedError,
+                               SupervisorError, unknown_saga)
 from supervisor.saga import Event, Outcome, Saga, Target
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,8 @@ class SupervisorProcess(Supervisor, engine="process"):
         fds = self._options.get("host_fds")
         proc = self._proc = subprocess.Popen(
             [sys.executable, "-m", "supervisor._serve"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, bufsize=0, env=env, pass_fds=tuple(fds) if fds else ())
+            stdout=subprocess.PIPE, bufsize=0, env=env, pass_fds=tuple(fds) if fds else (),
+            start_new_session=True)  # a terminal's Ctrl-C is the launcher's to handle
         assert proc.stdin is not None
         try:
             proc.stdin.write(len(blob).to_bytes(4, "big") + blob)
@@ -309,11 +311,14 @@ class SupervisorProcess(Supervisor, engine="process"):
     def wait(self, saga_id: int, timeout: float | None = None) -> Outcome:
         """As :meth:`Supervisor.wait`; once stopped, the outcome is read from
         the log, as the thread engine does."""
+        if self._state == "new":
+            raise NotRunningError(f"wait({_validate.saga_id(saga_id)}) before start(): the "
+                                  "supervisor has not started")
         if self._state in ("stopped", "stopping"):
             sid = _validate.saga_id(saga_id)
             logged = self._outcome_from_log(sid)
             if logged is None:
-                raise ValueError(f"unknown saga id {sid}: not in the log")
+                raise unknown_saga(sid, NOT_IN_LOG)
             return logged
         out: Outcome = self._do(lambda c: c.wait(saga_id, timeout))
         return out

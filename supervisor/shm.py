@@ -25,6 +25,9 @@ Semantics:
 * :meth:`claim` returns ``True`` exactly once per registered id, to the first
   caller in any process; every other caller gets ``False`` and must do
   nothing visible.
+* the id fence: no id at or past :attr:`SharedState.id_limit` is handed out
+  (an allocation there waits for it to rise, then raises IdFenceError): see
+  :mod:`supervisor._engine.ids`.  A segment created without one has none.
 """
 
 from __future__ import annotations
@@ -36,23 +39,24 @@ import weakref
 from typing import Any
 
 from supervisor._procs import same_process
-from supervisor.errors import (
-    CapacityError,
-    IdOverflowError,
-    LayoutMismatchError,
-    SegmentClosedError,
-    SegmentExistsError,
-    SegmentNotFoundError,
-    SupervisorError,
-)
+from supervisor.errors import (CapacityError, IdOverflowError, LayoutMismatchError,
+                               SegmentClosedError, SegmentExistsError, SegmentNotFoundError,
+                               SupervisorError)
 
 from supervisor._shmlib import (
     _ffi, _lib, MAX_ID, MAX_CAPACITY, LAYOUT_VERSION, _next_id, _reserve, _register,
     _acquire, _claim, _state, _in_flight, _peek, _noop, _noop1, _next_id_p, _claim_p,
     _state_p, _OK, _ENOENT, _EEXIST, _ESYS, _EMAGIC, _EVERSION, _ESIZE, _EFULL, _EUNINIT,
-    _ACQ_OVERFLOW, _STATE_NAMES, SagaSlotState, _CLOSED, _posix_name, _check_int,
-    _process_token, _sys_error, unlink_if_creator,
+    _ACQ_OVERFLOW, _AT_FENCE, _id_limit, _raise_id_limit, wait_at_fence, _STATE_NAMES,
+    SagaSlotState, _CLOSED, _posix_name, _check_int, _process_token, _sys_error,
+    unlink_if_creator,
 )
+
+
+_MISMATCH = {_EMAGIC: "wrong magic number",
+             _EVERSION: "another layout version or header size",
+             _ESIZE: "header size fields disagree with the segment size",
+             _EUNINIT: "header never initialised (empty or zeroed)"}
 
 
 def noop() -> None:
@@ -100,21 +104,25 @@ class SharedState:
 
     @classmethod
     def create(
-        cls, capacity: int = 65536, name: str | None = None, first_id: int = 1
+        cls, capacity: int = 65536, name: str | None = None, first_id: int = 1,
+        id_limit: int | None = None,
     ) -> SharedState:
         """Create a new segment. `capacity` (a power of two) bounds the number
-        of sagas in flight; ids start at `first_id`.  Raises
+        of sagas in flight; ids start at `first_id`; with `id_limit`, no id
+        at or past it is handed out until :meth:`raise_id_limit`.  Raises
         :class:`SegmentExistsError` if `name` is taken."""
         _check_int(capacity, "capacity", 1, MAX_CAPACITY)
         if capacity & (capacity - 1):
             raise ValueError(f"capacity must be a power of two, got {capacity}")
         _check_int(first_id, "first_id", 1, MAX_ID)
+        limit = MAX_ID + 1 if id_limit is None else id_limit
+        _check_int(limit, "id_limit", first_id, MAX_ID + 1)
         if name is None:
             name = f"saga-{os.getpid()}-{secrets.token_hex(4)}"
         pname = _posix_name(name)
         out = _ffi.new("ssm_segment **")
         pid = os.getpid()
-        rc = _lib.ssm_create(pname, capacity, first_id, pid, _process_token(pid), out)
+        rc = _lib.ssm_create(pname, capacity, first_id, limit, pid, _process_token(pid), out)
         if rc == _EEXIST:
             raise SegmentExistsError(name)
         if rc == _ESYS:
@@ -142,14 +150,8 @@ class SharedState:
             raise SegmentNotFoundError(name)
         if rc == _ESYS:
             raise _sys_error(name, "attach")
-        if rc == _EMAGIC:
-            raise LayoutMismatchError(name, "wrong magic number")
-        if rc == _EVERSION:
-            raise LayoutMismatchError(name, "another layout version or header size")
-        if rc == _ESIZE:
-            raise LayoutMismatchError(name, "header size fields disagree with the segment size")
-        if rc == _EUNINIT:
-            raise LayoutMismatchError(name, "header never initialised (empty or zeroed)")
+        if rc in _MISMATCH:
+            raise LayoutMismatchError(name, _MISMATCH[rc])
         if rc != _OK:  # pragma: no cover
             raise SupervisorError(f"ssm_attach({name!r}) returned {rc}")
         self = cls._wrap(out[0], name, creator=False)
@@ -175,6 +177,11 @@ class SharedState:
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def path(self) -> str:
+        """Where the segment's name lives on Linux (``/dev/shm/...``)."""
+        return "/dev/shm/" + _posix_name(self._name).decode().lstrip("/")
 
     @property
     def capacity(self) -> int:
@@ -224,9 +231,19 @@ class SharedState:
             r: int = _next_id(self._seg)
         except TypeError:
             raise self._bad_call(None) from None
-        if r:
+        if r and r <= MAX_ID:
             return r
-        raise IdOverflowError(f"the id counter of {self._name!r} passed its maximum {MAX_ID}")
+        return wait_at_fence(r, lambda: _next_id(self._seg), self)
+
+    @property
+    def id_limit(self) -> int:
+        """The fence: no id at or past it is handed out."""
+        return int(_id_limit(self._live()))
+
+    def raise_id_limit(self, limit: int) -> int:
+        """Move the fence up to `limit` (never down); returns the fence."""
+        _check_int(limit, "limit", 1, MAX_ID + 1)
+        return int(_raise_id_limit(self._live(), limit))
 
     def reserve_ids(self, n: int) -> range:
         """Reserve `n` consecutive fresh ids in one atomic step."""
@@ -237,6 +254,8 @@ class SharedState:
                 raise self._bad_call(None) from None
             _check_int(n, "n", 1, MAX_ID)
             raise
+        if first == _AT_FENCE:
+            first = wait_at_fence(first, lambda: _reserve(self._seg, n), self)
         if first:
             return range(first, first + n)
         _check_int(n, "n", 1, MAX_ID)
@@ -289,6 +308,8 @@ class SharedState:
             raise
         if r <= MAX_ID:
             return r
+        if r == _AT_FENCE:
+            return wait_at_fence(r, lambda: _acquire(self._seg, max_tries), self)
         if r == _ACQ_OVERFLOW:
             raise IdOverflowError(f"the id counter of {self._name!r} passed its maximum {MAX_ID}")
         raise CapacityError(
@@ -405,11 +426,11 @@ class _PrimaryState(SharedState):
 
     def next_id(self) -> int:
         r: int = _next_id_p()
-        if r:
+        if r and r <= MAX_ID:
             return r
         if self._seg is _CLOSED:  # pragma: no cover - close() resets the class
             raise self._bad_call(None)
-        raise IdOverflowError(f"the id counter of {self._name!r} passed its maximum {MAX_ID}")
+        return wait_at_fence(r, _next_id_p, self)
 
     def claim(self, saga_id: int) -> bool:
         try:

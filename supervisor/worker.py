@@ -16,6 +16,7 @@ import json
 import os
 import pickle
 import select
+import signal
 import sys
 import time
 import traceback
@@ -312,6 +313,10 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def worker_main(index: int, shm_name: str, in_conn: Any, out_conn: Any) -> None:
     """Entry point of a worker process (started with the spawn method)."""
+    # born with SIGINT blocked (see WorkerPool._start): Ctrl-C is the
+    # launcher's to handle, and it stops us by closing our pipe
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     in_fd = in_conn.fileno()
     out_fd = out_conn.fileno()
     shared = SharedState.attach(shm_name)

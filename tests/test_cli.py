@@ -87,7 +87,7 @@ def test_sagas_on_missing_empty_and_corrupt_logs(tmp_path: Path) -> None:
 
 def test_health_probe_exit_codes(make_sup: Callable[..., Supervisor], tmp_path: Path) -> None:
     none = cli("health", "--data-dir", str(tmp_path / "data"))
-    assert none.returncode == 2 and "no supervisor running" in none.stderr
+    assert none.returncode == 2 and "no supervisor is running on" in none.stderr
     sup = make_sup(restart_host=False)
     wait_for(lambda: sup.health_path.exists(), what="health file")
     ok = cli("health", "--data-dir", str(sup.data_dir), "--json")
@@ -129,7 +129,7 @@ def _blocks(lang: str) -> list[str]:
 
 def test_readme_python_blocks_run(tmp_path: Path) -> None:
     blocks = _blocks("python")
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     for i, code in enumerate(blocks):
         script = tmp_path / f"block{i}.py"
         script.write_text(code)

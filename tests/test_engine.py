@@ -100,11 +100,15 @@ def test_ids_strictly_increase_and_resume_after_restart(make_sup: Callable[..., 
     for i in first:
         assert sup.wait(i, 10).completed
     sup.stop()
-    sup2 = make_sup(data_dir=tmp_path / "d")  # its warm-up saga takes max(first) + 1
+    from supervisor._engine.ids import BLOCK
+
+    sup2 = make_sup(data_dir=tmp_path / "d")  # its warm-up saga starts the new run
     sagas, _ = read_log(sup2.db_path)
-    assert max(sagas) == max(first) + 1
+    # seeded from the durable high-water mark, past every id the first run
+    # could hand out (its fence): never reused
+    assert max(sagas) == 1 + BLOCK
     nxt = sup2.spawn(S.InstantSaga())
-    assert nxt == max(sagas) + 1  # seeded from max(saga_id) + 1: never reused
+    assert nxt == max(sagas) + 1
     assert sup2.wait(nxt, 10).completed
     assert sup2.wait(first[0]).completed  # read back from the log
 
@@ -137,7 +141,7 @@ def test_running_sagas_of_a_dead_supervisor_are_failed_at_start(tmp_path: Path) 
         for i in ids:
             assert [s["state"] for s in steps[i]] == ["failed"]
             assert steps[i][0]["failure_reason"] == o.reason
-        assert sup.spawn(S.InstantSaga()) == max(ids) + 1
+        assert sup.spawn(S.InstantSaga()) > max(ids)  # past the dead run's fence
     finally:
         sup.stop()
 
@@ -483,6 +487,9 @@ def test_stale_segment_of_a_killed_supervisor_is_replaced(tmp_path: Path) -> Non
         if __name__ == "__main__":
             sup = Supervisor({str(data)!r}, workers=1).start()
             print(sup.shm_name, flush=True)
+            # the reaper dies too (a kill -9 of the whole cgroup, the OOM
+            # killer): the segment stays behind
+            os.kill(sup._engine.reaper.proc.pid, signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
     """)
     (tmp_path / "s.py").write_text(script)

@@ -30,12 +30,46 @@ CTX = mp.get_context("spawn")
 
 def test_c_side_reports_real_values(shared: SharedState) -> None:
     assert shm_mod._lib.ssm_magic() == 0x314D48534147415B
-    assert shm_mod.LAYOUT_VERSION == 1
+    assert shm_mod.LAYOUT_VERSION == 2  # 2: the ids' fence
     assert shm_mod.MAX_ID == 2**62 - 1
     assert shm_mod._lib.ssm_header_size() == 256
     assert os.path.getsize(shm_path(shared.name)) == 256 + 8 * shared.capacity
     assert shared.creator_pid == os.getpid()
     assert shared.creator_alive()
+
+
+def test_no_id_passes_the_fence_until_it_rises(shm_name: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fence that keeps the log's high-water mark ahead of every id
+    handed out: next_id, reserve_ids and acquire wait at it, a raise lets
+    them through, it never goes down, and a fence never raised is an
+    IdFenceError naming it."""
+    import threading
+
+    import supervisor._shmlib as shmlib
+    from supervisor import IdFenceError
+
+    monkeypatch.setattr(shmlib, "FENCE_WAIT", 0.3)
+    with SharedState.create(capacity=64, name=shm_name, first_id=10, id_limit=12) as s:
+        other = SharedState.attach(shm_name)
+        assert s.id_limit == 12 and s.next_id() == 10 and other.acquire() == 11
+        with pytest.raises(IdFenceError, match="fence"):
+            other.next_id()
+        with pytest.raises(IdFenceError):
+            s.reserve_ids(2)
+        with pytest.raises(IdFenceError):
+            s.acquire()
+        got: list[int] = []
+        t = threading.Thread(target=lambda: got.append(other.acquire()))
+        t.start()
+        assert s.raise_id_limit(1000) == 1000 and s.raise_id_limit(20) == 1000  # never down
+        t.join(10)
+        assert got and 12 <= got[0] < 1000  # ids burned at the fence are skipped, not reused
+        assert s.reserve_ids(3)[0] > got[0]
+        other.close()
+    with SharedState.create(capacity=64, name=shm_name + "x") as free:  # no fence
+        assert free.id_limit == shm_mod.MAX_ID + 1 and free.reserve_ids(5) == range(1, 6)
+        free.unlink()
 
 
 def test_ids_start_at_first_id_and_increase(shm_name: str) -> None:

@@ -39,8 +39,9 @@ from supervisor._engine.outcomes import Outcomes
 from supervisor._engine.records import Lifecycle, Turn
 from supervisor._engine.sagas import SagaOps
 from supervisor._engine.table import SagaTable
-from supervisor.errors import NotRunningError, SupervisorError
-from supervisor.log import LogError
+from supervisor.errors import (NEVER_ALLOCATED, NOT_IN_LOG, NotRunningError, SupervisorError,
+                               not_logged, unknown_saga)
+from supervisor.log import UNLOGGED, LogError
 from supervisor.paths import DataDir
 from supervisor.shm import SharedState
 
@@ -306,7 +307,8 @@ class ControlServer:
         elif op == "cancel":
             sid, reason = saga_id(msg, 2), field(msg, 3, str)
             if self.table.get(sid) is None and sid >= self.shared.peek_next_id():
-                c.send(("err", req, ("ValueError", f"unknown saga id {sid}: never allocated")))
+                c.send(("err", req, ("UnknownSagaError",
+                                     str(unknown_saga(sid, NEVER_ALLOCATED)))))
                 return
             c.send(("ok", req, self.sagas.cancel(sid, reason)))
         elif op == "wait":
@@ -396,7 +398,9 @@ class ControlServer:
         else:
             found = self.read_outcome(sid)
             if found is None:
-                c.send(("err", req, ("ValueError", f"unknown saga id {sid}")))
+                c.send(("err", req, ("UnknownSagaError", str(unknown_saga(sid, NOT_IN_LOG)))))
+            elif found[0] == UNLOGGED:
+                c.send(("err", req, ("SagaNotLoggedError", str(not_logged(sid)))))
             elif found[0] in ("running", "compensating"):
                 c.send(("err", req, ("NotRunningError", f"saga {sid} is {found[0]} in the log "
                                      "but not in flight")))

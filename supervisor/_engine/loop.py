@@ -37,15 +37,18 @@ from supervisor._engine.bus import Bus, Trigger
 from supervisor._engine.compensation import Compensation
 from supervisor._engine.control import ControlServer
 from supervisor._engine.dispatch import Dispatch, Handler
-from supervisor._engine.host_link import GONE, LATER, RESTARTED, HostLink
+from supervisor._engine.host_link import HostLink
+from supervisor._engine.host_watch import HostWatch
+from supervisor._engine.ids import BLOCK, IdFence
 from supervisor._engine.inbox import Cancel, Inbox, RequeueAll, Stop
 from supervisor._engine.keys import Keys
 from supervisor._engine.measure import Measures
 from supervisor._engine.metrics import EngineCollector, MetricsServer, exposition
 from supervisor._engine.outcomes import Outcomes
 from supervisor._engine.pipeline import Pipeline
-from supervisor._engine.records import HostProc, Lifecycle, Settings, Stats, Turn, TurnOutputs, WorkerProc
+from supervisor._engine.records import Lifecycle, Settings, Stats, Turn, TurnOutputs, WorkerProc
 from supervisor._engine.queues import Limits, Queues
+from supervisor._engine.reaper import Reaper
 from supervisor._engine.recovery import Kinds, Recovery, at_start
 from supervisor._engine.requests import Requests
 from supervisor._engine.retries import Retries
@@ -94,6 +97,7 @@ class Engine:
         self.metrics: MetricsServer | None = None
         self.log: SagaLog | None = None
         self.shared: SharedState | None = None
+        self.reaper: Reaper | None = None  # unlinks the segment if we die without stopping
         self.sel: selectors.BaseSelector | None = None
         self.thread: threading.Thread | None = None
         # made by _start(); teardown() copes with a start that stopped half-way
@@ -124,9 +128,14 @@ class Engine:
         sagalog = self.log = SagaLog(self.paths.db, s.durability, background_checkpoint=True)
         # the segment doubles as the data dir's lock: nothing below writes the
         # log unless no other live supervisor owns this data dir
+        first = sagalog.next_id()
         shared = self.shared = create_segment(s.shm_name or self.paths.segment,
-                                              s.capacity, sagalog.next_id(),
-                                              self.paths.root)
+                                              s.capacity, first, self.paths.root)
+        self.reaper = Reaper(shared.path)
+        # the mark goes to the log before the fence lets any id out (see .ids)
+        sagalog.begin_run(first, first + BLOCK)
+        self.ids = IdFence(shared, turn, first + BLOCK)
+        shared.raise_id_limit(first + BLOCK)
         sagalog.purge(s.retention_days)
         sel = self.sel = selectors.DefaultSelector()
         inbox = self.inbox
@@ -159,12 +168,13 @@ class Engine:
         control.register = self.register
         self.bus = Bus(table, sagas, shared, self.outcomes, turn, stats, self.life,
                        self.registry.prepare, self.triggers, control.subscribed)
-        self.host = HostLink(s, sel, stats, self.life, self._host_readable,
-                             self._host_writable, self.clock)
+        self.host = HostLink(s, sel, stats, self.life, lambda h: self.hosts.readable(h),
+                             lambda h: self.hosts.writable(h), self.clock)
         retries = self.retries = Retries(table, sagas, shared, turn, stats)
         self.dispatch = Dispatch(table, shared, sagas, comp, self.handlers, stats, retries,
                                  s.host_protocol)
         self.routing = Routing(table, shared, sagas, comp, self.recovery, turn, stats, retries)
+        self.hosts = HostWatch(self.host, self.routing, self.dispatch, self._write_health)
         self.requests = Requests(inbox, sagas, self.keys, self.recovery, self.routing, turn,
                                  self.triggers, queues)
         replays, requeues = at_start(sagalog, shared, self.kinds, self.registry.prepare, stats)
@@ -265,7 +275,7 @@ class Engine:
             if self.queues.timers and self.queues.timers[0][0] <= vnow:
                 self.queues.expire(vnow)
             if self.host.restart_due(vnow):
-                self._host_restart()
+                self.hosts.restart()
             if stopping and (not table or now >= stopping):
                 if self.requests.suspend:  # left 'running' in the log: the next start
                     log.warning("suspended with %d saga(s) in flight: the next start "
@@ -281,9 +291,10 @@ class Engine:
                 assert self.log is not None
                 stalled = self.host.check_stall(now)
                 if stalled is not None:
-                    self._host_lost(*stalled)
+                    self.hosts.lost(*stalled)
                 self.log.check_file()  # deleted or replaced: LogError ends the loop
                 pool.check()
+            self.ids.check()
             pipeline.end_turn()
             control.flush_all()
             if health_due:
@@ -305,12 +316,10 @@ class Engine:
 
     def _emit(self, out: TurnOutputs) -> None:
         """A committed turn's outputs leave: commands, outcomes, events, messages."""
+        if out.id_limit:
+            self.ids.committed(out.id_limit)
         if out.host_out:
-            if self.host.restart_at is not None:  # a new host comes after a backoff
-                self.host.held += out.host_out
-            else:
-                self.dispatch.to_host(self.host.host, out.host_out)
-                self._flush_host()
+            self.hosts.send(out.host_out)
         if out.local_out:
             self.dispatch.to_local(out.local_out)
         if out.ended:
@@ -331,41 +340,6 @@ class Engine:
                     w.outbox = []
                 if w.quarantine:
                     self.pool.release_quarantine(w)
-
-    def _host_readable(self, h: HostProc) -> None:
-        bodies, death = self.host.read(h)
-        for body in bodies:
-            self.routing.host_frame(h, body)
-        self._host_lost(h, death)
-
-    def _host_writable(self, h: HostProc) -> None:
-        self._host_lost(h, self.host.flush(h))
-
-    def _flush_host(self) -> None:
-        h = self.host.host
-        if h is not None and h.alive and not h.want_write:
-            self._host_writable(h)
-
-    def _host_lost(self, h: HostProc, why: str | None) -> None:
-        """A death verdict (None: no death) for the host: restart or fail."""
-        if why is None or not h.alive:
-            return
-        became = self.host.lost(h, why)
-        log.error("%s; %s", why, {RESTARTED: "host restarted, open steps re-issued",
-                                  LATER: "host restarts after a backoff, open steps "
-                                         "re-issued then",
-                                  GONE: "sagas waiting on the host fail"}[became])
-        self.routing.host_lost(why, became != GONE)
-        if self.host.down is not None:
-            self._write_health()  # the probe sees it now, not a tick later
-
-    def _host_restart(self) -> None:
-        """A host restart's backoff is over: start it and send it what was
-        issued meanwhile (or fail that, if it cannot start)."""
-        h, held = self.host.restart_now()
-        self.dispatch.to_host(h if h is not None else self.host.host, held)
-        if h is not None:
-            self._flush_host()
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -455,8 +429,17 @@ class Engine:
         if hasattr(self, "pipeline"):
             self.pipeline.stop()
         if self.log is not None:
+            if self.shared is not None and not self.shared.closed and \
+                    not isinstance(self.life.error, LogError):
+                try:  # ids past this were never handed out (see supervisor.log_read)
+                    self.log.end_run(self.shared.peek_next_id())
+                except Exception as exc:  # the log failed: the run stays open-ended
+                    log.warning("cannot record the end of this run in the log: %s", exc)
             self.log.close()
             self.log = None
         if self.shared is not None and not self.shared.closed:
             self.shared.close()
             self.shared.unlink()  # the handle stays, for its name in messages
+        if self.reaper is not None:
+            self.reaper.close()
+            self.reaper = None

@@ -188,7 +188,7 @@ class Turn:
     """What one loop turn produced: log rows, and the outputs that may leave
     only once those rows are committed (write-ahead)."""
 
-    __slots__ = ("batch", "host_out", "local_out", "events", "ended")
+    __slots__ = ("batch", "host_out", "local_out", "events", "ended", "id_limit")
 
     def __init__(self) -> None:
         self.batch = Batch()
@@ -199,10 +199,13 @@ class Turn:
         # someone (subscriber, listener, trigger) will see it
         self.events: list[tuple[str, Any, int | None, int | None]] = []
         self.ended: list[tuple[int, str, str | None]] = []  # (saga id, state, reason)
+        self.id_limit = 0  # the ids' fence may rise to this once the batch is committed
 
     def take_outputs(self) -> TurnOutputs:
-        out = TurnOutputs(self.host_out, self.local_out, self.events, self.ended)
+        out = TurnOutputs(self.host_out, self.local_out, self.events, self.ended,
+                          id_limit=self.id_limit)
         self.host_out, self.local_out, self.events, self.ended = [], [], [], []
+        self.id_limit = 0
         return out
 
     def take_batch(self) -> Batch:
@@ -219,6 +222,7 @@ class TurnOutputs:
     ended: list[tuple[int, str, str | None]]
     # (worker, its messages of the turn), filled in by the pipeline
     worker_msgs: list[tuple[WorkerProc, list[tuple[Any, ...]]]] = field(default_factory=list)
+    id_limit: int = 0  # the ids' fence rises to this (the batch wrote it as the mark)
 
 
 STAT_NAMES: Final = (

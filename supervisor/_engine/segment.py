@@ -12,13 +12,15 @@ log = logging.getLogger(__name__)
 
 
 def create_segment(name: str, capacity: int, first_id: int, data_dir: Path) -> SharedState:
-    """Create the segment `name`.  One left by a supervisor that was killed
-    (its creator pid and start time no longer name a live process) is
-    replaced; one whose creator still runs means another supervisor owns
-    this data dir, which is refused."""
+    """Create the segment `name`, its ids fenced at `first_id` (none is
+    handed out until the fence rises: see :mod:`.ids`).  One left by a
+    supervisor that was killed (its creator pid and start time no longer
+    name a live process) is replaced; one whose creator still runs means
+    another supervisor owns this data dir, which is refused."""
     for _ in range(2):
         try:
-            return SharedState.create(capacity=capacity, name=name, first_id=first_id)
+            return SharedState.create(capacity=capacity, name=name, first_id=first_id,
+                                      id_limit=first_id)
         except SegmentExistsError:
             pass
         try:

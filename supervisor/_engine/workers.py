@@ -16,6 +16,7 @@ import logging
 import os
 import pickle
 import selectors
+import signal
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -83,7 +84,14 @@ class WorkerPool:
         out_r, out_w = mp.Pipe(duplex=False)
         proc = mp.Process(target=worker_main, name=f"saga-worker-{index}",
                           args=(index, self.shm_name, in_r, out_w), daemon=True)
-        proc.start()
+        # a terminal's Ctrl-C goes to the whole process group: the worker is
+        # born with SIGINT blocked (the mask survives fork and exec) and
+        # ignores it from then on; the launcher stops its workers itself
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         in_r.close()
         out_w.close()
         wfd = os.dup(in_w.fileno())
