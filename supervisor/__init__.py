@@ -71,9 +71,11 @@ _WHERE = {
     "UnknownSagaError": "supervisor.errors",
     "SagaNotLoggedError": "supervisor.errors",
     "IdFenceError": "supervisor.errors",
+    "ConnectionLostError": "supervisor.errors",
 }
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers
+    from supervisor.errors import ConnectionLostError
     from supervisor.errors import IdFenceError
     from supervisor.errors import SagaNotLoggedError
     from supervisor.async_client import AsyncSagaClient
@@ -182,4 +184,5 @@ __all__ = [
     "UnknownSagaError",
     "SagaNotLoggedError",
     "IdFenceError",
+    "ConnectionLostError",
 ]

@@ -25,35 +25,43 @@ class AsyncSagaClient:
     def __init__(self, data_dir: str | os.PathLike[str], timeout: float = 10.0) -> None:
         self._client = SagaClient(data_dir, timeout)
 
-    async def _call(self, op: str, *args: Any, timeout: float | None = 30.0) -> Any:
+    async def _call(self, op: str, *args: Any, timeout: float | None = 30.0,
+                    spawned: list[int] | None = None) -> Any:
         c = self._client
         req = next(c._reqs)
         result = AsyncResult(asyncio.get_running_loop())
         c._pending[req] = result  # type: ignore[assignment]  # same set(value, error)
         try:
-            c._send((op, req, *args))
+            c._send((op, req, *args), spawned=spawned)
             return await result.result(timeout, f"no answer to {op} within {timeout}s")
         finally:
             c._pending.pop(req, None)
 
-    async def spawn(self, saga: Saga, key: str | None = None) -> int:
+    async def spawn(self, saga: Saga, key: str | None = None, durable: bool = False) -> int:
         """See :meth:`SagaClient.spawn`."""
         c = self._client
         (sid, *args), = c._spawn_requests([saga], key)
         try:
-            got = int(await self._call("spawn", sid, *args))
+            got = int(await self._call("spawn", sid, *args, spawned=[sid]))
+            if durable:
+                await asyncio.to_thread(c._await_logged, c._spawns_sent)
         except BaseException as exc:
             c._abandon([sid], exc)
         return c._spawned(sid, got)
 
-    async def spawn_many(self, sagas: list[Saga]) -> list[int]:
+    async def spawn_many(self, sagas: list[Saga], durable: bool = False) -> list[int]:
         """See :meth:`SagaClient.spawn_many`."""
         c = self._client
         items = c._spawn_requests(sagas, None)
+        ids = [it[0] for it in items]
         try:
-            return list(await self._call("spawn_many", [it[:-1] for it in items]))
+            got = list(await self._call("spawn_many", [it[:-1] for it in items],
+                                        spawned=ids))
+            if durable:
+                await asyncio.to_thread(c._await_logged, c._spawns_sent)
+            return got
         except BaseException as exc:
-            c._abandon([it[0] for it in items], exc)
+            c._abandon(ids, exc)
 
     async def cancel(self, saga_id: int, reason: str = "cancelled") -> bool:
         sid = _validate.saga_id(saga_id)

@@ -15,6 +15,7 @@ other threads keep the GIL busy pays each round trip in switch intervals).
 from __future__ import annotations
 
 import itertools
+from collections import deque
 import os
 import pickle
 import queue
@@ -27,7 +28,8 @@ from typing import Any, NoReturn
 import supervisor._validate as _validate
 from supervisor._codec import dump_class, encode_saga
 from supervisor._future import Future
-from supervisor.errors import (NotRunningError, SagaNotLoggedError, UnknownSagaError, SegmentClosedError, SpawnError,
+from supervisor.errors import (ConnectionLostError, NotRunningError, SagaNotLoggedError,
+                               UnknownSagaError, SegmentClosedError, SpawnError,
                                SupervisorError)
 from supervisor.frames import MAX_FRAME, FrameReader, frame
 from supervisor.paths import DataDir
@@ -80,6 +82,13 @@ class SagaClient:
         # outcomes of the sagas this client spawned, pushed by the supervisor
         self._outcomes: dict[int, Future] = {}
         self._resolved = 0
+        # spawn requests sent, in order, until the supervisor says they are in
+        # the log (("logged", n)); durable spawns wait for theirs
+        self._spawns_sent = 0
+        self._logged = 0
+        self._unlogged: deque[tuple[int, list[int]]] = deque()
+        self._durable: dict[int, Future] = {}
+        self._lost: ConnectionLostError | None = None
         self._closed = False
         self._reader = threading.Thread(target=self._read, name="saga-client-reader",
                                         daemon=True)
@@ -87,7 +96,10 @@ class SagaClient:
 
     # -- requests -------------------------------------------------------------
 
-    def _send(self, msg: tuple[Any, ...], seal: bool = False) -> None:
+    def _send(self, msg: tuple[Any, ...], seal: bool = False,
+              spawned: list[int] | None = None) -> int:
+        """Send one request; for a spawn (`spawned`: its ids), its number
+        among this client's spawn requests."""
         body = pickle.dumps(msg, protocol=5)
         if len(body) > MAX_FRAME:
             raise SpawnError(f"the {msg[0]} request is {len(body):,} bytes, over the control "
@@ -99,29 +111,45 @@ class SagaClient:
                 raise NotRunningError("the client is closed")
             if self._sealed:
                 raise NotRunningError("the supervisor is stopping")
+            if self._lost is not None:
+                raise self._lost
             try:
                 self._sock.sendall(data)
             except OSError as exc:
-                raise NotRunningError(f"the supervisor connection broke: {exc}") from exc
-            if seal:
+                broke = exc
+            else:
+                broke = None
+            if broke is None and seal:
                 self._sealed = True
+            if broke is None and spawned is not None:
+                self._spawns_sent += 1
+                self._unlogged.append((self._spawns_sent, spawned))
+                return self._spawns_sent
+        if broke is not None:  # the reader sees the end too: what it read counts
+            self._reader.join(2.0)
+            raise self._lost or ConnectionLostError(
+                f"the supervisor connection broke: {broke}", self.unconfirmed) from broke
+        return 0
 
-    def _call(self, op: str, *args: Any, timeout: float | None = 30.0) -> Any:
+    def _call(self, op: str, *args: Any, timeout: float | None = 30.0,
+              spawned: list[int] | None = None) -> Any:
         req = next(self._reqs)
         p = Future()
         self._pending[req] = p
         try:
-            self._send((op, req, *args))
+            self._send((op, req, *args), spawned=spawned)
             return p.result(timeout)
         except TimeoutError:
             raise TimeoutError(f"no answer to {op} within {timeout}s") from None
         finally:
             self._pending.pop(req, None)
 
-    def spawn(self, saga: Saga, key: str | None = None) -> int:
-        """Spawn `saga` on the supervisor; returns its id once it is accepted.
-        With an idempotency `key`, the id of the saga that holds it (see
-        :meth:`supervisor.Supervisor.spawn`)."""
+    def spawn(self, saga: Saga, key: str | None = None, durable: bool = False) -> int:
+        """Spawn `saga` on the supervisor; returns its id.  With an idempotency
+        `key`, the id of the saga that holds it (see
+        :meth:`supervisor.Supervisor.spawn`).  By default it returns before
+        the supervisor logged the saga; with `durable`, only once it is in the
+        log (one round trip and a commit more)."""
         (sid, *args), = self._spawn_requests([saga], key)
         self._outcomes[sid] = Future()
         try:
@@ -129,9 +157,13 @@ class SagaClient:
                 # pipelined: nothing to wait for, the id is ours already; a
                 # refusal (a stopping supervisor, a malformed request) is its
                 # outcome: wait() raises it
-                self._send(("spawn", 0, sid, *args, True))
+                seq = self._send(("spawn", 0, sid, *args, True), spawned=[sid])
+                if durable:
+                    self._await_logged(seq)
                 return int(sid)
-            got = int(self._call("spawn", sid, *args, True))
+            got = int(self._call("spawn", sid, *args, True, spawned=[sid]))
+            if durable:
+                self._await_logged(self._spawns_sent)
         except BaseException as exc:
             self._outcomes.pop(sid, None)
             self._abandon([sid], exc)
@@ -140,19 +172,55 @@ class SagaClient:
             self._outcomes.pop(sid, None)
         return self._spawned(sid, got)
 
-    def spawn_many(self, sagas: list[Saga]) -> list[int]:
+    def spawn_many(self, sagas: list[Saga], durable: bool = False) -> list[int]:
         """Spawn many sagas in one request: their ids, in order (all or none
-        start)."""
+        start); with `durable`, once they are in the log."""
         items = self._spawn_requests(sagas, None)
         ids = [it[0] for it in items]
         for sid in ids:
             self._outcomes[sid] = Future()
         try:
-            return list(self._call("spawn_many", [it[:-1] for it in items], True))
+            got = list(self._call("spawn_many", [it[:-1] for it in items], True, spawned=ids))
+            if durable:
+                self._await_logged(self._spawns_sent)
+            return got
         except BaseException as exc:
             for sid in ids:
                 self._outcomes.pop(sid, None)
             self._abandon(ids, exc)
+
+    def _await_logged(self, seq: int, timeout: float = 60.0) -> None:
+        """Block until spawn request `seq` of this client is in the log."""
+        with self._send_lock:
+            if self._logged >= seq:
+                return
+            if self._lost is not None:
+                raise self._lost
+            f = self._durable.setdefault(seq, Future())
+        try:
+            f.result(timeout)
+        except TimeoutError:
+            raise TimeoutError(f"the supervisor did not log the spawn within {timeout}s: "
+                               "wait() tells whether it was logged") from None
+
+    def _on_logged(self, n: int) -> None:
+        """("logged", n): this client's first `n` spawn requests are in the log."""
+        done: list[Future] = []
+        with self._send_lock:
+            self._logged = max(self._logged, n)
+            while self._unlogged and self._unlogged[0][0] <= n:
+                self._unlogged.popleft()
+            for seq in [q for q in self._durable if q <= n]:
+                done.append(self._durable.pop(seq))
+        for f in done:
+            f.set(True)
+
+    @property
+    def unconfirmed(self) -> list[int]:
+        """Ids this client's spawns returned that the supervisor has not (yet)
+        confirmed as logged."""
+        with self._send_lock:
+            return [sid for _, ids in self._unlogged for sid in ids]
 
     # -- what spawn and spawn_many share with AsyncSagaClient ------------------------
 
@@ -277,6 +345,9 @@ class SagaClient:
                     if msg[0] == "refused":  # a pipelined spawn: it never started
                         self._refused(msg[1], *msg[2])
                         continue
+                    if msg[0] == "logged":
+                        self._on_logged(msg[1])
+                        continue
                     if msg[0] == "event":
                         if self._events is not None:
                             self._events.put(Event(*msg[1:]))
@@ -292,8 +363,11 @@ class SagaClient:
         except OSError:
             pass
         finally:
-            gone = NotRunningError("the supervisor closed the connection")
-            for p in list(self._pending.values()) + list(self._outcomes.values()):
+            gone = self._lost = ConnectionLostError("the supervisor closed the connection",
+                                                    self.unconfirmed)
+            with self._send_lock:
+                durable, self._durable = list(self._durable.values()), {}
+            for p in list(self._pending.values()) + list(self._outcomes.values()) + durable:
                 p.set(error=gone)
             if self._events is not None:
                 self._events.put(None)

@@ -20,7 +20,7 @@ import dill
 import supervisor._aio as _aio
 import supervisor._validate as _validate
 from supervisor._engine.inbox import (AddTrigger, Cancel, Publish, SpawnKeyed, SpawnMany,
-                                     spawn_request)
+                                     Sync, spawn_request)
 import supervisor._engine.metrics as _metrics
 from supervisor._engine.loop import Engine
 from supervisor._engine.outcomes import Subscription
@@ -270,18 +270,27 @@ class Supervisor:
 
     # -- sagas ------------------------------------------------------------------------------
 
-    def spawn(self, saga: Saga, key: str | None = None) -> int:
+    def spawn(self, saga: Saga, key: str | None = None, durable: bool = False) -> int:
         """Start `saga`; returns its id at once (callable from any thread).
         Raises :class:`SpawnError` if the saga cannot be shipped to a worker,
-        :class:`NotRunningError` if the supervisor is not running.  Every id
-        returned gets a logged outcome.
+        :class:`NotRunningError` if the supervisor is not running.
+
+        The id is returned *before* the saga is logged: while the supervisor
+        lives, every id returned gets a logged outcome; if it dies before the
+        next commit (a few ms), the saga never ran and ``wait()`` on the id
+        raises :class:`SagaNotLoggedError` on any later supervisor.  With
+        `durable`, it returns only once the saga is in the log (then a crash
+        at any point recovers it): one commit of latency more.
 
         With an idempotency `key`, a saga that holds the key already — in
         flight, or ended and not yet purged (``retention_days``), across
         restarts — is returned instead of starting another; of concurrent
         spawns with one key (any threads or processes) exactly one starts."""
         if key is not None:
-            return self._spawn_keyed(saga, key)
+            got = self._spawn_keyed(saga, key)
+            if durable:
+                self._logged()
+            return got
         engine = self._engine
         if engine.life.state != "running":
             raise NotRunningError(f"cannot spawn: the supervisor is {engine.life.state}")
@@ -297,12 +306,28 @@ class Supervisor:
             shared.claim(sid)  # give the slot back: it never started
             raise NotRunningError(f"cannot spawn: the supervisor is {engine.life.state}"
                                   ) from None
+        if durable:
+            self._logged()
         return sid
 
-    def spawn_many(self, sagas: list[Saga]) -> list[int]:
+    def _logged(self, timeout: float = 60.0) -> None:
+        """Return once everything posted so far is in the log (committed)."""
+        engine = self._engine
+        fut = engine.outcomes.track(Future())
+        try:
+            engine.inbox.post(Sync(fut))
+            fut.result(timeout)
+        except TimeoutError:
+            raise TimeoutError(f"the supervisor did not log the spawn within {timeout}s: "
+                               "wait() tells whether it was logged") from None
+        finally:
+            engine.outcomes.untrack(fut)
+
+    def spawn_many(self, sagas: list[Saga], durable: bool = False) -> list[int]:
         """Start many sagas at once (one hand-over to the loop for all): their
         ids, in order.  All are encoded first, so a saga that cannot be
-        shipped raises :class:`SpawnError` before any starts."""
+        shipped raises :class:`SpawnError` before any starts.  `durable`: as
+        for :meth:`spawn`, return once all are in the log."""
         engine = self._engine
         if engine.life.state != "running" or engine.shared is None:
             raise NotRunningError(f"cannot spawn: the supervisor is {engine.life.state}")
@@ -321,6 +346,8 @@ class Supervisor:
                 outcomes.forget(sid)
                 shared.claim(sid)
             raise
+        if durable:
+            self._logged()
         return ids
 
     def _spawn_keyed(self, saga: Saga, key: str) -> int:

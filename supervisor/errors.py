@@ -91,6 +91,31 @@ class NotRunningError(SupervisorError):
     """The supervisor is not running (not started yet, stopping, or stopped)."""
 
 
+class ConnectionLostError(NotRunningError):
+    """The connection to the supervisor ended (it stopped, died, or closed
+    it).  `unconfirmed` lists the ids this client's spawns returned that the
+    supervisor had not yet confirmed as logged: for each, ``wait()`` on the
+    next supervisor (or a new client) says whether it was logged (and is
+    recovered) or not (:class:`SagaNotLoggedError`: it never ran).  Every
+    other id it returned is in the log."""
+
+    def __init__(self, message: str, unconfirmed: list[int] | None = None) -> None:
+        self.unconfirmed = list(unconfirmed or [])
+        super().__init__(message + unconfirmed_text(self.unconfirmed))
+
+
+def unconfirmed_text(ids: list[int]) -> str:
+    """What a lost connection means for the spawns not confirmed logged."""
+    if not ids:
+        return "; every saga id spawn() returned here is in the log"
+    shown = ", ".join(map(str, ids[:10])) + (f", ... ({len(ids)} in all)" if len(ids) > 10
+                                             else "")
+    return (f"; {len(ids)} saga id(s) spawn() returned here were not confirmed logged "
+            f"({shown}): wait() on the next supervisor tells, for each, whether it was "
+            "logged (then it is recovered) or not (SagaNotLoggedError: it never ran); "
+            "every other id is in the log")
+
+
 class SupervisorCrashedError(SupervisorError):
     """The supervisor's loop stopped on an internal error; `cause` holds it."""
 

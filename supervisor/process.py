@@ -48,7 +48,7 @@ from supervisor._events import EventStream
 from supervisor.client import SagaClient
 from supervisor.core import Supervisor
 from supervisor.errors import (NOT_IN_LOG, NotRunningError, SupervisorCrashedError,
-                               SupervisorError, unknown_saga)
+                               SupervisorError, unconfirmed_text, unknown_saga)
 from supervisor.saga import Event, Outcome, Saga, Target
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,13 @@ ORPHAN = ("stop", "suspend", "serve")
 
 
 class SupervisorGoneError(SupervisorError):
-    """The supervisor process died (killed, or crashed) under the launcher."""
+    """The supervisor process died (killed, or crashed) under the launcher.
+    `unconfirmed`: the ids ``spawn()`` returned that it had not confirmed
+    as logged (see :class:`supervisor.ConnectionLostError`)."""
+
+    def __init__(self, message: str, unconfirmed: list[int] | None = None) -> None:
+        self.unconfirmed = list(unconfirmed or [])
+        super().__init__(message + unconfirmed_text(self.unconfirmed))
 
 
 class SupervisorProcess(Supervisor, engine="process"):
@@ -288,8 +294,10 @@ class SupervisorProcess(Supervisor, engine="process"):
         assert self._proc is not None
         code = self._proc.returncode
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        unconfirmed = self._client.unconfirmed if self._client is not None else []
         return SupervisorGoneError(f"the supervisor process (pid {self._proc.pid}) died "
-                                   f"({how}); sagas in flight are recovered at its next start")
+                                   f"({how}): the sagas it logged are recovered at its next "
+                                   "start", unconfirmed)
 
     def _api(self) -> SagaClient:
         if self._client is None or self._state != "running":
@@ -302,11 +310,11 @@ class SupervisorProcess(Supervisor, engine="process"):
         except (NotRunningError, OSError) as exc:
             raise self._gone(exc) from exc
 
-    def spawn(self, saga: Saga, key: str | None = None) -> int:
-        return int(self._do(lambda c: c.spawn(saga, key)))
+    def spawn(self, saga: Saga, key: str | None = None, durable: bool = False) -> int:
+        return int(self._do(lambda c: c.spawn(saga, key, durable)))
 
-    def spawn_many(self, sagas: list[Saga]) -> list[int]:
-        return list(self._do(lambda c: c.spawn_many(sagas)))
+    def spawn_many(self, sagas: list[Saga], durable: bool = False) -> list[int]:
+        return list(self._do(lambda c: c.spawn_many(sagas, durable)))
 
     def wait(self, saga_id: int, timeout: float | None = None) -> Outcome:
         """As :meth:`Supervisor.wait`; once stopped, the outcome is read from

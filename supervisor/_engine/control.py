@@ -9,9 +9,12 @@ holds its path.  A peer must run as the supervisor's user (checked with
 ``SO_PEERCRED``): messages are pickles.
 
 Requests are pickled tuples in length-prefixed frames: ``cls``, ``spawn``,
-``spawn_many``, ``cancel``, ``wait``, ``publish``, ``subscribe``, ``metrics``; replies ``("ok", req,
-value)`` or ``("err", req, (kind, msg))``, and ``("event", ...)`` for
-subscribers.  Every field is checked as strictly as ``SagaClient`` checks
+``spawn_many``, ``cancel``, ``wait``, ``publish``, ``subscribe``, ``metrics``,
+``sync``; replies ``("ok", req, value)`` or ``("err", req, (kind, msg))``,
+``("event", ...)`` for subscribers, ``("outcomes", ...)`` for the sagas a
+client spawned, and ``("logged", n)``: after a commit, the number of the
+client's spawn requests (in the order sent) that are now in the log.
+``sync`` is answered once everything the client sent before is in the log.  Every field is checked as strictly as ``SagaClient`` checks
 it.  Each request is its own failure boundary: one that cannot be handled
 gets an error reply or drops its connection, never the loop.  Replies to
 ``wait`` leave after the saga's terminal row is committed, like every output.
@@ -19,6 +22,7 @@ gets an error reply or drops its connection, never the loop.  Replies to
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
@@ -54,7 +58,8 @@ _PEERCRED = struct.Struct("3i")  # pid, uid, gid
 class Conn:
     """A SagaClient connection."""
 
-    __slots__ = ("sock", "reader", "outbuf", "classes", "subscribed", "want_write", "closed")
+    __slots__ = ("sock", "reader", "outbuf", "classes", "subscribed", "want_write", "closed",
+                 "spawns")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -64,6 +69,7 @@ class Conn:
         self.subscribed = False
         self.want_write = False
         self.closed = False
+        self.spawns = 0  # spawn requests taken, acknowledged as logged once committed
 
     def send(self, msg: tuple[Any, ...]) -> None:
         if not self.closed:
@@ -106,6 +112,7 @@ class ControlServer:
         self.path: Path | None = None
         self.conns: list[Conn] = []
         self.remote_waiters: dict[int, list[tuple[Conn, int]]] = {}
+        self.unacked: set[Conn] = set()  # took spawns this turn: say "logged" after the commit
         self.refused = 0
 
     def open(self) -> None:
@@ -284,8 +291,19 @@ class ControlServer:
 
     # -- requests ------------------------------------------------------------------------
 
+    def end_turn(self) -> None:
+        """Before the turn's commit: each client that sent spawns this turn
+        is told, once they are committed, how many of its spawn requests
+        are in the log (refused ones included), in the order it sent them."""
+        for c in self.unacked:
+            self.turn.after.append(functools.partial(c.send, ("logged", c.spawns)))
+        self.unacked.clear()
+
     def _request(self, c: Conn, msg: tuple[Any, ...]) -> None:
         op, req = msg[0], msg[1]
+        if op == "spawn" or op == "spawn_many":
+            c.spawns += 1
+            self.unacked.add(c)
         if op == "cls":
             ccid, blob = field(msg, 2, int), field(msg, 3, bytes)
             try:
@@ -320,8 +338,8 @@ class ControlServer:
         elif op == "subscribe":
             c.subscribed = True
             c.send(("ok", req, None))
-        elif op == "sync":  # answered once every earlier request was taken
-            c.send(("ok", req, None))
+        elif op == "sync":  # answered once every earlier request is in the log
+            self.turn.after.append(functools.partial(c.send, ("ok", req, None)))
         elif op == "register" and self.register is not None:
             try:  # a kind, handler or trigger from a launcher (dill, as classes are)
                 self.register(field(msg, 2, bytes))

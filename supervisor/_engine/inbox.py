@@ -49,6 +49,13 @@ class SpawnKeyed(NamedTuple):
     future: Future
 
 
+class Sync(NamedTuple):
+    """`future` is set once every request posted before it is in the log
+    (committed): ``spawn(..., durable=True)``."""
+
+    future: Future
+
+
 class Cancel(NamedTuple):
     saga_id: int
     reason: str
@@ -99,7 +106,7 @@ class RequeueAll(NamedTuple):
     items: list[Requeue]
 
 
-Request = (Spawn | SpawnMany | SpawnKeyed | Cancel | Publish | AddTrigger | Stop | Replay
+Request = (Spawn | SpawnMany | SpawnKeyed | Sync | Cancel | Publish | AddTrigger | Stop | Replay
            | RequeueAll)
 
 _tuple_new = tuple.__new__

@@ -212,7 +212,7 @@ class Engine:
                 try:
                     self.requests.take(stopping_now=True)
                     self.sagas.fail_all(self.life.stop_reason)
-                    self.pipeline.end_turn()
+                    self._end_turn()
                     self.pipeline.drain()
                 except BaseException:
                     log.exception("could not record the outcome of the sagas in flight")
@@ -282,7 +282,7 @@ class Engine:
                                 "resumes them", len(table))
                 else:
                     self.sagas.fail_all(self.life.stop_reason)
-                pipeline.end_turn()
+                self._end_turn()
                 pipeline.drain()
                 return
             health_due = now - last_health >= health_every
@@ -294,8 +294,7 @@ class Engine:
                     self.hosts.lost(*stalled)
                 self.log.check_file()  # deleted or replaced: LogError ends the loop
                 pool.check()
-            self.ids.check()
-            pipeline.end_turn()
+            self._end_turn()
             control.flush_all()
             if health_due:
                 self._write_health()
@@ -304,6 +303,12 @@ class Engine:
                 pipeline.drain()
                 assert self.log is not None
                 self.log.purge(self.settings.retention_days)
+
+    def _end_turn(self) -> None:
+        """The turn's batch goes to the log; its outputs leave once committed."""
+        self.ids.check()
+        self.control.end_turn()
+        self.pipeline.end_turn()
 
     def _begin_stop(self, error: BaseException | None, reason: str) -> None:
         """Stop from inside the loop (restart intensity, a crash)."""
@@ -327,6 +332,8 @@ class Engine:
             self.control.resolved(out.ended)
         if out.events:
             self.bus.publish(out.events)
+        for done in out.after:
+            done()
         send = self.pool.send
         for w, msgs in out.worker_msgs:
             if w.alive:

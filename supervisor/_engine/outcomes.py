@@ -72,7 +72,7 @@ class Subscription(EventQueueReader):
 
 class Outcomes:
     __slots__ = ("_lock", "_undecided", "_outcomes", "_order", "_waiters", "subs",
-                 "_closed")
+                 "_closed", "_syncs")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -80,6 +80,7 @@ class Outcomes:
         self._outcomes: dict[int, tuple[int, str, str | None]] = {}
         self._order: deque[int] = deque()
         self._waiters: dict[int, list[Future]] = {}
+        self._syncs: set[Future] = set()  # durable spawns waiting for their commit
         self.subs: list[Subscription] = []  # copy-on-write: the loop reads it unlocked
         self._closed: BaseException | None = None
 
@@ -159,13 +160,29 @@ class Outcomes:
             while len(order) > OUTCOMES_KEPT:
                 outcomes.pop(order.popleft(), None)
 
+    def track(self, fut: Future) -> Future:
+        """`fut` (a Sync's) gets the engine's error if it stops first."""
+        with self._lock:
+            if self._closed is not None:
+                fut.set(error=self._closed)
+            else:
+                self._syncs.add(fut)
+        return fut
+
+    def untrack(self, fut: Future) -> None:
+        with self._lock:
+            self._syncs.discard(fut)
+
     def close(self, error: BaseException) -> None:
         """The engine stopped: every waiter still waiting gets `error`, every
         subscription ends."""
         with self._lock:
             self._closed = error
             waiters, self._waiters = self._waiters, {}
+            syncs, self._syncs = self._syncs, set()
             subs = self.subs
+        for f in syncs:
+            f.set(error=error)
         for futs in waiters.values():
             for f in futs:
                 f.set(error=error)

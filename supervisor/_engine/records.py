@@ -188,7 +188,7 @@ class Turn:
     """What one loop turn produced: log rows, and the outputs that may leave
     only once those rows are committed (write-ahead)."""
 
-    __slots__ = ("batch", "host_out", "local_out", "events", "ended", "id_limit")
+    __slots__ = ("batch", "host_out", "local_out", "events", "ended", "id_limit", "after")
 
     def __init__(self) -> None:
         self.batch = Batch()
@@ -200,12 +200,16 @@ class Turn:
         self.events: list[tuple[str, Any, int | None, int | None]] = []
         self.ended: list[tuple[int, str, str | None]] = []  # (saga id, state, reason)
         self.id_limit = 0  # the ids' fence may rise to this once the batch is committed
+        # called once this turn's batch (and every one before) is committed:
+        # durable spawns answered, "logged" acknowledgements to clients
+        self.after: list[Callable[[], Any]] = []
 
     def take_outputs(self) -> TurnOutputs:
         out = TurnOutputs(self.host_out, self.local_out, self.events, self.ended,
-                          id_limit=self.id_limit)
+                          id_limit=self.id_limit, after=self.after)
         self.host_out, self.local_out, self.events, self.ended = [], [], [], []
         self.id_limit = 0
+        self.after = []
         return out
 
     def take_batch(self) -> Batch:
@@ -223,6 +227,7 @@ class TurnOutputs:
     # (worker, its messages of the turn), filled in by the pipeline
     worker_msgs: list[tuple[WorkerProc, list[tuple[Any, ...]]]] = field(default_factory=list)
     id_limit: int = 0  # the ids' fence rises to this (the batch wrote it as the mark)
+    after: list[Callable[[], Any]] = field(default_factory=list)  # once committed
 
 
 STAT_NAMES: Final = (

@@ -8,7 +8,7 @@ import time
 
 from supervisor._engine.bus import Trigger
 from supervisor._engine.inbox import (AddTrigger, Cancel, Inbox, Publish, Replay, RequeueAll,
-                                     Spawn, SpawnKeyed, SpawnMany, Stop)
+                                     Spawn, SpawnKeyed, SpawnMany, Stop, Sync)
 from supervisor._engine.keys import Keys
 from supervisor._engine.queues import Queues
 from supervisor._engine.recovery import Recovery
@@ -49,6 +49,8 @@ class Requests:
                         sagas.start(sid, spec)
                 elif t is SpawnKeyed:
                     item.future.set(self.keys.spawn(item.saga_id, item.spec, item.key))
+                elif t is Sync:  # answered once this turn's batch is committed
+                    turn.after.append(item.future.set)
                 elif t is Cancel:
                     item.future.set(False if stopping_now else
                                     sagas.cancel(item.saga_id, item.reason))
