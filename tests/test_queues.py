@@ -177,6 +177,32 @@ def test_a_graceful_restart_keeps_the_queue_and_its_order(tmp_path: Path) -> Non
     assert started == ids[1:]
 
 
+@pytest.mark.parametrize("engine", ["thread", "process"])
+def test_time_queued_before_a_restart_counts_against_queue_timeout(tmp_path: Path,
+                                                                   engine: str) -> None:
+    """A saga whose queue_timeout passed while the supervisor was down fails
+    with "queue timeout" at the restart; it never starts (issue 20, item 3)."""
+    import time
+
+    d = tmp_path / "d"
+    sup = Supervisor(d, workers=1, host=HOST_ARGV, engine=engine)
+    sup.register_kind(S.LimitedSaga, max_in_flight=1, queue_timeout=1.0)
+    with sup:
+        sup.spawn(S.LimitedSaga(0, seconds=30, timeout=60))
+        late = sup.spawn(S.LimitedSaga(1, seconds=0.05))
+        patient = sup.spawn(S.LimitedSaga(2, seconds=0.05))
+        wait_for(lambda: sup.health()["queued"] == 2, what="two queued")
+    queued_at = read_log(d / "db" / "sagas.db")[0][late]["queued_at"]
+    wait_for(lambda: time.time() > queued_at + 1.2, what="its queue timeout to pass")
+    again = Supervisor(d, workers=1, host=HOST_ARGV, engine=engine)
+    again.register_kind(S.LimitedSaga, max_in_flight=1, queue_timeout=1.0)
+    with again:
+        assert again.wait(late, 30).reason == "queue timeout"
+        assert again.wait(patient, 30).reason == "queue timeout"
+    sagas, steps = read_log(d / "db" / "sagas.db")
+    assert late not in steps and patient not in steps  # neither ever started
+
+
 def test_a_killed_launcher_leaves_a_queue_the_next_start_resumes_in_order(
         tmp_path: Path) -> None:
     data = tmp_path / "d"

@@ -123,6 +123,9 @@ class Queues:
                           max(0.0, now - r.queued_at))
             if r.key is not None:
                 self.table.by_key[r.key] = r.saga_id
+        # time spent queued before the restart counts: a saga whose queue
+        # timeout passed meanwhile fails now, before any slot is handed out
+        self.expire(self.clock())
         for kind in {r.spec.name for r in items}:
             self.freed(kind)
 
