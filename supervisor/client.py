@@ -113,12 +113,11 @@ class SagaClient:
                 raise NotRunningError("the supervisor is stopping")
             if self._lost is not None:
                 raise self._lost
+            broke: OSError | None = None
             try:
                 self._sock.sendall(data)
             except OSError as exc:
                 broke = exc
-            else:
-                broke = None
             if broke is None and seal:
                 self._sealed = True
             if broke is None and spawned is not None:

@@ -197,6 +197,8 @@ class Supervisor:
         Idempotent."""
         timeout = float(_validate.timeout(timeout, allow_none=False) or 0.0)
         if self.state in ("new", "stopped"):
+            if self.state == "stopped" and self._engine.thread is not None:
+                self._engine.teardown()  # stopped on its own: its word in health goes now
             self._engine.life.state = "stopped"
             return
         self._engine.stop(bool(drain), timeout, bool(suspend))

@@ -38,10 +38,14 @@ import os
 import selectors
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import supervisor._validate as _validate
+from supervisor._engine.status import write_health_file
+from supervisor._procs import start_time
 from supervisor._ship import named_error, ship
 from supervisor.async_client import AsyncSagaClient
 from supervisor._events import EventStream
@@ -105,6 +109,8 @@ class SupervisorProcess(Supervisor, engine="process"):
         self._state = "new"
         self._info: dict[str, Any] = {}
         self._crash: BaseException | None = None
+        self._crash_lock = threading.Lock()
+        self._wrote_health = False
 
     # -- what the supervisor process needs before it starts --------------------------
 
@@ -174,13 +180,30 @@ class SupervisorProcess(Supervisor, engine="process"):
         proc = self._proc
         if proc is None or self._state != "running" or proc.poll() is None:
             return None
-        if self._crash is None:
-            last = ""
-            while line := self._line(0.0):
-                last = line
-            word, _, rest = last.partition(" ")
-            self._crash = named_error(rest) if word == "crashed" else self._died()
+        with self._crash_lock:  # (the watcher thread asks too)
+            if self._crash is None:
+                last = ""
+                while line := self._line(0.0):
+                    last = line
+                word, _, rest = last.partition(" ")
+                self._crash = named_error(rest) if word == "crashed" else self._died()
         return self._crash
+
+    def _watch(self, proc: subprocess.Popen[bytes]) -> None:
+        """The supervisor process exited: if nobody stopped it, leave the
+        reason where the health probe looks, under the launcher's pid, for as
+        long as the launcher lives (the thread engine leaves it there too)."""
+        proc.wait()
+        err = self.error if self._state == "running" else None
+        if err is None:
+            return
+        me = os.getpid()
+        write_health_file(self.paths.health_file, {
+            "healthy": False, "time": time.time(), "workers": [], "host": None,
+            "stats": {}, "problems": [f"stopped: {type(err).__name__}: {err}"],
+            "supervisor": {"pid": me, "create_time": start_time(me), "state": "stopped",
+                           "sagas_in_flight": 0, "engine": "process"}})
+        self._wrote_health = True
 
     def start(self) -> SupervisorProcess:
         if self._state != "new":
@@ -216,6 +239,8 @@ class SupervisorProcess(Supervisor, engine="process"):
             raise SupervisorError("the supervisor process did not start: it exited")
         self._info = json.loads(rest or "{}")
         self._state = "running"
+        threading.Thread(target=self._watch, args=(proc,), name="saga-supervisor-watch",
+                         daemon=True).start()
         try:
             self._client = SagaClient(self.data_dir)
         except BaseException:
@@ -250,10 +275,13 @@ class SupervisorProcess(Supervisor, engine="process"):
                   self._aclient._client if self._aclient is not None else None]:
             if c is not None:
                 c.close()
+        assert proc.stdin is not None
         try:
-            assert proc.stdin is not None
             proc.stdin.write(f"stop {int(bool(drain))} {float(timeout)} "
                              f"{int(bool(suspend))}\n".encode())
+        except (BrokenPipeError, ValueError):
+            pass
+        try:
             proc.stdin.close()
         except (BrokenPipeError, ValueError):
             pass
@@ -266,6 +294,11 @@ class SupervisorProcess(Supervisor, engine="process"):
         if proc.stdout is not None:
             proc.stdout.close()
         self._state = "stopped"
+        if self._wrote_health:  # the launcher's word on a crash: gone with its stop
+            try:
+                self.paths.health_file.unlink()
+            except OSError:
+                pass
         atexit.unregister(self.stop)
 
     def __enter__(self) -> SupervisorProcess:

@@ -115,7 +115,10 @@ def test_a_version_1_log_is_upgraded_in_place(tmp_path: Path) -> None:
         assert sup.spawn(S.InstantSaga()) == 42
 
 
-def test_log_deleted_while_running_stops_with_a_named_error(make_sup: Make) -> None:
+def test_log_deleted_while_running_stops_with_a_named_error(make_sup: Make,
+                                                           engine: str) -> None:
+    """The same named error, and the same word from the health probe for as
+    long as the launcher lives, on both engines (issue 20, item 4)."""
     import os
     import subprocess
     import sys
@@ -124,7 +127,7 @@ def test_log_deleted_while_running_stops_with_a_named_error(make_sup: Make) -> N
 
     from .conftest import wait_for
 
-    sup = make_sup(health_interval=0.1)
+    sup = make_sup(health_interval=0.1, engine=engine)
     parked = [sup.spawn(S.SleepSaga(30)) for _ in range(5)]
     os.unlink(sup.db_path)
     wait_for(lambda: sup.state == "stopped", timeout=10, what="stopped on the deleted log")
@@ -136,6 +139,10 @@ def test_log_deleted_while_running_stops_with_a_named_error(make_sup: Make) -> N
                             str(sup.data_dir)], capture_output=True, text=True, timeout=60)
     assert probe.returncode == 1 and "was deleted" in probe.stdout, probe.stdout
     assert not os.path.exists("/dev/shm/" + sup.shm_name)
+    sup.stop()
+    gone = subprocess.run([sys.executable, "-m", "supervisor", "health", "--data-dir",
+                           str(sup.data_dir)], capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 2  # stopped: nothing runs there any more
 
 
 def test_disk_full_is_a_named_error_and_loses_nothing_committed(tmp_path: Path) -> None:
