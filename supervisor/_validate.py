@@ -79,6 +79,15 @@ def supervisor_args(workers: object, host: object, host_fds: object, durability:
         raise ValueError(f"host_protocol must be 1 or 2, got {host_protocol!r}")
 
 
+def max_clients(value: object) -> int | None:
+    """``max_clients``: None (from the open-files limit), or an int >= 1."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"max_clients must be an int >= 1 (or None), got {value!r}")
+    return value
+
+
 def kind_limit(max_in_flight: object, queue_timeout: object
                ) -> tuple[int, float | None] | None:
     """``register_kind``'s (max_in_flight, queue_timeout), or None for no limit."""

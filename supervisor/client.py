@@ -21,6 +21,7 @@ import pickle
 import queue
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -64,12 +65,23 @@ class SagaClient:
         address = control_address(data_dir)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
-        try:
-            self._sock.connect(address)
-        except OSError as exc:
-            self._sock.close()
-            raise NotRunningError(f"cannot reach the supervisor of {data_dir} at "
-                                  f"{address}: {exc}") from exc
+        deadline = time.monotonic() + timeout
+        pause = 0.001
+        while True:
+            try:
+                self._sock.connect(address)
+                break
+            except BlockingIOError as exc:  # its backlog is full: it is busy, not gone
+                if time.monotonic() + pause > deadline:
+                    self._sock.close()
+                    raise NotRunningError(f"the supervisor of {data_dir} did not take the "
+                                          f"connection within {timeout}s: {exc}") from exc
+                time.sleep(pause)
+                pause = min(pause * 2, 0.1)
+            except OSError as exc:
+                self._sock.close()
+                raise NotRunningError(f"cannot reach the supervisor of {data_dir} at "
+                                      f"{address}: {exc}") from exc
         self._sock.settimeout(None)
         self._shared = SharedState.attach(DataDir.of(data_dir).segment)
         self._send_lock = threading.Lock()
@@ -330,6 +342,7 @@ class SagaClient:
 
     def _read(self) -> None:
         reader = FrameReader()
+        closing = "the supervisor closed the connection"
         try:
             while True:
                 data = self._sock.recv(1 << 16)
@@ -347,6 +360,9 @@ class SagaClient:
                     if msg[0] == "logged":
                         self._on_logged(msg[1])
                         continue
+                    if msg[0] == "closing":  # why the supervisor closes us (its limit)
+                        closing = str(msg[1])
+                        continue
                     if msg[0] == "event":
                         if self._events is not None:
                             self._events.put(Event(*msg[1:]))
@@ -362,8 +378,7 @@ class SagaClient:
         except OSError:
             pass
         finally:
-            gone = self._lost = ConnectionLostError("the supervisor closed the connection",
-                                                    self.unconfirmed)
+            gone = self._lost = ConnectionLostError(closing, self.unconfirmed)
             with self._send_lock:
                 durable, self._durable = list(self._durable.values()), {}
             for p in list(self._pending.values()) + list(self._outcomes.values()) + durable:

@@ -107,6 +107,8 @@ class Supervisor:
         metrics_host: str = "127.0.0.1",
         clock: Callable[[], float] | None = None,
         host_protocol: int = 2,
+        max_clients: int | None = None,
+        client_quiet_timeout: float = 10.0,
         engine: str | None = None,
     ) -> None:
         if engine not in (None, self.engine):
@@ -128,7 +130,10 @@ class Supervisor:
             shm_name=shm_name, start_timeout=_validate.positive(start_timeout, "start_timeout"),
             host_stall_timeout=_validate.positive(host_stall_timeout, "host_stall_timeout"),
             metrics_port=metrics_port, metrics_host=metrics_host, clock=clock,
-            host_protocol=host_protocol)
+            host_protocol=host_protocol,
+            max_clients=_validate.max_clients(max_clients),
+            client_quiet_timeout=_validate.positive(client_quiet_timeout,
+                                                    "client_quiet_timeout"))
         _validate.clock_and_port(clock, metrics_port)
         if metrics_port is not None:
             _metrics.require()  # the extra is missing: say so now, not at start()

@@ -81,6 +81,8 @@ def process_info(pid: int) -> dict[str, Any]:
         info["status"] = "gone"
     except psutil.AccessDenied:
         info["status"] = "access-denied"
+    except OSError as exc:  # EMFILE/ENFILE reading /proc: unknown, not dead
+        info.update(status="unreadable", alive=True, error=str(exc))
     return info
 
 

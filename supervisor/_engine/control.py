@@ -28,8 +28,8 @@ import os
 import pickle
 import selectors
 import socket
-import stat
 import struct
+import time
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
@@ -39,51 +39,23 @@ import dill
 import supervisor.frames as frames
 from supervisor._codec import ClassRegistry, SagaSpec
 from supervisor._engine.control_msgs import BadRequest, Refused, field, parse_spawn, saga_id
+from supervisor._engine.control_socket import (PEERCRED, QUIET_LIMIT, Conn,
+                                               default_max_clients, listen)
 from supervisor._engine.outcomes import Outcomes
 from supervisor._engine.records import Lifecycle, Turn
 from supervisor._engine.sagas import SagaOps
 from supervisor._engine.table import SagaTable
-from supervisor.errors import (NEVER_ALLOCATED, NOT_IN_LOG, NotRunningError, SupervisorError,
+from supervisor.errors import (NEVER_ALLOCATED, NOT_IN_LOG, NotRunningError,
                                not_logged, unknown_saga)
 from supervisor.log import UNLOGGED, LogError
+from supervisor._ratelimit import RateLimitedLog
 from supervisor.paths import DataDir
 from supervisor.shm import SharedState
 
 log = logging.getLogger(__name__)
 
 _MAX_OUTBUF = 256 << 20
-_PEERCRED = struct.Struct("3i")  # pid, uid, gid
-
-
-class Conn:
-    """A SagaClient connection."""
-
-    __slots__ = ("sock", "reader", "outbuf", "classes", "subscribed", "want_write", "closed",
-                 "spawns")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.reader = frames.FrameReader()
-        self.outbuf = bytearray()
-        self.classes: dict[int, int | str] = {}
-        self.subscribed = False
-        self.want_write = False
-        self.closed = False
-        self.spawns = 0  # spawn requests taken, acknowledged as logged once committed
-
-    def send(self, msg: tuple[Any, ...]) -> None:
-        if not self.closed:
-            self.outbuf += frames.frame(pickle.dumps(msg, protocol=5))
-
-
-def _private_dir(path: os.PathLike[str] | str) -> None:
-    """Make `path` a directory only we can enter (refuse one someone else owns)."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise SupervisorError(f"{path} is not a directory owned by this user: refusing to "
-                              "put the control socket there")
-    os.chmod(path, 0o700)
+_warn = RateLimitedLog(log, 10.0)
 
 
 class ControlServer:
@@ -93,8 +65,11 @@ class ControlServer:
                  read_outcome: Callable[[int], tuple[str, str | None] | None],
                  metrics: Callable[[], bytes] | None = None,
                  spawn_keyed: Callable[[int, SagaSpec, str], int] | None = None,
-                 health: Callable[[], dict[str, Any]] | None = None) -> None:
+                 health: Callable[[], dict[str, Any]] | None = None,
+                 max_clients: int | None = None, quiet_limit: float = QUIET_LIMIT) -> None:
         self.paths = paths
+        self.max_clients = max_clients or default_max_clients()
+        self.quiet_limit = quiet_limit
         self.sel = sel
         self.life = life
         self.shared = shared
@@ -113,37 +88,15 @@ class ControlServer:
         self.conns: list[Conn] = []
         self.remote_waiters: dict[int, list[tuple[Conn, int]]] = {}
         self.unacked: set[Conn] = set()  # took spawns this turn: say "logged" after the commit
-        self.refused = 0
+        self.refused = 0  # peers of another user
+        self.over_limit = 0  # refused: max_clients were connected
+        self.timed_out = 0  # silent or half-written past QUIET_LIMIT
+        self.accept_errors = 0  # accept() failed (EMFILE, ENFILE, ...)
+        self.paused_until: float | None = None  # accepting again after an EMFILE
 
     def open(self) -> None:
-        run = self.paths.run
-        try:
-            _private_dir(run)
-            where = self.paths.socket_dir()
-            if where != run:
-                _private_dir(where)
-        except OSError as exc:
-            raise SupervisorError(f"cannot set up the control socket's directory under "
-                                  f"{run}: {exc}") from exc
-        path = where / "ctl.sock"
-        try:
-            if stat.S_ISSOCK(os.lstat(path).st_mode):
-                path.unlink()  # left by a supervisor that died; we own the data dir now
-        except OSError:
-            pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(str(path))
-            os.chmod(path, 0o600)  # inside a 0700 directory: no window for others
-            sock.listen(64)
-            self.paths.control_file.write_text(str(path))
-        except OSError as exc:
-            sock.close()
-            raise SupervisorError(f"cannot listen on control socket {path}: {exc}") from exc
-        sock.setblocking(False)
-        self.listener = sock
-        self.path = path
-        self.sel.register(sock, selectors.EVENT_READ, lambda mask: self._accept())
+        self.listener, self.path = listen(self.paths)
+        self.sel.register(self.listener, selectors.EVENT_READ, lambda mask: self._accept())
 
     def subscribed(self) -> list[Conn]:
         return [c for c in self.conns if c.subscribed] if self.conns else []
@@ -151,25 +104,74 @@ class ControlServer:
     # -- connections -----------------------------------------------------------------
 
     def _accept(self) -> None:
+        """Take what waits in the backlog (up to 64 a turn)."""
+        for _ in range(64):
+            if self.listener is None or self.paused_until is not None or \
+                    not self._accept_one():
+                return
+
+    def _accept_one(self) -> bool:
         assert self.listener is not None
         try:
             sock, _ = self.listener.accept()
-        except OSError:
-            return
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:  # EMFILE/ENFILE: stop accepting for a moment, never spin
+            self.accept_errors += 1
+            _warn.warning("accept", "cannot accept control connections: %s; pausing for "
+                          "%.1fs (%d connected)", exc, 0.5, len(self.conns))
+            self.paused_until = time.monotonic() + 0.5
+            try:
+                self.sel.unregister(self.listener)
+            except (KeyError, ValueError):
+                pass
+            return False
         try:
-            _pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(
-                socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+            _pid, uid, _gid = PEERCRED.unpack(sock.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
         except (OSError, AttributeError, struct.error):
             uid = os.getuid()  # no SO_PEERCRED here: the directory's mode guards it
         if uid != os.getuid() and uid != 0:
             self.refused += 1
-            log.warning("refused a control connection from uid %d", uid)
+            _warn.warning("uid", "refused a control connection from uid %d", uid)
             sock.close()
-            return
+            return True
+        if len(self.conns) >= self.max_clients:  # politely: a reason, then close
+            self.over_limit += 1
+            _warn.warning("limit", "refused a control connection: %d clients connected "
+                          "(max_clients=%d)", len(self.conns), self.max_clients)
+            try:
+                sock.setblocking(False)
+                sock.send(frames.frame(pickle.dumps(("closing", (
+                    f"the supervisor serves at most {self.max_clients} clients at once "
+                    "(max_clients) and has that many"),), protocol=5)))
+            except OSError:
+                pass
+            sock.close()
+            return True
         sock.setblocking(False)
         c = Conn(sock)
         self.conns.append(c)
         self.sel.register(sock, selectors.EVENT_READ, lambda mask: self._ready(c, mask))
+        return True
+
+    def check(self, now: float) -> None:
+        """Each health tick: resume accepting after an EMFILE pause; close
+        connections silent since they connected, or stuck in a half-written
+        frame, for ``client_quiet_timeout`` seconds (each holds a descriptor)."""
+        if self.paused_until is not None and now >= self.paused_until \
+                and self.listener is not None:
+            self.paused_until = None
+            self.sel.register(self.listener, selectors.EVENT_READ, lambda mask: self._accept())
+        for c in list(self.conns):
+            limit = self.quiet_limit
+            stuck = c.partial_since is not None and now - c.partial_since > limit
+            if stuck or (not c.spoke and now - c.born > limit):
+                self.timed_out += 1
+                _warn.warning("quiet", "closing a control connection %s for %.0fs",
+                              "stuck in a half-written request" if stuck else "silent",
+                              limit)
+                self.close_conn(c)
 
     def _ready(self, c: Conn, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
@@ -201,9 +203,15 @@ class ControlServer:
         try:
             bodies = c.reader.feed(data)
         except frames.FrameError as exc:
-            log.warning("dropping a control connection: %s", exc)
+            _warn.warning("frame", "dropping a control connection: %s", exc)
             self.close_conn(c)
             return
+        if bodies:
+            c.spoke = True
+        if not c.reader.pending:
+            c.partial_since = None
+        elif bodies or c.partial_since is None:
+            c.partial_since = time.monotonic()
         for body in bodies:
             try:
                 msg = pickle.loads(body)
@@ -213,8 +221,8 @@ class ControlServer:
             except (KeyboardInterrupt, LogError):
                 raise
             except BaseException as exc:  # a broken or hostile client: drop it
-                log.warning("dropping a control connection: unreadable request: %s: %s",
-                            type(exc).__name__, exc)
+                _warn.warning("unreadable", "dropping a control connection: unreadable "
+                              "request: %s: %s", type(exc).__name__, exc)
                 self.close_conn(c)
                 return
             try:
@@ -227,8 +235,8 @@ class ControlServer:
                 self._refuse(c, msg[1], msg, Refused("ValueError",
                                                      f"bad {msg[0]} request: {exc}"))
             except BaseException as exc:
-                log.warning("control request %r failed: %s: %s", msg[0], type(exc).__name__,
-                            exc)
+                _warn.warning("failed", "control request %r failed: %s: %s", msg[0],
+                              type(exc).__name__, exc)
                 self._refuse(c, msg[1], msg, Refused("SupervisorError",
                                                      f"{type(exc).__name__}: {exc}"))
 
@@ -243,7 +251,8 @@ class ControlServer:
                 self.sel.modify(c.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
                                 lambda mask: self._ready(c, mask))
             if len(c.outbuf) > _MAX_OUTBUF:
-                log.warning("dropping a control client that does not read its replies")
+                _warn.warning("slow", "dropping a control client that does not read its "
+                              "replies")
                 self.close_conn(c)
             return
         except OSError:

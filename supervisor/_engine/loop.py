@@ -57,15 +57,18 @@ from supervisor._engine.sagas import SagaOps
 from supervisor._engine.segment import create_segment
 from supervisor._engine.status import describe, write_health_file
 from supervisor._engine.table import SagaTable
+from supervisor._engine.worker_watch import WorkerWatch
 from supervisor._engine.workers import WorkerPool
-from supervisor.errors import NotRunningError, RestartIntensityError, SupervisorCrashedError
+from supervisor.errors import NotRunningError, SupervisorCrashedError
 from supervisor.health import EngineView, snapshot
 from supervisor.log import LogError, SagaLog
+from supervisor._ratelimit import RateLimitedLog
 from supervisor.paths import DataDir
 from supervisor.saga import Target
 from supervisor.shm import SharedState
 
 log = logging.getLogger(__name__)
+_warn = RateLimitedLog(log, 10.0)
 
 _PURGE_EVERY = 3600.0
 
@@ -146,7 +149,7 @@ class Engine:
         sel.register(inbox.wake_r, selectors.EVENT_READ, lambda mask: inbox.drain_wake())
         pool = self.pool = WorkerPool(s, multiprocess.get_context(s.start_method), sel,
                                       shared.name, self.registry, stats, self.life,
-                                      self._worker_readable, self._dead.append)
+                                      lambda w: self.workers.readable(w), self._dead.append)
         pool.live = table.live
         sagas = self.sagas = SagaOps(table, turn, shared, stats, self.life, pool.for_saga,
                                      pool.ship_class, self.measures, self.clock)
@@ -164,7 +167,8 @@ class Engine:
                                                self.outcomes, self.registry, sagas, turn,
                                                self._read_outcome,
                                                lambda: exposition(self.collector),
-                                               self.keys.spawn, self.health)
+                                               self.keys.spawn, self.health, s.max_clients,
+                                               s.client_quiet_timeout)
         control.register = self.register
         self.bus = Bus(table, sagas, shared, self.outcomes, turn, stats, self.life,
                        self.registry.prepare, self.triggers, control.subscribed)
@@ -175,6 +179,8 @@ class Engine:
                                  s.host_protocol)
         self.routing = Routing(table, shared, sagas, comp, self.recovery, turn, stats, retries)
         self.hosts = HostWatch(self.host, self.routing, self.dispatch, self._write_health)
+        self.workers = WorkerWatch(pool, table, s, self.routing, self.recovery,
+                                   self._begin_stop)
         self.requests = Requests(inbox, sagas, self.keys, self.recovery, self.routing, turn,
                                  self.triggers, queues)
         replays, requeues = at_start(sagalog, shared, self.kinds, self.registry.prepare, stats)
@@ -263,11 +269,10 @@ class Engine:
                 dead = self._dead[:]
                 self._dead.clear()  # the pool's sentinels append to this very list
                 for w in dead:
-                    self._worker_died(w)
+                    self.workers.died(w)
             now, vnow = time.monotonic(), clock()
             if pool.pending_restarts and pool.pending_restarts[0][0] <= vnow:
-                for dead_w, new, why in pool.restarts_due(vnow):
-                    self.recovery.adopt_orphans(dead_w, new, why, False)
+                self.workers.restart_due(vnow)
             if table.timers and table.timers[0][0] <= vnow:
                 self.sagas.expire(vnow)
             if self.retries.timers and self.retries.timers[0][0] <= vnow:
@@ -293,11 +298,18 @@ class Engine:
                 if stalled is not None:
                     self.hosts.lost(*stalled)
                 self.log.check_file()  # deleted or replaced: LogError ends the loop
-                pool.check()
+                control.check(now)
+                try:
+                    pool.check()
+                except OSError as exc:  # psutil's reads (EMFILE...): next tick again
+                    _warn.warning("check", "worker health check failed: %s", exc)
             self._end_turn()
             control.flush_all()
             if health_due:
-                self._write_health()
+                try:
+                    self._write_health()
+                except OSError as exc:  # (EMFILE in psutil's reads): next tick again
+                    _warn.warning("health", "cannot measure health: %s", exc)
             if now - last_purge > _PURGE_EVERY:
                 last_purge = now
                 pipeline.drain()
@@ -349,29 +361,6 @@ class Engine:
                     self.pool.release_quarantine(w)
 
     # -- workers ---------------------------------------------------------------------------
-
-    def _worker_readable(self, w: WorkerProc) -> None:
-        for batch in self.pool.read(w):
-            self.routing.worker_replies(batch)
-
-    def _worker_died(self, w: WorkerProc) -> None:
-        """A worker is gone: read what it wrote, then replay its sagas on its
-        replacement or fail them; past restart intensity, stop cleanly."""
-        self._worker_readable(w)  # replies written before death still count
-        for sid in self.pool.suspects(w):  # its user code ran when the worker died
-            saga = self.table.get(sid)
-            if saga is not None and saga.worker is w:
-                saga.kills += 1
-        death = self.pool.died(w, bool(self.table.on_worker(w)))
-        if death.intensity:
-            err = RestartIntensityError(
-                f"{len(self.pool.window)} worker restarts within "
-                f"{self.settings.restart_period}s (max_restarts={self.settings.max_restarts}):"
-                " stopping the supervisor")
-            log.error("%s", err)
-            self._begin_stop(err, "supervisor stopped: restart intensity exceeded")
-        if not death.later:
-            self.recovery.adopt_orphans(w, death.replacement, death.why, death.intensity)
 
     def _read_outcome(self, saga_id: int) -> tuple[str, str | None] | None:
         """The logged outcome (the writer finished first: it borrows the log)."""

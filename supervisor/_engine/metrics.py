@@ -11,6 +11,9 @@ turn behind.
 
 from __future__ import annotations
 
+import socket
+import threading
+
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -143,20 +146,46 @@ class EngineCollector:
         yield from (rss, cpu, age, held)
 
 
+# the metrics endpoint is open to any local user: it serves one request at a
+# time on one thread, each connection gets this long to send its request and
+# read the answer, and the kernel holds at most this many waiting
+_REQUEST_TIMEOUT = 2.0
+_BACKLOG = 16
+
+
 class MetricsServer:
-    """``/metrics`` over HTTP on (host, port) for one engine."""
+    """``/metrics`` over HTTP on (host, port) for one engine: one thread, one
+    connection at a time, each bounded in time, so that idle or slow
+    clients (any local user can open some) hold neither threads nor
+    descriptors without bound, and cannot slow the sagas down."""
 
     def __init__(self, collector: EngineCollector, host: str, port: int) -> None:
-        pc = require()
+        require()
+        from http.server import HTTPServer
+
+        from prometheus_client.exposition import MetricsHandler
         from prometheus_client.registry import CollectorRegistry
 
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
+
+        class Handler(MetricsHandler.factory(self.registry)):  # type: ignore[misc]
+            timeout = _REQUEST_TIMEOUT  # (StreamRequestHandler: a socket timeout)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        class Server(HTTPServer):
+            request_queue_size = _BACKLOG
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
         try:
-            self.server, self.thread = pc.start_http_server(port, addr=host,
-                                                            registry=self.registry)
+            self.server = Server((host, port), Handler)
         except OSError as exc:
             raise SupervisorError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       name="saga-metrics", daemon=True)
+        self.thread.start()
 
     @property
     def address(self) -> tuple[str, int]:

@@ -59,6 +59,11 @@ class Settings:
     pipeline_rows: int = 256
     # the host protocol version the supervisor speaks (2; 1 for an old host)
     host_protocol: int = 2
+    # control connections served at once (None: from RLIMIT_NOFILE, see control)
+    max_clients: int | None = None
+    # a control connection silent since it connected, or stuck in a
+    # half-written request, this long is closed
+    client_quiet_timeout: float = 10.0
 
 
 class Lifecycle:

@@ -67,8 +67,11 @@ def describe(life: Lifecycle, settings: Settings, stats: Stats, table: SagaTable
     extra: dict[str, Any] = in_flight_by_kind(table, queued)
     if control is not None:
         extra["control"] = {"clients": len(control.conns),
+                            "max_clients": control.max_clients,
                             "subscribers": len(control.subscribed()),
-                            "refused": control.refused}
+                            "refused": control.refused, "over_limit": control.over_limit,
+                            "timed_out": control.timed_out,
+                            "accept_errors": control.accept_errors}
     if sagalog is not None:
         extra["log"] = {"path": str(sagalog.path), "durability": sagalog.durability,
                         "synchronous": sagalog.synchronous, "journal_mode": sagalog.journal_mode}

@@ -277,7 +277,11 @@ class WorkerPool:
             _when, index, dead, why = heapq.heappop(self.pending_restarts)
             if not self.life.running or self.workers[index] is not dead:
                 continue
-            replacement = self._start(index)
+            try:
+                replacement = self._start(index)
+            except OSError:  # no descriptors for its pipes (EMFILE): again in a second
+                heapq.heappush(self.pending_restarts, (now + 1.0, index, dead, why))
+                raise
             self.workers[index] = replacement
             out.append((dead, replacement, why))
         return out

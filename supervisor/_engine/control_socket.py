@@ -1,0 +1,102 @@
+"""The control socket's transport: the listening socket in a private
+directory, a connection and its buffers, and the limits on connections.
+Loop thread only.  What the requests mean is :mod:`.control`'s."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import resource
+import socket
+import stat
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import supervisor.frames as frames
+from supervisor.errors import SupervisorError
+from supervisor.paths import DataDir
+
+# a connection that sent no whole request this long after it connected, or
+# left a frame half-written this long, is closed
+QUIET_LIMIT = 10.0
+
+
+def default_max_clients() -> int:
+    """Control connections served at once when ``max_clients`` is not set:
+    a quarter of the open-files limit (each takes one descriptor; the rest
+    stays for the log, pipes, workers and psutil's reads), from 16 to 4096."""
+    try:
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        soft = 1024
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 16
+    return max(16, min(4096, soft // 4))
+PEERCRED = struct.Struct("3i")  # pid, uid, gid
+
+
+class Conn:
+    """A SagaClient connection."""
+
+    __slots__ = ("sock", "reader", "outbuf", "classes", "subscribed", "want_write", "closed",
+                 "spawns", "born", "spoke", "partial_since")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = frames.FrameReader()
+        self.outbuf = bytearray()
+        self.classes: dict[int, int | str] = {}
+        self.subscribed = False
+        self.want_write = False
+        self.closed = False
+        self.spawns = 0  # spawn requests taken, acknowledged as logged once committed
+        self.born = time.monotonic()
+        self.spoke = False  # a whole request came
+        self.partial_since: float | None = None  # a frame begun and not finished
+
+    def send(self, msg: tuple[Any, ...]) -> None:
+        if not self.closed:
+            self.outbuf += frames.frame(pickle.dumps(msg, protocol=5))
+
+
+def _private_dir(path: os.PathLike[str] | str) -> None:
+    """Make `path` a directory only we can enter (refuse one someone else owns)."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise SupervisorError(f"{path} is not a directory owned by this user: refusing to "
+                              "put the control socket there")
+    os.chmod(path, 0o700)
+
+
+def listen(paths: DataDir) -> tuple[socket.socket, Path]:
+    """A non-blocking listening socket at ``<run dir>/ctl.sock`` (mode 0600
+    in a 0700 directory), its path written to the data dir's control file."""
+    run = paths.run
+    try:
+        _private_dir(run)
+        where = paths.socket_dir()
+        if where != run:
+            _private_dir(where)
+    except OSError as exc:
+        raise SupervisorError(f"cannot set up the control socket's directory under "
+                              f"{run}: {exc}") from exc
+    path = where / "ctl.sock"
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            path.unlink()  # left by a supervisor that died; we own the data dir now
+    except OSError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, 0o600)  # inside a 0700 directory: no window for others
+        sock.listen(64)
+        paths.control_file.write_text(str(path))
+    except OSError as exc:
+        sock.close()
+        raise SupervisorError(f"cannot listen on control socket {path}: {exc}") from exc
+    sock.setblocking(False)
+    return sock, path
