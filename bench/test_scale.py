@@ -1,4 +1,4 @@
-"""Scale: throughput and supervisor memory with 10, 1,000 and 100,000 sagas in
+"""Scale: throughput and supervisor memory with 10, 1,000, 100,000 and 250,000 sagas in
 flight (each parked on a slow host sleep), to show the cost per saga stays
 flat.
 
@@ -25,12 +25,12 @@ from tests.sagas import StepperSaga
 HOST = [sys.executable, "-m", "supervisor.host"]
 
 
-@pytest.mark.parametrize("in_flight", [10, 1000, 100_000])
+@pytest.mark.parametrize("in_flight", [10, 1000, 100_000, 250_000])
 def test_in_flight(benchmark: Any, in_flight: int) -> None:
     d = Path(tempfile.mkdtemp(prefix="saga-scale-"))
     me = psutil.Process()
     try:
-        with Supervisor(d, workers=2, host=HOST, capacity=1 << 18) as sup:
+        with Supervisor(d, workers=2, host=HOST, capacity=1 << 19) as sup:
             # warm-up outside the measurement: imports, host start-up
             assert sup.wait(sup.spawn(StepperSaga(0, 1, 0.0)), 30).completed
             gc.collect()

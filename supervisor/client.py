@@ -40,7 +40,6 @@ from supervisor.shm import SharedState
 
 # pushed outcomes kept for a wait() that may come; past this many, the oldest
 # go (a wait() for one of those asks the supervisor, which reads the log)
-_KEEP_OUTCOMES = 100_000
 
 _ERRORS: dict[str, type[Exception]] = {
     "ValueError": ValueError, "TypeError": TypeError, "NotRunningError": NotRunningError,
@@ -91,9 +90,11 @@ class SagaClient:
         self._accepted: set[int] = set()  # class ids the supervisor loaded
         self._sealed = False  # seal(): nothing more is sent
         self._events: queue.SimpleQueue[Event | None] | None = None
-        # outcomes of the sagas this client spawned, pushed by the supervisor
-        self._outcomes: dict[int, Future] = {}
-        self._resolved = 0
+        # outcomes of the sagas this client spawned, pushed by the supervisor:
+        # a future while undecided, then (state, reason) until a wait() takes
+        # it (however many end meanwhile: no round trip, no cliff; a waiter
+        # that never comes is the caller's choice, a few dozen bytes each)
+        self._outcomes: dict[int, Any] = {}
         # spawn requests sent, in order, until the supervisor says they are in
         # the log (("logged", n)); durable spawns wait for theirs
         self._spawns_sent = 0
@@ -286,13 +287,15 @@ class SagaClient:
         sid = _validate.saga_id(saga_id)
         timeout = _validate.timeout(timeout)
         mine = self._outcomes.get(sid)
-        if mine is not None:  # spawned here: its outcome is pushed, no round trip
+        if type(mine) is tuple:  # spawned here, pushed already
+            state, reason = mine
+            self._outcomes.pop(sid, None)
+        elif mine is not None:  # spawned here: its outcome is pushed, no round trip
             try:
                 state, reason = mine.result(timeout)
             except TimeoutError:
                 raise TimeoutError(f"saga {sid} did not end within {timeout}s") from None
-            if self._outcomes.pop(sid, None) is not None:
-                self._resolved -= 1
+            self._outcomes.pop(sid, None)
         else:
             state, reason = self._call("wait", sid, timeout=timeout)
         return Outcome(sid, state, reason)
@@ -381,14 +384,15 @@ class SagaClient:
             gone = self._lost = ConnectionLostError(closing, self.unconfirmed)
             with self._send_lock:
                 durable, self._durable = list(self._durable.values()), {}
-            for p in list(self._pending.values()) + list(self._outcomes.values()) + durable:
+            undecided = [f for f in list(self._outcomes.values()) if type(f) is not tuple]
+            for p in list(self._pending.values()) + undecided + durable:
                 p.set(error=gone)
             if self._events is not None:
                 self._events.put(None)
 
     def _refused(self, sid: int, kind: str, message: str) -> None:
         f = self._outcomes.get(sid) if isinstance(sid, int) else None
-        if f is not None:
+        if f is not None and type(f) is not tuple:
             try:
                 self._shared.claim(sid)  # give the slot back
             except SegmentClosedError:
@@ -398,15 +402,10 @@ class SagaClient:
 
     def _pushed(self, sid: int, state: str, reason: str | None) -> None:
         f = self._outcomes.get(sid)
-        if f is None:
+        if f is None or type(f) is tuple:
             return
+        self._outcomes[sid] = (state, reason)  # (the future's lock is freed)
         f.set((state, reason))
-        self._resolved += 1
-        if self._resolved > _KEEP_OUTCOMES:  # nobody waits for these: keep the newest
-            for old in list(self._outcomes)[:len(self._outcomes) // 2]:
-                f = self._outcomes.get(old)
-                if f is not None and f.done() and self._outcomes.pop(old, None) is not None:
-                    self._resolved -= 1
 
     def seal(self, timeout: float = 10.0) -> None:
         """Send nothing more, and return once the supervisor has taken every

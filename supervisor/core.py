@@ -19,9 +19,9 @@ import dill
 
 import supervisor._aio as _aio
 import supervisor._validate as _validate
-from supervisor._engine.inbox import (AddTrigger, Cancel, Publish, SpawnKeyed, SpawnMany,
-                                     Sync, spawn_request)
+from supervisor._engine.inbox import AddTrigger, Cancel, Publish
 import supervisor._engine.metrics as _metrics
+import supervisor._engine.spawning as _spawn
 from supervisor._engine.loop import Engine
 from supervisor._engine.outcomes import Subscription
 from supervisor._engine.records import Settings
@@ -294,91 +294,22 @@ class Supervisor:
         restarts — is returned instead of starting another; of concurrent
         spawns with one key (any threads or processes) exactly one starts."""
         if key is not None:
-            got = self._spawn_keyed(saga, key)
-            if durable:
-                self._logged()
-            return got
-        engine = self._engine
-        if engine.life.state != "running":
-            raise NotRunningError(f"cannot spawn: the supervisor is {engine.life.state}")
-        spec = engine.registry.prepare(saga)
-        shared = engine.shared
-        assert shared is not None
-        sid = shared.acquire()
-        engine.outcomes.expect(sid)
-        try:
-            engine.inbox.post(spawn_request(sid, spec))
-        except NotRunningError:
-            engine.outcomes.forget(sid)
-            shared.claim(sid)  # give the slot back: it never started
-            raise NotRunningError(f"cannot spawn: the supervisor is {engine.life.state}"
-                                  ) from None
+            got = _spawn.keyed(self._engine, saga, key)
+        else:
+            got = _spawn.one(self._engine, saga)
         if durable:
-            self._logged()
-        return sid
-
-    def _logged(self, timeout: float = 60.0) -> None:
-        """Return once everything posted so far is in the log (committed)."""
-        engine = self._engine
-        fut = engine.outcomes.track(Future())
-        try:
-            engine.inbox.post(Sync(fut))
-            fut.result(timeout)
-        except TimeoutError:
-            raise TimeoutError(f"the supervisor did not log the spawn within {timeout}s: "
-                               "wait() tells whether it was logged") from None
-        finally:
-            engine.outcomes.untrack(fut)
+            _spawn.logged(self._engine)
+        return got
 
     def spawn_many(self, sagas: list[Saga], durable: bool = False) -> list[int]:
         """Start many sagas at once (one hand-over to the loop for all): their
         ids, in order.  All are encoded first, so a saga that cannot be
         shipped raises :class:`SpawnError` before any starts.  `durable`: as
         for :meth:`spawn`, return once all are in the log."""
-        engine = self._engine
-        if engine.life.state != "running" or engine.shared is None:
-            raise NotRunningError(f"cannot spawn: the supervisor is {engine.life.state}")
-        prepare = engine.registry.prepare
-        specs = [prepare(s) for s in sagas]
-        shared, outcomes = engine.shared, engine.outcomes
-        ids: list[int] = []
-        try:
-            for _ in specs:
-                sid = shared.acquire()
-                ids.append(sid)
-                outcomes.expect(sid)
-            engine.inbox.post(SpawnMany(ids, specs))
-        except BaseException:
-            for sid in ids:  # none of them started: give their slots back
-                outcomes.forget(sid)
-                shared.claim(sid)
-            raise
+        ids = _spawn.many(self._engine, sagas)
         if durable:
-            self._logged()
+            _spawn.logged(self._engine)
         return ids
-
-    def _spawn_keyed(self, saga: Saga, key: str) -> int:
-        if not isinstance(key, str) or not 0 < len(key) <= 256:
-            raise ValueError(f"key must be a str of 1 to 256 characters, got {key!r:.80}")
-        engine = self._engine
-        if engine.life.state != "running" or engine.shared is None:
-            raise NotRunningError(f"cannot spawn: the supervisor is {engine.life.state}")
-        spec = engine.registry.prepare(saga)
-        shared = engine.shared
-        sid = shared.acquire()
-        engine.outcomes.expect(sid)
-        fut = Future()
-        try:
-            engine.inbox.post(SpawnKeyed(sid, spec, key, fut))
-            got = int(fut.result(30.0))
-        except (NotRunningError, TimeoutError):
-            engine.outcomes.forget(sid)
-            shared.claim(sid)
-            raise
-        if got != sid:  # the key's saga exists: ours never starts
-            engine.outcomes.forget(sid)
-            shared.claim(sid)
-        return got
 
     def wait(self, saga_id: int, timeout: float | None = None) -> Outcome:
         """Block until `saga_id` has its terminal outcome (from any thread).

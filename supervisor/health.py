@@ -9,12 +9,17 @@ counters.  The same dict is written to ``run/health.json`` for the CLI.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -113,3 +118,14 @@ def snapshot(view: EngineView) -> dict[str, Any]:
     return {"healthy": healthy, "supervisor": me, "workers": workers, "host": host,
             "stats": dict(view.stats), "problems": list(view.problems), **view.extra,
             "time": time.time()}
+
+
+def write_health_file(path: Path, report: dict[str, Any]) -> None:
+    """Replace `path` with `report` as JSON, atomically (for the CLI probe)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot write the health file: %s", exc)

@@ -44,13 +44,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import supervisor._validate as _validate
-from supervisor._engine.status import write_health_file
 from supervisor._procs import start_time
 from supervisor._ship import named_error, ship
 from supervisor.async_client import AsyncSagaClient
 from supervisor._events import EventStream
 from supervisor.client import SagaClient
 from supervisor.core import Supervisor
+from supervisor.health import write_health_file
 from supervisor.errors import (NOT_IN_LOG, NotRunningError, SupervisorCrashedError,
                                SupervisorError, unconfirmed_text, unknown_saga)
 from supervisor.saga import Event, Outcome, Saga, Target

@@ -22,7 +22,7 @@ from supervisor import (ConnectionLostError, SagaClient, SagaNotLoggedError, Sup
                         SupervisorGoneError)
 
 from . import sagas as S
-from .conftest import HOST_ARGV, read_log, wait_for
+from .conftest import read_log, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -55,12 +55,12 @@ from supervisor._engine.retries import Retries
 from supervisor._engine.routing import Routing
 from supervisor._engine.sagas import SagaOps
 from supervisor._engine.segment import create_segment
-from supervisor._engine.status import describe, write_health_file
+from supervisor._engine.status import describe
 from supervisor._engine.table import SagaTable
 from supervisor._engine.worker_watch import WorkerWatch
 from supervisor._engine.workers import WorkerPool
 from supervisor.errors import NotRunningError, SupervisorCrashedError
-from supervisor.health import EngineView, snapshot
+from supervisor.health import EngineView, snapshot, write_health_file
 from supervisor.log import LogError, SagaLog
 from supervisor._ratelimit import RateLimitedLog
 from supervisor.paths import DataDir

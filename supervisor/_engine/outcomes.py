@@ -22,6 +22,9 @@ from supervisor.saga import Event, Outcome
 log = logging.getLogger(__name__)
 _warn = RateLimitedLog(log)
 
+# outcomes of sagas nobody here is waiting for (spawned by clients, who get
+# theirs pushed; replayed at start), kept for a late wait() on any of them:
+# the newest this many; older ones are read from the log
 OUTCOMES_KEPT = 100_000
 
 
@@ -72,7 +75,7 @@ class Subscription(EventQueueReader):
 
 class Outcomes:
     __slots__ = ("_lock", "_undecided", "_outcomes", "_order", "_waiters", "subs",
-                 "_closed", "_syncs")
+                 "_closed", "_syncs", "_mine", "_unclaimed")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -81,6 +84,12 @@ class Outcomes:
         self._order: deque[int] = deque()
         self._waiters: dict[int, list[Future]] = {}
         self._syncs: set[Future] = set()  # durable spawns waiting for their commit
+        # sagas spawned through this process's facade: their outcome is kept
+        # until a wait() took it (however many end meanwhile: no cliff), then
+        # joins the newest OUTCOMES_KEPT (a waiter that never comes is the
+        # caller's choice: a few dozen bytes an outcome)
+        self._mine: set[int] = set()
+        self._unclaimed: dict[int, tuple[int, str, str | None]] = {}
         self.subs: list[Subscription] = []  # copy-on-write: the loop reads it unlocked
         self._closed: BaseException | None = None
 
@@ -94,13 +103,37 @@ class Outcomes:
         :meth:`resolve`, which is what the lock orders elsewhere."""
         self._undecided.add(saga_id)
 
+    def expect_mine(self, saga_id: int) -> None:
+        """:meth:`expect`, for a saga spawned here: its outcome is kept until
+        a wait() takes it.  (Unlocked, as expect.)"""
+        self._undecided.add(saga_id)
+        self._mine.add(saga_id)
+
     def forget(self, saga_id: int) -> None:
         """`saga_id` was not accepted after all (its spawn was refused)."""
         self._undecided.discard(saga_id)
+        self._mine.discard(saga_id)
+
+    def _find(self, saga_id: int) -> tuple[int, str, str | None] | None:
+        """Under the lock: a kept outcome; one taken from the unclaimed joins
+        the newest kept."""
+        o = self._outcomes.get(saga_id)
+        if o is None:
+            o = self._unclaimed.pop(saga_id, None)
+            if o is not None:
+                self._keep(o)
+        return o
+
+    def _keep(self, o: tuple[int, str, str | None]) -> None:
+        self._outcomes[o[0]] = o
+        order = self._order
+        order.append(o[0])
+        if len(order) > OUTCOMES_KEPT:
+            self._outcomes.pop(order.popleft(), None)
 
     def lookup(self, saga_id: int) -> tuple[str, str | None] | None:
         with self._lock:
-            o = self._outcomes.get(saga_id)
+            o = self._find(saga_id)
         return None if o is None else (o[1], o[2])
 
     def is_undecided(self, saga_id: int) -> bool:
@@ -111,7 +144,7 @@ class Outcomes:
         with ``set(value, error)``) if the saga is undecided here; else None
         (ask the log)."""
         with self._lock:
-            o = self._outcomes.get(saga_id)
+            o = self._find(saga_id)
             if o is not None:
                 return Outcome(*o)
             if saga_id not in self._undecided:
@@ -146,17 +179,24 @@ class Outcomes:
             order = self._order
             undecided = self._undecided
             waiters = self._waiters
+            mine = self._mine
+            unclaimed = self._unclaimed
             for o in ended:
                 sid = o[0]
                 undecided.discard(sid)
-                outcomes[sid] = o
-                order.append(sid)
                 if waiters:
                     futs = waiters.pop(sid, None)
                     if futs:
                         out = Outcome(*o)
                         for f in futs:
                             f.set(out)
+                        mine.discard(sid)  # (a waiter had it: kept as the newest)
+                if sid in mine:
+                    mine.discard(sid)
+                    unclaimed[sid] = o
+                else:
+                    outcomes[sid] = o
+                    order.append(sid)
             while len(order) > OUTCOMES_KEPT:
                 outcomes.pop(order.popleft(), None)
 

@@ -4,11 +4,8 @@ old)."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 from supervisor._engine.control import ControlServer
@@ -77,14 +74,3 @@ def describe(life: Lifecycle, settings: Settings, stats: Stats, table: SagaTable
                         "synchronous": sagalog.synchronous, "journal_mode": sagalog.journal_mode}
     return EngineView(life.state, len(table), settings.rss_limit, settings.heartbeat_timeout,
                       dict(stats), workers, host, problems=problems, extra=extra)
-
-
-def write_health_file(path: Path, report: dict[str, Any]) -> None:
-    """Replace `path` with `report` as JSON, atomically (for the CLI probe)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report))
-        os.replace(tmp, path)
-    except OSError as exc:
-        log.warning("cannot write the health file: %s", exc)

@@ -1,0 +1,92 @@
+"""Spawning on the engine in this process: an id from shared memory, the
+saga encoded here, one post to the inbox (no round trip).  The facade's
+``spawn``/``spawn_many`` call these; :func:`logged` is ``durable=True``.
+
+Every id taken is either posted (its outcome expected here, kept until a
+wait() takes it) or given back (its slot claimed) before the call raises.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from supervisor._engine.inbox import SpawnKeyed, SpawnMany, Sync, spawn_request
+from supervisor._future import Future
+from supervisor.errors import NotRunningError
+from supervisor.saga import Saga
+
+
+def _running(engine: Any) -> None:
+    if engine.life.state != "running" or engine.shared is None:
+        raise NotRunningError(f"cannot spawn: the supervisor is {engine.life.state}")
+
+
+def one(engine: Any, saga: Saga) -> int:
+    _running(engine)
+    spec = engine.registry.prepare(saga)
+    shared = engine.shared
+    sid: int = shared.acquire()
+    engine.outcomes.expect_mine(sid)
+    try:
+        engine.inbox.post(spawn_request(sid, spec))
+    except NotRunningError:
+        engine.outcomes.forget(sid)
+        shared.claim(sid)  # give the slot back: it never started
+        raise NotRunningError(f"cannot spawn: the supervisor is {engine.life.state}"
+                              ) from None
+    return sid
+
+
+def many(engine: Any, sagas: list[Saga]) -> list[int]:
+    _running(engine)
+    prepare = engine.registry.prepare
+    specs = [prepare(s) for s in sagas]
+    shared, outcomes = engine.shared, engine.outcomes
+    ids: list[int] = []
+    try:
+        for _ in specs:
+            sid = shared.acquire()
+            ids.append(sid)
+            outcomes.expect_mine(sid)
+        engine.inbox.post(SpawnMany(ids, specs))
+    except BaseException:
+        for sid in ids:  # none of them started: give their slots back
+            outcomes.forget(sid)
+            shared.claim(sid)
+        raise
+    return ids
+
+
+def keyed(engine: Any, saga: Saga, key: str) -> int:
+    if not isinstance(key, str) or not 0 < len(key) <= 256:
+        raise ValueError(f"key must be a str of 1 to 256 characters, got {key!r:.80}")
+    _running(engine)
+    spec = engine.registry.prepare(saga)
+    shared = engine.shared
+    sid = shared.acquire()
+    engine.outcomes.expect_mine(sid)
+    fut = Future()
+    try:
+        engine.inbox.post(SpawnKeyed(sid, spec, key, fut))
+        got = int(fut.result(30.0))
+    except (NotRunningError, TimeoutError):
+        engine.outcomes.forget(sid)
+        shared.claim(sid)
+        raise
+    if got != sid:  # the key's saga exists: ours never starts
+        engine.outcomes.forget(sid)
+        shared.claim(sid)
+    return got
+
+
+def logged(engine: Any, timeout: float = 60.0) -> None:
+    """Return once everything posted so far is in the log (committed)."""
+    fut = engine.outcomes.track(Future())
+    try:
+        engine.inbox.post(Sync(fut))
+        fut.result(timeout)
+    except TimeoutError:
+        raise TimeoutError(f"the supervisor did not log the spawn within {timeout}s: "
+                           "wait() tells whether it was logged") from None
+    finally:
+        engine.outcomes.untrack(fut)
