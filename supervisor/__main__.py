@@ -18,6 +18,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 from supervisor._cli_util import (
@@ -340,35 +341,27 @@ def cmd_vacuum(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"no saga log at {path}", file=sys.stderr)
         return EXIT_NONE
-    if args.dry_run:  # only counts: safe beside a running supervisor
-        from supervisor.log import count_purgeable, open_readonly
-        try:
-            conn = open_readonly(path)
-        except LogError as exc:
-            print(str(exc), file=sys.stderr)
-            return EXIT_CORRUPT
-        try:
-            removed = count_purgeable(conn, args.older_than)
-        finally:
-            conn.close()
-        print(f"would remove {removed} saga(s) that ended more than {args.older_than} days ago")
-        return EXIT_OK
-    pid = _running_supervisor(args.data_dir)
-    if pid is not None:
-        print(f"a supervisor (pid {pid}) is running on {args.data_dir}: it purges ended sagas "
-              "itself (retention_days); stop it before vacuuming (--dry-run only counts, "
-              "and works while it runs)", file=sys.stderr)
-        return EXIT_FAIL
-    try:
-        log = SagaLog(path)
+    if not args.dry_run:
+        pid = _running_supervisor(args.data_dir)
+        if pid is not None:
+            print(f"a supervisor (pid {pid}) is running on {args.data_dir}: it purges ended "
+                  "sagas itself (retention_days); stop it before vacuuming (--dry-run only "
+                  "counts, and works while it runs)", file=sys.stderr)
+            return EXIT_FAIL
+    from supervisor.log import count_purgeable, open_readonly
+    log: Any
+    try:  # a dry run only counts, on a read-only connection: safe beside a supervisor
+        log = open_readonly(path) if args.dry_run else SagaLog(path)
     except LogError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_CORRUPT
     try:
-        removed = log.purge(args.older_than)
+        removed = count_purgeable(log, args.older_than) if args.dry_run else \
+            log.purge(args.older_than)
     finally:
         log.close()
-    print(f"removed {removed} saga(s) that ended more than {args.older_than} days ago")
+    print(f"{'would remove' if args.dry_run else 'removed'} {removed} saga(s) that ended "
+          f"more than {args.older_than} days ago")
     return EXIT_OK
 
 

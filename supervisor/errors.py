@@ -143,15 +143,20 @@ class HostStartError(SupervisorError):
                          f"the last lines of its stderr:{tail}")
 
 
+def _id_in(message: str, prefix: str) -> int | None:
+    """The saga id an error's message starts with (an error made back from
+    its message, by name, across a process boundary)."""
+    head = message.removeprefix(prefix)
+    digits = head[:len(head) - len(head.lstrip("0123456789"))]
+    return int(digits) if digits else None
+
+
 class UnknownSagaError(SupervisorError, ValueError):
     """No saga has this id: never allocated, or not spawned here and not in
     the log (purged, or another data dir's).  A ValueError too, as it was."""
 
     def __init__(self, message: str, saga_id: int | None = None) -> None:
-        if saga_id is None:  # (made back from its message, by name)
-            found = message.removeprefix("unknown saga id ").partition(":")[0]
-            saga_id = int(found) if found.isdigit() else None
-        self.saga_id = saga_id
+        self.saga_id = saga_id if saga_id is not None else _id_in(message, "unknown saga id ")
         super().__init__(message)
 
 
@@ -188,10 +193,7 @@ class SagaNotLoggedError(SupervisorError):
     ``spawn(..., durable=True)``, which returns only once the log has it."""
 
     def __init__(self, message: str, saga_id: int | None = None) -> None:
-        if saga_id is None:  # (made back from its message, by name)
-            found = message.removeprefix("saga ").partition(" ")[0]
-            saga_id = int(found) if found.isdigit() else None
-        self.saga_id = saga_id
+        self.saga_id = saga_id if saga_id is not None else _id_in(message, "saga ")
         super().__init__(message)
 
 
