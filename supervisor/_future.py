@@ -14,7 +14,7 @@ from typing import Any
 
 
 class Future:
-    __slots__ = ("_lock", "_claims", "_done", "value", "error")
+    __slots__ = ("_lock", "_claims", "_done", "value", "error", "_callbacks")
 
     def __init__(self) -> None:
         self._lock = allocate_lock()
@@ -23,6 +23,7 @@ class Future:
         self._done = False
         self.value: Any = None
         self.error: BaseException | None = None
+        self._callbacks: list[Any] | None = None
 
     def set(self, value: Any = None, error: BaseException | None = None) -> None:
         """Set once; later calls are ignored (the first answer wins)."""
@@ -33,6 +34,25 @@ class Future:
         self.value, self.error = value, error
         self._done = True
         self._lock.release()
+        self._run_callbacks()
+
+    def add_done_callback(self, fn: Any) -> None:
+        """Call ``fn(self)`` once the result is set (at once if it is), on the
+        setter's thread: for an asyncio waiter, hand it to its loop."""
+        if self._callbacks is None:
+            self._callbacks = []
+        self._callbacks.append(fn)
+        if self._done:
+            self._run_callbacks()
+
+    def _run_callbacks(self) -> None:
+        cbs = self._callbacks
+        while cbs:
+            try:
+                fn = cbs.pop()  # atomic: each callback runs once, whoever pops it
+            except IndexError:
+                return
+            fn(self)
 
     def done(self) -> bool:
         return self._done

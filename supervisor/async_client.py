@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from supervisor._aio import AsyncQueue, AsyncResult
+from supervisor._future import Future
 from supervisor.client import SagaClient
 from supervisor.saga import Event, Outcome, Saga
 import supervisor._validate as _validate
@@ -41,12 +42,16 @@ class AsyncSagaClient:
         """See :meth:`SagaClient.spawn`."""
         c = self._client
         (sid, *args), = c._spawn_requests([saga], key)
+        c._outcomes[sid] = Future()  # its outcome is pushed: wait() needs no round trip
         try:
-            got = int(await self._call("spawn", sid, *args, spawned=[sid]))
+            got = int(await self._call("spawn", sid, *args, True, spawned=[sid]))
             if durable:
                 await asyncio.to_thread(c._await_logged, c._spawns_sent)
         except BaseException as exc:
+            c._outcomes.pop(sid, None)
             c._abandon([sid], exc)
+        if got != sid:
+            c._outcomes.pop(sid, None)
         return c._spawned(sid, got)
 
     async def spawn_many(self, sagas: list[Saga], durable: bool = False) -> list[int]:
@@ -54,13 +59,17 @@ class AsyncSagaClient:
         c = self._client
         items = c._spawn_requests(sagas, None)
         ids = [it[0] for it in items]
+        for sid in ids:
+            c._outcomes[sid] = Future()
         try:
-            got = list(await self._call("spawn_many", [it[:-1] for it in items],
+            got = list(await self._call("spawn_many", [it[:-1] for it in items], True,
                                         spawned=ids))
             if durable:
                 await asyncio.to_thread(c._await_logged, c._spawns_sent)
             return got
         except BaseException as exc:
+            for sid in ids:
+                c._outcomes.pop(sid, None)
             c._abandon(ids, exc)
 
     async def cancel(self, saga_id: int, reason: str = "cancelled") -> bool:
@@ -68,8 +77,21 @@ class AsyncSagaClient:
         return bool(await self._call("cancel", sid, _validate.text(reason, "reason")))
 
     async def wait(self, saga_id: int, timeout: float | None = None) -> Outcome:
+        """See :meth:`SagaClient.wait`: a saga spawned here is answered from
+        its pushed outcome (no round trip, no thread held while waiting)."""
         sid = _validate.saga_id(saga_id)
-        state, reason = await self._call("wait", sid, timeout=_validate.timeout(timeout))
+        timeout = _validate.timeout(timeout)
+        c = self._client
+        mine = c._outcomes.get(sid)
+        if mine is None:
+            state, reason = await self._call("wait", sid, timeout=timeout)
+            return Outcome(sid, state, reason)
+        if type(mine) is not tuple:
+            done = AsyncResult(asyncio.get_running_loop())
+            mine.add_done_callback(lambda f: done.set(f.value, f.error))
+            mine = await done.result(timeout, f"saga {sid} did not end within {timeout}s")
+        c._outcomes.pop(sid, None)
+        state, reason = mine
         return Outcome(sid, state, reason)
 
     async def publish(self, event: Event) -> None:

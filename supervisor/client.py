@@ -41,6 +41,8 @@ from supervisor.shm import SharedState
 # pushed outcomes kept for a wait() that may come; past this many, the oldest
 # go (a wait() for one of those asks the supervisor, which reads the log)
 
+PROTOCOL = 2  # the control socket's protocol: 2 adds "hello" and "logged"
+
 _ERRORS: dict[str, type[Exception]] = {
     "ValueError": ValueError, "TypeError": TypeError, "NotRunningError": NotRunningError,
     "SpawnError": SpawnError, "TimeoutError": TimeoutError,
@@ -106,6 +108,13 @@ class SagaClient:
         self._reader = threading.Thread(target=self._read, name="saga-client-reader",
                                         daemon=True)
         self._reader.start()
+        # say who we are at once: a connection silent since it connected is
+        # closed after client_quiet_timeout (an idle client that spoke is not)
+        try:
+            self._send(("hello", 0, PROTOCOL))
+        except BaseException:
+            self.close()
+            raise
 
     # -- requests -------------------------------------------------------------
 

@@ -69,3 +69,35 @@ def test_async_client(make_sup: Callable[..., Supervisor]) -> None:
             assert "saga_spawned_total" in await c.metrics()
 
     asyncio.run(main())
+
+
+def test_async_client_waits_from_pushed_outcomes(make_sup: Callable[..., Supervisor],
+                                                 engine: str) -> None:
+    """AsyncSagaClient.wait() on a saga it spawned is answered from the
+    outcome the supervisor pushed, as SagaClient's is: no round trip, and no
+    thread held per waiter."""
+    sup = make_sup(engine=engine)
+
+    async def main() -> None:
+        async with AsyncSagaClient(sup.data_dir) as client:
+            ops: list[str] = []
+            real = client._call
+
+            async def counted(op: str, *args: object, **kw: object) -> object:
+                ops.append(op)
+                return await real(op, *args, **kw)  # type: ignore[arg-type]
+
+            client._call = counted  # type: ignore[method-assign]
+            before = threading.active_count()
+            ids = await client.spawn_many([S.StepperSaga(i, 1, 0.05) for i in range(300)])
+            ids.append(await client.spawn(S.InstantSaga()))
+            waits = asyncio.gather(*(client.wait(i, 30) for i in ids))
+            await asyncio.sleep(0)
+            during = threading.active_count()
+            assert all(o.completed for o in await waits)
+            assert during <= before + 1
+            assert "wait" not in ops
+            assert (await client.wait(ids[-1], 5)).completed  # taken: asked again, a round trip
+            assert ops.count("wait") == 1
+
+    asyncio.run(main())

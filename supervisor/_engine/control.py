@@ -344,6 +344,8 @@ class ControlServer:
             kind = field(msg, 2, str)
             self.turn.events.append((kind, msg[3] if len(msg) > 3 else None, None, None))
             c.send(("ok", req, None))
+        elif op == "hello":  # a client says its protocol version: nothing to answer
+            pass
         elif op == "subscribe":
             c.subscribed = True
             c.send(("ok", req, None))
