@@ -46,7 +46,12 @@ def _say(line: str) -> None:
 
 
 def _build(cfg: dict[str, Any]) -> Supervisor:
-    sup = Supervisor(cfg["data_dir"], **dict(cfg["options"], engine="thread"))
+    options = dict(cfg["options"], engine="thread")
+    if cfg.get("clock") is not None:  # the launcher's test clock, mirrored here
+        from supervisor.testing import Clock
+
+        options["clock"] = Clock.mirror(*cfg["clock"])
+    sup = Supervisor(cfg["data_dir"], **options)
     for args, kw in cfg["kinds"]:
         sup.register_kind(*args, **kw)
     for args, _ in cfg["handlers"]:

@@ -38,9 +38,6 @@ from supervisor.saga import Event, Outcome, Saga
 from supervisor.shm import SharedState
 
 
-# pushed outcomes kept for a wait() that may come; past this many, the oldest
-# go (a wait() for one of those asks the supervisor, which reads the log)
-
 PROTOCOL = 2  # the control socket's protocol: 2 adds "hello" and "logged"
 
 _ERRORS: dict[str, type[Exception]] = {
@@ -66,8 +63,7 @@ class SagaClient:
         address = control_address(data_dir)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
-        deadline = time.monotonic() + timeout
-        pause = 0.001
+        deadline, pause = time.monotonic() + timeout, 0.001
         while True:
             try:
                 self._sock.connect(address)

@@ -83,19 +83,23 @@ class SupervisorProcess(Supervisor, engine="process"):
     ``Supervisor(data_dir, ...)`` returns one (the default engine);
     ``SupervisorProcess(data_dir, workers=2, host=[...], orphan="stop",
     **options)`` says so outright.  It takes :class:`Supervisor`'s options
-    (all but ``clock``)."""
+    (``clock`` as a :class:`supervisor.testing.Clock`, mirrored in the
+    supervisor process: every advance is sent there)."""
 
     def __init__(self, data_dir: str | os.PathLike[str], workers: int = 2,
                  host: list[str] | None = None, *, orphan: str = "stop",
                  engine: str | None = None, **options: Any) -> None:
         if orphan not in ORPHAN:
             raise ValueError(f"orphan must be one of {', '.join(ORPHAN)}, got {orphan!r}")
-        if options.get("clock") is not None:
-            raise ValueError("clock= cannot cross processes: use Supervisor(engine='thread') "
-                             "with a test clock")
+        clock = options.get("clock")
+        if clock is not None and not (hasattr(clock, "snapshot") and hasattr(clock, "attach")):
+            raise ValueError("clock= crosses to the supervisor process only as a "
+                             "supervisor.testing.Clock (its advances are sent there)")
         # every option checked here, the way the supervisor process will take it
         super().__init__(data_dir, workers, host, engine=engine, **options)
+        self._clock = clock
         self._options = dict(options, workers=workers, host=host, engine="thread")
+        self._options.pop("clock", None)
         self._orphan = orphan
         # registrations made before start(), (args, keywords) each: shipped with it
         self._kinds: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
@@ -189,6 +193,14 @@ class SupervisorProcess(Supervisor, engine="process"):
                 self._crash = named_error(rest) if word == "crashed" else self._died()
         return self._crash
 
+    def _clock_moved(self) -> None:
+        client, clock = self._client, self._clock
+        if client is not None and clock is not None and self._state == "running":
+            try:
+                client._send(("clock", 0, clock.snapshot()[2]))
+            except NotRunningError:
+                pass
+
     def _watch(self, proc: subprocess.Popen[bytes]) -> None:
         """The supervisor process exited: if nobody stopped it, leave the
         reason where the health probe looks, under the launcher's pid, for as
@@ -210,7 +222,8 @@ class SupervisorProcess(Supervisor, engine="process"):
             raise NotRunningError(f"start() called on a supervisor that is {self.state}")
         blob = ship("the kinds, handlers and triggers", {
             "data_dir": str(self.data_dir), "options": self._options, "kinds": self._kinds,
-            "handlers": self._handlers, "triggers": self._triggers, "orphan": self._orphan})
+            "handlers": self._handlers, "triggers": self._triggers, "orphan": self._orphan,
+            "clock": self._clock.snapshot() if self._clock is not None else None})
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
         self._state = "starting"
@@ -246,6 +259,8 @@ class SupervisorProcess(Supervisor, engine="process"):
         except BaseException:
             self.stop()  # started, but unreachable: leave nothing behind
             raise
+        if self._clock is not None:  # its advances go to the supervisor process's mirror
+            self._clock.attach(self._clock_moved)
         atexit.register(self.stop)
         return self
 

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from supervisor import Supervisor
 from supervisor.testing import Clock, FakeHost, answer, fail, raw_host_round_trips, \
     sagas_per_second, silence
@@ -160,3 +162,22 @@ def test_the_kit_takes_kind_options_and_its_clock_moves_only_when_told(
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "1 passed" in proc.stdout
+
+
+def test_a_test_clock_drives_the_supervisor_process_too(tmp_path: Path) -> None:
+    """engine="process" takes a supervisor.testing.Clock: the supervisor
+    process runs on a mirror of it, and every advance is sent there."""
+    clock = Clock()
+    host = FakeHost({"sleep": silence()}, workdir=tmp_path / "h")
+    with Supervisor(tmp_path / "d", workers=1, host=host.argv, clock=clock,
+                    engine="process") as sup:
+        quiet = sup.spawn(S.SleepSaga(5, timeout=0.2))
+        t = time.monotonic()
+        while not host.received():
+            assert time.monotonic() - t < 10
+        time.sleep(0.5)  # real time passes; the clock stands: no timeout yet
+        assert sup.in_flight() == 1
+        clock.advance(1)
+        assert sup.wait(quiet, 10).reason == "saga timeout"
+    with pytest.raises(ValueError, match="testing.Clock"):
+        Supervisor(tmp_path / "e", engine="process", clock=time.monotonic)

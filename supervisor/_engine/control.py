@@ -83,6 +83,8 @@ class ControlServer:
         self.health = health
         self.spawn_keyed = spawn_keyed
         self.register: Callable[[bytes], None] | None = None  # set by the facade
+        # a mirrored test clock's set_offset (engine="process" with a Clock)
+        self.clock_moved: Callable[[float], None] | None = None
         self.listener: socket.socket | None = None
         self.path: Path | None = None
         self.conns: list[Conn] = []
@@ -346,6 +348,8 @@ class ControlServer:
             c.send(("ok", req, None))
         elif op == "hello":  # a client says its protocol version: nothing to answer
             pass
+        elif op == "clock" and self.clock_moved is not None:  # a launcher's test clock
+            self.clock_moved(float(field(msg, 2, (int, float))))
         elif op == "subscribe":
             c.subscribed = True
             c.send(("ok", req, None))

@@ -170,6 +170,7 @@ class Engine:
                                                self.keys.spawn, self.health, s.max_clients,
                                                s.client_quiet_timeout)
         control.register = self.register
+        control.clock_moved = getattr(s.clock, "set_offset", None)
         self.bus = Bus(table, sagas, shared, self.outcomes, turn, stats, self.life,
                        self.registry.prepare, self.triggers, control.subscribed)
         self.host = HostLink(s, sel, stats, self.life, lambda h: self.hosts.readable(h),

@@ -55,6 +55,28 @@ class Clock:
     def __call__(self) -> float:
         return (time.monotonic() if self._running else self._base) + self._offset
 
+    def snapshot(self) -> tuple[float, bool, float]:
+        """(base, running, offset): enough to make the same clock in another
+        process of this machine (``time.monotonic`` is system-wide), as the
+        supervisor process of ``engine="process"`` does."""
+        with self._lock:
+            return self._base, self._running, self._offset
+
+    @classmethod
+    def mirror(cls, base: float, running: bool, offset: float) -> Clock:
+        """The clock another process's :meth:`snapshot` describes."""
+        clock = cls(running)
+        clock._base, clock._offset = base, offset
+        return clock
+
+    def set_offset(self, offset: float) -> None:
+        """Move to `offset` (never back), as a mirrored clock follows its
+        original's :meth:`advance`."""
+        with self._lock:
+            delta = offset - self._offset
+        if delta > 0:
+            self.advance(delta)
+
     def attach(self, wake: Callable[[], None]) -> None:
         """Called by a supervisor that runs on this clock: woken on advance."""
         with self._lock:
