@@ -54,7 +54,7 @@ _WHERE = {
     "Subscription": "supervisor._engine.outcomes",
     "Supervisor": "supervisor.process",  # (loading it registers engine="process")
     "SupervisorProcess": "supervisor.process",
-    "SupervisorGoneError": "supervisor.process",
+    "SupervisorGoneError": "supervisor.errors",
     "SupervisorCrashedError": "supervisor.errors",
     "Target": "supervisor.saga",
     "Wait": "supervisor.saga",
@@ -80,7 +80,8 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers
     from supervisor.errors import SagaNotLoggedError
     from supervisor.async_client import AsyncSagaClient
     from supervisor.client import SagaClient
-    from supervisor.process import SupervisorGoneError, SupervisorProcess
+    from supervisor.errors import SupervisorGoneError
+    from supervisor.process import SupervisorProcess
     from supervisor._engine.outcomes import Subscription
     from supervisor.core import Supervisor
     from supervisor.errors import HostStartError, UnknownSagaError

@@ -203,3 +203,13 @@ def not_logged(saga_id: int) -> SagaNotLoggedError:
         f"saga {saga_id} was accepted but never logged: its supervisor stopped before "
         "writing it, so it never ran; spawn it again (with an idempotency key to be "
         "safe), or spawn with durable=True to return only once it is logged", saga_id)
+
+
+class SupervisorGoneError(SupervisorError):
+    """The supervisor process died (killed, or crashed) under the launcher.
+    `unconfirmed`: the ids ``spawn()`` returned that it had not confirmed
+    as logged (see :class:`supervisor.ConnectionLostError`)."""
+
+    def __init__(self, message: str, unconfirmed: list[int] | None = None) -> None:
+        self.unconfirmed = list(unconfirmed or [])
+        super().__init__(message + unconfirmed_text(self.unconfirmed))

@@ -52,7 +52,7 @@ from supervisor.client import SagaClient
 from supervisor.core import Supervisor
 from supervisor.health import write_health_file
 from supervisor.errors import (NOT_IN_LOG, NotRunningError, SupervisorCrashedError,
-                               SupervisorError, unconfirmed_text, unknown_saga)
+                               SupervisorError, SupervisorGoneError, unknown_saga)
 from supervisor.saga import Event, Outcome, Saga, Target
 
 log = logging.getLogger(__name__)
@@ -65,16 +65,6 @@ __all__ = ["Supervisor", "SupervisorProcess", "SupervisorGoneError", "ORPHAN"]
 # what the supervisor process does when its launcher dies: stop (failing what
 # is in flight), suspend (leaving it in the log for the next start), serve on
 ORPHAN = ("stop", "suspend", "serve")
-
-
-class SupervisorGoneError(SupervisorError):
-    """The supervisor process died (killed, or crashed) under the launcher.
-    `unconfirmed`: the ids ``spawn()`` returned that it had not confirmed
-    as logged (see :class:`supervisor.ConnectionLostError`)."""
-
-    def __init__(self, message: str, unconfirmed: list[int] | None = None) -> None:
-        self.unconfirmed = list(unconfirmed or [])
-        super().__init__(message + unconfirmed_text(self.unconfirmed))
 
 
 class SupervisorProcess(Supervisor, engine="process"):
