@@ -73,7 +73,15 @@ def engine(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_sup(tmp_path: "Path") -> "Iterator[Callable[..., Supervisor]]":
+def sup_engine() -> str:
+    """The engine make_sup() uses when a test names none: the thread engine,
+    or $SAGA_TEST_ENGINE; a module that is a behaviour suite overrides this
+    fixture with both engines as parameters."""
+    return os.environ.get("SAGA_TEST_ENGINE", "thread")
+
+
+@pytest.fixture
+def make_sup(tmp_path: "Path", sup_engine: str) -> "Iterator[Callable[..., Supervisor]]":
     """Build started supervisors on a real data dir; all are stopped after."""
     from supervisor import Supervisor
 
@@ -82,6 +90,7 @@ def make_sup(tmp_path: "Path") -> "Iterator[Callable[..., Supervisor]]":
     def make(**kw: object) -> Supervisor:
         kw.setdefault("host", HOST_ARGV)
         kw.setdefault("workers", 2)
+        kw.setdefault("engine", sup_engine)
         data_dir = kw.pop("data_dir", tmp_path / "data")
         sup = Supervisor(data_dir, **kw)  # type: ignore[arg-type]
         made.append(sup)

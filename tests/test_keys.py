@@ -27,6 +27,13 @@ def _keyed(db: Path) -> Counter[str]:
         conn.close()
 
 
+
+@pytest.fixture(params=["thread", "process"])
+def sup_engine(request: pytest.FixtureRequest) -> str:
+    """Every test here that uses make_sup() runs on both engines."""
+    return str(request.param)
+
+
 def test_a_key_starts_one_saga_in_flight_ended_and_after_a_restart(tmp_path: Path) -> None:
     from .conftest import HOST_ARGV
 

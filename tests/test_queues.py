@@ -50,6 +50,13 @@ class _Watch:
                 self.running.discard(ev.saga_id)
 
 
+
+@pytest.fixture(params=["thread", "process"])
+def sup_engine(request: pytest.FixtureRequest) -> str:
+    """Every test here that uses make_sup() runs on both engines."""
+    return str(request.param)
+
+
 def test_register_kind_checks_its_limits(tmp_path: Path) -> None:
     sup = Supervisor(tmp_path / "d")
     for bad, exc in (({"max_in_flight": 0}, ValueError), ({"max_in_flight": 1.5}, TypeError),
