@@ -163,7 +163,8 @@ def soak(kills: int, seed: int, work: Path) -> dict[str, Any]:
             prev_max = _check_log(data / "db" / "sagas.db", prev_max, final=False)
         if sessions % 25 == 0:
             print(f"  {done['kills']} kill points, {sessions} sessions, "
-                  f"{prev_max} sagas, {time.monotonic() - started:.0f}s", flush=True)
+                  f"highest id {prev_max} (ids skip the rest of a dead run's block), "
+                  f"{time.monotonic() - started:.0f}s", flush=True)
     return finish(data, record, dict(done), sessions, prev_max, time.monotonic() - started)
 
 
