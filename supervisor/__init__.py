@@ -51,7 +51,7 @@ _WHERE = {
     "SchemaTooNewError": "supervisor.log",
     "SpawnError": "supervisor.errors",
     "StepInfo": "supervisor.saga",
-    "Subscription": "supervisor._engine.outcomes",
+    "Subscription": "supervisor._eventq",
     "Supervisor": "supervisor.process",  # (loading it registers engine="process")
     "SupervisorProcess": "supervisor.process",
     "SupervisorGoneError": "supervisor.errors",
@@ -82,7 +82,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers
     from supervisor.client import SagaClient
     from supervisor.errors import SupervisorGoneError
     from supervisor.process import SupervisorProcess
-    from supervisor._engine.outcomes import Subscription
+    from supervisor._eventq import Subscription
     from supervisor.core import Supervisor
     from supervisor.errors import HostStartError, UnknownSagaError
     from supervisor.errors import (

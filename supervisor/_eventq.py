@@ -1,5 +1,8 @@
-"""Reading bus events from a queue that ends with None: what a
-subscription of either engine offers (``get``, iteration)."""
+"""What ``subscribe()`` returns on either engine: :class:`Subscription`,
+bus events read from a queue that ends with None (``get``, iteration,
+``close``, ``with``).  The engine in this process delivers into it from its
+loop thread; the engine in a process of its own, from a connection of its
+own (:mod:`supervisor._events`)."""
 
 from __future__ import annotations
 
@@ -10,11 +13,24 @@ from supervisor.errors import NotRunningError
 from supervisor.saga import Event
 
 
-class EventQueueReader:
-    """``get()`` and iteration over ``self._q`` (None: no more events)."""
+class Subscription:
+    """Bus events (lifecycle and domain) in version order, from now on: read
+    them with :meth:`get` or iterate; or, made with a callback, the callback
+    is called for each (its errors are counted and logged; it keeps its
+    subscription).  The same type on both engines."""
 
     _q: Any
     closed: bool
+    callback: Any
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def get(self, timeout: float | None = None) -> Event:
         """The next event; raises ``queue.Empty`` after `timeout` seconds and
@@ -27,7 +43,7 @@ class EventQueueReader:
                                   else "the supervisor stopped; no more events")
         return item
 
-    def __iter__(self) -> Iterator[Event]:
+    def __iter__(self) -> Iterator[Event]:  # (ends when the supervisor stops)
         while True:
             try:
                 yield self.get()

@@ -1,8 +1,8 @@
 """Bus events followed from another process: what ``subscribe()`` returns
 when the engine runs in a supervisor process of its own.
 
-It reads as :class:`supervisor.Subscription` does (``get``, iteration,
-``close``, ``with``); made with a callback, the callback runs on a thread of
+It is a :class:`supervisor.Subscription` (``get``, iteration, ``close``,
+``with``), as the thread engine's; made with a callback, the callback runs on a thread of
 this process, fed from a connection of its own, so a slow callback never
 holds up the supervisor."""
 
@@ -14,14 +14,14 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from supervisor._eventq import EventQueueReader
+from supervisor._eventq import Subscription
 from supervisor.client import SagaClient
 from supervisor.saga import Event
 
 log = logging.getLogger(__name__)
 
 
-class EventStream(EventQueueReader):
+class EventStream(Subscription):
     def __init__(self, client: SagaClient, callback: Callable[[Event], Any] | None = None
                  ) -> None:
         self._client = client
@@ -53,8 +53,3 @@ class EventStream(EventQueueReader):
         if t is not None and t is not threading.current_thread():
             t.join(5)
 
-    def __enter__(self) -> EventStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -23,7 +23,7 @@ from supervisor._engine.inbox import AddTrigger, Cancel, Publish
 import supervisor._engine.metrics as _metrics
 import supervisor._engine.spawning as _spawn
 from supervisor._engine.loop import Engine
-from supervisor._engine.outcomes import Subscription
+from supervisor._eventq import Subscription
 from supervisor._engine.records import Settings
 from supervisor._foreground import serve_until_signal
 from supervisor._future import Future

@@ -48,6 +48,7 @@ from supervisor._procs import start_time
 from supervisor._ship import named_error, ship
 from supervisor.async_client import AsyncSagaClient
 from supervisor._events import EventStream
+from supervisor._eventq import Subscription
 from supervisor.client import SagaClient
 from supervisor.core import Supervisor
 from supervisor.health import write_health_file
@@ -425,9 +426,9 @@ class SupervisorProcess(Supervisor, engine="process"):
         self._subs.append(c)
         return c.events(timeout)
 
-    def subscribe(self, callback: Callable[[Event], Any] | None = None) -> Any:
-        """As :meth:`Supervisor.subscribe`, on a connection of its own: an
-        :class:`~supervisor._events.EventStream` to read, or, with
+    def subscribe(self, callback: Callable[[Event], Any] | None = None) -> Subscription:
+        """As :meth:`Supervisor.subscribe`, on a connection of its own: a
+        :class:`supervisor.Subscription` to read, or, with
         `callback`, calls to it on a thread of this (the launcher's) process
         (one that raises is logged; the stream goes on)."""
         if callback is not None and not callable(callback):

@@ -101,3 +101,19 @@ def test_async_client_waits_from_pushed_outcomes(make_sup: Callable[..., Supervi
             assert ops.count("wait") == 1
 
     asyncio.run(main())
+
+
+def test_subscribe_returns_one_type_on_both_engines(make_sup: Callable[..., Supervisor],
+                                                    engine: str) -> None:
+    from supervisor import Subscription
+
+    from .conftest import wait_for
+
+    sup = make_sup(engine=engine)
+    got: list[Event] = []
+    with sup.subscribe() as sub, sup.subscribe(got.append) as calls:
+        assert isinstance(sub, Subscription) and isinstance(calls, Subscription)
+        sup.publish(Event("ping", {"n": 1}))
+        ev = sub.get(timeout=30)
+        assert ev.kind == "ping" and ev.data == {"n": 1}
+        wait_for(lambda: any(e.kind == "ping" for e in got), what="the callback called")

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from supervisor._eventq import EventQueueReader
+from supervisor._eventq import Subscription
 from supervisor._future import Future
 from supervisor._ratelimit import RateLimitedLog
 from supervisor.saga import Event, Outcome
@@ -28,11 +28,9 @@ _warn = RateLimitedLog(log)
 OUTCOMES_KEPT = 100_000
 
 
-class Subscription(EventQueueReader):
-    """Bus events (lifecycle and domain) in version order: a queue to read
-    with :meth:`get` or iterate, or, when made with a callback, calls to it on
-    the supervisor's loop thread (a callback that raises is counted and
-    logged; it keeps its subscription)."""
+class LoopSubscription(Subscription):
+    """A :class:`Subscription` of the engine in this process: its callback,
+    if any, runs on the supervisor's loop thread (keep it quick)."""
 
     def __init__(self, owner: Outcomes, callback: Callable[[Event], Any] | None = None,
                  sink: Any = None) -> None:
@@ -66,11 +64,6 @@ class Subscription(EventQueueReader):
         self.closed = True
         self._owner.unsubscribe(self)
 
-    def __enter__(self) -> Subscription:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class Outcomes:
@@ -90,7 +83,7 @@ class Outcomes:
         # caller's choice: a few dozen bytes an outcome)
         self._mine: set[int] = set()
         self._unclaimed: dict[int, tuple[int, str, str | None]] = {}
-        self.subs: list[Subscription] = []  # copy-on-write: the loop reads it unlocked
+        self.subs: list[LoopSubscription] = []  # copy-on-write: the loop reads it unlocked
         self._closed: BaseException | None = None
 
     # -- any thread ---------------------------------------------------------------
@@ -158,7 +151,7 @@ class Outcomes:
 
     def subscribe(self, callback: Callable[[Event], Any] | None = None,
                   sink: Any = None) -> Subscription:
-        sub = Subscription(self, callback, sink)
+        sub = LoopSubscription(self, callback, sink)
         with self._lock:
             if self._closed is not None:
                 sub.end()
