@@ -79,6 +79,21 @@ def supervisor_args(workers: object, host: object, host_fds: object, durability:
         raise ValueError(f"host_protocol must be 1 or 2, got {host_protocol!r}")
 
 
+def log_url(value: object) -> str | None:
+    """``log``: None (the SQLite file in the data dir) or a PostgreSQL URL,
+    whose driver must be installed (checked now, not at start())."""
+    if value is None:
+        return None
+    from supervisor.log_pg import _driver, is_url, redact
+
+    if not is_url(value):
+        shown = redact(value) if isinstance(value, str) else repr(value)
+        raise ValueError(f"log must be a postgresql://... URL (or None for the SQLite file "
+                         f"in the data dir), got {shown!r:.200}")
+    _driver()
+    return str(value)
+
+
 def max_clients(value: object) -> int | None:
     """``max_clients``: None (from the open-files limit), or an int >= 1."""
     if value is None:

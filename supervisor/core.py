@@ -109,6 +109,7 @@ class Supervisor:
         host_protocol: int = 2,
         max_clients: int | None = None,
         client_quiet_timeout: float = 10.0,
+        log: str | None = None,
         engine: str | None = None,
     ) -> None:
         if engine not in (None, self.engine):
@@ -133,7 +134,8 @@ class Supervisor:
             host_protocol=host_protocol,
             max_clients=_validate.max_clients(max_clients),
             client_quiet_timeout=_validate.positive(client_quiet_timeout,
-                                                    "client_quiet_timeout"))
+                                                    "client_quiet_timeout"),
+            log=_validate.log_url(log))
         _validate.clock_and_port(clock, metrics_port)
         if metrics_port is not None:
             _metrics.require()  # the extra is missing: say so now, not at start()
@@ -335,8 +337,13 @@ class Supervisor:
 
     def _outcome_from_log(self, saga_id: int) -> Outcome | None:
         log = self._engine.log  # (running: this run's own spawns may be on their way)
-        row = logged_outcome(self.db_path, saga_id,
-                             log.run_first if log is not None else None)
+        before = log.run_first if log is not None else None
+        if self.settings.log is not None:  # PostgreSQL: a short connection of its own
+            from supervisor.log_pg import logged_outcome as pg_outcome
+
+            row = pg_outcome(self.settings.log, saga_id, before)
+        else:
+            row = logged_outcome(self.db_path, saga_id, before)
         if row is None:
             return None
         if row[0] == UNLOGGED:

@@ -108,6 +108,26 @@ def make_sup(tmp_path: "Path", sup_engine: str) -> "Iterator[Callable[..., Super
         sup.stop()
 
 
+@pytest.fixture(scope="session")
+def pg_cluster() -> "Iterator[Any]":
+    """A real PostgreSQL server for the session (see tests/_pg.py)."""
+    from tests._pg import Cluster
+
+    cluster = Cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Any, request: pytest.FixtureRequest) -> str:
+    """A fresh database on that server, for one test: its URL."""
+    if pg_cluster.url is None:
+        pytest.skip(f"no PostgreSQL server: {pg_cluster.why}")
+    return str(pg_cluster.database(f"t{abs(hash(request.node.nodeid)) % 10**12}"))
+
+
 def read_log(db_path: "Path") -> "tuple[dict[int, dict], dict[int, list[dict]]]":
     """(sagas by id, steps by saga id) read with a separate read-only connection."""
     from supervisor.log import dict_rows, open_readonly

@@ -61,7 +61,8 @@ from supervisor._engine.worker_watch import WorkerWatch
 from supervisor._engine.workers import WorkerPool
 from supervisor.errors import NotRunningError, SupervisorCrashedError
 from supervisor.health import EngineView, snapshot, write_health_file
-from supervisor.log import LogError, SagaLog
+from supervisor.log import LogError
+from supervisor.log_store import LogStore, open_store
 from supervisor._ratelimit import RateLimitedLog
 from supervisor.paths import DataDir
 from supervisor.saga import Target
@@ -98,7 +99,7 @@ class Engine:
         # deadlines run on this clock; health ticks, stalls and heartbeats on real time
         self.clock: Callable[[], float] = settings.clock or time.monotonic
         self.metrics: MetricsServer | None = None
-        self.log: SagaLog | None = None
+        self.log: LogStore | None = None
         self.shared: SharedState | None = None
         self.reaper: Reaper | None = None  # unlinks the segment if we die without stopping
         self.sel: selectors.BaseSelector | None = None
@@ -128,7 +129,7 @@ class Engine:
 
     def _start(self) -> None:
         s, stats, turn, table = self.settings, self.stats, self.turn, self.table
-        sagalog = self.log = SagaLog(self.paths.db, s.durability, background_checkpoint=True)
+        sagalog = self.log = open_store(s.log, self.paths.db, s.durability)
         # the segment doubles as the data dir's lock: nothing below writes the
         # log unless no other live supervisor owns this data dir
         first = sagalog.next_id()

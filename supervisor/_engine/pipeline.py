@@ -23,13 +23,14 @@ from collections import deque
 from collections.abc import Callable
 
 from supervisor._engine.records import Stats, Turn, TurnOutputs, WorkerProc
-from supervisor.log import Batch, LogError, SagaLog
+from supervisor.log import Batch, LogError
+from supervisor.log_store import LogStore
 
 
 class LogWriter:
     """Commits the loop's batches on a thread of its own, in order."""
 
-    def __init__(self, sagalog: SagaLog, wake_fd: int) -> None:
+    def __init__(self, sagalog: LogStore, wake_fd: int) -> None:
         self._log = sagalog
         self._wake_fd = wake_fd
         self._cv = threading.Condition()
@@ -92,7 +93,7 @@ class LogWriter:
 
 
 class Pipeline:
-    def __init__(self, sagalog: SagaLog, turn: Turn, emit: Callable[[TurnOutputs], None],
+    def __init__(self, sagalog: LogStore, turn: Turn, emit: Callable[[TurnOutputs], None],
                  workers: Callable[[], list[WorkerProc]], stats: Stats, wake_fd: int,
                  pipeline_rows: int) -> None:
         self.log = sagalog

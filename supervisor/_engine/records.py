@@ -64,6 +64,8 @@ class Settings:
     # a control connection silent since it connected, or stuck in a
     # half-written request, this long is closed
     client_quiet_timeout: float = 10.0
+    # the log's PostgreSQL URL (None: the SQLite file in the data dir)
+    log: str | None = None
 
 
 class Lifecycle:

@@ -28,7 +28,8 @@ from supervisor._engine.inbox import Replay, Requeue
 from supervisor._engine.records import COMPENSATING, HOST, RUNNING, LiveSaga, Stats, Turn, WorkerProc
 from supervisor._engine.sagas import SagaOps
 from supervisor._engine.table import SagaTable
-from supervisor.log import Batch, SagaLog
+from supervisor.log import Batch
+from supervisor.log_store import LogStore
 from supervisor.protocol import Act, Op
 from supervisor.saga import Saga, Target
 from supervisor.shm import SharedState
@@ -60,7 +61,7 @@ def rebuild(kinds: Kinds, prepare: Callable[[Saga], SagaSpec], name: str,
     return spec
 
 
-def logged_steps(sagalog: SagaLog, saga_id: int) -> tuple[Steps, int] | str:
+def logged_steps(sagalog: LogStore, saga_id: int) -> tuple[Steps, int] | str:
     """A saga's steps as replay needs them and the attempt its last step is
     at, or why it cannot be replayed."""
     steps: Steps = []
@@ -77,7 +78,7 @@ def logged_steps(sagalog: SagaLog, saga_id: int) -> tuple[Steps, int] | str:
     return steps, attempt
 
 
-def at_start(sagalog: SagaLog, shared: SharedState, kinds: Kinds,
+def at_start(sagalog: LogStore, shared: SharedState, kinds: Kinds,
              prepare: Callable[[Saga], SagaSpec], stats: Stats
              ) -> tuple[list[Replay], list[Requeue]]:
     """Sagas the log shows unfinished: those to replay and those to queue
@@ -126,7 +127,7 @@ def at_start(sagalog: SagaLog, shared: SharedState, kinds: Kinds,
 class Recovery:
     def __init__(self, kinds: Kinds, prepare: Callable[[Saga], SagaSpec], sagas: SagaOps,
                  compensation: Compensation, table: SagaTable, turn: Turn,
-                 shared: SharedState, stats: Stats, sagalog: SagaLog,
+                 shared: SharedState, stats: Stats, sagalog: LogStore,
                  commit_now: Callable[[], None], pick_worker: Callable[[int], WorkerProc],
                  ship_class: Callable[[int], None]) -> None:
         self.kinds = kinds

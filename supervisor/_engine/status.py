@@ -13,7 +13,7 @@ from supervisor._engine.records import COMPENSATING, HostProc, Lifecycle, Settin
 from supervisor._engine.table import SagaTable
 from supervisor._engine.workers import WorkerPool
 from supervisor.health import EngineView, HostView, WorkerView
-from supervisor.log import SagaLog
+from supervisor.log_store import LogStore
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def in_flight_by_kind(table: SagaTable, queued: dict[str, int] | None = None
 
 def describe(life: Lifecycle, settings: Settings, stats: Stats, table: SagaTable,
              pool: WorkerPool | None, h: HostProc | None, control: ControlServer | None,
-             sagalog: SagaLog | None, problems: list[str],
+             sagalog: LogStore | None, problems: list[str],
              queued: dict[str, int] | None = None) -> EngineView:
     now = time.monotonic()
     workers = [WorkerView(w.index, w.proc.pid, w.in_flight, now - w.last_reply, w.retiring,

@@ -1,0 +1,366 @@
+"""The saga log on PostgreSQL: ``Supervisor(data_dir, log="postgresql://...")``.
+
+The same interface as :class:`supervisor.log.SagaLog`, so that the engine's
+group commit, recovery (replay, queues rebuilt in order, the ids'
+high-water mark and runs, keys), purge and ``wait()``'s fallback work the
+same on either store; the schema is the same tables and columns, written in
+PostgreSQL's dialect (``_DDL``), with its version in ``saga_meta``.
+
+One connection, used by the loop thread (and by the pipeline's writer thread
+while the loop waits for it), one transaction per group commit, rows sent
+with ``executemany`` (psycopg 3 pipelines it).  Write-ahead holds as on
+SQLite: nothing leaves before :meth:`PgLog.commit` returned.  The URL is
+never shown with its password: :attr:`PgLog.path` is the URL without it.
+
+Not done yet (see the README's limits): reconnecting after the server went
+away (a lost connection stops the supervisor with a :class:`LogError`, and
+the next start recovers as after a crash), the command line's readers, and
+more than one supervisor on one database (the fleet).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from supervisor.errors import LogError, SchemaTooNewError, SupervisorError
+from supervisor.log import Batch
+from supervisor.log_read import UNLOGGED
+
+SCHEMA_VERSION = 6  # the same tables as SQLite's schema 6
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS saga (
+    saga_id BIGINT PRIMARY KEY,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'completed', 'failed',
+                                         'compensating', 'failed_compensation')),
+    started_at DOUBLE PRECISION NOT NULL,
+    ended_at DOUBLE PRECISION,
+    input_json TEXT,
+    failure_reason TEXT,
+    idem_key TEXT,
+    queued_at DOUBLE PRECISION,
+    queue_seq BIGINT
+);
+CREATE INDEX IF NOT EXISTS saga_unfinished ON saga(state)
+    WHERE state IN ('queued', 'running', 'compensating');
+CREATE UNIQUE INDEX IF NOT EXISTS saga_idem_key ON saga(idem_key) WHERE idem_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS saga_step (
+    saga_id BIGINT NOT NULL,
+    step_index INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'succeeded', 'failed', 'compensated')),
+    cmd_json TEXT,
+    target TEXT NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    ended_at DOUBLE PRECISION,
+    output_json TEXT,
+    failure_reason TEXT,
+    compensation_json TEXT,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (saga_id, step_index)
+);
+CREATE TABLE IF NOT EXISTS saga_step_attempt (
+    saga_id BIGINT NOT NULL,
+    step_index INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    ended_at DOUBLE PRECISION NOT NULL,
+    failure_reason TEXT,
+    state TEXT NOT NULL CHECK (state IN ('failed', 'succeeded')),
+    PRIMARY KEY (saga_id, step_index, attempt)
+);
+CREATE TABLE IF NOT EXISTS saga_meta (key TEXT PRIMARY KEY, value DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS saga_run (first_id BIGINT PRIMARY KEY,
+                                     started_at DOUBLE PRECISION NOT NULL,
+                                     pid INTEGER, end_id BIGINT);
+INSERT INTO saga_meta(key, value) VALUES ('next_id', 1), ('purge_cutoff', 0)
+    ON CONFLICT (key) DO NOTHING;
+"""
+
+_RAISE_MARK = "UPDATE saga_meta SET value = greatest(value, %s) WHERE key = 'next_id'"
+_PURGEABLE = ("FROM saga WHERE ended_at IS NOT NULL AND ended_at < %s AND state NOT IN "
+              "('queued', 'running', 'compensating')")
+
+
+def is_url(log: object) -> bool:
+    return isinstance(log, str) and log.startswith(("postgresql://", "postgres://"))
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages, health and metrics."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}@{host}" if parts.username else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _driver() -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise SupervisorError("a PostgreSQL log needs psycopg 3: install the 'postgres' extra "
+                              "(pip install 'saga-supervisor[postgres]')") from None
+    return psycopg
+
+
+def connect(url: str) -> Any:
+    """A connection, or a LogError that names what to fix (never the password)."""
+    psycopg = _driver()
+    try:
+        return psycopg.connect(url, autocommit=False, connect_timeout=10)
+    except psycopg.Error as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "password" in text.lower() or "authentication" in text.lower():
+            hint = "the server refused the credentials: check the user and password"
+        elif "does not exist" in text:
+            hint = "create the database (createdb) or fix the URL's database name"
+        else:
+            hint = "is the server running, and are the host and port right?"
+        raise LogError(redact(url), f"cannot connect: {text.replace(url, redact(url))}; "
+                                    f"{hint}") from None
+
+
+class PgLog:
+    """The supervisor's connection to a PostgreSQL log (see the module)."""
+
+    synchronous = 2  # (for health: every commit is durable on the server)
+    journal_mode = "postgresql"
+
+    def __init__(self, url: str, durability: str = "normal") -> None:
+        self.url = url
+        self.path = redact(url)
+        self.durability = durability
+        self.run_first: int | None = None
+        self._psycopg = _driver()
+        self.conn = connect(url)
+        try:
+            with self.conn.transaction():
+                self.conn.execute("SELECT pg_advisory_xact_lock(7405316)")  # one DDL at a time
+                self.conn.execute(_DDL)
+                self.conn.execute("INSERT INTO saga_meta(key, value) VALUES "
+                                  "('schema_version', %s) ON CONFLICT (key) DO NOTHING",
+                                  (SCHEMA_VERSION,))
+                version = int(self._one("SELECT value FROM saga_meta "
+                                        "WHERE key = 'schema_version'"))
+        except self._psycopg.Error as exc:
+            self.conn.close()
+            raise self._error("cannot set up the schema", exc) from None
+        if version > SCHEMA_VERSION:
+            self.conn.close()
+            raise SchemaTooNewError(self.path, f"schema version {version} is newer than "
+                                    f"this build's {SCHEMA_VERSION}: upgrade saga-supervisor")
+        if durability == "normal":  # as SQLite's NORMAL: a crash of ours loses nothing
+            self.conn.execute("SET synchronous_commit = off")
+            self.conn.commit()
+
+    def _error(self, what: str, exc: BaseException) -> LogError:
+        if isinstance(exc, self._psycopg.errors.ReadOnlySqlTransaction) or \
+                isinstance(exc, self._psycopg.errors.InsufficientPrivilege):
+            return LogError(self.path, f"{what}: the role cannot write here ({exc}); grant "
+                            "it INSERT, UPDATE, DELETE and CREATE, or use a read-write server")
+        text = str(exc).strip().replace(self.url, self.path)
+        return LogError(self.path, f"{what}: {type(exc).__name__}: {text}")
+
+    def _one(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        row = self.conn.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+    def _read(self, fn: Any) -> Any:
+        """A read in its own short transaction; errors named."""
+        try:
+            out = fn(self.conn)
+            self.conn.commit()
+            return out
+        except self._psycopg.Error as exc:
+            self.conn.rollback()
+            raise self._error("read failed", exc) from None
+
+    def check_file(self) -> None:
+        """(SQLite's deleted-file check; here: the connection is alive.)"""
+        if self.conn.closed or self.conn.broken:
+            raise LogError(self.path, "the connection to the server was lost")
+
+    # -- writing ------------------------------------------------------------
+
+    def commit(self, batch: Batch) -> None:
+        """One turn's rows in one transaction (the group commit)."""
+        try:
+            with self.conn.transaction():
+                self._commit(batch)
+        except self._psycopg.Error as exc:
+            raise self._error("commit failed", exc) from None
+
+    def _commit(self, b: Batch) -> None:
+        cur = self.conn.cursor()
+        many = cur.executemany
+        if b.id_mark:
+            cur.execute(_RAISE_MARK, (b.id_mark,))
+        if b.sagas:
+            many("INSERT INTO saga(saga_id, name, state, started_at, input_json) "
+                 "VALUES (%s, %s, 'running', %s, %s)", b.sagas)
+        if b.queued:
+            many("INSERT INTO saga(saga_id, name, state, started_at, input_json, queued_at, "
+                 "queue_seq) VALUES (%s, %s, 'queued', %s, %s, %s, %s)",
+                 [(i, n, at, js, at, seq) for i, n, at, js, seq in b.queued])
+        if b.saga_keys:
+            many("UPDATE saga SET idem_key = %s WHERE saga_id = %s", b.saga_keys)
+        if b.dequeued:
+            many("UPDATE saga SET state = 'running', started_at = %s WHERE saga_id = %s",
+                 b.dequeued)
+        if b.steps:
+            many("INSERT INTO saga_step(saga_id, step_index, name, state, cmd_json, target, "
+                 "started_at) VALUES (%s, %s, %s, 'pending', %s, %s, %s)", b.steps)
+        if b.attempts:
+            many("INSERT INTO saga_step_attempt VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                 "ON CONFLICT (saga_id, step_index, attempt) DO UPDATE SET "
+                 "started_at = EXCLUDED.started_at, ended_at = EXCLUDED.ended_at, "
+                 "failure_reason = EXCLUDED.failure_reason, state = EXCLUDED.state",
+                 b.attempts)
+        if b.step_attempts:
+            many("UPDATE saga_step SET attempt = %s WHERE saga_id = %s AND step_index = %s",
+                 b.step_attempts)
+        if b.step_ends:
+            many("UPDATE saga_step SET state = %s, ended_at = %s, output_json = %s, "
+                 "failure_reason = %s WHERE saga_id = %s AND step_index = %s", b.step_ends)
+        if b.step_comps:
+            many("UPDATE saga_step SET state = %s, compensation_json = COALESCE(%s, "
+                 "compensation_json) WHERE saga_id = %s AND step_index = %s", b.step_comps)
+        if b.saga_states:
+            many("UPDATE saga SET state = %s WHERE saga_id = %s", b.saga_states)
+        if b.saga_ends:
+            failed = [(e[1], e[2] or e[0], e[3]) for e in b.saga_ends if e[0] != "completed"]
+            if failed:
+                many("UPDATE saga_step SET state = 'failed', ended_at = %s, "
+                     "failure_reason = %s WHERE saga_id = %s AND state = 'pending'", failed)
+            many("UPDATE saga SET state = %s, ended_at = %s, failure_reason = %s "
+                 "WHERE saga_id = %s", b.saga_ends)
+
+    def begin_run(self, first_id: int, mark: int) -> None:
+        try:
+            with self.conn.transaction():
+                self.conn.execute("INSERT INTO saga_run(first_id, started_at, pid) VALUES "
+                                  "(%s, %s, %s) ON CONFLICT (first_id) DO UPDATE SET "
+                                  "started_at = EXCLUDED.started_at, pid = EXCLUDED.pid",
+                                  (first_id, time.time(), os.getpid()))
+                self.conn.execute(_RAISE_MARK, (mark,))
+        except self._psycopg.Error as exc:
+            raise self._error("cannot record the start", exc) from None
+        self.run_first = first_id
+
+    def end_run(self, next_id: int) -> None:
+        if self.run_first is not None:
+            with self.conn.transaction():
+                self.conn.execute("UPDATE saga_run SET end_id = %s WHERE first_id = %s",
+                                  (next_id, self.run_first))
+
+    def purge(self, older_than_days: float, dry_run: bool = False) -> int:
+        cutoff = time.time() - older_than_days * 86400
+        if dry_run:
+            return int(self._read(lambda c: c.execute(f"SELECT count(*) {_PURGEABLE}",
+                                                      (cutoff,)).fetchone()[0]))
+        try:
+            with self.conn.transaction():
+                c = self.conn
+                c.execute("UPDATE saga_meta SET value = greatest(value, (SELECT "
+                          "coalesce(max(saga_id), 0) + 1 FROM saga)) WHERE key = 'next_id'")
+                c.execute("UPDATE saga_meta SET value = greatest(value, %s) "
+                          "WHERE key = 'purge_cutoff'", (int(cutoff) + 1,))
+                for table in ("saga_step", "saga_step_attempt"):
+                    c.execute(f"DELETE FROM {table} WHERE saga_id IN (SELECT saga_id "
+                              f"{_PURGEABLE})", (cutoff,))
+                removed = c.execute(f"DELETE {_PURGEABLE}", (cutoff,)).rowcount
+        except self._psycopg.Error as exc:
+            raise self._error("purge failed", exc) from None
+        return int(removed)
+
+    # -- reading ------------------------------------------------------------
+
+    def next_id(self) -> int:
+        def q(c: Any) -> int:
+            top = c.execute("SELECT coalesce(max(saga_id), 0) + 1 FROM saga").fetchone()[0]
+            mark = c.execute("SELECT value FROM saga_meta WHERE key = 'next_id'").fetchone()
+            return max(int(top), int(mark[0]) if mark else 1)
+        return int(self._read(q))
+
+    def unfinished(self) -> list[tuple[int, str, float, str | None, str, str | None]]:
+        rows = self._read(lambda c: c.execute(
+            "SELECT saga_id, name, coalesce(queued_at, started_at), input_json, state, "
+            "idem_key FROM saga WHERE state IN ('queued', 'running', 'compensating') "
+            "ORDER BY state = 'queued', queue_seq NULLS FIRST, saga_id").fetchall())
+        return [(int(r[0]), str(r[1]), float(r[2]), r[3], str(r[4]), r[5]) for r in rows]
+
+    def max_queue_seq(self) -> int:
+        return int(self._read(lambda c: c.execute(
+            "SELECT coalesce(max(queue_seq), 0) FROM saga").fetchone()[0]))
+
+    def _dicts(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        def q(c: Any) -> list[dict[str, Any]]:
+            cur = c.execute(sql, params)
+            names = [d.name for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+        return list(self._read(q))
+
+    def saga(self, saga_id: int) -> dict[str, Any] | None:
+        rows = self._dicts("SELECT * FROM saga WHERE saga_id = %s", (saga_id,))
+        return rows[0] if rows else None
+
+    def steps(self, saga_id: int) -> list[dict[str, Any]]:
+        return self._dicts("SELECT * FROM saga_step WHERE saga_id = %s ORDER BY step_index",
+                           (saga_id,))
+
+    def attempts(self, saga_id: int) -> list[dict[str, Any]]:
+        return self._dicts("SELECT * FROM saga_step_attempt WHERE saga_id = %s "
+                           "ORDER BY step_index, attempt", (saga_id,))
+
+    def find_key(self, key: str) -> int | None:
+        row = self._read(lambda c: c.execute("SELECT saga_id FROM saga WHERE idem_key = %s",
+                                             (key,)).fetchone())
+        return int(row[0]) if row else None
+
+    def outcome(self, saga_id: int) -> tuple[str, str | None] | None:
+        found: tuple[str, str | None] | None = self._read(
+            lambda c: read_outcome(c, saga_id, self.run_first))
+        return found
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except self._psycopg.Error:
+            pass
+
+
+def read_outcome(c: Any, saga_id: int, before: int | None) -> tuple[str, str | None] | None:
+    """As :func:`supervisor.log_read.read_outcome`, on a PostgreSQL connection."""
+    row = c.execute("SELECT state, failure_reason FROM saga WHERE saga_id = %s",
+                    (saga_id,)).fetchone()
+    if row is not None:
+        return str(row[0]), None if row[1] is None else str(row[1])
+    if before is not None and saga_id >= before:
+        return None
+    meta = dict(c.execute("SELECT key, value FROM saga_meta").fetchall())
+    run = c.execute("SELECT started_at, end_id FROM saga_run WHERE first_id <= %s "
+                    "ORDER BY first_id DESC LIMIT 1", (saga_id,)).fetchone()
+    if run is None:
+        return None
+    lost = saga_id < int(meta.get("next_id", 0)) and float(run[0]) > float(
+        meta.get("purge_cutoff", 0)) and (run[1] is None or saga_id < int(run[1]))
+    return (UNLOGGED, None) if lost else None
+
+
+def logged_outcome(url: str, saga_id: int, before: int | None = None
+                   ) -> tuple[str, str | None] | None:
+    """`saga_id`'s logged outcome, read on a short connection of its own
+    (``wait()``'s fallback from any thread)."""
+    conn = connect(url)
+    try:
+        return read_outcome(conn, saga_id, before)
+    finally:
+        conn.close()

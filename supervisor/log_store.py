@@ -1,0 +1,47 @@
+"""The seam between the engine and its log: one interface, two stores.
+
+:class:`LogStore` is what the engine, recovery and ``wait()``'s fallback use
+of a log; :class:`supervisor.log.SagaLog` (the embedded SQLite file in the
+data dir, the default) and :class:`supervisor.log_pg.PgLog`
+(``log="postgresql://..."``) both provide it.  :func:`open_store` picks one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from supervisor.log import Batch
+
+
+class LogStore(Protocol):
+    path: Any  # where it is, for messages (a file, or a URL without its password)
+    durability: str
+    synchronous: int
+    journal_mode: str
+    run_first: int | None
+
+    def commit(self, batch: Batch) -> None: ...
+    def purge(self, older_than_days: float, dry_run: bool = False) -> int: ...
+    def next_id(self) -> int: ...
+    def begin_run(self, first_id: int, mark: int) -> None: ...
+    def end_run(self, next_id: int) -> None: ...
+    def unfinished(self) -> list[tuple[int, str, float, str | None, str, str | None]]: ...
+    def max_queue_seq(self) -> int: ...
+    def saga(self, saga_id: int) -> dict[str, Any] | None: ...
+    def steps(self, saga_id: int) -> list[dict[str, Any]]: ...
+    def find_key(self, key: str) -> int | None: ...
+    def outcome(self, saga_id: int) -> tuple[str, str | None] | None: ...
+    def check_file(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def open_store(log: str | None, db: Path, durability: str) -> LogStore:
+    """The PostgreSQL log at URL `log`, else the SQLite file `db`."""
+    if log is not None:
+        from supervisor.log_pg import PgLog
+
+        return PgLog(log, durability)
+    from supervisor.log import SagaLog
+
+    return SagaLog(db, durability, background_checkpoint=True)

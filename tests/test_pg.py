@@ -1,0 +1,120 @@
+"""The saga log on PostgreSQL (issue 21, first part): a real server (see
+tests/_pg.py), real workers, the real host, real SIGKILLs; both engines.
+What a PostgreSQL URL gets wrong (a refused port, a missing database, a
+read-only role) is named, never with the password."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from supervisor import Event, LogError, Supervisor
+
+from . import sagas as S
+from .conftest import HOST_ARGV, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _rows(url: str, sql: str) -> list[tuple[object, ...]]:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        return list(conn.execute(sql).fetchall())
+
+
+def test_sagas_run_on_a_postgresql_log(tmp_path: Path, pg_url: str, engine: str) -> None:
+    with Supervisor(tmp_path / "d", workers=2, host=HOST_ARGV, log=pg_url,
+                    engine=engine) as sup:
+        ids = [sup.spawn(S.EchoSaga(i, steps=2)) for i in range(300)]
+        key = sup.spawn(S.InstantSaga(), key="deploy-1")
+        assert sup.spawn(S.InstantSaga(), key="deploy-1") == key  # decided in the log too
+        failing = sup.spawn(S.RefusingSaga())
+        assert all(sup.wait(i, 30).completed for i in ids)
+        assert sup.wait(failing, 30).failed
+        report = sup.health()
+        assert report["log"]["path"] == pg_url and report["healthy"]
+    assert not (tmp_path / "d" / "db" / "sagas.db").exists()  # the data dir keeps local things
+    counts = dict(_rows(pg_url, "SELECT state, count(*) FROM saga GROUP BY state"))
+    assert counts == {"completed": 301, "failed": 1}
+    assert _rows(pg_url, "SELECT count(*) FROM saga_step WHERE state = 'pending'") == [(0,)]
+    again = Supervisor(tmp_path / "d", workers=1, log=pg_url, engine=engine)
+    with again:  # a restart reads outcomes, keys and the ids' mark from the server
+        assert again.wait(ids[0]).completed
+        assert again.spawn(S.InstantSaga(), key="deploy-1") == key
+        assert again.spawn(S.InstantSaga()) > max(ids)
+
+
+_LAUNCHER = """
+import json, os, signal, sys
+from supervisor import Supervisor
+from tests.conftest import HOST_ARGV
+from tests.sagas import LimitedSaga
+
+if __name__ == "__main__":
+    sup = Supervisor(sys.argv[1], workers=1, host=HOST_ARGV, log=sys.argv[2])
+    sup.register_kind(LimitedSaga)
+    sup.start()
+    sid = sup.spawn(LimitedSaga(7, seconds=600, timeout=900), durable=True)
+    print(json.dumps({"sid": sid}), flush=True)
+    signal.pause()
+"""
+
+
+def test_a_killed_launcher_is_recovered_from_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """The README's promise on PostgreSQL: run a saga, SIGKILL the launcher,
+    start again, and the saga is resumed by replay."""
+    script = tmp_path / "launch.py"
+    script.write_text(textwrap.dedent(_LAUNCHER))
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "d"), pg_url],
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout is not None
+    sid = json.loads(proc.stdout.readline())["sid"]
+    wait_for(lambda: _rows(pg_url, f"SELECT count(*) FROM saga_step WHERE saga_id = {sid}")
+             == [(1,)], timeout=30, what="its step logged")
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(30) == -signal.SIGKILL
+    proc.stdout.close()
+    assert _rows(pg_url, f"SELECT state FROM saga WHERE saga_id = {sid}") == [("running",)]
+    sup = Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, log=pg_url)
+    sup.register_kind(S.LimitedSaga)
+    with sup:
+        wait_for(lambda: sup.stats["replayed"] == 1, what="resumed by replay")
+        sup.publish(Event("finish", 7))
+        assert sup.wait(sid, 30).completed
+
+
+def test_a_bad_url_is_named_without_its_password(tmp_path: Path, pg_url: str) -> None:
+    base = pg_url.rsplit("/", 1)[0]
+    port = base.rsplit(":", 1)[1]
+    secret = "s3cret-pw"
+    nowhere = f"postgresql://postgres:{secret}@127.0.0.1:1/postgres"
+    with pytest.raises(LogError) as refused:
+        Supervisor(tmp_path / "a", workers=1, log=nowhere).start()
+    assert "cannot connect" in str(refused.value) and "server running" in str(refused.value)
+    assert secret not in str(refused.value)
+    missing = f"postgresql://postgres:{secret}@127.0.0.1:{port}/no_such_db"
+    with pytest.raises(LogError, match="create the database") as info:
+        Supervisor(tmp_path / "b", workers=1, log=missing).start()
+    assert secret not in str(info.value)
+    with pytest.raises(ValueError, match="postgresql://"):
+        Supervisor(tmp_path / "c", log=f"mysql://x:{secret}@h/db")
+
+
+def test_a_read_only_role_is_named(tmp_path: Path, pg_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS reader")
+        conn.execute("CREATE ROLE reader LOGIN")
+    reader = pg_url.replace("postgres@", "reader@", 1)
+    with pytest.raises(LogError, match="the role cannot write here"):
+        Supervisor(tmp_path / "d", workers=1, log=reader).start()
