@@ -110,6 +110,7 @@ class Supervisor:
         max_clients: int | None = None,
         client_quiet_timeout: float = 10.0,
         log: str | None = None,
+        log_retry: float = 5.0,
         engine: str | None = None,
     ) -> None:
         if engine not in (None, self.engine):
@@ -135,7 +136,8 @@ class Supervisor:
             max_clients=_validate.max_clients(max_clients),
             client_quiet_timeout=_validate.positive(client_quiet_timeout,
                                                     "client_quiet_timeout"),
-            log=_validate.log_url(log))
+            log=_validate.log_url(log),
+            log_retry=_validate.positive(log_retry, "log_retry"))
         _validate.clock_and_port(clock, metrics_port)
         if metrics_port is not None:
             _metrics.require()  # the extra is missing: say so now, not at start()

@@ -12,14 +12,23 @@ with ``executemany`` (psycopg 3 pipelines it).  Write-ahead holds as on
 SQLite: nothing leaves before :meth:`PgLog.commit` returned.  The URL is
 never shown with its password: :attr:`PgLog.path` is the URL without it.
 
-Not done yet (see the README's limits): reconnecting after the server went
-away (a lost connection stops the supervisor with a :class:`LogError`, and
-the next start recovers as after a crash), the command line's readers, and
+The server going away (a restart, a dropped connection): a commit or read
+that fails with a connection error reconnects with backoff for up to
+``log_retry`` seconds and runs again; the rows of a batch are written so that
+running it twice changes nothing (inserts ``ON CONFLICT DO NOTHING``, updates
+to the same values), since a commit whose answer was lost may have landed.
+The turn's outputs wait meanwhile (nothing leaves before its commit), so
+nothing is lost and nothing sent twice.  Past the bound: a :class:`LogError`
+naming the server and the cause, and the next start recovers as after a
+crash.
+
+Not done yet (see the README's limits): the command line's readers, and
 more than one supervisor on one database (the fleet).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
@@ -28,6 +37,8 @@ from urllib.parse import urlsplit, urlunsplit
 from supervisor.errors import LogError, SchemaTooNewError, SupervisorError
 from supervisor.log import Batch
 from supervisor.log_read import UNLOGGED
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 6  # the same tables as SQLite's schema 6
 
@@ -134,10 +145,12 @@ class PgLog:
     synchronous = 2  # (for health: every commit is durable on the server)
     journal_mode = "postgresql"
 
-    def __init__(self, url: str, durability: str = "normal") -> None:
+    def __init__(self, url: str, durability: str = "normal", retry: float = 5.0) -> None:
         self.url = url
         self.path = redact(url)
         self.durability = durability
+        self.retry = retry
+        self.reconnects = 0
         self.run_first: int | None = None
         self._psycopg = _driver()
         self.conn = connect(url)
@@ -157,9 +170,45 @@ class PgLog:
             self.conn.close()
             raise SchemaTooNewError(self.path, f"schema version {version} is newer than "
                                     f"this build's {SCHEMA_VERSION}: upgrade saga-supervisor")
-        if durability == "normal":  # as SQLite's NORMAL: a crash of ours loses nothing
+        self._session()
+
+    def _session(self) -> None:
+        if self.durability == "normal":  # as SQLite's NORMAL: a crash of ours loses nothing
             self.conn.execute("SET synchronous_commit = off")
             self.conn.commit()
+
+    def _again(self, what: str, fn: Any) -> Any:
+        """Run `fn()`; on a lost connection, reconnect with backoff for up to
+        ``retry`` seconds and run it again (it must be idempotent)."""
+        deadline = time.monotonic() + self.retry
+        pause = 0.05
+        while True:
+            try:
+                return fn()
+            except self._psycopg.OperationalError as exc:
+                if not (self.conn.closed or self.conn.broken) or \
+                        time.monotonic() + pause > deadline:
+                    raise self._error(f"{what} (the server was unreachable for "
+                                      f"{self.retry}s)" if self.conn.broken or
+                                      self.conn.closed else what, exc) from None
+                log.warning("saga log %s: %s; reconnecting", self.path,
+                            str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+            except self._psycopg.Error as exc:
+                raise self._error(what, exc) from None
+            while True:
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+                try:
+                    self.conn.close()
+                    self.conn = self._psycopg.connect(self.url, autocommit=False,
+                                                      connect_timeout=2)
+                    self._session()
+                    self.reconnects += 1
+                    break
+                except self._psycopg.Error as exc:
+                    if time.monotonic() + pause > deadline:
+                        raise self._error(f"{what}: the server was unreachable for "
+                                          f"{self.retry}s", exc) from None
 
     def _error(self, what: str, exc: BaseException) -> LogError:
         if isinstance(exc, self._psycopg.errors.ReadOnlySqlTransaction) or \
@@ -175,28 +224,30 @@ class PgLog:
 
     def _read(self, fn: Any) -> Any:
         """A read in its own short transaction; errors named."""
-        try:
-            out = fn(self.conn)
-            self.conn.commit()
-            return out
-        except self._psycopg.Error as exc:
-            self.conn.rollback()
-            raise self._error("read failed", exc) from None
+        def once() -> Any:
+            try:
+                out = fn(self.conn)
+                self.conn.commit()
+                return out
+            except self._psycopg.Error:
+                if not self.conn.broken and not self.conn.closed:
+                    self.conn.rollback()
+                raise
+        return self._again("read failed", once)
 
     def check_file(self) -> None:
-        """(SQLite's deleted-file check; here: the connection is alive.)"""
-        if self.conn.closed or self.conn.broken:
-            raise LogError(self.path, "the connection to the server was lost")
+        """(SQLite's deleted-file check; here, the next commit or read
+        reconnects a lost connection, or names the server.)"""
 
     # -- writing ------------------------------------------------------------
 
     def commit(self, batch: Batch) -> None:
-        """One turn's rows in one transaction (the group commit)."""
-        try:
+        """One turn's rows in one transaction (the group commit); run again
+        after a reconnect if the connection was lost (see the module)."""
+        def once() -> None:
             with self.conn.transaction():
                 self._commit(batch)
-        except self._psycopg.Error as exc:
-            raise self._error("commit failed", exc) from None
+        self._again("commit failed", once)
 
     def _commit(self, b: Batch) -> None:
         cur = self.conn.cursor()
@@ -205,10 +256,10 @@ class PgLog:
             cur.execute(_RAISE_MARK, (b.id_mark,))
         if b.sagas:
             many("INSERT INTO saga(saga_id, name, state, started_at, input_json) "
-                 "VALUES (%s, %s, 'running', %s, %s)", b.sagas)
+                 "VALUES (%s, %s, 'running', %s, %s) ON CONFLICT DO NOTHING", b.sagas)
         if b.queued:
             many("INSERT INTO saga(saga_id, name, state, started_at, input_json, queued_at, "
-                 "queue_seq) VALUES (%s, %s, 'queued', %s, %s, %s, %s)",
+                 "queue_seq) VALUES (%s, %s, 'queued', %s, %s, %s, %s) ON CONFLICT DO NOTHING",
                  [(i, n, at, js, at, seq) for i, n, at, js, seq in b.queued])
         if b.saga_keys:
             many("UPDATE saga SET idem_key = %s WHERE saga_id = %s", b.saga_keys)
@@ -217,7 +268,8 @@ class PgLog:
                  b.dequeued)
         if b.steps:
             many("INSERT INTO saga_step(saga_id, step_index, name, state, cmd_json, target, "
-                 "started_at) VALUES (%s, %s, %s, 'pending', %s, %s, %s)", b.steps)
+                 "started_at) VALUES (%s, %s, %s, 'pending', %s, %s, %s) "
+                 "ON CONFLICT DO NOTHING", b.steps)
         if b.attempts:
             many("INSERT INTO saga_step_attempt VALUES (%s, %s, %s, %s, %s, %s, %s) "
                  "ON CONFLICT (saga_id, step_index, attempt) DO UPDATE SET "

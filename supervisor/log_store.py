@@ -36,12 +36,13 @@ class LogStore(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(log: str | None, db: Path, durability: str) -> LogStore:
-    """The PostgreSQL log at URL `log`, else the SQLite file `db`."""
+def open_store(log: str | None, db: Path, durability: str, retry: float = 5.0) -> LogStore:
+    """The PostgreSQL log at URL `log` (reconnecting for up to `retry`
+    seconds when the server goes away), else the SQLite file `db`."""
     if log is not None:
         from supervisor.log_pg import PgLog
 
-        return PgLog(log, durability)
+        return PgLog(log, durability, retry)
     from supervisor.log import SagaLog
 
     return SagaLog(db, durability, background_checkpoint=True)

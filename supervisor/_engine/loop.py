@@ -129,7 +129,7 @@ class Engine:
 
     def _start(self) -> None:
         s, stats, turn, table = self.settings, self.stats, self.turn, self.table
-        sagalog = self.log = open_store(s.log, self.paths.db, s.durability)
+        sagalog = self.log = open_store(s.log, self.paths.db, s.durability, s.log_retry)
         # the segment doubles as the data dir's lock: nothing below writes the
         # log unless no other live supervisor owns this data dir
         first = sagalog.next_id()

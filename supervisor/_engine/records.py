@@ -66,6 +66,7 @@ class Settings:
     client_quiet_timeout: float = 10.0
     # the log's PostgreSQL URL (None: the SQLite file in the data dir)
     log: str | None = None
+    log_retry: float = 5.0  # seconds a lost server is reconnected to before LogError
 
 
 class Lifecycle:
