@@ -46,6 +46,13 @@ def _add_data_dir(p: argparse.ArgumentParser, suppress: bool = False) -> None:
     p.add_argument("--data-dir", default=argparse.SUPPRESS, help=_DATA_DIR_HELP)
 
 
+def _add_log(p: argparse.ArgumentParser, suppress: bool = False) -> None:
+    p.add_argument("--log", default=argparse.SUPPRESS if suppress else
+                   (os.environ.get("SAGA_LOG") or None), metavar="URL",
+                   help="read the PostgreSQL log at URL (default: $SAGA_LOG) instead of the "
+                        "data dir's SQLite file")
+
+
 def _add_filters(p: argparse.ArgumentParser, suppress: bool = False) -> None:
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
     p.add_argument("--state", default=d(None), choices=("queued", "running", "completed",
@@ -105,13 +112,16 @@ def _parser() -> argparse.ArgumentParser:
                        description="Review sagas in the log (read-only; safe while a "
                        "supervisor runs). `sagas` alone is `sagas list`.")
     _add_data_dir(s)
+    _add_log(s)
     _add_filters(s)
     ssub = s.add_subparsers(dest="sagas_command")
     sl = ssub.add_parser("list", help="list sagas, newest first")
     _add_data_dir(sl, suppress=True)
+    _add_log(sl, suppress=True)
     _add_filters(sl, suppress=True)
     sh = ssub.add_parser("show", help="one saga with its steps")
     _add_data_dir(sh, suppress=True)
+    _add_log(sh, suppress=True)
     sh.add_argument("id", type=int, help="saga id")
     sh.add_argument("--json", default=argparse.SUPPRESS, action="store_true")
 

@@ -44,13 +44,16 @@ def cmd_sagas(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(str(exc), file=sys.stderr)
             return EXIT_USAGE
-    conn = open_log(args.data_dir)
+    conn = open_log(args.data_dir, getattr(args, "log", None))
     try:
         if args.sagas_command == "show":
             return _show(conn, args.id, args.json)
         return _list(conn, args)
-    except apsw.Error as exc:
-        print(f"cannot read {db_path(args.data_dir)}: {exc}", file=sys.stderr)
+    except Exception as exc:  # apsw's or psycopg's: the log is unreadable
+        if not isinstance(exc, apsw.Error) and type(exc).__module__.split(".")[0] != "psycopg":
+            raise
+        where = "the PostgreSQL log" if getattr(args, "log", None) else db_path(args.data_dir)
+        print(f"cannot read {where}: {exc}", file=sys.stderr)
         return EXIT_CORRUPT
     finally:
         conn.close()
@@ -107,7 +110,7 @@ def _list(conn: Any, args: argparse.Namespace) -> int:
         where.append("name = ?")
         params.append(args.kind)
     if args.reason:
-        where.append("instr(failure_reason, ?) > 0")
+        where.append("failure_reason LIKE '%' || ? || '%'")
         params.append(args.reason)
     if args.since is not None:
         where.append("started_at >= ?")

@@ -58,9 +58,20 @@ def iso(t: float | None) -> str | None:
         timespec="milliseconds")
 
 
-def open_log(data_dir: str) -> Any:
-    """A read-only connection to the log, or exit 2 (none) / 3 (corrupt)."""
+def open_log(data_dir: str, url: str | None = None) -> Any:
+    """A read-only connection to the log (the PostgreSQL log at `url`, else
+    the data dir's SQLite file), or exit 2 (none) / 3 (corrupt)."""
     from supervisor.log import LogError, open_readonly
+
+    if url:
+        from supervisor.errors import SupervisorError
+        from supervisor.log_pg import Reader
+
+        try:
+            return Reader(url)
+        except SupervisorError as exc:  # (LogError: it names the server, never a password)
+            print(str(exc), file=sys.stderr)
+            raise SystemExit(EXIT_NONE) from None
 
     path = db_path(data_dir)
     if not path.exists():

@@ -416,3 +416,25 @@ def logged_outcome(url: str, saga_id: int, before: int | None = None
         return read_outcome(conn, saga_id, before)
     finally:
         conn.close()
+
+
+class Reader:
+    """A read-only view of a PostgreSQL log for the command line: SQLite's
+    ``?`` placeholders taken, rows as tuples or dicts (see
+    :func:`supervisor.log_read.dict_rows`)."""
+
+    def __init__(self, url: str) -> None:
+        self.conn = connect(url)
+        self.conn.autocommit = True
+        self.conn.execute("SET default_transaction_read_only = on")
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        return self.conn.execute(sql.replace("%", "%%").replace("?", "%s"), params)
+
+    def dict_rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        cur = self.execute(sql, params)
+        names = [d.name for d in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def close(self) -> None:
+        self.conn.close()

@@ -39,7 +39,12 @@ def count_purgeable(conn: Any, older_than_days: float) -> int:
 
 def dict_rows(conn: apsw.Connection, sql: str, params: tuple[Any, ...] = ()
               ) -> list[dict[str, Any]]:
-    """Run a query and return its rows as dicts keyed by column name."""
+    """Run a query and return its rows as dicts keyed by column name (on a
+    SQLite connection, or on anything with its own ``dict_rows``, such as the
+    command line's PostgreSQL reader)."""
+    own = getattr(conn, "dict_rows", None)
+    if own is not None:
+        return list(own(sql, params))
     cur = conn.cursor()
     cur.row_trace = lambda c, row: dict(zip((d[0] for d in c.getdescription()), row))
     return list(cur.execute(sql, params))

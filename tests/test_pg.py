@@ -151,3 +151,29 @@ def test_a_server_restart_under_load_loses_nothing_and_sends_nothing_twice(
     assert _rows(pg_url, "SELECT count(*) FROM saga WHERE state = 'completed'") == [(len(ids),)]
     sent = [(r["saga_id"], r["step"]) for r in host.received()]
     assert len(sent) == len(set(sent)) == 2 * len(ids)  # nothing lost, nothing sent twice
+
+
+def test_the_command_line_reads_a_postgresql_log(tmp_path: Path, pg_url: str) -> None:
+    with Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, log=pg_url) as sup:
+        ids = [sup.spawn(S.EchoSaga(i, steps=2)) for i in range(20)]
+        failed = sup.spawn(S.RefusingSaga())
+        assert all(sup.wait(i, 30).completed for i in ids) and sup.wait(failed, 30).failed
+
+    def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "supervisor", *args],
+                              capture_output=True, text=True, timeout=60,
+                              env={**os.environ, **env})
+
+    listed = cli("sagas", "--log", pg_url, "--json", "--limit", "100")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert len(rows) == 21 and {r["state"] for r in rows} == {"completed", "failed"}
+    reason = next(r["failure_reason"] for r in rows if r["state"] == "failed")
+    only = json.loads(cli("sagas", "--json", "--state", "failed", "--reason", reason[3:12],
+                          SAGA_LOG=pg_url).stdout)
+    assert [r["saga_id"] for r in only] == [failed]
+    shown = json.loads(cli("sagas", "show", str(ids[0]), "--log", pg_url, "--json").stdout)
+    assert [st["state"] for st in shown["steps"]] == ["succeeded", "succeeded"]
+    secret = "s3cret-pw"
+    bad = cli("sagas", "--log", f"postgresql://postgres:{secret}@127.0.0.1:1/x")
+    assert bad.returncode == 2 and "cannot connect" in bad.stderr and secret not in bad.stderr
