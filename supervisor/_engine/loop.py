@@ -39,7 +39,7 @@ from supervisor._engine.control import ControlServer
 from supervisor._engine.dispatch import Dispatch, Handler
 from supervisor._engine.host_link import HostLink
 from supervisor._engine.host_watch import HostWatch
-from supervisor._engine.ids import BLOCK, IdFence
+from supervisor._engine.ids import BLOCK, IdFence, first_id
 from supervisor._engine.inbox import Cancel, Inbox, RequeueAll, Stop
 from supervisor._engine.keys import Keys
 from supervisor._engine.measure import Measures
@@ -132,7 +132,7 @@ class Engine:
         sagalog = self.log = open_store(s.log, self.paths.db, s.durability, s.log_retry)
         # the segment doubles as the data dir's lock: nothing below writes the
         # log unless no other live supervisor owns this data dir
-        first = sagalog.next_id()
+        first = first_id(sagalog.next_id(), sagalog.max_saga_id(), s.capacity)
         shared = self.shared = create_segment(s.shm_name or self.paths.segment,
                                               s.capacity, first, self.paths.root)
         self.reaper = Reaper(shared.path)
