@@ -335,10 +335,6 @@ class PgLog:
 
     # -- reading ------------------------------------------------------------
 
-    def max_saga_id(self) -> int:
-        return int(self._read(lambda c: c.execute(
-            "SELECT coalesce(max(saga_id), 0) FROM saga").fetchone()[0]))
-
     def next_id(self) -> int:
         def q(c: Any) -> int:
             top = c.execute("SELECT coalesce(max(saga_id), 0) + 1 FROM saga").fetchone()[0]

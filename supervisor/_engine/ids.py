@@ -29,13 +29,15 @@ from supervisor.shm import SharedState
 BLOCK: Final = 1 << 18
 
 
-def first_id(mark: int, top: int, capacity: int) -> int:
-    """Where a run's ids start: at the durable mark or just past it, at the
-    claim-table slot after the highest logged id's.  A saga id's slot is
-    ``id % capacity``, and the sagas a restart replays keep theirs; starting
-    on the slots right after them (as a dense counter would) keeps new ids
-    off the slots the replayed sagas hold, whatever the mark's alignment."""
-    return mark + (top + 1 - mark) % capacity
+def first_id(mark: int, unfinished: list[int], capacity: int) -> int:
+    """Where a run's ids start: at the durable mark, or just past it at the
+    claim-table slot after the highest unfinished saga's.  A saga id's slot is
+    ``id % capacity``, and the sagas a restart replays (or queues again) keep
+    theirs; starting on the slots right after them, as a dense counter would,
+    keeps new ids off the slots they hold, whatever the mark's alignment."""
+    if not unfinished:
+        return mark
+    return mark + (max(unfinished) + 1 - mark) % capacity
 
 
 class IdFence:

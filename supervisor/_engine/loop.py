@@ -132,7 +132,7 @@ class Engine:
         sagalog = self.log = open_store(s.log, self.paths.db, s.durability, s.log_retry)
         # the segment doubles as the data dir's lock: nothing below writes the
         # log unless no other live supervisor owns this data dir
-        first = first_id(sagalog.next_id(), sagalog.max_saga_id(), s.capacity)
+        first = first_id(sagalog.next_id(), [u[0] for u in sagalog.unfinished()], s.capacity)
         shared = self.shared = create_segment(s.shm_name or self.paths.segment,
                                               s.capacity, first, self.paths.root)
         self.reaper = Reaper(shared.path)
