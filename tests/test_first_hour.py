@@ -203,16 +203,29 @@ def _tree(pid: int) -> list[psutil.Process]:
 def test_ctrl_c_stops_the_demo_quietly(tmp_path: Path, engine: str) -> None:
     """Ctrl-C as a terminal sends it: SIGINT to the whole foreground process
     group."""
-    proc = subprocess.Popen([sys.executable, "-m", "supervisor", "demo", "--sagas", "300000",
-                             "--no-live", "--engine", engine], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    out_file, err_file = tmp_path / "out.txt", tmp_path / "err.txt"
+    with open(out_file, "w") as out, open(err_file, "w") as err:  # (files: never a full pipe)
+        proc = subprocess.Popen([sys.executable, "-m", "supervisor", "demo", "--sagas",
+                                 "100000", "--no-live", "--engine", engine], cwd=tmp_path,
+                                stdout=out, stderr=err, text=True, start_new_session=True)
     wait_for(lambda: _in_flight(tmp_path / "saga-data") > 0, timeout=60,
              what="sagas in flight in the demo")
     wait_for(lambda: len(_tree(proc.pid)) >= 3, timeout=60, what="workers and host up")
     family = _tree(proc.pid)
     os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    try:
+        proc.wait(120)
+    except subprocess.TimeoutExpired:  # say what it was doing, and leave nothing behind
+        for p in family:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        proc.kill()
+        proc.wait(30)
+        raise AssertionError(f"the demo did not stop on Ctrl-C: {out_file.read_text()[-2000:]}"
+                             f"{err_file.read_text()[-2000:]}") from None
+    err = err_file.read_text()
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
     assert "host pipe send failed" not in err
