@@ -303,16 +303,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not isinstance(sup, Supervisor):
         print(f"{args.app} returned {type(sup).__name__}, not a Supervisor", file=sys.stderr)
         return EXIT_FAIL
+    def ready() -> None:  # (its signal handlers are in place: SIGTERM drains now)
+        print(f"saga-supervisor: {args.app} is running on {sup.data_dir} (pid "
+              f"{os.getpid()}, engine {sup.engine}, {sup.settings.workers} workers); "
+              f"SIGTERM or Ctrl-C drains for up to {args.drain_timeout}s and stops",
+              file=sys.stderr, flush=True)
+
     try:
-        sup.start()
-    except SupervisorError as exc:
-        print(str(exc), file=sys.stderr)
-        return EXIT_FAIL
-    print(f"saga-supervisor: {args.app} is running on {sup.data_dir} (pid {os.getpid()}, "
-          f"engine {sup.engine}, {sup.settings.workers} workers); SIGTERM or Ctrl-C drains "
-          f"for up to {args.drain_timeout}s and stops", file=sys.stderr, flush=True)
-    try:
-        code = sup.serve(drain_timeout=args.drain_timeout)
+        code = sup.serve(drain_timeout=args.drain_timeout, ready=ready)
     except SupervisorError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_FAIL

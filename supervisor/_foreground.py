@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 log = logging.getLogger("supervisor.core")
@@ -22,10 +23,12 @@ class Servable(Protocol):
     def stop(self, drain: bool = False, timeout: float = 5.0) -> None: ...
 
 
-def serve_until_signal(sup: Servable, drain_timeout: float) -> int:
+def serve_until_signal(sup: Servable, drain_timeout: float,
+                       ready: Callable[[], Any] | None = None) -> int:
     """Start `sup` if new, run until SIGTERM or SIGINT (main thread only) or
     until it stops on its own, then stop it, draining for up to
-    `drain_timeout` seconds.  0, or 1 if it stopped on an error."""
+    `drain_timeout` seconds.  `ready()` is called once it runs and the
+    signals are ours.  0, or 1 if it stopped on an error."""
     if not logging.getLogger().handlers:  # a foreground service: its operator reads this
         logging.basicConfig(level=logging.WARNING,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -39,6 +42,8 @@ def serve_until_signal(sup: Servable, drain_timeout: float) -> int:
     try:
         if sup.state == "new":
             sup.start()
+        if ready is not None:
+            ready()
         while not stop.wait(0.2):
             if sup.state != "running":
                 break

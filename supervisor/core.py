@@ -225,11 +225,13 @@ class Supervisor:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def serve(self, drain_timeout: float = 10.0) -> int:
+    def serve(self, drain_timeout: float = 10.0,
+              ready: Callable[[], Any] | None = None) -> int:
         """Run in the foreground until SIGTERM or SIGINT (main thread only),
         then stop, draining in-flight sagas for up to `drain_timeout` seconds.
+        `ready()` is called once it runs and SIGTERM/SIGINT are handled.
         Returns 0, or 1 if the supervisor stopped on an error."""
-        return serve_until_signal(self, drain_timeout)
+        return serve_until_signal(self, drain_timeout, ready)
 
     # -- registration (before start, or any time) -----------------------------------------
 
