@@ -72,6 +72,8 @@ log = logging.getLogger(__name__)
 _warn = RateLimitedLog(log, 10.0)
 
 _PURGE_EVERY = 3600.0
+# requests taken per turn: a burst is committed and announced in slices
+_TAKE_PER_TURN = 2048
 
 
 class Engine:
@@ -266,7 +268,7 @@ class Engine:
             inbox.sleeping = False
             for key, mask in ready:
                 key.data(mask)
-            stopping = self.requests.take()
+            stopping = self.requests.take(limit=_TAKE_PER_TURN)
             if self._dead:
                 dead = self._dead[:]
                 self._dead.clear()  # the pool's sentinels append to this very list

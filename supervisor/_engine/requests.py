@@ -34,11 +34,15 @@ class Requests:
         self.drain_deadline: float | None = None
         self.suspend = False  # the Stop taken leaves the sagas in flight in the log
 
-    def take(self, stopping_now: bool = False) -> float:
-        """Apply every request in the inbox; returns the drain deadline once a
-        Stop was taken (0.0 while running)."""
+    def take(self, stopping_now: bool = False, limit: int | None = None) -> float:
+        """Apply the requests in the inbox (at most `limit`, so that a burst
+        of spawns is committed and announced in slices rather than in one
+        long turn; the loop comes back at once while the inbox holds more);
+        returns the drain deadline once a Stop was taken (0.0 while running)."""
         inbox, sagas, turn = self.inbox, self.sagas, self.turn
-        while inbox:
+        left = -1 if limit is None else limit
+        while inbox and left:
+            left -= 1
             item = inbox.take()
             t = type(item)
             try:
