@@ -4,6 +4,7 @@ clock, the fake host and the perf helpers on their own."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from supervisor.testing import Clock, FakeHost, answer, fail, raw_host_round_tri
     sagas_per_second, silence
 
 from . import sagas as S
+from .conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,12 +103,20 @@ def test_step_deadlines_backoffs_and_queue_timeouts_run_on_the_test_clock(
 
 
 _KIT_USER = '''
+import json
 import time
 
 import pytest
 
 from supervisor import Done, IssueCmd, Saga, Target, Wait
 from supervisor.testing import silence
+
+
+def until(condition, what, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
 
 
 class Slow(Saga):
@@ -141,14 +151,16 @@ def test_the_clock_stands_still_and_the_kind_is_limited(saga_supervisor, saga_cl
                                                          saga_host):
     first = saga_supervisor.spawn(Slow(1))
     second = saga_supervisor.spawn(Slow(2))
-    while not saga_host.received():
-        pass
-    time.sleep(0.5)  # real time passes: a 0.2 s timeout on a standing clock does not fire
+    until(lambda: saga_host.received(), "the command at the host")
+    # the loop has turned with the 0.2 s long past in real time: it wrote its
+    # health file since; the standing clock fired nothing
+    past = time.time() + 0.5
+    until(lambda: json.loads(saga_supervisor.health_path.read_text())["time"] > past,
+          "a loop turn 0.5 s later")
     assert saga_supervisor.health()["queued"] == 1 and saga_supervisor.in_flight() == 1
     saga_clock.advance(0.3)
     assert saga_supervisor.wait(first, 5).reason == "saga timeout"
-    while len(saga_host.received()) < 2:  # the queued one started: its 0.2 s counts now
-        pass
+    until(lambda: len(saga_host.received()) >= 2, "the queued one started")
     saga_clock.advance(0.3)
     assert saga_supervisor.wait(second, 5).reason == "saga timeout"
 '''
@@ -175,7 +187,11 @@ def test_a_test_clock_drives_the_supervisor_process_too(tmp_path: Path) -> None:
         t = time.monotonic()
         while not host.received():
             assert time.monotonic() - t < 10
-        time.sleep(0.5)  # real time passes; the clock stands: no timeout yet
+        # the loop turned with the 0.2 s long past in real time (it wrote its
+        # health file since); the standing clock fired nothing
+        past = time.time() + 0.5
+        wait_for(lambda: json.loads(sup.health_path.read_text())["time"] > past,
+                 what="a loop turn 0.5 s later")
         assert sup.in_flight() == 1
         clock.advance(1)
         assert sup.wait(quiet, 10).reason == "saga timeout"

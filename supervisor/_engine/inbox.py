@@ -140,14 +140,13 @@ class Inbox:
 
     def post(self, item: Request) -> None:
         """Hand `item` to the loop; raises :class:`NotRunningError` once closed."""
-        lock = self._lock
-        lock.acquire()
-        try:
+        # `with`, not acquire() then try: a KeyboardInterrupt delivered right
+        # after acquire() returned (Ctrl-C while spawning) would leave the lock
+        # held, and stop() would wait for it forever in close()
+        with self._lock:
             if self._closed:
                 raise NotRunningError(self._why)
             self._q.append(item)
-        finally:
-            lock.release()
         if self.sleeping:
             self.wake()
 
