@@ -168,7 +168,8 @@ class LocalSaga(Saga):
     def on_event(self, event: Event, ctx: SagaContext) -> SagaAction:
         if event.kind != "echo":
             return Wait()
-        if event.data is None or event.data == {"value": 7}:
+        if event.data is None or (isinstance(event.data, dict) and
+                                  event.data.get("value") == 7):
             return Done()
         return Failed(f"unexpected echo {event.data!r}")
 

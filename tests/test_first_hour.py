@@ -118,8 +118,8 @@ def test_not_running_is_said_one_way(tmp_path: Path, args: tuple[str, ...]) -> N
     assert "--data-dir DIR or $SAGA_DATA_DIR" in proc.stderr
 
 
-def test_live_commands_on_a_running_supervisor(tmp_path: Path) -> None:
-    with Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV) as sup:
+def test_live_commands_on_a_running_supervisor(tmp_path: Path, engine: str) -> None:
+    with Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine) as sup:
         d = str(sup.data_dir)
         follower = subprocess.Popen([sys.executable, "-m", "supervisor", "events",
                                      "--data-dir", d, "--count", "1"],
@@ -138,14 +138,16 @@ def test_live_commands_on_a_running_supervisor(tmp_path: Path) -> None:
         assert all(ISO.match(w["create_time"]) for w in report["workers"])
 
 
-def test_run_app_says_it_is_up(tmp_path: Path) -> None:
-    env = {**os.environ, "SAGA_TEST_DATA": str(tmp_path / "d"), "PYTHONPATH": str(ROOT)}
+def test_run_app_says_it_is_up(tmp_path: Path, engine: str) -> None:
+    env = {**os.environ, "SAGA_TEST_DATA": str(tmp_path / "d"), "PYTHONPATH": str(ROOT),
+           "SAGA_TEST_ENGINE": engine}
     proc = subprocess.Popen([sys.executable, "-m", "supervisor", "run", "--app",
                              "tests._app:make"], stderr=subprocess.PIPE, text=True, env=env,
                             cwd=ROOT)
     assert proc.stderr is not None
     first = proc.stderr.readline()
     assert "tests._app:make is running on" in first and str(tmp_path / "d") in first
+    assert f"engine {engine}" in first
     proc.send_signal(signal.SIGTERM)
     rest = proc.stderr.read()
     proc.stderr.close()
