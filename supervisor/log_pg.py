@@ -36,7 +36,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from supervisor.errors import LogError, SchemaTooNewError, SupervisorError
 from supervisor.log import Batch
-from supervisor.log_read import UNLOGGED
+import supervisor.log_read as log_read
 
 log = logging.getLogger(__name__)
 
@@ -390,21 +390,9 @@ class PgLog:
 
 
 def read_outcome(c: Any, saga_id: int, before: int | None) -> tuple[str, str | None] | None:
-    """As :func:`supervisor.log_read.read_outcome`, on a PostgreSQL connection."""
-    row = c.execute("SELECT state, failure_reason FROM saga WHERE saga_id = %s",
-                    (saga_id,)).fetchone()
-    if row is not None:
-        return str(row[0]), None if row[1] is None else str(row[1])
-    if before is not None and saga_id >= before:
-        return None
-    meta = dict(c.execute("SELECT key, value FROM saga_meta").fetchall())
-    run = c.execute("SELECT started_at, end_id FROM saga_run WHERE first_id <= %s "
-                    "ORDER BY first_id DESC LIMIT 1", (saga_id,)).fetchone()
-    if run is None:
-        return None
-    lost = saga_id < int(meta.get("next_id", 0)) and float(run[0]) > float(
-        meta.get("purge_cutoff", 0)) and (run[1] is None or saga_id < int(run[1]))
-    return (UNLOGGED, None) if lost else None
+    """:func:`supervisor.log_read.read_outcome` (one rule for both stores), on
+    a PostgreSQL connection."""
+    return log_read.read_outcome(_Qmark(c), saga_id, before)
 
 
 def logged_outcome(url: str, saga_id: int, before: int | None = None
@@ -418,15 +406,12 @@ def logged_outcome(url: str, saga_id: int, before: int | None = None
         conn.close()
 
 
-class Reader:
-    """A read-only view of a PostgreSQL log for the command line: SQLite's
-    ``?`` placeholders taken, rows as tuples or dicts (see
-    :func:`supervisor.log_read.dict_rows`)."""
+class _Qmark:
+    """A psycopg connection taking SQLite's ``?`` placeholders, so that the
+    readers of :mod:`supervisor.log_read` run on it unchanged."""
 
-    def __init__(self, url: str) -> None:
-        self.conn = connect(url)
-        self.conn.autocommit = True
-        self.conn.execute("SET default_transaction_read_only = on")
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         return self.conn.execute(sql.replace("%", "%%").replace("?", "%s"), params)
@@ -435,6 +420,15 @@ class Reader:
         cur = self.execute(sql, params)
         names = [d.name for d in cur.description]
         return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+class Reader(_Qmark):
+    """A read-only view of a PostgreSQL log for the command line."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(connect(url))
+        self.conn.autocommit = True
+        self.conn.execute("SET default_transaction_read_only = on")
 
     def close(self) -> None:
         self.conn.close()

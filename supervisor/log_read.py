@@ -69,7 +69,7 @@ def attempt_rows(conn: apsw.Connection, saga_id: int) -> list[dict[str, Any]]:
                      "ORDER BY step_index, attempt", (saga_id,))
 
 
-def read_outcome(conn: apsw.Connection, saga_id: int, before: int | None = None
+def read_outcome(conn: Any, saga_id: int, before: int | None = None
                  ) -> tuple[str, str | None] | None:
     """(state, failure reason) of `saga_id` as logged; ``(UNLOGGED, None)``
     for an id that was handed out and never logged (only ids below `before`:
@@ -84,7 +84,7 @@ def read_outcome(conn: apsw.Connection, saga_id: int, before: int | None = None
     return str(state), None if reason is None else str(reason)
 
 
-def never_logged(conn: apsw.Connection, saga_id: int) -> bool:
+def never_logged(conn: Any, saga_id: int) -> bool:
     """True if `saga_id` (not in the log) may have been handed out by a
     supervisor that never logged it: below the mark, in a run no purge can
     have reached, and below the first id that run never handed out (known
