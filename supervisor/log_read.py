@@ -91,7 +91,7 @@ def never_logged(conn: Any, saga_id: int) -> bool:
     for a run that stopped cleanly)."""
     try:
         meta: dict[Any, Any] = dict(conn.execute("SELECT key, value FROM saga_meta"
-                                                 ).fetchall())  # type: ignore[arg-type]
+                                                 ).fetchall())
         run = conn.execute("SELECT started_at, end_id FROM saga_run WHERE first_id <= ? "
                            "ORDER BY first_id DESC LIMIT 1", (saga_id,)).fetchall()
     except apsw.SQLError:  # a log from before runs were recorded (schema < 6)
