@@ -52,7 +52,7 @@ def cmd_sagas(args: argparse.Namespace) -> int:
     except Exception as exc:  # apsw's or psycopg's: the log is unreadable
         if not isinstance(exc, apsw.Error) and type(exc).__module__.split(".")[0] != "psycopg":
             raise
-        where = "the PostgreSQL log" if getattr(args, "log", None) else db_path(args.data_dir)
+        where = getattr(conn, "path", None) or db_path(args.data_dir)
         print(f"cannot read {where}: {exc}", file=sys.stderr)
         return EXIT_CORRUPT
     finally:

@@ -62,7 +62,10 @@ def open_log(data_dir: str, url: str | None = None) -> Any:
     """A read-only connection to the log (the PostgreSQL log at `url`, else
     the data dir's SQLite file), or exit 2 (none) / 3 (corrupt)."""
     from supervisor.log import LogError, open_readonly
+    from supervisor.log_store import pointed
+    from supervisor.paths import DataDir
 
+    url = url or pointed(DataDir.of(data_dir))
     if url:
         from supervisor.errors import SupervisorError
         from supervisor.log_pg import Reader
@@ -70,7 +73,7 @@ def open_log(data_dir: str, url: str | None = None) -> Any:
         try:
             return Reader(url)
         except SupervisorError as exc:  # (LogError: it names the server, never a password)
-            print(str(exc), file=sys.stderr)
+            print(f"{exc} (name the log with --log URL or $SAGA_LOG)", file=sys.stderr)
             raise SystemExit(EXIT_NONE) from None
 
     path = db_path(data_dir)

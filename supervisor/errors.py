@@ -213,3 +213,10 @@ class SupervisorGoneError(SupervisorError):
     def __init__(self, message: str, unconfirmed: list[int] | None = None) -> None:
         self.unconfirmed = list(unconfirmed or [])
         super().__init__(message + unconfirmed_text(self.unconfirmed))
+
+
+def stopped_before_end(suspended: bool) -> NotRunningError:
+    """``wait()`` on a saga still in flight when its supervisor stopped (on
+    either engine): suspended, the next start resumes it."""
+    return NotRunningError("the supervisor stopped before this saga ended" +
+                           (" (suspended: the next start resumes it)" if suspended else ""))

@@ -427,6 +427,7 @@ class Reader(_Qmark):
 
     def __init__(self, url: str) -> None:
         super().__init__(connect(url))
+        self.path = redact(url)
         self.conn.autocommit = True
         self.conn.execute("SET default_transaction_read_only = on")
 

@@ -8,10 +8,10 @@ data dir, the default) and :class:`supervisor.log_pg.PgLog`
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Protocol
 
 from supervisor.log import Batch
+from supervisor.paths import DataDir
 
 
 class LogStore(Protocol):
@@ -36,13 +36,35 @@ class LogStore(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(log: str | None, db: Path, durability: str, retry: float = 5.0) -> LogStore:
+def open_store(log: str | None, paths: DataDir, durability: str, retry: float = 5.0
+               ) -> LogStore:
     """The PostgreSQL log at URL `log` (reconnecting for up to `retry`
-    seconds when the server goes away), else the SQLite file `db`."""
+    seconds when the server goes away), else the data dir's SQLite file.
+    The data dir remembers a PostgreSQL log's URL, without its password, so
+    that the command line finds it from the data dir (see :func:`pointed`)."""
     if log is not None:
         from supervisor.log_pg import PgLog
 
-        return PgLog(log, durability, retry)
+        pg = PgLog(log, durability, retry)
+        paths.log_url_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = paths.log_url_file.with_suffix(".tmp")
+        tmp.write_text(pg.path + "\n")
+        tmp.replace(paths.log_url_file)
+        return pg
     from supervisor.log import SagaLog
 
-    return SagaLog(db, durability, background_checkpoint=True)
+    store = SagaLog(paths.db, durability, background_checkpoint=True)
+    paths.log_url_file.unlink(missing_ok=True)  # this data dir's log is its file again
+    return store
+
+
+def pointed(paths: DataDir) -> str | None:
+    """The URL (without its password) of the PostgreSQL log the data dir's
+    last supervisor used; None if that was its SQLite file.  The server may
+    still want a password: libpq takes it from ``$PGPASSWORD`` or
+    ``~/.pgpass``, or name the whole URL with ``--log``."""
+    try:
+        url = paths.log_url_file.read_text().strip()
+    except OSError:
+        return None
+    return url or None

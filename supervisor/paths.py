@@ -4,6 +4,8 @@
 
     <data_dir>/
         db/sagas.db          the saga log (only the supervisor writes it)
+        db/log-url           or, when the log is on PostgreSQL, its URL
+                             (never with a password), for the command line
         run/                 mode 0700; exists while a supervisor runs
             control          the path of the control socket, as text
             ctl.sock         the control socket (when its path fits AF_UNIX)
@@ -45,6 +47,10 @@ class DataDir:
     @property
     def db(self) -> Path:
         return self.root / "db" / "sagas.db"
+
+    @property
+    def log_url_file(self) -> Path:
+        return self.root / "db" / "log-url"
 
     @property
     def run(self) -> Path:

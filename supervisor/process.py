@@ -53,7 +53,8 @@ from supervisor.client import SagaClient
 from supervisor.core import Supervisor
 from supervisor.health import write_health_file
 from supervisor.errors import (NOT_IN_LOG, NotRunningError, SupervisorCrashedError,
-                               SupervisorError, SupervisorGoneError, unknown_saga)
+                               SupervisorError, SupervisorGoneError, stopped_before_end,
+                               unknown_saga)
 from supervisor.saga import Event, Outcome, Saga, Target
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ class SupervisorProcess(Supervisor, engine="process"):
         self._aclient: AsyncSagaClient | None = None
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._state = "new"
+        self._suspended = False  # (its last stop() left the sagas in flight to the next start)
         self._info: dict[str, Any] = {}
         self._crash: BaseException | None = None
         self._crash_lock = threading.Lock()
@@ -272,6 +274,7 @@ class SupervisorProcess(Supervisor, engine="process"):
             self._state = "stopped"
             return
         self._state = "stopping"
+        self._suspended = bool(suspend)
         if self._client is not None and proc.poll() is None:
             try:  # spawns are pipelined: let the supervisor take those sent so far
                 self._client.seal()
@@ -363,7 +366,12 @@ class SupervisorProcess(Supervisor, engine="process"):
                                   "supervisor has not started")
         if self._state in ("stopped", "stopping"):
             sid = _validate.saga_id(saga_id)
-            logged = self._outcome_from_log(sid)
+            try:
+                logged = self._outcome_from_log(sid)
+            except NotRunningError:  # in flight when it stopped: said as the thread engine does
+                if self._suspended:
+                    raise stopped_before_end(True) from None
+                raise
             if logged is None:
                 raise unknown_saga(sid, NOT_IN_LOG)
             return logged

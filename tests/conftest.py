@@ -81,7 +81,34 @@ def sup_engine() -> str:
 
 
 @pytest.fixture
-def make_sup(tmp_path: "Path", sup_engine: str) -> "Iterator[Callable[..., Supervisor]]":
+def sup_store() -> str:
+    """The store make_sup() logs to when a test names none: ``sqlite`` (the
+    data dir's file), or $SAGA_TEST_STORE; a module that is a behaviour suite
+    over the log overrides this fixture with both stores as parameters."""
+    return os.environ.get("SAGA_TEST_STORE", "sqlite")
+
+
+@pytest.fixture
+def store_log(sup_store: str, request: pytest.FixtureRequest) -> str | None:
+    """The ``log=`` argument for the store under test: None (SQLite), or the
+    URL of a fresh PostgreSQL database (see pg_url)."""
+    if sup_store == "sqlite":
+        return None
+    assert sup_store == "postgres", sup_store
+    return str(request.getfixturevalue("pg_url"))
+
+
+def crash_kw(engine: str) -> dict[str, str]:
+    """What makes a SIGKILLed launcher a crash on either engine: the
+    supervisor process of the process engine then leaves the sagas in flight
+    for the next start (orphan="suspend") as a dead thread engine does,
+    instead of failing them ("supervisor stopped", its default)."""
+    return {"orphan": "suspend"} if engine == "process" else {}
+
+
+@pytest.fixture
+def make_sup(tmp_path: "Path", sup_engine: str, store_log: str | None
+             ) -> "Iterator[Callable[..., Supervisor]]":
     """Build started supervisors on a real data dir; all are stopped after."""
     from supervisor import Supervisor
 
@@ -91,6 +118,7 @@ def make_sup(tmp_path: "Path", sup_engine: str) -> "Iterator[Callable[..., Super
         kw.setdefault("host", HOST_ARGV)
         kw.setdefault("workers", 2)
         kw.setdefault("engine", sup_engine)
+        kw.setdefault("log", store_log)
         data_dir = kw.pop("data_dir", tmp_path / "data")
         sup = Supervisor(data_dir, **kw)  # type: ignore[arg-type]
         made.append(sup)
@@ -128,11 +156,39 @@ def pg_url(pg_cluster: Any, request: pytest.FixtureRequest) -> str:
     return str(pg_cluster.database(f"t{abs(hash(request.node.nodeid)) % 10**12}"))
 
 
-def read_log(db_path: "Path") -> "tuple[dict[int, dict], dict[int, list[dict]]]":
-    """(sagas by id, steps by saga id) read with a separate read-only connection."""
-    from supervisor.log import dict_rows, open_readonly
+def log_reader(where: "Supervisor | Path | str") -> Any:
+    """A read-only connection to a log on either store, for the readers of
+    supervisor.log_read (``dict_rows``, ``attempt_rows``...): `where` is a
+    supervisor (its log, whichever store), a SQLite file or a URL."""
+    from supervisor.log import open_readonly
 
-    conn = open_readonly(db_path)
+    if not isinstance(where, (str, os.PathLike)):
+        where = where.settings.log or where.db_path
+    if isinstance(where, str) and where.startswith("postgresql://"):
+        from supervisor.log_pg import Reader
+
+        return Reader(where)
+    return open_readonly(where)
+
+
+def log_rows(where: "Supervisor | Path | str", sql: str, params: tuple = ()) -> list[dict]:
+    """Rows of one query (``?`` placeholders) as dicts, on either store."""
+    from supervisor.log import dict_rows
+
+    conn = log_reader(where)
+    try:
+        return dict_rows(conn, sql, params)
+    finally:
+        conn.close()
+
+
+def read_log(where: "Supervisor | Path | str"
+             ) -> "tuple[dict[int, dict], dict[int, list[dict]]]":
+    """(sagas by id, steps by saga id) read with a separate read-only
+    connection, from either store (see log_reader)."""
+    from supervisor.log import dict_rows
+
+    conn = log_reader(where)
     try:
         sagas = {r["saga_id"]: r for r in dict_rows(conn, "SELECT * FROM saga")}
         steps: dict[int, list[dict]] = {}
@@ -211,7 +267,7 @@ def race_spawns_against_stop(sup: Any, after: int) -> None:
     for t in threads:
         t.join(30)
     ids = [i for g in got for i in g]
-    sagas, _ = read_log(sup.db_path)
+    sagas, _ = read_log(sup)
     assert set(ids) <= set(sagas), f"{len(set(ids) - set(sagas))} ids never logged"
     assert all(sagas[i]["state"] in ("completed", "failed") for i in ids)
     assert all(sup.wait(i).saga_id == i for i in ids[-50:])  # from the log, once stopped

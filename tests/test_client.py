@@ -32,7 +32,7 @@ def test_processes_spawn_and_wait_through_clients(make_sup: Callable[..., Superv
     ids = [sid for r in results for sid, state in r]
     assert len(set(ids)) == 600
     assert all(state == "completed" for r in results for _, state in r)
-    sagas, steps = read_log(sup.db_path)
+    sagas, steps = read_log(sup)
     assert all(sagas[i]["state"] == "completed" and len(steps[i]) == 2 for i in ids)
 
 
@@ -115,5 +115,5 @@ def test_spawns_after_the_first_of_a_class_are_pipelined(
         assert client.wait(after, 10).completed
         with pytest.raises(SpawnError, match="cannot be pickled"):
             client.spawn(S.UnpicklableSaga())  # refused here, before any request
-    sagas, _ = read_log(sup.db_path)
+    sagas, _ = read_log(sup)
     assert sid not in sagas and all(sagas[i]["state"] == "completed" for i in ids)

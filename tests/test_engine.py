@@ -26,7 +26,7 @@ from supervisor import (
     Target,
 )
 
-from . import sagas as S
+from . import _suite, sagas as S
 from .conftest import drain_bus, read_log, wait_for
 
 TERMINAL = (SAGA_COMPLETED, SAGA_FAILED)
@@ -42,7 +42,7 @@ def check_log_and_bus(sup: Supervisor, ids: list[int], events: list[Event]) -> d
     assert all(per_saga[i] == 1 for i in ids), "a saga had zero or several terminal events"
     started = Counter(e.saga_id for e in events if e.kind == SAGA_STARTED)
     assert all(started[i] == 1 for i in ids)
-    sagas, steps = read_log(sup.db_path)
+    sagas, steps = read_log(sup)
     by_event = {e.saga_id: e for e in terminals}
     for i in ids:
         row = sagas[i]
@@ -57,12 +57,9 @@ def check_log_and_bus(sup: Supervisor, ids: list[int], events: list[Event]) -> d
             assert st["started_at"] <= row["ended_at"]
     return sagas
 
-
-
-@pytest.fixture(params=["thread", "process"])
-def sup_engine(request: pytest.FixtureRequest) -> str:
-    """Every test here that uses make_sup() runs on both engines."""
-    return str(request.param)
+# every test here that uses make_sup() runs on both engines and both stores
+sup_engine = _suite.both_engines
+sup_store = _suite.both_stores
 
 
 def test_thousands_of_sagas_log_and_bus_agree(make_sup: Callable[..., Supervisor]) -> None:
@@ -81,7 +78,7 @@ def test_thousands_of_sagas_log_and_bus_agree(make_sup: Callable[..., Supervisor
     want = set(ids)
     events = drain_bus(sub, lambda evs: want <= {e.saga_id for e in evs if e.kind in TERMINAL})
     sagas = check_log_and_bus(sup, ids, events)
-    _, steps = read_log(sup.db_path)
+    _, steps = read_log(sup)
     for i in ids:
         o = outcomes[i]
         if kinds[i] == "refusing":
@@ -110,7 +107,7 @@ def test_ids_strictly_increase_and_resume_after_restart(make_sup: Callable[..., 
     from supervisor._engine.ids import BLOCK
 
     sup2 = make_sup(data_dir=tmp_path / "d")  # its warm-up saga starts the new run
-    sagas, _ = read_log(sup2.db_path)
+    sagas, _ = read_log(sup2)
     # seeded from the durable high-water mark, past every id the first run
     # could hand out (its fence): never reused
     assert max(sagas) == 1 + BLOCK
@@ -120,18 +117,20 @@ def test_ids_strictly_increase_and_resume_after_restart(make_sup: Callable[..., 
     assert sup2.wait(first[0]).completed  # read back from the log
 
 
-def test_running_sagas_of_a_dead_supervisor_are_failed_at_start(tmp_path: Path) -> None:
+def test_running_sagas_of_a_dead_supervisor_are_failed_at_start(
+        tmp_path: Path, sup_engine: str, store_log: str | None) -> None:
     """A supervisor killed with sagas in flight; the next start fails them."""
     script = textwrap.dedent(f"""
         import os, sys, signal
         sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
         from supervisor import Supervisor
         from tests.sagas import SleepSaga
-        sup = Supervisor({str(tmp_path / 'd')!r}, workers=1,
+        from tests.conftest import crash_kw, read_log, wait_for
+        sup = Supervisor({str(tmp_path / 'd')!r}, workers=1, log={store_log!r},
+                         engine={sup_engine!r}, **crash_kw({sup_engine!r}),
                          host=[sys.executable, '-m', 'supervisor.host']).start()
         ids = [sup.spawn(SleepSaga(30)) for _ in range(5)]
-        from tests.conftest import read_log, wait_for
-        wait_for(lambda: len(read_log(sup.db_path)[1]) == 5, timeout=30,
+        wait_for(lambda: len(read_log(sup)[1]) == 5, timeout=30,
                  what="five steps logged")
         print(ids, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -139,12 +138,12 @@ def test_running_sagas_of_a_dead_supervisor_are_failed_at_start(tmp_path: Path) 
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120)
     ids = json.loads(proc.stdout.strip().splitlines()[-1])
-    sup = Supervisor(tmp_path / "d", workers=1).start()
+    sup = Supervisor(tmp_path / "d", workers=1, log=store_log, engine=sup_engine).start()
     try:
         for i in ids:
             o = sup.wait(i)
             assert o.failed and o.reason == "supervisor restarted while saga was running"
-        sagas, steps = read_log(sup.db_path)
+        sagas, steps = read_log(sup)
         for i in ids:
             assert [s["state"] for s in steps[i]] == ["failed"]
             assert steps[i][0]["failure_reason"] == o.reason
@@ -165,7 +164,7 @@ def test_race_done_vs_timeout(make_sup: Callable[..., Supervisor]) -> None:
     states = Counter(o.state for o in outs)
     assert states["completed"] > 20 and states["failed"] > 20, states  # both sides won
     assert all(o.reason == "saga timeout" for o in outs if o.failed)
-    sagas, steps = read_log(sup.db_path)
+    sagas, steps = read_log(sup)
     for o in outs:
         assert sagas[o.saga_id]["state"] == o.state
         assert len(steps[o.saga_id]) == 1
@@ -177,9 +176,13 @@ def test_race_cancel_vs_done(make_sup: Callable[..., Supervisor]) -> None:
     rng = random.Random(2)
     won = {}
     # all spawned first, then cancelled one after another as fast as cancel()
-    # answers: early ones are cancelled in flight, later ones have finished
+    # answers: early ones are cancelled in flight, later ones may have
+    # finished (how many depends on the store's commit time); every tenth is
+    # waited for first, so that the race goes both ways on any store
     ids = [sup.spawn(S.SleepSaga(seconds=rng.uniform(0.0, 0.01))) for _ in range(300)]
-    for sid in ids:
+    for n, sid in enumerate(ids):
+        if n % 10 == 9:
+            sup.wait(sid, 30)
         won[sid] = sup.cancel(sid, "operator said so")
     outs = {i: sup.wait(i, 30) for i in ids}
     for i in ids:
@@ -248,7 +251,7 @@ def test_race_done_vs_eviction(make_sup: Callable[..., Supervisor]) -> None:
             alive.add(e.saga_id)
         elif e.kind in TERMINAL:
             alive.discard(e.saga_id)
-    sagas, _ = read_log(sup.db_path)
+    sagas, _ = read_log(sup)
     evicted = [s for s in sagas.values() if (s["failure_reason"] or "").startswith("evicted")]
     assert all(s["name"] == "triggered" for s in evicted)
 
@@ -358,7 +361,7 @@ def test_local_targets_with_and_without_handlers(make_sup: Callable[..., Supervi
     sup.register_handler(Target.SRV, broken)
     c = sup.spawn(S.LocalSaga(Target.SRV))
     assert sup.wait(c, 10).reason == "SRV handler raised OSError: srv down"
-    _, steps = read_log(sup.db_path)
+    _, steps = read_log(sup)
     assert steps[a][0]["target"] == "LAUNCHER_SELF" and steps[a][0]["state"] == "succeeded"
     assert steps[b][0]["target"] == "SRV" and json.loads(steps[b][0]["output_json"]) == {
         "kind": "echo", "data": {"value": 7, "called_with": [
@@ -378,7 +381,7 @@ def test_compensation_runs_in_reverse_order(make_sup: Callable[..., Supervisor])
     assert (oa.state, oa.reason) == ("failed", "gave up after step 3")
     assert (ob.state, ob.reason) == ("failed", "action failed: step 4 refused")
     assert oc.state == "failed_compensation" and "compensation failed" in oc.reason
-    sagas, steps = read_log(sup.db_path)
+    sagas, steps = read_log(sup)
     for sid in (a, b):
         assert sagas[sid]["state"] == "failed"
         done = [s for s in steps[sid] if s["step_index"] <= 3]
@@ -418,12 +421,13 @@ def test_stop_fails_in_flight_sagas_and_cleans_up(make_sup: Callable[..., Superv
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
     with pytest.raises(NotRunningError):
         sup.spawn(S.InstantSaga())
-    sagas, steps = read_log(sup.db_path)
+    sagas, steps = read_log(sup)
     assert all(s["state"] != "running" for s in sagas.values())
     assert all(st["state"] != "pending" for v in steps.values() for st in v)
 
 
-def test_stop_suspend_leaves_sagas_in_flight_for_the_next_start(tmp_path: Path) -> None:
+def test_stop_suspend_leaves_sagas_in_flight_for_the_next_start(
+        tmp_path: Path, sup_engine: str, store_log: str | None) -> None:
     """stop(suspend=True): nothing fails; the log keeps what was in flight as
     a crash would, and the next start resumes it (replay) or fails it (a
     kind without replay).  A drain first lets the quick ones end."""
@@ -432,23 +436,24 @@ def test_stop_suspend_leaves_sagas_in_flight_for_the_next_start(tmp_path: Path) 
     from .conftest import HOST_ARGV
 
     data = tmp_path / "d"
-    sup = Supervisor(data, workers=2, host=HOST_ARGV)
+    on = {"engine": sup_engine, "log": store_log}
+    sup = Supervisor(data, workers=2, host=HOST_ARGV, **on)
     sup.register_kind(S.LimitedSaga)
     sup.start()
     shm = sup.shm_name
     held = [sup.spawn(S.LimitedSaga(n, seconds=60, timeout=120)) for n in range(6)]
     other = sup.spawn(S.SleepSaga(60, timeout=120))  # its kind is not registered
     quick = [sup.spawn(S.EchoSaga(i)) for i in range(20)]
-    wait_for(lambda: len(read_log(sup.db_path)[1]) >= 27, what="every first step logged")
+    wait_for(lambda: len(read_log(sup)[1]) >= 27, what="every first step logged")
     sup.stop(drain=True, timeout=0.5, suspend=True)
     assert all(sup.wait(i, 1).completed for i in quick)  # drained, not suspended
     with pytest.raises(NotRunningError, match="suspended: the next start resumes it"):
         sup.wait(held[0])
     assert not os.path.exists("/dev/shm/" + shm)
-    sagas, steps = read_log(data / "db" / "sagas.db")
+    sagas, steps = read_log(sup)
     assert [sagas[i]["state"] for i in held + [other]] == ["running"] * 7
     assert all(steps[i][0]["state"] == "pending" for i in held)
-    again = Supervisor(data, workers=2, host=HOST_ARGV)
+    again = Supervisor(data, workers=2, host=HOST_ARGV, **on)
     again.register_kind(S.LimitedSaga)
     with again:
         for n in range(6):
@@ -579,6 +584,6 @@ def test_spawn_many_in_process_and_from_a_client(make_sup: Callable[..., Supervi
         got = client.spawn_many([S.EchoSaga(i, steps=2) for i in range(200)])
         assert len(got) == 200 and all(client.wait(i, 30).completed for i in got)
     assert sup.stats["spawned"] == before + 200
-    sagas, steps = read_log(sup.db_path)
+    sagas, steps = read_log(sup)
     assert all(len(steps[i]) == 2 for i in got)
     assert sup.spawn_many([]) == []

@@ -193,7 +193,7 @@ def test_recovery_replays_and_handles_mismatch_and_opt_out(tmp_path: Path) -> No
             sup = Supervisor({str(data)!r}, workers=2, host=HOST_ARGV).start()
             ids = [sup.spawn(StepperSaga(i, steps=3, seconds=30 if i % 2 else 0.01))
                    for i in range(60)]
-            wait_for(lambda: sum(len(v) for v in read_log(sup.db_path)[1].values()) >= 60 + 30*2,
+            wait_for(lambda: sum(len(v) for v in read_log(sup)[1].values()) >= 60 + 30*2,
                      what="steps logged")
             print(ids, flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
@@ -237,7 +237,7 @@ def test_opt_out_kind_is_failed_at_restart(tmp_path: Path) -> None:
         if __name__ == "__main__":
             sup = Supervisor({str(data)!r}, workers=1, host=HOST_ARGV).start()
             ids = [sup.spawn(StepperSaga(i, steps=2, seconds=30)) for i in range(5)]
-            wait_for(lambda: len(read_log(sup.db_path)[1]) == 5, what="steps logged")
+            wait_for(lambda: len(read_log(sup)[1]) == 5, what="steps logged")
             os.kill(os.getpid(), signal.SIGKILL)
     """)
     (tmp_path / "launch.py").write_text(script)

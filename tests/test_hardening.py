@@ -46,7 +46,7 @@ def test_a_claim_taken_outside_never_strands_its_saga(make_sup: Make) -> None:
     assert time.monotonic() - t0 < 0.3 + 1.0 + 2.0  # timeout + grace + slack
     assert all(o.reason == "saga timeout (its terminal was claimed elsewhere and never "
                "reported)" for o in outs), outs
-    sagas, steps = read_log(sup.db_path)
+    sagas, steps = read_log(sup)
     assert all(sagas[i]["state"] == "failed" for i in ids)
     assert all(st["state"] == "failed" for i in ids for st in steps.get(i, []))
 
@@ -74,7 +74,7 @@ def test_wait_agrees_with_the_log_after_restart_intensity(make_sup: Make) -> Non
     sup.spawn(S.ExitingSaga())  # death 2: past max_restarts=1
     wait_for(lambda: sup.state == "stopped", timeout=60, what="stopped by intensity")
     o = sup.wait(calm)
-    sagas, _ = read_log(sup.db_path)
+    sagas, _ = read_log(sup)
     assert (o.state, o.reason) == (sagas[calm]["state"], sagas[calm]["failure_reason"])
     assert o.reason.endswith("not restarted: restart intensity exceeded")
 

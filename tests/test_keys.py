@@ -5,40 +5,39 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import multiprocess as mp
 import pytest
 
 from supervisor import SagaClient, Supervisor
-from supervisor.log import SagaLog, dict_rows, open_readonly
+from supervisor.log import SagaLog
 
-from . import _client_procs, sagas as S
+from . import _client_procs, _suite, sagas as S
+from .conftest import log_rows
 
 CTX = mp.get_context("spawn")
 
 
-def _keyed(db: Path) -> Counter[str]:
-    conn = open_readonly(db)
-    try:
-        return Counter(r["idem_key"] for r in dict_rows(
-            conn, "SELECT idem_key FROM saga WHERE idem_key IS NOT NULL"))
-    finally:
-        conn.close()
+def _keyed(where: Any) -> Counter[str]:
+    return Counter(r["idem_key"] for r in log_rows(
+        where, "SELECT idem_key FROM saga WHERE idem_key IS NOT NULL"))
+
+# every test here that uses make_sup() runs on both engines and both stores
+sup_engine = _suite.both_engines
+sup_store = _suite.both_stores
 
 
+def test_a_key_starts_one_saga_in_flight_ended_and_after_a_restart(
+        tmp_path: Path, sup_engine: str, store_log: str | None) -> None:
+    from supervisor.log_store import open_store
+    from supervisor.paths import DataDir
 
-@pytest.fixture(params=["thread", "process"])
-def sup_engine(request: pytest.FixtureRequest) -> str:
-    """Every test here that uses make_sup() runs on both engines."""
-    return str(request.param)
-
-
-def test_a_key_starts_one_saga_in_flight_ended_and_after_a_restart(tmp_path: Path) -> None:
     from .conftest import HOST_ARGV
 
     d = tmp_path / "d"
-    with Supervisor(d, workers=1, host=HOST_ARGV) as sup:
+    on = {"engine": sup_engine, "log": store_log}
+    with Supervisor(d, workers=1, host=HOST_ARGV, **on) as sup:
         a = sup.spawn(S.SleepSaga(0.3), key="deploy-web-42")
         assert sup.spawn(S.SleepSaga(0.3), key="deploy-web-42") == a  # in flight
         assert sup.wait(a, 10).completed
@@ -50,13 +49,13 @@ def test_a_key_starts_one_saga_in_flight_ended_and_after_a_restart(tmp_path: Pat
         with pytest.raises(ValueError, match="key"):
             sup.spawn(S.InstantSaga(), key="")
         assert sup.in_flight() == 0  # the refused spawns never ran
-    assert _keyed(d / "db" / "sagas.db") == {"deploy-web-42": 1, "other": 1}
-    with Supervisor(d, workers=1) as sup:  # the log keeps keys across restarts
+    assert _keyed(store_log or d / "db" / "sagas.db") == {"deploy-web-42": 1, "other": 1}
+    with Supervisor(d, workers=1, **on) as sup:  # the log keeps keys across restarts
         assert sup.spawn(S.InstantSaga(), key="deploy-web-42") == a
-    log = SagaLog(d / "db" / "sagas.db")
+    log = open_store(store_log, DataDir(d), "normal")
     log.purge(0)  # past retention the key is free again
     log.close()
-    with Supervisor(d, workers=1) as sup:
+    with Supervisor(d, workers=1, **on) as sup:
         c = sup.spawn(S.InstantSaga(), key="deploy-web-42")
         assert c > b and sup.wait(c, 10).completed
 
@@ -81,7 +80,7 @@ def test_one_key_raced_from_several_processes_starts_one_saga(
     for i, k in enumerate(keys):  # everyone got the same saga for each key
         assert {mine[i]} == {t[i] for t in theirs}, k
     assert all(sup.wait(i, 30).completed for i in mine)
-    assert _keyed(sup.db_path) == {k: 1 for k in keys}  # one saga per key in the log
+    assert _keyed(sup) == {k: 1 for k in keys}  # one saga per key in the log
     assert sup.in_flight() == 0
 
 

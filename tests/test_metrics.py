@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from supervisor import Supervisor
 
-from . import sagas as S
+from . import _suite, sagas as S
 from .conftest import read_log, wait_for
 
 
@@ -30,6 +30,11 @@ def _scrape(sup: Supervisor) -> dict[str, Any]:
             key = s.name + "".join(f"|{k}={v}" for k, v in sorted(s.labels.items()))
             samples[key] = s.value
     return samples
+
+
+# every test here that uses make_sup() runs on both engines and both stores
+sup_engine = _suite.both_engines
+sup_store = _suite.both_stores
 
 
 def test_metrics_agree_with_the_log(make_sup: Callable[..., Supervisor]) -> None:
@@ -48,7 +53,7 @@ def test_metrics_agree_with_the_log(make_sup: Callable[..., Supervisor]) -> None
         assert sup.cancel(sid, "metrics test")
     outs = [sup.wait(i, 30) for i in ids + parked]
     m = _scrape(sup)
-    sagas, steps = read_log(sup.db_path)
+    sagas, steps = read_log(sup)
     states = Counter(r["state"] for r in sagas.values())
     assert m["saga_spawned_total"] == len(sagas) == sup.stats["spawned"]
     assert m["saga_completed_total"] == states["completed"]

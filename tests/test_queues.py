@@ -17,7 +17,7 @@ import pytest
 
 from supervisor import SAGA_QUEUED, SAGA_STARTED, Event, Supervisor
 
-from . import sagas as S
+from . import _suite, sagas as S
 from .conftest import HOST_ARGV, read_log, run_killed_launcher, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,12 +49,9 @@ class _Watch:
             elif ev.kind in ("SagaCompleted", "SagaFailed"):
                 self.running.discard(ev.saga_id)
 
-
-
-@pytest.fixture(params=["thread", "process"])
-def sup_engine(request: pytest.FixtureRequest) -> str:
-    """Every test here that uses make_sup() runs on both engines."""
-    return str(request.param)
+# every test here that uses make_sup() runs on both engines and both stores
+sup_engine = _suite.both_engines
+sup_store = _suite.both_stores
 
 
 def test_register_kind_checks_its_limits(tmp_path: Path) -> None:
@@ -81,7 +78,7 @@ def test_spawns_past_the_limit_wait_in_order_and_start_as_slots_free(
     assert report["queued_by_kind"] == {"limited": 6}
     assert report["kinds"]["limited"]["queued"] == 6  # (only kinds with some queued)
     assert report["kinds"]["limited"]["in_flight"] == 2
-    sagas, _ = read_log(sup.db_path)
+    sagas, _ = read_log(sup)
     assert [sagas[i]["state"] for i in ids] == ["running"] * 2 + ["queued"] * 6
     assert [sagas[i]["queue_seq"] for i in ids[2:]] == sorted(
         sagas[i]["queue_seq"] for i in ids[2:])
@@ -118,7 +115,7 @@ def test_queue_timeout_cancel_and_keys_on_queued_sagas(make_sup: Make) -> None:
     o = sup.wait(timed_out, 10)
     assert o.failed and o.reason == "queue timeout", o
     assert sup.stats["queue_timeouts"] == 1
-    sagas, steps = read_log(sup.db_path)
+    sagas, steps = read_log(sup)
     for i in (timed_out, keyed):  # never started: no step, no user code
         assert sagas[i]["state"] == "failed" and i not in steps
     assert sup.spawn(S.LimitedSaga(4), key="deploy-web-42") == keyed  # the key stays logged
@@ -137,7 +134,7 @@ def test_evict_and_replace_evicts_the_queued_too(make_sup: Make) -> None:
     for i in old:
         o = sup.wait(i, 10)
         assert o.failed and o.reason.startswith("evicted: replaced by saga"), o
-    new = wait_for(lambda: [i for i, r in read_log(sup.db_path)[0].items()
+    new = wait_for(lambda: [i for i, r in read_log(sup)[0].items()
                             if r["name"] == "limited" and i not in old], what="the new one")
     assert sup.wait(new[0], 10).completed
 
@@ -163,79 +160,80 @@ def test_a_client_in_another_process_is_held_by_the_same_limit(make_sup: Make) -
     assert watch.peak == 2 and watch.started == got[10:]
 
 
-def test_a_graceful_restart_keeps_the_queue_and_its_order(tmp_path: Path) -> None:
+def test_a_graceful_restart_keeps_the_queue_and_its_order(
+        tmp_path: Path, sup_engine: str, store_log: str | None) -> None:
     d = tmp_path / "d"
-    sup = Supervisor(d, workers=1, host=HOST_ARGV)
+    on = {"engine": sup_engine, "log": store_log}
+    sup = Supervisor(d, workers=1, host=HOST_ARGV, **on)
     sup.register_kind(S.LimitedSaga, max_in_flight=1)
     with sup:
         ids = [sup.spawn(S.LimitedSaga(n, seconds=30 if n == 0 else 0.05)) for n in range(4)]
         wait_for(lambda: sup.health()["queued"] == 3, what="three queued")
-    sagas, _ = read_log(d / "db" / "sagas.db")
+    sagas, _ = read_log(sup)
     assert sagas[ids[0]]["state"] == "failed"  # stop() ended what was in flight
     assert [sagas[i]["state"] for i in ids[1:]] == ["queued"] * 3  # the queue stays
-    sup = Supervisor(d, workers=1, host=HOST_ARGV)
+    sup = Supervisor(d, workers=1, host=HOST_ARGV, **on)
     sup.register_kind(S.LimitedSaga, max_in_flight=1)
     watch = _Watch("limited")
     with sup:
         sup.subscribe(watch)
         assert all(sup.wait(i, 30).completed for i in ids[1:])
-    sagas, _ = read_log(d / "db" / "sagas.db")
+    sagas, _ = read_log(sup)
     started = sorted(ids[1:], key=lambda i: sagas[i]["started_at"])
     assert started == ids[1:]
 
 
-@pytest.mark.parametrize("engine", ["thread", "process"])
-def test_time_queued_before_a_restart_counts_against_queue_timeout(tmp_path: Path,
-                                                                   engine: str) -> None:
+def test_time_queued_before_a_restart_counts_against_queue_timeout(
+        tmp_path: Path, sup_engine: str, store_log: str | None) -> None:
     """A saga whose queue_timeout passed while the supervisor was down fails
     with "queue timeout" at the restart; it never starts (issue 20, item 3)."""
     import time
 
     d = tmp_path / "d"
-    sup = Supervisor(d, workers=1, host=HOST_ARGV, engine=engine)
+    sup = Supervisor(d, workers=1, host=HOST_ARGV, engine=sup_engine, log=store_log)
     sup.register_kind(S.LimitedSaga, max_in_flight=1, queue_timeout=1.0)
     with sup:
         sup.spawn(S.LimitedSaga(0, seconds=30, timeout=60))
         late = sup.spawn(S.LimitedSaga(1, seconds=0.05))
         patient = sup.spawn(S.LimitedSaga(2, seconds=0.05))
         wait_for(lambda: sup.health()["queued"] == 2, what="two queued")
-    queued_at = read_log(d / "db" / "sagas.db")[0][late]["queued_at"]
+    queued_at = read_log(sup)[0][late]["queued_at"]
     wait_for(lambda: time.time() > queued_at + 1.2, what="its queue timeout to pass")
-    again = Supervisor(d, workers=1, host=HOST_ARGV, engine=engine)
+    again = Supervisor(d, workers=1, host=HOST_ARGV, engine=sup_engine, log=store_log)
     again.register_kind(S.LimitedSaga, max_in_flight=1, queue_timeout=1.0)
     with again:
         assert again.wait(late, 30).reason == "queue timeout"
         assert again.wait(patient, 30).reason == "queue timeout"
-    sagas, steps = read_log(d / "db" / "sagas.db")
+    sagas, steps = read_log(again)
     assert late not in steps and patient not in steps  # neither ever started
 
 
 def test_a_killed_launcher_leaves_a_queue_the_next_start_resumes_in_order(
-        tmp_path: Path) -> None:
+        tmp_path: Path, sup_engine: str, store_log: str | None) -> None:
     data = tmp_path / "d"
     script = f"""
         import os, signal
         from supervisor import Supervisor
-        from tests.conftest import HOST_ARGV, read_log, wait_for
+        from tests.conftest import HOST_ARGV, crash_kw, read_log, wait_for
         from tests.sagas import LimitedSaga
         if __name__ == "__main__":
-            sup = Supervisor({str(data)!r}, workers=2, host=HOST_ARGV)
+            sup = Supervisor({str(data)!r}, workers=2, host=HOST_ARGV, log={store_log!r},
+                             engine={sup_engine!r}, **crash_kw({sup_engine!r}))
             sup.register_kind(LimitedSaga, max_in_flight=2)
             sup.start()
             ids = [sup.spawn(LimitedSaga(n, seconds=0.6), key=f"k{{n}}") for n in range(8)]
             wait_for(lambda: sum(r["state"] == "queued"
-                                 for r in read_log(sup.db_path)[0].values()) == 6,
+                                 for r in read_log(sup)[0].values()) == 6,
                      what="six queued in the log")
             print(ids, flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
     """
     ids = run_killed_launcher(tmp_path, script)
     assert isinstance(ids, list)
-    db = data / "db" / "sagas.db"
-    before, _ = read_log(db)
+    before, _ = read_log(store_log or data / "db" / "sagas.db")
     queued = [i for i in ids if before[i]["state"] == "queued"]
     assert len(queued) == 6, before
-    sup = Supervisor(data, workers=2, host=HOST_ARGV)
+    sup = Supervisor(data, workers=2, host=HOST_ARGV, log=store_log, engine=sup_engine)
     sup.register_kind(S.LimitedSaga, max_in_flight=2)
     watch = _Watch("limited")
     with sup:
@@ -280,7 +278,7 @@ def test_the_cli_lists_queued_sagas(make_sup: Make) -> None:
     sup = make_sup()
     sup.register_kind(S.LimitedSaga, max_in_flight=1)
     ids = [sup.spawn(S.LimitedSaga(n, seconds=30)) for n in range(3)]
-    wait_for(lambda: sum(r["state"] == "queued" for r in read_log(sup.db_path)[0].values())
+    wait_for(lambda: sum(r["state"] == "queued" for r in read_log(sup)[0].values())
              == 2, what="two queued in the log")
     out = subprocess.run([sys.executable, "-m", "supervisor", "sagas", "--data-dir",
                           str(sup.data_dir), "list", "--state", "queued", "--json"],

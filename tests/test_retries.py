@@ -15,22 +15,27 @@ from typing import Any, Callable
 import pytest
 
 from supervisor import IssueCmd, Retry, Supervisor, Target
-from supervisor.log import attempt_rows, open_readonly
+from supervisor.log import attempt_rows
 from supervisor.testing import FakeHost, answer, fail
 
-from . import sagas as S
-from .conftest import HOST_ARGV, read_log, run_killed_launcher
+from . import _suite, sagas as S
+from .conftest import HOST_ARGV, log_reader, read_log, run_killed_launcher
 
 ROOT = Path(__file__).resolve().parent.parent
 Make = Callable[..., Supervisor]
 
 
-def _attempts(db: Path, sid: int) -> list[dict[str, Any]]:
-    conn = open_readonly(db)
+def _attempts(where: Any, sid: int) -> list[dict[str, Any]]:
+    conn = log_reader(where)
     try:
         return attempt_rows(conn, sid)
     finally:
         conn.close()
+
+
+# every test here that uses make_sup() runs on both engines and both stores
+sup_engine = _suite.both_engines
+sup_store = _suite.both_stores
 
 
 def test_retry_validates_its_arguments() -> None:
@@ -59,21 +64,21 @@ def test_an_action_failure_is_retried_with_the_same_step_and_the_next_attempt(
     assert o_spent.failed and o_spent.reason == \
         "action failed: flaky: attempt 3 fails (succeeds at 5)", o_spent
     assert o_once.failed and o_once.reason.startswith("action failed: flaky: attempt 1"), o_once
-    _, steps = read_log(sup.db_path)
+    _, steps = read_log(sup)
     assert [(s["step_index"], s["state"], s["attempt"]) for s in steps[ok]] == \
         [(1, "succeeded", 3), (2, "succeeded", 1)]
     assert json.loads(steps[ok][0]["output_json"])["data"] == {"attempt": 3}
     assert [(s["state"], s["attempt"]) for s in steps[spent]] == [("failed", 3)]
     assert steps[once][0]["attempt"] == 1
-    rows = _attempts(sup.db_path, ok)  # every attempt of the retried step, once ended
+    rows = _attempts(sup, ok)  # every attempt of the retried step, once ended
     assert [(r["step_index"], r["attempt"], r["state"]) for r in rows] == \
         [(1, 1, "failed"), (1, 2, "failed"), (1, 3, "succeeded")]
     assert all(r["failure_reason"].startswith("action failed: flaky: attempt")
                for r in rows[:2]) and rows[2]["failure_reason"] is None
     assert all(r["ended_at"] >= r["started_at"] for r in rows)
     assert rows[1]["started_at"] >= rows[0]["ended_at"]  # one after the other
-    assert [r["attempt"] for r in _attempts(sup.db_path, spent)] == [1, 2, 3]
-    assert _attempts(sup.db_path, once) == []  # no retry policy: nothing extra logged
+    assert [r["attempt"] for r in _attempts(sup, spent)] == [1, 2, 3]
+    assert _attempts(sup, once) == []  # no retry policy: nothing extra logged
     assert sup.stats["retries"] == 2 + 2
 
 
@@ -105,23 +110,23 @@ def test_a_step_deadline_retries_a_silent_host_then_fails(make_sup: Make) -> Non
     assert o.failed and o.reason == "step timeout (0.2s)", o
     o = sup.wait(spent, 20)
     assert o.failed and o.reason == "step timeout (0.2s)", o
-    assert [(r["state"], r["failure_reason"]) for r in _attempts(sup.db_path, late)] == \
+    assert [(r["state"], r["failure_reason"]) for r in _attempts(sup, late)] == \
         [("failed", "step timeout (0.3s)"), ("succeeded", None)]
-    assert [r["failure_reason"] for r in _attempts(sup.db_path, lone)] == \
+    assert [r["failure_reason"] for r in _attempts(sup, lone)] == \
         ["step timeout (0.2s)"]
-    assert [r["attempt"] for r in _attempts(sup.db_path, spent)] == [1, 2]
+    assert [r["attempt"] for r in _attempts(sup, spent)] == [1, 2]
     assert sup.stats["step_timeouts"] == 1 + 1 + 2
 
 
 def test_a_local_handler_that_raises_is_retried(make_sup: Make) -> None:
     sup = make_sup(host=None)
-    calls: list[tuple[int, int]] = []
+    seen: dict[int, int] = {}  # the handler's own (in the supervisor process, there)
 
     def handler(cmd: Any, sid: int, step: int) -> Any:
-        calls.append((sid, step))
-        if len([c for c in calls if c[0] == sid]) < cmd["ok_at"]:
+        seen[sid] = seen.get(sid, 0) + 1
+        if seen[sid] < cmd["ok_at"]:
             raise RuntimeError("not yet")
-        return {"calls": len(calls)}
+        return {"calls": seen[sid], "step": step}
 
     sup.register_handler(Target.SRV, handler)
     ok = sup.spawn(S.RetrySaga({"op": "x", "ok_at": 2}, attempts=2, target=int(Target.SRV)))
@@ -129,8 +134,11 @@ def test_a_local_handler_that_raises_is_retried(make_sup: Make) -> None:
     bad = sup.spawn(S.RetrySaga({"op": "x", "ok_at": 5}, attempts=2, target=int(Target.SRV)))
     o = sup.wait(bad, 20)
     assert o.failed and o.reason == "SRV handler raised RuntimeError: not yet", o
-    assert [c for c in calls if c[0] == ok] == [(ok, 1), (ok, 1)]
-    assert len(_attempts(sup.db_path, bad)) == 2
+    _, steps = read_log(sup)
+    (step,) = steps[ok]  # called twice for the same step, succeeded at the second
+    assert step["attempt"] == 2
+    assert json.loads(step["output_json"])["data"] == {"calls": 2, "step": 1}
+    assert len(_attempts(sup, bad)) == 2
 
 
 def test_a_bad_retry_fails_the_saga_with_a_clear_reason(make_sup: Make) -> None:
@@ -150,7 +158,8 @@ def test_a_bad_retry_fails_the_saga_with_a_clear_reason(make_sup: Make) -> None:
     assert o.failed and "IssueCmd step_timeout must be a number of seconds > 0" in o.reason
 
 
-def test_retries_survive_a_killed_launcher(tmp_path: Path) -> None:
+def test_retries_survive_a_killed_launcher(tmp_path: Path, sup_engine: str,
+                                           store_log: str | None) -> None:
     """The launcher dies (SIGKILL) while steps are between attempts; the next
     supervisor replays each saga, re-issues its open step at the attempt the
     log shows, and the retries carry on to the end."""
@@ -158,34 +167,36 @@ def test_retries_survive_a_killed_launcher(tmp_path: Path) -> None:
     script = f"""
         import os, signal
         from supervisor import Supervisor
-        from tests.conftest import HOST_ARGV, wait_for
-        from supervisor.log import attempt_rows, open_readonly
+        from tests.conftest import HOST_ARGV, crash_kw, wait_for
+        from supervisor.log import attempt_rows
+        from tests.conftest import log_reader
         from tests.sagas import RetrySaga
 
-        def attempts_logged(db, sid):
-            conn = open_readonly(db)
+        def attempts_logged(sup, sid):
+            conn = log_reader(sup)
             try:
                 return len(attempt_rows(conn, sid))
             finally:
                 conn.close()
 
         if __name__ == "__main__":
-            sup = Supervisor({str(data)!r}, workers=2, host=HOST_ARGV).start()
+            sup = Supervisor({str(data)!r}, workers=2, host=HOST_ARGV, log={store_log!r},
+                             engine={sup_engine!r}, **crash_kw({sup_engine!r})).start()
             ids = [sup.spawn(RetrySaga({{"op": "flaky", "succeed_at": 4, "n": i}},
                                        attempts=6, backoff=0.2, timeout=60))
                    for i in range(6)]
-            wait_for(lambda: all(attempts_logged(sup.db_path, i) >= 2 for i in ids),
+            wait_for(lambda: all(attempts_logged(sup, i) >= 2 for i in ids),
                      timeout=30, what="two failed attempts each")
             print(ids, flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
     """
     ids = run_killed_launcher(tmp_path, script)
     assert isinstance(ids, list)
-    db = data / "db" / "sagas.db"
+    db = store_log or data / "db" / "sagas.db"
     _, before = read_log(db)
     at_kill = {i: before[i][0]["attempt"] for i in ids}
     assert all(2 <= a <= 4 for a in at_kill.values()), at_kill
-    sup = Supervisor(data, workers=2, host=HOST_ARGV)
+    sup = Supervisor(data, workers=2, host=HOST_ARGV, log=store_log, engine=sup_engine)
     sup.register_kind(S.RetrySaga)
     with sup:
         outs = {i: sup.wait(i, 60) for i in ids}

@@ -59,7 +59,7 @@ from supervisor._engine.status import describe
 from supervisor._engine.table import SagaTable
 from supervisor._engine.worker_watch import WorkerWatch
 from supervisor._engine.workers import WorkerPool
-from supervisor.errors import NotRunningError, SupervisorCrashedError
+from supervisor.errors import SupervisorCrashedError, stopped_before_end
 from supervisor.health import EngineView, snapshot, write_health_file
 from supervisor.log import LogError
 from supervisor.log_store import LogStore, open_store
@@ -131,7 +131,7 @@ class Engine:
 
     def _start(self) -> None:
         s, stats, turn, table = self.settings, self.stats, self.turn, self.table
-        sagalog = self.log = open_store(s.log, self.paths.db, s.durability, s.log_retry)
+        sagalog = self.log = open_store(s.log, self.paths, s.durability, s.log_retry)
         # the segment doubles as the data dir's lock: nothing below writes the
         # log unless no other live supervisor owns this data dir
         first = first_id(sagalog.next_id(), [u[0] for u in sagalog.unfinished()], s.capacity)
@@ -235,10 +235,7 @@ class Engine:
             if err is not None:  # leave the reason where a liveness probe looks
                 self._write_health([f"stopped: {type(err).__name__}: {err}"])
             self.outcomes.close(SupervisorCrashedError(err) if err is not None else
-                                NotRunningError("the supervisor stopped before this saga "
-                                                "ended" + (" (suspended: the next start "
-                                                           "resumes it)"
-                                                           if self.requests.suspend else "")))
+                                stopped_before_end(self.requests.suspend))
             while self.inbox:
                 item = self.inbox.take()
                 if type(item) is Cancel:
