@@ -12,11 +12,9 @@ run or probe a supervisor are here; reading the log is in
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +27,6 @@ from supervisor._cli_util import (
     EXIT_OK,
     EXIT_USAGE,
     db_path,
-    iso,
-    not_running,
 )
 
 
@@ -46,11 +42,11 @@ def _add_data_dir(p: argparse.ArgumentParser, suppress: bool = False) -> None:
     p.add_argument("--data-dir", default=argparse.SUPPRESS, help=_DATA_DIR_HELP)
 
 
-def _add_log(p: argparse.ArgumentParser, suppress: bool = False) -> None:
+def _add_log(p: argparse.ArgumentParser, suppress: bool = False,
+             what: str = "read the PostgreSQL log at URL") -> None:
     p.add_argument("--log", default=argparse.SUPPRESS if suppress else
                    (os.environ.get("SAGA_LOG") or None), metavar="URL",
-                   help="read the PostgreSQL log at URL (default: $SAGA_LOG) instead of the "
-                        "data dir's SQLite file")
+                   help=f"{what} (default: $SAGA_LOG) instead of the data dir's SQLite file")
 
 
 def _add_filters(p: argparse.ArgumentParser, suppress: bool = False) -> None:
@@ -107,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--max-age", type=float, default=5.0,
                    help="a health file older than this many seconds is unhealthy (default 5)")
     h.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    _add_log(h, what="also probe the PostgreSQL log at URL (an unreachable one is unhealthy)")
 
     s = sub.add_parser("sagas", help="list sagas from the log, or show one",
                        description="Review sagas in the log (read-only; safe while a "
@@ -146,6 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--since-version", type=int, default=0, metavar="N",
                    help="only events with a version above N")
     e.add_argument("--json", action="store_true", help="one JSON object per line")
+    _add_log(e, what="follow sagas started and ended in the PostgreSQL log at URL (every "
+                     "supervisor writing it)")
 
     c = sub.add_parser("cancel", help="cancel a saga in flight on a running supervisor",
                        description="Fail saga ID with 'cancelled: REASON'. Exit 0 if this "
@@ -172,6 +171,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     t.add_argument("--once", action="store_true", help="one view (after one interval) and exit")
     t.add_argument("--json", action="store_true", help="with --once: the view as JSON")
+    _add_log(t, what="show the PostgreSQL log at URL by kind (every supervisor writing it)")
 
     m = sub.add_parser("metrics", help="print a running supervisor's Prometheus metrics",
                        description="Print the OpenMetrics/Prometheus text exposition of a "
@@ -188,6 +188,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--older-than", type=float, required=True, metavar="DAYS",
                    help="ended more than DAYS days ago (>= 0)")
     v.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    _add_log(v, what="purge the PostgreSQL log at URL (safe beside running supervisors)")
     return p
 
 
@@ -216,71 +217,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 130
     print_summary(result, as_json=args.json)
     return EXIT_OK
-
-
-def cmd_health(args: argparse.Namespace) -> int:
-    from supervisor._procs import same_process
-    from supervisor.paths import DataDir
-
-    path = DataDir.of(args.data_dir).health_file
-    try:
-        report = json.loads(path.read_text())
-    except FileNotFoundError:
-        print(not_running(args.data_dir, f"no {path}"), file=sys.stderr)
-        return EXIT_NONE
-    except (OSError, ValueError) as exc:
-        print(f"unreadable health file {path}: {exc}", file=sys.stderr)
-        return EXIT_FAIL
-    me = report.get("supervisor", {})
-    pid, started = me.get("pid"), me.get("create_time")
-    alive = isinstance(pid, int) and isinstance(started, (int, float)) and \
-        same_process(pid, float(started))
-    if not alive:
-        print(not_running(args.data_dir, f"pid {me.get('pid')} in {path} is gone"),
-              file=sys.stderr)
-        return EXIT_NONE
-    age = time.time() - float(report.get("time", 0))
-    problems = [str(p) for p in report.get("problems", [])]
-    if age > args.max_age and me.get("state") == "running":
-        problems.append(f"health file is {age:.1f}s old (loop stuck?)")
-    if not report.get("healthy"):
-        dead = [w["index"] for w in report.get("workers", []) if not w.get("alive")]
-        if dead:
-            problems.append(f"workers not alive: {dead}")
-        host = report.get("host")
-        if host is not None and not host.get("alive") and \
-                not any(p.startswith("host down") for p in problems):
-            problems.append(f"host down: {host.get('death')}")
-        if not problems:
-            problems.append(f"supervisor state {me.get('state')}")
-    if args.json:
-        print(json.dumps(_iso_times({**report, "problems": problems, "age": age})))
-    else:
-        w = report.get("workers", [])
-        print(f"supervisor pid {me.get('pid')} {me.get('state')}: "
-              f"{me.get('sagas_in_flight')} in flight, {len(w)} workers, "
-              f"rss {me.get('rss', 0) // 1024} KiB; "
-              + ("healthy" if not problems else "UNHEALTHY: " + "; ".join(problems)))
-    return EXIT_OK if not problems else EXIT_FAIL
-
-
-def _iso_times(report: dict[str, object]) -> dict[str, object]:
-    """The health report with its epoch times (``time``, each process's
-    ``create_time``) as ISO 8601, as every time the CLI prints."""
-    out = dict(report)
-    if isinstance(out.get("time"), (int, float)):
-        out["time"] = iso(float(out["time"]))  # type: ignore[arg-type]
-    for key in ("supervisor", "host"):
-        part = out.get(key)
-        if isinstance(part, dict) and isinstance(part.get("create_time"), (int, float)):
-            out[key] = {**part, "create_time": iso(float(part["create_time"]))}
-    workers = out.get("workers")
-    if isinstance(workers, list):
-        out["workers"] = [{**w, "create_time": iso(float(w["create_time"]))}
-                          if isinstance(w, dict) and isinstance(w.get("create_time"),
-                                                                (int, float)) else w
-                          for w in workers]
-    return out
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -345,6 +281,10 @@ def cmd_vacuum(args: argparse.Namespace) -> int:
         print(f"--older-than must be a number of days >= 0, got {args.older_than}",
               file=sys.stderr)
         return EXIT_USAGE
+    if args.log:
+        from supervisor._cli_store import cmd_vacuum_log
+
+        return cmd_vacuum_log(args)
     path = db_path(args.data_dir)
     if not path.exists():
         print(f"no saga log at {path}", file=sys.stderr)
@@ -399,14 +339,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
     data_dir = getattr(args, "data_dir", None) or args.global_data_dir or _data_dir_default()
     args.data_dir = data_dir
-    from supervisor import _cli_live, _cli_log, _cli_top
+    from supervisor import _cli_health, _cli_live, _cli_log, _cli_store, _cli_top
 
-    handler = {"demo": cmd_demo, "health": cmd_health, "sagas": _cli_log.cmd_sagas,
+    handler = {"demo": cmd_demo, "health": _cli_health.cmd_health, "sagas": _cli_log.cmd_sagas,
                "events": _cli_live.cmd_events, "cancel": _cli_live.cmd_cancel,
                "publish": _cli_live.cmd_publish, "metrics": _cli_live.cmd_metrics,
                "top": _cli_top.cmd_top,
                "vacuum": cmd_vacuum,
                "run": cmd_run}[args.command]
+    if getattr(args, "log", None):  # the PostgreSQL log, for those that read it directly
+        handler = {"events": _cli_store.cmd_events_log,
+                   "top": _cli_store.cmd_top_log}.get(args.command, handler)
     try:
         code = handler(args)
         sys.stdout.flush()

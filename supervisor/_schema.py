@@ -1,7 +1,13 @@
-"""The saga log's schema: one migration per version, applied in order by
+"""The saga log's schema, in each store's dialect.
+
+SQLite: one migration per version, applied in order by
 :class:`supervisor.log.SagaLog` through ``pragma user_version``.  A log
 written by any earlier version is upgraded in place at start; each
-migration runs in its own transaction with its version bump."""
+migration runs in its own transaction with its version bump.
+
+PostgreSQL (:class:`supervisor.log_pg.PgLog`): the same tables and columns
+at the same version (``PG_DDL``, idempotent), the version kept in
+``saga_meta``; a later version adds its migration here beside SQLite's."""
 
 from __future__ import annotations
 
@@ -103,3 +109,55 @@ MIGRATIONS: dict[int, str] = {
     INSERT OR IGNORE INTO saga_meta(key, value) VALUES ('purge_cutoff', 0);
     """,
 }
+
+
+# The same tables as SQLite's schema at SCHEMA_VERSION, in PostgreSQL's dialect.
+PG_DDL = """
+CREATE TABLE IF NOT EXISTS saga (
+    saga_id BIGINT PRIMARY KEY,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'completed', 'failed',
+                                         'compensating', 'failed_compensation')),
+    started_at DOUBLE PRECISION NOT NULL,
+    ended_at DOUBLE PRECISION,
+    input_json TEXT,
+    failure_reason TEXT,
+    idem_key TEXT,
+    queued_at DOUBLE PRECISION,
+    queue_seq BIGINT
+);
+CREATE INDEX IF NOT EXISTS saga_unfinished ON saga(state)
+    WHERE state IN ('queued', 'running', 'compensating');
+CREATE UNIQUE INDEX IF NOT EXISTS saga_idem_key ON saga(idem_key) WHERE idem_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS saga_step (
+    saga_id BIGINT NOT NULL,
+    step_index INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'succeeded', 'failed', 'compensated')),
+    cmd_json TEXT,
+    target TEXT NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    ended_at DOUBLE PRECISION,
+    output_json TEXT,
+    failure_reason TEXT,
+    compensation_json TEXT,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (saga_id, step_index)
+);
+CREATE TABLE IF NOT EXISTS saga_step_attempt (
+    saga_id BIGINT NOT NULL,
+    step_index INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    ended_at DOUBLE PRECISION NOT NULL,
+    failure_reason TEXT,
+    state TEXT NOT NULL CHECK (state IN ('failed', 'succeeded')),
+    PRIMARY KEY (saga_id, step_index, attempt)
+);
+CREATE TABLE IF NOT EXISTS saga_meta (key TEXT PRIMARY KEY, value DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS saga_run (first_id BIGINT PRIMARY KEY,
+                                     started_at DOUBLE PRECISION NOT NULL,
+                                     pid INTEGER, end_id BIGINT);
+INSERT INTO saga_meta(key, value) VALUES ('next_id', 1), ('purge_cutoff', 0)
+    ON CONFLICT (key) DO NOTHING;
+"""

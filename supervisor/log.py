@@ -176,6 +176,7 @@ class SagaLog:
         c.execute(f"PRAGMA synchronous={DURABILITY[self.durability]}")
         # read back: what the connection really does, for health reports
         self.journal_mode = str(mode).lower()
+        self.last_commit_s = 0.0
         self.synchronous = int(c.execute("PRAGMA synchronous").fetchall()[0][0])  # type: ignore[arg-type]
         c.execute("PRAGMA foreign_keys=ON")
         version = int(c.execute("PRAGMA user_version").fetchall()[0][0])  # type: ignore[arg-type]
@@ -230,10 +231,18 @@ class SagaLog:
     def commit(self, batch: Batch) -> None:
         """Write one turn's rows in one transaction (the group commit).
         Raises :class:`LogError` (disk full, I/O error, ...)."""
+        began = time.perf_counter()
         try:
             self._commit(batch)
         except apsw.Error as exc:
             raise LogError(self.path, f"commit failed: {type(exc).__name__}: {exc}") from exc
+        self.last_commit_s = time.perf_counter() - began
+
+    def describe(self) -> dict[str, Any]:
+        """For health: the file, how durable its commits are, the last commit."""
+        return {"path": str(self.path), "store": "sqlite", "durability": self.durability,
+                "synchronous": self.synchronous, "journal_mode": self.journal_mode,
+                "last_commit_ms": round(self.last_commit_s * 1000, 3)}
 
     def _commit(self, batch: Batch) -> None:
         c = self.conn

@@ -22,8 +22,8 @@ nothing is lost and nothing sent twice.  Past the bound: a :class:`LogError`
 naming the server and the cause, and the next start recovers as after a
 crash.
 
-Not done yet (see the README's limits): the command line's readers, and
-more than one supervisor on one database (the fleet).
+Not done yet (see the README's limits): more than one supervisor on one
+database (the fleet).
 """
 
 from __future__ import annotations
@@ -34,67 +34,16 @@ import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from supervisor._schema import PG_DDL as _DDL
+from supervisor._schema import SCHEMA_VERSION
 from supervisor.errors import LogError, SchemaTooNewError, SupervisorError
 from supervisor.log import Batch
 import supervisor.log_read as log_read
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 6  # the same tables as SQLite's schema 6
-
-_DDL = """
-CREATE TABLE IF NOT EXISTS saga (
-    saga_id BIGINT PRIMARY KEY,
-    name TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'completed', 'failed',
-                                         'compensating', 'failed_compensation')),
-    started_at DOUBLE PRECISION NOT NULL,
-    ended_at DOUBLE PRECISION,
-    input_json TEXT,
-    failure_reason TEXT,
-    idem_key TEXT,
-    queued_at DOUBLE PRECISION,
-    queue_seq BIGINT
-);
-CREATE INDEX IF NOT EXISTS saga_unfinished ON saga(state)
-    WHERE state IN ('queued', 'running', 'compensating');
-CREATE UNIQUE INDEX IF NOT EXISTS saga_idem_key ON saga(idem_key) WHERE idem_key IS NOT NULL;
-CREATE TABLE IF NOT EXISTS saga_step (
-    saga_id BIGINT NOT NULL,
-    step_index INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('pending', 'succeeded', 'failed', 'compensated')),
-    cmd_json TEXT,
-    target TEXT NOT NULL,
-    started_at DOUBLE PRECISION NOT NULL,
-    ended_at DOUBLE PRECISION,
-    output_json TEXT,
-    failure_reason TEXT,
-    compensation_json TEXT,
-    attempt INTEGER NOT NULL DEFAULT 1,
-    PRIMARY KEY (saga_id, step_index)
-);
-CREATE TABLE IF NOT EXISTS saga_step_attempt (
-    saga_id BIGINT NOT NULL,
-    step_index INTEGER NOT NULL,
-    attempt INTEGER NOT NULL,
-    started_at DOUBLE PRECISION NOT NULL,
-    ended_at DOUBLE PRECISION NOT NULL,
-    failure_reason TEXT,
-    state TEXT NOT NULL CHECK (state IN ('failed', 'succeeded')),
-    PRIMARY KEY (saga_id, step_index, attempt)
-);
-CREATE TABLE IF NOT EXISTS saga_meta (key TEXT PRIMARY KEY, value DOUBLE PRECISION NOT NULL);
-CREATE TABLE IF NOT EXISTS saga_run (first_id BIGINT PRIMARY KEY,
-                                     started_at DOUBLE PRECISION NOT NULL,
-                                     pid INTEGER, end_id BIGINT);
-INSERT INTO saga_meta(key, value) VALUES ('next_id', 1), ('purge_cutoff', 0)
-    ON CONFLICT (key) DO NOTHING;
-"""
-
 _RAISE_MARK = "UPDATE saga_meta SET value = greatest(value, %s) WHERE key = 'next_id'"
-_PURGEABLE = ("FROM saga WHERE ended_at IS NOT NULL AND ended_at < %s AND state NOT IN "
-              "('queued', 'running', 'compensating')")
+_PURGEABLE = log_read._PURGEABLE.replace("?", "%s")  # (one rule for both stores)
 
 
 def is_url(log: object) -> bool:
@@ -151,6 +100,7 @@ class PgLog:
         self.durability = durability
         self.retry = retry
         self.reconnects = 0
+        self.last_commit_s = 0.0
         self.run_first: int | None = None
         self._psycopg = _driver()
         self.conn = connect(url)
@@ -173,6 +123,10 @@ class PgLog:
         self._session()
 
     def _session(self) -> None:
+        info = self.conn.info
+        v = int(info.server_version)
+        self.server = {"server_version": f"{v // 10000}.{v % 10000}", "host": info.host,
+                       "port": info.port, "database": info.dbname, "user": info.user}
         if self.durability == "normal":  # as SQLite's NORMAL: a crash of ours loses nothing
             self.conn.execute("SET synchronous_commit = off")
             self.conn.commit()
@@ -247,7 +201,15 @@ class PgLog:
         def once() -> None:
             with self.conn.transaction():
                 self._commit(batch)
+        began = time.perf_counter()
         self._again("commit failed", once)
+        self.last_commit_s = time.perf_counter() - began
+
+    def describe(self) -> dict[str, Any]:
+        """For health: the server (never the password) and the last commit."""
+        return {"path": self.path, "store": "postgresql", "durability": self.durability,
+                **self.server, "last_commit_ms": round(self.last_commit_s * 1000, 3),
+                "reconnects": self.reconnects}
 
     def _commit(self, b: Batch) -> None:
         cur = self.conn.cursor()

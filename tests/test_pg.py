@@ -177,3 +177,68 @@ def test_the_command_line_reads_a_postgresql_log(tmp_path: Path, pg_url: str) ->
     secret = "s3cret-pw"
     bad = cli("sagas", "--log", f"postgresql://postgres:{secret}@127.0.0.1:1/x")
     assert bad.returncode == 2 and "cannot connect" in bad.stderr and secret not in bad.stderr
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "supervisor", *args], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_the_command_line_works_on_a_postgresql_log(tmp_path: Path, pg_url: str,
+                                                    engine: str) -> None:
+    """sagas/show (found from the data dir), health, events, top and vacuum
+    with --log; never the password (trust auth ignores the one in the URL)."""
+    import time
+
+    secret = "pw-s3cret"
+    url = pg_url.replace("postgres@", f"postgres:{secret}@", 1)
+    d = tmp_path / "d"
+    with Supervisor(d, workers=2, host=HOST_ARGV, log=url, engine=engine) as sup:
+        follow = subprocess.Popen([sys.executable, "-m", "supervisor", "events", "--log", url,
+                                   "--count", "4", "--json", "--idle", "60"], cwd=ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+        spawned = []
+        deadline = time.monotonic() + 60
+        while follow.poll() is None and time.monotonic() < deadline:  # until it saw four
+            spawned.append(sup.spawn(S.EchoSaga(len(spawned))))
+            sup.wait(spawned[-1], 30)
+            time.sleep(0.05)  # (a trickle, not a flood, for the follower to catch)
+        out, err = follow.communicate(timeout=30)
+        assert follow.returncode == 0, err
+        events = [json.loads(line) for line in out.splitlines()]
+        assert len(events) == 4 and {e["kind"] for e in events} <= {"saga_started",
+                                                                    "saga_completed"}
+        assert {e["saga_id"] for e in events} <= set(spawned)
+        health = _cli("health", "--data-dir", str(d), "--log", url, "--json")
+        assert health.returncode == 0, health.stderr
+        report = json.loads(health.stdout)
+        assert report["store"]["server_version"].split(".")[0].isdigit()
+        assert report["store"]["sagas"]["completed"] >= len(spawned)
+        assert report["log"]["store"] == "postgresql" and "last_commit_ms" in report["log"]
+        assert sup.health()["log"]["last_commit_ms"] > 0  # (the file is a second behind)
+        plain = _cli("health", "--data-dir", str(d), "--log", url)
+        assert plain.returncode == 0 and "PostgreSQL" in plain.stdout, plain
+        nowhere = f"postgresql://postgres:{secret}@127.0.0.1:1/x"
+        cut = _cli("health", "--data-dir", str(d), "--log", nowhere)
+        assert cut.returncode == 1 and "log unreachable" in cut.stdout, cut
+        listed = _cli("sagas", "--data-dir", str(d), "--json")  # the data dir knows the log
+        assert listed.returncode == 0, listed.stderr
+        assert {r["saga_id"] for r in json.loads(listed.stdout)} >= set(spawned)
+        parked = sup.spawn(S.SleepSaga(30))
+        top = _cli("top", "--log", url, "--once", "--json", "--interval", "0.3")
+        assert top.returncode == 0, top.stderr
+        view = json.loads(top.stdout)
+        assert view["kinds"]["sleeper"]["running"] == 1 and view["in_flight"] == 1
+        assert sup.cancel(parked)
+        runs = [follow.args, health, plain, cut, listed, top]
+    total = _rows(pg_url, "SELECT count(*) FROM saga")[0][0]
+    dry = _cli("vacuum", "--log", url, "--older-than", "0", "--dry-run")
+    assert dry.returncode == 0 and f"would remove {total} saga" in dry.stdout, dry
+    done = _cli("vacuum", "--log", url, "--older-than", "0")
+    assert done.returncode == 0 and f"removed {total} saga" in done.stdout, done
+    assert _rows(pg_url, "SELECT count(*) FROM saga") == [(0,)]
+    shown = [out, err] + [r.stdout + r.stderr for r in runs[1:]] + [
+        (d / "db" / "log-url").read_text(), dry.stdout, done.stdout]
+    assert not any(secret in text for text in shown)

@@ -70,7 +70,6 @@ def describe(life: Lifecycle, settings: Settings, stats: Stats, table: SagaTable
                             "timed_out": control.timed_out,
                             "accept_errors": control.accept_errors}
     if sagalog is not None:
-        extra["log"] = {"path": str(sagalog.path), "durability": sagalog.durability,
-                        "synchronous": sagalog.synchronous, "journal_mode": sagalog.journal_mode}
+        extra["log"] = sagalog.describe()
     return EngineView(life.state, len(table), settings.rss_limit, settings.heartbeat_timeout,
                       dict(stats), workers, host, problems=problems, extra=extra)

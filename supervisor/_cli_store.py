@@ -1,0 +1,238 @@
+"""The command line against a log on PostgreSQL, named with ``--log URL`` (or
+``$SAGA_LOG``): ``health`` adds the store (server, latency, what the log
+holds), ``vacuum`` purges there, ``events`` follows the log (sagas started and
+ended, from any supervisor writing it) and ``top`` shows it by kind.  No URL
+is ever printed with its password."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from supervisor._cli_util import EXIT_CORRUPT, EXIT_FAIL, EXIT_NONE, EXIT_OK, EXIT_USAGE, \
+    iso
+
+
+def _reader(url: str) -> Any:
+    """A read-only connection, or None after saying why (never the password)."""
+    from supervisor.errors import SupervisorError
+    from supervisor.log_pg import Reader
+
+    try:
+        return Reader(url)
+    except SupervisorError as exc:
+        print(str(exc), file=sys.stderr)
+        return None
+
+
+def probe(url: str) -> dict[str, Any]:
+    """The store as an operator wants it: where, which server, how far (one
+    round trip), what the log holds by state.  ``{"error": ...}`` if the
+    server cannot be reached or read."""
+    from supervisor.errors import SupervisorError
+    from supervisor.log_pg import Reader, redact
+
+    try:
+        r = Reader(url)
+    except SupervisorError as exc:
+        return {"path": redact(url), "store": "postgresql", "error": str(exc)}
+    try:
+        began = time.perf_counter()
+        r.execute("SELECT 1").fetchall()
+        rtt = time.perf_counter() - began
+        info = r.conn.info
+        v = int(info.server_version)
+        states = dict(r.execute("SELECT state, count(*) FROM saga GROUP BY state").fetchall())
+        return {"path": r.path, "store": "postgresql",
+                "server_version": f"{v // 10000}.{v % 10000}", "host": info.host,
+                "port": info.port, "database": info.dbname,
+                "round_trip_ms": round(rtt * 1000, 3),
+                "sagas": {str(k): int(n) for k, n in sorted(states.items())}}
+    except Exception as exc:  # psycopg's: the log is unreadable (no schema, no grant)
+        if type(exc).__module__.split(".")[0] != "psycopg":
+            raise
+        return {"path": r.path, "store": "postgresql",
+                "error": f"cannot read the log: {str(exc).strip().splitlines()[0]}"}
+    finally:
+        r.close()
+
+
+def store_line(store: dict[str, Any]) -> str:
+    """One line about a store, for health's plain output."""
+    if "error" in store:
+        return f"log {store['path']}: UNREACHABLE: {store['error']}"
+    out = f"log {store['path']}: PostgreSQL {store.get('server_version', '?')}"
+    if "round_trip_ms" in store:
+        out += f", round trip {store['round_trip_ms']} ms"
+    if "last_commit_ms" in store:
+        out += f", last commit {store['last_commit_ms']} ms"
+    if "sagas" in store:
+        out += ", sagas " + (", ".join(f"{k} {n}" for k, n in store["sagas"].items())
+                             or "none")
+    return out
+
+
+def cmd_vacuum_log(args: argparse.Namespace) -> int:
+    """``vacuum --log URL``: purge (or count) there, in one transaction; safe
+    beside running supervisors (they purge the same way)."""
+    from supervisor.errors import SupervisorError
+    from supervisor.log_pg import PgLog
+
+    try:
+        log = PgLog(args.log) if not args.dry_run else None
+    except SupervisorError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_NONE
+    try:
+        if log is not None:
+            removed = log.purge(args.older_than)
+        else:
+            from supervisor.log_read import count_purgeable
+
+            r = _reader(args.log)
+            if r is None:
+                return EXIT_NONE
+            try:
+                removed = count_purgeable(r, args.older_than)
+            finally:
+                r.close()
+    except SupervisorError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_CORRUPT
+    finally:
+        if log is not None:
+            log.close()
+    print(f"{'would remove' if args.dry_run else 'removed'} {removed} saga(s) that ended "
+          f"more than {args.older_than} days ago")
+    return EXIT_OK
+
+
+_CHANGES = """
+SELECT saga_id, name, state, started_at, ended_at, failure_reason FROM saga
+WHERE started_at > ? OR ended_at > ? ORDER BY greatest(started_at, coalesce(ended_at, 0))
+"""
+# a row's times are taken before its commit: one stamped up to this long
+# before the newest seen may still arrive, so each poll looks back this far
+# (and what was printed is remembered as long)
+_LATE = 5.0
+
+
+def _changes(r: Any, after: float, printed: dict[tuple[int, str], float]
+             ) -> list[tuple[float, str, dict[str, Any]]]:
+    """(time, kind, row) of each start and end stamped after `after` and not
+    printed yet, in time order."""
+    out = []
+    for row in r.dict_rows(_CHANGES, (after, after)):
+        for kind, at in (("saga_started", row["started_at"]),
+                         (f"saga_{row['state']}", row["ended_at"])):
+            if at is None or (kind == "saga_started" and row["state"] == "queued") or \
+                    (row["saga_id"], kind) in printed or at <= after:
+                continue
+            printed[(row["saga_id"], kind)] = at
+            out.append((at, kind, row))
+    return sorted(out, key=lambda c: c[0])
+
+
+def cmd_events_log(args: argparse.Namespace) -> int:
+    """``events --log URL``: sagas started and ended, as the log records them
+    (from any supervisor writing it), polled every 0.2 s from now on."""
+    r = _reader(args.log)
+    if r is None:
+        return EXIT_NONE
+    seen, idle_since = 0, time.monotonic()
+    # from now on: nothing stamped up to the newest time logged so far
+    floor = mark = float(r.execute("SELECT coalesce(max(greatest(started_at, "
+                                   "coalesce(ended_at, 0))), 0) FROM saga").fetchone()[0])
+    printed: dict[tuple[int, str], float] = {}
+    try:
+        while True:
+            changes = _changes(r, max(floor, mark - _LATE), printed)
+            for at, kind, row in changes:
+                data = {"name": row["name"]} | (
+                    {"reason": row["failure_reason"]} if row["failure_reason"] else {})
+                if args.json:
+                    print(json.dumps({"time": iso(at), "kind": kind,
+                                      "saga_id": row["saga_id"], "data": data}))
+                else:
+                    print(f"{iso(at)} {kind:<18} saga={row['saga_id']} {json.dumps(data)}")
+                seen += 1
+                if args.count and seen >= args.count:
+                    return EXIT_OK
+            sys.stdout.flush()
+            if changes:
+                mark = max(mark, changes[-1][0])
+                printed = {k: at for k, at in printed.items() if at > mark - _LATE}
+                idle_since = time.monotonic()
+            elif args.idle is not None and time.monotonic() - idle_since >= args.idle:
+                return EXIT_OK
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        r.close()
+
+
+_BY_KIND = """
+SELECT name, count(*) FILTER (WHERE state = 'running') AS running,
+       count(*) FILTER (WHERE state = 'compensating') AS compensating,
+       count(*) FILTER (WHERE state = 'queued') AS queued,
+       count(*) FILTER (WHERE state = 'completed' AND ended_at > ?) AS completed,
+       count(*) FILTER (WHERE state NOT IN ('running', 'compensating', 'queued',
+                                            'completed') AND ended_at > ?) AS failed
+FROM saga WHERE state IN ('running', 'compensating', 'queued') OR ended_at > ?
+GROUP BY name ORDER BY name
+"""
+
+
+def log_view(r: Any, interval: float) -> dict[str, Any]:
+    """What ``top --log`` shows: in flight by kind and state, and the sagas
+    ended per second over the last `interval` seconds."""
+    since = time.time() - interval
+    kinds = {row["name"]: {"running": row["running"], "compensating": row["compensating"],
+                           "queued": row["queued"],
+                           "completed_per_s": round(row["completed"] / interval, 1),
+                           "failed_per_s": round(row["failed"] / interval, 1)}
+             for row in r.dict_rows(_BY_KIND, (since, since, since))}
+    return {"time": iso(time.time()), "log": r.path, "kinds": kinds,
+            "in_flight": sum(k["running"] + k["compensating"] for k in kinds.values()),
+            "queued": sum(k["queued"] for k in kinds.values())}
+
+
+def _plain(view: dict[str, Any]) -> str:
+    lines = [f"{view['time']}  log {view['log']}  in flight {view['in_flight']}  "
+             f"queued {view['queued']}"]
+    for kind, c in view["kinds"].items():
+        lines.append(f"  kind {kind:<20} running {c['running']:>7}  compensating "
+                     f"{c['compensating']:>5}  queued {c['queued']:>7}  completed/s "
+                     f"{c['completed_per_s']:>8}  failed/s {c['failed_per_s']:>8}")
+    return "\n".join(lines)
+
+
+def cmd_top_log(args: argparse.Namespace) -> int:
+    """``top --log URL``: the log by kind, refreshed every --interval."""
+    if not args.interval > 0:
+        print(f"--interval must be > 0, got {args.interval}", file=sys.stderr)
+        return EXIT_USAGE
+    r = _reader(args.log)
+    if r is None:
+        return EXIT_NONE
+    try:
+        while True:
+            time.sleep(args.interval)
+            view = log_view(r, args.interval)
+            if args.once:
+                print(json.dumps(view) if args.json else _plain(view))
+                return EXIT_OK
+            print(_plain(view), flush=True)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception as exc:  # psycopg's: the server went away
+        if type(exc).__module__.split(".")[0] != "psycopg":
+            raise
+        print(f"cannot read {r.path}: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+        return EXIT_FAIL
+    finally:
+        r.close()
