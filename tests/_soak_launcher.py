@@ -1,4 +1,5 @@
-"""The launcher the soak runner kills (python -m tests._soak_launcher DATA SEED).
+"""The launcher the soak runner kills (python -m tests._soak_launcher DATA SEED
+[POSTGRESQL-URL]).
 
 Spawns a mix until it is killed: multi-step sagas (replayed after a restart),
 compensating sagas (replayed), sagas of a kind that opts out of replay, sagas
@@ -20,9 +21,10 @@ LIMIT = 5  # LimitedSaga's max_in_flight, here and in the soak's final drain
 
 if __name__ == "__main__":
     data_dir, seed = sys.argv[1], int(sys.argv[2])
+    url = sys.argv[3] if len(sys.argv) > 3 else None
     rng = random.Random(seed)
     sup = Supervisor(data_dir, workers=2, host=HOST_ARGV, health_interval=0.1,
-                     max_restarts=50, restart_period=5.0)
+                     max_restarts=50, restart_period=5.0, log=url, log_retry=30.0)
     sup.register_kind(StepperSaga)
     sup.register_kind(CompensatingSaga)
     sup.register_kind(EchoSaga, replay=False)

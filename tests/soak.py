@@ -3,6 +3,13 @@ host at seeded random points, restart on the same data dir, and check the
 invariants after every restart and at the end.  Outside the default test run:
 
     .venv/bin/python -m tests.soak --kills 1000 --seed 1 [--fuzz-cases 100000]
+    .venv/bin/python -m tests.soak --kills 200 --seed 1 --log auto   # on PostgreSQL
+
+``--log URL`` keeps the log on that PostgreSQL server (a fresh database per
+run is best); ``--log auto`` starts a throwaway server (tests/_pg.py) and
+also restarts it at seeded random points under load (``--pg-restarts``, the
+share of sessions that see one), which the supervisors ride out
+(``log_retry``).
 
 Checked after each launcher's death: its workers and host exit (no orphan
 process); every ended saga has no pending step and no step started after its
@@ -45,12 +52,13 @@ def _health(data: Path) -> dict[str, Any] | None:
         return None
 
 
-def _check_log(db: Path, prev_max: int, final: bool) -> int:
-    """The invariants over the whole log, in SQL (it holds 100,000s of sagas):
-    returns the highest id, which must not go back."""
-    from supervisor.log import open_readonly
+def _check_log(db: Path | str, prev_max: int, final: bool) -> int:
+    """The invariants over the whole log (the SQLite file, or a PostgreSQL
+    URL), in SQL (it holds 100,000s of sagas): returns the highest id, which
+    must not go back."""
+    from .conftest import log_reader
 
-    conn = open_readonly(db)
+    conn = log_reader(db)
     try:
         bad = conn.execute(
             "SELECT s.saga_id, s.state, st.step_index, st.state FROM saga s JOIN saga_step st "
@@ -103,9 +111,13 @@ def _wait_gone(pids: list[int], timeout: float) -> list[int]:
     return left
 
 
-def soak(kills: int, seed: int, work: Path) -> dict[str, Any]:
+def soak(kills: int, seed: int, work: Path, url: str | None = None,
+         cluster: Any = None, restarts: float = 0.0) -> dict[str, Any]:
+    """`url`: the log on that PostgreSQL server; `cluster`: a server of our
+    own, restarted during a `restarts` share of the sessions."""
     rng = random.Random(seed)
     data = work / "data"
+    where: Path | str = url or data / "db" / "sagas.db"
     record = work / "host-record.txt"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGA_HOST_RECORD": str(record),
            "SAGA_LOG_LEVEL": "CRITICAL"}
@@ -116,7 +128,8 @@ def soak(kills: int, seed: int, work: Path) -> dict[str, Any]:
     while done["kills"] < kills:
         sessions += 1
         proc = subprocess.Popen([sys.executable, "-m", "tests._soak_launcher", str(data),
-                                 str(rng.randrange(1 << 30))], cwd=ROOT, env=env,
+                                 str(rng.randrange(1 << 30)), *([url] if url else [])],
+                                cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != "ready":
@@ -140,6 +153,10 @@ def soak(kills: int, seed: int, work: Path) -> dict[str, Any]:
                          victim == report["host"]["pid"] else "worker kills"] += 1
                 except ProcessLookupError:
                     pass
+        if cluster is not None and rng.random() < restarts:
+            time.sleep(rng.uniform(0.02, 0.3))
+            cluster.restart()  # under load: the launcher reconnects and goes on
+            done["database restarts"] += 1
         time.sleep(rng.uniform(0.02, 0.5))
         report = _health(data) or report
         if proc.poll() is not None:
@@ -159,17 +176,18 @@ def soak(kills: int, seed: int, work: Path) -> dict[str, Any]:
         if orphans:
             raise Violation(f"session {sessions}: processes outlived their launcher: "
                             f"{[psutil.Process(p).cmdline() for p in orphans]}")
-        if (data / "db" / "sagas.db").exists():
-            prev_max = _check_log(data / "db" / "sagas.db", prev_max, final=False)
+        if url or (data / "db" / "sagas.db").exists():
+            prev_max = _check_log(where, prev_max, final=False)
         if sessions % 25 == 0:
             print(f"  {done['kills']} kill points, {sessions} sessions, "
                   f"highest id {prev_max} (ids skip the rest of a dead run's block), "
                   f"{time.monotonic() - started:.0f}s", flush=True)
-    return finish(data, record, dict(done), sessions, prev_max, time.monotonic() - started)
+    return finish(data, record, dict(done), sessions, prev_max, time.monotonic() - started,
+                  url)
 
 
 def finish(data: Path, record: Path, done: dict[str, Any], sessions: int, prev_max: int,
-           elapsed: float) -> dict[str, Any]:
+           elapsed: float, url: str | None = None) -> dict[str, Any]:
     from supervisor import Supervisor
     from supervisor.paths import segment_name
 
@@ -177,9 +195,10 @@ def finish(data: Path, record: Path, done: dict[str, Any], sessions: int, prev_m
     from ._soak_launcher import LIMIT
     from .sagas import CompensatingSaga, EchoSaga, LimitedSaga, RetrySaga, StepperSaga
 
-    sagas, _ = read_log(data / "db" / "sagas.db")
+    where: Path | str = url or data / "db" / "sagas.db"
+    sagas, _ = read_log(where)
     left = [i for i, r in sagas.items() if r["state"] in ("queued", "running", "compensating")]
-    sup = Supervisor(data, workers=2, host=HOST_ARGV)
+    sup = Supervisor(data, workers=2, host=HOST_ARGV, log=url)
     sup.register_kind(StepperSaga)
     sup.register_kind(CompensatingSaga)
     sup.register_kind(EchoSaga, replay=False)
@@ -192,8 +211,8 @@ def finish(data: Path, record: Path, done: dict[str, Any], sessions: int, prev_m
         if fresh <= prev_max:
             raise Violation(f"id {fresh} reused (the log went up to {prev_max})")
         sup.wait(fresh, 30)
-    _check_log(data / "db" / "sagas.db", prev_max, final=True)
-    sagas, steps = read_log(data / "db" / "sagas.db")
+    _check_log(where, prev_max, final=True)
+    sagas, steps = read_log(where)
     if os.path.exists("/dev/shm/" + segment_name(data)):
         raise Violation("the segment was left in /dev/shm")
     logged = {(sid, st["step_index"]): st for sid, v in steps.items() for st in v}
@@ -232,12 +251,34 @@ def main() -> int:
     ap.add_argument("--fuzz-cases", type=int, default=0,
                     help="then run the fuzz tests with this many cases each")
     ap.add_argument("--fuzz-only", action="store_true", help="skip the kills")
+    ap.add_argument("--log", default=None, metavar="URL|auto",
+                    help="the log on this PostgreSQL server; 'auto': a throwaway server of "
+                         "our own, restarted under load")
+    ap.add_argument("--pg-restarts", type=float, default=0.2, metavar="SHARE",
+                    help="with --log auto: the share of sessions that see a database restart")
     args = ap.parse_args()
     if not args.fuzz_only:
         work = args.dir or Path(tempfile.mkdtemp(prefix="saga-soak-"))
         work.mkdir(parents=True, exist_ok=True)
-        print(f"soak: {args.kills} kill points, seed {args.seed}, in {work}", flush=True)
-        print(json.dumps(soak(args.kills, args.seed, work), indent=2))
+        cluster = None
+        url = args.log
+        if url == "auto":
+            from ._pg import Cluster
+
+            cluster = Cluster()
+            if cluster.url is None:
+                print(f"soak: no PostgreSQL server: {cluster.why}", file=sys.stderr)
+                return 2
+            url = cluster.database(f"soak{args.seed}")
+        print(f"soak: {args.kills} kill points, seed {args.seed}, in {work}"
+              + (f", log on {url}" if url else ""), flush=True)
+        try:
+            print(json.dumps(soak(args.kills, args.seed, work, url, cluster,
+                                  args.pg_restarts if cluster is not None else 0.0),
+                             indent=2))
+        finally:
+            if cluster is not None:
+                cluster.stop()
     if args.fuzz_cases:
         return fuzz(args.fuzz_cases, args.seed)
     return 0
