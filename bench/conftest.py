@@ -41,6 +41,21 @@ def data_dir() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """A PostgreSQL server: $SAGA_TEST_POSTGRES, else a throwaway cluster
+    (tests/_pg.py); the benchmarks that need it skip without one."""
+    from tests._pg import Cluster
+
+    cluster = Cluster()
+    if cluster.url is None:
+        pytest.skip(f"no PostgreSQL server: {cluster.why}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 def _per_op(bench: Any) -> float:
     per = bench.extra_info.get("per", 1)
     return float(bench.stats.median) / per

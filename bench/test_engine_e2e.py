@@ -96,13 +96,19 @@ def test_raw_host_round_trips(benchmark: Any) -> None:
     benchmark.extra_info["rate"] = N / benchmark.stats.stats.median
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 @pytest.mark.parametrize("engine", ["thread", "process"])
-def test_latency_at_fixed_load(benchmark: Any, data_dir: Path, engine: str) -> None:
+def test_latency_at_fixed_load(benchmark: Any, data_dir: Path, engine: str, store: str,
+                               request: pytest.FixtureRequest) -> None:
     """Spawn-to-completion latency at 1,000 sagas/s offered (below saturation):
     the time from spawn() to the SagaCompleted event on the bus; the engine
-    as a thread of this process, or in a process of its own."""
+    as a thread of this process, or in a process of its own; the log in the
+    data dir's SQLite file or on PostgreSQL."""
     rate, seconds = 1000, 3.0
-    with Supervisor(data_dir, workers=2, host=HOST, engine=engine) as sup:
+    log = None
+    if store == "postgresql":
+        log = request.getfixturevalue("pg_server").database(f"latency_{engine}")
+    with Supervisor(data_dir, workers=2, host=HOST, engine=engine, log=log) as sup:
         _run_batch(sup, 200)
         sub = _Events(sup)
         spawned: dict[int, float] = {}

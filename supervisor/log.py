@@ -82,11 +82,24 @@ class Batch:
                     or self.attempts or self.step_attempts or self.queued or self.dequeued
                     or self.id_mark)
 
+    def extend(self, later: Batch) -> None:
+        """Take a later turn's rows into this batch (one commit for both).
+        Each kind of row keeps its turn order, and the kinds are written in
+        an order in which a later turn's rows never need to go first (a row
+        is inserted before it is updated, a step ends before it is
+        compensated, a saga ends last)."""
+        for name in _ROW_LISTS:
+            getattr(self, name).extend(getattr(later, name))
+        self.id_mark = max(self.id_mark, later.id_mark)
+
     def rows(self) -> int:
         return (len(self.sagas) + len(self.steps) + len(self.step_ends) + len(self.step_comps)
                 + len(self.saga_states) + len(self.saga_ends) + len(self.saga_keys)
                 + len(self.attempts) + len(self.step_attempts) + len(self.queued)
                 + len(self.dequeued) + (1 if self.id_mark else 0))
+
+
+_ROW_LISTS = tuple(f for f in Batch.__dataclass_fields__ if f != "id_mark")
 
 
 # The hot statements take many rows per statement (multi-row VALUES, and
@@ -130,6 +143,8 @@ _CLOSE_OPEN = ("UPDATE saga_step SET state = 'failed', ended_at = ?, failure_rea
 
 class SagaLog:
     """The supervisor's connection to the log (one per process, never across fork)."""
+
+    local = True  # small turns are committed by the loop itself (see LogStore)
 
     def __init__(self, path: Path | str, durability: str = "normal",
                  background_checkpoint: bool = False) -> None:

@@ -28,6 +28,7 @@ database (the fleet).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -44,6 +45,38 @@ log = logging.getLogger(__name__)
 
 _RAISE_MARK = "UPDATE saga_meta SET value = greatest(value, %s) WHERE key = 'next_id'"
 _PURGEABLE = log_read._PURGEABLE.replace("?", "%s")  # (one rule for both stores)
+
+
+# The hot rows (a saga's start and end, a step's start and end) go as one
+# statement per table over one JSON array of the rows: the server parses and
+# plans once per batch instead of once per row, and the client encodes the
+# rows with json.dumps (C) instead of a parameter per value (bench/test_pg.py
+# measures executemany, arrays and COPY).  Used when no key repeats within the
+# batch; else executemany, whose rows apply in order.
+_ROWS = " FROM json_array_elements(%s::json) r"
+_INSERT_SAGAS = ("INSERT INTO saga(saga_id, name, state, started_at, input_json) SELECT "
+                 "(r->>0)::bigint, r->>1, 'running', (r->>2)::float8, r->>3" + _ROWS +
+                 " ON CONFLICT DO NOTHING")
+_INSERT_STEPS = ("INSERT INTO saga_step(saga_id, step_index, name, state, cmd_json, target, "
+                 "started_at) SELECT (r->>0)::bigint, (r->>1)::int, r->>2, 'pending', r->>3, "
+                 "r->>4, (r->>5)::float8" + _ROWS + " ON CONFLICT DO NOTHING")
+_END_STEPS = ("UPDATE saga_step s SET state = u.r->>0, ended_at = (u.r->>1)::float8, "
+              "output_json = u.r->>2, failure_reason = u.r->>3 FROM (SELECT r" + _ROWS +
+              ") u WHERE s.saga_id = (u.r->>4)::bigint AND s.step_index = (u.r->>5)::int")
+_END_SAGAS = ("UPDATE saga s SET state = u.r->>0, ended_at = (u.r->>1)::float8, "
+              "failure_reason = u.r->>2 FROM (SELECT r" + _ROWS + ") u "
+              "WHERE s.saga_id = (u.r->>3)::bigint")
+
+
+def _bulk(cur: Any, rows: list[tuple[Any, ...]], key: tuple[int, ...], arrays: str,
+          each: str) -> None:
+    """`rows` with one statement over their JSON (`arrays`), or row by row
+    (`each`) when a key (the columns `key`) repeats: the JSON's rows apply in
+    no set order, executemany's in the batch's."""
+    if len(rows) > 1 and len({tuple(r[k] for k in key) for r in rows}) == len(rows):
+        cur.execute(arrays, (json.dumps(rows),))
+    else:
+        cur.executemany(each, rows)
 
 
 def is_url(log: object) -> bool:
@@ -92,6 +125,7 @@ class PgLog:
     """The supervisor's connection to a PostgreSQL log (see the module)."""
 
     synchronous = 2  # (for health: every commit is durable on the server)
+    local = False  # every turn's commit goes to the writer thread (see LogStore)
     journal_mode = "postgresql"
 
     def __init__(self, url: str, durability: str = "normal", retry: float = 5.0) -> None:
@@ -199,7 +233,9 @@ class PgLog:
         """One turn's rows in one transaction (the group commit); run again
         after a reconnect if the connection was lost (see the module)."""
         def once() -> None:
-            with self.conn.transaction():
+            # pipeline mode: BEGIN, the statements and COMMIT leave together
+            # and are answered together, one round trip instead of one each
+            with self.conn.pipeline(), self.conn.transaction():
                 self._commit(batch)
         began = time.perf_counter()
         self._again("commit failed", once)
@@ -217,8 +253,9 @@ class PgLog:
         if b.id_mark:
             cur.execute(_RAISE_MARK, (b.id_mark,))
         if b.sagas:
-            many("INSERT INTO saga(saga_id, name, state, started_at, input_json) "
-                 "VALUES (%s, %s, 'running', %s, %s) ON CONFLICT DO NOTHING", b.sagas)
+            _bulk(cur, b.sagas, (0,), _INSERT_SAGAS, "INSERT INTO saga(saga_id, name, state, "
+                  "started_at, input_json) VALUES (%s, %s, 'running', %s, %s) "
+                  "ON CONFLICT DO NOTHING")
         if b.queued:
             many("INSERT INTO saga(saga_id, name, state, started_at, input_json, queued_at, "
                  "queue_seq) VALUES (%s, %s, 'queued', %s, %s, %s, %s) ON CONFLICT DO NOTHING",
@@ -229,9 +266,9 @@ class PgLog:
             many("UPDATE saga SET state = 'running', started_at = %s WHERE saga_id = %s",
                  b.dequeued)
         if b.steps:
-            many("INSERT INTO saga_step(saga_id, step_index, name, state, cmd_json, target, "
-                 "started_at) VALUES (%s, %s, %s, 'pending', %s, %s, %s) "
-                 "ON CONFLICT DO NOTHING", b.steps)
+            _bulk(cur, b.steps, (0, 1), _INSERT_STEPS, "INSERT INTO saga_step(saga_id, "
+                  "step_index, name, state, cmd_json, target, started_at) VALUES (%s, %s, %s, "
+                  "'pending', %s, %s, %s) ON CONFLICT DO NOTHING")
         if b.attempts:
             many("INSERT INTO saga_step_attempt VALUES (%s, %s, %s, %s, %s, %s, %s) "
                  "ON CONFLICT (saga_id, step_index, attempt) DO UPDATE SET "
@@ -242,8 +279,9 @@ class PgLog:
             many("UPDATE saga_step SET attempt = %s WHERE saga_id = %s AND step_index = %s",
                  b.step_attempts)
         if b.step_ends:
-            many("UPDATE saga_step SET state = %s, ended_at = %s, output_json = %s, "
-                 "failure_reason = %s WHERE saga_id = %s AND step_index = %s", b.step_ends)
+            _bulk(cur, b.step_ends, (4, 5), _END_STEPS, "UPDATE saga_step SET state = %s, "
+                  "ended_at = %s, output_json = %s, failure_reason = %s WHERE saga_id = %s "
+                  "AND step_index = %s")
         if b.step_comps:
             many("UPDATE saga_step SET state = %s, compensation_json = COALESCE(%s, "
                  "compensation_json) WHERE saga_id = %s AND step_index = %s", b.step_comps)
@@ -254,8 +292,8 @@ class PgLog:
             if failed:
                 many("UPDATE saga_step SET state = 'failed', ended_at = %s, "
                      "failure_reason = %s WHERE saga_id = %s AND state = 'pending'", failed)
-            many("UPDATE saga SET state = %s, ended_at = %s, failure_reason = %s "
-                 "WHERE saga_id = %s", b.saga_ends)
+            _bulk(cur, b.saga_ends, (3,), _END_SAGAS, "UPDATE saga SET state = %s, "
+                  "ended_at = %s, failure_reason = %s WHERE saga_id = %s")
 
     def begin_run(self, first_id: int, mark: int) -> None:
         try:

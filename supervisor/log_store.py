@@ -20,6 +20,9 @@ class LogStore(Protocol):
     synchronous: int
     journal_mode: str
     run_first: int | None
+    # a local file commits fast enough for the loop to commit small turns
+    # itself; over the network every turn goes to the writer thread
+    local: bool
 
     def commit(self, batch: Batch) -> None: ...
     def purge(self, older_than_days: float, dry_run: bool = False) -> int: ...

@@ -48,6 +48,7 @@ def test_a_key_starts_one_saga_in_flight_ended_and_after_a_restart(
             assert client.spawn(S.InstantSaga(), key="deploy-web-42") == a
         with pytest.raises(ValueError, match="key"):
             sup.spawn(S.InstantSaga(), key="")
+        assert sup.wait(b, 10).completed
         assert sup.in_flight() == 0  # the refused spawns never ran
     assert _keyed(store_log or d / "db" / "sagas.db") == {"deploy-web-42": 1, "other": 1}
     with Supervisor(d, workers=1, **on) as sup:  # the log keeps keys across restarts

@@ -158,7 +158,8 @@ class Engine:
                                      pool.ship_class, self.measures, self.clock)
         comp = self.compensation = Compensation(sagas, turn)
         pipeline = self.pipeline = Pipeline(sagalog, turn, self._emit, pool.all, stats,
-                                            inbox.wake_w, s.pipeline_rows)
+                                            inbox.wake_w,
+                                            s.pipeline_rows if sagalog.local else 1)
         self.recovery = Recovery(self.kinds, self.registry.prepare, sagas, comp, table, turn,
                                  shared, stats, sagalog, pipeline.commit_now, pool.for_saga,
                                  pool.ship_class)

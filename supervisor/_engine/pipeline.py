@@ -44,10 +44,18 @@ class LogWriter:
     def busy(self) -> bool:
         return bool(self._queue)
 
-    def submit(self, seq: int, batch: Batch) -> None:
+    def submit(self, seq: int, batch: Batch) -> bool:
+        """Queue batch `seq`; True if it joined the batch waiting behind the
+        one being committed (group commit across turns: one commit for all
+        the turns that came while the last one ran)."""
         with self._cv:
+            if len(self._queue) > 1:  # [0] is being committed; the tail waits
+                self._queue[-1][1].extend(batch)
+                self._queue[-1] = (seq, self._queue[-1][1])
+                return True
             self._queue.append((seq, batch))
             self._cv.notify()
+            return False
 
     def wait(self, seq: int) -> None:
         """Block until batch `seq` is committed (re-raising a commit error)."""
@@ -124,9 +132,9 @@ class Pipeline:
             n = self.turn.batch.rows()
             if writer is not None and (writer.busy() or n >= self.rows):
                 self.seq += 1
-                self.stats["commits"] += 1
                 self.stats["rows"] += n
-                writer.submit(self.seq, self.turn.take_batch())
+                if not writer.submit(self.seq, self.turn.take_batch()):
+                    self.stats["commits"] += 1
                 need = self.seq
             else:
                 self.commit_now()  # write-ahead of everything below
