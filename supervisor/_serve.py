@@ -121,6 +121,11 @@ def _take_what_was_sent(sup: Supervisor, limit: float = 2.0) -> None:
 
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle
+    # this interpreter is ours: its loop, log writer and control threads hand
+    # the GIL to each other many times a saga, and a thread woken by the
+    # network (a commit's answer) would otherwise wait up to the 5 ms default
+    # for it (latency at 1,000 sagas/s on PostgreSQL: p50 12.6 -> 6.4 ms)
+    sys.setswitchinterval(0.0005)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s supervisor[%(process)d] "
                         "%(levelname)s %(name)s: %(message)s")
     head = _read_exactly(0, 4)
