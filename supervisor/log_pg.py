@@ -174,8 +174,10 @@ class PgLog:
             try:
                 return fn()
             except self._psycopg.OperationalError as exc:
-                if not (self.conn.closed or self.conn.broken) or \
-                        time.monotonic() + pause > deadline:
+                # a lost connection, or one left in a state no statement gets
+                # out of (a pipeline cut off mid-way is not always marked
+                # broken yet): a fresh connection either way, the work again
+                if time.monotonic() + pause > deadline:
                     raise self._error(f"{what} (the server was unreachable for "
                                       f"{self.retry}s)" if self.conn.broken or
                                       self.conn.closed else what, exc) from None

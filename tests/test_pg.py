@@ -242,3 +242,95 @@ def test_the_command_line_works_on_a_postgresql_log(tmp_path: Path, pg_url: str,
     shown = [out, err] + [r.stdout + r.stderr for r in runs[1:]] + [
         (d / "db" / "log-url").read_text(), dry.stdout, done.stdout]
     assert not any(secret in text for text in shown)
+
+
+def _cut(url: str) -> int:
+    """Terminate every session on `url`'s database (a dropped connection, as
+    a proxy or a failover does it), from the server's own database: how many."""
+    import psycopg
+
+    base, db = url.rsplit("/", 1)
+    with psycopg.connect(base + "/postgres", autocommit=True) as conn:
+        return len(conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                "WHERE datname = %s", (db,)).fetchall())
+
+
+def test_a_dropped_connection_under_load_loses_nothing_and_sends_nothing_twice(
+        tmp_path: Path, pg_url: str, engine: str) -> None:
+    import threading
+
+    from supervisor.testing import FakeHost
+
+    host = FakeHost(workdir=tmp_path / "h")
+    with Supervisor(tmp_path / "d", workers=2, host=host.argv, log=pg_url, engine=engine,
+                    log_retry=30.0) as sup:
+        ids: list[int] = []
+        stop = threading.Event()
+
+        def spawner() -> None:  # load that keeps flowing: a batch, then its ends
+            while not stop.is_set():
+                batch = [sup.spawn(S.EchoSaga(len(ids) + n, steps=2)) for n in range(100)]
+                ids.extend(batch)
+                for i in batch:
+                    sup.wait(i, 60)
+
+        t = threading.Thread(target=spawner)
+        t.start()
+        for k in (1, 2, 3):  # three cuts, each once the last was healed
+            mark = len(ids) + 300
+            wait_for(lambda: len(ids) >= mark, timeout=60, what="spawns flowing")
+            assert _cut(pg_url) >= 1
+            wait_for(lambda: sup.health()["log"]["reconnects"] >= k, timeout=60,
+                     what=f"reconnect {k}")
+        stop.set()
+        t.join(60)
+        assert all(sup.wait(i, 60).completed for i in ids)
+        assert sup.state == "running" and sup.error is None
+    sent = [(r["saga_id"], r["step"]) for r in host.received()]
+    assert len(sent) == len(set(sent)) == 2 * len(ids)  # nothing lost, nothing sent twice
+
+
+def test_past_log_retry_the_supervisor_stops_naming_the_server_and_recovers_after(
+        tmp_path: Path, pg_url: str, engine: str) -> None:
+    import psycopg
+
+    from supervisor import NotRunningError, SupervisorCrashedError
+
+    db = pg_url.rsplit("/", 1)[1]
+    admin = pg_url.rsplit("/", 1)[0] + "/postgres"
+    sup = Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, log=pg_url, engine=engine,
+                     log_retry=1.0)
+    sup.register_kind(S.LimitedSaga)
+    sup.start()
+    try:
+        held = sup.spawn(S.LimitedSaga(3, seconds=600, timeout=900), durable=True)
+        with psycopg.connect(admin, autocommit=True) as conn:  # the database goes away
+            conn.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS false')
+        _cut(pg_url)
+        with pytest.raises((SupervisorCrashedError, NotRunningError, LogError)):
+            for n in range(10_000):  # the next commit finds it gone, for good
+                sup.wait(sup.spawn(S.InstantSaga()), 30)
+        wait_for(lambda: sup.state == "stopped", timeout=30, what="it stops")
+        if engine == "thread":
+            assert isinstance(sup.error, LogError)
+            assert "unreachable for 1.0s" in str(sup.error) and "127.0.0.1" in str(sup.error)
+    finally:
+        sup.stop()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS true')
+    again = Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, log=pg_url, engine=engine)
+    again.register_kind(S.LimitedSaga)
+    with again:  # as after a crash: the held saga is resumed by replay
+        wait_for(lambda: again.stats["replayed"] >= 1, what="resumed by replay")
+        again.publish(Event("finish", 3))
+        assert again.wait(held, 30).completed
+
+
+def test_a_log_from_a_newer_version_is_refused_by_name(tmp_path: Path, pg_url: str) -> None:
+    from supervisor import SchemaTooNewError
+
+    with Supervisor(tmp_path / "d", workers=1, log=pg_url):
+        pass
+    _rows(pg_url, "UPDATE saga_meta SET value = 99 WHERE key = 'schema_version' RETURNING 1")
+    with pytest.raises(SchemaTooNewError, match="schema version 99 is newer"):
+        Supervisor(tmp_path / "d", workers=1, log=pg_url).start()
