@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from supervisor import Supervisor
-from supervisor.log_pg import _END_SAGAS, _END_STEPS, _INSERT_SAGAS, _INSERT_STEPS, _bulk
+from supervisor.log_pg_rows import _END_SAGAS, _END_STEPS, _INSERT_SAGAS, _INSERT_STEPS, _bulk
 from tests.sagas import EchoSaga
 
 HOST = [sys.executable, "-m", "supervisor.host"]
@@ -75,7 +75,7 @@ def test_one_step_postgresql(benchmark: Any, data_dir: Path, pg_server: Any, row
     rows' JSON), or, for comparison, with executemany (the thread engine
     runs in this process, so its writer takes the patched function)."""
     if rows == "executemany":
-        import supervisor.log_pg as log_pg
+        import supervisor.log_pg_rows as log_pg
 
         monkeypatch.setattr(log_pg, "_bulk", lambda cur, rows, key, arrays, each:
                             cur.executemany(each, rows))
@@ -164,8 +164,8 @@ def _writer(url: str, how: str) -> Any:
             with conn.transaction():
                 cur = conn.cursor()
                 if how == "json":  # the supervisor's own statements
-                    for rows, key, arrays in ((sagas, (0,), _INSERT_SAGAS),
-                                              (steps, (0, 1), _INSERT_STEPS),
+                    _bulk(cur, sagas, (0,), _INSERT_SAGAS, "", (None,))
+                    for rows, key, arrays in ((steps, (0, 1), _INSERT_STEPS),
                                               (step_ends, (4, 5), _END_STEPS),
                                               (saga_ends, (3,), _END_SAGAS)):
                         _bulk(cur, rows, key, arrays, "")

@@ -19,7 +19,7 @@ from supervisor._cli_util import EXIT_CORRUPT, EXIT_FAIL, EXIT_NONE, EXIT_OK, EX
 def _reader(url: str) -> Any:
     """A read-only connection, or None after saying why (never the password)."""
     from supervisor.errors import SupervisorError
-    from supervisor.log_pg import Reader
+    from supervisor.log_pg_read import Reader
 
     try:
         return Reader(url)
@@ -33,7 +33,8 @@ def probe(url: str) -> dict[str, Any]:
     round trip), what the log holds by state.  ``{"error": ...}`` if the
     server cannot be reached or read."""
     from supervisor.errors import SupervisorError
-    from supervisor.log_pg import Reader, redact
+    from supervisor.log_pg_read import Reader
+    from supervisor.pg_connect import redact
 
     try:
         r = Reader(url)

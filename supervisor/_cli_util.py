@@ -68,7 +68,7 @@ def open_log(data_dir: str, url: str | None = None) -> Any:
     url = url or pointed(DataDir.of(data_dir))
     if url:
         from supervisor.errors import SupervisorError
-        from supervisor.log_pg import Reader
+        from supervisor.log_pg_read import Reader
 
         try:
             return Reader(url)

@@ -160,4 +160,35 @@ CREATE TABLE IF NOT EXISTS saga_run (first_id BIGINT PRIMARY KEY,
                                      pid INTEGER, end_id BIGINT);
 INSERT INTO saga_meta(key, value) VALUES ('next_id', 1), ('purge_cutoff', 0)
     ON CONFLICT (key) DO NOTHING;
+-- 7: the fleet.  A node is a supervisor on this log: its number puts its ids
+-- in a range of their own (node_no << 40 on), its epoch fences it, its lease
+-- (the database's clock) says it is alive; a saga row names its node.
+CREATE TABLE IF NOT EXISTS saga_node (
+    node_no SERIAL PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    epoch BIGINT NOT NULL,
+    lease_until TIMESTAMPTZ NOT NULL,
+    pid INTEGER,
+    host TEXT,
+    version TEXT,
+    started_at TIMESTAMPTZ NOT NULL,
+    next_id BIGINT NOT NULL DEFAULT 0
+);
+ALTER TABLE saga ADD COLUMN IF NOT EXISTS node_no INTEGER;
+CREATE INDEX IF NOT EXISTS saga_node_unfinished ON saga(node_no)
+    WHERE state IN ('queued', 'running', 'compensating');
+-- the fence, in every commit and every renewal: the node's lease is extended
+-- only under its epoch; under another one the transaction fails (SF001)
+CREATE OR REPLACE FUNCTION saga_fence(n INTEGER, e BIGINT, lease DOUBLE PRECISION)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE saga_node SET lease_until = greatest(lease_until,
+                                                now() + make_interval(secs => lease))
+        WHERE node_no = n AND epoch = e;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'node % is fenced: epoch % is no longer its own', n, e
+            USING ERRCODE = 'SF001';
+    END IF;
+END $$;
 """
+PG_SCHEMA_VERSION = 7  # SQLite's 6, and the fleet's tables

@@ -79,12 +79,31 @@ def supervisor_args(workers: object, host: object, host_fds: object, durability:
         raise ValueError(f"host_protocol must be 1 or 2, got {host_protocol!r}")
 
 
+def node(value: object, log: object, data_dir: object) -> str | None:
+    """``node``: a fleet node's name, for a supervisor on a PostgreSQL log
+    (default: the host name and the data dir's real path); None without one."""
+    if value is None:
+        if log is None:
+            return None
+        import os
+        import socket
+
+        return f"{socket.gethostname()}:{os.path.realpath(str(data_dir))}"
+    if log is None:
+        raise ValueError("node= names a supervisor in a fleet on a PostgreSQL log: give "
+                         "log='postgresql://...' too")
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        raise ValueError(f"node must be a non-empty name of at most 200 characters, "
+                         f"got {value!r:.200}")
+    return value
+
+
 def log_url(value: object) -> str | None:
     """``log``: None (the SQLite file in the data dir) or a PostgreSQL URL,
     whose driver must be installed (checked now, not at start())."""
     if value is None:
         return None
-    from supervisor.log_pg import _driver, is_url, redact
+    from supervisor.pg_connect import driver as _driver, is_url, redact
 
     if not is_url(value):
         shown = redact(value) if isinstance(value, str) else repr(value)

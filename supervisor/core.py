@@ -111,6 +111,8 @@ class Supervisor:
         client_quiet_timeout: float = 10.0,
         log: str | None = None,
         log_retry: float = 5.0,
+        node: str | None = None,
+        node_lease: float = 10.0,
         engine: str | None = None,
     ) -> None:
         if engine not in (None, self.engine):
@@ -137,7 +139,9 @@ class Supervisor:
             client_quiet_timeout=_validate.positive(client_quiet_timeout,
                                                     "client_quiet_timeout"),
             log=_validate.log_url(log),
-            log_retry=_validate.positive(log_retry, "log_retry"))
+            log_retry=_validate.positive(log_retry, "log_retry"),
+            node=_validate.node(node, log, data_dir),
+            node_lease=_validate.positive(node_lease, "node_lease"))
         _validate.clock_and_port(clock, metrics_port)
         if metrics_port is not None:
             _metrics.require()  # the extra is missing: say so now, not at start()
@@ -343,7 +347,7 @@ class Supervisor:
         log = self._engine.log  # (running: this run's own spawns may be on their way)
         before = log.run_first if log is not None else None
         if self.settings.log is not None:  # PostgreSQL: a short connection of its own
-            from supervisor.log_pg import logged_outcome as pg_outcome
+            from supervisor.log_pg_read import logged_outcome as pg_outcome
 
             row = pg_outcome(self.settings.log, saga_id, before)
         else:

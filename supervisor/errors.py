@@ -177,6 +177,14 @@ class LogError(SupervisorError):
         super().__init__(f"saga log {self.path}: {problem}")
 
 
+class FencedError(LogError):
+    """This supervisor, a node of a fleet on a PostgreSQL log, may no longer
+    write or send: its epoch was bumped (another supervisor started under its
+    node name, or took its sagas over), or it could not renew its lease in
+    time (paused, or cut off from the database).  It stops; what it committed
+    stays, and its sagas are recovered by whoever owns them now."""
+
+
 class LogCorruptError(LogError):
     """The database file is damaged or not a SQLite database.  It is never
     recreated silently: move it aside (keep it for inspection) and restart."""

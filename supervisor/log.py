@@ -218,6 +218,9 @@ class SagaLog:
             return None
         return st.st_dev, st.st_ino
 
+    def check_lease(self) -> None:
+        """(A fleet node's lease, on PostgreSQL; a file has none.)"""
+
     def check_file(self) -> None:
         """Raise :class:`LogError` if the database file this connection writes
         is no longer the one at its path (deleted, or replaced): writing on

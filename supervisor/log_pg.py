@@ -22,103 +22,34 @@ nothing is lost and nothing sent twice.  Past the bound: a :class:`LogError`
 naming the server and the cause, and the next start recovers as after a
 crash.
 
-Not done yet (see the README's limits): more than one supervisor on one
-database (the fleet).
+Every supervisor on a PostgreSQL log is a node of a fleet
+(:mod:`supervisor.fleet_node`): its ids in a range of its own, its commits
+fenced by its epoch, its lease renewed; it recovers its own sagas.  Not done
+yet (see the README's limits): taking a dead node's sagas over, fleet-wide
+keys and limits, cancel from anywhere.  How a batch is written:
+:mod:`supervisor.log_pg_rows`; reading: :mod:`supervisor.log_pg_read`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from supervisor._schema import PG_DDL as _DDL
-from supervisor._schema import SCHEMA_VERSION
-from supervisor.errors import LogError, SchemaTooNewError, SupervisorError
-from supervisor.log import Batch
 import supervisor.log_read as log_read
+from supervisor._schema import PG_DDL as _DDL
+from supervisor._schema import PG_SCHEMA_VERSION as SCHEMA_VERSION
+from supervisor.errors import LogError, SchemaTooNewError
+from supervisor.fleet_node import ID_BITS, NodeLease
+from supervisor.log import Batch
+from supervisor.log_pg_read import read_outcome
+from supervisor.log_pg_rows import raise_mark, write_batch
+from supervisor.pg_connect import connect, driver, redact
 
 log = logging.getLogger(__name__)
 
-_RAISE_MARK = "UPDATE saga_meta SET value = greatest(value, %s) WHERE key = 'next_id'"
 _PURGEABLE = log_read._PURGEABLE.replace("?", "%s")  # (one rule for both stores)
-
-
-# The hot rows (a saga's start and end, a step's start and end) go as one
-# statement per table over one JSON array of the rows: the server parses and
-# plans once per batch instead of once per row, and the client encodes the
-# rows with json.dumps (C) instead of a parameter per value (bench/test_pg.py
-# measures executemany, arrays and COPY).  Used when no key repeats within the
-# batch; else executemany, whose rows apply in order.
-_ROWS = " FROM json_array_elements(%s::json) r"
-_INSERT_SAGAS = ("INSERT INTO saga(saga_id, name, state, started_at, input_json) SELECT "
-                 "(r->>0)::bigint, r->>1, 'running', (r->>2)::float8, r->>3" + _ROWS +
-                 " ON CONFLICT DO NOTHING")
-_INSERT_STEPS = ("INSERT INTO saga_step(saga_id, step_index, name, state, cmd_json, target, "
-                 "started_at) SELECT (r->>0)::bigint, (r->>1)::int, r->>2, 'pending', r->>3, "
-                 "r->>4, (r->>5)::float8" + _ROWS + " ON CONFLICT DO NOTHING")
-_END_STEPS = ("UPDATE saga_step s SET state = u.r->>0, ended_at = (u.r->>1)::float8, "
-              "output_json = u.r->>2, failure_reason = u.r->>3 FROM (SELECT r" + _ROWS +
-              ") u WHERE s.saga_id = (u.r->>4)::bigint AND s.step_index = (u.r->>5)::int")
-_END_SAGAS = ("UPDATE saga s SET state = u.r->>0, ended_at = (u.r->>1)::float8, "
-              "failure_reason = u.r->>2 FROM (SELECT r" + _ROWS + ") u "
-              "WHERE s.saga_id = (u.r->>3)::bigint")
-
-
-def _bulk(cur: Any, rows: list[tuple[Any, ...]], key: tuple[int, ...], arrays: str,
-          each: str) -> None:
-    """`rows` with one statement over their JSON (`arrays`), or row by row
-    (`each`) when a key (the columns `key`) repeats: the JSON's rows apply in
-    no set order, executemany's in the batch's."""
-    if len(rows) > 1 and len({tuple(r[k] for k in key) for r in rows}) == len(rows):
-        cur.execute(arrays, (json.dumps(rows),))
-    else:
-        cur.executemany(each, rows)
-
-
-def is_url(log: object) -> bool:
-    return isinstance(log, str) and log.startswith(("postgresql://", "postgres://"))
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages, health and metrics."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}@{host}" if parts.username else host
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def _driver() -> Any:
-    try:
-        import psycopg
-    except ImportError:
-        raise SupervisorError("a PostgreSQL log needs psycopg 3: install the 'postgres' extra "
-                              "(pip install 'saga-supervisor[postgres]')") from None
-    return psycopg
-
-
-def connect(url: str) -> Any:
-    """A connection, or a LogError that names what to fix (never the password)."""
-    psycopg = _driver()
-    try:
-        return psycopg.connect(url, autocommit=False, connect_timeout=10)
-    except psycopg.Error as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "password" in text.lower() or "authentication" in text.lower():
-            hint = "the server refused the credentials: check the user and password"
-        elif "does not exist" in text:
-            hint = "create the database (createdb) or fix the URL's database name"
-        else:
-            hint = "is the server running, and are the host and port right?"
-        raise LogError(redact(url), f"cannot connect: {text.replace(url, redact(url))}; "
-                                    f"{hint}") from None
 
 
 class PgLog:
@@ -128,7 +59,11 @@ class PgLog:
     local = False  # every turn's commit goes to the writer thread (see LogStore)
     journal_mode = "postgresql"
 
-    def __init__(self, url: str, durability: str = "normal", retry: float = 5.0) -> None:
+    def __init__(self, url: str, durability: str = "normal", retry: float = 5.0,
+                 node: str | None = None, lease: float = 10.0) -> None:
+        """`node`: this supervisor's name in the fleet (registered now, its
+        lease renewed from begin_run() on; see :mod:`supervisor.fleet_node`);
+        None for a tool that only reads or purges."""
         self.url = url
         self.path = redact(url)
         self.durability = durability
@@ -136,17 +71,19 @@ class PgLog:
         self.reconnects = 0
         self.last_commit_s = 0.0
         self.run_first: int | None = None
-        self._psycopg = _driver()
+        self.node: NodeLease | None = None
+        self._psycopg = driver()
         self.conn = connect(url)
         try:
             with self.conn.transaction():
                 self.conn.execute("SELECT pg_advisory_xact_lock(7405316)")  # one DDL at a time
                 self.conn.execute(_DDL)
-                self.conn.execute("INSERT INTO saga_meta(key, value) VALUES "
-                                  "('schema_version', %s) ON CONFLICT (key) DO NOTHING",
-                                  (SCHEMA_VERSION,))
                 version = int(self._one("SELECT value FROM saga_meta "
-                                        "WHERE key = 'schema_version'"))
+                                        "WHERE key = 'schema_version'") or 0)
+                if version <= SCHEMA_VERSION:  # (the DDL above brought it up to date)
+                    self.conn.execute("INSERT INTO saga_meta(key, value) VALUES "
+                                      "('schema_version', %s) ON CONFLICT (key) DO UPDATE "
+                                      "SET value = EXCLUDED.value", (SCHEMA_VERSION,))
         except self._psycopg.Error as exc:
             self.conn.close()
             raise self._error("cannot set up the schema", exc) from None
@@ -154,6 +91,12 @@ class PgLog:
             self.conn.close()
             raise SchemaTooNewError(self.path, f"schema version {version} is newer than "
                                     f"this build's {SCHEMA_VERSION}: upgrade saga-supervisor")
+        if node is not None:
+            try:
+                self.node = NodeLease(self.conn, self.path, node, lease)
+            except self._psycopg.Error as exc:
+                self.conn.close()
+                raise self._error("cannot register the node", exc) from None
         self._session()
 
     def _session(self) -> None:
@@ -201,6 +144,9 @@ class PgLog:
                                           f"{self.retry}s", exc) from None
 
     def _error(self, what: str, exc: BaseException) -> LogError:
+        fenced = self.node.fenced_error(exc) if self.node is not None else None
+        if fenced is not None:
+            return fenced
         if isinstance(exc, self._psycopg.errors.ReadOnlySqlTransaction) or \
                 isinstance(exc, self._psycopg.errors.InsufficientPrivilege):
             return LogError(self.path, f"{what}: the role cannot write here ({exc}); grant "
@@ -229,6 +175,12 @@ class PgLog:
         """(SQLite's deleted-file check; here, the next commit or read
         reconnects a lost connection, or names the server.)"""
 
+    def check_lease(self) -> None:
+        """Before anything leaves: FencedError if this node may no longer
+        send (see :meth:`supervisor.fleet_node.NodeLease.check`)."""
+        if self.node is not None:
+            self.node.check()
+
     # -- writing ------------------------------------------------------------
 
     def commit(self, batch: Batch) -> None:
@@ -238,10 +190,12 @@ class PgLog:
             # pipeline mode: BEGIN, the statements and COMMIT leave together
             # and are answered together, one round trip instead of one each
             with self.conn.pipeline(), self.conn.transaction():
-                self._commit(batch)
-        began = time.perf_counter()
+                write_batch(self.conn.cursor(), batch, self.node)
+        began, since = time.perf_counter(), time.monotonic()
         self._again("commit failed", once)
         self.last_commit_s = time.perf_counter() - began
+        if self.node is not None:  # the commit renewed the lease, under the epoch
+            self.node.renewed(since)
 
     def describe(self) -> dict[str, Any]:
         """For health: the server (never the password) and the last commit."""
@@ -249,65 +203,28 @@ class PgLog:
                 **self.server, "last_commit_ms": round(self.last_commit_s * 1000, 3),
                 "reconnects": self.reconnects}
 
-    def _commit(self, b: Batch) -> None:
-        cur = self.conn.cursor()
-        many = cur.executemany
-        if b.id_mark:
-            cur.execute(_RAISE_MARK, (b.id_mark,))
-        if b.sagas:
-            _bulk(cur, b.sagas, (0,), _INSERT_SAGAS, "INSERT INTO saga(saga_id, name, state, "
-                  "started_at, input_json) VALUES (%s, %s, 'running', %s, %s) "
-                  "ON CONFLICT DO NOTHING")
-        if b.queued:
-            many("INSERT INTO saga(saga_id, name, state, started_at, input_json, queued_at, "
-                 "queue_seq) VALUES (%s, %s, 'queued', %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                 [(i, n, at, js, at, seq) for i, n, at, js, seq in b.queued])
-        if b.saga_keys:
-            many("UPDATE saga SET idem_key = %s WHERE saga_id = %s", b.saga_keys)
-        if b.dequeued:
-            many("UPDATE saga SET state = 'running', started_at = %s WHERE saga_id = %s",
-                 b.dequeued)
-        if b.steps:
-            _bulk(cur, b.steps, (0, 1), _INSERT_STEPS, "INSERT INTO saga_step(saga_id, "
-                  "step_index, name, state, cmd_json, target, started_at) VALUES (%s, %s, %s, "
-                  "'pending', %s, %s, %s) ON CONFLICT DO NOTHING")
-        if b.attempts:
-            many("INSERT INTO saga_step_attempt VALUES (%s, %s, %s, %s, %s, %s, %s) "
-                 "ON CONFLICT (saga_id, step_index, attempt) DO UPDATE SET "
-                 "started_at = EXCLUDED.started_at, ended_at = EXCLUDED.ended_at, "
-                 "failure_reason = EXCLUDED.failure_reason, state = EXCLUDED.state",
-                 b.attempts)
-        if b.step_attempts:
-            many("UPDATE saga_step SET attempt = %s WHERE saga_id = %s AND step_index = %s",
-                 b.step_attempts)
-        if b.step_ends:
-            _bulk(cur, b.step_ends, (4, 5), _END_STEPS, "UPDATE saga_step SET state = %s, "
-                  "ended_at = %s, output_json = %s, failure_reason = %s WHERE saga_id = %s "
-                  "AND step_index = %s")
-        if b.step_comps:
-            many("UPDATE saga_step SET state = %s, compensation_json = COALESCE(%s, "
-                 "compensation_json) WHERE saga_id = %s AND step_index = %s", b.step_comps)
-        if b.saga_states:
-            many("UPDATE saga SET state = %s WHERE saga_id = %s", b.saga_states)
-        if b.saga_ends:
-            failed = [(e[1], e[2] or e[0], e[3]) for e in b.saga_ends if e[0] != "completed"]
-            if failed:
-                many("UPDATE saga_step SET state = 'failed', ended_at = %s, "
-                     "failure_reason = %s WHERE saga_id = %s AND state = 'pending'", failed)
-            _bulk(cur, b.saga_ends, (3,), _END_SAGAS, "UPDATE saga SET state = %s, "
-                  "ended_at = %s, failure_reason = %s WHERE saga_id = %s")
-
     def begin_run(self, first_id: int, mark: int) -> None:
+        """The run is recorded and its ids' mark raised; a node claims its
+        next epoch first (this supervisor holds its data dir by now), which
+        fences any supervisor still running under its name."""
         try:
             with self.conn.transaction():
+                if self.node is not None:
+                    self.node.claim(self.conn)
+                    if self._next_id(self.conn) > first_id:  # it logged ids past ours
+                        raise LogError(self.path, f"node {self.node.name!r} was still "
+                                       "running elsewhere and logged ids past this start's: "
+                                       "it is fenced now; start again")
                 self.conn.execute("INSERT INTO saga_run(first_id, started_at, pid) VALUES "
                                   "(%s, %s, %s) ON CONFLICT (first_id) DO UPDATE SET "
                                   "started_at = EXCLUDED.started_at, pid = EXCLUDED.pid",
                                   (first_id, time.time(), os.getpid()))
-                self.conn.execute(_RAISE_MARK, (mark,))
+                raise_mark(self.conn, mark, self.node)
         except self._psycopg.Error as exc:
             raise self._error("cannot record the start", exc) from None
         self.run_first = first_id
+        if self.node is not None:
+            self.node.start(self.url)
 
     def end_run(self, next_id: int) -> None:
         if self.run_first is not None:
@@ -338,17 +255,31 @@ class PgLog:
     # -- reading ------------------------------------------------------------
 
     def next_id(self) -> int:
-        def q(c: Any) -> int:
-            top = c.execute("SELECT coalesce(max(saga_id), 0) + 1 FROM saga").fetchone()[0]
-            mark = c.execute("SELECT value FROM saga_meta WHERE key = 'next_id'").fetchone()
-            return max(int(top), int(mark[0]) if mark else 1)
-        return int(self._read(q))
+        """Where this node's ids go on: past every id in its range and its
+        mark (a log without nodes: past every id and the log's mark)."""
+        return int(self._read(self._next_id))
+
+    def _next_id(self, c: Any) -> int:
+        if self.node is not None:
+            lo, hi = self.node.base, self.node.base + (1 << ID_BITS)
+            top = c.execute("SELECT coalesce(max(saga_id), 0) + 1 FROM saga WHERE "
+                            "saga_id >= %s AND saga_id < %s", (lo, hi)).fetchone()[0]
+            mark = c.execute("SELECT next_id FROM saga_node WHERE node_no = %s",
+                             (self.node.node_no,)).fetchone()
+            return max(int(top), int(mark[0]) if mark else 0, lo + 1)
+        top = c.execute("SELECT coalesce(max(saga_id), 0) + 1 FROM saga").fetchone()[0]
+        mark = c.execute("SELECT value FROM saga_meta WHERE key = 'next_id'").fetchone()
+        return max(int(top), int(mark[0]) if mark else 1)
 
     def unfinished(self) -> list[tuple[int, str, float, str | None, str, str | None]]:
+        """This node's sagas still in flight in the log (queued last, in order)."""
+        # (and those of the days before nodes, which this node adopts)
+        mine = "AND (node_no = %s OR node_no IS NULL) " if self.node is not None else ""
         rows = self._read(lambda c: c.execute(
             "SELECT saga_id, name, coalesce(queued_at, started_at), input_json, state, "
-            "idem_key FROM saga WHERE state IN ('queued', 'running', 'compensating') "
-            "ORDER BY state = 'queued', queue_seq NULLS FIRST, saga_id").fetchall())
+            "idem_key FROM saga WHERE state IN ('queued', 'running', 'compensating') " + mine +
+            "ORDER BY state = 'queued', queue_seq NULLS FIRST, saga_id",
+            (self.node.node_no,) if self.node is not None else ()).fetchall())
         return [(int(r[0]), str(r[1]), float(r[2]), r[3], str(r[4]), r[5]) for r in rows]
 
     def max_queue_seq(self) -> int:
@@ -385,53 +316,9 @@ class PgLog:
         return found
 
     def close(self) -> None:
+        if self.node is not None:
+            self.node.stop(self.conn)
         try:
             self.conn.close()
         except self._psycopg.Error:
             pass
-
-
-def read_outcome(c: Any, saga_id: int, before: int | None) -> tuple[str, str | None] | None:
-    """:func:`supervisor.log_read.read_outcome` (one rule for both stores), on
-    a PostgreSQL connection."""
-    return log_read.read_outcome(_Qmark(c), saga_id, before)
-
-
-def logged_outcome(url: str, saga_id: int, before: int | None = None
-                   ) -> tuple[str, str | None] | None:
-    """`saga_id`'s logged outcome, read on a short connection of its own
-    (``wait()``'s fallback from any thread)."""
-    conn = connect(url)
-    try:
-        return read_outcome(conn, saga_id, before)
-    finally:
-        conn.close()
-
-
-class _Qmark:
-    """A psycopg connection taking SQLite's ``?`` placeholders, so that the
-    readers of :mod:`supervisor.log_read` run on it unchanged."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-
-    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
-        return self.conn.execute(sql.replace("%", "%%").replace("?", "%s"), params)
-
-    def dict_rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        cur = self.execute(sql, params)
-        names = [d.name for d in cur.description]
-        return [dict(zip(names, row)) for row in cur.fetchall()]
-
-
-class Reader(_Qmark):
-    """A read-only view of a PostgreSQL log for the command line."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(connect(url))
-        self.path = redact(url)
-        self.conn.autocommit = True
-        self.conn.execute("SET default_transaction_read_only = on")
-
-    def close(self) -> None:
-        self.conn.close()

@@ -36,20 +36,22 @@ class LogStore(Protocol):
     def find_key(self, key: str) -> int | None: ...
     def outcome(self, saga_id: int) -> tuple[str, str | None] | None: ...
     def check_file(self) -> None: ...
+    def check_lease(self) -> None: ...
     def describe(self) -> dict[str, Any]: ...
     def close(self) -> None: ...
 
 
-def open_store(log: str | None, paths: DataDir, durability: str, retry: float = 5.0
-               ) -> LogStore:
+def open_store(log: str | None, paths: DataDir, durability: str, retry: float = 5.0,
+               node: str | None = None, lease: float = 10.0) -> LogStore:
     """The PostgreSQL log at URL `log` (reconnecting for up to `retry`
-    seconds when the server goes away), else the data dir's SQLite file.
+    seconds when the server goes away; registered as fleet node `node`,
+    whose lease lasts `lease` seconds), else the data dir's SQLite file.
     The data dir remembers a PostgreSQL log's URL, without its password, so
     that the command line finds it from the data dir (see :func:`pointed`)."""
     if log is not None:
         from supervisor.log_pg import PgLog
 
-        pg = PgLog(log, durability, retry)
+        pg = PgLog(log, durability, retry, node, lease)
         paths.log_url_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = paths.log_url_file.with_suffix(".tmp")
         tmp.write_text(pg.path + "\n")

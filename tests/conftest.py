@@ -165,7 +165,7 @@ def log_reader(where: "Supervisor | Path | str") -> Any:
     if not isinstance(where, (str, os.PathLike)):
         where = where.settings.log or where.db_path
     if isinstance(where, str) and where.startswith("postgresql://"):
-        from supervisor.log_pg import Reader
+        from supervisor.log_pg_read import Reader
 
         return Reader(where)
     return open_readonly(where)

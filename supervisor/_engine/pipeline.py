@@ -121,6 +121,7 @@ class Pipeline:
     def end_turn(self) -> None:
         """Commit the turn's batch (inline, or handed to the writer under
         load), then emit its outputs once that batch is committed."""
+        self.log.check_lease()  # a fenced fleet node stops here, every turn
         outputs = self.turn.take_outputs()
         for w in self.workers():
             if w.outbox:
@@ -160,6 +161,7 @@ class Pipeline:
                 except BaseException as exc:
                     raise self._log_error(exc) from exc
             held.popleft()
+            self.log.check_lease()  # (committed before a pause past the lease: not sent)
             self.emit(outputs)
 
     def commit_now(self) -> None:

@@ -67,6 +67,8 @@ class Settings:
     # the log's PostgreSQL URL (None: the SQLite file in the data dir)
     log: str | None = None
     log_retry: float = 5.0  # seconds a lost server is reconnected to before LogError
+    node: str | None = None  # a fleet node's name (PostgreSQL log); None: one of its own
+    node_lease: float = 10.0  # seconds a node's lease lasts past its last renewal
 
 
 class Lifecycle:

@@ -1,0 +1,170 @@
+"""A supervisor on a PostgreSQL log is a *node* of a fleet: its row in
+``saga_node`` (number, name, epoch, lease), its ids, its lease and its fence.
+
+- **Number and ids.** The node's number puts its ids in a range of their own,
+  ``node_no << 40`` on (2**40 ids a node, 8,191 nodes, every id below 2**53),
+  allocated locally by the shared segment as on one machine; the node's
+  high-water mark is kept in its row.
+- **Epoch.** Starting under a name bumps its epoch: a supervisor still
+  running under that name (paused, or cut off) is fenced from then on.
+- **Fence.** Every commit begins with ``saga_fence(node, epoch, lease)``,
+  which extends the lease only under the node's epoch and fails the
+  transaction (SQLSTATE ``SF001``) under another: a fenced node commits
+  nothing, and since nothing is sent before its commit, sends nothing new.
+- **Lease.** Expiry is decided by the database's clock (``lease_until``,
+  ``now()``).  A thread renews it every lease/3; the node itself keeps, by
+  its own monotonic clock, how long its last renewal holds (the lease less a
+  tenth, counted from before the renewal was sent), and past that it stops
+  before sending anything (:meth:`NodeLease.check`): a node paused past its
+  lease (SIGSTOP, a long GC, a VM freeze) or cut off from the database stops
+  on its own, before anyone else could take its sagas.
+
+Taking a dead node's sagas over, fleet-wide keys and limits and cancel from
+anywhere are not built yet (see the README's limits).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+from supervisor.errors import FencedError, LogError
+
+log = logging.getLogger(__name__)
+
+ID_BITS = 40  # ids of node n: [n << 40, (n + 1) << 40)
+MAX_NODES = (1 << (53 - ID_BITS)) - 1  # every id below 2**53
+FENCED = "SF001"  # saga_fence's SQLSTATE
+
+_LOOKUP = """
+INSERT INTO saga_node(name, epoch, lease_until, started_at) VALUES (%s, 0, now(), now())
+ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING node_no
+"""
+_CLAIM = """
+UPDATE saga_node SET epoch = epoch + 1, lease_until = now() + make_interval(secs => %s),
+    pid = %s, host = %s, version = %s, started_at = now()
+WHERE node_no = %s RETURNING epoch
+"""
+
+
+class NodeLease:
+    """This supervisor's node: looked up when the log opens, claimed when its
+    run begins, renewed by a thread of its own, checked before anything
+    leaves (see the module)."""
+
+    def __init__(self, conn: Any, path: str, name: str, lease: float) -> None:
+        """Find (or add) `name`'s row on `conn`: its number, hence its ids.
+        Nothing is fenced yet: the data dir's lock is not taken (see claim)."""
+        self.path, self.name, self.lease = path, name, lease
+        self.margin = lease / 10
+        with conn.transaction():
+            self.node_no = int(conn.execute(_LOOKUP, (name,)).fetchone()[0])
+        if self.node_no > MAX_NODES:
+            raise LogError(path, f"node {name!r} would be number {self.node_no}: a log "
+                           f"holds at most {MAX_NODES} nodes (ids stay below 2**53)")
+        self.base = self.node_no << ID_BITS
+        self.epoch = 0
+        self.ok_until = 0.0
+        self.fenced: FencedError | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def claim(self, conn: Any) -> None:
+        """In the caller's transaction, once this supervisor holds its data
+        dir: the next epoch (fencing whoever ran under the name before), a
+        fresh lease, and the sagas of the days before nodes."""
+        from supervisor import __version__
+
+        began = time.monotonic()
+        before = conn.execute("SELECT lease_until > now() AND epoch > 0, pid, host FROM "
+                              "saga_node WHERE node_no = %s FOR UPDATE",
+                              (self.node_no,)).fetchone()
+        self.epoch = int(conn.execute(_CLAIM, (self.lease, os.getpid(), socket.gethostname(),
+                                               __version__, self.node_no)).fetchone()[0])
+        conn.execute("UPDATE saga SET node_no = %s WHERE node_no IS NULL AND state IN "
+                     "('queued', 'running', 'compensating')", (self.node_no,))
+        if before is not None and before[0]:
+            log.warning("node %r was still leased (pid %s on %s): it is fenced now (epoch "
+                        "%d)", self.name, before[1], before[2], self.epoch)
+        self.ok_until = began + self.lease - self.margin
+
+    # -- the fence ------------------------------------------------------------------
+
+    def fence_sql(self) -> tuple[str, tuple[Any, ...]]:
+        """The statement every commit begins with."""
+        return "SELECT saga_fence(%s, %s, %s)", (self.node_no, self.epoch, self.lease)
+
+    def renewed(self, began: float) -> None:
+        """A commit or renewal sent at monotonic `began` went through."""
+        self.ok_until = max(self.ok_until, began + self.lease - self.margin)
+
+    def fenced_error(self, exc: BaseException) -> FencedError | None:
+        """`exc` as a FencedError if it is the fence's; else None."""
+        if getattr(exc, "sqlstate", None) != FENCED:
+            return None
+        self.fenced = FencedError(self.path, f"node {self.name!r} (number {self.node_no}) is "
+                                  f"fenced: epoch {self.epoch} is no longer its own (another "
+                                  "supervisor started under its name); it stops")
+        return self.fenced
+
+    def check(self) -> None:
+        """Before anything leaves: raise FencedError if the node was fenced,
+        or if its lease may have run out by its own clock."""
+        if self.fenced is not None:
+            raise self.fenced
+        late = time.monotonic() - self.ok_until
+        if late > 0:
+            self.fenced = FencedError(
+                self.path, f"node {self.name!r} could not renew its lease in time ({late:.1f}s "
+                f"past the {self.lease}s it holds, less a tenth: paused, or cut off from the "
+                "database); it stops before sending anything, so that nothing it sends can "
+                "race whoever takes its sagas")
+            raise self.fenced
+
+    # -- the renewal thread ----------------------------------------------------------
+
+    def start(self, url: str) -> None:
+        self._thread = threading.Thread(target=self._renew, args=(url,), daemon=True,
+                                        name="saga-node-lease")
+        self._thread.start()
+
+    def _renew(self, url: str) -> None:
+        import psycopg
+
+        conn: Any = None
+        sql, params = self.fence_sql()
+        while not self._stop.wait(self.lease / 3):
+            began = time.monotonic()
+            try:
+                if conn is None or conn.closed or conn.broken:
+                    conn = psycopg.connect(url, autocommit=True,
+                                           connect_timeout=max(1, int(self.lease / 3)))
+                conn.execute(sql, params)
+                self.renewed(began)
+            except psycopg.Error as exc:
+                if self.fenced_error(exc) is not None:
+                    log.error("%s", self.fenced)
+                    break
+                log.warning("node %r: could not renew its lease: %s", self.name,
+                            str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+        if conn is not None:
+            conn.close()
+
+    def stop(self, conn: Any) -> None:
+        """A clean stop: the renewals end, and the lease with them (on `conn`,
+        best effort), so that the node is seen gone at once."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        if self.epoch and self.fenced is None:
+            try:
+                with conn.transaction():
+                    conn.execute("UPDATE saga_node SET lease_until = least(lease_until, "
+                                 "now()) WHERE node_no = %s AND epoch = %s",
+                                 (self.node_no, self.epoch))
+            except Exception as exc:  # psycopg's: the server is gone; the lease ends anyway
+                log.debug("node %r: lease not released: %s", self.name, exc)

@@ -1,0 +1,52 @@
+"""Connecting to PostgreSQL: the driver (the ``postgres`` extra), a URL
+told from others and shown without its password, and a connection or an
+error that names what to fix."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from supervisor.errors import LogError, SupervisorError
+
+
+def is_url(log: object) -> bool:
+    return isinstance(log, str) and log.startswith(("postgresql://", "postgres://"))
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages, health and metrics."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}@{host}" if parts.username else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def driver() -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise SupervisorError("a PostgreSQL log needs psycopg 3: install the 'postgres' extra "
+                              "(pip install 'saga-supervisor[postgres]')") from None
+    return psycopg
+
+
+def connect(url: str) -> Any:
+    """A connection, or a LogError that names what to fix (never the password)."""
+    psycopg = driver()
+    try:
+        return psycopg.connect(url, autocommit=False, connect_timeout=10)
+    except psycopg.Error as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "password" in text.lower() or "authentication" in text.lower():
+            hint = "the server refused the credentials: check the user and password"
+        elif "does not exist" in text:
+            hint = "create the database (createdb) or fix the URL's database name"
+        else:
+            hint = "is the server running, and are the host and port right?"
+        raise LogError(redact(url), f"cannot connect: {text.replace(url, redact(url))}; "
+                                    f"{hint}") from None
