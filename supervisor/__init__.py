@@ -72,10 +72,11 @@ _WHERE = {
     "SagaNotLoggedError": "supervisor.errors",
     "IdFenceError": "supervisor.errors",
     "ConnectionLostError": "supervisor.errors",
+    "FencedError": "supervisor.errors",
 }
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers
-    from supervisor.errors import ConnectionLostError
+    from supervisor.errors import ConnectionLostError, FencedError
     from supervisor.errors import IdFenceError
     from supervisor.errors import SagaNotLoggedError
     from supervisor.async_client import AsyncSagaClient
@@ -186,4 +187,5 @@ __all__ = [
     "SagaNotLoggedError",
     "IdFenceError",
     "ConnectionLostError",
+    "FencedError",
 ]

@@ -180,6 +180,13 @@ def _parser() -> argparse.ArgumentParser:
                        "lacks prometheus-client, 2 if none runs.")
     _add_data_dir(m)
 
+    n = sub.add_parser("nodes", help="list the fleet's nodes on a PostgreSQL log",
+                       description="Every supervisor on a PostgreSQL log is a node: its "
+                       "number, epoch, lease (by the database's clock), pid, host, version "
+                       "and the sagas it owns (running, queued). Exit 0; 2 log unreachable.")
+    n.add_argument("--json", action="store_true", help="the nodes as a JSON array")
+    _add_log(n, what="the PostgreSQL log at URL")
+
     v = sub.add_parser("vacuum", help="delete terminal sagas older than N days",
                        description="Remove ended sagas (and steps) older than --older-than "
                        "days. Refused while a supervisor runs on the data dir (exit 1), "
@@ -344,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"demo": cmd_demo, "health": _cli_health.cmd_health, "sagas": _cli_log.cmd_sagas,
                "events": _cli_live.cmd_events, "cancel": _cli_live.cmd_cancel,
                "publish": _cli_live.cmd_publish, "metrics": _cli_live.cmd_metrics,
-               "top": _cli_top.cmd_top,
+               "top": _cli_top.cmd_top, "nodes": _cli_store.cmd_nodes,
                "vacuum": cmd_vacuum,
                "run": cmd_run}[args.command]
     if getattr(args, "log", None):  # the PostgreSQL log, for those that read it directly

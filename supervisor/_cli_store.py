@@ -237,3 +237,58 @@ def cmd_top_log(args: argparse.Namespace) -> int:
         return EXIT_FAIL
     finally:
         r.close()
+
+
+_NODES = """
+SELECT n.node_no, n.name, n.epoch, n.pid, n.host, n.version, n.started_at,
+       n.lease_until > now() AS live,
+       extract(epoch FROM n.lease_until - now()) AS lease_left_s,
+       count(s.saga_id) FILTER (WHERE s.state IN ('running', 'compensating')) AS running,
+       count(s.saga_id) FILTER (WHERE s.state = 'queued') AS queued
+FROM saga_node n LEFT JOIN saga s ON s.node_no = n.node_no
+    AND s.state IN ('queued', 'running', 'compensating')
+WHERE n.epoch > 0
+GROUP BY n.node_no ORDER BY n.node_no
+"""
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    """``nodes --log URL``: the fleet's nodes, their leases (by the database's
+    clock) and what each owns; a dead node's sagas wait for it to come back
+    under its name (taking them over is not built yet)."""
+    if not args.log:
+        print("nodes reads a PostgreSQL log: name it with --log URL or $SAGA_LOG",
+              file=sys.stderr)
+        return EXIT_USAGE
+    r = _reader(args.log)
+    if r is None:
+        return EXIT_NONE
+    try:
+        rows = r.dict_rows(_NODES)
+    except Exception as exc:  # psycopg's: no fleet here (an older log), or no grant
+        if type(exc).__module__.split(".")[0] != "psycopg":
+            raise
+        print(f"cannot read the nodes of {r.path}: {str(exc).strip().splitlines()[0]}",
+              file=sys.stderr)
+        return EXIT_CORRUPT
+    finally:
+        r.close()
+    for row in rows:
+        row["started_at"] = row["started_at"].isoformat() if row["started_at"] else None
+        row["lease_left_s"] = round(float(row["lease_left_s"]), 1)
+        row["state"] = "live" if row["live"] else (
+            "dead: waiting for takeover" if row["running"] or row["queued"] else "gone")
+        del row["live"]
+    if args.json:
+        print(json.dumps(rows))
+        return EXIT_OK
+    for row in rows:
+        lease = (f"lease {row['lease_left_s']}s left" if row["state"] == "live" else
+                 f"lease expired {-row['lease_left_s']}s ago")
+        print(f"node {row['node_no']} {row['name']}: {row['state']}, epoch {row['epoch']}, "
+              f"{lease}, pid {row['pid']} on {row['host']}, version {row['version']}; "
+              f"running {row['running']}, queued {row['queued']}")
+    if not rows:
+        print("no nodes in this log", file=sys.stderr)
+    return EXIT_OK
+

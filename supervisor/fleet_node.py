@@ -99,8 +99,21 @@ class NodeLease:
         return "SELECT saga_fence(%s, %s, %s)", (self.node_no, self.epoch, self.lease)
 
     def renewed(self, began: float) -> None:
-        """A commit or renewal sent at monotonic `began` went through."""
+        """A commit or renewal sent at monotonic `began` went through.  Sent
+        after the lease had run out by this node's clock, it renews nothing:
+        the node was paused or cut off past its lease, and stops."""
+        if began > self.ok_until:
+            self._lapsed(began - self.ok_until)
+            return
         self.ok_until = max(self.ok_until, began + self.lease - self.margin)
+
+    def _lapsed(self, late: float) -> None:
+        if self.fenced is None:
+            self.fenced = FencedError(
+                self.path, f"node {self.name!r} could not renew its lease in time ({late:.1f}s "
+                f"past the {self.lease}s it holds, less a tenth: paused, or cut off from the "
+                "database); it stops before sending anything, so that nothing it sends can "
+                "race whoever takes its sagas")
 
     def fenced_error(self, exc: BaseException) -> FencedError | None:
         """`exc` as a FencedError if it is the fence's; else None."""
@@ -118,11 +131,8 @@ class NodeLease:
             raise self.fenced
         late = time.monotonic() - self.ok_until
         if late > 0:
-            self.fenced = FencedError(
-                self.path, f"node {self.name!r} could not renew its lease in time ({late:.1f}s "
-                f"past the {self.lease}s it holds, less a tenth: paused, or cut off from the "
-                "database); it stops before sending anything, so that nothing it sends can "
-                "race whoever takes its sagas")
+            self._lapsed(late)
+            assert self.fenced is not None
             raise self.fenced
 
     # -- the renewal thread ----------------------------------------------------------
@@ -139,6 +149,10 @@ class NodeLease:
         sql, params = self.fence_sql()
         while not self._stop.wait(self.lease / 3):
             began = time.monotonic()
+            if began > self.ok_until:  # (woken after a pause past the lease)
+                self._lapsed(began - self.ok_until)
+            if self.fenced is not None:
+                break
             try:
                 if conn is None or conn.closed or conn.broken:
                     conn = psycopg.connect(url, autocommit=True,

@@ -160,8 +160,8 @@ class Pipeline:
                     writer.wait(seq)
                 except BaseException as exc:
                     raise self._log_error(exc) from exc
-            held.popleft()
             self.log.check_lease()  # (committed before a pause past the lease: not sent)
+            held.popleft()
             self.emit(outputs)
 
     def commit_now(self) -> None:

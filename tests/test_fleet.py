@@ -1,0 +1,190 @@
+"""A fleet of supervisors on one PostgreSQL log (issue 22, first part): nodes
+with ids of their own, an epoch that fences, a lease that a paused node
+outlives.  Real supervisors (both engines), a real server (tests/_pg.py),
+recording hosts, real SIGSTOP/SIGCONT."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from supervisor import Event, FencedError, Supervisor
+from supervisor.testing import FakeHost
+
+from . import sagas as S
+from .conftest import read_log, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "supervisor", *args], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def _nodes(url: str) -> dict[str, dict]:
+    out = _cli("nodes", "--log", url, "--json")
+    assert out.returncode == 0, out.stderr
+    return {n["name"]: n for n in json.loads(out.stdout)}
+
+
+def test_two_nodes_share_one_log_with_ids_of_their_own(tmp_path: Path, pg_url: str,
+                                                       engine: str) -> None:
+    hosts = [FakeHost(workdir=tmp_path / f"h{k}") for k in (1, 2)]
+    sups = [Supervisor(tmp_path / f"d{k}", workers=1, host=hosts[k - 1].argv, log=pg_url,
+                       node=f"web-{k}", engine=engine) for k in (1, 2)]
+    got: list[list[int]] = [[], []]
+    try:
+        for sup in sups:
+            sup.start()
+
+        def run(k: int) -> None:
+            got[k] = [sups[k].spawn(S.EchoSaga(n, steps=2)) for n in range(400)]
+
+        threads = [threading.Thread(target=run, args=(k,)) for k in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for k in (0, 1):
+            assert all(sups[k].wait(i, 60).completed for i in got[k])
+        nodes = _nodes(pg_url)
+        assert {n["state"] for n in nodes.values()} == {"live"}
+        assert nodes["web-1"]["node_no"] != nodes["web-2"]["node_no"]
+        assert all(n["running"] == 0 and n["epoch"] >= 1 for n in nodes.values())
+    finally:
+        for sup in sups:
+            sup.stop()
+    sagas, _ = read_log(pg_url)
+    assert len(set(got[0]) | set(got[1])) == 800  # no id given to two sagas
+    for k, name in ((0, "web-1"), (1, "web-2")):
+        no = nodes[name]["node_no"]
+        assert all(i >> 40 == no and i < 2**53 for i in got[k])  # the node's own range
+        assert {sagas[i]["node_no"] for i in got[k]} == {no}
+        sent = {(r["saga_id"], r["step"]) for r in hosts[k].received()}
+        assert {i for i, _ in sent} >= set(got[k])  # each node's sagas ran on its host
+    assert {n["state"] for n in _nodes(pg_url).values()} == {"gone"}  # stopped: released
+
+
+def test_a_supervisor_started_under_a_running_nodes_name_fences_it(
+        tmp_path: Path, pg_url: str, engine: str) -> None:
+    """B starts as "web-1" while A runs as "web-1" (on another data dir, as on
+    another machine): A's next commit fails, A stops, its host gets nothing
+    more; B owns A's sagas and resumes them by replay."""
+    host_a, host_b = FakeHost(workdir=tmp_path / "ha"), FakeHost(workdir=tmp_path / "hb")
+    a = Supervisor(tmp_path / "a", workers=1, host=host_a.argv, log=pg_url, node="web-1",
+                   engine=engine, **({"orphan": "suspend"} if engine == "process" else {}))
+    a.register_kind(S.LimitedSaga)
+    a.start()
+    b = None
+    try:
+        held = a.spawn(S.LimitedSaga(5, seconds=600, timeout=900), durable=True)
+        assert a.wait(a.spawn(S.EchoSaga(1)), 30).completed
+        wait_for(lambda: any(r["saga_id"] == held for r in host_a.received()),
+                 what="the held saga's step on A's host")
+        before = len(host_a.received())
+        b = Supervisor(tmp_path / "b", workers=1, host=host_b.argv, log=pg_url,
+                       node="web-1", engine=engine)
+        b.register_kind(S.LimitedSaga)
+        b.start()  # claims web-1's next epoch: A is fenced from here on
+        try:
+            a.spawn(S.EchoSaga(2))
+        except Exception:  # it may already know
+            pass
+        wait_for(lambda: a.state == "stopped", timeout=30, what="A stops")
+        if engine == "thread":
+            assert isinstance(a.error, FencedError) and "fenced" in str(a.error)
+        assert len(host_a.received()) == before  # nothing new reached A's host
+        b.publish(Event("finish", 5))
+        assert b.wait(held, 30).completed  # B owns web-1's sagas: resumed by replay
+    finally:
+        a.stop()
+        if b is not None:
+            b.stop()
+
+
+_PAUSED = """
+import json, sys
+from supervisor import Supervisor
+from tests.sagas import EchoSaga
+
+if __name__ == "__main__":
+    data, url, engine, argv = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+    sup = Supervisor(data, workers=1, host=argv, log=url, node="paused", node_lease=1.5,
+                     engine=engine, health_interval=0.1)
+    sup.start()
+    print("ready", flush=True)
+    n = 0
+    try:
+        while True:  # steady work until the supervisor stops under us
+            n += 1
+            sup.wait(sup.spawn(EchoSaga(n)), 30)
+    except Exception as exc:
+        print(json.dumps({"stopped": type(exc).__name__, "error": repr(sup.error)}),
+              flush=True)
+    finally:
+        sup.stop()
+"""
+
+
+def test_a_node_paused_past_its_lease_sends_nothing_when_it_resumes(
+        tmp_path: Path, pg_url: str, engine: str) -> None:
+    """SIGSTOP the supervisor (the launcher, or the supervisor process) past
+    its lease, under load; SIGCONT: it must send its host nothing new (not
+    even what it had committed before the pause) and stop."""
+    import psycopg
+
+    host = FakeHost(workdir=tmp_path / "h")
+    script = tmp_path / "paused.py"
+    script.write_text(textwrap.dedent(_PAUSED))
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "d"), pg_url, engine,
+                             json.dumps(host.argv)], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        wait_for(lambda: len(host.received()) >= 200, timeout=60, what="work flowing")
+        health = json.loads((tmp_path / "d" / "run" / "health.json").read_text())
+        pid = health["supervisor"]["pid"]  # the launcher, or its supervisor process
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                wait_for(lambda: conn.execute(
+                    "SELECT lease_until < now() - interval '0.5 seconds' FROM saga_node "
+                    "WHERE name = 'paused'").fetchone()[0], timeout=30,
+                    what="its lease to run out, by the database's clock")
+            sent = len(host.received())  # (the host had a second to drain its pipe)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        line = proc.stdout.readline()
+        assert proc.wait(60) == 0
+        assert json.loads(line)["stopped"], line
+        assert len(host.received()) == sent  # nothing new after the pause
+        if engine == "thread":
+            assert "FencedError" in json.loads(line)["error"]
+            assert "could not renew its lease" in json.loads(line)["error"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        proc.stdout.close()
+
+
+def test_node_is_checked(tmp_path: Path, pg_url: str) -> None:
+    with pytest.raises(ValueError, match="give log="):
+        Supervisor(tmp_path / "a", node="web-1")
+    with pytest.raises(ValueError, match="node must be"):
+        Supervisor(tmp_path / "a", log=pg_url, node="")
+    with pytest.raises(ValueError, match="node_lease"):
+        Supervisor(tmp_path / "a", log=pg_url, node_lease=0)
+    out = _cli("nodes")
+    assert out.returncode == 64 and "--log" in out.stderr
