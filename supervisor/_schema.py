@@ -175,6 +175,10 @@ CREATE TABLE IF NOT EXISTS saga_node (
     next_id BIGINT NOT NULL DEFAULT 0
 );
 ALTER TABLE saga ADD COLUMN IF NOT EXISTS node_no INTEGER;
+-- a key is claimed here, in a transaction of its own, when a node decides a
+-- keyed spawn: two nodes racing one key get one saga (the claim's primary key)
+CREATE TABLE IF NOT EXISTS saga_key (idem_key TEXT PRIMARY KEY, saga_id BIGINT NOT NULL,
+                                     node_no INTEGER);
 CREATE INDEX IF NOT EXISTS saga_node_unfinished ON saga(node_no)
     WHERE state IN ('queued', 'running', 'compensating');
 -- the fence, in every commit and every renewal: the node's lease is extended

@@ -87,6 +87,9 @@ class NodeLease:
                                                __version__, self.node_no)).fetchone()[0])
         conn.execute("UPDATE saga SET node_no = %s WHERE node_no IS NULL AND state IN "
                      "('queued', 'running', 'compensating')", (self.node_no,))
+        # keys its earlier runs claimed for sagas they never logged are free again
+        conn.execute("DELETE FROM saga_key k WHERE k.node_no = %s AND NOT EXISTS (SELECT 1 "
+                     "FROM saga s WHERE s.saga_id = k.saga_id)", (self.node_no,))
         if before is not None and before[0]:
             log.warning("node %r was still leased (pid %s on %s): it is fenced now (epoch "
                         "%d)", self.name, before[1], before[2], self.epoch)

@@ -382,6 +382,11 @@ class SagaLog:
     def attempts(self, saga_id: int) -> list[dict[str, Any]]:
         return attempt_rows(self.conn, saga_id)
 
+    def claim_key(self, key: str, saga_id: int) -> int | None:
+        """The saga that holds `key` if one does; else None, and `saga_id`
+        takes it (written with the saga's row: one supervisor per file)."""
+        return self.find_key(key)
+
     def find_key(self, key: str) -> int | None:
         """The saga that holds idempotency key `key`, if the log has one."""
         rows = self.conn.execute("SELECT saga_id FROM saga WHERE idem_key = ?",

@@ -244,7 +244,7 @@ class PgLog:
                           "coalesce(max(saga_id), 0) + 1 FROM saga)) WHERE key = 'next_id'")
                 c.execute("UPDATE saga_meta SET value = greatest(value, %s) "
                           "WHERE key = 'purge_cutoff'", (int(cutoff) + 1,))
-                for table in ("saga_step", "saga_step_attempt"):
+                for table in ("saga_step", "saga_step_attempt", "saga_key"):
                     c.execute(f"DELETE FROM {table} WHERE saga_id IN (SELECT saga_id "
                               f"{_PURGEABLE})", (cutoff,))
                 removed = c.execute(f"DELETE {_PURGEABLE}", (cutoff,)).rowcount
@@ -304,6 +304,24 @@ class PgLog:
     def attempts(self, saga_id: int) -> list[dict[str, Any]]:
         return self._dicts("SELECT * FROM saga_step_attempt WHERE saga_id = %s "
                            "ORDER BY step_index, attempt", (saga_id,))
+
+    def claim_key(self, key: str, saga_id: int) -> int | None:
+        """The saga that holds `key` if one does; else None, `saga_id` having
+        claimed it in the log (committed now: any other node that races the
+        key finds this claim, and gets this saga's id)."""
+        node = self.node.node_no if self.node is not None else None
+
+        def q(c: Any) -> int | None:
+            row = c.execute("SELECT saga_id FROM saga WHERE idem_key = %s", (key,)).fetchone()
+            if row is None:
+                row = c.execute("INSERT INTO saga_key VALUES (%s, %s, %s) ON CONFLICT "
+                                "(idem_key) DO NOTHING RETURNING NULL", (key, saga_id, node)
+                                ).fetchone() or c.execute(
+                    "SELECT saga_id FROM saga_key WHERE idem_key = %s", (key,)).fetchone()
+            return None if row is None or row[0] is None or int(row[0]) == saga_id \
+                else int(row[0])
+        found: int | None = self._read(q)
+        return found
 
     def find_key(self, key: str) -> int | None:
         row = self._read(lambda c: c.execute("SELECT saga_id FROM saga WHERE idem_key = %s",

@@ -188,3 +188,62 @@ def test_node_is_checked(tmp_path: Path, pg_url: str) -> None:
         Supervisor(tmp_path / "a", log=pg_url, node_lease=0)
     out = _cli("nodes")
     assert out.returncode == 64 and "--log" in out.stderr
+
+
+def test_the_documented_example_runs(tmp_path: Path, pg_url: str) -> None:
+    """docs/fleet.md's blocks, as a user would paste them (SAGA_LOG set)."""
+    import re
+
+    text = (ROOT / "docs" / "fleet.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    (shell,) = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGA_LOG": pg_url}
+    (tmp_path / "app.py").write_text(code)
+    run = subprocess.run([sys.executable, "app.py"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "node web-1 on PostgreSQL 1" in run.stdout, run.stderr
+    listed = subprocess.run(shell.replace("saga-supervisor", f"{sys.executable} -m supervisor",
+                                          1), shell=True, cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and "web-1: gone, epoch 1" in listed.stdout, listed
+
+
+def test_two_nodes_racing_one_key_get_one_saga(tmp_path: Path, pg_url: str,
+                                               engine: str) -> None:
+    """Keys hold across the fleet: two nodes spawn the same keys at once,
+    from threads of their own; each key starts one saga, and both nodes
+    answer with its id.  Neither node stops."""
+    from collections import Counter
+
+    sups = [Supervisor(tmp_path / f"d{k}", workers=1, host=None, log=pg_url, node=f"n{k}",
+                       engine=engine) for k in (1, 2)]
+    keys = [f"deploy-{n}" for n in range(60)]
+    got: list[list[int]] = [[], []]
+    go = threading.Barrier(2)
+    try:
+        for sup in sups:
+            sup.start()
+
+        def race(k: int) -> None:
+            go.wait(30)
+            got[k] = [sups[k].spawn(S.InstantSaga(), key=key) for key in keys]
+
+        threads = [threading.Thread(target=race, args=(k,)) for k in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert got[0] == got[1]  # the same saga for each key, whichever node asked
+        owners = Counter(i >> 40 for i in got[0])
+        numbers = {name: n["node_no"] for name, n in _nodes(pg_url).items()}
+        for k, sup in enumerate(sups):
+            mine = [i for i in got[0] if i >> 40 == numbers[f"n{k + 1}"]]
+            assert all(sup.wait(i, 30).completed for i in mine)
+            assert sup.state == "running" and sup.error is None
+        assert sum(owners.values()) == 60
+    finally:
+        for sup in sups:
+            sup.stop()
+    sagas, _ = read_log(pg_url)
+    keyed = Counter(r["idem_key"] for r in sagas.values() if r["idem_key"])
+    assert keyed == {k: 1 for k in keys}  # one saga per key in the log

@@ -18,11 +18,11 @@ from supervisor._engine.table import SagaTable
 
 class Keys:
     def __init__(self, table: SagaTable, sagas: SagaOps, commit_now: Callable[[], None],
-                 find_logged: Callable[[str], int | None]) -> None:
+                 claim: Callable[[str, int], int | None]) -> None:
         self.table = table
         self.sagas = sagas
         self.commit_now = commit_now
-        self.find_logged = find_logged
+        self.claim = claim  # the log's holder of a key, or None once `sid` claimed it
 
     def spawn(self, sid: int, spec: SagaSpec, key: str) -> int:
         """Start `sid` under `key`, unless a saga holds it already: then that
@@ -30,7 +30,7 @@ class Keys:
         found = self.table.by_key.get(key)
         if found is None:
             self.commit_now()  # a saga that started and ended this turn is logged now
-            found = self.find_logged(key)
+            found = self.claim(key, sid)  # (on a fleet's log: decided there, for every node)
         if found is not None:
             return found
         self.sagas.start(sid, spec, key=key)

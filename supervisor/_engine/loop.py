@@ -164,7 +164,7 @@ class Engine:
         self.recovery = Recovery(self.kinds, self.registry.prepare, sagas, comp, table, turn,
                                  shared, stats, sagalog, pipeline.commit_now, pool.for_saga,
                                  pool.ship_class)
-        self.keys = Keys(table, sagas, pipeline.commit_now, sagalog.find_key)
+        self.keys = Keys(table, sagas, pipeline.commit_now, sagalog.claim_key)
         queues = sagas.queue = self.queues = Queues(self.limits, table, sagas, shared, turn,
                                                     stats, self.life, sagalog.max_queue_seq() + 1)
         self.collector = EngineCollector(self.health, self.measures, table.by_kind)
