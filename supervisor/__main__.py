@@ -153,6 +153,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_data_dir(c)
     c.add_argument("id", type=int)
     c.add_argument("--reason", default="cancelled by operator")
+    c.add_argument("--timeout", type=float, default=10.0,
+                   help="with --log: seconds to wait for the owning node's decision")
+    _add_log(c, what="cancel in the PostgreSQL log at URL, whichever node owns the saga "
+                     "(at once if that node is down)")
 
     pb = sub.add_parser("publish", help="put a domain event on a running supervisor's bus",
                         description="Publish KIND with --data (JSON) to the bus: offered to "
@@ -355,8 +359,8 @@ def main(argv: list[str] | None = None) -> int:
                "vacuum": cmd_vacuum,
                "run": cmd_run}[args.command]
     if getattr(args, "log", None):  # the PostgreSQL log, for those that read it directly
-        handler = {"events": _cli_store.cmd_events_log,
-                   "top": _cli_store.cmd_top_log}.get(args.command, handler)
+        handler = {"events": _cli_store.cmd_events_log, "top": _cli_store.cmd_top_log,
+                   "cancel": _cli_store.cmd_cancel_log}.get(args.command, handler)
     try:
         code = handler(args)
         sys.stdout.flush()

@@ -292,3 +292,29 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         print("no nodes in this log", file=sys.stderr)
     return EXIT_OK
 
+
+def cmd_cancel_log(args: argparse.Namespace) -> int:
+    """``cancel ID --log URL``: whichever node owns it (see
+    :mod:`supervisor.fleet_cancel`).  Exit 0 if this decided its outcome, 1
+    if it had ended (or is unknown, or its node has not decided in time)."""
+    from supervisor.errors import SupervisorError
+    from supervisor.fleet_cancel import request
+
+    if args.id < 1 or not args.timeout > 0:
+        print(f"a saga id is >= 1 and --timeout > 0, got {args.id} and {args.timeout}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        won, what = request(args.log, args.id, args.reason, args.timeout)
+    except SupervisorError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_NONE
+    except Exception as exc:  # psycopg's: the server went away, or no fleet here
+        if type(exc).__module__.split(".")[0] != "psycopg":
+            raise
+        print(f"cannot cancel in the log: {str(exc).strip().splitlines()[0]}",
+              file=sys.stderr)
+        return EXIT_CORRUPT
+    print(what, file=sys.stdout if won else sys.stderr)
+    return EXIT_OK if won else EXIT_FAIL
+

@@ -179,6 +179,9 @@ ALTER TABLE saga ADD COLUMN IF NOT EXISTS node_no INTEGER;
 -- keyed spawn: two nodes racing one key get one saga (the claim's primary key)
 CREATE TABLE IF NOT EXISTS saga_key (idem_key TEXT PRIMARY KEY, saga_id BIGINT NOT NULL,
                                      node_no INTEGER);
+-- cancel from anywhere: a request for the owner to decide on its loop
+CREATE TABLE IF NOT EXISTS saga_cancel (saga_id BIGINT PRIMARY KEY, reason TEXT NOT NULL,
+                                        requested_at TIMESTAMPTZ NOT NULL DEFAULT now());
 CREATE INDEX IF NOT EXISTS saga_node_unfinished ON saga(node_no)
     WHERE state IN ('queued', 'running', 'compensating');
 -- the fence, in every commit and every renewal: the node's lease is extended

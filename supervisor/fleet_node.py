@@ -30,6 +30,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from supervisor.errors import FencedError, LogError
@@ -140,18 +141,27 @@ class NodeLease:
 
     # -- the renewal thread ----------------------------------------------------------
 
-    def start(self, url: str) -> None:
-        self._thread = threading.Thread(target=self._renew, args=(url,), daemon=True,
+    def start(self, url: str, on_cancel: Callable[[int, str], None] | None = None) -> None:
+        """Renew from now on; `on_cancel(saga_id, reason)`: hand the loop a
+        cancel requested from anywhere (see :mod:`supervisor.fleet_cancel`)."""
+        from supervisor.fleet_cancel import CancelPoll
+
+        cancels = CancelPoll(self.node_no, on_cancel) if on_cancel is not None else None
+        self._thread = threading.Thread(target=self._renew, args=(url, cancels), daemon=True,
                                         name="saga-node-lease")
         self._thread.start()
 
-    def _renew(self, url: str) -> None:
+    def _renew(self, url: str, cancels: Any) -> None:
+        """Renew every lease/3; between renewals, look for cancel requests
+        every second, and at once when one is announced (LISTEN)."""
         import psycopg
 
         conn: Any = None
         sql, params = self.fence_sql()
-        while not self._stop.wait(self.lease / 3):
-            began = time.monotonic()
+        every = min(1.0, self.lease / 3)
+        renew_at = time.monotonic() + self.lease / 3
+        while not self._stop.is_set():
+            began, failed = time.monotonic(), False
             if began > self.ok_until:  # (woken after a pause past the lease)
                 self._lapsed(began - self.ok_until)
             if self.fenced is not None:
@@ -160,14 +170,32 @@ class NodeLease:
                 if conn is None or conn.closed or conn.broken:
                     conn = psycopg.connect(url, autocommit=True,
                                            connect_timeout=max(1, int(self.lease / 3)))
-                conn.execute(sql, params)
-                self.renewed(began)
+                    if cancels is not None:
+                        conn.execute("LISTEN saga_cancel")
+                if began >= renew_at:
+                    conn.execute(sql, params)
+                    self.renewed(began)
+                    renew_at = began + self.lease / 3
+                if cancels is not None:
+                    cancels.poll(conn)
+                    # a wake-up only (a notification can be lost: the poll is the rule)
+                    for _ in conn.notifies(timeout=max(0.0, min(every, renew_at -
+                                                                 time.monotonic())),
+                                           stop_after=1):
+                        pass
+                    continue
             except psycopg.Error as exc:
+                failed = True
                 if self.fenced_error(exc) is not None:
                     log.error("%s", self.fenced)
                     break
                 log.warning("node %r: could not renew its lease: %s", self.name,
                             str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+            except Exception as exc:  # the loop is gone (NotRunningError): renewals go on
+                log.debug("node %r: a cancel was not handed over: %s", self.name, exc)
+            self._stop.wait(max(0.2 if failed else 0.0,
+                                min(every if cancels is not None else self.lease / 3,
+                                    renew_at - time.monotonic())))
         if conn is not None:
             conn.close()
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import supervisor.log_read as log_read
@@ -60,7 +61,8 @@ class PgLog:
     journal_mode = "postgresql"
 
     def __init__(self, url: str, durability: str = "normal", retry: float = 5.0,
-                 node: str | None = None, lease: float = 10.0) -> None:
+                 node: str | None = None, lease: float = 10.0,
+                 on_cancel: Callable[[int, str], None] | None = None) -> None:
         """`node`: this supervisor's name in the fleet (registered now, its
         lease renewed from begin_run() on; see :mod:`supervisor.fleet_node`);
         None for a tool that only reads or purges."""
@@ -72,6 +74,7 @@ class PgLog:
         self.last_commit_s = 0.0
         self.run_first: int | None = None
         self.node: NodeLease | None = None
+        self.on_cancel = on_cancel  # (a cancel requested from anywhere, for the loop)
         self._psycopg = driver()
         self.conn = connect(url)
         try:
@@ -224,7 +227,7 @@ class PgLog:
             raise self._error("cannot record the start", exc) from None
         self.run_first = first_id
         if self.node is not None:
-            self.node.start(self.url)
+            self.node.start(self.url, self.on_cancel)
 
     def end_run(self, next_id: int) -> None:
         if self.run_first is not None:

@@ -8,6 +8,7 @@ data dir, the default) and :class:`supervisor.log_pg.PgLog`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from supervisor.log import Batch
@@ -43,7 +44,8 @@ class LogStore(Protocol):
 
 
 def open_store(log: str | None, paths: DataDir, durability: str, retry: float = 5.0,
-               node: str | None = None, lease: float = 10.0) -> LogStore:
+               node: str | None = None, lease: float = 10.0,
+               on_cancel: Callable[[int, str], None] | None = None) -> LogStore:
     """The PostgreSQL log at URL `log` (reconnecting for up to `retry`
     seconds when the server goes away; registered as fleet node `node`,
     whose lease lasts `lease` seconds), else the data dir's SQLite file.
@@ -52,7 +54,7 @@ def open_store(log: str | None, paths: DataDir, durability: str, retry: float = 
     if log is not None:
         from supervisor.log_pg import PgLog
 
-        pg = PgLog(log, durability, retry, node, lease)
+        pg = PgLog(log, durability, retry, node, lease, on_cancel)
         paths.log_url_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = paths.log_url_file.with_suffix(".tmp")
         tmp.write_text(pg.path + "\n")

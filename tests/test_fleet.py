@@ -20,7 +20,7 @@ from supervisor import Event, FencedError, Supervisor
 from supervisor.testing import FakeHost
 
 from . import sagas as S
-from .conftest import read_log, wait_for
+from .conftest import HOST_ARGV, read_log, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -247,3 +247,75 @@ def test_two_nodes_racing_one_key_get_one_saga(tmp_path: Path, pg_url: str,
     sagas, _ = read_log(pg_url)
     keyed = Counter(r["idem_key"] for r in sagas.values() if r["idem_key"])
     assert keyed == {k: 1 for k in keys}  # one saga per key in the log
+
+
+def test_cancel_from_anywhere_is_decided_by_the_owning_node(tmp_path: Path, pg_url: str,
+                                                            engine: str) -> None:
+    """``cancel ID --log URL`` from another process: the owner is woken
+    (NOTIFY, backed by its poll) and decides on its loop."""
+    sup = Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, log=pg_url, node="owner",
+                     engine=engine)
+    with sup:
+        sid = sup.spawn(S.SleepSaga(60, timeout=120), durable=True)
+        out = _cli("cancel", str(sid), "--log", pg_url, "--reason", "from afar")
+        assert out.returncode == 0 and "cancelled: from afar" in out.stdout, out
+        assert "by its node 'owner'" in out.stdout
+        o = sup.wait(sid, 10)
+        assert o.failed and o.reason == "cancelled: from afar"
+        again = _cli("cancel", str(sid), "--log", pg_url)
+        assert again.returncode == 1 and "had already ended: failed" in again.stderr, again
+        ended = sup.wait(sup.spawn(S.InstantSaga()), 10)
+        late = _cli("cancel", str(ended.saga_id), "--log", pg_url)
+        assert late.returncode == 1 and "already ended: completed" in late.stderr
+        assert _cli("cancel", str(10**15), "--log", pg_url).returncode == 1  # none such
+    assert read_log(pg_url)[0][sid]["failure_reason"] == "cancelled: from afar"
+
+
+_DIES = """
+import json, sys
+from supervisor import Supervisor
+from tests.sagas import SleepSaga
+
+if __name__ == "__main__":
+    sup = Supervisor(sys.argv[1], workers=1, host=json.loads(sys.argv[3]), log=sys.argv[2],
+                     node="gone-1", node_lease=1.0)
+    sup.start()
+    print(json.dumps(sup.spawn(SleepSaga(600, timeout=900), durable=True)), flush=True)
+    import signal
+    signal.pause()
+"""
+
+
+def test_a_dead_nodes_saga_is_cancelled_at_once_and_never_runs_again(
+        tmp_path: Path, pg_url: str) -> None:
+    import psycopg
+
+    script = tmp_path / "dies.py"
+    script.write_text(textwrap.dedent(_DIES))
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "d"), pg_url,
+                             json.dumps(HOST_ARGV)], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout is not None
+    sid = json.loads(proc.stdout.readline())
+    wait_for(lambda: sid in read_log(pg_url)[1], what="its step logged (the host sleeps)")
+    proc.kill()  # SIGKILL: the node dies with its saga running
+    proc.wait(30)
+    proc.stdout.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        wait_for(lambda: conn.execute("SELECT lease_until < now() FROM saga_node WHERE name "
+                                      "= 'gone-1'").fetchone()[0], timeout=30,
+                 what="its lease to run out")
+    assert _nodes(pg_url)["gone-1"]["state"] == "dead: waiting for takeover"
+    out = _cli("cancel", str(sid), "--log", pg_url, "--reason", "node lost")
+    assert out.returncode == 0 and "is down: fenced" in out.stdout, out
+    sagas, steps = read_log(pg_url)
+    assert sagas[sid]["state"] == "failed" and sagas[sid]["failure_reason"] == \
+        "cancelled: node lost"
+    assert [st["state"] for st in steps[sid]] == ["failed"]
+    host = FakeHost(workdir=tmp_path / "h")  # (records what it is sent)
+    again = Supervisor(tmp_path / "d", workers=1, host=host.argv, log=pg_url, node="gone-1")
+    with again:  # back under its name: the cancelled saga is ended, never run again
+        assert again.wait(sid, 10).reason == "cancelled: node lost"
+        assert again.in_flight() == 0
+        assert again.wait(again.spawn(S.EchoSaga(1)), 10).completed
+    assert {r["saga_id"] for r in host.received()} & {sid} == set()

@@ -41,6 +41,7 @@ from supervisor._engine.host_link import HostLink
 from supervisor._engine.host_watch import HostWatch
 from supervisor._engine.ids import BLOCK, IdFence, first_id
 from supervisor._engine.inbox import Cancel, Inbox, RequeueAll, Stop
+from supervisor._future import Future
 from supervisor._engine.keys import Keys
 from supervisor._engine.measure import Measures
 from supervisor._engine.metrics import EngineCollector, MetricsServer, exposition
@@ -132,7 +133,7 @@ class Engine:
     def _start(self) -> None:
         s, stats, turn, table = self.settings, self.stats, self.turn, self.table
         sagalog = self.log = open_store(s.log, self.paths, s.durability, s.log_retry,
-                                               s.node, s.node_lease)
+                                        s.node, s.node_lease, self._cancel_from_afar)
         # the segment doubles as the data dir's lock: nothing below writes the
         # log unless no other live supervisor owns this data dir
         first = first_id(sagalog.next_id(), [u[0] for u in sagalog.unfinished()], s.capacity)
@@ -318,6 +319,10 @@ class Engine:
                 pipeline.drain()
                 assert self.log is not None
                 self.log.purge(self.settings.retention_days)
+
+    def _cancel_from_afar(self, saga_id: int, reason: str) -> None:
+        """A cancel requested in a fleet's log: decided here as any cancel()."""
+        self.inbox.post(Cancel(saga_id, reason, Future()))
 
     def _end_turn(self) -> None:
         """The turn's batch goes to the log; its outputs leave once committed."""
