@@ -185,16 +185,17 @@ CREATE TABLE IF NOT EXISTS saga_cancel (saga_id BIGINT PRIMARY KEY, reason TEXT 
 CREATE INDEX IF NOT EXISTS saga_node_unfinished ON saga(node_no)
     WHERE state IN ('queued', 'running', 'compensating');
 -- the fence, in every commit and every renewal: the node's lease is extended
--- only under its epoch; under another one the transaction fails (SF001)
+-- only under its epoch and before it runs out; else the transaction fails
+-- (SF001): a node paused or cut off past its lease never commits again
 CREATE OR REPLACE FUNCTION saga_fence(n INTEGER, e BIGINT, lease DOUBLE PRECISION)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE saga_node SET lease_until = greatest(lease_until,
                                                 now() + make_interval(secs => lease))
-        WHERE node_no = n AND epoch = e;
+        WHERE node_no = n AND epoch = e AND lease_until > now();
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'node % is fenced: epoch % is no longer its own', n, e
-            USING ERRCODE = 'SF001';
+        RAISE EXCEPTION 'node % is fenced: epoch % is no longer its own, or its lease ran out',
+            n, e USING ERRCODE = 'SF001';
     END IF;
 END $$;
 """

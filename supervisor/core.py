@@ -242,7 +242,8 @@ class Supervisor:
     def register_kind(self, kind: type[Saga] | str,
                       factory: Callable[[dict[str, Any]], Saga] | None = None,
                       replay: bool = True, *, max_in_flight: int | None = None,
-                      queue_timeout: float | None = None) -> None:
+                      queue_timeout: float | None = None,
+                      orphan_timeout: float | None = None) -> None:
         """Say how to rebuild a saga of `kind` from its logged input snapshot,
         so that it is resumed by replay after a restart or a worker crash.
         `factory(snapshot)` defaults to ``cls(**snapshot)``.  With
@@ -252,14 +253,25 @@ class Supervisor:
         wait in the kind's durable FIFO queue, failing with "queue timeout"
         after `queue_timeout` seconds there (None: no limit).  Register before
         ``start()`` so that restart recovery knows the kind; a limit changed
-        later applies from the kind's next spawn or end."""
+        later applies from the kind's next spawn or end.
+
+        `orphan_timeout` (a fleet on a PostgreSQL log): the kind's sagas on a
+        node whose lease expired that many seconds ago are failed by this
+        node ("orphaned: ..."), after that node is fenced, instead of waiting
+        for it to come back (docs/fleet.md)."""
         limit = _validate.kind_limit(max_in_flight, queue_timeout)
+        orphan = None if orphan_timeout is None else _validate.positive(orphan_timeout,
+                                                                        "orphan_timeout")
         name, factory = _validate.kind(kind, factory, replay)
         self._engine.kinds[name] = (factory, bool(replay))
         if limit is not None:
             self._engine.limits[name] = limit
         else:
             self._engine.limits.pop(name, None)
+        if orphan is not None:
+            self._engine.orphans[name] = orphan
+        else:
+            self._engine.orphans.pop(name, None)
 
     def register_handler(self, target: Target, fn: Handler) -> None:
         """Handle LAUNCHER_SELF or SRV commands in the supervisor (on its loop

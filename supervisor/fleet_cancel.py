@@ -13,6 +13,10 @@
   paused node that resumes is fenced, and never sends anything new), then
   the saga and its open steps fail ``cancelled: REASON``.  A supervisor that
   starts again under the node's name finds it ended and never runs it again.
+
+A kind registered with ``orphan_timeout=T`` has its sagas on a node whose
+lease expired more than T seconds ago ended the same way by any live node
+that registered it (:func:`reap_orphans`): ``orphaned: ...``.
 """
 
 from __future__ import annotations
@@ -74,12 +78,7 @@ def request(url: str, saga_id: int, reason: str, timeout: float) -> tuple[bool, 
                     "UPDATE saga_node SET epoch = epoch + 1 WHERE node_no = %s AND "
                     "lease_until < now() RETURNING epoch", (node_no,)).fetchone()
                 if fenced is not None or node_no is None:
-                    now = time.time()
-                    conn.execute("UPDATE saga_step SET state = 'failed', ended_at = %s, "
-                                 "failure_reason = %s WHERE saga_id = %s AND "
-                                 "state = 'pending'", (now, why, saga_id))
-                    conn.execute("UPDATE saga SET state = 'failed', ended_at = %s, "
-                                 "failure_reason = %s WHERE saga_id = %s", (now, why, saga_id))
+                    _end_on_dead_node(conn, node_no, "saga_id = %s", (saga_id,), why)
                     return True, (f"saga {saga_id} {why} (its node {name!r} is down: fenced "
                                   f"at epoch {fenced[0] if fenced else '-'}; it never runs "
                                   "again)")
@@ -105,3 +104,43 @@ def request(url: str, saga_id: int, reason: str, timeout: float) -> tuple[bool, 
             time.sleep(0.05)
     finally:
         reader.close()
+
+
+def _end_on_dead_node(conn: Any, node_no: int | None, where: str,
+                      params: tuple[Any, ...], why: str) -> list[int]:
+    """In the caller's transaction, with `node_no`'s epoch already bumped:
+    fail its unfinished sagas matching `where`, and their open steps."""
+    now = time.time()
+    ids = [int(r[0]) for r in conn.execute(
+        f"UPDATE saga SET state = 'failed', ended_at = %s, failure_reason = %s WHERE "
+        f"node_no IS NOT DISTINCT FROM %s AND state IN {UNFINISHED} AND {where} "
+        "RETURNING saga_id",
+        (now, why, node_no, *params)).fetchall()]
+    if ids:
+        conn.execute("UPDATE saga_step SET state = 'failed', ended_at = %s, failure_reason "
+                     "= %s WHERE saga_id = ANY(%s) AND state = 'pending'", (now, why, ids))
+    return ids
+
+
+def reap_orphans(conn: Any, me: int, orphans: dict[str, float]) -> int:
+    """End the sagas of each kind in `orphans` (kind -> orphan_timeout) on
+    every other node whose lease expired that long ago: that node is fenced
+    first (its epoch bumped), in the same transaction.  Nodes another reaper
+    holds are skipped (SKIP LOCKED); running twice changes nothing.  How
+    many sagas it ended."""
+    ended = 0
+    for kind, after in orphans.items():
+        with conn.transaction():
+            dead = conn.execute(
+                "SELECT n.node_no, n.name FROM saga_node n WHERE n.node_no <> %s AND "
+                "n.lease_until < now() - make_interval(secs => %s) AND EXISTS (SELECT 1 "
+                f"FROM saga s WHERE s.node_no = n.node_no AND s.name = %s AND s.state IN "
+                f"{UNFINISHED}) FOR UPDATE SKIP LOCKED", (me, after, kind)).fetchall()
+            for node_no, name in dead:
+                conn.execute("UPDATE saga_node SET epoch = epoch + 1 WHERE node_no = %s",
+                             (node_no,))
+                ended += len(_end_on_dead_node(
+                    conn, node_no, "name = %s", (kind,),
+                    f"orphaned: its node {name!r} was gone for more than {after}s"))
+    return ended
+

@@ -30,8 +30,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from supervisor.errors import FencedError, LogError
 
@@ -50,6 +49,14 @@ UPDATE saga_node SET epoch = epoch + 1, lease_until = now() + make_interval(secs
     pid = %s, host = %s, version = %s, started_at = now()
 WHERE node_no = %s RETURNING epoch
 """
+
+
+class FleetOwner(Protocol):
+    """What a node's lease thread hands work to: the engine."""
+
+    orphans: dict[str, float]  # kind -> orphan_timeout
+
+    def cancel_from_afar(self, saga_id: int, reason: str) -> None: ...
 
 
 class NodeLease:
@@ -125,7 +132,9 @@ class NodeLease:
             return None
         self.fenced = FencedError(self.path, f"node {self.name!r} (number {self.node_no}) is "
                                   f"fenced: epoch {self.epoch} is no longer its own (another "
-                                  "supervisor started under its name); it stops")
+                                  "supervisor started under its name, or its sagas were "
+                                  "ended by another node), or its lease ran out by the "
+                                  "database's clock; it stops")
         return self.fenced
 
     def check(self) -> None:
@@ -141,20 +150,24 @@ class NodeLease:
 
     # -- the renewal thread ----------------------------------------------------------
 
-    def start(self, url: str, on_cancel: Callable[[int, str], None] | None = None) -> None:
-        """Renew from now on; `on_cancel(saga_id, reason)`: hand the loop a
-        cancel requested from anywhere (see :mod:`supervisor.fleet_cancel`)."""
+    def start(self, url: str, owner: FleetOwner | None = None) -> None:
+        """Renew from now on; with an `owner` (the engine), also hand it the
+        cancels requested from anywhere, and end its orphan_timeout kinds'
+        sagas on dead nodes (see :mod:`supervisor.fleet_cancel`)."""
         from supervisor.fleet_cancel import CancelPoll
 
-        cancels = CancelPoll(self.node_no, on_cancel) if on_cancel is not None else None
-        self._thread = threading.Thread(target=self._renew, args=(url, cancels), daemon=True,
-                                        name="saga-node-lease")
+        cancels = CancelPoll(self.node_no, owner.cancel_from_afar) if owner else None
+        self._thread = threading.Thread(target=self._renew, args=(url, cancels, owner),
+                                        daemon=True, name="saga-node-lease")
         self._thread.start()
 
-    def _renew(self, url: str, cancels: Any) -> None:
-        """Renew every lease/3; between renewals, look for cancel requests
-        every second, and at once when one is announced (LISTEN)."""
+    def _renew(self, url: str, cancels: Any, owner: FleetOwner | None) -> None:
+        """Renew every lease/3 (and reap orphans then); between renewals,
+        look for cancel requests every second, and at once when one is
+        announced (LISTEN)."""
         import psycopg
+
+        from supervisor.fleet_cancel import reap_orphans
 
         conn: Any = None
         sql, params = self.fence_sql()
@@ -176,6 +189,8 @@ class NodeLease:
                     conn.execute(sql, params)
                     self.renewed(began)
                     renew_at = began + self.lease / 3
+                    if owner is not None and owner.orphans:
+                        reap_orphans(conn, self.node_no, dict(owner.orphans))
                 if cancels is not None:
                     cancels.poll(conn)
                     # a wake-up only (a notification can be lost: the poll is the rule)

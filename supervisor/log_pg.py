@@ -35,14 +35,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 import supervisor.log_read as log_read
 from supervisor._schema import PG_DDL as _DDL
 from supervisor._schema import PG_SCHEMA_VERSION as SCHEMA_VERSION
 from supervisor.errors import LogError, SchemaTooNewError
-from supervisor.fleet_node import ID_BITS, NodeLease
+from supervisor.fleet_node import ID_BITS, FleetOwner, NodeLease
 from supervisor.log import Batch
 from supervisor.log_pg_read import read_outcome
 from supervisor.log_pg_rows import raise_mark, write_batch
@@ -62,7 +61,7 @@ class PgLog:
 
     def __init__(self, url: str, durability: str = "normal", retry: float = 5.0,
                  node: str | None = None, lease: float = 10.0,
-                 on_cancel: Callable[[int, str], None] | None = None) -> None:
+                 owner: FleetOwner | None = None) -> None:
         """`node`: this supervisor's name in the fleet (registered now, its
         lease renewed from begin_run() on; see :mod:`supervisor.fleet_node`);
         None for a tool that only reads or purges."""
@@ -74,7 +73,7 @@ class PgLog:
         self.last_commit_s = 0.0
         self.run_first: int | None = None
         self.node: NodeLease | None = None
-        self.on_cancel = on_cancel  # (a cancel requested from anywhere, for the loop)
+        self.owner = owner  # (the engine: cancels from anywhere, orphan timeouts)
         self._psycopg = driver()
         self.conn = connect(url)
         try:
@@ -227,7 +226,7 @@ class PgLog:
             raise self._error("cannot record the start", exc) from None
         self.run_first = first_id
         if self.node is not None:
-            self.node.start(self.url, self.on_cancel)
+            self.node.start(self.url, self.owner)
 
     def end_run(self, next_id: int) -> None:
         if self.run_first is not None:

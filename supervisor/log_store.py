@@ -8,11 +8,13 @@ data dir, the default) and :class:`supervisor.log_pg.PgLog`
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from supervisor.log import Batch
 from supervisor.paths import DataDir
+
+if TYPE_CHECKING:
+    from supervisor.fleet_node import FleetOwner
 
 
 class LogStore(Protocol):
@@ -45,7 +47,7 @@ class LogStore(Protocol):
 
 def open_store(log: str | None, paths: DataDir, durability: str, retry: float = 5.0,
                node: str | None = None, lease: float = 10.0,
-               on_cancel: Callable[[int, str], None] | None = None) -> LogStore:
+               owner: FleetOwner | None = None) -> LogStore:
     """The PostgreSQL log at URL `log` (reconnecting for up to `retry`
     seconds when the server goes away; registered as fleet node `node`,
     whose lease lasts `lease` seconds), else the data dir's SQLite file.
@@ -54,7 +56,7 @@ def open_store(log: str | None, paths: DataDir, durability: str, retry: float = 
     if log is not None:
         from supervisor.log_pg import PgLog
 
-        pg = PgLog(log, durability, retry, node, lease, on_cancel)
+        pg = PgLog(log, durability, retry, node, lease, owner)
         paths.log_url_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = paths.log_url_file.with_suffix(".tmp")
         tmp.write_text(pg.path + "\n")

@@ -91,6 +91,7 @@ class Engine:
         self.registry = ClassRegistry()
         self.kinds: Kinds = {}
         self.limits: Limits = {}  # per-kind max_in_flight and queue timeout
+        self.orphans: dict[str, float] = {}  # per-kind orphan_timeout (a fleet's)
         self.handlers: dict[Target, Handler] = {}
         self.triggers: list[Trigger] = []
         # registrations a launcher ships to a supervisor process (the facade's)
@@ -133,7 +134,7 @@ class Engine:
     def _start(self) -> None:
         s, stats, turn, table = self.settings, self.stats, self.turn, self.table
         sagalog = self.log = open_store(s.log, self.paths, s.durability, s.log_retry,
-                                        s.node, s.node_lease, self._cancel_from_afar)
+                                        s.node, s.node_lease, self)
         # the segment doubles as the data dir's lock: nothing below writes the
         # log unless no other live supervisor owns this data dir
         first = first_id(sagalog.next_id(), [u[0] for u in sagalog.unfinished()], s.capacity)
@@ -320,7 +321,7 @@ class Engine:
                 assert self.log is not None
                 self.log.purge(self.settings.retention_days)
 
-    def _cancel_from_afar(self, saga_id: int, reason: str) -> None:
+    def cancel_from_afar(self, saga_id: int, reason: str) -> None:
         """A cancel requested in a fleet's log: decided here as any cancel()."""
         self.inbox.post(Cancel(saga_id, reason, Future()))
 
