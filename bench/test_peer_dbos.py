@@ -33,10 +33,12 @@ def tmp() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-def test_dbos_one_step_workflow(benchmark: Any, tmp: Path) -> None:
+def dbos_one_step(benchmark: Any, system_database_url: str, **extra: Any) -> None:
+    """DBOS Transact's one-step workflow, DBOS_N of them a round, on the
+    system database at the URL (SQLite here, PostgreSQL in bench/test_pg.py)."""
     dbos = pytest.importorskip("dbos")
     DBOS = dbos.DBOS
-    DBOS(config={"name": "saga-bench", "system_database_url": f"sqlite:///{tmp}/dbos.sqlite"})
+    DBOS(config={"name": "saga-bench", "system_database_url": system_database_url})
 
     @DBOS.step()
     def echo_step(n: int) -> dict[str, int]:
@@ -54,11 +56,15 @@ def test_dbos_one_step_workflow(benchmark: Any, tmp: Path) -> None:
             for i in range(DBOS_N):
                 one_step(i)
 
-        benchmark.extra_info["per"] = DBOS_N
+        benchmark.extra_info.update(per=DBOS_N, **extra)
         benchmark.pedantic(run, rounds=3, iterations=1)
         benchmark.extra_info["rate"] = DBOS_N / benchmark.stats.stats.median
     finally:
         DBOS.destroy(destroy_registry=True)
+
+
+def test_dbos_one_step_workflow(benchmark: Any, tmp: Path) -> None:
+    dbos_one_step(benchmark, f"sqlite:///{tmp}/dbos.sqlite")
 
 
 def test_ours_one_step_saga(benchmark: Any, tmp: Path) -> None:

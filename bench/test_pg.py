@@ -33,7 +33,6 @@ from tests.sagas import EchoSaga
 
 HOST = [sys.executable, "-m", "supervisor.host"]
 N = 20_000
-DBOS_N = 300
 
 
 def _server_cpu() -> float:
@@ -102,32 +101,10 @@ def test_one_step_postgresql(benchmark: Any, data_dir: Path, pg_server: Any, row
 def test_dbos_on_postgresql(benchmark: Any, pg_server: Any) -> None:
     """DBOS Transact's one-step workflow, its system database on the same
     server; against ours on PostgreSQL (goal: ours at least 50x)."""
-    dbos = pytest.importorskip("dbos")
-    url = pg_server.database("bench_dbos")
-    DBOS = dbos.DBOS
-    DBOS(config={"name": "saga-bench-pg", "system_database_url": url})
+    from bench.test_peer_dbos import dbos_one_step
 
-    @DBOS.step()
-    def echo_step(n: int) -> dict[str, int]:
-        return {"n": n}
-
-    @DBOS.workflow()
-    def one_step(n: int) -> dict[str, int]:
-        return echo_step(n)  # type: ignore[no-any-return]
-
-    DBOS.launch()
-    try:
-        one_step(-1)
-
-        def run() -> None:
-            for i in range(DBOS_N):
-                one_step(i)
-
-        benchmark.extra_info.update(per=DBOS_N, baseline="test_one_step_postgresql[json]")
-        benchmark.pedantic(run, rounds=3, iterations=1)
-        benchmark.extra_info["rate"] = DBOS_N / benchmark.stats.stats.median
-    finally:
-        DBOS.destroy()
+    dbos_one_step(benchmark, pg_server.database("bench_dbos"),
+                  baseline="test_one_step_postgresql[json]")
 
 
 # -- how the rows travel: a plain client, 500 one-step sagas per transaction ----------

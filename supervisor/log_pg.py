@@ -201,9 +201,12 @@ class PgLog:
 
     def describe(self) -> dict[str, Any]:
         """For health: the server (never the password) and the last commit."""
+        node = {} if self.node is None else {"node": self.node.name,
+                                             "node_no": self.node.node_no,
+                                             "epoch": self.node.epoch}
         return {"path": self.path, "store": "postgresql", "durability": self.durability,
                 **self.server, "last_commit_ms": round(self.last_commit_s * 1000, 3),
-                "reconnects": self.reconnects}
+                "reconnects": self.reconnects, **node}
 
     def begin_run(self, first_id: int, mark: int) -> None:
         """The run is recorded and its ids' mark raised; a node claims its

@@ -287,21 +287,28 @@ if __name__ == "__main__":
 """
 
 
-def test_a_dead_nodes_saga_is_cancelled_at_once_and_never_runs_again(
-        tmp_path: Path, pg_url: str) -> None:
-    import psycopg
-
+def _a_node_killed_with_a_saga_running(tmp_path: Path, pg_url: str) -> int:
+    """Node "gone-1" (lease 1 s, data dir tmp_path/d) runs a long saga and is
+    SIGKILLed once its step is logged: the saga's id."""
     script = tmp_path / "dies.py"
     script.write_text(textwrap.dedent(_DIES))
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "d"), pg_url,
                              json.dumps(HOST_ARGV)], cwd=ROOT, stdout=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdout is not None
-    sid = json.loads(proc.stdout.readline())
+    sid = int(json.loads(proc.stdout.readline()))
     wait_for(lambda: sid in read_log(pg_url)[1], what="its step logged (the host sleeps)")
     proc.kill()  # SIGKILL: the node dies with its saga running
     proc.wait(30)
     proc.stdout.close()
+    return sid
+
+
+def test_a_dead_nodes_saga_is_cancelled_at_once_and_never_runs_again(
+        tmp_path: Path, pg_url: str) -> None:
+    import psycopg
+
+    sid = _a_node_killed_with_a_saga_running(tmp_path, pg_url)
     with psycopg.connect(pg_url, autocommit=True) as conn:
         wait_for(lambda: conn.execute("SELECT lease_until < now() FROM saga_node WHERE name "
                                       "= 'gone-1'").fetchone()[0], timeout=30,
@@ -328,17 +335,7 @@ def test_an_orphan_timeout_kind_on_a_dead_node_is_failed_by_a_live_one(
     orphan_timeout elsewhere: once its lease has been expired that long, a
     live node fences it and fails the saga; back under its name, the dead
     node never runs it."""
-    script = tmp_path / "dies.py"
-    script.write_text(textwrap.dedent(_DIES))
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "d"), pg_url,
-                             json.dumps(HOST_ARGV)], cwd=ROOT, stdout=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.stdout is not None
-    sid = json.loads(proc.stdout.readline())
-    wait_for(lambda: sid in read_log(pg_url)[1], what="its step logged (the host sleeps)")
-    proc.kill()
-    proc.wait(30)
-    proc.stdout.close()
+    sid = _a_node_killed_with_a_saga_running(tmp_path, pg_url)
     live = Supervisor(tmp_path / "live", workers=1, host=HOST_ARGV, log=pg_url, node="live",
                       node_lease=1.5, engine=engine)
     live.register_kind(S.SleepSaga, orphan_timeout=0.5)

@@ -25,10 +25,15 @@ def _scrape(sup: Supervisor) -> dict[str, Any]:
     with urllib.request.urlopen(f"http://{addr[0]}:{addr[1]}/metrics", timeout=10) as r:
         text = r.read().decode()
     samples: dict[str, Any] = {}
+    nodes = set()  # the node label every sample carries on a fleet's log (else none)
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
-            key = s.name + "".join(f"|{k}={v}" for k, v in sorted(s.labels.items()))
+            labels = dict(s.labels)
+            nodes.add(labels.pop("node", None))
+            key = s.name + "".join(f"|{k}={v}" for k, v in sorted(labels.items()))
             samples[key] = s.value
+    node = sup.health()["log"].get("node")  # (a fleet node's name, on PostgreSQL)
+    assert nodes == {node}, nodes
     return samples
 
 

@@ -42,13 +42,23 @@ class EngineCollector:
         self._procs: dict[int, Any] = {}  # psutil.Process by pid: cpu_percent needs one
 
     def collect(self) -> Iterator[Any]:
+        """Every family; on a fleet's log, every sample labelled with the
+        node's name (``node``), so that one Prometheus tells nodes apart."""
+        report = self.health()
+        node = (report.get("log") or {}).get("node")
+        for fam in self._families(report):
+            if node is not None:
+                fam.samples = [s._replace(labels={**s.labels, "node": node})
+                               for s in fam.samples]
+            yield fam
+
+    def _families(self, report: dict[str, Any]) -> Iterator[Any]:
         from prometheus_client.core import (
             CounterMetricFamily,
             GaugeMetricFamily,
             HistogramMetricFamily,
         )
 
-        report = self.health()
         st = report["stats"]
 
         def counter(name: str, doc: str, value: float) -> Any:
