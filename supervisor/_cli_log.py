@@ -73,6 +73,9 @@ def _show(conn: Any, sid: int, as_json: bool) -> int:
         attempts = attempt_rows(conn, sid)
     except apsw.SQLError:  # a log from before retries (schema < 4), read as it is
         attempts = []
+    owner = (_owners(conn, [sid]) or {}).get(sid)
+    if owner is not None:
+        r["node"] = owner
     if as_json:
         print(json.dumps({"saga": _nested(r), "steps": [_nested(st) for st in steps],
                           "attempts": [_nested(a) for a in attempts]}))
@@ -80,6 +83,8 @@ def _show(conn: Any, sid: int, as_json: bool) -> int:
     print(f"saga {sid} {r['name']}: {r['state']}"
           + (f" ({r['failure_reason']})" if r["failure_reason"] else ""))
     print(f"  started {iso(r['started_at'])}  ended {iso(r['ended_at']) or '-'}")
+    if owner is not None:
+        print(f"  node {owner}")
     print(f"  input {r['input_json']}")
     for st in steps:
         print(f"  step {st['step_index']:>3} {st['name']:<16} {st['state']:<11} "
@@ -97,6 +102,12 @@ def _show(conn: Any, sid: int, as_json: bool) -> int:
         if st["compensation_json"]:
             print(f"      compensation {st['compensation_json']}")
     return EXIT_OK
+
+
+def _owners(conn: Any, ids: list[int]) -> dict[int, str] | None:
+    """On a fleet's log, each saga's owning node; None on a file."""
+    owners = getattr(conn, "owners", None)
+    return owners(ids) if owners is not None else None
 
 
 def _list(conn: Any, args: argparse.Namespace) -> int:
@@ -122,14 +133,20 @@ def _list(conn: Any, args: argparse.Namespace) -> int:
                      tuple(params) + (args.limit,))
     if total > len(rows):
         print(f"{len(rows)} of {total} shown (--limit N)", file=sys.stderr)
+    owners = _owners(conn, [r["saga_id"] for r in rows])
+    if owners is not None:  # a fleet's log: the owning node of each
+        for r in rows:
+            r["node"] = owners.get(r["saga_id"])
     if args.json:
         print(json.dumps([_nested(r) for r in rows]))
         return EXIT_OK
     if not rows:
         print("no sagas match", file=sys.stderr)
         return EXIT_OK
-    print(f"{'id':>8}  {'kind':<16} {'state':<20} {'started':<29}  reason")
+    node = "  node" if owners is not None else ""
+    print(f"{'id':>8}  {'kind':<16} {'state':<20} {'started':<29}{node}  reason")
     for r in rows:
         print(f"{r['saga_id']:>8}  {r['name']:<16} {r['state']:<20} "
-              f"{iso(r['started_at']):<29}  {r['failure_reason'] or ''}")
+              f"{iso(r['started_at']):<29}" + (f"  {r['node']}" if node else "") +
+              f"  {r['failure_reason'] or ''}")
     return EXIT_OK

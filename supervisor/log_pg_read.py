@@ -52,5 +52,14 @@ class Reader(_Qmark):
         self.conn.autocommit = True
         self.conn.execute("SET default_transaction_read_only = on")
 
+    def owners(self, ids: list[int]) -> dict[int, str]:
+        """The owning node's name of each saga of `ids` (a fleet's log)."""
+        if not ids:
+            return {}
+        rows = self.conn.execute("SELECT s.saga_id, n.name FROM saga s JOIN saga_node n "
+                                 "USING (node_no) WHERE s.saga_id = ANY(%s)",
+                                 (list(ids),)).fetchall()
+        return {int(sid): str(name) for sid, name in rows}
+
     def close(self) -> None:
         self.conn.close()

@@ -73,6 +73,12 @@ def test_two_nodes_share_one_log_with_ids_of_their_own(tmp_path: Path, pg_url: s
         sent = {(r["saga_id"], r["step"]) for r in hosts[k].received()}
         assert {i for i, _ in sent} >= set(got[k])  # each node's sagas ran on its host
     assert {n["state"] for n in _nodes(pg_url).values()} == {"gone"}  # stopped: released
+    listed = _cli("sagas", "--log", pg_url, "--json", "--limit", "1000")
+    by_node = {r["saga_id"]: r["node"] for r in json.loads(listed.stdout)}
+    assert {by_node[i] for i in got[0]} == {"web-1"} and {by_node[i] for i in got[1]} == \
+        {"web-2"}  # the fleet's view names the owning node of each saga
+    shown = _cli("sagas", "show", str(got[1][0]), "--log", pg_url)
+    assert "  node web-2" in shown.stdout, shown
 
 
 def test_a_supervisor_started_under_a_running_nodes_name_fences_it(
