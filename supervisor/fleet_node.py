@@ -168,6 +168,7 @@ class NodeLease:
         import psycopg
 
         from supervisor.fleet_cancel import reap_orphans
+        from supervisor.pg_connect import network
 
         conn: Any = None
         sql, params = self.fence_sql()
@@ -182,7 +183,8 @@ class NodeLease:
             try:
                 if conn is None or conn.closed or conn.broken:
                     conn = psycopg.connect(url, autocommit=True,
-                                           connect_timeout=max(1, int(self.lease / 3)))
+                                           connect_timeout=max(1, int(self.lease / 3)),
+                                           **network(self.lease / 3))
                     if cancels is not None:
                         conn.execute("LISTEN saga_cancel")
                 if began >= renew_at:

@@ -45,7 +45,7 @@ from supervisor.fleet_node import ID_BITS, FleetOwner, NodeLease
 from supervisor.log import Batch
 from supervisor.log_pg_read import read_outcome
 from supervisor.log_pg_rows import raise_mark, write_batch
-from supervisor.pg_connect import connect, driver, redact
+from supervisor.pg_connect import connect, driver, network, redact
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class PgLog:
         self.node: NodeLease | None = None
         self.owner = owner  # (the engine: cancels from anywhere, orphan timeouts)
         self._psycopg = driver()
-        self.conn = connect(url)
+        self.conn = connect(url, retry)
         try:
             with self.conn.transaction():
                 self.conn.execute("SELECT pg_advisory_xact_lock(7405316)")  # one DDL at a time
@@ -136,7 +136,8 @@ class PgLog:
                 try:
                     self.conn.close()
                     self.conn = self._psycopg.connect(self.url, autocommit=False,
-                                                      connect_timeout=2)
+                                                      connect_timeout=2,
+                                                      **network(self.retry))
                     self._session()
                     self.reconnects += 1
                     break

@@ -35,11 +35,20 @@ def driver() -> Any:
     return psycopg
 
 
-def connect(url: str) -> Any:
+def network(give_up: float) -> dict[str, Any]:
+    """libpq's options for a peer that goes silent (a cut cable, a partition,
+    a frozen server): data unacknowledged for `give_up` seconds, or a
+    connection idle and unanswered for a few seconds, fails the call instead
+    of hanging it for the kernel's many minutes."""
+    return {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 1,
+            "keepalives_count": 3, "tcp_user_timeout": max(1000, int(give_up * 1000))}
+
+
+def connect(url: str, give_up: float = 10.0) -> Any:
     """A connection, or a LogError that names what to fix (never the password)."""
     psycopg = driver()
     try:
-        return psycopg.connect(url, autocommit=False, connect_timeout=10)
+        return psycopg.connect(url, autocommit=False, connect_timeout=10, **network(give_up))
     except psycopg.Error as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "password" in text.lower() or "authentication" in text.lower():

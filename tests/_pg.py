@@ -32,12 +32,14 @@ def _free_port() -> int:
 class Cluster:
     """A server of our own, stopped and removed by :meth:`stop`."""
 
-    def __init__(self) -> None:
+    def __init__(self, also_on: str | None = None, own: bool = False) -> None:
+        """`also_on`: an address (a veth's, see tests/_netns.py) the server
+        listens on too, trusting its /24; `own`: never $SAGA_TEST_POSTGRES."""
         self.url: str | None = None
         self.why = ""
         self._dir: Path | None = None
         self._ctl: list[str] = []
-        env = os.environ.get("SAGA_TEST_POSTGRES")
+        env = None if own else os.environ.get("SAGA_TEST_POSTGRES")
         if env:
             self.url = env
             return
@@ -65,8 +67,14 @@ class Cluster:
                             "-U", "postgres", "--no-sync"], check=True, capture_output=True,
                            timeout=120)
             self._ctl = [*as_user, str(bindir / "pg_ctl"), "-D", str(data)]
+            listen = "127.0.0.1"
+            if also_on:
+                listen += "," + also_on
+                net = also_on.rsplit(".", 1)[0] + ".0/24"
+                with open(data / "pg_hba.conf", "a") as hba:
+                    hba.write(f"host all all {net} trust\n")
             subprocess.run([*self._ctl, "-w", "-t", "60", "-l", str(self._dir / "log"),
-                            "-o", f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 "
+                            "-o", f"-p {port} -k {sock} -c listen_addresses={listen} "
                             "-c fsync=off -c max_connections=200", "start"],
                            check=True, capture_output=True, timeout=120)
         except (OSError, subprocess.SubprocessError) as exc:

@@ -359,3 +359,57 @@ def test_an_orphan_timeout_kind_on_a_dead_node_is_failed_by_a_live_one(
     assert sid not in {r["saga_id"] for r in host.received()}
     with pytest.raises(ValueError, match="orphan_timeout"):
         live.register_kind(S.SleepSaga, orphan_timeout=-1)
+
+
+def test_a_node_cut_off_from_the_database_stops_and_recovers_once_healed(
+        tmp_path: Path) -> None:
+    """The node runs in a network namespace of its own and reaches the server
+    over a veth pair; the link goes down under load.  It cannot renew its
+    lease: by its own clock it stops, sending its host nothing more, and
+    neither hangs nor commits.  Healed, a supervisor under its name recovers."""
+    from tests._netns import Netns
+    from tests._pg import Cluster
+
+    net = Netns()
+    if net.why:
+        pytest.skip(net.why)
+    cluster = None
+    try:
+        cluster = Cluster(also_on=net.host_ip, own=True)
+        if cluster.url is None:
+            pytest.skip(cluster.why)
+        url = cluster.database("cut")
+        far = url.replace("127.0.0.1", net.host_ip)  # the server, from the namespace
+        host = FakeHost(workdir=tmp_path / "h")
+        script = tmp_path / "node.py"
+        script.write_text(textwrap.dedent(_PAUSED))
+        proc = subprocess.Popen(net.inside(sys.executable, str(script), str(tmp_path / "d"),
+                                           far, "thread", json.dumps(host.argv)),
+                                cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert proc.stdout is not None
+        try:
+            assert proc.stdout.readline().strip() == "ready"
+            wait_for(lambda: len(host.received()) >= 200, timeout=60, what="work flowing")
+            net.cut()
+            line = proc.stdout.readline()  # it stops by itself (no hang)
+            assert proc.wait(60) == 0
+            sent = len(host.received())
+            assert "could not renew its lease" in json.loads(line)["error"], line
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+            proc.stdout.close()
+        net.heal()
+        back = Supervisor(tmp_path / "d", workers=1, host=host.argv, log=url, node="paused")
+        with back:  # healed: under its name, it recovers and works
+            assert back.wait(back.spawn(S.EchoSaga(1)), 30).completed
+        sagas, steps = read_log(url)
+        assert all(r["state"] in ("completed", "failed") for r in sagas.values())
+        assert all(st["state"] != "pending" for v in steps.values() for st in v)
+        assert len(host.received()) == sent + 1  # the cut node sent nothing more
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        net.remove()
