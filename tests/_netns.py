@@ -30,7 +30,12 @@ class Netns:
                  self.inside("ip", "link", "set", self.there, "up"),
                  self.inside("ip", "link", "set", "lo", "up")]
         for step in steps:
-            done = subprocess.run(step, capture_output=True, text=True, timeout=30)
+            try:
+                done = subprocess.run(step, capture_output=True, text=True, timeout=30)
+            except (OSError, subprocess.SubprocessError) as exc:  # no `ip` (iproute2) here
+                self.why = f"cannot set up a network namespace: {exc}"
+                self.remove()
+                return
             if done.returncode != 0:
                 self.why = f"cannot set up a network namespace: {' '.join(step)}: " \
                            f"{done.stderr.strip()}"
@@ -48,5 +53,8 @@ class Netns:
         subprocess.run(["ip", "link", "set", self.here, "up"], check=True, timeout=30)
 
     def remove(self) -> None:
-        subprocess.run(["ip", "link", "del", self.here], capture_output=True, timeout=30)
-        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=30)
+        for step in (["ip", "link", "del", self.here], ["ip", "netns", "del", self.name]):
+            try:
+                subprocess.run(step, capture_output=True, timeout=30)
+            except (OSError, subprocess.SubprocessError):
+                pass
