@@ -13,19 +13,7 @@ import time
 from typing import Any
 
 from supervisor._cli_util import EXIT_CORRUPT, EXIT_FAIL, EXIT_NONE, EXIT_OK, EXIT_USAGE, \
-    iso
-
-
-def _reader(url: str) -> Any:
-    """A read-only connection, or None after saying why (never the password)."""
-    from supervisor.errors import SupervisorError
-    from supervisor.log_pg_read import Reader
-
-    try:
-        return Reader(url)
-    except SupervisorError as exc:
-        print(str(exc), file=sys.stderr)
-        return None
+    iso, open_log
 
 
 def probe(url: str) -> dict[str, Any]:
@@ -34,7 +22,7 @@ def probe(url: str) -> dict[str, Any]:
     server cannot be reached or read."""
     from supervisor.errors import SupervisorError
     from supervisor.log_pg_read import Reader
-    from supervisor.pg_connect import redact
+    from supervisor.pg_connect import redact, server
 
     try:
         r = Reader(url)
@@ -44,12 +32,8 @@ def probe(url: str) -> dict[str, Any]:
         began = time.perf_counter()
         r.execute("SELECT 1").fetchall()
         rtt = time.perf_counter() - began
-        info = r.conn.info
-        v = int(info.server_version)
         states = dict(r.execute("SELECT state, count(*) FROM saga GROUP BY state").fetchall())
-        return {"path": r.path, "store": "postgresql",
-                "server_version": f"{v // 10000}.{v % 10000}", "host": info.host,
-                "port": info.port, "database": info.dbname,
+        return {"path": r.path, "store": "postgresql", **server(r.conn),
                 "round_trip_ms": round(rtt * 1000, 3),
                 "sagas": {str(k): int(n) for k, n in sorted(states.items())}}
     except Exception as exc:  # psycopg's: the log is unreadable (no schema, no grant)
@@ -93,9 +77,7 @@ def cmd_vacuum_log(args: argparse.Namespace) -> int:
         else:
             from supervisor.log_read import count_purgeable
 
-            r = _reader(args.log)
-            if r is None:
-                return EXIT_NONE
+            r = open_log(args.data_dir, args.log)  # (or exit 2, saying why)
             try:
                 removed = count_purgeable(r, args.older_than)
             finally:
@@ -140,9 +122,7 @@ def _changes(r: Any, after: float, printed: dict[tuple[int, str], float]
 def cmd_events_log(args: argparse.Namespace) -> int:
     """``events --log URL``: sagas started and ended, as the log records them
     (from any supervisor writing it), polled every 0.2 s from now on."""
-    r = _reader(args.log)
-    if r is None:
-        return EXIT_NONE
+    r = open_log(args.data_dir, args.log)  # (or exit 2, saying why)
     seen, idle_since = 0, time.monotonic()
     # from now on: nothing stamped up to the newest time logged so far
     floor = mark = float(r.execute("SELECT coalesce(max(greatest(started_at, "
@@ -217,9 +197,7 @@ def cmd_top_log(args: argparse.Namespace) -> int:
     if not args.interval > 0:
         print(f"--interval must be > 0, got {args.interval}", file=sys.stderr)
         return EXIT_USAGE
-    r = _reader(args.log)
-    if r is None:
-        return EXIT_NONE
+    r = open_log(args.data_dir, args.log)  # (or exit 2, saying why)
     try:
         while True:
             time.sleep(args.interval)
@@ -260,9 +238,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         print("nodes reads a PostgreSQL log: name it with --log URL or $SAGA_LOG",
               file=sys.stderr)
         return EXIT_USAGE
-    r = _reader(args.log)
-    if r is None:
-        return EXIT_NONE
+    r = open_log(args.data_dir, args.log)  # (or exit 2, saying why)
     try:
         rows = r.dict_rows(_NODES)
     except Exception as exc:  # psycopg's: no fleet here (an older log), or no grant

@@ -45,7 +45,7 @@ from supervisor.fleet_node import ID_BITS, FleetOwner, NodeLease
 from supervisor.log import Batch
 from supervisor.log_pg_read import read_outcome
 from supervisor.log_pg_rows import raise_mark, write_batch
-from supervisor.pg_connect import connect, driver, network, redact
+from supervisor.pg_connect import connect, driver, network, redact, server
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +102,7 @@ class PgLog:
         self._session()
 
     def _session(self) -> None:
-        info = self.conn.info
-        v = int(info.server_version)
-        self.server = {"server_version": f"{v // 10000}.{v % 10000}", "host": info.host,
-                       "port": info.port, "database": info.dbname, "user": info.user}
+        self.server = server(self.conn)
         if self.durability == "normal":  # as SQLite's NORMAL: a crash of ours loses nothing
             self.conn.execute("SET synchronous_commit = off")
             self.conn.commit()

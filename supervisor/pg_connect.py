@@ -44,6 +44,14 @@ def network(give_up: float) -> dict[str, Any]:
             "keepalives_count": 3, "tcp_user_timeout": max(1000, int(give_up * 1000))}
 
 
+def server(conn: Any) -> dict[str, Any]:
+    """Which server `conn` reached (never the password), for health."""
+    info = conn.info
+    v = int(info.server_version)
+    return {"server_version": f"{v // 10000}.{v % 10000}", "host": info.host,
+            "port": info.port, "database": info.dbname, "user": info.user}
+
+
 def connect(url: str, give_up: float = 10.0) -> Any:
     """A connection, or a LogError that names what to fix (never the password)."""
     psycopg = driver()
