@@ -106,6 +106,27 @@ def crash_kw(engine: str) -> dict[str, str]:
     return {"orphan": "suspend"} if engine == "process" else {}
 
 
+def wait_supervisor_gone(data_dir: "Path", timeout: float = 60.0) -> None:
+    """After a launcher was SIGKILLed: wait until the supervisor that ran on
+    `data_dir` (the launcher itself, or its supervisor process, which stops
+    on its own) has exited, so that the data dir is free for the next."""
+    import json
+
+    import psutil
+
+    try:
+        pid = json.loads((data_dir / "run" / "health.json").read_text())["supervisor"]["pid"]
+    except (OSError, ValueError, KeyError):
+        return
+
+    def gone() -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+    wait_for(gone, timeout=timeout, what=f"supervisor pid {pid} to exit")
+
+
 @pytest.fixture
 def make_sup(tmp_path: "Path", sup_engine: str, store_log: str | None
              ) -> "Iterator[Callable[..., Supervisor]]":

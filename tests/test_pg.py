@@ -18,7 +18,7 @@ import pytest
 from supervisor import Event, LogError, Supervisor
 
 from . import sagas as S
-from .conftest import HOST_ARGV, wait_for
+from .conftest import HOST_ARGV, wait_for, wait_supervisor_gone
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,11 +55,12 @@ def test_sagas_run_on_a_postgresql_log(tmp_path: Path, pg_url: str, engine: str)
 _LAUNCHER = """
 import json, os, signal, sys
 from supervisor import Supervisor
-from tests.conftest import HOST_ARGV
+from tests.conftest import HOST_ARGV, crash_kw
 from tests.sagas import LimitedSaga
 
 if __name__ == "__main__":
-    sup = Supervisor(sys.argv[1], workers=1, host=HOST_ARGV, log=sys.argv[2])
+    sup = Supervisor(sys.argv[1], workers=1, host=HOST_ARGV, log=sys.argv[2],
+                     engine=sys.argv[3], **crash_kw(sys.argv[3]))
     sup.register_kind(LimitedSaga)
     sup.start()
     sid = sup.spawn(LimitedSaga(7, seconds=600, timeout=900), durable=True)
@@ -68,12 +69,13 @@ if __name__ == "__main__":
 """
 
 
-def test_a_killed_launcher_is_recovered_from_postgresql(tmp_path: Path, pg_url: str) -> None:
+def test_a_killed_launcher_is_recovered_from_postgresql(tmp_path: Path, pg_url: str,
+                                                        engine: str) -> None:
     """The README's promise on PostgreSQL: run a saga, SIGKILL the launcher,
     start again, and the saga is resumed by replay."""
     script = tmp_path / "launch.py"
     script.write_text(textwrap.dedent(_LAUNCHER))
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "d"), pg_url],
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "d"), pg_url, engine],
                             stdout=subprocess.PIPE, text=True, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdout is not None
@@ -83,8 +85,9 @@ def test_a_killed_launcher_is_recovered_from_postgresql(tmp_path: Path, pg_url: 
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(30) == -signal.SIGKILL
     proc.stdout.close()
+    wait_supervisor_gone(tmp_path / "d")
     assert _rows(pg_url, f"SELECT state FROM saga WHERE saga_id = {sid}") == [("running",)]
-    sup = Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, log=pg_url)
+    sup = Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, log=pg_url, engine=engine)
     sup.register_kind(S.LimitedSaga)
     with sup:
         wait_for(lambda: sup.stats["replayed"] == 1, what="resumed by replay")
@@ -92,24 +95,25 @@ def test_a_killed_launcher_is_recovered_from_postgresql(tmp_path: Path, pg_url: 
         assert sup.wait(sid, 30).completed
 
 
-def test_a_bad_url_is_named_without_its_password(tmp_path: Path, pg_url: str) -> None:
+def test_a_bad_url_is_named_without_its_password(tmp_path: Path, pg_url: str,
+                                                 engine: str) -> None:
     base = pg_url.rsplit("/", 1)[0]
     port = base.rsplit(":", 1)[1]
     secret = "s3cret-pw"
     nowhere = f"postgresql://postgres:{secret}@127.0.0.1:1/postgres"
     with pytest.raises(LogError) as refused:
-        Supervisor(tmp_path / "a", workers=1, log=nowhere).start()
+        Supervisor(tmp_path / "a", workers=1, log=nowhere, engine=engine).start()
     assert "cannot connect" in str(refused.value) and "server running" in str(refused.value)
     assert secret not in str(refused.value)
     missing = f"postgresql://postgres:{secret}@127.0.0.1:{port}/no_such_db"
     with pytest.raises(LogError, match="create the database") as info:
-        Supervisor(tmp_path / "b", workers=1, log=missing).start()
+        Supervisor(tmp_path / "b", workers=1, log=missing, engine=engine).start()
     assert secret not in str(info.value)
     with pytest.raises(ValueError, match="postgresql://"):
         Supervisor(tmp_path / "c", log=f"mysql://x:{secret}@h/db")
 
 
-def test_a_read_only_role_is_named(tmp_path: Path, pg_url: str) -> None:
+def test_a_read_only_role_is_named(tmp_path: Path, pg_url: str, engine: str) -> None:
     import psycopg
 
     with psycopg.connect(pg_url, autocommit=True) as conn:
@@ -117,11 +121,11 @@ def test_a_read_only_role_is_named(tmp_path: Path, pg_url: str) -> None:
         conn.execute("CREATE ROLE reader LOGIN")
     reader = pg_url.replace("postgres@", "reader@", 1)
     with pytest.raises(LogError, match="the role cannot write here"):
-        Supervisor(tmp_path / "d", workers=1, log=reader).start()
+        Supervisor(tmp_path / "d", workers=1, log=reader, engine=engine).start()
 
 
 def test_a_server_restart_under_load_loses_nothing_and_sends_nothing_twice(
-        tmp_path: Path, pg_url: str, pg_cluster: object) -> None:
+        tmp_path: Path, pg_url: str, pg_cluster: object, engine: str) -> None:
     import threading
 
     from supervisor.testing import FakeHost
@@ -129,7 +133,7 @@ def test_a_server_restart_under_load_loses_nothing_and_sends_nothing_twice(
     if not getattr(pg_cluster, "_ctl", None):
         pytest.skip("$SAGA_TEST_POSTGRES: not a server of ours to restart")
     host = FakeHost(workdir=tmp_path / "h")  # echoes every command, and records it
-    with Supervisor(tmp_path / "d", workers=2, host=host.argv, log=pg_url,
+    with Supervisor(tmp_path / "d", workers=2, host=host.argv, log=pg_url, engine=engine,
                     log_retry=30.0) as sup:
         ids: list[int] = []
         stop = threading.Event()
@@ -147,14 +151,16 @@ def test_a_server_restart_under_load_loses_nothing_and_sends_nothing_twice(
         t.join(30)
         assert all(sup.wait(i, 60).completed for i in ids)
         assert sup.state == "running" and sup.error is None
-        assert sup._engine.log.reconnects >= 1  # type: ignore[union-attr]  # it did go away
+        assert sup.health()["log"]["reconnects"] >= 1  # it did go away
     assert _rows(pg_url, "SELECT count(*) FROM saga WHERE state = 'completed'") == [(len(ids),)]
     sent = [(r["saga_id"], r["step"]) for r in host.received()]
     assert len(sent) == len(set(sent)) == 2 * len(ids)  # nothing lost, nothing sent twice
 
 
-def test_the_command_line_reads_a_postgresql_log(tmp_path: Path, pg_url: str) -> None:
-    with Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, log=pg_url) as sup:
+def test_the_command_line_reads_a_postgresql_log(tmp_path: Path, pg_url: str,
+                                                 engine: str) -> None:
+    with Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, log=pg_url,
+                    engine=engine) as sup:
         ids = [sup.spawn(S.EchoSaga(i, steps=2)) for i in range(20)]
         failed = sup.spawn(S.RefusingSaga())
         assert all(sup.wait(i, 30).completed for i in ids) and sup.wait(failed, 30).failed
@@ -326,11 +332,12 @@ def test_past_log_retry_the_supervisor_stops_naming_the_server_and_recovers_afte
         assert again.wait(held, 30).completed
 
 
-def test_a_log_from_a_newer_version_is_refused_by_name(tmp_path: Path, pg_url: str) -> None:
+def test_a_log_from_a_newer_version_is_refused_by_name(tmp_path: Path, pg_url: str,
+                                                       engine: str) -> None:
     from supervisor import SchemaTooNewError
 
-    with Supervisor(tmp_path / "d", workers=1, log=pg_url):
+    with Supervisor(tmp_path / "d", workers=1, log=pg_url, engine=engine):
         pass
     _rows(pg_url, "UPDATE saga_meta SET value = 99 WHERE key = 'schema_version' RETURNING 1")
     with pytest.raises(SchemaTooNewError, match="schema version 99 is newer"):
-        Supervisor(tmp_path / "d", workers=1, log=pg_url).start()
+        Supervisor(tmp_path / "d", workers=1, log=pg_url, engine=engine).start()
