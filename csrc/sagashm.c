@@ -242,6 +242,21 @@ int ssm_register(ssm_segment *seg, uint64_t id) {
     return take_slot(seg, id);
 }
 
+int ssm_adopt(ssm_segment *seg, uint64_t id) {
+    if (id == 0 || id > MAX_ID) return SSM_ERANGE;
+    _Atomic uint64_t *slot = &seg->slots[id & seg->mask];
+    uint64_t cur = atomic_load_explicit(slot, memory_order_acquire);
+    for (;;) {
+        if (cur != 0 && (cur & 1) == 0) return SSM_EFULL; /* live: never overwrite */
+        if (atomic_compare_exchange_weak_explicit(slot, &cur, id << 1,
+                                                  memory_order_acq_rel,
+                                                  memory_order_acquire)) {
+            atomic_fetch_add_explicit(&seg->hdr->in_flight, 1, memory_order_relaxed);
+            return SSM_OK;
+        }
+    }
+}
+
 uint64_t ssm_acquire(ssm_segment *seg, uint64_t max_tries) {
     if (max_tries == 0) max_tries = 1;
     for (uint64_t i = 0; i < max_tries; i++) {

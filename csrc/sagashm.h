@@ -60,6 +60,12 @@ uint64_t ssm_raise_id_limit(ssm_segment *seg, uint64_t limit);
 uint64_t ssm_next_id(ssm_segment *seg);
 uint64_t ssm_reserve(ssm_segment *seg, uint64_t n);
 int ssm_register(ssm_segment *seg, uint64_t id);
+/* Put in flight an id this segment never allocated: another fleet node's,
+ * for a saga taken over from it. Its slot is taken if free or holding a
+ * claimed saga, whatever that saga's id (ids of other nodes are not ordered
+ * with ours: a slot then holding an id above the counter only makes acquire
+ * skip that id); never a live one (SSM_EFULL). */
+int ssm_adopt(ssm_segment *seg, uint64_t id);
 /* Allocate a fresh id and register it, skipping ids whose slot is live.
  * Returns the id, or (uint64_t)SSM_EFULL / (uint64_t)SSM_EOVERFLOW cast to
  * unsigned (values above ssm_max_id()) on failure, or (uint64_t)SSM_EFENCE. */

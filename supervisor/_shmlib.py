@@ -37,6 +37,7 @@ LAYOUT_VERSION: int = int(_lib.ssm_layout_version())
 _next_id = _lib.ssm_next_id
 _reserve = _lib.ssm_reserve
 _register = _lib.ssm_register
+_adopt = _lib.ssm_adopt
 _acquire = _lib.ssm_acquire
 _claim = _lib.ssm_claim
 _state = _lib.ssm_state

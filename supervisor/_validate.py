@@ -183,3 +183,15 @@ def kind(kind: Any, factory: Any, replay: bool) -> tuple[str, Any]:
     if replay and factory is None:
         raise ValueError(f"kind {name!r}: replay needs a factory(snapshot) -> Saga")
     return name, factory
+
+
+def portable(portable: object, replay: bool, orphan_timeout: float | None) -> None:
+    """``register_kind``'s ``portable``: a kind taken over is replayed, and is
+    never left to an orphan timeout."""
+    if not isinstance(portable, bool):
+        raise TypeError(f"portable must be True or False, got {portable!r}")
+    if portable and not replay:
+        raise ValueError("a portable kind is taken over by replay: it needs replay=True")
+    if portable and orphan_timeout is not None:
+        raise ValueError("orphan_timeout is for host-bound kinds; a portable kind's sagas "
+                         "on a dead node are taken over instead")

@@ -243,7 +243,7 @@ class Supervisor:
                       factory: Callable[[dict[str, Any]], Saga] | None = None,
                       replay: bool = True, *, max_in_flight: int | None = None,
                       queue_timeout: float | None = None,
-                      orphan_timeout: float | None = None) -> None:
+                      orphan_timeout: float | None = None, portable: bool = False) -> None:
         """Say how to rebuild a saga of `kind` from its logged input snapshot,
         so that it is resumed by replay after a restart or a worker crash.
         `factory(snapshot)` defaults to ``cls(**snapshot)``.  With
@@ -258,20 +258,28 @@ class Supervisor:
         `orphan_timeout` (a fleet on a PostgreSQL log): the kind's sagas on a
         node whose lease expired that many seconds ago are failed by this
         node ("orphaned: ..."), after that node is fenced, instead of waiting
-        for it to come back (docs/fleet.md)."""
+        for it to come back.  ``portable=True``: the kind's sagas on a dead
+        node are taken over by the live nodes that registered it so, and
+        replayed on their hosts (docs/fleet.md)."""
         limit = _validate.kind_limit(max_in_flight, queue_timeout)
         orphan = None if orphan_timeout is None else _validate.positive(orphan_timeout,
                                                                         "orphan_timeout")
         name, factory = _validate.kind(kind, factory, replay)
+        _validate.portable(portable, replay, orphan)
         self._engine.kinds[name] = (factory, bool(replay))
         if limit is not None:
             self._engine.limits[name] = limit
         else:
             self._engine.limits.pop(name, None)
+        fleet = self._engine.fleet
         if orphan is not None:
-            self._engine.orphans[name] = orphan
+            fleet.orphans[name] = orphan
         else:
-            self._engine.orphans.pop(name, None)
+            fleet.orphans.pop(name, None)
+        if portable:
+            fleet.portable.add(name)
+        else:
+            fleet.portable.discard(name)
 
     def register_handler(self, target: Target, fn: Handler) -> None:
         """Handle LAUNCHER_SELF or SRV commands in the supervisor (on its loop

@@ -7,12 +7,14 @@
   of its own, so the outcome is decided there as on one machine: the saga
   fails ``cancelled: REASON``, or it had ended first.  A request is removed
   once its saga has ended.
-- **The owner is dead** (its lease expired by the database's clock): its
-  sagas are host-bound (taking them over is not built yet), so the cancel is
-  decided at once, in one transaction: the node's epoch is bumped first (a
-  paused node that resumes is fenced, and never sends anything new), then
-  the saga and its open steps fail ``cancelled: REASON``.  A supervisor that
-  starts again under the node's name finds it ended and never runs it again.
+- **The owner is dead** (its lease expired by the database's clock): nobody
+  runs the saga, so the cancel is decided at once, in one transaction: the
+  node's epoch is bumped first (a paused node that resumes is fenced, and
+  never sends anything new), then the saga and its open steps fail
+  ``cancelled: REASON``.  A supervisor that starts again under the node's
+  name, or a node taking its sagas over, finds it ended and never runs it.
+  (The saga's row is locked meanwhile: a takeover re-owns it before or
+  after, never during.)
 
 A kind registered with ``orphan_timeout=T`` has its sagas on a node whose
 lease expired more than T seconds ago ended the same way by any live node

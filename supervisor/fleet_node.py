@@ -19,8 +19,8 @@
   lease (SIGSTOP, a long GC, a VM freeze) or cut off from the database stops
   on its own, before anyone else could take its sagas.
 
-Taking a dead node's sagas over, fleet-wide keys and limits and cancel from
-anywhere are not built yet (see the README's limits).
+Taking a dead node's sagas over is :mod:`supervisor.fleet_takeover`; cancel
+from anywhere and orphan timeouts are :mod:`supervisor.fleet_cancel`.
 """
 
 from __future__ import annotations
@@ -52,11 +52,20 @@ WHERE node_no = %s RETURNING epoch
 
 
 class FleetOwner(Protocol):
-    """What a node's lease thread hands work to: the engine."""
+    """What a node's lease thread hands work to: the engine's fleet side."""
 
-    orphans: dict[str, float]  # kind -> orphan_timeout
+    orphans: dict[str, float]  # kind -> orphan_timeout (host-bound kinds)
+    portable: set[str]  # kinds taken over from dead nodes
 
     def cancel_from_afar(self, saga_id: int, reason: str) -> None: ...
+
+    def adopt(self, node: str, rows: list[Any]) -> None:
+        """Sagas taken over from dead node `node` (re-owned in the log):
+        resume them; called with no rows while some wait for a claim slot."""
+
+    @property
+    def waiting(self) -> bool:
+        """Taken-over sagas wait for a claim slot: call adopt() again."""
 
 
 class NodeLease:
@@ -152,8 +161,10 @@ class NodeLease:
 
     def start(self, url: str, owner: FleetOwner | None = None) -> None:
         """Renew from now on; with an `owner` (the engine), also hand it the
-        cancels requested from anywhere, and end its orphan_timeout kinds'
-        sagas on dead nodes (see :mod:`supervisor.fleet_cancel`)."""
+        cancels requested from anywhere and the sagas of its portable kinds
+        taken over from dead nodes, and end its orphan_timeout kinds' sagas on
+        dead nodes (see :mod:`supervisor.fleet_cancel`,
+        :mod:`supervisor.fleet_takeover`)."""
         from supervisor.fleet_cancel import CancelPoll
 
         cancels = CancelPoll(self.node_no, owner.cancel_from_afar) if owner else None
@@ -163,11 +174,12 @@ class NodeLease:
 
     def _renew(self, url: str, cancels: Any, owner: FleetOwner | None) -> None:
         """Renew every lease/3 (and reap orphans then); between renewals,
-        look for cancel requests every second, and at once when one is
-        announced (LISTEN)."""
+        look for cancel requests and dead nodes' sagas to take over every
+        second, and for cancels at once when one is announced (LISTEN)."""
         import psycopg
 
         from supervisor.fleet_cancel import reap_orphans
+        from supervisor.fleet_takeover import take_over
         from supervisor.pg_connect import network
 
         conn: Any = None
@@ -193,6 +205,16 @@ class NodeLease:
                     renew_at = began + self.lease / 3
                     if owner is not None and owner.orphans:
                         reap_orphans(conn, self.node_no, dict(owner.orphans))
+                if owner is not None and owner.portable:
+                    taken = take_over(conn, (sql, params), self.node_no, sorted(owner.portable))
+                    self.renewed(began)  # (its fence renewed the lease)
+                    for dead, rows in taken:
+                        if rows:
+                            log.warning("node %r: took over %d saga(s) of dead node %r",
+                                        self.name, len(rows), dead)
+                            owner.adopt(dead, rows)
+                    if owner.waiting:
+                        owner.adopt("", [])
                 if cancels is not None:
                     cancels.poll(conn)
                     # a wake-up only (a notification can be lost: the poll is the rule)

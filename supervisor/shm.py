@@ -20,8 +20,8 @@ Semantics:
 * each saga id maps to slot ``id % capacity``.  A slot holds a live saga
   (registered, not claimed), a claimed one (its terminal is decided) or
   nothing.  :meth:`register` never overwrites a live slot; a claimed slot may
-  be reused by a newer id, after which a late claim for the old id returns
-  ``False`` (the tag differs): ABA-safe.
+  be reused by a newer id (or a taken-over saga's id of another fleet node),
+  after which a late claim for the old id returns ``False``: ABA-safe.
 * :meth:`claim` returns ``True`` exactly once per registered id, to the first
   caller in any process; every other caller gets ``False`` and must do
   nothing visible.
@@ -44,7 +44,7 @@ from supervisor.errors import (CapacityError, IdOverflowError, LayoutMismatchErr
                                SupervisorError)
 
 from supervisor._shmlib import (
-    _ffi, _lib, MAX_ID, MAX_CAPACITY, LAYOUT_VERSION, _next_id, _reserve, _register,
+    _ffi, _lib, MAX_ID, MAX_CAPACITY, LAYOUT_VERSION, _next_id, _reserve, _register, _adopt,
     _acquire, _claim, _state, _in_flight, _peek, _noop, _noop1, _next_id_p, _claim_p,
     _state_p, _OK, _ENOENT, _EEXIST, _ESYS, _EMAGIC, _EVERSION, _ESIZE, _EFULL, _EUNINIT,
     _ACQ_OVERFLOW, _AT_FENCE, _id_limit, _raise_id_limit, wait_at_fence, _STATE_NAMES,
@@ -70,8 +70,7 @@ class SharedState:
     Create it in the owning process with :meth:`create`; attach from any other
     process with :meth:`attach`.  Methods are safe to call from several threads
     and processes at once; :meth:`close` must not race with other calls on the
-    same handle.
-    """
+    same handle."""
 
     __slots__ = ("_seg", "_name", "_capacity", "_creator", "_finalizer", "__weakref__")
     _seg: Any  # cffi `ssm_segment *`, or _CLOSED
@@ -269,13 +268,14 @@ class SharedState:
 
     # -- claim table ----------------------------------------------------------
 
-    def register(self, saga_id: int) -> None:
+    def register(self, saga_id: int, foreign: bool = False) -> None:
         """Put an allocated id in flight.  Raises :class:`CapacityError` if its
         slot holds a live saga (never overwrites one), ``ValueError`` if the id
         was never allocated, is already registered, or is older than the id
-        that now holds its slot."""
+        that now holds its slot.  `foreign`: an id another fleet node allocated
+        (a saga taken over): neither its allocation nor that order is checked."""
         try:
-            rc = _register(self._seg, saga_id)
+            rc = (_adopt if foreign else _register)(self._seg, saga_id)
         except (TypeError, OverflowError):
             raise self._bad_call(saga_id) from None
         if rc == _OK:
@@ -331,8 +331,9 @@ class SharedState:
 
     def _claim_lost(self, rc: int, saga_id: int) -> bool:
         """The slow side of claim(): False for a loser, errors for bad ids."""
-        if rc == 0:
-            if saga_id >= _peek(self._seg):
+        if rc == 0:  # (a claimed slot of this id: the loser, whatever its range)
+            if saga_id >= _peek(self._seg) and _state(self._seg, saga_id) != \
+                    _lib.SSM_STATE_CLAIMED:
                 raise ValueError(f"saga id {saga_id} was never allocated by {self._name!r}")
             return False
         raise self._bad_call(saga_id)

@@ -421,3 +421,115 @@ def test_a_node_cut_off_from_the_database_stops_and_recovers_once_healed(
         if cluster is not None:
             cluster.stop()
         net.remove()
+
+
+_NODE = """
+import json, signal, sys
+from supervisor import Supervisor
+from tests.sagas import LimitedSaga
+
+if __name__ == "__main__":
+    data, url, engine, argv, name, n, lease = sys.argv[1:8]
+    sup = Supervisor(data, workers=1, host=json.loads(argv), log=url, node=name,
+                     node_lease=float(lease), engine=engine, health_interval=0.1)
+    sup.register_kind(LimitedSaga, portable=True, max_in_flight=4)
+    sup.start()
+    ids = [sup.spawn(LimitedSaga(k, 1, timeout=300), durable=True) for k in range(int(n))]
+    print(json.dumps(ids), flush=True)
+    signal.pause()
+"""
+
+
+class _Node:
+    """A node in a process of its own, whose host never answers a sleep."""
+
+    def __init__(self, tmp_path: Path, url: str, engine: str, name: str, spawn: int,
+                 lease: float = 1.0) -> None:
+        from supervisor.testing import silence
+
+        self.host = FakeHost({"sleep": silence()}, workdir=tmp_path / f"host-{name}")
+        self.data = tmp_path / name
+        script = tmp_path / "node.py"
+        script.write_text(textwrap.dedent(_NODE))
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), str(self.data), url, engine,
+             json.dumps(self.host.argv), name, str(spawn), str(lease)], cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert self.proc.stdout is not None
+        self.ids: list[int] = json.loads(self.proc.stdout.readline())
+
+    def sent(self) -> set[int]:
+        return {r["saga_id"] for r in self.host.received()}
+
+    def kill(self) -> None:
+        """SIGKILL, as a machine dies: the launcher and its supervisor process."""
+        health = json.loads((self.data / "run" / "health.json").read_text())
+        for pid in {self.proc.pid, health["supervisor"]["pid"]}:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(30)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        wait_supervisor_gone(self.data)
+
+
+def test_a_portable_kinds_sagas_are_taken_over_even_when_the_taker_dies_halfway(
+        tmp_path: Path, pg_url: str, engine: str) -> None:
+    """Node A dies (SIGKILL) with 4 sagas running and 8 queued, all of a
+    portable kind; node B takes them over (its host never answers either),
+    and dies too; node C takes them over from B and ends them all.  Each open
+    step is re-issued on each taker's host at its logged attempt; each saga
+    ends once, owned by C; A back under its name runs none of them."""
+    import psycopg
+
+    a = _Node(tmp_path, pg_url, engine, "node-a", 12)
+    wait_for(lambda: len(a.sent()) == 4, what="A's four running sagas on its host")
+    a.kill()
+    b = _Node(tmp_path, pg_url, engine, "node-b", 0)
+    try:
+        wait_for(lambda: len(b.sent()) == 4, timeout=30, what="B replays four on its host")
+        numbers = {name: n["node_no"] for name, n in _nodes(pg_url).items()}
+        sagas, _ = read_log(pg_url)
+        assert {sagas[i]["node_no"] for i in a.ids} == {numbers["node-b"]}  # re-owned
+    finally:
+        b.kill()
+    host_c = FakeHost(workdir=tmp_path / "host-c")  # answers every sleep
+    c = Supervisor(tmp_path / "c", workers=1, host=host_c.argv, log=pg_url, node="node-c",
+                   node_lease=1.0, engine=engine)
+    c.register_kind(S.LimitedSaga, portable=True, max_in_flight=4)
+    with c:
+        wait_for(lambda: c.stats["taken_over"] == 12, timeout=30, what="C takes over")
+        outcomes = [c.wait(i, 60) for i in a.ids]
+        assert all(o.completed for o in outcomes), outcomes
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        epochs = dict(conn.execute("SELECT name, epoch FROM saga_node").fetchall())
+    assert epochs["node-a"] >= 2 and epochs["node-b"] >= 2  # fenced by their takers
+    sagas, steps = read_log(pg_url)
+    numbers = {name: n["node_no"] for name, n in _nodes(pg_url).items()}
+    assert {sagas[i]["node_no"] for i in a.ids} == {numbers["node-c"]}
+    assert all(sagas[i]["state"] == "completed" for i in a.ids)
+    assert all([st["state"] for st in steps[i]] == ["succeeded"] for i in a.ids)
+    received = host_c.received()
+    assert sorted(r["saga_id"] for r in received) == sorted(a.ids)  # each re-issued once
+    assert {r["attempt"] for r in received} == {1}  # at its logged attempt
+    assert len(a.sent()) == 4 and len(b.sent()) == 4  # nothing more after their deaths
+    back = FakeHost(workdir=tmp_path / "host-a2")
+    again = Supervisor(a.data, workers=1, host=back.argv, log=pg_url, node="node-a",
+                       engine=engine)
+    again.register_kind(S.LimitedSaga, portable=True)
+    with again:
+        assert again.in_flight() == 0 and again.wait(a.ids[0], 10).completed
+    assert back.received() == []
+
+
+def test_portable_is_checked(tmp_path: Path) -> None:
+    sup = Supervisor(tmp_path / "d")
+    with pytest.raises(ValueError, match="replay=True"):
+        sup.register_kind(S.SleepSaga, replay=False, portable=True)
+    with pytest.raises(ValueError, match="host-bound"):
+        sup.register_kind(S.SleepSaga, portable=True, orphan_timeout=5)
+    with pytest.raises(TypeError, match="portable"):
+        sup.register_kind(S.SleepSaga, portable="yes")  # type: ignore[arg-type]

@@ -152,6 +152,29 @@ def test_live_slot_is_never_overwritten(shm_name: str) -> None:
         assert got % 4 != old % 4 and s.state(old) == "live"
 
 
+def test_a_foreign_id_is_put_in_flight_in_any_free_or_claimed_slot(shm_name: str) -> None:
+    """A saga taken over from another fleet node keeps its id, from a range
+    this segment never allocated (above or below its counter)."""
+    with SharedState.create(capacity=4, name=shm_name, first_id=1 << 40) as s:
+        high, low = (2 << 40) + 1, 5  # another node's ids: above and below ours
+        with pytest.raises(ValueError, match="never allocated"):
+            s.register(high)
+        s.register(high, foreign=True)
+        assert s.state(high) == "live" and s.in_flight() == 1
+        with pytest.raises(CapacityError, match="held by a live saga"):
+            s.register(high + 4, foreign=True)  # its slot is live: never overwritten
+        assert s.claim(high) and not s.claim(high)
+        s.register(high + 4, foreign=True)  # a claimed slot is reused, whatever its id
+        assert s.claim(high + 4)
+        s.register(low + 4 * 9, foreign=True)  # older than what held the slot: still fine
+        assert s.state(high + 4) == "unknown" and s.claim(low + 36)
+        ids = []
+        for _ in range(8):  # our own ids go on (skipping a slot a higher id held)
+            ids.append(s.acquire())
+            assert s.claim(ids[-1])
+        assert len(set(ids)) == 8 and all(i >> 40 == 1 for i in ids) and s.in_flight() == 0
+
+
 def test_acquire_applies_backpressure_when_full(shm_name: str) -> None:
     with SharedState.create(capacity=8, name=shm_name) as s:
         ids = [s.acquire() for _ in range(8)]

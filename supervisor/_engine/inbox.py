@@ -106,8 +106,16 @@ class RequeueAll(NamedTuple):
     items: list[Requeue]
 
 
+class Adopt(NamedTuple):
+    """Sagas this node took over from dead node `node` (re-owned in the log),
+    as LogStore.unfinished() rows: resumed as at a start."""
+
+    node: str
+    rows: list[tuple[int, str, float, str | None, str, str | None]]
+
+
 Request = (Spawn | SpawnMany | SpawnKeyed | Sync | Cancel | Publish | AddTrigger | Stop | Replay
-           | RequeueAll)
+           | RequeueAll | Adopt)
 
 _tuple_new = tuple.__new__
 

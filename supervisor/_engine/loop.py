@@ -40,8 +40,8 @@ from supervisor._engine.dispatch import Dispatch, Handler
 from supervisor._engine.host_link import HostLink
 from supervisor._engine.host_watch import HostWatch
 from supervisor._engine.ids import BLOCK, IdFence, first_id
+from supervisor._engine.fleet import FleetSide
 from supervisor._engine.inbox import Cancel, Inbox, RequeueAll, Stop
-from supervisor._future import Future
 from supervisor._engine.keys import Keys
 from supervisor._engine.measure import Measures
 from supervisor._engine.metrics import EngineCollector, MetricsServer, exposition
@@ -91,7 +91,7 @@ class Engine:
         self.registry = ClassRegistry()
         self.kinds: Kinds = {}
         self.limits: Limits = {}  # per-kind max_in_flight and queue timeout
-        self.orphans: dict[str, float] = {}  # per-kind orphan_timeout (a fleet's)
+        self.fleet = FleetSide(self.inbox, self.outcomes)  # orphans, portable kinds, adopt
         self.handlers: dict[Target, Handler] = {}
         self.triggers: list[Trigger] = []
         # registrations a launcher ships to a supervisor process (the facade's)
@@ -134,7 +134,7 @@ class Engine:
     def _start(self) -> None:
         s, stats, turn, table = self.settings, self.stats, self.turn, self.table
         sagalog = self.log = open_store(s.log, self.paths, s.durability, s.log_retry,
-                                        s.node, s.node_lease, self)
+                                        s.node, s.node_lease, self.fleet)
         # the segment doubles as the data dir's lock: nothing below writes the
         # log unless no other live supervisor owns this data dir
         first = first_id(sagalog.next_id(), [u[0] for u in sagalog.unfinished()], s.capacity)
@@ -165,7 +165,7 @@ class Engine:
                                             s.pipeline_rows if sagalog.local else 1)
         self.recovery = Recovery(self.kinds, self.registry.prepare, sagas, comp, table, turn,
                                  shared, stats, sagalog, pipeline.commit_now, pool.for_saga,
-                                 pool.ship_class)
+                                 pool.ship_class, self.fleet.unplaced)
         self.keys = Keys(table, sagas, pipeline.commit_now, sagalog.claim_key)
         queues = sagas.queue = self.queues = Queues(self.limits, table, sagas, shared, turn,
                                                     stats, self.life, sagalog.max_queue_seq() + 1)
@@ -320,10 +320,6 @@ class Engine:
                 pipeline.drain()
                 assert self.log is not None
                 self.log.purge(self.settings.retention_days)
-
-    def cancel_from_afar(self, saga_id: int, reason: str) -> None:
-        """A cancel requested in a fleet's log: decided here as any cancel()."""
-        self.inbox.post(Cancel(saga_id, reason, Future()))
 
     def _end_turn(self) -> None:
         """The turn's batch goes to the log; its outputs leave once committed."""

@@ -244,7 +244,7 @@ STAT_NAMES: Final = (
     "spawned", "completed", "failed", "bad_frames", "unknown_answers", "late_answers",
     "replayed", "reissued", "replay_failed", "reopened", "host_restarts", "worker_recycles",
     "trigger_errors", "worker_restarts", "input_errors", "subscriber_errors", "host_stalls",
-    "poison_sagas", "retries", "step_timeouts", "queue_timeouts",
+    "poison_sagas", "retries", "step_timeouts", "queue_timeouts", "taken_over",
     "commits", "rows",
 )
 

@@ -32,6 +32,7 @@ from supervisor.log import Batch
 from supervisor.log_store import LogStore
 from supervisor.protocol import Act, Op
 from supervisor.saga import Saga, Target
+from supervisor.errors import CapacityError
 from supervisor.shm import SharedState
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,59 @@ def logged_steps(sagalog: LogStore, saga_id: int) -> tuple[Steps, int] | str:
     return steps, attempt
 
 
+Row = tuple[int, str, float, str | None, str, str | None]  # as LogStore.unfinished()
+Ended = tuple[int, str, str, str]  # (saga id, kind, state, why)
+
+
+def resume(rows: list[Row], sagalog: LogStore, shared: SharedState, kinds: Kinds,
+           prepare: Callable[[Saga], SagaSpec], stats: Stats, cause: str, defer: bool = False,
+           ) -> tuple[list[Replay], list[Requeue], list[Ended], list[Row]]:
+    """Unfinished sagas from the log (`rows`, queued last, in order): those
+    to replay and those to queue again, registered in the claim table; those
+    that cannot resume, with why ("`cause` while saga was running", ...);
+    and, if `defer`, those whose claim slot a live saga holds (to be tried
+    again later; else CapacityError)."""
+    replays: list[Replay] = []
+    requeues: list[Requeue] = []
+    ended: list[Ended] = []
+    busy: list[Row] = []
+    for row in rows:
+        sid, name, started, input_json, state, key = row
+        if state == "compensating":
+            ended.append((sid, name, "failed_compensation", f"{cause} during compensation"))
+            continue
+        spec = rebuild(kinds, prepare, name, input_json)
+        if state == "queued":  # no user code ran: it waits again, in its place
+            if isinstance(spec, str):
+                why = f"{cause} while saga was queued" + (
+                    f"; {spec}" if spec != NOT_REPLAYABLE else "")
+                ended.append((sid, name, "failed", why))
+            elif _registered(shared, sid, busy if defer else None, row):
+                requeues.append(Requeue(sid, spec, key, started))
+            continue
+        steps = logged_steps(sagalog, sid) if not isinstance(spec, str) else spec
+        if isinstance(spec, str) or isinstance(steps, str):
+            why = f"{cause} while saga was running"
+            if spec != NOT_REPLAYABLE:
+                why += f"; {steps}"
+                stats["replay_failed"] += 1
+            ended.append((sid, name, "failed", why))
+        elif _registered(shared, sid, busy if defer else None, row):
+            replays.append(Replay(sid, spec, steps[0], started, False, attempt=steps[1]))
+    return replays, requeues, ended, busy
+
+
+def _registered(shared: SharedState, sid: int, busy: list[Row] | None, row: Row) -> bool:
+    try:
+        shared.register(sid, foreign=busy is not None)
+    except CapacityError:  # its slot holds a live saga (an id of another node's range)
+        if busy is None:
+            raise
+        busy.append(row)
+        return False
+    return True
+
+
 def at_start(sagalog: LogStore, shared: SharedState, kinds: Kinds,
              prepare: Callable[[Saga], SagaSpec], stats: Stats
              ) -> tuple[list[Replay], list[Requeue]]:
@@ -87,40 +141,16 @@ def at_start(sagalog: LogStore, shared: SharedState, kinds: Kinds,
     stale = sagalog.unfinished()
     if not stale:
         return [], []
-    now = time.time()
-    batch = Batch()
-    replays: list[Replay] = []
-    requeues: list[Requeue] = []
-    for sid, name, started, input_json, state, key in stale:
-        if state == "compensating":
-            batch.saga_ends.append(("failed_compensation", now,
-                                    "supervisor restarted during compensation", sid))
-            continue
-        spec = rebuild(kinds, prepare, name, input_json)
-        if state == "queued":  # no user code ran: it waits again, in its place
-            if isinstance(spec, str):
-                why = "supervisor restarted while saga was queued" + (
-                    f"; {spec}" if spec != NOT_REPLAYABLE else "")
-                batch.saga_ends.append(("failed", now, why, sid))
-            else:
-                shared.register(sid)
-                requeues.append(Requeue(sid, spec, key, started))
-            continue
-        steps = logged_steps(sagalog, sid) if not isinstance(spec, str) else spec
-        if isinstance(spec, str) or isinstance(steps, str):
-            why = "supervisor restarted while saga was running"
-            if spec != NOT_REPLAYABLE:
-                why += f"; {steps}"
-                stats["replay_failed"] += 1
-            batch.saga_ends.append(("failed", now, why, sid))
-            continue
-        shared.register(sid)
-        replays.append(Replay(sid, spec, steps[0], started, False, attempt=steps[1]))
-    if batch:
+    replays, requeues, ended, _ = resume(stale, sagalog, shared, kinds, prepare, stats,
+                                         "supervisor restarted")
+    if ended:
+        now = time.time()
+        batch = Batch()
+        batch.saga_ends.extend((state, now, why, sid) for sid, _, state, why in ended)
         sagalog.commit(batch)
     log.warning("recovery: %d saga(s) left unfinished by a previous supervisor: %d "
                 "resumed by replay, %d queued again, %d failed", len(stale), len(replays),
-                len(requeues), len(stale) - len(replays) - len(requeues))
+                len(requeues), len(ended))
     return replays, requeues
 
 
@@ -129,7 +159,7 @@ class Recovery:
                  compensation: Compensation, table: SagaTable, turn: Turn,
                  shared: SharedState, stats: Stats, sagalog: LogStore,
                  commit_now: Callable[[], None], pick_worker: Callable[[int], WorkerProc],
-                 ship_class: Callable[[int], None]) -> None:
+                 ship_class: Callable[[int], None], unplaced: dict[str, list[Row]]) -> None:
         self.kinds = kinds
         self.prepare = prepare
         self.sagas = sagas
@@ -142,6 +172,32 @@ class Recovery:
         self.commit_now = commit_now
         self.pick_worker = pick_worker
         self.ship_class = ship_class
+        # taken over from dead nodes, waiting for a claim slot: dead node -> rows
+        self.unplaced = unplaced
+
+    def adopt(self, node: str, rows: list[Row]) -> list[Requeue]:
+        """Sagas taken over from dead node `node` (re-owned in the log already):
+        replayed here as at a start, or failed if they cannot be; the queued
+        ones returned, for their kind's queue.  Those whose claim slot a live
+        saga holds wait for the next call (:attr:`unplaced`)."""
+        requeues: list[Requeue] = []
+        todo = dict(self.unplaced)
+        if rows:
+            todo[node] = todo.get(node, []) + rows
+        self.unplaced.clear()
+        for dead, batch in todo.items():
+            replays, queued, ended, busy = resume(
+                batch, self.log, self.shared, self.kinds, self.prepare, self.stats,
+                f"its node {dead!r} died", defer=True)
+            for sid, name, state, why in ended:
+                self.sagas.announce_end(sid, name, state, why)
+            for req in replays:
+                self.replay(req)
+            requeues += queued
+            if busy:
+                self.unplaced[dead] = busy
+            self.stats["taken_over"] += len(batch) - len(busy)
+        return requeues
 
     def replay(self, req: Replay) -> None:
         """Put a saga back in flight on its worker and ask for its replay."""

@@ -7,8 +7,8 @@ from __future__ import annotations
 import time
 
 from supervisor._engine.bus import Trigger
-from supervisor._engine.inbox import (AddTrigger, Cancel, Inbox, Publish, Replay, RequeueAll,
-                                     Spawn, SpawnKeyed, SpawnMany, Stop, Sync)
+from supervisor._engine.inbox import (Adopt, AddTrigger, Cancel, Inbox, Publish, Replay,
+                                     RequeueAll, Spawn, SpawnKeyed, SpawnMany, Stop, Sync)
 from supervisor._engine.keys import Keys
 from supervisor._engine.queues import Queues
 from supervisor._engine.recovery import Recovery
@@ -65,6 +65,10 @@ class Requests:
                     turn.events.append((ev.kind, ev.data, ev.saga_id, ev.step))
                 elif t is RequeueAll:
                     self.queues.restore(item.items)
+                elif t is Adopt:
+                    requeues = self.recovery.adopt(item.node, item.rows)
+                    if requeues:
+                        self.queues.restore(requeues)
                 elif t is AddTrigger:
                     self.triggers.append((item.factory, item.predicate))
                 elif t is Stop:
