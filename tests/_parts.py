@@ -65,7 +65,7 @@ class Parts:
         self.recovery = Recovery({}, ClassRegistry().prepare, self.sagas, self.comp,
                                  self.table, self.turn, shared, self.stats, self.log,
                                  self.pipeline.commit_now, lambda sid: self.worker,
-                                 lambda cid: None)
+                                 lambda cid: None, {})
         self.retries = Retries(self.table, self.sagas, shared, self.turn, self.stats)
         self.routing = Routing(self.table, shared, self.sagas, self.comp, self.recovery,
                                self.turn, self.stats, self.retries)

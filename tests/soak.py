@@ -4,6 +4,8 @@ invariants after every restart and at the end.  Outside the default test run:
 
     .venv/bin/python -m tests.soak --kills 1000 --seed 1 [--fuzz-cases 100000]
     .venv/bin/python -m tests.soak --kills 200 --seed 1 --log auto   # on PostgreSQL
+    .venv/bin/python -m tests.soak --fleet 3 --faults 300 --seed 1 --log auto
+                                       # a fleet of 3 nodes: tests/soak_fleet.py
 
 ``--log URL`` keeps the log on that PostgreSQL server (a fresh database per
 run is best); ``--log auto`` starts a throwaway server (tests/_pg.py) and
@@ -256,7 +258,12 @@ def main() -> int:
                          "our own, restarted under load")
     ap.add_argument("--pg-restarts", type=float, default=0.2, metavar="SHARE",
                     help="with --log auto: the share of sessions that see a database restart")
+    ap.add_argument("--fleet", type=int, default=0, metavar="N",
+                    help="a fleet of N nodes on the --log server (tests/soak_fleet.py)")
+    ap.add_argument("--faults", type=int, default=300, help="with --fleet: fault points")
     args = ap.parse_args()
+    if args.fleet and not args.log:
+        ap.error("--fleet needs --log URL (or --log auto)")
     if not args.fuzz_only:
         work = args.dir or Path(tempfile.mkdtemp(prefix="saga-soak-"))
         work.mkdir(parents=True, exist_ok=True)
@@ -270,9 +277,17 @@ def main() -> int:
                 print(f"soak: no PostgreSQL server: {cluster.why}", file=sys.stderr)
                 return 2
             url = cluster.database(f"soak{args.seed}")
-        print(f"soak: {args.kills} kill points, seed {args.seed}, in {work}"
-              + (f", log on {url}" if url else ""), flush=True)
         try:
+            if args.fleet:
+                from .soak_fleet import fleet_soak
+
+                print(f"soak: a fleet of {args.fleet} nodes, {args.faults} fault points, "
+                      f"seed {args.seed}, in {work}, log on {url}", flush=True)
+                print(json.dumps(fleet_soak(args.fleet, args.faults, args.seed, work, url,
+                                            cluster), indent=2))
+                return 0
+            print(f"soak: {args.kills} kill points, seed {args.seed}, in {work}"
+                  + (f", log on {url}" if url else ""), flush=True)
             print(json.dumps(soak(args.kills, args.seed, work, url, cluster,
                                   args.pg_restarts if cluster is not None else 0.0),
                              indent=2))

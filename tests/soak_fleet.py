@@ -1,0 +1,239 @@
+"""The fleet soak: N nodes (one launcher each, with its own data dir and
+recording host) on one PostgreSQL log, under seeded random faults, with the
+fleet's invariants checked after every fault and at the end.  Outside the
+default test run:
+
+    .venv/bin/python -m tests.soak --fleet 3 --faults 300 --seed 1 --log auto
+
+Faults, one per fault point, on a random node (the engines alternate by
+node): SIGKILL (the launcher and its supervisor process, as a machine dies;
+the node comes back under its name after a random delay, before or after
+the others took its portable sagas over); SIGSTOP past its lease, then
+SIGCONT (it must stop by itself, fenced, and is started again); and, with
+``--log auto``, a restart of the database under load.  A network partition
+is tested in tests/test_fleet.py (it needs a namespace per node), not here.
+
+Checked after each fault: every ended saga has no pending step and no step
+started after its end (tests/soak.py's check); one saga per idempotency key
+and every claimed key names its saga.  At the end every node is started
+again until nothing is left unfinished: every saga of a dead node was taken
+over (portable), recovered by its node's return, or failed.  Then every
+command a recording host received is a logged step, started before it was
+received (write-ahead), sent by a node that owned the saga (its own id
+range, or a saga taken over from there), and none was received over 0.5 s
+after its saga's end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+ENGINES = ("thread", "process")
+
+
+class Node:
+    def __init__(self, work: Path, url: str, k: int) -> None:
+        self.name, self.url = f"node-{k}", url
+        self.engine = ENGINES[k % 2]
+        self.data = work / self.name
+        self.record = work / f"{self.name}-host.txt"
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, seed: int) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGA_HOST_RECORD": str(self.record),
+               "SAGA_LOG_LEVEL": "CRITICAL"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests._fleet_launcher", str(self.data), self.url,
+             self.name, str(seed), self.engine], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if line != "ready":
+            from .soak import Violation
+
+            raise Violation(f"{self.name} did not start: {line!r} (exit {self.proc.wait(60)})")
+
+    def pids(self) -> set[int]:
+        assert self.proc is not None
+        pids = {self.proc.pid}
+        try:
+            pids.add(int(json.loads((self.data / "run" / "health.json").read_text())
+                         ["supervisor"]["pid"]))
+        except (OSError, ValueError, KeyError):
+            pass
+        return pids
+
+    def signal(self, sig: int) -> None:
+        for pid in self.pids():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        from .conftest import wait_supervisor_gone
+
+        self.signal(signal.SIGKILL)
+        self.reap()
+        wait_supervisor_gone(self.data)
+
+    def reap(self, timeout: float = 60.0) -> str:
+        assert self.proc is not None and self.proc.stdout is not None
+        self.proc.wait(timeout)
+        out = self.proc.stdout.read()
+        self.proc.stdout.close()
+        self.proc = None
+        return out
+
+
+def _check_fleet(url: str, prev_max: int, final: bool) -> int:
+    from .soak import Violation, _check_log
+    from .conftest import log_reader
+
+    top = _check_log(url, prev_max, final)
+    conn = log_reader(url)
+    try:
+        bad = conn.execute("SELECT k.key, k.saga_id, s.idem_key FROM saga_key k JOIN saga s "
+                           "USING (saga_id) WHERE s.idem_key IS DISTINCT FROM k.key "
+                           "LIMIT 3").fetchall()
+        if bad:
+            raise Violation(f"a claimed key names a saga of another key: {bad}")
+    finally:
+        conn.close()
+    return top
+
+
+def fleet_soak(nodes: int, faults: int, seed: int, work: Path, url: str,
+               cluster: Any = None) -> dict[str, Any]:
+    from .soak import Violation
+
+    rng = random.Random(seed)
+    fleet = [Node(work, url, k) for k in range(1, nodes + 1)]
+    for node in fleet:
+        node.start(rng.randrange(1 << 30))
+    done = Counter[str]()
+    prev_max = 0
+    started = time.monotonic()
+    from ._fleet_launcher import LEASE
+
+    while done["fault points"] < faults:
+        time.sleep(rng.uniform(0.1, 0.6))  # load in between
+        node = rng.choice(fleet)
+        pick = rng.random()
+        if cluster is not None and pick < 0.1:
+            cluster.restart()  # under load: the nodes reconnect and go on
+            done["database restarts"] += 1
+        elif pick < 0.7:
+            node.kill()
+            done["node kills"] += 1
+            if rng.random() < 0.5:  # back at once, or after the others took over
+                time.sleep(rng.uniform(LEASE, LEASE + 2.0))
+            node.start(rng.randrange(1 << 30))
+        else:
+            node.signal(signal.SIGSTOP)
+            time.sleep(LEASE + rng.uniform(0.5, 1.5))
+            node.signal(signal.SIGCONT)
+            out = node.reap(60.0)  # fenced: it stops by itself
+            if "stopped:" not in out:
+                raise Violation(f"{node.name} paused past its lease ran on: {out[-300:]!r}")
+            done["node pauses"] += 1
+            from .conftest import wait_supervisor_gone
+
+            wait_supervisor_gone(node.data)
+            node.start(rng.randrange(1 << 30))
+        done["fault points"] += 1
+        for other in fleet:
+            if other.proc is not None and other.proc.poll() is not None:
+                raise Violation(f"{other.name} exited by itself: {other.reap()[-300:]!r}")
+        prev_max = _check_fleet(url, prev_max, final=False)
+        if done["fault points"] % 25 == 0:
+            print(f"  {done['fault points']} fault points, "
+                  f"{time.monotonic() - started:.0f}s", flush=True)
+    return _finish(fleet, url, dict(done), prev_max, time.monotonic() - started)
+
+
+def _finish(fleet: list[Node], url: str, done: dict[str, Any], prev_max: int,
+            elapsed: float) -> dict[str, Any]:
+    """Every node stopped; then each started again under its name, idle,
+    until nothing is left unfinished; then the checks over the hosts."""
+    from supervisor import Supervisor
+
+    from .conftest import HOST_ARGV, read_log, wait_for
+    from .sagas import EchoSaga, RetrySaga, StepperSaga
+    from .soak import Violation
+
+    for node in fleet:
+        node.kill()
+    sups = []
+    for node in fleet:
+        os.environ["SAGA_HOST_RECORD"] = str(node.record)  # (the host inherits it)
+        sup = Supervisor(node.data, workers=1, host=HOST_ARGV, log=url, node=node.name,
+                         engine=node.engine)
+        sup.register_kind(StepperSaga, portable=True)
+        sup.register_kind(EchoSaga, replay=False)
+        sup.register_kind(RetrySaga)
+        sups.append(sup.start())
+    os.environ.pop("SAGA_HOST_RECORD", None)
+    try:
+        wait_for(lambda: not [r for r in read_log(url)[0].values() if r["state"] in
+                              ("queued", "running", "compensating")], timeout=300,
+                 interval=0.5, what="every saga ended")
+    finally:
+        for sup in sups:
+            sup.stop()
+    _check_fleet(url, prev_max, final=True)
+    sagas, steps = read_log(url)
+    numbers = {name: no for name, no in _node_numbers(url).items()}
+    logged = {(sid, st["step_index"]): st for sid, v in steps.items() for st in v}
+    late = received = foreign = 0
+    for node in fleet:
+        me = numbers[node.name]
+        for line in node.record.read_text().splitlines():
+            sid_s, step_s, t_s = line.split()
+            sid, t = int(sid_s), float(t_s)
+            received += 1
+            st = logged.get((sid, int(step_s)))
+            if st is None:
+                raise Violation(f"{node.name}'s host got saga {sid} step {step_s}, never "
+                                "logged")
+            if st["started_at"] > t + 1e-3:
+                raise Violation(f"{node.name}'s host got saga {sid} step {step_s} before "
+                                "it was logged")
+            if sid >> 40 != me:  # not its own: only a portable kind's, taken over
+                foreign += 1
+                if sagas[sid]["name"] != "stepper":
+                    raise Violation(f"{node.name}'s host got saga {sid} of node {sid >> 40},"
+                                    f" of host-bound kind {sagas[sid]['name']!r}")
+            if t > float(sagas[sid]["ended_at"]) + 0.5:
+                late += 1
+    if late:
+        raise Violation(f"{late} commands received over 0.5 s after their saga's end")
+    states = Counter(r["state"] for r in sagas.values())
+    taken = sum(1 for sid, r in sagas.items() if r["node_no"] != sid >> 40)
+    return {**done, "sagas": len(sagas), "states": dict(states),
+            "sagas taken over (owned by another node than their id's)": taken,
+            "commands the hosts received": received,
+            "commands received for sagas taken over": foreign,
+            "keys": sum(1 for r in sagas.values() if r["idem_key"]),
+            "elapsed_s": round(elapsed)}
+
+
+def _node_numbers(url: str) -> dict[str, int]:
+    from .conftest import log_reader
+
+    conn = log_reader(url)
+    try:
+        return {str(n): int(no) for n, no in conn.execute(
+            "SELECT name, node_no FROM saga_node").fetchall()}
+    finally:
+        conn.close()
