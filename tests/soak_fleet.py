@@ -52,16 +52,18 @@ class Node:
     def start(self, seed: int) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGA_HOST_RECORD": str(self.record),
                "SAGA_LOG_LEVEL": "CRITICAL"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests._fleet_launcher", str(self.data), self.url,
-             self.name, str(seed), self.engine], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, text=True)
+        with open(self.data.parent / f"{self.name}-stderr.txt", "a") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests._fleet_launcher", str(self.data), self.url,
+                 self.name, str(seed), self.engine], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                stderr=err, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().strip()
         if line != "ready":
             from .soak import Violation
 
-            raise Violation(f"{self.name} did not start: {line!r} (exit {self.proc.wait(60)})")
+            raise Violation(f"{self.name} did not start: {line!r} (exit {self.proc.wait(60)}; "
+                            f"see {self.data.parent / (self.name + '-stderr.txt')})")
 
     def pids(self) -> set[int]:
         assert self.proc is not None
@@ -103,8 +105,8 @@ def _check_fleet(url: str, prev_max: int, final: bool) -> int:
     top = _check_log(url, prev_max, final)
     conn = log_reader(url)
     try:
-        bad = conn.execute("SELECT k.key, k.saga_id, s.idem_key FROM saga_key k JOIN saga s "
-                           "USING (saga_id) WHERE s.idem_key IS DISTINCT FROM k.key "
+        bad = conn.execute("SELECT k.idem_key, k.saga_id, s.idem_key FROM saga_key k JOIN saga s "
+                           "USING (saga_id) WHERE s.idem_key IS DISTINCT FROM k.idem_key "
                            "LIMIT 3").fetchall()
         if bad:
             raise Violation(f"a claimed key names a saga of another key: {bad}")

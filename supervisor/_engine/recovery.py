@@ -122,8 +122,8 @@ def resume(rows: list[Row], sagalog: LogStore, shared: SharedState, kinds: Kinds
 
 
 def _registered(shared: SharedState, sid: int, busy: list[Row] | None, row: Row) -> bool:
-    try:
-        shared.register(sid, foreign=busy is not None)
+    try:  # (foreign: a fleet node's sagas include those it took over from others)
+        shared.register(sid, foreign=True)
     except CapacityError:  # its slot holds a live saga (an id of another node's range)
         if busy is None:
             raise
@@ -181,6 +181,7 @@ class Recovery:
         ones returned, for their kind's queue.  Those whose claim slot a live
         saga holds wait for the next call (:attr:`unplaced`)."""
         requeues: list[Requeue] = []
+        self.commit_now()  # the log must show every row of ours before replay reads it
         todo = dict(self.unplaced)
         if rows:
             todo[node] = todo.get(node, []) + rows
