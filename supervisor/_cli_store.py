@@ -131,9 +131,12 @@ def cmd_events_log(args: argparse.Namespace) -> int:
     try:
         while True:
             changes = _changes(r, max(floor, mark - _LATE), printed)
+            owners = r.owners(sorted({row["saga_id"] for _, _, row in changes})) \
+                if hasattr(r, "owners") else {}
             for at, kind, row in changes:
                 data = {"name": row["name"]} | (
-                    {"reason": row["failure_reason"]} if row["failure_reason"] else {})
+                    {"reason": row["failure_reason"]} if row["failure_reason"] else {}) | (
+                    {"node": owners[row["saga_id"]]} if row["saga_id"] in owners else {})
                 if args.json:
                     print(json.dumps({"time": iso(at), "kind": kind,
                                       "saga_id": row["saga_id"], "data": data}))
@@ -168,16 +171,28 @@ GROUP BY name ORDER BY name
 """
 
 
+_BY_NODE = """
+SELECT n.name, count(*) FILTER (WHERE s.state IN ('running', 'compensating')) AS in_flight,
+       count(*) FILTER (WHERE s.state = 'queued') AS queued, bool_or(n.lease_until > now())
+       AS live
+FROM saga s JOIN saga_node n USING (node_no)
+WHERE s.state IN ('running', 'compensating', 'queued') GROUP BY n.name ORDER BY n.name
+"""
+
+
 def log_view(r: Any, interval: float) -> dict[str, Any]:
     """What ``top --log`` shows: in flight by kind and state, and the sagas
-    ended per second over the last `interval` seconds."""
+    ended per second over the last `interval` seconds; on a fleet's log, in
+    flight and queued by owning node too."""
     since = time.time() - interval
     kinds = {row["name"]: {"running": row["running"], "compensating": row["compensating"],
                            "queued": row["queued"],
                            "completed_per_s": round(row["completed"] / interval, 1),
                            "failed_per_s": round(row["failed"] / interval, 1)}
              for row in r.dict_rows(_BY_KIND, (since, since, since))}
-    return {"time": iso(time.time()), "log": r.path, "kinds": kinds,
+    nodes = {row["name"]: {"in_flight": row["in_flight"], "queued": row["queued"],
+                           "live": bool(row["live"])} for row in r.dict_rows(_BY_NODE)}
+    return {"time": iso(time.time()), "log": r.path, "kinds": kinds, "nodes": nodes,
             "in_flight": sum(k["running"] + k["compensating"] for k in kinds.values()),
             "queued": sum(k["queued"] for k in kinds.values())}
 
@@ -189,6 +204,9 @@ def _plain(view: dict[str, Any]) -> str:
         lines.append(f"  kind {kind:<20} running {c['running']:>7}  compensating "
                      f"{c['compensating']:>5}  queued {c['queued']:>7}  completed/s "
                      f"{c['completed_per_s']:>8}  failed/s {c['failed_per_s']:>8}")
+    for node, c in view["nodes"].items():
+        lines.append(f"  node {node:<20} in flight {c['in_flight']:>7}  queued "
+                     f"{c['queued']:>7}  {'live' if c['live'] else 'dead'}")
     return "\n".join(lines)
 
 
@@ -233,7 +251,7 @@ GROUP BY n.node_no ORDER BY n.node_no
 def cmd_nodes(args: argparse.Namespace) -> int:
     """``nodes --log URL``: the fleet's nodes, their leases (by the database's
     clock) and what each owns; a dead node's sagas wait for it to come back
-    under its name (taking them over is not built yet)."""
+    under its name, or, of a portable kind, for a live node to take them over."""
     if not args.log:
         print("nodes reads a PostgreSQL log: name it with --log URL or $SAGA_LOG",
               file=sys.stderr)

@@ -216,6 +216,8 @@ def test_the_command_line_works_on_a_postgresql_log(tmp_path: Path, pg_url: str,
         assert len(events) == 4 and {e["kind"] for e in events} <= {"saga_started",
                                                                     "saga_completed"}
         assert {e["saga_id"] for e in events} <= set(spawned)
+        node = _rows(pg_url, "SELECT name FROM saga_node")[0][0]  # (every supervisor is one)
+        assert {e["data"]["node"] for e in events} == {node}  # each saga's owning node
         health = _cli("health", "--data-dir", str(d), "--log", url, "--json")
         assert health.returncode == 0, health.stderr
         report = json.loads(health.stdout)
@@ -237,6 +239,9 @@ def test_the_command_line_works_on_a_postgresql_log(tmp_path: Path, pg_url: str,
         assert top.returncode == 0, top.stderr
         view = json.loads(top.stdout)
         assert view["kinds"]["sleeper"]["running"] == 1 and view["in_flight"] == 1
+        assert view["nodes"] == {node: {"in_flight": 1, "queued": 0, "live": True}}
+        plain_top = _cli("top", "--log", url, "--once", "--interval", "0.3")
+        assert f"node {node}" in plain_top.stdout and " live" in plain_top.stdout, plain_top
         assert sup.cancel(parked)
         runs = [follow.args, health, plain, cut, listed, top]
     total = _rows(pg_url, "SELECT count(*) FROM saga")[0][0]
