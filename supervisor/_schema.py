@@ -198,5 +198,13 @@ BEGIN
             n, e USING ERRCODE = 'SF001';
     END IF;
 END $$;
+-- 8: fleet-wide per-kind limits.  A queued saga's queue_seq comes from one
+-- sequence for the fleet; a saga of a fleet-limited kind starts only once it
+-- holds one of its kind's slots (at most the limit), granted in that order
+CREATE SEQUENCE IF NOT EXISTS saga_queue_seq;
+CREATE TABLE IF NOT EXISTS saga_slot (saga_id BIGINT PRIMARY KEY, name TEXT NOT NULL,
+                                      granted_at TIMESTAMPTZ NOT NULL DEFAULT now());
+CREATE INDEX IF NOT EXISTS saga_slot_name ON saga_slot(name);
+CREATE INDEX IF NOT EXISTS saga_queued ON saga(name, queue_seq) WHERE state = 'queued';
 """
-PG_SCHEMA_VERSION = 7  # SQLite's 6, and the fleet's tables
+PG_SCHEMA_VERSION = 8  # SQLite's 6, the fleet's tables, and its slots

@@ -185,13 +185,25 @@ def kind(kind: Any, factory: Any, replay: bool) -> tuple[str, Any]:
     return name, factory
 
 
-def portable(portable: object, replay: bool, orphan_timeout: float | None) -> None:
-    """``register_kind``'s ``portable``: a kind taken over is replayed, and is
-    never left to an orphan timeout."""
+def fleet_kind(portable: object, replay: bool, orphan_timeout: object,
+               fleet_limit: object, max_in_flight: object) -> tuple[float | None, int | None]:
+    """``register_kind``'s fleet options, as (orphan_timeout, fleet_limit): a
+    portable kind is taken over by replay and never left to an orphan
+    timeout; a fleet limit is a count, and replaces the node's own."""
+    orphan = None if orphan_timeout is None else positive(orphan_timeout, "orphan_timeout")
     if not isinstance(portable, bool):
         raise TypeError(f"portable must be True or False, got {portable!r}")
     if portable and not replay:
         raise ValueError("a portable kind is taken over by replay: it needs replay=True")
-    if portable and orphan_timeout is not None:
+    if portable and orphan is not None:
         raise ValueError("orphan_timeout is for host-bound kinds; a portable kind's sagas "
                          "on a dead node are taken over instead")
+    if fleet_limit is None:
+        return orphan, None
+    if isinstance(fleet_limit, bool) or not isinstance(fleet_limit, int):
+        raise TypeError(f"fleet_limit must be an int, got {fleet_limit!r}")
+    if fleet_limit < 1:
+        raise ValueError(f"fleet_limit must be >= 1, got {fleet_limit}")
+    if max_in_flight is not None:
+        raise ValueError("give max_in_flight (this node) or fleet_limit (the fleet), not both")
+    return orphan, fleet_limit

@@ -243,7 +243,8 @@ class Supervisor:
                       factory: Callable[[dict[str, Any]], Saga] | None = None,
                       replay: bool = True, *, max_in_flight: int | None = None,
                       queue_timeout: float | None = None,
-                      orphan_timeout: float | None = None, portable: bool = False) -> None:
+                      orphan_timeout: float | None = None, portable: bool = False,
+                      fleet_limit: int | None = None) -> None:
         """Say how to rebuild a saga of `kind` from its logged input snapshot,
         so that it is resumed by replay after a restart or a worker crash.
         `factory(snapshot)` defaults to ``cls(**snapshot)``.  With
@@ -260,26 +261,21 @@ class Supervisor:
         node ("orphaned: ..."), after that node is fenced, instead of waiting
         for it to come back.  ``portable=True``: the kind's sagas on a dead
         node are taken over by the live nodes that registered it so, and
-        replayed on their hosts (docs/fleet.md)."""
-        limit = _validate.kind_limit(max_in_flight, queue_timeout)
-        orphan = None if orphan_timeout is None else _validate.positive(orphan_timeout,
-                                                                        "orphan_timeout")
+        replayed on their hosts.  `fleet_limit` caps the kind's sagas in
+        flight across the fleet, one FIFO queue for all nodes (register it
+        alike on each; `queue_timeout` applies).  See docs/fleet.md."""
         name, factory = _validate.kind(kind, factory, replay)
-        _validate.portable(portable, replay, orphan)
+        orphan, fleet_cap = _validate.fleet_kind(portable, replay, orphan_timeout, fleet_limit,
+                                                 max_in_flight)
+        if self.settings.log is None:  # (SQLite: this supervisor is the whole fleet)
+            max_in_flight, fleet_cap = fleet_cap or max_in_flight, None
+        limit = _validate.kind_limit(1 << 62 if fleet_cap else max_in_flight, queue_timeout)
         self._engine.kinds[name] = (factory, bool(replay))
         if limit is not None:
             self._engine.limits[name] = limit
         else:
             self._engine.limits.pop(name, None)
-        fleet = self._engine.fleet
-        if orphan is not None:
-            fleet.orphans[name] = orphan
-        else:
-            fleet.orphans.pop(name, None)
-        if portable:
-            fleet.portable.add(name)
-        else:
-            fleet.portable.discard(name)
+        self._engine.fleet.register(name, orphan, portable, fleet_cap)
 
     def register_handler(self, target: Target, fn: Handler) -> None:
         """Handle LAUNCHER_SELF or SRV commands in the supervisor (on its loop

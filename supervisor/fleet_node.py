@@ -56,12 +56,16 @@ class FleetOwner(Protocol):
 
     orphans: dict[str, float]  # kind -> orphan_timeout (host-bound kinds)
     portable: set[str]  # kinds taken over from dead nodes
+    fleet_limits: dict[str, int]  # kind -> its limit across the fleet
 
     def cancel_from_afar(self, saga_id: int, reason: str) -> None: ...
 
     def adopt(self, node: str, rows: list[Any]) -> None:
         """Sagas taken over from dead node `node` (re-owned in the log):
         resume them; called with no rows while some wait for a claim slot."""
+
+    def grant(self, saga_ids: list[int]) -> None:
+        """Queued sagas of fleet-limited kinds that hold a slot: start them."""
 
     @property
     def waiting(self) -> bool:
@@ -167,12 +171,15 @@ class NodeLease:
         :mod:`supervisor.fleet_takeover`)."""
         from supervisor.fleet_cancel import CancelPoll
 
+        from supervisor.fleet_limit import Slots
+
         cancels = CancelPoll(self.node_no, owner.cancel_from_afar) if owner else None
-        self._thread = threading.Thread(target=self._renew, args=(url, cancels, owner),
+        slots = Slots(self.node_no, owner.grant) if owner else None
+        self._thread = threading.Thread(target=self._renew, args=(url, cancels, slots, owner),
                                         daemon=True, name="saga-node-lease")
         self._thread.start()
 
-    def _renew(self, url: str, cancels: Any, owner: FleetOwner | None) -> None:
+    def _renew(self, url: str, cancels: Any, slots: Any, owner: FleetOwner | None) -> None:
         """Renew every lease/3 (and reap orphans then); between renewals,
         look for cancel requests and dead nodes' sagas to take over every
         second, and for cancels at once when one is announced (LISTEN)."""
@@ -199,6 +206,7 @@ class NodeLease:
                                            **network(self.lease / 3))
                     if cancels is not None:
                         conn.execute("LISTEN saga_cancel")
+                        conn.execute("LISTEN saga_slot")
                 if began >= renew_at:
                     conn.execute(sql, params)
                     self.renewed(began)
@@ -215,6 +223,9 @@ class NodeLease:
                             owner.adopt(dead, rows)
                     if owner.waiting:
                         owner.adopt("", [])
+                if owner is not None and owner.fleet_limits:
+                    slots.run(conn, (sql, params), dict(owner.fleet_limits))
+                    self.renewed(began)  # (its fence renewed the lease)
                 if cancels is not None:
                     cancels.poll(conn)
                     # a wake-up only (a notification can be lost: the poll is the rule)

@@ -75,6 +75,7 @@ class Batch:
     queued: list[tuple[Any, ...]] = field(default_factory=list)
     dequeued: list[tuple[float, int]] = field(default_factory=list)  # (started at, id)
     id_mark: int = 0  # a new high-water mark for ids (0: none this turn)
+    wake_slots: bool = False  # a fleet-limited kind queued or ended: wake the fleet
 
     def __bool__(self) -> bool:
         return bool(self.sagas or self.steps or self.step_ends or self.step_comps
@@ -91,6 +92,7 @@ class Batch:
         for name in _ROW_LISTS:
             getattr(self, name).extend(getattr(later, name))
         self.id_mark = max(self.id_mark, later.id_mark)
+        self.wake_slots = self.wake_slots or later.wake_slots
 
     def rows(self) -> int:
         return (len(self.sagas) + len(self.steps) + len(self.step_ends) + len(self.step_comps)
@@ -99,7 +101,7 @@ class Batch:
                 + len(self.dequeued) + (1 if self.id_mark else 0))
 
 
-_ROW_LISTS = tuple(f for f in Batch.__dataclass_fields__ if f != "id_mark")
+_ROW_LISTS = tuple(f for f in Batch.__dataclass_fields__ if f not in ("id_mark", "wake_slots"))
 
 
 # The hot statements take many rows per statement (multi-row VALUES, and

@@ -73,10 +73,11 @@ def write_batch(cur: Any, b: Batch, node: NodeLease | None) -> None:
               "started_at, input_json, node_no) VALUES (%s, %s, 'running', %s, %s, %s) "
               "ON CONFLICT DO NOTHING", (node_no,))
     if b.queued:
+        # (the fleet's one order: a sequence, not this node's counter)
         many("INSERT INTO saga(saga_id, name, state, started_at, input_json, queued_at, "
-             "queue_seq, node_no) VALUES (%s, %s, 'queued', %s, %s, %s, %s, %s) "
-             "ON CONFLICT DO NOTHING",
-             [(i, n, at, js, at, seq, node_no) for i, n, at, js, seq in b.queued])
+             "queue_seq, node_no) VALUES (%s, %s, 'queued', %s, %s, %s, "
+             "nextval('saga_queue_seq'), %s) ON CONFLICT DO NOTHING",
+             [(i, n, at, js, at, node_no) for i, n, at, js, _seq in b.queued])
     if b.saga_keys:
         many("UPDATE saga SET idem_key = %s WHERE saga_id = %s", b.saga_keys)
     if b.dequeued:
@@ -111,3 +112,5 @@ def write_batch(cur: Any, b: Batch, node: NodeLease | None) -> None:
                  "failure_reason = %s WHERE saga_id = %s AND state = 'pending'", failed)
         _bulk(cur, b.saga_ends, (3,), _END_SAGAS, "UPDATE saga SET state = %s, "
               "ended_at = %s, failure_reason = %s WHERE saga_id = %s")
+    if b.wake_slots:  # (delivered at the commit: the nodes grant the freed slots)
+        cur.execute("SELECT pg_notify('saga_slot', '')")

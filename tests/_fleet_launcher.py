@@ -17,7 +17,8 @@ import sys
 from supervisor import Supervisor
 
 from .conftest import HOST_ARGV, crash_kw
-from .sagas import EchoSaga, InstantSaga, RetrySaga, StepperSaga
+from ._soak_launcher import LIMIT
+from .sagas import EchoSaga, InstantSaga, LimitedSaga, RetrySaga, StepperSaga
 
 LEASE = 3.0  # seconds: a database restart (about a second) is ridden out
 KEYS = 2000  # the key space the nodes share
@@ -31,6 +32,7 @@ if __name__ == "__main__":
     sup.register_kind(StepperSaga, portable=True)
     sup.register_kind(EchoSaga, replay=False)
     sup.register_kind(RetrySaga)
+    sup.register_kind(LimitedSaga, fleet_limit=LIMIT)  # (the soak checks it, fleet-wide)
     sup.start()
     print("ready", flush=True)
     previous: list[int] = []
@@ -47,6 +49,9 @@ if __name__ == "__main__":
                                                        timeout=120.0)))
                 elif pick < 0.65:
                     batch.append(sup.spawn(EchoSaga(n, steps=rng.randint(1, 3))))
+                elif pick < 0.7:
+                    batch.append(sup.spawn(LimitedSaga(n, seconds=rng.uniform(0.0, 0.02),
+                                                       timeout=120.0)))
                 elif pick < 0.75:
                     batch.append(sup.spawn(RetrySaga({"op": "flaky", "n": n,
                                                       "succeed_at": rng.randint(1, 2)},

@@ -114,8 +114,14 @@ class Adopt(NamedTuple):
     rows: list[tuple[int, str, float, str | None, str, str | None]]
 
 
+class Grant(NamedTuple):
+    """Queued sagas of fleet-limited kinds that hold a slot: start them."""
+
+    saga_ids: list[int]
+
+
 Request = (Spawn | SpawnMany | SpawnKeyed | Sync | Cancel | Publish | AddTrigger | Stop | Replay
-           | RequeueAll | Adopt)
+           | RequeueAll | Adopt | Grant)
 
 _tuple_new = tuple.__new__
 

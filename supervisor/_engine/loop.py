@@ -168,7 +168,8 @@ class Engine:
                                  pool.ship_class, self.fleet.unplaced)
         self.keys = Keys(table, sagas, pipeline.commit_now, sagalog.claim_key)
         queues = sagas.queue = self.queues = Queues(self.limits, table, sagas, shared, turn,
-                                                    stats, self.life, sagalog.max_queue_seq() + 1)
+                                                    stats, self.life, sagalog.max_queue_seq() + 1,
+                                                    self.fleet.fleet_limits)
         self.collector = EngineCollector(self.health, self.measures, table.by_kind)
         control = self.control = ControlServer(self.paths, sel, self.life, shared, table,
                                                self.outcomes, self.registry, sagas, turn,

@@ -43,8 +43,11 @@ class Queued(NamedTuple):
 
 class Queues:
     def __init__(self, limits: Limits, table: SagaTable, sagas: SagaOps, shared: SharedState,
-                 turn: Turn, stats: Stats, life: Lifecycle, first_seq: int = 1) -> None:
+                 turn: Turn, stats: Stats, life: Lifecycle, first_seq: int = 1,
+                 fleet_limits: dict[str, int] | None = None) -> None:
         self.limits = limits
+        # kinds capped across a fleet: always queued, started when granted a slot
+        self.fleet_limits = fleet_limits if fleet_limits is not None else {}
         self.table = table
         self.sagas = sagas
         self.shared = shared
@@ -74,16 +77,19 @@ class Queues:
         """True if the saga waits in its kind's queue (logged now); False if
         it may start.  FIFO: none starts while others of its kind wait."""
         limit = self.limits.get(spec.name)
-        if limit is None or (not self.waiting.get(spec.name) and
-                             not self._full(spec.name, limit[0])):
+        fleet = spec.name in self.fleet_limits
+        if not fleet and (limit is None or (not self.waiting.get(spec.name) and
+                                            not self._full(spec.name, limit[0]))):
             return False
         now = time.time()
         batch = self.turn.batch
         batch.queued.append((saga_id, spec.name, now, spec.snapshot_json, next(self._seq)))
+        batch.wake_slots = batch.wake_slots or fleet
         if key is not None:
             self.table.by_key[key] = saga_id
             batch.saga_keys.append((key, saga_id))
-        self._enqueue(Queued(saga_id, spec, key, trigger_event), limit[1], 0.0)
+        self._enqueue(Queued(saga_id, spec, key, trigger_event),
+                      limit[1] if limit is not None else None, 0.0)
         return True
 
     def _enqueue(self, q: Queued, queue_timeout: float | None, waited: float) -> None:
@@ -99,7 +105,12 @@ class Queues:
                                  q.saga_id, None))
 
     def freed(self, kind: str) -> None:
-        """A saga of `kind` ended: start the queue's head while slots allow."""
+        """A saga of `kind` ended: start the queue's head while slots allow
+        (a fleet-limited kind's: its slot is released once the end is
+        committed, and the fleet is told then)."""
+        if kind in self.fleet_limits:
+            self.turn.batch.wake_slots = True
+            return
         queue = self.waiting.get(kind)
         if not queue or not self.life.running:
             return  # (stopping: the queue stays in the log for the next start)
@@ -111,6 +122,21 @@ class Queues:
             self.sagas.start(q.saga_id, q.spec, q.trigger_event, q.key, dequeued=True)
         if not queue:
             del self.waiting[kind]
+
+    def granted(self, saga_ids: list[int]) -> None:
+        """Queued sagas of fleet-limited kinds that hold a slot now: start
+        them (ids not queued here any more are passed over)."""
+        for sid in saga_ids:
+            kind = self.kind_of.get(sid)
+            if kind is None or kind not in self.fleet_limits or not self.life.running:
+                continue
+            queue = self.waiting[kind]
+            q = next(q for q in queue if q.saga_id == sid)
+            queue.remove(q)
+            del self.kind_of[sid]
+            if not queue:
+                del self.waiting[kind]
+            self.sagas.start(q.saga_id, q.spec, q.trigger_event, q.key, dequeued=True)
 
     def restore(self, items: list[Requeue]) -> None:
         """Sagas the log showed queued, in their order: queue them again, then

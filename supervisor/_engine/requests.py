@@ -7,8 +7,9 @@ from __future__ import annotations
 import time
 
 from supervisor._engine.bus import Trigger
-from supervisor._engine.inbox import (Adopt, AddTrigger, Cancel, Inbox, Publish, Replay,
-                                     RequeueAll, Spawn, SpawnKeyed, SpawnMany, Stop, Sync)
+from supervisor._engine.inbox import (Adopt, AddTrigger, Cancel, Grant, Inbox, Publish,
+                                     Replay, RequeueAll, Spawn, SpawnKeyed, SpawnMany, Stop,
+                                     Sync)
 from supervisor._engine.keys import Keys
 from supervisor._engine.queues import Queues
 from supervisor._engine.recovery import Recovery
@@ -69,6 +70,8 @@ class Requests:
                     requeues = self.recovery.adopt(item.node, item.rows)
                     if requeues:
                         self.queues.restore(requeues)
+                elif t is Grant:
+                    self.queues.granted(item.saga_ids)
                 elif t is AddTrigger:
                     self.triggers.append((item.factory, item.predicate))
                 elif t is Stop:

@@ -52,10 +52,11 @@ def event_msg(saga: LiveSaga, ev: Event) -> tuple[Any, ...]:
 
 class Admission(Protocol):
     """Per-kind concurrency limits (:mod:`.queues`), as SagaOps sees them:
-    `limits` (empty: nothing is ever held back) and `waiting` (empty: no
-    queue to start from) let the hot path skip the calls."""
+    `limits` and `fleet_limits` (empty: nothing is ever held back) and
+    `waiting` (empty: no queue to start from) let the hot path skip the calls."""
 
     limits: dict[str, Any]
+    fleet_limits: dict[str, int]
     waiting: dict[str, Any]
 
     def admit(self, saga_id: int, spec: SagaSpec, trigger_event: Event | None,
@@ -91,7 +92,7 @@ class SagaOps:
         its kind's limit holds back goes to the kind's queue instead, and
         comes back here (`dequeued`, its row and key logged already)."""
         queue = self.queue
-        if not dequeued and queue is not None and queue.limits and \
+        if not dequeued and queue is not None and (queue.limits or queue.fleet_limits) and \
                 queue.admit(saga_id, spec, trigger_event, key):
             return
         cid, state, name, timeout, snapshot_json, listens, has_comp = spec
@@ -175,7 +176,7 @@ class SagaOps:
             self.measures.ended(saga.name, state, saga.cause, reason,
                                 self.clock() - saga.born)
         queue = self.queue
-        if queue is not None and queue.waiting:
+        if queue is not None and (queue.waiting or queue.fleet_limits):
             queue.freed(saga.name)  # its slot may start the next one queued
 
     def announce_end(self, sid: int, name: str, state: str, reason: str | None) -> None:
