@@ -4,7 +4,8 @@ tests._fleet_launcher DATA URL NAME SEED ENGINE).
 Spawns a mix until it is killed or fenced: multi-step sagas of a portable
 kind (taken over by the other nodes when this one dies), sagas of a
 host-bound kind that opts out of replay (failed when their node comes back)
-and of a host-bound replayed kind (they wait for their node), and keyed
+and of a host-bound replayed kind (they wait for their node), of a kind
+limited across the fleet (at most LIMIT running at once, fleet-wide), and keyed
 sagas whose keys the nodes share (one saga per key in the fleet).  The
 reference host records every command it gets (SAGA_HOST_RECORD).  Fenced
 (paused past its lease, or cut off), it prints why and exits 0."""

@@ -14,8 +14,9 @@ SIGCONT (it must stop by itself, fenced, and is started again); and, with
 is tested in tests/test_fleet.py (it needs a namespace per node), not here.
 
 Checked after each fault: every ended saga has no pending step and no step
-started after its end (tests/soak.py's check); one saga per idempotency key
-and every claimed key names its saga.  At the end every node is started
+started after its end, and the kind limited to 5 across the fleet never ran
+more than 5 at once (tests/soak.py's checks, over the whole log); one saga
+per idempotency key and every claimed key names its saga.  At the end every node is started
 again until nothing is left unfinished: every saga of a dead node was taken
 over (portable), recovered by its node's return, or failed.  Then every
 command a recording host received is a logged step, started before it was
@@ -171,7 +172,8 @@ def _finish(fleet: list[Node], url: str, done: dict[str, Any], prev_max: int,
     from supervisor import Supervisor
 
     from .conftest import HOST_ARGV, read_log, wait_for
-    from .sagas import EchoSaga, RetrySaga, StepperSaga
+    from ._soak_launcher import LIMIT
+    from .sagas import EchoSaga, LimitedSaga, RetrySaga, StepperSaga
     from .soak import Violation
 
     for node in fleet:
@@ -184,6 +186,7 @@ def _finish(fleet: list[Node], url: str, done: dict[str, Any], prev_max: int,
         sup.register_kind(StepperSaga, portable=True)
         sup.register_kind(EchoSaga, replay=False)
         sup.register_kind(RetrySaga)
+        sup.register_kind(LimitedSaga, fleet_limit=LIMIT)
         sups.append(sup.start())
     os.environ.pop("SAGA_HOST_RECORD", None)
     try:
