@@ -170,6 +170,8 @@ class Queues:
             self.table.by_key.pop(q.key, None)
         self.shared.claim(saga_id)  # nobody else can hold it: no user code ran
         self.sagas.announce_end(saga_id, kind, "failed", reason)
+        if kind in self.fleet_limits:  # (it may hold a slot: the fleet grants it again)
+            self.turn.batch.wake_slots = True
         return True
 
     def cancel(self, saga_id: int, reason: str) -> bool:
