@@ -45,18 +45,9 @@ def ours(who: str, url: str, name: str, n: int, data: str) -> float:
 def dbos(url: str, name: str, n: int) -> float:
     from dbos import DBOS
 
-    DBOS(config={"name": "saga-bench", "system_database_url": url,
-                 "executor_id": name})  # type: ignore[typeddict-unknown-key]
+    from bench.test_peer_dbos import dbos_launch
 
-    @DBOS.step()
-    def echo_step(i: int) -> dict[str, int]:
-        return {"n": i}
-
-    @DBOS.workflow()
-    def one_step(i: int) -> dict[str, int]:
-        return echo_step(i)  # type: ignore[no-any-return]
-
-    DBOS.launch()
+    one_step = dbos_launch(url, executor_id=name)
     try:
         one_step(-1)
         print("ready", flush=True)

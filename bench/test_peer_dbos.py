@@ -33,12 +33,13 @@ def tmp() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-def dbos_one_step(benchmark: Any, system_database_url: str, **extra: Any) -> None:
-    """DBOS Transact's one-step workflow, DBOS_N of them a round, on the
-    system database at the URL (SQLite here, PostgreSQL in bench/test_pg.py)."""
-    dbos = pytest.importorskip("dbos")
-    DBOS = dbos.DBOS
-    DBOS(config={"name": "saga-bench", "system_database_url": system_database_url})
+def dbos_launch(system_database_url: str, **config: Any) -> Any:
+    """DBOS Transact launched on the system database at the URL, with the
+    one-step workflow: the workflow (``DBOS.destroy`` ends it)."""
+    from dbos import DBOS
+
+    DBOS(config={"name": "saga-bench", "system_database_url": system_database_url,
+                 **config})  # type: ignore[typeddict-item]
 
     @DBOS.step()
     def echo_step(n: int) -> dict[str, int]:
@@ -49,6 +50,14 @@ def dbos_one_step(benchmark: Any, system_database_url: str, **extra: Any) -> Non
         return echo_step(n)  # type: ignore[no-any-return]
 
     DBOS.launch()
+    return one_step
+
+
+def dbos_one_step(benchmark: Any, system_database_url: str, **extra: Any) -> None:
+    """DBOS Transact's one-step workflow, DBOS_N of them a round, on the
+    system database at the URL (SQLite here, PostgreSQL in bench/test_pg.py)."""
+    DBOS = pytest.importorskip("dbos").DBOS
+    one_step = dbos_launch(system_database_url)
     try:
         one_step(-1)
 

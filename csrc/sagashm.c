@@ -220,12 +220,13 @@ static inline int allocated(ssm_segment *seg, uint64_t id) {
            && id <= MAX_ID;
 }
 
-/* Take the slot of `id` if it is free or holds a claimed (finished) saga. */
-static inline int take_slot(ssm_segment *seg, uint64_t id) {
+/* Take the slot of `id` if it is free or holds a claimed (finished) saga;
+ * `ordered`: only an older id's (ours: a slot's ids only grow). */
+static inline int take_slot(ssm_segment *seg, uint64_t id, int ordered) {
     _Atomic uint64_t *slot = &seg->slots[id & seg->mask];
     uint64_t cur = atomic_load_explicit(slot, memory_order_acquire);
     for (;;) {
-        if (cur != 0 && (cur >> 1) >= id) /* same or newer id holds it: stale */
+        if (ordered && cur != 0 && (cur >> 1) >= id) /* same or newer id holds it: stale */
             return (cur >> 1) == id && (cur & 1) == 0 ? SSM_EFULL : SSM_ERANGE;
         if (cur != 0 && (cur & 1) == 0) return SSM_EFULL; /* live: never overwrite */
         if (atomic_compare_exchange_weak_explicit(slot, &cur, id << 1,
@@ -239,22 +240,12 @@ static inline int take_slot(ssm_segment *seg, uint64_t id) {
 
 int ssm_register(ssm_segment *seg, uint64_t id) {
     if (!allocated(seg, id)) return SSM_ERANGE;
-    return take_slot(seg, id);
+    return take_slot(seg, id, 1);
 }
 
 int ssm_adopt(ssm_segment *seg, uint64_t id) {
     if (id == 0 || id > MAX_ID) return SSM_ERANGE;
-    _Atomic uint64_t *slot = &seg->slots[id & seg->mask];
-    uint64_t cur = atomic_load_explicit(slot, memory_order_acquire);
-    for (;;) {
-        if (cur != 0 && (cur & 1) == 0) return SSM_EFULL; /* live: never overwrite */
-        if (atomic_compare_exchange_weak_explicit(slot, &cur, id << 1,
-                                                  memory_order_acq_rel,
-                                                  memory_order_acquire)) {
-            atomic_fetch_add_explicit(&seg->hdr->in_flight, 1, memory_order_relaxed);
-            return SSM_OK;
-        }
-    }
+    return take_slot(seg, id, 0);
 }
 
 uint64_t ssm_acquire(ssm_segment *seg, uint64_t max_tries) {
@@ -266,7 +257,7 @@ uint64_t ssm_acquire(ssm_segment *seg, uint64_t max_tries) {
         uint64_t id = atomic_fetch_add_explicit(&seg->hdr->next_id, 1, memory_order_relaxed);
         if (id > MAX_ID) return (uint64_t)(int64_t)SSM_EOVERFLOW;
         if (fenced(seg, id)) return (uint64_t)(int64_t)SSM_EFENCE;
-        int rc = take_slot(seg, id);
+        int rc = take_slot(seg, id, 1);
         if (rc == SSM_OK) return id;
         /* slot held by a long-lived saga: skip this id, ids need not be dense */
     }

@@ -7,7 +7,10 @@ fleet: one FIFO), and a saga starts only once it holds one of K's N rows in
 ``saga_slot``:
 
 - **Granting** is one transaction per kind, run by any live node's lease
-  thread (serialized by an advisory lock on the kind): its own fence first;
+  thread (serialized by an advisory lock on the kind, which a node only
+  tries: one that finds it taken leaves the grant to its holder, and never
+  waits, so that its renewals never queue behind another node, even one
+  paused holding it): its own fence first;
   the slots of sagas that have ended are released; the free ones are granted
   to the oldest queued sagas of K in the fleet (``queue_seq`` order) whose
   nodes are live; a ``NOTIFY saga_slot`` tells the owners.
@@ -63,7 +66,9 @@ class Slots:
         for kind, cap in sorted(limits.items()):
             with conn.transaction():
                 conn.execute(*fence)
-                conn.execute("SELECT pg_advisory_xact_lock(7405317, hashtext(%s))", (kind,))
+                if not conn.execute("SELECT pg_try_advisory_xact_lock(7405317, hashtext(%s))",
+                                    (kind,)).fetchone()[0]:
+                    continue  # another node grants them now (never wait: renewals come next)
                 conn.execute(_RELEASE, (kind,))
                 if conn.execute(_GRANT, (kind, cap, kind)).fetchall():
                     conn.execute("SELECT pg_notify('saga_slot', '')")

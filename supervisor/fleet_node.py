@@ -204,6 +204,12 @@ class NodeLease:
                     conn = psycopg.connect(url, autocommit=True,
                                            connect_timeout=max(1, int(self.lease / 3)),
                                            **network(self.lease / 3))
+                    # never wait long on a lock (renewals come first), and if this
+                    # node is paused inside a transaction, the server ends it soon,
+                    # so that its locks hold up nobody else for long
+                    for name in ("lock_timeout", "idle_in_transaction_session_timeout"):
+                        conn.execute("SELECT set_config(%s, %s, false)",
+                                     (name, f"{int(self.lease * 250)}ms"))
                     if cancels is not None:
                         conn.execute("LISTEN saga_cancel")
                         conn.execute("LISTEN saga_slot")

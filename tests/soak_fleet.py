@@ -77,9 +77,10 @@ class Node:
         return pids
 
     def lapsed(self) -> bool:
-        """It stopped because it could not renew its lease in time (its log)."""
+        """It stopped because its lease ran out: by its own clock, or by the
+        database's (its next commit was fenced), as its log says."""
         tail = (self.data.parent / f"{self.name}-stderr.txt").read_text()[-2000:]
-        return "could not renew its lease in time" in tail
+        return "could not renew its lease in time" in tail or "is fenced: epoch" in tail
 
     def signal(self, sig: int) -> None:
         for pid in self.pids():

@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,24 +38,33 @@ def _nodes(url: str) -> dict[str, dict]:
     return {n["name"]: n for n in json.loads(out.stdout)}
 
 
+def _on_both(spawn: Any) -> list[list[int]]:
+    """`spawn(k)` for k in (0, 1), each on a thread of its own, started at
+    once: what each returned (the ids it spawned)."""
+    got: list[list[int]] = [[], []]
+    go = threading.Barrier(2)
+
+    def run(k: int) -> None:
+        go.wait(30)
+        got[k] = spawn(k)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return got
+
+
 def test_two_nodes_share_one_log_with_ids_of_their_own(tmp_path: Path, pg_url: str,
                                                        engine: str) -> None:
     hosts = [FakeHost(workdir=tmp_path / f"h{k}") for k in (1, 2)]
     sups = [Supervisor(tmp_path / f"d{k}", workers=1, host=hosts[k - 1].argv, log=pg_url,
                        node=f"web-{k}", engine=engine) for k in (1, 2)]
-    got: list[list[int]] = [[], []]
     try:
         for sup in sups:
             sup.start()
-
-        def run(k: int) -> None:
-            got[k] = [sups[k].spawn(S.EchoSaga(n, steps=2)) for n in range(400)]
-
-        threads = [threading.Thread(target=run, args=(k,)) for k in (0, 1)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        got = _on_both(lambda k: [sups[k].spawn(S.EchoSaga(n, steps=2)) for n in range(400)])
         for k in (0, 1):
             assert all(sups[k].wait(i, 60).completed for i in got[k])
         nodes = _nodes(pg_url)
@@ -225,21 +235,10 @@ def test_two_nodes_racing_one_key_get_one_saga(tmp_path: Path, pg_url: str,
     sups = [Supervisor(tmp_path / f"d{k}", workers=1, host=None, log=pg_url, node=f"n{k}",
                        engine=engine) for k in (1, 2)]
     keys = [f"deploy-{n}" for n in range(60)]
-    got: list[list[int]] = [[], []]
-    go = threading.Barrier(2)
     try:
         for sup in sups:
             sup.start()
-
-        def race(k: int) -> None:
-            go.wait(30)
-            got[k] = [sups[k].spawn(S.InstantSaga(), key=key) for key in keys]
-
-        threads = [threading.Thread(target=race, args=(k,)) for k in (0, 1)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        got = _on_both(lambda k: [sups[k].spawn(S.InstantSaga(), key=key) for key in keys])
         assert got[0] == got[1]  # the same saga for each key, whichever node asked
         owners = Counter(i >> 40 for i in got[0])
         numbers = {name: n["node_no"] for name, n in _nodes(pg_url).items()}
@@ -542,23 +541,12 @@ def test_a_fleet_limit_holds_across_nodes_in_one_fifo(tmp_path: Path, pg_url: st
     end times), and they start in the fleet's queue order."""
     sups = [Supervisor(tmp_path / f"d{k}", workers=1, host=HOST_ARGV, log=pg_url,
                        node=f"lim-{k}", engine=engine) for k in (1, 2)]
-    got: list[list[int]] = [[], []]
-    go = threading.Barrier(2)
     try:
         for sup in sups:
             sup.register_kind(S.LimitedSaga, fleet_limit=2)
             sup.start()
-
-        def spawn(k: int) -> None:
-            go.wait(30)
-            got[k] = [sups[k].spawn(S.LimitedSaga(n, seconds=0.3, timeout=60))
-                      for n in range(8)]
-
-        threads = [threading.Thread(target=spawn, args=(k,)) for k in (0, 1)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        got = _on_both(lambda k: [sups[k].spawn(S.LimitedSaga(n, seconds=0.3, timeout=60))
+                                  for n in range(8)])
         for k in (0, 1):
             assert all(sups[k].wait(i, 60).completed for i in got[k])
     finally:
