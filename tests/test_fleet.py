@@ -216,13 +216,18 @@ def test_the_documented_example_runs(tmp_path: Path, pg_url: str) -> None:
     (shell,) = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SAGA_LOG": pg_url}
     (tmp_path / "app.py").write_text(code)
-    run = subprocess.run([sys.executable, "app.py"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0 and "node web-1 on PostgreSQL 1" in run.stdout, run.stderr
+    nodes = [subprocess.Popen([sys.executable, "app.py", f"web-{k}"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k in (1, 2, 3)]  # three nodes at once: the README's saga as a fleet
+    for k, node in enumerate(nodes, 1):
+        out, err = node.communicate(timeout=120)
+        assert node.returncode == 0 and f"node web-{k} on PostgreSQL 1" in out, err
+        assert "Outcome(" in out and "completed" in out, out
     listed = subprocess.run(shell.replace("saga-supervisor", f"{sys.executable} -m supervisor",
                                           1), shell=True, cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=60)
-    assert listed.returncode == 0 and "web-1: gone, epoch 1" in listed.stdout, listed
+    assert listed.returncode == 0, listed
+    assert all(f"web-{k}: gone, epoch 1" in listed.stdout for k in (1, 2, 3)), listed
 
 
 def test_two_nodes_racing_one_key_get_one_saga(tmp_path: Path, pg_url: str,
