@@ -185,10 +185,14 @@ def fleet_soak(nodes: int, faults: int, seed: int, work: Path, url: str,
 def _finish(fleet: list[Node], url: str, done: dict[str, Any], prev_max: int,
             elapsed: float) -> dict[str, Any]:
     """Every node stopped; then each started again under its name, idle,
-    until nothing is left unfinished; then the checks over the hosts."""
+    until nothing is left unfinished; then the checks over the hosts, in SQL
+    (the hosts' records copied into a temporary table: a long soak's log
+    and records do not fit in memory)."""
+    import psycopg
+
     from supervisor import Supervisor
 
-    from .conftest import HOST_ARGV, read_log, wait_for
+    from .conftest import HOST_ARGV, wait_for
     from ._soak_launcher import LIMIT
     from .sagas import EchoSaga, LimitedSaga, RetrySaga, StepperSaga
     from .soak import Violation
@@ -206,56 +210,49 @@ def _finish(fleet: list[Node], url: str, done: dict[str, Any], prev_max: int,
         sup.register_kind(LimitedSaga, fleet_limit=LIMIT)
         sups.append(sup.start())
     os.environ.pop("SAGA_HOST_RECORD", None)
+    conn = psycopg.connect(url, autocommit=True)
     try:
-        wait_for(lambda: not [r for r in read_log(url)[0].values() if r["state"] in
-                              ("queued", "running", "compensating")], timeout=300,
-                 interval=0.5, what="every saga ended")
-    finally:
-        for sup in sups:
-            sup.stop()
-    _check_fleet(url, prev_max, final=True)
-    sagas, steps = read_log(url)
-    numbers = {name: no for name, no in _node_numbers(url).items()}
-    logged = {(sid, st["step_index"]): st for sid, v in steps.items() for st in v}
-    late = received = foreign = 0
-    for node in fleet:
-        me = numbers[node.name]
-        for line in node.record.read_text().splitlines():
-            sid_s, step_s, t_s = line.split()
-            sid, t = int(sid_s), float(t_s)
-            received += 1
-            st = logged.get((sid, int(step_s)))
-            if st is None:
-                raise Violation(f"{node.name}'s host got saga {sid} step {step_s}, never "
-                                "logged")
-            if st["started_at"] > t + 1e-3:
-                raise Violation(f"{node.name}'s host got saga {sid} step {step_s} before "
-                                "it was logged")
-            if sid >> 40 != me:  # not its own: only a portable kind's, taken over
-                foreign += 1
-                if sagas[sid]["name"] != "stepper":
-                    raise Violation(f"{node.name}'s host got saga {sid} of node {sid >> 40},"
-                                    f" of host-bound kind {sagas[sid]['name']!r}")
-            if t > float(sagas[sid]["ended_at"]) + 0.5:
-                late += 1
-    if late:
-        raise Violation(f"{late} commands received over 0.5 s after their saga's end")
-    states = Counter(r["state"] for r in sagas.values())
-    taken = sum(1 for sid, r in sagas.items() if r["node_no"] != sid >> 40)
-    return {**done, "sagas": len(sagas), "states": dict(states),
-            "sagas taken over (owned by another node than their id's)": taken,
-            "commands the hosts received": received,
-            "commands received for sagas taken over": foreign,
-            "keys": sum(1 for r in sagas.values() if r["idem_key"]),
-            "elapsed_s": round(elapsed)}
-
-
-def _node_numbers(url: str) -> dict[str, int]:
-    from .conftest import log_reader
-
-    conn = log_reader(url)
-    try:
-        return {str(n): int(no) for n, no in conn.execute(
-            "SELECT name, node_no FROM saga_node").fetchall()}
+        try:
+            wait_for(lambda: not conn.execute(
+                "SELECT 1 FROM saga WHERE state IN ('queued', 'running', 'compensating') "
+                "LIMIT 1").fetchone(), timeout=300, interval=0.5, what="every saga ended")
+        finally:
+            for sup in sups:
+                sup.stop()
+        _check_fleet(url, prev_max, final=True)
+        conn.execute("CREATE TEMP TABLE got (node_no INTEGER, saga_id BIGINT, step INTEGER, "
+                     "t DOUBLE PRECISION)")
+        numbers = dict(conn.execute("SELECT name, node_no FROM saga_node").fetchall())
+        with conn.cursor().copy("COPY got FROM STDIN") as cp:
+            for node in fleet:
+                with open(node.record) as lines:
+                    for line in lines:
+                        sid, step, t = line.split()
+                        cp.write_row((numbers[node.name], int(sid), int(step), float(t)))
+        for why, where in (
+                ("never logged", "st.saga_id IS NULL"),
+                ("received before it was logged", "st.started_at > g.t + 1e-3"),
+                ("of a host-bound kind, on another node's host",
+                 "g.saga_id >> 40 <> g.node_no AND s.name <> 'stepper'")):
+            bad = conn.execute(
+                "SELECT g.node_no, g.saga_id, g.step FROM got g LEFT JOIN saga_step st ON "
+                "st.saga_id = g.saga_id AND st.step_index = g.step LEFT JOIN saga s ON "
+                f"s.saga_id = g.saga_id WHERE {where} LIMIT 3").fetchall()
+            if bad:
+                raise Violation(f"commands (node, saga, step) {why}: {bad}")
+        received, foreign, late = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE g.saga_id >> 40 <> g.node_no), "
+            "count(*) FILTER (WHERE g.t > s.ended_at + 0.5) FROM got g JOIN saga s "
+            "USING (saga_id)").fetchone()
+        if late:
+            raise Violation(f"{late} commands received over 0.5 s after their saga's end")
+        states = dict(conn.execute("SELECT state, count(*) FROM saga GROUP BY state"))
+        taken, keys = conn.execute("SELECT count(*) FILTER (WHERE node_no <> saga_id >> 40), "
+                                   "count(idem_key) FROM saga").fetchone()
     finally:
         conn.close()
+    return {**done, "sagas": sum(states.values()), "states": states,
+            "sagas taken over (owned by another node than their id's)": taken,
+            "commands the hosts received": received,
+            "commands received for sagas taken over": foreign, "keys": keys,
+            "elapsed_s": round(elapsed)}
