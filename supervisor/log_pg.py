@@ -105,7 +105,11 @@ class PgLog:
         self.server = server(self.conn)
         if self.durability == "normal":  # as SQLite's NORMAL: a crash of ours loses nothing
             self.conn.execute("SET synchronous_commit = off")
-            self.conn.commit()
+        # a transaction of ours cut off half-sent (a partition, a pause) is ended
+        # by the server soon, so that its locks hold up no other node for long
+        self.conn.execute("SET idle_in_transaction_session_timeout = %s" % int(
+            max(1.0, self.retry / 4 if self.node is None else self.node.lease / 4) * 1000))
+        self.conn.commit()
 
     def _again(self, what: str, fn: Any) -> Any:
         """Run `fn()`; on a lost connection, reconnect with backoff for up to
