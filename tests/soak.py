@@ -262,6 +262,8 @@ def main() -> int:
                     help="a fleet of N nodes on the --log server (tests/soak_fleet.py)")
     ap.add_argument("--faults", type=int, default=300, help="with --fleet: fault points")
     args = ap.parse_args()
+    # SIGTERM (a timeout, a kill) unwinds as an exception: the server of our own stops
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.fleet and not args.log:
         ap.error("--fleet needs --log URL (or --log auto)")
     if not args.fuzz_only:

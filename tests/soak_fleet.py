@@ -82,6 +82,18 @@ class Node:
         tail = (self.data.parent / f"{self.name}-stderr.txt").read_text()[-2000:]
         return "could not renew its lease in time" in tail or "is fenced: epoch" in tail
 
+    def wait_lease_out(self, url: str) -> None:
+        """Until its lease has run out by the database's clock."""
+        import psycopg
+
+        from .conftest import wait_for
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            wait_for(lambda: conn.execute(
+                "SELECT lease_until < now() FROM saga_node WHERE name = %s",
+                (self.name,)).fetchone()[0], timeout=60, interval=0.05,
+                what=f"{self.name}'s lease to run out")
+
     def signal(self, sig: int) -> None:
         for pid in self.pids():
             try:
@@ -134,7 +146,6 @@ def fleet_soak(nodes: int, faults: int, seed: int, work: Path, url: str,
     prev_max = 0
     started = time.monotonic()
     restarted = -1e9  # when the database was last restarted
-    from ._fleet_launcher import LEASE
 
     while done["fault points"] < faults:
         time.sleep(rng.uniform(0.1, 0.6))  # load in between
@@ -147,12 +158,12 @@ def fleet_soak(nodes: int, faults: int, seed: int, work: Path, url: str,
         elif pick < 0.7:
             node.kill()
             done["node kills"] += 1
-            if rng.random() < 0.5:  # back at once, or after the others took over
-                time.sleep(rng.uniform(LEASE, LEASE + 2.0))
+            if rng.random() < 0.5:  # back at once, or once the others may take over
+                node.wait_lease_out(url)
             node.start(rng.randrange(1 << 30))
         else:
             node.signal(signal.SIGSTOP)
-            time.sleep(LEASE + rng.uniform(0.5, 1.5))
+            node.wait_lease_out(url)  # paused past its lease, by the database's clock
             node.signal(signal.SIGCONT)
             out = node.reap(60.0)  # fenced: it stops by itself
             if "stopped:" not in out:
