@@ -28,11 +28,11 @@ from __future__ import annotations
 from typing import Any
 
 from supervisor.fleet_cancel import UNFINISHED
+from supervisor.log import Unfinished as Row
 
 CHUNK = 256  # sagas re-owned per transaction
 CHUNKS = 8  # transactions per call: a big dead node is shared out among the takers
 
-Row = tuple[int, str, float, str | None, str, str | None]  # as LogStore.unfinished()
 
 _DEAD = (
     "SELECT n.node_no, n.name FROM saga_node n WHERE n.node_no <> %s AND "

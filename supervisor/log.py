@@ -57,6 +57,11 @@ _RAISE_MARK = "UPDATE saga_meta SET value = max(value, ?) WHERE key = 'next_id'"
 DURABILITY = {"normal": "NORMAL", "full": "FULL"}
 
 
+# an unfinished saga, as a store's unfinished() gives it: (id, kind, started or
+# queued at, input json, state, key)
+Unfinished = tuple[int, str, float, str | None, str, str | None]
+
+
 @dataclass(slots=True)
 class Batch:
     """The rows of one loop turn, written in one transaction."""

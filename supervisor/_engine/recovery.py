@@ -28,7 +28,7 @@ from supervisor._engine.inbox import Replay, Requeue
 from supervisor._engine.records import COMPENSATING, HOST, RUNNING, LiveSaga, Stats, Turn, WorkerProc
 from supervisor._engine.sagas import SagaOps
 from supervisor._engine.table import SagaTable
-from supervisor.log import Batch
+from supervisor.log import Batch, Unfinished
 from supervisor.log_store import LogStore
 from supervisor.protocol import Act, Op
 from supervisor.saga import Saga, Target
@@ -79,7 +79,7 @@ def logged_steps(sagalog: LogStore, saga_id: int) -> tuple[Steps, int] | str:
     return steps, attempt
 
 
-Row = tuple[int, str, float, str | None, str, str | None]  # as LogStore.unfinished()
+Row = Unfinished
 Ended = tuple[int, str, str, str]  # (saga id, kind, state, why)
 
 
