@@ -571,8 +571,8 @@ def test_a_fleet_limit_holds_across_nodes_in_one_fifo(tmp_path: Path, pg_url: st
     assert {r["node_no"] for r in rows} == {r["saga_id"] >> 40 for r in rows}  # both nodes
 
 
-def test_fleet_limit_is_checked(tmp_path: Path) -> None:
-    sup = Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV)
+def test_fleet_limit_is_checked(tmp_path: Path, engine: str) -> None:
+    sup = Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine)
     with pytest.raises(ValueError, match="not both"):
         sup.register_kind(S.LimitedSaga, fleet_limit=2, max_in_flight=2)
     with pytest.raises(ValueError, match="fleet_limit must be >= 1"):
