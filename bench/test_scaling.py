@@ -47,7 +47,7 @@ def _processes() -> dict[str, list[psutil.Process]]:
     for c in me.children(recursive=True):
         cmd = " ".join(c.cmdline())
         role = "host" if "supervisor.host" in cmd else \
-            "supervisor" if "supervisor._serve" in cmd else "worker"
+            "supervisor" if "supervisor.facade.serve" in cmd else "worker"
         out[role].append(c)
     return out
 

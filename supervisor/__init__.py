@@ -52,7 +52,7 @@ _WHERE = {
     "SpawnError": "supervisor.errors",
     "StepInfo": "supervisor.saga",
     "Subscription": "supervisor._eventq",
-    "Supervisor": "supervisor.process",  # (loading it registers engine="process")
+    "Supervisor": "supervisor.facade.supervisor",
     "SupervisorProcess": "supervisor.process",
     "SupervisorGoneError": "supervisor.errors",
     "SupervisorCrashedError": "supervisor.errors",
@@ -84,7 +84,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers
     from supervisor.errors import SupervisorGoneError
     from supervisor.process import SupervisorProcess
     from supervisor._eventq import Subscription
-    from supervisor.core import Supervisor
+    from supervisor.facade.supervisor import Supervisor
     from supervisor.errors import HostStartError, UnknownSagaError
     from supervisor.errors import (
         CapacityError,

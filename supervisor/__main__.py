@@ -233,7 +233,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import importlib
 
-    from supervisor.core import Supervisor
+    from supervisor.facade.supervisor import Supervisor
     from supervisor.errors import SupervisorError
 
     module_name, _, attr = args.app.partition(":")

@@ -6,11 +6,10 @@ waiter or delivers an event hands it to the loop with
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from supervisor.saga import Event, Outcome
-from supervisor.errors import NOT_IN_LOG, unknown_saga
 
 
 class AsyncResult:
@@ -72,20 +71,16 @@ class AsyncQueue:
             yield item
 
 
-async def wait_outcome(outcomes: Any, sid: int, timeout: float | None,
-                       from_log: Callable[[int], Outcome | None]) -> Outcome:
-    """The body of ``Supervisor.wait_async`` (`outcomes`: the engine's)."""
+async def wait_outcome(outcomes: Any, sid: int, timeout: float | None) -> Outcome | None:
+    """``wait_async`` on the engine in this process (`outcomes`: its
+    :class:`Outcomes`): the outcome, or None if the saga is not in flight
+    here (the facade reads the log)."""
     loop = asyncio.get_running_loop()
     found = outcomes.waiter(sid, make=lambda: AsyncResult(loop))
-    if isinstance(found, Outcome):
+    if found is None or isinstance(found, Outcome):
         return found
-    if found is not None:
-        out: Outcome = await found.result(timeout, f"saga {sid} did not end within {timeout}s")
-        return out
-    logged = from_log(sid)
-    if logged is None:
-        raise unknown_saga(sid, NOT_IN_LOG)
-    return logged
+    out: Outcome = await found.result(timeout, f"saga {sid} did not end within {timeout}s")
+    return out
 
 
 async def follow(outcomes: Any, idle: float | None) -> AsyncIterator[Event]:

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-log = logging.getLogger("supervisor.core")
+log = logging.getLogger("supervisor.facade")
 
 
 class Servable(Protocol):

@@ -37,6 +37,17 @@ def text(value: object, what: str) -> str:
     return value
 
 
+KEY_MAX = 256  # characters in an idempotency key
+
+
+def key(value: object) -> str:
+    """An idempotency key: a str of 1 to :data:`KEY_MAX` characters.  The
+    one rule, for the facade, the clients and the control socket."""
+    if not isinstance(value, str) or not 0 < len(value) <= KEY_MAX:
+        raise ValueError(f"key must be a str of 1 to {KEY_MAX} characters, got {value!r:.80}")
+    return value
+
+
 def positive(value: object, what: str) -> float:
     """A finite number of seconds (or bytes, ...) > 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or \

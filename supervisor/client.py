@@ -243,8 +243,8 @@ class SagaClient:
 
     def _spawn_requests(self, sagas: list[Saga], key: str | None) -> list[tuple[Any, ...]]:
         """Encode, ship each class once, take an id each: the requests' fields."""
-        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
-            raise ValueError(f"key must be a str of 1 to 256 characters, got {key!r:.80}")
+        if key is not None:
+            key = _validate.key(key)
         encoded = [encode_saga(s) for s in sagas]
         for sh in encoded:
             if sh.cls not in self._classes:

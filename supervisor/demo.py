@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor.process import Supervisor
+from supervisor.facade.supervisor import Supervisor
 from supervisor.saga import (
     SAGA_COMPLETED,
     SAGA_FAILED,

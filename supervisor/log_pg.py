@@ -79,10 +79,16 @@ class PgLog:
         try:
             with self.conn.transaction():
                 self.conn.execute("SELECT pg_advisory_xact_lock(7405316)")  # one DDL at a time
-                self.conn.execute(_DDL)
-                version = int(self._one("SELECT value FROM saga_meta "
-                                        "WHERE key = 'schema_version'") or 0)
-                if version <= SCHEMA_VERSION:  # (the DDL above brought it up to date)
+                version = 0
+                if self._one("SELECT to_regclass('saga_meta') IS NOT NULL"):
+                    version = int(self._one("SELECT value FROM saga_meta "
+                                            "WHERE key = 'schema_version'") or 0)
+                # only a log behind this build runs the DDL: its CREATE INDEX IF
+                # NOT EXISTS takes a SHARE lock on each table even when the index
+                # is there, and a node starting beside live ones deadlocked with
+                # one's first commit (found with three nodes starting at once)
+                if version < SCHEMA_VERSION:
+                    self.conn.execute(_DDL)
                     self.conn.execute("INSERT INTO saga_meta(key, value) VALUES "
                                       "('schema_version', %s) ON CONFLICT (key) DO UPDATE "
                                       "SET value = EXCLUDED.value", (SCHEMA_VERSION,))

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+from supervisor.errors import (NOT_IN_LOG, NotRunningError, SupervisorCrashedError,
+                               not_logged, stopped_before_end, unknown_saga)
 from supervisor.log import Batch, Unfinished
+from supervisor.log_read import UNLOGGED
 from supervisor.paths import DataDir
+from supervisor.saga import Outcome
 
 if TYPE_CHECKING:
     from supervisor.fleet_node import FleetOwner
@@ -79,3 +83,40 @@ def pointed(paths: DataDir) -> str | None:
     except OSError:
         return None
     return url or None
+
+
+def read_outcome(log: str | None, paths: DataDir, saga_id: int, before: int | None = None
+                 ) -> tuple[str, str | None] | None:
+    """`saga_id`'s logged (state, reason), read on a short connection of its
+    own (any thread; the engine need not run): the PostgreSQL log at URL
+    `log`, else the data dir's SQLite file.  None: not in the log."""
+    if log is not None:
+        from supervisor.log_pg_read import logged_outcome as pg_outcome
+
+        return pg_outcome(log, saga_id, before)
+    from supervisor.log_read import logged_outcome
+
+    return logged_outcome(paths.db, saga_id, before)
+
+
+def outcome_of(saga_id: int, row: tuple[str, str | None] | None,
+               crash: BaseException | None = None, suspended: bool | None = None
+               ) -> Outcome:
+    """The one rule for ``wait()`` on a saga not in flight here, from its
+    logged `row`: its outcome, or the error that says why there is none —
+    not in the log, never logged (its supervisor died first), or still
+    running in the log (the supervisor stopped on `crash`; or stopped,
+    `suspended` or not; or another supervisor owns it)."""
+    if row is None:
+        raise unknown_saga(saga_id, NOT_IN_LOG)
+    state, reason = row
+    if state == UNLOGGED:
+        raise not_logged(saga_id)
+    if state in ("running", "compensating"):
+        if crash is not None:
+            raise SupervisorCrashedError(crash)
+        if suspended is not None:
+            raise stopped_before_end(suspended)
+        raise NotRunningError(f"saga {saga_id} is {state} in the log but not in flight "
+                              "in this supervisor")
+    return Outcome(saga_id, state, reason)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import supervisor._engine.outcomes as outcomes_mod
-import supervisor.core as core_mod
+import supervisor.log_read as log_read_mod
 from supervisor import SagaClient, Supervisor
 
 from . import sagas as S
@@ -25,8 +25,8 @@ def test_the_thread_engine_keeps_what_its_caller_may_wait_for(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(outcomes_mod, "OUTCOMES_KEPT", 100)
     reads: list[int] = []
-    real = core_mod.logged_outcome
-    monkeypatch.setattr(core_mod, "logged_outcome",
+    real = log_read_mod.logged_outcome
+    monkeypatch.setattr(log_read_mod, "logged_outcome",
                         lambda *a: reads.append(a[1]) or real(*a))  # type: ignore[func-returns-value]
     with Supervisor(tmp_path / "d", workers=1) as sup:
         ids = sup.spawn_many([S.InstantSaga() for _ in range(N)])

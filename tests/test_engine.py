@@ -502,7 +502,7 @@ def test_stale_segment_of_a_killed_supervisor_is_replaced(tmp_path: Path) -> Non
             print(sup.shm_name, flush=True)
             # the reaper dies too (a kill -9 of the whole cgroup, the OOM
             # killer): the segment stays behind
-            os.kill(sup._engine.reaper.proc.pid, signal.SIGKILL)
+            os.kill(sup._link.core.reaper.proc.pid, signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
     """)
     (tmp_path / "s.py").write_text(script)

@@ -300,7 +300,7 @@ def test_sigterm_drains_then_stops_with_no_orphans(tmp_path: Path, engine: str) 
         report = json.loads((data / "run" / "health.json").read_text())
         pids = [w["pid"] for w in report["workers"]] + [report["host"]["pid"]] + \
             [c.pid for c in psutil.Process(proc.pid).children()  # the supervisor process
-             if "supervisor._serve" in " ".join(c.cmdline())]
+             if "supervisor.facade.serve" in " ".join(c.cmdline())]
         with SagaClient(data) as client:
             quick = client.spawn(S.StepperSaga(1, steps=2, seconds=0.3))
             slow = client.spawn(S.StepperSaga(2, steps=1, seconds=60))

@@ -61,10 +61,10 @@ def test_imports_have_no_circle() -> None:
 def test_the_engine_is_reached_through_the_facade_only() -> None:
     mods = _modules()
     for name, path in mods.items():
-        if name.startswith("supervisor._engine") or name in ("supervisor.core",
-                                                              "supervisor"):
+        if name.startswith(("supervisor._engine", "supervisor.facade")) or \
+                name == "supervisor":
             continue
         assert not any(i.startswith("supervisor._engine") for i in _imports(path, mods)), name
     health = _imports(mods["supervisor.health"], mods)
-    assert not health & {"supervisor.core"} and not any(
+    assert not any(i.startswith("supervisor.facade") for i in health) and not any(
         i.startswith("supervisor._engine") for i in health)

@@ -300,7 +300,7 @@ def test_the_supervisor_process_names_its_own_errors(tmp_path: Path) -> None:
         with pytest.raises(SupervisorCrashedError, match="deleted"):
             sup.spawn(S.InstantSaga())  # as the thread engine would say it
         # it exited (code 1), not aborted at shutdown on a thread blocked on stdin
-        assert sup._proc is not None and sup._proc.wait(10) == 1
+        assert sup._link._proc is not None and sup._link._proc.wait(10) == 1
     finally:
         sup.stop()
 

@@ -127,9 +127,9 @@ def test_wait_on_a_lost_id_from_a_client_and_after_a_reboot(tmp_path: Path) -> N
         if __name__ == "__main__":
             sup = Supervisor(sys.argv[1], workers=1).start()
             # ids handed out, never posted: as if their spawns were still in a pipe
-            lost = [sup._engine.shared.acquire() for _ in range(3)]
+            lost = [sup._link.core.shared.acquire() for _ in range(3)]
             print(json.dumps({"lost": lost, "shm": sup.shm_name}), flush=True)
-            os.kill(sup._engine.reaper.proc.pid, signal.SIGKILL)  # (a reboot: checked below)
+            os.kill(sup._link.core.reaper.proc.pid, signal.SIGKILL)  # (a reboot: checked below)
             os.kill(os.getpid(), signal.SIGKILL)
     """))
     proc = subprocess.run([sys.executable, str(script), str(data)], capture_output=True,

@@ -43,11 +43,12 @@ from supervisor._engine.control_socket import (PEERCRED, QUIET_LIMIT, Conn,
                                                default_max_clients, listen)
 from supervisor._engine.outcomes import Outcomes
 from supervisor._engine.records import Lifecycle, Turn
+from supervisor._engine.registrations import REGISTRATIONS, Registration
 from supervisor._engine.sagas import SagaOps
 from supervisor._engine.table import SagaTable
-from supervisor.errors import (NEVER_ALLOCATED, NOT_IN_LOG, NotRunningError,
-                               not_logged, unknown_saga)
-from supervisor.log import UNLOGGED, LogError
+from supervisor.errors import NotRunningError, SupervisorError, UnknownSagaError
+from supervisor.log import LogError
+from supervisor.log_store import outcome_of
 from supervisor._ratelimit import RateLimitedLog
 from supervisor.paths import DataDir
 from supervisor.shm import SharedState
@@ -66,7 +67,9 @@ class ControlServer:
                  metrics: Callable[[], bytes] | None = None,
                  spawn_keyed: Callable[[int, SagaSpec, str], int] | None = None,
                  health: Callable[[], dict[str, Any]] | None = None,
-                 max_clients: int | None = None, quiet_limit: float = QUIET_LIMIT) -> None:
+                 max_clients: int | None = None, quiet_limit: float = QUIET_LIMIT,
+                 register: Callable[[Registration], None] | None = None,
+                 clock_moved: Callable[[float], None] | None = None) -> None:
         self.paths = paths
         self.max_clients = max_clients or default_max_clients()
         self.quiet_limit = quiet_limit
@@ -82,9 +85,10 @@ class ControlServer:
         self.metrics = metrics
         self.health = health
         self.spawn_keyed = spawn_keyed
-        self.register: Callable[[bytes], None] | None = None  # set by the facade
+        # applies a launcher's registration (engine="process": shipped after start)
+        self.register = register
         # a mirrored test clock's set_offset (engine="process" with a Clock)
-        self.clock_moved: Callable[[float], None] | None = None
+        self.clock_moved = clock_moved
         self.listener: socket.socket | None = None
         self.path: Path | None = None
         self.conns: list[Conn] = []
@@ -335,11 +339,11 @@ class ControlServer:
             self._spawn_many(c, req, msg)
         elif op == "cancel":
             sid, reason = saga_id(msg, 2), field(msg, 3, str)
-            if self.table.get(sid) is None and sid >= self.shared.peek_next_id():
-                c.send(("err", req, ("UnknownSagaError",
-                                     str(unknown_saga(sid, NEVER_ALLOCATED)))))
-                return
-            c.send(("ok", req, self.sagas.cancel(sid, reason)))
+            try:
+                decided = self.sagas.cancel(sid, reason)
+            except UnknownSagaError as exc:
+                raise Refused("UnknownSagaError", str(exc)) from None
+            c.send(("ok", req, decided))
         elif op == "wait":
             self._wait(c, req, saga_id(msg, 2))
         elif op == "publish":
@@ -357,7 +361,10 @@ class ControlServer:
             self.turn.after.append(functools.partial(c.send, ("ok", req, None)))
         elif op == "register" and self.register is not None:
             try:  # a kind, handler or trigger from a launcher (dill, as classes are)
-                self.register(field(msg, 2, bytes))
+                reg = dill.loads(field(msg, 2, bytes))
+                if not isinstance(reg, REGISTRATIONS):
+                    raise TypeError(f"cannot register a {type(reg).__name__}")
+                self.register(reg)
             except (TypeError, ValueError, NotRunningError) as exc:
                 raise Refused(type(exc).__name__, str(exc)) from None
             c.send(("ok", req, None))
@@ -429,14 +436,10 @@ class ControlServer:
         elif self.outcomes.is_undecided(sid) or sid in self.table.live:
             self.remote_waiters.setdefault(sid, []).append((c, req))
         else:
-            found = self.read_outcome(sid)
-            if found is None:
-                c.send(("err", req, ("UnknownSagaError", str(unknown_saga(sid, NOT_IN_LOG)))))
-            elif found[0] == UNLOGGED:
-                c.send(("err", req, ("SagaNotLoggedError", str(not_logged(sid)))))
-            elif found[0] in ("running", "compensating"):
-                c.send(("err", req, ("NotRunningError", f"saga {sid} is {found[0]} in the log "
-                                     "but not in flight")))
+            try:
+                out = outcome_of(sid, self.read_outcome(sid))
+            except SupervisorError as exc:  # (UnknownSagaError, SagaNotLoggedError, ...)
+                c.send(("err", req, (type(exc).__name__, str(exc))))
             else:
-                c.send(("ok", req, found))
+                c.send(("ok", req, (out.state, out.reason)))
 

@@ -7,6 +7,7 @@ import json
 import math
 from typing import Any
 
+import supervisor._validate as _validate
 from supervisor._codec import SagaSpec
 from supervisor.protocol import STATE_DICT, STATE_DILL
 
@@ -65,8 +66,11 @@ def parse_spawn(msg: tuple[Any, ...], classes: dict[int, int | str]
         raise BadRequest("listens must hold str event kinds")
     has_comp = field(msg, 9, bool)
     key = msg[10] if len(msg) > 10 else None
-    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 256):
-        raise BadRequest("key must be a str of 1 to 256 characters")
+    if key is not None:
+        try:
+            key = _validate.key(key)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
     cid = classes.get(ccid)
     if not isinstance(cid, int):
         raise Refused("SpawnError", cid or f"unknown class id {ccid!r}")

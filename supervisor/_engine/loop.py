@@ -33,6 +33,7 @@ from typing import Any
 import multiprocess
 
 from supervisor._codec import ClassRegistry
+from supervisor._engine import registrations
 from supervisor._engine.bus import Bus, Trigger
 from supervisor._engine.compensation import Compensation
 from supervisor._engine.control import ControlServer
@@ -94,8 +95,6 @@ class Engine:
         self.fleet = FleetSide(self.inbox, self.outcomes)  # orphans, portable kinds, adopt
         self.handlers: dict[Target, Handler] = {}
         self.triggers: list[Trigger] = []
-        # registrations a launcher ships to a supervisor process (the facade's)
-        self.register: Callable[[bytes], None] | None = None
         # loop thread only
         self.turn = Turn()
         self.table = SagaTable()
@@ -176,9 +175,9 @@ class Engine:
                                                self._read_outcome,
                                                lambda: exposition(self.collector),
                                                self.keys.spawn, self.health, s.max_clients,
-                                               s.client_quiet_timeout)
-        control.register = self.register
-        control.clock_moved = getattr(s.clock, "set_offset", None)
+                                               s.client_quiet_timeout,
+                                               lambda reg: registrations.apply(self, reg),
+                                               getattr(s.clock, "set_offset", None))
         self.bus = Bus(table, sagas, shared, self.outcomes, turn, stats, self.life,
                        self.registry.prepare, self.triggers, control.subscribed)
         self.host = HostLink(s, sel, stats, self.life, lambda h: self.hosts.readable(h),

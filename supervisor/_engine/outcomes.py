@@ -7,8 +7,6 @@ cache keeps the last 100,000 outcomes; older ones are read from the log.
 
 from __future__ import annotations
 
-import logging
-import queue
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -16,54 +14,12 @@ from typing import Any
 
 from supervisor._eventq import Subscription
 from supervisor._future import Future
-from supervisor._ratelimit import RateLimitedLog
 from supervisor.saga import Event, Outcome
-
-log = logging.getLogger(__name__)
-_warn = RateLimitedLog(log)
 
 # outcomes of sagas nobody here is waiting for (spawned by clients, who get
 # theirs pushed; replayed at start), kept for a late wait() on any of them:
 # the newest this many; older ones are read from the log
 OUTCOMES_KEPT = 100_000
-
-
-class LoopSubscription(Subscription):
-    """A :class:`Subscription` of the engine in this process: its callback,
-    if any, runs on the supervisor's loop thread (keep it quick)."""
-
-    def __init__(self, owner: Outcomes, callback: Callable[[Event], Any] | None = None,
-                 sink: Any = None) -> None:
-        # where events go: a queue of ours, or one the caller gives (put(item);
-        # None at the end), e.g. one that feeds an asyncio loop
-        self._q: Any = sink if sink is not None else queue.SimpleQueue()
-        self._owner = owner
-        self.callback = callback
-        self.closed = False
-
-    def put(self, ev: Event) -> bool:
-        """Deliver one event (loop thread); False if the callback raised."""
-        cb = self.callback
-        if cb is None:
-            self._q.put(ev)
-            return True
-        try:
-            cb(ev)
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:  # user code: never the loop's problem
-            _warn.warning(f"subscriber {id(self)}", "subscriber callback %r raised on %s v%d: "
-                          "%s: %s", cb, ev.kind, ev.version, type(exc).__name__, exc)
-            return False
-        return True
-
-    def end(self) -> None:
-        self._q.put(None)
-
-    def close(self) -> None:
-        self.closed = True
-        self._owner.unsubscribe(self)
-
 
 
 class Outcomes:
@@ -83,7 +39,7 @@ class Outcomes:
         # caller's choice: a few dozen bytes an outcome)
         self._mine: set[int] = set()
         self._unclaimed: dict[int, tuple[int, str, str | None]] = {}
-        self.subs: list[LoopSubscription] = []  # copy-on-write: the loop reads it unlocked
+        self.subs: list[Subscription] = []  # copy-on-write: the loop reads it unlocked
         self._closed: BaseException | None = None
 
     # -- any thread ---------------------------------------------------------------
@@ -151,7 +107,7 @@ class Outcomes:
 
     def subscribe(self, callback: Callable[[Event], Any] | None = None,
                   sink: Any = None) -> Subscription:
-        sub = LoopSubscription(self, callback, sink)
+        sub = Subscription(sink, lambda: self.unsubscribe(sub), callback)
         with self._lock:
             if self._closed is not None:
                 sub.end()

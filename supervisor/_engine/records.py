@@ -27,48 +27,49 @@ TARGET_NAMES: Final = {int(t): t.name for t in Target}
 
 @dataclass(frozen=True)
 class Settings:
-    """A supervisor's configuration, checked by the facade."""
+    """A supervisor's configuration, checked by the facade (whose signature
+    holds the defaults: they are written once, there)."""
 
-    workers: int = 2
-    host_argv: list[str] | None = None
-    host_fds: tuple[int, int] | None = None
-    durability: str = "normal"
-    capacity: int = 65536
-    retention_days: float = 7.0
-    start_method: str = "spawn"
-    max_restarts: int = 5
-    restart_period: float = 30.0
-    restart_host: bool = True
-    restart_backoff: float = 0.05
-    rss_limit: int | None = None
-    heartbeat_timeout: float = 30.0
-    breaches: int = 3
-    health_interval: float = 1.0
-    shm_name: str | None = None
-    start_timeout: float = 60.0
+    workers: int
+    host_argv: list[str] | None
+    host_fds: tuple[int, int] | None
+    durability: str
+    capacity: int
+    retention_days: float
+    start_method: str
+    max_restarts: int
+    restart_period: float
+    restart_host: bool
+    restart_backoff: float
+    rss_limit: int | None
+    heartbeat_timeout: float
+    breaches: int
+    health_interval: float
+    shm_name: str | None
+    start_timeout: float
     # a host frame left unfinished this long means a corrupt or stalled stream
-    host_stall_timeout: float = 2.0
+    host_stall_timeout: float
     # serve Prometheus metrics on (metrics_host, metrics_port); None: do not
-    metrics_port: int | None = None
-    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None
+    metrics_host: str
     # the clock of deadlines (saga and compensation timeouts, restart backoff):
     # time.monotonic, or a test's clock that it can advance (supervisor.testing)
-    clock: Callable[[], float] | None = None
+    clock: Callable[[], float] | None
+    # the host protocol version the supervisor speaks (2; 1 for an old host)
+    host_protocol: int
+    # control connections served at once (None: from RLIMIT_NOFILE, see control)
+    max_clients: int | None
+    # a control connection silent since it connected, or stuck in a
+    # half-written request, this long is closed
+    client_quiet_timeout: float
+    # the log's PostgreSQL URL (None: the SQLite file in the data dir)
+    log: str | None
+    log_retry: float  # seconds a lost server is reconnected to before LogError
+    node: str | None  # a fleet node's name (PostgreSQL log); None: one of its own
+    node_lease: float  # seconds a node's lease lasts past its last renewal
     # batches of at least this many rows are committed by the writer thread
     # while the loop goes on (0: always inline)
     pipeline_rows: int = 256
-    # the host protocol version the supervisor speaks (2; 1 for an old host)
-    host_protocol: int = 2
-    # control connections served at once (None: from RLIMIT_NOFILE, see control)
-    max_clients: int | None = None
-    # a control connection silent since it connected, or stuck in a
-    # half-written request, this long is closed
-    client_quiet_timeout: float = 10.0
-    # the log's PostgreSQL URL (None: the SQLite file in the data dir)
-    log: str | None = None
-    log_retry: float = 5.0  # seconds a lost server is reconnected to before LogError
-    node: str | None = None  # a fleet node's name (PostgreSQL log); None: one of its own
-    node_lease: float = 10.0  # seconds a node's lease lasts past its last renewal
 
 
 class Lifecycle:

@@ -16,6 +16,7 @@ from supervisor._engine.recovery import Recovery
 from supervisor._engine.routing import FATAL, Routing
 from supervisor._engine.sagas import SagaOps
 from supervisor._engine.records import Turn
+from supervisor.errors import UnknownSagaError
 
 
 class Requests:
@@ -57,8 +58,11 @@ class Requests:
                 elif t is Sync:  # answered once this turn's batch is committed
                     turn.after.append(item.future.set)
                 elif t is Cancel:
-                    item.future.set(False if stopping_now else
-                                    sagas.cancel(item.saga_id, item.reason))
+                    try:
+                        item.future.set(False if stopping_now else
+                                        sagas.cancel(item.saga_id, item.reason))
+                    except UnknownSagaError as exc:
+                        item.future.set(error=exc)
                 elif t is Replay:
                     self.recovery.replay(item)
                 elif t is Publish:

@@ -35,6 +35,7 @@ from supervisor._engine.records import (
 )
 from supervisor._engine.measure import Measures, cause_of
 from supervisor._engine.table import SagaTable
+from supervisor.errors import NEVER_ALLOCATED, unknown_saga
 from supervisor.protocol import Act, Op
 from supervisor.saga import SAGA_COMPLETED, SAGA_FAILED, SAGA_STARTED, Event
 from supervisor.shm import SharedState
@@ -238,8 +239,11 @@ class SagaOps:
                 self.end(saga, "failed", f"{reason} (terminal claimed but not reported)")
 
     def cancel(self, saga_id: int, reason: str) -> bool:
-        """True if this call decided the saga's outcome."""
+        """True if this call decided the saga's outcome; False if it ended
+        already.  :class:`UnknownSagaError` for an id never handed out."""
         saga = self.table.get(saga_id)
+        if saga is None and saga_id >= self.shared.peek_next_id():
+            raise unknown_saga(saga_id, NEVER_ALLOCATED)
         if saga is None and self.queue is not None:
             return self.queue.cancel(saga_id, f"cancelled: {reason}")
         if saga is None or saga.phase != RUNNING:

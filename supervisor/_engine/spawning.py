@@ -58,8 +58,6 @@ def many(engine: Any, sagas: list[Saga]) -> list[int]:
 
 
 def keyed(engine: Any, saga: Saga, key: str) -> int:
-    if not isinstance(key, str) or not 0 < len(key) <= 256:
-        raise ValueError(f"key must be a str of 1 to 256 characters, got {key!r:.80}")
     _running(engine)
     spec = engine.registry.prepare(saga)
     shared = engine.shared

@@ -1,9 +1,10 @@
-"""The public face of the engine: :class:`Supervisor`.
+"""The one public :class:`Supervisor`, on either engine.
 
-It checks arguments, starts and stops the engine (:mod:`supervisor._engine`),
-and talks to it only through its inbox (spawn, cancel, publish, triggers)
-and its outcomes (wait, subscribe).  Every method is safe to call from any
-thread; the engine's own work happens on its loop thread.
+Every argument is checked here, once; what is left differs only by where the
+engine runs, and that is the *link*'s (:mod:`supervisor.facade.link`):
+``engine="thread"`` runs it as a thread of this process, ``engine="process"``
+in a supervisor process of its own.  Both engines take the same arguments
+and return the same types from every method.
 """
 
 from __future__ import annotations
@@ -11,39 +12,35 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+import queue
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-import dill
-
-import supervisor._aio as _aio
-import supervisor._validate as _validate
-from supervisor._engine.inbox import AddTrigger, Cancel, Publish
 import supervisor._engine.metrics as _metrics
-import supervisor._engine.spawning as _spawn
-from supervisor._engine.loop import Engine
-from supervisor._eventq import Subscription
+import supervisor._validate as _validate
 from supervisor._engine.records import Settings
+from supervisor._engine.registrations import (HandlerRegistration, KindRegistration,
+                                              Registration, TriggerRegistration)
+from supervisor._eventq import Subscription
 from supervisor._foreground import serve_until_signal
-from supervisor._future import Future
-from supervisor.errors import (NEVER_ALLOCATED, NOT_IN_LOG, NotRunningError,
-                               SupervisorCrashedError, SupervisorError, not_logged,
-                               unknown_saga)
-from supervisor.log import UNLOGGED, logged_outcome
+from supervisor.errors import NotRunningError, SupervisorError
+from supervisor.facade.link import Link
+from supervisor.log_store import outcome_of, read_outcome
 from supervisor.paths import DataDir
 from supervisor.saga import Event, Outcome, Saga, Target
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ENGINE = "thread"
-
 Handler = Callable[[Any, int, int], Any]
 
-__all__ = ["Supervisor", "Subscription", "Handler"]
-
-
 ENGINES = ("process", "thread")
+DEFAULT_ENGINE = "thread"
+# what a supervisor process does when its launcher dies: stop (failing what
+# is in flight), suspend (leaving it in the log for the next start), serve on
+ORPHAN = ("stop", "suspend", "serve")
+
+__all__ = ["Supervisor", "Subscription", "Handler", "ENGINES", "ORPHAN"]
 
 
 class Supervisor:
@@ -56,30 +53,10 @@ class Supervisor:
     `engine` says where the engine runs: ``"thread"`` (the default), a
     thread of the calling process, or ``"process"``, a supervisor process of
     its own that ``start()`` starts, so that the launcher's own threads never
-    hold the engine up (this constructor then returns an instance of the
-    subclass registered for that engine, with the same API).
+    hold the engine up.  `orphan` says what a supervisor process does when
+    its launcher dies (``"stop"``, ``"suspend"`` or ``"serve"``; the thread
+    engine dies with its launcher, and the next start recovers its sagas).
     """
-
-    _engines: ClassVar[dict[str, type[Supervisor]]] = {}
-    engine = "thread"
-
-    def __init_subclass__(cls, engine: str | None = None, **kw: Any) -> None:
-        super().__init_subclass__(**kw)
-        if engine is not None:  # a class that runs the engine elsewhere
-            cls.engine = engine
-            Supervisor._engines[engine] = cls
-
-    def __new__(cls, *args: Any, engine: str | None = None, **kwargs: Any) -> Supervisor:
-        if cls is Supervisor:
-            engine = DEFAULT_ENGINE if engine is None else engine
-            if engine not in ENGINES:
-                raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-            if engine != "thread":
-                if engine not in Supervisor._engines:  # (the package's Supervisor has it)
-                    raise SupervisorError(f"engine={engine!r} is not loaded: import "
-                                          "Supervisor from the supervisor package")
-                cls = Supervisor._engines[engine]
-        return super().__new__(cls)
 
     def __init__(
         self,
@@ -114,9 +91,13 @@ class Supervisor:
         node: str | None = None,
         node_lease: float = 10.0,
         engine: str | None = None,
+        orphan: str = "stop",
     ) -> None:
-        if engine not in (None, self.engine):
+        engine = DEFAULT_ENGINE if engine is None else engine
+        if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+        if orphan not in ORPHAN:
+            raise ValueError(f"orphan must be one of {', '.join(ORPHAN)}, got {orphan!r}")
         _validate.supervisor_args(workers, host, host_fds, durability, start_method, rss_limit,
                                   breaches, max_restarts, host_protocol, capacity)
         self.settings = Settings(
@@ -147,31 +128,39 @@ class Supervisor:
             _metrics.require()  # the extra is missing: say so now, not at start()
         self.data_dir = Path(data_dir)
         self.paths = DataDir(self.data_dir)
-        self._engine = Engine(self.paths, self.settings)
-        self._engine.register = self._registered
+        self.engine = engine
+        self._link: Link
+        if engine == "process":
+            from supervisor.facade.process_link import ProcessLink
 
-    @property
-    def stats(self) -> dict[str, int]:
-        """The engine's counters."""
-        return self._engine.stats
+            self._link = ProcessLink(self.paths, self.settings, orphan)
+        else:
+            from supervisor.facade.thread_link import ThreadLink
+
+            self._link = ThreadLink(self.paths, self.settings)
 
     # -- properties -------------------------------------------------------------------
 
     @property
     def state(self) -> str:
-        """``new``, ``starting``, ``running``, ``stopping`` or ``stopped``."""
-        return self._engine.life.state
+        """``new``, ``starting``, ``running``, ``stopping`` or ``stopped``
+        (also once it stopped on its own: see `error`)."""
+        return self._link.state
 
     @property
     def error(self) -> BaseException | None:
-        """What stopped it on its own (restart intensity, the log), or None."""
-        return self._engine.life.error
+        """What stopped it on its own (restart intensity, the log, a
+        supervisor process that died), or None."""
+        return self._link.error
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the process the engine runs in, once started."""
+        return self._link.pid
 
     @property
     def shm_name(self) -> str:
-        if self._engine.shared is None:
-            raise NotRunningError("the supervisor has not started")
-        return self._engine.shared.name
+        return self._link.shm_name
 
     @property
     def db_path(self) -> Path:
@@ -184,20 +173,26 @@ class Supervisor:
     @property
     def metrics_address(self) -> tuple[str, int] | None:
         """(host, port) where ``/metrics`` is served, once started; else None."""
-        return self._engine.metrics.address if self._engine.metrics is not None else None
+        return self._link.metrics_address
 
     @property
     def durability(self) -> str:
         return self.settings.durability
 
+    @property
+    def stats(self) -> dict[str, int]:
+        """The engine's counters."""
+        return self._link.stats()
+
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> Supervisor:
         """Open the log, create the shared segment, start workers, the host and
-        the loop.  On any error everything started so far is torn down."""
+        the loop (in a supervisor process of its own with ``engine="process"``).
+        On any error everything started so far is torn down."""
         if self.state != "new":
             raise NotRunningError(f"start() called on a supervisor that is {self.state}")
-        self._engine.start()
+        self._link.start()
         atexit.register(self._atexit)
         return self
 
@@ -208,19 +203,14 @@ class Supervisor:
         leave them in the log for the next start to resume, as after a crash.
         Closes the log, stops workers and host, unlinks the shared segment.
         Idempotent."""
-        timeout = float(_validate.timeout(timeout, allow_none=False) or 0.0)
-        if self.state in ("new", "stopped"):
-            if self.state == "stopped" and self._engine.thread is not None:
-                self._engine.teardown()  # stopped on its own: its word in health goes now
-            self._engine.life.state = "stopped"
-            return
-        self._engine.stop(bool(drain), timeout, bool(suspend))
+        limit = float(_validate.timeout(timeout, allow_none=False) or 0.0)
+        self._link.stop(bool(drain), limit, bool(suspend))
         atexit.unregister(self._atexit)
 
     def _atexit(self) -> None:
         """The interpreter exits with the supervisor running (a script that
         forgot stop()): stop it, so no worker, host or segment outlives us."""
-        if self.state in ("running", "stopping"):
+        if self.state in ("running", "stopping", "starting"):
             self.stop()
 
     def __enter__(self) -> Supervisor:
@@ -248,7 +238,9 @@ class Supervisor:
         """Say how to rebuild a saga of `kind` from its logged input snapshot,
         so that it is resumed by replay after a restart or a worker crash.
         `factory(snapshot)` defaults to ``cls(**snapshot)``.  With
-        ``replay=False`` such sagas are failed instead.
+        ``replay=False`` such sagas are failed instead.  With
+        ``engine="process"`` the factory is shipped to the supervisor process
+        (dill) and runs there.
 
         `max_in_flight` caps the sagas of the kind in flight; spawns past it
         wait in the kind's durable FIFO queue, failing with "queue timeout"
@@ -270,22 +262,19 @@ class Supervisor:
         if self.settings.log is None:  # (SQLite: this supervisor is the whole fleet)
             max_in_flight, fleet_cap = fleet_cap or max_in_flight, None
         limit = _validate.kind_limit(1 << 62 if fleet_cap else max_in_flight, queue_timeout)
-        self._engine.kinds[name] = (factory, bool(replay))
-        if limit is not None:
-            self._engine.limits[name] = limit
-        else:
-            self._engine.limits.pop(name, None)
-        self._engine.fleet.register(name, orphan, portable, fleet_cap)
+        self._register(KindRegistration(name, factory, bool(replay), limit, orphan,
+                                        portable, fleet_cap))
 
     def register_handler(self, target: Target, fn: Handler) -> None:
         """Handle LAUNCHER_SELF or SRV commands in the supervisor (on its loop
-        thread): ``fn(command, saga_id, step)`` returns the echo's data (or
-        raises, which fails that saga)."""
+        thread; in the supervisor process with ``engine="process"``):
+        ``fn(command, saga_id, step)`` returns the echo's data (or raises,
+        which fails that saga)."""
         if target not in (Target.LAUNCHER_SELF, Target.SRV):
             raise ValueError(f"handlers are for LAUNCHER_SELF or SRV, not {target!r}")
         if not callable(fn):
             raise TypeError("handler must be callable")
-        self._engine.handlers[Target(target)] = fn
+        self._register(HandlerRegistration(Target(target), fn))
 
     def add_trigger(self, saga_factory: Callable[[Event], Saga],
                     predicate: Callable[[Event], bool]) -> None:
@@ -296,10 +285,12 @@ class Supervisor:
         (``SagaSpawnFailed``)."""
         if not callable(saga_factory) or not callable(predicate):
             raise TypeError("add_trigger(saga_factory, predicate) takes two callables")
-        if self.state in ("new", "starting"):
-            self._engine.triggers.append((saga_factory, predicate))
-        else:
-            self._engine.inbox.post(AddTrigger(saga_factory, predicate))
+        self._register(TriggerRegistration(saga_factory, predicate))
+
+    def _register(self, reg: Registration) -> None:
+        if self.state in ("stopping", "stopped"):
+            raise NotRunningError(f"cannot register: the supervisor is {self.state}")
+        self._link.register(reg)
 
     # -- sagas ------------------------------------------------------------------------------
 
@@ -320,22 +311,15 @@ class Supervisor:
         restarts — is returned instead of starting another; of concurrent
         spawns with one key (any threads or processes) exactly one starts."""
         if key is not None:
-            got = _spawn.keyed(self._engine, saga, key)
-        else:
-            got = _spawn.one(self._engine, saga)
-        if durable:
-            _spawn.logged(self._engine)
-        return got
+            key = _validate.key(key)
+        return self._link.spawn(saga, key, bool(durable))
 
     def spawn_many(self, sagas: list[Saga], durable: bool = False) -> list[int]:
         """Start many sagas at once (one hand-over to the loop for all): their
         ids, in order.  All are encoded first, so a saga that cannot be
         shipped raises :class:`SpawnError` before any starts.  `durable`: as
         for :meth:`spawn`, return once all are in the log."""
-        ids = _spawn.many(self._engine, sagas)
-        if durable:
-            _spawn.logged(self._engine)
-        return ids
+        return self._link.spawn_many(list(sagas), bool(durable))
 
     def wait(self, saga_id: int, timeout: float | None = None) -> Outcome:
         """Block until `saga_id` has its terminal outcome (from any thread).
@@ -343,49 +327,19 @@ class Supervisor:
         :class:`UnknownSagaError` (a ``ValueError``) for an id this supervisor
         and its log do not know, :class:`NotRunningError` before ``start()``."""
         sid = _validate.saga_id(saga_id)
-        timeout = _validate.timeout(timeout)
+        limit = _validate.timeout(timeout)
         if self.state == "new":
             raise NotRunningError(f"wait({sid}) before start(): the supervisor has not started")
-        found = self._engine.outcomes.waiter(sid)
-        if isinstance(found, Outcome):
-            return found
-        if isinstance(found, Future):
-            try:
-                return found.result(timeout)  # type: ignore[no-any-return]
-            except TimeoutError:
-                raise TimeoutError(f"saga {sid} did not end within {timeout}s") from None
-        logged = self._outcome_from_log(sid)
-        if logged is None:
-            raise unknown_saga(sid, NOT_IN_LOG)
-        return logged
+        found = self._link.wait(sid, limit)
+        return found if found is not None else self._from_log(sid)
 
-    def _outcome_from_log(self, saga_id: int) -> Outcome | None:
-        log = self._engine.log  # (running: this run's own spawns may be on their way)
-        before = log.run_first if log is not None else None
-        if self.settings.log is not None:  # PostgreSQL: a short connection of its own
-            from supervisor.log_pg_read import logged_outcome as pg_outcome
-
-            row = pg_outcome(self.settings.log, saga_id, before)
-        else:
-            row = logged_outcome(self.db_path, saga_id, before)
-        if row is None:
-            return None
-        if row[0] == UNLOGGED:
-            raise not_logged(saga_id)
-        if row[0] in ("running", "compensating"):
-            if self.error is not None:
-                raise SupervisorCrashedError(self.error)
-            raise NotRunningError(f"saga {saga_id} is {row[0]} in the log but not in flight "
-                                  "in this supervisor")
-        return Outcome(saga_id, row[0], row[1])
-
-    def _registered(self, blob: bytes) -> None:
-        """A kind, handler or trigger shipped (dill) by the launcher of a
-        supervisor process after it started: registered as if here."""
-        what, args, kw = dill.loads(blob)
-        if what not in ("register_kind", "register_handler", "add_trigger"):
-            raise ValueError(f"cannot register {what!r}")
-        getattr(self, what)(*args, **kw)
+    def _from_log(self, saga_id: int) -> Outcome:
+        """``wait()`` on a saga not in flight here: its logged outcome (the
+        one rule: :func:`supervisor.log_store.outcome_of`)."""
+        stopped = self.state in ("stopping", "stopped")
+        row = read_outcome(self.settings.log, self.paths, saga_id, self._link.run_first)
+        return outcome_of(saga_id, row, self.error,
+                          self._link.suspended if stopped else None)
 
     def cancel(self, saga_id: int, reason: str = "cancelled", timeout: float = 10.0) -> bool:
         """Fail `saga_id` with ``cancelled: <reason>`` if it is still in
@@ -393,53 +347,69 @@ class Supervisor:
         already ended."""
         sid = _validate.saga_id(saga_id)
         _validate.text(reason, "reason")
-        limit = _validate.timeout(timeout, allow_none=False)
-        engine = self._engine
-        if engine.life.state != "running" or engine.shared is None:
-            raise NotRunningError(f"cannot cancel: the supervisor is {engine.life.state}")
-        if sid >= engine.shared.peek_next_id():
-            raise unknown_saga(sid, NEVER_ALLOCATED)
-        fut = Future()
-        engine.inbox.post(Cancel(sid, reason, fut))
-        try:
-            return bool(fut.result(limit))
-        except TimeoutError:
-            raise TimeoutError(f"the supervisor did not answer cancel({sid}) within "
-                               f"{timeout}s") from None
+        limit = float(_validate.timeout(timeout, allow_none=False) or 0.0)
+        return self._link.cancel(sid, reason, limit)
 
     def publish(self, event: Event) -> None:
         """Put a domain event on the bus (from any thread): offered to sagas
         listening to its kind and to triggers."""
         _validate.event(event)
-        if self.state != "running":
-            raise NotRunningError(f"cannot publish: the supervisor is {self.state}")
-        self._engine.inbox.post(Publish(event))
+        self._link.publish(event)
 
     def subscribe(self, callback: Callable[[Event], Any] | None = None) -> Subscription:
         """Receive every bus event from now on (lifecycle and domain): as a
-        queue to read, or, with `callback`, as calls to it on the loop thread
-        (keep it quick; one that raises is counted and logged)."""
+        queue to read, or, with `callback`, as calls to it (keep it quick;
+        one that raises is counted and logged): on the loop thread with the
+        thread engine, on a thread of this process with the process engine."""
         if callback is not None and not callable(callback):
             raise TypeError("callback must be callable")
-        return self._engine.outcomes.subscribe(callback)
+        return self._link.subscribe(callback)
+
+    def events(self, timeout: float | None = None) -> Iterator[Event]:
+        """Bus events from now on (subscribed at this call); ends when the
+        supervisor stops or no event came for `timeout` seconds."""
+        limit = _validate.timeout(timeout)
+        return _until_quiet(self.subscribe(), limit)
 
     # -- asyncio -----------------------------------------------------------------------------
 
     async def wait_async(self, saga_id: int, timeout: float | None = None) -> Outcome:
         """:meth:`wait` for asyncio: awaits the outcome without holding a thread."""
-        return await _aio.wait_outcome(self._engine.outcomes, _validate.saga_id(saga_id),
-                                       _validate.timeout(timeout), self._outcome_from_log)
+        sid = _validate.saga_id(saga_id)
+        limit = _validate.timeout(timeout)
+        if self.state == "new":
+            raise NotRunningError(f"wait({sid}) before start(): the supervisor has not started")
+        found = await self._link.wait_async(sid, limit)
+        return found if found is not None else self._from_log(sid)
 
     def events_async(self, idle: float | None = None) -> AsyncIterator[Event]:
         """Every bus event from now on, for ``async for``; ends when the
         supervisor stops (or after `idle` seconds without an event)."""
-        return _aio.follow(self._engine.outcomes, idle)
+        limit = _validate.timeout(idle, "idle")
+        return self._link.events_async(limit)
 
     # -- looking at it ----------------------------------------------------------------------
 
     def in_flight(self) -> int:
-        return len(self._engine.table)
+        """Sagas in flight now."""
+        return self._link.in_flight() if self.state != "new" else 0
 
     def health(self) -> dict[str, Any]:
         """A snapshot of the supervisor's processes and counters."""
-        return self._engine.health()
+        return self._link.health()
+
+    def metrics(self) -> str:
+        """The Prometheus exposition a scrape of ``/metrics`` gets (needs
+        ``metrics_port``)."""
+        if self.settings.metrics_port is None:
+            raise SupervisorError("metrics() needs Supervisor(..., metrics_port=...)")
+        return self._link.metrics()
+
+
+def _until_quiet(sub: Subscription, timeout: float | None) -> Iterator[Event]:
+    with sub:
+        while True:
+            try:
+                yield sub.get(timeout)
+            except (queue.Empty, NotRunningError):
+                return

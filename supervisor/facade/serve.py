@@ -1,10 +1,14 @@
-"""The supervisor process behind :class:`supervisor.SupervisorProcess`:
-``python -m supervisor._serve`` (started by the launcher, never by hand).
+"""The supervisor process of ``Supervisor(..., engine="process")``:
+``python -m supervisor.facade.serve`` (started by the launcher's
+:class:`~supervisor.facade.process_link.ProcessLink`, never by hand).  It
+runs the engine as a thread of its own (a
+:class:`~supervisor.facade.thread_link.ThreadLink`), from the settings the
+launcher checked.
 
 Protocol with the launcher, over the child's stdin and stdout:
 
 * stdin, first: a u32 big-endian length and a dill blob: the data dir, the
-  Supervisor options, and the kinds, handlers and triggers registered;
+  checked settings, and the registrations made before ``start()``;
 * stdout: one line, ``ready <json: shm segment, metrics address>`` or
   ``error <what went wrong>``;
 * stdin, then: a ``stop <drain 0|1> <timeout> <suspend 0|1>`` line stops it
@@ -20,6 +24,7 @@ Protocol with the launcher, over the child's stdin and stdout:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -28,11 +33,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dill
 
-from supervisor.core import Supervisor
+from supervisor.facade.thread_link import ThreadLink
+from supervisor.paths import DataDir
 
 log = logging.getLogger("supervisor.serve")
 
@@ -45,20 +52,16 @@ def _say(line: str) -> None:
         pass
 
 
-def _build(cfg: dict[str, Any]) -> Supervisor:
-    options = dict(cfg["options"], engine="thread")
+def _build(cfg: dict[str, Any]) -> ThreadLink:
+    settings = cfg["settings"]
     if cfg.get("clock") is not None:  # the launcher's test clock, mirrored here
         from supervisor.testing import Clock
 
-        options["clock"] = Clock.mirror(*cfg["clock"])
-    sup = Supervisor(cfg["data_dir"], **options)
-    for args, kw in cfg["kinds"]:
-        sup.register_kind(*args, **kw)
-    for args, _ in cfg["handlers"]:
-        sup.register_handler(*args)
-    for args, _ in cfg["triggers"]:
-        sup.add_trigger(*args)
-    return sup
+        settings = dataclasses.replace(settings, clock=Clock.mirror(*cfg["clock"]))
+    link = ThreadLink(DataDir(Path(cfg["data_dir"])), settings)
+    for reg in cfg["registered"]:
+        link.register(reg)
+    return link
 
 
 Command = tuple[str, bool, float, bool]  # (what, drain, timeout, suspend)
@@ -107,7 +110,7 @@ def _watch_launcher(commands: list[Command], wake: threading.Event) -> None:
     wake.set()
 
 
-def _take_what_was_sent(sup: Supervisor, limit: float = 2.0) -> None:
+def _take_what_was_sent(sup: ThreadLink, limit: float = 2.0) -> None:
     """Before stopping for a dead launcher, let the loop read what it sent
     on the control socket (pipelined spawns it already has ids for): its
     connection closes once all of that was read.  Other clients' connections
@@ -152,7 +155,7 @@ def main() -> int:
         wake.wait(0.2)
         wake.clear()
         if sup.state != "running":  # stopped on its own
-            sup.stop()
+            sup.stop(False, 5.0, False)
             _say(f"crashed {type(sup.error).__name__}: {sup.error}")
             return 1
         if not commands:
@@ -167,7 +170,7 @@ def main() -> int:
             log.warning("the launcher is gone: stopping (orphan=%r)", orphan)
             suspend = orphan == "suspend"
             _take_what_was_sent(sup)
-        sup.stop(drain=drain, timeout=timeout, suspend=suspend)
+        sup.stop(drain, timeout, suspend)
         _say("stopped")
         return 1 if sup.error is not None else 0
 

@@ -1,0 +1,363 @@
+"""The engine in a supervisor process of its own: ``engine="process"``.
+
+With the engine a thread of the launcher's process, a launcher whose own
+threads keep the GIL busy slows every saga down (each hand-over between
+threads can wait a whole switch interval, 5 ms).  This link starts a
+separate supervisor process (``python -m supervisor.facade.serve``) that
+owns the log, the host pipe and the workers; the launcher talks to it as
+:class:`SagaClient` does — ids and claims straight from shared memory,
+requests over the control socket (spawns pipelined), and the outcome of
+every saga it spawned pushed to it as soon as it is committed.
+
+Where user code runs: saga code in the workers, as always.  Kind factories,
+local-target handlers and trigger predicates and factories are shipped to the
+supervisor process with dill (as registration records, with the start, or
+over the control socket when registered later) and run there, on its loop
+thread — they must not rely on the launcher's memory.  Subscriber callbacks
+run in the launcher, on a thread and connection of their own.  A test clock
+(:class:`supervisor.testing.Clock`) is mirrored there: every advance is sent.
+
+Nothing is left behind when either process dies: the supervisor process
+watches the launcher through its stdin (EOF: the launcher exited or was
+killed) and stops (``orphan="stop"``: failing what is in flight;
+``"suspend"``: leaving it in the log for the next start to resume), or keeps
+serving other clients with ``orphan="serve"``; the launcher sees a dead
+supervisor process as :class:`SupervisorGoneError` from its calls, and one
+that stopped on its own error as the thread engine reports it
+(:class:`SupervisorCrashedError`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import selectors
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from supervisor._engine.records import Settings, Stats
+from supervisor._engine.registrations import Registration
+from supervisor._eventq import Subscription
+from supervisor._procs import start_time
+from supervisor._ship import named_error, ship
+from supervisor.async_client import AsyncSagaClient
+from supervisor.client import SagaClient
+from supervisor.errors import (NotRunningError, SupervisorCrashedError, SupervisorError,
+                               SupervisorGoneError)
+from supervisor.health import write_health_file
+from supervisor.paths import DataDir
+from supervisor.saga import Event, Outcome, Saga
+
+log = logging.getLogger(__name__)
+
+
+class ProcessLink:
+    """Every call of the facade, on a supervisor process of its own."""
+
+    engine = "process"
+
+    def __init__(self, paths: DataDir, settings: Settings, orphan: str) -> None:
+        clock = settings.clock
+        if clock is not None and not (hasattr(clock, "snapshot") and hasattr(clock, "attach")):
+            raise ValueError("clock= crosses to the supervisor process only as a "
+                             "supervisor.testing.Clock (its advances are sent there)")
+        self.paths = paths
+        self.settings = settings
+        self.suspended = False
+        self._clock = clock
+        self._orphan = orphan
+        # registrations made before start(): shipped with it
+        self._registered: list[Registration] = []
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._client: SagaClient | None = None
+        self._subs: list[SagaClient] = []
+        self._aclient: AsyncSagaClient | None = None
+        self._aloop: asyncio.AbstractEventLoop | None = None
+        self._state = "new"
+        self._info: dict[str, Any] = {}
+        self._crash: BaseException | None = None
+        self._crash_lock = threading.Lock()
+        self._wrote_health = False
+
+    # -- what it is -----------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def shm_name(self) -> str:
+        if "shm" not in self._info:
+            raise NotRunningError("the supervisor has not started")
+        return str(self._info["shm"])
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        addr = self._info.get("metrics")
+        return (str(addr[0]), int(addr[1])) if addr else None
+
+    @property
+    def state(self) -> str:
+        if self._state == "running" and self._proc is not None and \
+                self._proc.poll() is not None:
+            return "stopped"
+        return self._state
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the supervisor process is gone when nobody stopped it: the
+        engine's own error where it said one, else SupervisorGoneError."""
+        proc = self._proc
+        if proc is None or self._state != "running" or proc.poll() is None:
+            return None
+        with self._crash_lock:  # (the watcher thread asks too)
+            if self._crash is None:
+                last = ""
+                while line := self._line(0.0):
+                    last = line
+                word, _, rest = last.partition(" ")
+                self._crash = named_error(rest) if word == "crashed" else self._died()
+        return self._crash
+
+    @property
+    def run_first(self) -> int | None:
+        return None  # (the supervisor process answers for its own run)
+
+    # -- start and stop ---------------------------------------------------------------------
+
+    def register(self, reg: Registration) -> None:
+        """Kept for the start (before it), or shipped now (once running)."""
+        if self._state == "new":
+            self._registered.append(reg)
+            return
+        blob = ship(type(reg).__name__, reg)
+        self._do(lambda c: c._call("register", blob))
+
+    def _clock_moved(self) -> None:
+        client, clock = self._client, self._clock
+        if client is not None and clock is not None and self._state == "running":
+            try:
+                client._send(("clock", 0, clock.snapshot()[2]))
+            except NotRunningError:
+                pass
+
+    def _watch(self, proc: subprocess.Popen[bytes]) -> None:
+        """The supervisor process exited: if nobody stopped it, leave the
+        reason where the health probe looks, under the launcher's pid, for as
+        long as the launcher lives (the thread engine leaves it there too)."""
+        proc.wait()
+        err = self.error if self._state == "running" else None
+        if err is None:
+            return
+        me = os.getpid()
+        write_health_file(self.paths.health_file, {
+            "healthy": False, "time": time.time(), "workers": [], "host": None,
+            "stats": {}, "problems": [f"stopped: {type(err).__name__}: {err}"],
+            "supervisor": {"pid": me, "create_time": start_time(me), "state": "stopped",
+                           "sagas_in_flight": 0, "engine": "process"}})
+        self._wrote_health = True
+
+    def start(self) -> None:
+        s = self.settings
+        blob = ship("the kinds, handlers and triggers", {
+            "data_dir": str(self.paths.root), "settings": dataclasses.replace(s, clock=None),
+            "registered": self._registered, "orphan": self._orphan,
+            "clock": self._clock.snapshot() if self._clock is not None else None})
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+        self._state = "starting"
+        fds = s.host_fds
+        proc = self._proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.facade.serve"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, bufsize=0, env=env, pass_fds=tuple(fds) if fds else (),
+            start_new_session=True)  # a terminal's Ctrl-C is the launcher's to handle
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(len(blob).to_bytes(4, "big") + blob)
+            proc.stdin.flush()
+        except BrokenPipeError:
+            pass
+        line = self._line(s.start_timeout + 30.0)
+        word, _, rest = line.partition(" ")
+        if word != "ready":
+            self._state = "stopped"
+            proc.kill()
+            proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
+            if word == "error":  # the engine's own error, by name
+                raise named_error(rest)
+            raise SupervisorError("the supervisor process did not start: it exited")
+        self._info = json.loads(rest or "{}")
+        self._state = "running"
+        threading.Thread(target=self._watch, args=(proc,), name="saga-supervisor-watch",
+                         daemon=True).start()
+        try:
+            self._client = SagaClient(self.paths.root)
+        except BaseException:
+            self.stop(False, 5.0, False)  # started, but unreachable: leave nothing behind
+            raise
+        if self._clock is not None:  # its advances go to the supervisor process's mirror
+            self._clock.attach(self._clock_moved)
+
+    def _line(self, timeout: float) -> str:
+        """The supervisor process's next status line ('' at EOF or timeout)."""
+        assert self._proc is not None and self._proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._proc.stdout, selectors.EVENT_READ)
+            if not sel.select(timeout):
+                return ""
+        return self._proc.stdout.readline().decode("utf-8", "replace").strip()
+
+    def stop(self, drain: bool, timeout: float, suspend: bool) -> None:
+        proc = self._proc
+        if self._state in ("new", "stopped") or proc is None:
+            self._state = "stopped"
+            return
+        self._state = "stopping"
+        self.suspended = suspend
+        if self._client is not None and proc.poll() is None:
+            try:  # spawns are pipelined: let the supervisor take those sent so far
+                self._client.seal()
+            except (NotRunningError, OSError, TimeoutError):
+                pass
+        for c in [self._client, *self._subs,
+                  self._aclient._client if self._aclient is not None else None]:
+            if c is not None:
+                c.close()
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(f"stop {int(drain)} {timeout} {int(suspend)}\n".encode())
+        except (BrokenPipeError, ValueError):
+            pass
+        try:
+            proc.stdin.close()
+        except (BrokenPipeError, ValueError):
+            pass
+        try:
+            proc.wait(timeout + 60.0)
+        except subprocess.TimeoutExpired:  # pragma: no cover - wedged: do not leak it
+            log.error("supervisor process %d did not stop; killing it", proc.pid)
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        self._state = "stopped"
+        if self._wrote_health:  # the launcher's word on a crash: gone with its stop
+            try:
+                self.paths.health_file.unlink()
+            except OSError:
+                pass
+
+    # -- the API, through the control socket ----------------------------------------------
+
+    def _gone(self, exc: BaseException) -> BaseException:
+        """A call failed: if the supervisor process is dead, say so by name."""
+        proc = self._proc
+        if proc is None or self._state != "running":
+            return exc
+        try:
+            proc.wait(0.5)
+        except subprocess.TimeoutExpired:
+            return exc
+        crash = self.error  # it stopped on its own error (as the thread engine says), or died
+        if crash is None or isinstance(crash, SupervisorGoneError):
+            return crash or exc
+        return SupervisorCrashedError(crash)
+
+    def _died(self) -> SupervisorGoneError:
+        assert self._proc is not None
+        code = self._proc.returncode
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        unconfirmed = self._client.unconfirmed if self._client is not None else []
+        return SupervisorGoneError(f"the supervisor process (pid {self._proc.pid}) died "
+                                   f"({how}): the sagas it logged are recovered at its next "
+                                   "start", unconfirmed)
+
+    def _api(self) -> SagaClient:
+        if self._client is None or self._state != "running":
+            raise NotRunningError(f"the supervisor is {self.state}")
+        return self._client
+
+    def _do(self, fn: Callable[[SagaClient], Any]) -> Any:
+        try:
+            return fn(self._api())
+        except (NotRunningError, OSError) as exc:
+            raise self._gone(exc) from exc
+
+    def spawn(self, saga: Saga, key: str | None, durable: bool) -> int:
+        return int(self._do(lambda c: c.spawn(saga, key, durable)))
+
+    def spawn_many(self, sagas: list[Saga], durable: bool) -> list[int]:
+        return list(self._do(lambda c: c.spawn_many(sagas, durable)))
+
+    def wait(self, saga_id: int, timeout: float | None) -> Outcome | None:
+        if self._state in ("stopped", "stopping"):
+            return None  # the facade reads the log
+        out: Outcome = self._do(lambda c: c.wait(saga_id, timeout))
+        return out
+
+    def cancel(self, saga_id: int, reason: str, timeout: float) -> bool:
+        return bool(self._do(lambda c: c.cancel(saga_id, reason, timeout=timeout)))
+
+    def publish(self, event: Event) -> None:
+        self._do(lambda c: c.publish(event))
+
+    def _async(self) -> AsyncSagaClient:
+        """A connection for the running event loop (one per loop: its answers
+        are handed to that loop)."""
+        self._api()
+        loop = asyncio.get_running_loop()
+        if self._aclient is None or self._aloop is not loop:
+            if self._aclient is not None:
+                self._aclient._client.close()
+            self._aclient, self._aloop = AsyncSagaClient(self.paths.root), loop
+        return self._aclient
+
+    async def wait_async(self, saga_id: int, timeout: float | None) -> Outcome | None:
+        if self._state in ("stopped", "stopping"):
+            return None
+        try:
+            return await self._async().wait(saga_id, timeout)
+        except (NotRunningError, OSError) as exc:
+            raise self._gone(exc) from exc
+
+    def events_async(self, idle: float | None) -> AsyncIterator[Event]:
+        return self._async().events(idle)
+
+    def subscribe(self, callback: Callable[[Event], Any] | None) -> Subscription:
+        """On a connection of its own; a callback runs on a thread of this
+        (the launcher's) process (one that raises is logged; the stream goes on)."""
+        self._api()
+        try:
+            c = SagaClient(self.paths.root)
+        except (NotRunningError, OSError) as exc:
+            raise self._gone(exc) from exc
+        self._subs.append(c)
+        return Subscription(c.subscribe_queue(), c.close, callback, pump=True)
+
+    # -- looking at it ------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        report: dict[str, Any] = self._do(lambda c: c.health())
+        return report
+
+    def stats(self) -> dict[str, int]:
+        """A snapshot of the engine's counters, fetched."""
+        stats = Stats()
+        stats.update(self.health()["stats"])
+        return stats
+
+    def in_flight(self) -> int:
+        return int(self.health()["supervisor"]["sagas_in_flight"])
+
+    def metrics(self) -> str:
+        return str(self._do(lambda c: c.metrics()))
