@@ -13,7 +13,7 @@ import multiprocess as mp
 import pytest
 
 from supervisor import SharedState
-from supervisor.shm import noop
+from supervisor.shmem.state import noop
 
 from . import _hammer
 

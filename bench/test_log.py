@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from supervisor.log import Batch, SagaLog
+from supervisor.store.sqlite import Batch, SagaLog
 
 SAGAS = 5000
 

@@ -10,7 +10,7 @@
   written by a plain client with ``executemany`` (the baseline), with one
   ``unnest`` array statement per table, with ``COPY`` for the inserts, and
   with one statement per table over the rows' JSON (what the supervisor
-  sends: :mod:`supervisor.log_pg`).
+  sends: :mod:`supervisor.store.pg`).
 
 The server is ``$SAGA_TEST_POSTGRES`` or a throwaway cluster (tests/_pg.py,
 ``fsync=off``, which favours DBOS: it commits every step).  Run:
@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from supervisor import Supervisor
-from supervisor.log_pg_rows import _END_SAGAS, _END_STEPS, _INSERT_SAGAS, _INSERT_STEPS, _bulk
+from supervisor.store.pg_rows import _END_SAGAS, _END_STEPS, _INSERT_SAGAS, _INSERT_STEPS, _bulk
 from tests.sagas import EchoSaga
 
 HOST = [sys.executable, "-m", "supervisor.host"]
@@ -74,7 +74,7 @@ def test_one_step_postgresql(benchmark: Any, data_dir: Path, pg_server: Any, row
     rows' JSON), or, for comparison, with executemany (the thread engine
     runs in this process, so its writer takes the patched function)."""
     if rows == "executemany":
-        import supervisor.log_pg_rows as log_pg
+        import supervisor.store.pg_rows as log_pg
 
         monkeypatch.setattr(log_pg, "_bulk", lambda cur, rows, key, arrays, each:
                             cur.executemany(each, rows))
@@ -126,7 +126,7 @@ def _rows(base: int, k: int) -> tuple[list[tuple[Any, ...]], ...]:
 def _writer(url: str, how: str) -> Any:
     import psycopg
 
-    from supervisor._schema import PG_DDL
+    from supervisor.store.schema import PG_DDL
 
     conn = psycopg.connect(url)
     conn.execute(PG_DDL)

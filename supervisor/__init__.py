@@ -37,21 +37,21 @@ _WHERE = {
     "Failed": "supervisor.saga",
     "FrameError": "supervisor.frames",
     "IssueCmd": "supervisor.saga",
-    "LogCorruptError": "supervisor.log",
-    "LogError": "supervisor.log",
+    "LogCorruptError": "supervisor.store.sqlite",
+    "LogError": "supervisor.store.sqlite",
     "NotRunningError": "supervisor.errors",
     "Outcome": "supervisor.saga",
     "RestartIntensityError": "supervisor.errors",
     "Retry": "supervisor.saga",
     "Saga": "supervisor.saga",
     "SagaAction": "supervisor.saga",
-    "SagaClient": "supervisor.client",
-    "AsyncSagaClient": "supervisor.async_client",
+    "SagaClient": "supervisor.clients.client",
+    "AsyncSagaClient": "supervisor.clients.async_client",
     "SagaContext": "supervisor.saga",
-    "SchemaTooNewError": "supervisor.log",
+    "SchemaTooNewError": "supervisor.store.sqlite",
     "SpawnError": "supervisor.errors",
     "StepInfo": "supervisor.saga",
-    "Subscription": "supervisor._eventq",
+    "Subscription": "supervisor.common.subscription",
     "Supervisor": "supervisor.facade.supervisor",
     "SupervisorProcess": "supervisor.process",
     "SupervisorGoneError": "supervisor.errors",
@@ -65,7 +65,7 @@ _WHERE = {
     "SegmentExistsError": "supervisor.errors",
     "SegmentNotFoundError": "supervisor.errors",
     "SharedMemoryError": "supervisor.errors",
-    "SharedState": "supervisor.shm",
+    "SharedState": "supervisor.shmem.state",
     "SupervisorError": "supervisor.errors",
     "HostStartError": "supervisor.errors",
     "UnknownSagaError": "supervisor.errors",
@@ -79,11 +79,11 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers
     from supervisor.errors import ConnectionLostError, FencedError
     from supervisor.errors import IdFenceError
     from supervisor.errors import SagaNotLoggedError
-    from supervisor.async_client import AsyncSagaClient
-    from supervisor.client import SagaClient
+    from supervisor.clients.async_client import AsyncSagaClient
+    from supervisor.clients.client import SagaClient
     from supervisor.errors import SupervisorGoneError
     from supervisor.process import SupervisorProcess
-    from supervisor._eventq import Subscription
+    from supervisor.common.subscription import Subscription
     from supervisor.facade.supervisor import Supervisor
     from supervisor.errors import HostStartError, UnknownSagaError
     from supervisor.errors import (
@@ -101,7 +101,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers
         SupervisorError,
     )
     from supervisor.frames import FrameError
-    from supervisor.log import LogCorruptError, LogError, SchemaTooNewError
+    from supervisor.store.sqlite import LogCorruptError, LogError, SchemaTooNewError
     from supervisor.saga import (
         LIFECYCLE_KINDS,
         SAGA_ACTION_FAILED,
@@ -123,7 +123,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers
         Target,
         Wait,
     )
-    from supervisor.shm import SharedState
+    from supervisor.shmem.state import SharedState
 
 
 def __getattr__(name: str) -> Any:

@@ -5,8 +5,8 @@ unhealthy; ``cancel``: had already ended); 2 nothing to act on (``health``:
 no supervisor running; other commands: missing data dir or log); 3 the log
 is corrupt or unreadable; 64 bad usage.  The parser and the commands that
 run or probe a supervisor are here; reading the log is in
-:mod:`supervisor._cli_log`, talking to a running one in
-:mod:`supervisor._cli_live`.  Each command imports only what it uses.
+:mod:`supervisor.cli.log`, talking to a running one in
+:mod:`supervisor.cli.live`.  Each command imports only what it uses.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 
-from supervisor._cli_util import (
+from supervisor.cli.util import (
     DEFAULT_DATA_DIR,
     EXIT_CORRUPT,
     EXIT_FAIL,
@@ -271,7 +271,7 @@ def _running_supervisor(data_dir: str) -> int | None:
     (which doubles as the data dir's lock), or None."""
     from supervisor.errors import SupervisorError
     from supervisor.paths import DataDir
-    from supervisor.shm import SharedState
+    from supervisor.shmem.state import SharedState
 
     try:
         seg = SharedState.attach(DataDir.of(data_dir).segment, timeout=0.2)
@@ -286,14 +286,14 @@ def _running_supervisor(data_dir: str) -> int | None:
 def cmd_vacuum(args: argparse.Namespace) -> int:
     import math
 
-    from supervisor.log import LogError, SagaLog
+    from supervisor.store.sqlite import LogError, SagaLog
 
     if not math.isfinite(args.older_than) or args.older_than < 0:
         print(f"--older-than must be a number of days >= 0, got {args.older_than}",
               file=sys.stderr)
         return EXIT_USAGE
     if args.log:
-        from supervisor._cli_store import cmd_vacuum_log
+        from supervisor.cli.store import cmd_vacuum_log
 
         return cmd_vacuum_log(args)
     path = db_path(args.data_dir)
@@ -307,7 +307,7 @@ def cmd_vacuum(args: argparse.Namespace) -> int:
                   "sagas itself (retention_days); stop it before vacuuming (--dry-run only "
                   "counts, and works while it runs)", file=sys.stderr)
             return EXIT_FAIL
-    from supervisor.log import count_purgeable, open_readonly
+    from supervisor.store.sqlite import count_purgeable, open_readonly
     log: Any
     try:  # a dry run only counts, on a read-only connection: safe beside a supervisor
         log = open_readonly(path) if args.dry_run else SagaLog(path)
@@ -350,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
     data_dir = getattr(args, "data_dir", None) or args.global_data_dir or _data_dir_default()
     args.data_dir = data_dir
-    from supervisor import _cli_health, _cli_live, _cli_log, _cli_store, _cli_top
+    from supervisor.cli import health as _cli_health, live as _cli_live, log as _cli_log
+    from supervisor.cli import store as _cli_store, top as _cli_top
 
     handler = {"demo": cmd_demo, "health": _cli_health.cmd_health, "sagas": _cli_log.cmd_sagas,
                "events": _cli_live.cmd_events, "cancel": _cli_live.cmd_cancel,

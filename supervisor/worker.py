@@ -24,7 +24,7 @@ from typing import Any
 
 import dill
 
-from supervisor._codec import compact_json
+from supervisor.wire.codec import compact_json
 from supervisor.frames import FrameReader, frame
 from supervisor.protocol import HEARTBEAT_EVERY, STATE_DICT, Act, Op
 from supervisor.saga import (
@@ -39,7 +39,7 @@ from supervisor.saga import (
     Target,
     Wait,
 )
-from supervisor.shm import SharedState
+from supervisor.shmem.state import SharedState
 
 CLS, START, EVENT, COMP, DROP, STOP, SENT, REPLAY = (
     Op.CLS, Op.START, Op.EVENT, Op.COMP, Op.DROP, Op.STOP, Op.SENT, Op.REPLAY)

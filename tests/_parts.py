@@ -1,5 +1,6 @@
-"""The engine's parts wired in process, as the loop wires them, against a
-real shared segment and a real SQLite log, with no worker or host process:
+"""The engine's loop-thread core (:class:`SagaCore`, the one constructor the
+engine uses too) against a real shared segment and a real SQLite log, with
+no worker or host process:
 worker replies and host frames are fed in directly (test_engine_units.py,
 test_fuzz.py)."""
 
@@ -11,10 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from supervisor import SharedState
-from supervisor._codec import ClassRegistry, SagaSpec
-from supervisor._engine.compensation import Compensation
-from supervisor._engine.dispatch import Dispatch
-from supervisor._engine.pipeline import Pipeline
+from supervisor.wire.codec import ClassRegistry, SagaSpec
+from supervisor._engine.parts import SagaCore
 from supervisor._engine.records import (
     HOST,
     HostProc,
@@ -25,13 +24,9 @@ from supervisor._engine.records import (
     TurnOutputs,
     WorkerProc,
 )
-from supervisor._engine.recovery import Recovery
-from supervisor._engine.retries import Retries
-from supervisor._engine.routing import Routing
-from supervisor._engine.sagas import SagaOps
 from supervisor._engine.table import SagaTable
 from supervisor.frames import T_EVENT, host_frame
-from supervisor.log import SagaLog
+from supervisor.store.sqlite import SagaLog
 from supervisor.protocol import STATE_DICT, Act, Op
 
 
@@ -42,7 +37,7 @@ def answer(sid: int, step: int, kind: int = T_EVENT, payload: bytes = b'{"kind":
 
 
 class Parts:
-    """The engine's parts for one test, wired like Engine._start does."""
+    """The engine's core for one test, built as Engine._start builds it."""
 
     def __init__(self, shared: SharedState, db: Path, pipeline_rows: int = 0) -> None:
         self.shared = shared
@@ -57,20 +52,14 @@ class Parts:
         # the last outputs only: a fuzz run ends 100,000s of turns
         self.emitted: deque[TurnOutputs] = deque(maxlen=64)
         self.turns = 0
-        self.sagas = SagaOps(self.table, self.turn, shared, self.stats, self.life,
-                             lambda sid: self.worker, lambda cid: None)
-        self.comp = Compensation(self.sagas, self.turn)
-        self.pipeline = Pipeline(self.log, self.turn, self._emitted,
-                                 lambda: [self.worker], self.stats, -1, pipeline_rows)
-        self.recovery = Recovery({}, ClassRegistry().prepare, self.sagas, self.comp,
-                                 self.table, self.turn, shared, self.stats, self.log,
-                                 self.pipeline.commit_now, lambda sid: self.worker,
-                                 lambda cid: None, {})
-        self.retries = Retries(self.table, self.sagas, shared, self.turn, self.stats)
-        self.routing = Routing(self.table, shared, self.sagas, self.comp, self.recovery,
-                               self.turn, self.stats, self.retries)
-        self.dispatch = Dispatch(self.table, shared, self.sagas, self.comp, {}, self.stats,
-                                 self.retries)
+        core = SagaCore(self.log, shared, self.table, self.turn, self.stats, self.life,
+                        pick_worker=lambda sid: self.worker, ship_class=lambda cid: None,
+                        workers=lambda: [self.worker], emit=self._emitted,
+                        prepare=ClassRegistry().prepare, pipeline_rows=pipeline_rows)
+        self.core = core
+        self.sagas, self.comp, self.group_commit = core.sagas, core.compensation, core.group_commit
+        self.recovery, self.retries = core.recovery, core.retries
+        self.routing, self.dispatch = core.routing, core.dispatch
 
     def _emitted(self, out: TurnOutputs) -> None:
         self.emitted.append(out)
@@ -91,11 +80,11 @@ class Parts:
 
     def end_turn(self) -> TurnOutputs:
         n = self.turns
-        self.pipeline.end_turn()
-        self.pipeline.drain()
+        self.group_commit.end_turn()
+        self.group_commit.drain()
         assert self.turns == n + 1
         return self.emitted[-1]
 
     def close(self) -> None:
-        self.pipeline.stop()
+        self.group_commit.stop()
         self.log.close()

@@ -179,14 +179,14 @@ def pg_url(pg_cluster: Any, request: pytest.FixtureRequest) -> str:
 
 def log_reader(where: "Supervisor | Path | str") -> Any:
     """A read-only connection to a log on either store, for the readers of
-    supervisor.log_read (``dict_rows``, ``attempt_rows``...): `where` is a
+    supervisor.store.read (``dict_rows``, ``attempt_rows``...): `where` is a
     supervisor (its log, whichever store), a SQLite file or a URL."""
-    from supervisor.log import open_readonly
+    from supervisor.store.sqlite import open_readonly
 
     if not isinstance(where, (str, os.PathLike)):
         where = where.settings.log or where.db_path
     if isinstance(where, str) and where.startswith("postgresql://"):
-        from supervisor.log_pg_read import Reader
+        from supervisor.store.pg_read import Reader
 
         return Reader(where)
     return open_readonly(where)
@@ -194,7 +194,7 @@ def log_reader(where: "Supervisor | Path | str") -> Any:
 
 def log_rows(where: "Supervisor | Path | str", sql: str, params: tuple = ()) -> list[dict]:
     """Rows of one query (``?`` placeholders) as dicts, on either store."""
-    from supervisor.log import dict_rows
+    from supervisor.store.sqlite import dict_rows
 
     conn = log_reader(where)
     try:
@@ -207,7 +207,7 @@ def read_log(where: "Supervisor | Path | str"
              ) -> "tuple[dict[int, dict], dict[int, list[dict]]]":
     """(sagas by id, steps by saga id) read with a separate read-only
     connection, from either store (see log_reader)."""
-    from supervisor.log import dict_rows
+    from supervisor.store.sqlite import dict_rows
 
     conn = log_reader(where)
     try:
@@ -293,3 +293,17 @@ def race_spawns_against_stop(sup: Any, after: int) -> None:
     assert all(sagas[i]["state"] in ("completed", "failed") for i in ids)
     assert all(sup.wait(i).saga_id == i for i in ids[-50:])  # from the log, once stopped
     assert refused == [1, 1, 1]
+
+
+def record_requests(core: Any) -> list[str]:
+    """The requests a client's connection core sends from now on, by record
+    type (``"Spawn"``, ``"Wait"``, ...): its send is wrapped to note each."""
+    sent: list[str] = []
+    real = core.send
+
+    def noted(rec: Any, *args: Any, **kw: Any) -> int:
+        sent.append(type(rec).__name__)
+        return int(real(rec, *args, **kw))
+
+    core.send = noted
+    return sent

@@ -11,6 +11,7 @@ from typing import Callable
 from supervisor import SAGA_COMPLETED, AsyncSagaClient, Event, Supervisor
 
 from . import sagas as S
+from .conftest import record_requests, wait_for
 
 
 def test_wait_async_and_events_async(make_sup: Callable[..., Supervisor]) -> None:
@@ -80,14 +81,7 @@ def test_async_client_waits_from_pushed_outcomes(make_sup: Callable[..., Supervi
 
     async def main() -> None:
         async with AsyncSagaClient(sup.data_dir) as client:
-            ops: list[str] = []
-            real = client._call
-
-            async def counted(op: str, *args: object, **kw: object) -> object:
-                ops.append(op)
-                return await real(op, *args, **kw)  # type: ignore[arg-type]
-
-            client._call = counted  # type: ignore[method-assign]
+            ops = record_requests(client.core)
             before = threading.active_count()
             ids = await client.spawn_many([S.StepperSaga(i, 1, 0.05) for i in range(300)])
             ids.append(await client.spawn(S.InstantSaga()))
@@ -96,9 +90,9 @@ def test_async_client_waits_from_pushed_outcomes(make_sup: Callable[..., Supervi
             during = threading.active_count()
             assert all(o.completed for o in await waits)
             assert during <= before + 1
-            assert "wait" not in ops
+            assert "Wait" not in ops
             assert (await client.wait(ids[-1], 5)).completed  # taken: asked again, a round trip
-            assert ops.count("wait") == 1
+            assert ops.count("Wait") == 1
 
     asyncio.run(main())
 
@@ -107,12 +101,11 @@ def test_subscribe_returns_one_type_on_both_engines(make_sup: Callable[..., Supe
                                                     engine: str) -> None:
     from supervisor import Subscription
 
-    from .conftest import wait_for
 
     sup = make_sup(engine=engine)
     got: list[Event] = []
     with sup.subscribe() as sub, sup.subscribe(got.append) as calls:
-        assert isinstance(sub, Subscription) and isinstance(calls, Subscription)
+        assert type(sub) is Subscription and type(calls) is Subscription
         sup.publish(Event("ping", {"n": 1}))
         ev = sub.get(timeout=30)
         assert ev.kind == "ping" and ev.data == {"n": 1}

@@ -7,16 +7,15 @@ quick; bench/test_backlog.py measures the same at 250,000."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-import supervisor._engine.outcomes as outcomes_mod
-import supervisor.log_read as log_read_mod
+import supervisor._engine.exits as outcomes_mod
+import supervisor.store.read as log_read_mod
 from supervisor import SagaClient, Supervisor
 
 from . import sagas as S
-from .conftest import wait_for
+from .conftest import record_requests, wait_for
 
 N = 3000
 
@@ -40,18 +39,11 @@ def test_the_thread_engine_keeps_what_its_caller_may_wait_for(
 def test_a_client_keeps_the_outcomes_of_its_sagas(tmp_path: Path, engine: str) -> None:
     with Supervisor(tmp_path / "d", workers=1, engine=engine) as sup:
         with SagaClient(sup.data_dir) as client:
-            calls: list[str] = []
-            real = client._call
-
-            def counted(op: str, *args: Any, **kw: Any) -> Any:
-                calls.append(op)
-                return real(op, *args, **kw)
-
-            client._call = counted  # type: ignore[method-assign]
+            calls = record_requests(client.core)
             ids = client.spawn_many([S.InstantSaga() for _ in range(N)])
             ids += [client.spawn(S.InstantSaga()) for _ in range(200)]
-            wait_for(lambda: all(type(client._outcomes.get(i)) is tuple for i in ids),
+            wait_for(lambda: all(type(client.core.outcomes.get(i)) is tuple for i in ids),
                      timeout=60, what="every outcome pushed")
             assert all(client.wait(i, 10).completed for i in ids)
-            assert "wait" not in calls  # answered from the pushed outcomes
-            assert not client._outcomes  # taken: nothing kept once waited for
+            assert "Wait" not in calls  # answered from the pushed outcomes
+            assert not client.core.outcomes  # taken: nothing kept once waited for

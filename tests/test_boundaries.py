@@ -101,9 +101,9 @@ def test_control_requests_that_raise_or_lie(make_sup: Make) -> None:
     hostile.close()
     c = _raw(path)
     try:
-        for msg, why in [(("cancel", 4, "7", "r"), "field 2 has type str"),
+        for msg, why in [(("cancel", 4, "7", "r"), "saga id must be an int, got str"),
                          (("wait", 5, -1), "saga id must be >= 1"),
-                         (("publish", 6), "field 2 is missing"),
+                         (("publish", 6), "publish takes 2 to 3 fields (req, kind, data)"),
                          (("nonsense", 7), "unknown request")]:
             reply = _ask(c, msg)
             assert reply[0] == "err" and why in reply[2][1], (msg, reply)
@@ -130,11 +130,11 @@ def test_spawn_requests_with_bad_fields_are_refused(make_sup: Make) -> None:
         ]
         for fields, why in cases:
             sid = shared.acquire()
-            reply = _ask(c, ("spawn", 2, sid, 1) + fields)
+            reply = _ask(c, ("spawn", 2, (sid, 1) + fields))
             assert reply[0] == "err" and why in reply[2][1], (fields, reply)
             shared.claim(sid)  # give the slot back
         sid = shared.acquire()
-        assert _ask(c, ("spawn", 3, sid, 1) + good) == ("ok", 3, sid)
+        assert _ask(c, ("spawn", 3, (sid, 1) + good)) == ("ok", 3, sid)
         assert sup.wait(sid, 10).completed
     finally:
         c.close()

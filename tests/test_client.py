@@ -10,7 +10,7 @@ import multiprocess as mp
 import pytest
 
 from supervisor import Event, NotRunningError, SagaClient, SpawnError, Supervisor
-from supervisor._future import Future
+import supervisor.wire.requests as rq
 
 from . import _client_procs, sagas as S
 from .conftest import read_log
@@ -90,7 +90,7 @@ def test_spawns_after_the_first_of_a_class_are_pipelined(
     refusal is the saga's outcome: wait() raises it and the id's slot is
     given back.  Our client never sends a request the supervisor refuses,
     so the refused request here is forged through the client's own send."""
-    from supervisor.shm import SharedState
+    from supervisor.shmem.state import SharedState
 
     sup = make_sup()
     with SagaClient(sup.data_dir) as client:
@@ -99,10 +99,10 @@ def test_spawns_after_the_first_of_a_class_are_pipelined(
         ids = [client.spawn(S.SleepSaga(0.01)) for _ in range(200)]  # no answer awaited
         assert all(client.wait(i, 30).completed for i in ids)
         assert len(set(ids)) == 200
-        (sid, *fields), = client._spawn_requests([S.SleepSaga(0.01)], None)
-        fields[3] = -1.0  # a timeout the supervisor refuses
-        client._outcomes[sid] = Future()
-        client._send(("spawn", 0, sid, *fields, True))
+        item, = client.core.prepare([S.SleepSaga(0.01)], None)
+        sid = item.saga_id
+        client.core.expect([sid])
+        client.core.send(rq.Spawn(0, item._replace(timeout=-1.0), True))  # refused there
         with pytest.raises(ValueError, match=f"saga {sid} was not started: bad spawn "
                                              "request: timeout must be"):
             client.wait(sid, 10)

@@ -14,7 +14,7 @@ import pytest
 
 from supervisor import NotRunningError, SharedState
 from supervisor._engine.inbox import Inbox, Publish, Stop
-from supervisor._engine.outcomes import Outcomes
+from supervisor._engine.exits import Exits
 from supervisor._engine.records import COMPENSATING, HOST, LiveSaga, TurnOutputs
 from supervisor._engine.restarts import RestartWindow
 from supervisor.frames import T_ACTION_FAILED, T_CMD, FrameReader, parse_host
@@ -101,8 +101,8 @@ def test_claim_check_right_before_the_host_write(parts: Parts) -> None:
     a, b = parts.spawn(), parts.spawn()
     parts.issue(a, {"op": "echo", "n": "a"})
     parts.issue(b, {"op": "echo", "n": "b"})
-    out = parts.pipeline.turn.take_outputs()  # the turn's commands, not yet dispatched
-    parts.pipeline.commit_now()
+    out = parts.group_commit.turn.take_outputs()  # the turn's commands, not yet dispatched
+    parts.group_commit.commit_now()
     assert parts.shared.claim(a.saga_id)  # e.g. a worker of another process won
     parts.dispatch.to_host(parts.host, out.host_out)
     body = FrameReader().feed(bytes(parts.host.outbuf))
@@ -130,7 +130,7 @@ def test_sent_is_acknowledged_only_where_the_worker_may_hold_events(parts: Parts
 def test_no_host_fails_the_sagas_awaiting_it(parts: Parts) -> None:
     s = parts.spawn()
     parts.issue(s, {"op": "echo"})
-    parts.pipeline.end_turn()
+    parts.group_commit.end_turn()
     assert parts.emitted[-1].host_out
     parts.dispatch.to_host(None, parts.emitted[-1].host_out)
     out = parts.end_turn()
@@ -151,14 +151,14 @@ def test_outputs_leave_after_their_rows_are_committed(shared: SharedState,
             for sid, _step, _cmd, _c in out.host_out:
                 assert sid in seen[-1], "a command left before its saga's row was durable"
 
-        p.pipeline.emit = emit
+        p.group_commit.emit = emit
         ids = []
         for _ in range(50):
             s = p.spawn()
             p.issue(s, {"op": "echo"})
             ids.append(s.saga_id)
-            p.pipeline.end_turn()
-        p.pipeline.drain()
+            p.group_commit.end_turn()
+        p.group_commit.drain()
         assert len(seen) == 50 and set(ids) <= set(seen[-1])
         p.close()
 
@@ -224,19 +224,40 @@ def test_compensation_aborted_ends_failed_compensation(parts: Parts) -> None:
     assert parts.stats["late_answers"] == 1
 
 
-# -- the deadline heap -----------------------------------------------------------------------
+# -- the loop's one timer heap ---------------------------------------------------------------
 
 
 def test_deadline_heap_expires_in_order_and_skips_rearmed(parts: Parts) -> None:
+    from supervisor._engine.timers import DEADLINE
+
     slow, fast, rearmed = parts.spawn(30.0), parts.spawn(1.0), parts.spawn(2.0)
     now = fast.deadline
     parts.table.rearm(rearmed, rearmed.deadline + 100)  # its old entry goes stale
-    assert [s.saga_id for s in parts.table.expired(now + 5)] == [fast.saga_id]
+    due = parts.table.timers.due(DEADLINE, now + 5)  # popped: the fast one's, the stale one
+    assert [sid for _, sid in due] == [fast.saga_id, rearmed.saga_id]
+    assert [parts.table.expired(sid, at) for at, sid in due] == [fast, None]
     parts.sagas.expire(slow.deadline)
     out = parts.end_turn()
     assert out.ended == [(slow.saga_id, "failed", "saga timeout")]
     assert set(parts.table.live) == {fast.saga_id, rearmed.saga_id}  # popped, not failed
-    assert parts.table.next_deadline() == rearmed.deadline
+    assert parts.table.timers.next_due() == rearmed.deadline
+
+
+def test_one_heap_runs_every_kind_of_entry_in_due_order() -> None:
+    from supervisor._engine.timers import DEADLINE, QUEUE_TIMEOUT, RETRY, Timers
+
+    timers = Timers()
+    fired: list[tuple[str, float, object]] = []
+    timers.on(DEADLINE, lambda now, due, arg: fired.append(("deadline", due, arg)))
+    timers.on(RETRY, lambda now, due, arg: fired.append(("retry", due, arg)))
+    timers.at(3.0, DEADLINE, 7)
+    timers.at(1.0, RETRY, (0, 7, 1, 1))
+    timers.at(2.0, QUEUE_TIMEOUT, 9)  # no handler registered: dropped when due
+    timers.at(9.0, DEADLINE, 8)
+    assert timers.next_due() == 1.0
+    timers.run_due(5.0)
+    assert fired == [("retry", 1.0, (0, 7, 1, 1)), ("deadline", 3.0, 7)]
+    assert timers.next_due() == 9.0 and timers.count(DEADLINE) == 1
 
 
 # -- the inbox and the outcomes ---------------------------------------------------------------
@@ -277,7 +298,7 @@ def test_inbox_closes_under_its_lock() -> None:
 
 
 def test_outcomes_waiters_and_close() -> None:
-    out = Outcomes()
+    out = Exits()
     out.expect(1)
     out.expect(2)
     fut = out.waiter(1)

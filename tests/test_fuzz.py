@@ -29,9 +29,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from supervisor import SharedState
-from supervisor._codec import ClassRegistry
+from supervisor.wire.codec import ClassRegistry
 from supervisor._engine.control import Conn, ControlServer
-from supervisor._engine.outcomes import Outcomes
+from supervisor._engine.exits import Exits
 from supervisor.frames import (
     MAX_FRAME,
     T_ACTION_FAILED,
@@ -64,7 +64,7 @@ class _Fuzz:
         self.sel = selectors.DefaultSelector()
         p = self.parts
         self.server = ControlServer(DataDir(self.dir / "ctl"), self.sel, p.life, self.shared,
-                                    p.table, Outcomes(), ClassRegistry(), p.sagas, p.turn,
+                                    p.table, Exits(), ClassRegistry(), p.sagas, p.turn,
                                     lambda sid: None)
         self.new_conn()
 

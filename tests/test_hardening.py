@@ -80,7 +80,7 @@ def test_wait_agrees_with_the_log_after_restart_intensity(make_sup: Make) -> Non
 
 
 def test_ids_never_go_back_after_the_log_is_emptied(tmp_path: Path) -> None:
-    from supervisor.log import SagaLog
+    from supervisor.store.sqlite import SagaLog
 
     d = tmp_path / "d"
     with Supervisor(d, workers=1) as sup:
@@ -96,7 +96,7 @@ def test_ids_never_go_back_after_the_log_is_emptied(tmp_path: Path) -> None:
 def test_a_version_1_log_is_upgraded_in_place(tmp_path: Path) -> None:
     import apsw
 
-    from supervisor.log import _MIGRATIONS, SCHEMA_VERSION, SagaLog
+    from supervisor.store.sqlite import _MIGRATIONS, SCHEMA_VERSION, SagaLog
 
     db = tmp_path / "db" / "sagas.db"
     db.parent.mkdir(parents=True)

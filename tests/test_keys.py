@@ -11,7 +11,7 @@ import multiprocess as mp
 import pytest
 
 from supervisor import SagaClient, Supervisor
-from supervisor.log import SagaLog
+from supervisor.store.sqlite import SagaLog
 
 from . import _client_procs, _suite, sagas as S
 from .conftest import log_rows
@@ -30,7 +30,7 @@ sup_store = _suite.both_stores
 
 def test_a_key_starts_one_saga_in_flight_ended_and_after_a_restart(
         tmp_path: Path, sup_engine: str, store_log: str | None) -> None:
-    from supervisor.log_store import open_store
+    from supervisor.store.seam import open_store
     from supervisor.paths import DataDir
 
     from .conftest import HOST_ARGV
@@ -88,7 +88,7 @@ def test_one_key_raced_from_several_processes_starts_one_saga(
 def test_a_version_2_log_gains_keys_in_place(tmp_path: Path) -> None:
     import apsw
 
-    from supervisor.log import _MIGRATIONS
+    from supervisor.store.sqlite import _MIGRATIONS
 
     db = tmp_path / "db" / "sagas.db"
     db.parent.mkdir(parents=True)

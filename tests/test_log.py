@@ -11,7 +11,7 @@ import apsw
 import pytest
 
 from supervisor import LogCorruptError, LogError, SchemaTooNewError, Supervisor
-from supervisor.log import Batch, SagaLog
+from supervisor.store.sqlite import Batch, SagaLog
 
 from . import sagas as S
 from .conftest import read_log, wait_for

@@ -248,7 +248,7 @@ def test_a_killed_launcher_leaves_a_queue_the_next_start_resumes_in_order(
 def test_an_old_log_gains_the_queued_state_in_place(tmp_path: Path) -> None:
     import apsw
 
-    from supervisor.log import _MIGRATIONS, SCHEMA_VERSION, SagaLog
+    from supervisor.store.sqlite import _MIGRATIONS, SCHEMA_VERSION, SagaLog
 
     db = tmp_path / "db" / "sagas.db"
     db.parent.mkdir(parents=True)

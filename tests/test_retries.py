@@ -15,7 +15,7 @@ from typing import Any, Callable
 import pytest
 
 from supervisor import IssueCmd, Retry, Supervisor, Target
-from supervisor.log import attempt_rows
+from supervisor.store.sqlite import attempt_rows
 from supervisor.testing import FakeHost, answer, fail
 
 from . import _suite, sagas as S
@@ -168,7 +168,7 @@ def test_retries_survive_a_killed_launcher(tmp_path: Path, sup_engine: str,
         import os, signal
         from supervisor import Supervisor
         from tests.conftest import HOST_ARGV, crash_kw, wait_for
-        from supervisor.log import attempt_rows
+        from supervisor.store.sqlite import attempt_rows
         from tests.conftest import log_reader
         from tests.sagas import RetrySaga
 
@@ -214,7 +214,7 @@ def test_retries_survive_a_killed_launcher(tmp_path: Path, sup_engine: str,
 def test_an_old_log_gains_retry_columns_in_place(tmp_path: Path) -> None:
     import apsw
 
-    from supervisor.log import _MIGRATIONS, SCHEMA_VERSION, SagaLog
+    from supervisor.store.sqlite import _MIGRATIONS, SCHEMA_VERSION, SagaLog
 
     db = tmp_path / "db" / "sagas.db"
     db.parent.mkdir(parents=True)

@@ -20,7 +20,7 @@ from supervisor import (
     SharedState,
     SupervisorError,
 )
-from supervisor import shm as shm_mod
+from supervisor.shmem import state as shm_mod
 
 from . import _shm_procs
 from .conftest import shm_path, wait_for
@@ -46,7 +46,7 @@ def test_no_id_passes_the_fence_until_it_rises(shm_name: str,
     IdFenceError naming it."""
     import threading
 
-    import supervisor._shmlib as shmlib
+    import supervisor.shmem.binding as shmlib
     from supervisor import IdFenceError
 
     monkeypatch.setattr(shmlib, "FENCE_WAIT", 0.3)

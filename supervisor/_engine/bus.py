@@ -14,14 +14,14 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from supervisor._codec import SagaSpec
-from supervisor._engine.outcomes import Outcomes
+from supervisor.wire.codec import SagaSpec
+from supervisor._engine.exits import Exits
 from supervisor._engine.records import RUNNING, Lifecycle, Stats, Turn
 from supervisor._engine.sagas import SagaOps, event_msg
 from supervisor._engine.table import SagaTable
 from supervisor.errors import SupervisorError
 from supervisor.saga import LIFECYCLE_KINDS, SAGA_SPAWN_FAILED, Event, Saga
-from supervisor.shm import SharedState
+from supervisor.shmem.state import SharedState
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +34,13 @@ class RemoteSubscriber(Protocol):
 
 class Bus:
     def __init__(self, table: SagaTable, sagas: SagaOps, shared: SharedState,
-                 outcomes: Outcomes, turn: Turn, stats: Stats, life: Lifecycle,
+                 exits: Exits, turn: Turn, stats: Stats, life: Lifecycle,
                  prepare: Callable[[Saga], SagaSpec], triggers: list[Trigger],
                  remote: Callable[[], Sequence[RemoteSubscriber]]) -> None:
         self.table = table
         self.sagas = sagas
         self.shared = shared
-        self.outcomes = outcomes
+        self.exits = exits
         self.turn = turn
         self.stats = stats
         self.life = life
@@ -51,7 +51,7 @@ class Bus:
 
     def publish(self, events: list[tuple[str, Any, int | None, int | None]]) -> None:
         """Version and fan out one committed turn's events."""
-        subs = self.outcomes.subs
+        subs = self.exits.subs
         triggers = self.triggers if self.life.running else None
         listeners = self.table.listeners
         conns = self.remote()
@@ -109,7 +109,7 @@ class Bus:
                 except SupervisorError as exc:  # claim table still full
                     self._trigger_failed(ev, spec.name, str(exc))
                     continue
-            self.outcomes.expect(sid)
+            self.exits.expect(sid)
             self.sagas.start(sid, spec, ev)
 
     def _trigger_failed(self, ev: Event, name: str | None, why: str) -> None:

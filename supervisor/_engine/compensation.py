@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from supervisor._engine.records import HOST, TARGET_NAMES, LiveSaga, Turn
+from supervisor._engine.records import TARGET_NAMES, LiveSaga, Turn
 from supervisor._engine.sagas import SagaOps
 
 
@@ -44,10 +44,7 @@ class Compensation:
             batch.step_comps.append(
                 ("succeeded", json.dumps({"step": step, "target": TARGET_NAMES[target],
                                           "cmd": json.loads(cmd_json)}), saga.saga_id, orig))
-            if target == HOST:
-                self.turn.host_out.append((saga.saga_id, step, cmd_json, False))
-            else:
-                self.turn.local_out.append((saga.saga_id, step, target, cmd_json))
+            self.turn.command(saga.saga_id, step, target, cmd_json)
             return
         saga.comp_wait = None
         if saga.comp_failed is not None:

@@ -37,21 +37,22 @@ from typing import Any
 import dill
 
 import supervisor.frames as frames
-from supervisor._codec import ClassRegistry, SagaSpec
-from supervisor._engine.control_msgs import BadRequest, Refused, field, parse_spawn, saga_id
+from supervisor.wire.codec import ClassRegistry, SagaSpec
+import supervisor.wire.requests as rq
+from supervisor._engine.control_msgs import BadRequest, Refused, spec_of
 from supervisor._engine.control_socket import (PEERCRED, QUIET_LIMIT, Conn,
                                                default_max_clients, listen)
-from supervisor._engine.outcomes import Outcomes
+from supervisor._engine.exits import Exits
 from supervisor._engine.records import Lifecycle, Turn
 from supervisor._engine.registrations import REGISTRATIONS, Registration
 from supervisor._engine.sagas import SagaOps
 from supervisor._engine.table import SagaTable
 from supervisor.errors import NotRunningError, SupervisorError, UnknownSagaError
-from supervisor.log import LogError
-from supervisor.log_store import outcome_of
-from supervisor._ratelimit import RateLimitedLog
+from supervisor.store.sqlite import LogError
+from supervisor.store.seam import outcome_of
+from supervisor.common.ratelimit import RateLimitedLog
 from supervisor.paths import DataDir
-from supervisor.shm import SharedState
+from supervisor.shmem.state import SharedState
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ _warn = RateLimitedLog(log, 10.0)
 
 class ControlServer:
     def __init__(self, paths: DataDir, sel: selectors.BaseSelector, life: Lifecycle,
-                 shared: SharedState, table: SagaTable, outcomes: Outcomes,
+                 shared: SharedState, table: SagaTable, exits: Exits,
                  registry: ClassRegistry, sagas: SagaOps, turn: Turn,
                  read_outcome: Callable[[int], tuple[str, str | None] | None],
                  metrics: Callable[[], bytes] | None = None,
@@ -77,7 +78,7 @@ class ControlServer:
         self.life = life
         self.shared = shared
         self.table = table
-        self.outcomes = outcomes
+        self.exits = exits
         self.registry = registry
         self.sagas = sagas
         self.turn = turn
@@ -236,15 +237,14 @@ class ControlServer:
             except (KeyboardInterrupt, LogError):
                 raise
             except Refused as r:
-                self._refuse(c, msg[1], msg, r)
+                self._refuse(c, msg, r)
             except BadRequest as exc:
-                self._refuse(c, msg[1], msg, Refused("ValueError",
-                                                     f"bad {msg[0]} request: {exc}"))
+                self._refuse(c, msg, Refused("ValueError", f"bad {msg[0]} request: {exc}"))
             except BaseException as exc:
                 _warn.warning("failed", "control request %r failed: %s: %s", msg[0],
                               type(exc).__name__, exc)
-                self._refuse(c, msg[1], msg, Refused("SupervisorError",
-                                                     f"{type(exc).__name__}: {exc}"))
+                self._refuse(c, msg, Refused("SupervisorError",
+                                             f"{type(exc).__name__}: {exc}"))
 
     def flush(self, c: Conn) -> None:
         try:
@@ -315,125 +315,124 @@ class ControlServer:
         self.unacked.clear()
 
     def _request(self, c: Conn, msg: tuple[Any, ...]) -> None:
-        op, req = msg[0], msg[1]
-        if op == "spawn" or op == "spawn_many":
+        if msg[0] in rq.SPAWN_OPS:  # counted as sent, well-formed or not (see end_turn)
             c.spawns += 1
             self.unacked.add(c)
-        if op == "cls":
-            ccid, blob = field(msg, 2, int), field(msg, 3, bytes)
+        rec = rq.decode(msg)
+        if isinstance(rec, rq.Spawn):
+            self._spawn(c, rec)
+            return
+        if isinstance(rec, rq.ShipClass):
             try:
-                c.classes[ccid] = self.registry.register(dill.loads(blob), blob)
+                c.classes[rec.class_id] = self.registry.register(dill.loads(rec.blob), rec.blob)
             except (KeyboardInterrupt, LogError):
                 raise
             except BaseException as exc:
-                c.classes[ccid] = (f"saga class could not be loaded: "
-                                   f"{type(exc).__name__}: {exc}")
+                c.classes[rec.class_id] = (f"saga class could not be loaded: "
+                                           f"{type(exc).__name__}: {exc}")
             return
-        if not self.life.running and op in ("spawn", "spawn_many", "cancel", "publish"):
-            self._refuse(c, req, msg, Refused("NotRunningError",
-                                              f"the supervisor is {self.life.state}"))
-            return
-        if op == "spawn":
-            self._spawn(c, req, msg)
-        elif op == "spawn_many":
-            self._spawn_many(c, req, msg)
-        elif op == "cancel":
-            sid, reason = saga_id(msg, 2), field(msg, 3, str)
+        if not self.life.running and isinstance(rec, (rq.SpawnBatch, rq.Cancel, rq.Publish)):
+            raise Refused("NotRunningError", f"the supervisor is {self.life.state}")
+        req = rec.req
+        if isinstance(rec, rq.SpawnBatch):
+            self._spawn_many(c, rec)
+        elif isinstance(rec, rq.Cancel):
             try:
-                decided = self.sagas.cancel(sid, reason)
+                decided = self.sagas.cancel(rec.saga_id, rec.reason)
             except UnknownSagaError as exc:
                 raise Refused("UnknownSagaError", str(exc)) from None
             c.send(("ok", req, decided))
-        elif op == "wait":
-            self._wait(c, req, saga_id(msg, 2))
-        elif op == "publish":
-            kind = field(msg, 2, str)
-            self.turn.events.append((kind, msg[3] if len(msg) > 3 else None, None, None))
+        elif isinstance(rec, rq.Wait):
+            self._wait(c, req, rec.saga_id)
+        elif isinstance(rec, rq.Publish):
+            self.turn.events.append((rec.kind, rec.data, None, None))
             c.send(("ok", req, None))
-        elif op == "hello":  # a client says its protocol version: nothing to answer
-            pass
-        elif op == "clock" and self.clock_moved is not None:  # a launcher's test clock
-            self.clock_moved(float(field(msg, 2, (int, float))))
-        elif op == "subscribe":
+        elif isinstance(rec, rq.Hello):
+            if rec.version != rq.PROTOCOL:
+                raise Refused("SupervisorError", f"this supervisor speaks protocol "
+                              f"{rq.PROTOCOL}, the client {rec.version}: use the same "
+                              "saga-supervisor version on both sides")
+        elif isinstance(rec, rq.ClockMoved):
+            if self.clock_moved is not None:  # a launcher's test clock
+                self.clock_moved(float(rec.offset))
+        elif isinstance(rec, rq.Subscribe):
             c.subscribed = True
             c.send(("ok", req, None))
-        elif op == "sync":  # answered once every earlier request is in the log
+        elif isinstance(rec, rq.Sync):  # answered once every earlier request is in the log
             self.turn.after.append(functools.partial(c.send, ("ok", req, None)))
-        elif op == "register" and self.register is not None:
+        elif isinstance(rec, rq.Register):
+            if self.register is None:
+                raise BadRequest("this supervisor takes no registrations")
             try:  # a kind, handler or trigger from a launcher (dill, as classes are)
-                reg = dill.loads(field(msg, 2, bytes))
+                reg = dill.loads(rec.blob)
                 if not isinstance(reg, REGISTRATIONS):
                     raise TypeError(f"cannot register a {type(reg).__name__}")
                 self.register(reg)
             except (TypeError, ValueError, NotRunningError) as exc:
                 raise Refused(type(exc).__name__, str(exc)) from None
             c.send(("ok", req, None))
-        elif op == "health" and self.health is not None:
+        elif isinstance(rec, rq.Health):
+            if self.health is None:
+                raise BadRequest("this supervisor reports no health here")
             c.send(("ok", req, self.health()))
-        elif op == "metrics":
+        elif isinstance(rec, rq.Metrics):
             if self.metrics is None:
                 raise BadRequest("this supervisor has no metrics")
             c.send(("ok", req, self.metrics()))
-        else:
-            raise BadRequest(f"unknown request {op!r}")
 
-    def _parse_spawn(self, c: Conn, msg: tuple[Any, ...]) -> tuple[int, SagaSpec, str | None]:
-        """A spawn request's fields, checked: (saga id, spec, key)."""
-        sid, spec, key = parse_spawn(msg, c.classes)
+    def _checked(self, c: Conn, it: rq.SpawnItem) -> tuple[int, SagaSpec, str | None]:
+        """A spawn item's saga id (fresh), spec and key."""
+        spec = spec_of(it, c.classes)
+        sid = it.saga_id
         if sid in self.table.live or self.shared.state(sid) != "live":
             raise Refused("ValueError", f"saga id {sid!r} is not a fresh registered id")
-        return sid, spec, key
+        return sid, spec, it.key
 
     def _start(self, sid: int, spec: SagaSpec, key: str | None) -> int:
-        self.outcomes.expect(sid)
+        self.exits.expect(sid)
         if key is not None and self.spawn_keyed is not None:
             got = self.spawn_keyed(sid, spec, key)
             if got != sid:
-                self.outcomes.forget(sid)  # the key's saga exists: this one never starts
+                self.exits.forget(sid)  # the key's saga exists: this one never starts
             return got
         self.sagas.start(sid, spec)
         return sid
 
-    def _refuse(self, c: Conn, req: int, msg: tuple[Any, ...], r: Refused) -> None:
-        if req == 0 and msg[0] == "spawn":  # a pipelined spawn: say which saga
-            c.send(("refused", msg[2] if len(msg) > 2 else None, (r.kind, r.message)))
+    def _refuse(self, c: Conn, msg: tuple[Any, ...], r: Refused) -> None:
+        req = msg[1]
+        if req == 0 and msg[0] == "spawn":  # a pipelined spawn: say which saga (read
+            item = msg[2] if len(msg) > 2 else None  # raw: it may be too broken to decode)
+            sid = item[0] if isinstance(item, tuple) and item else None
+            c.send(("refused", sid, (r.kind, r.message)))
         else:
             c.send(("err", req, (r.kind, r.message)))
 
-    def _spawn(self, c: Conn, req: int, msg: tuple[Any, ...]) -> None:
+    def _spawn(self, c: Conn, rec: rq.Spawn) -> None:
         """Request 0: pipelined, answered only if refused (the client took
         the id from shared memory and returned it already)."""
-        try:
-            sid, spec, key = self._parse_spawn(c, msg)
-        except Refused as r:
-            self._refuse(c, req, msg, r)
-            return
+        if not self.life.running:
+            raise Refused("NotRunningError", f"the supervisor is {self.life.state}")
+        sid, spec, key = self._checked(c, rec.item)
         got = self._start(sid, spec, key)
-        if len(msg) > 11 and msg[11] is True and got == sid:
+        if rec.watch and got == sid:
             self.remote_waiters.setdefault(sid, []).append((c, 0))  # push its outcome
-        if req:
-            c.send(("ok", req, got))
+        if rec.req:
+            c.send(("ok", rec.req, got))
 
-    def _spawn_many(self, c: Conn, req: int, msg: tuple[Any, ...]) -> None:
+    def _spawn_many(self, c: Conn, rec: rq.SpawnBatch) -> None:
         """Every item checked first, then all started: all or none."""
-        items = field(msg, 2, list)
-        try:
-            parsed = [self._parse_spawn(c, ("spawn", req) + tuple(field((it,), 0, tuple)))
-                      for it in items]
-        except Refused as r:
-            c.send(("err", req, (r.kind, r.message)))
-            return
+        parsed = [self._checked(c, it) for it in rec.items]
         ids = [self._start(sid, spec, key) for sid, spec, key in parsed]
-        if len(msg) > 3 and msg[3] is True:  # push the outcomes of these sagas
+        if rec.watch:  # push the outcomes of these sagas
             for sid in ids:
                 self.remote_waiters.setdefault(sid, []).append((c, 0))
-        c.send(("ok", req, ids))
+        c.send(("ok", rec.req, ids))
 
     def _wait(self, c: Conn, req: int, sid: int) -> None:
-        o = self.outcomes.lookup(sid)
+        o = self.exits.lookup(sid)
         if o is not None:
             c.send(("ok", req, o))
-        elif self.outcomes.is_undecided(sid) or sid in self.table.live:
+        elif self.exits.is_undecided(sid) or sid in self.table.live:
             self.remote_waiters.setdefault(sid, []).append((c, req))
         else:
             try:

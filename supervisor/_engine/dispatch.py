@@ -28,11 +28,11 @@ import supervisor.frames as frames
 from supervisor._engine.compensation import Compensation
 from supervisor._engine.records import COMPENSATING, RUNNING, HostProc, Stats
 from supervisor._engine.retries import Retries
-from supervisor._engine.sagas import SagaOps
+from supervisor._engine.sagas import SagaOps, answer_msg
 from supervisor._engine.table import SagaTable
 from supervisor.protocol import Op
 from supervisor.saga import Target
-from supervisor.shm import SharedState
+from supervisor.shmem.state import SharedState
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class Dispatch:
         buf = host.outbuf
         frame = frames.host_frame
         sent = 0
-        now = time.monotonic() if self.sagas.measures.enabled else 0.0
+        now = time.monotonic() if self.sagas.observations.enabled else 0.0
         version = self.version
         for sid, step, cmd_json, counts in out:
             saga = live.get(sid)
@@ -115,8 +115,8 @@ class Dispatch:
                     why = f"{Target(target).name} handler raised {type(exc).__name__}: {exc}"
                     if saga.phase == COMPENSATING:
                         self.compensation.answer(saga, step, why)
-                    elif step != saga.open_step or not self.retries.failed(saga, 0, why):
-                        self.sagas.fail(saga, why)
+                    else:
+                        self.retries.step_failed(saga, step, 0, why)
                     continue
             else:
                 payload = _NO_HANDLER_ECHO
@@ -124,5 +124,4 @@ class Dispatch:
                 self.compensation.answer(saga, step, None)
                 continue
             saga.dispatched += 1
-            saga.worker.outbox.append(
-                (Op.EVENT, sid, None, payload, True, sid, step, 0, saga.dispatched))
+            saga.worker.outbox.append(answer_msg(saga, step, payload))

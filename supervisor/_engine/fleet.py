@@ -6,22 +6,22 @@ everything it does is a request posted to the inbox, decided on the loop.
 - ``portable``: the kinds this node takes over from dead nodes;
 - :meth:`cancel_from_afar`: a cancel requested in the log for one of its sagas;
 - :meth:`adopt`: sagas taken over from a dead node, to resume here;
-- ``fleet_limits``: kinds capped across the fleet (:mod:`supervisor.fleet_limit`),
+- ``fleet_limits``: kinds capped across the fleet (:mod:`supervisor.fleet.limit`),
   and :meth:`grant`: this node's queued sagas of those kinds that hold a slot.
 """
 
 from __future__ import annotations
 
 from supervisor._engine.inbox import Adopt, Cancel, Grant, Inbox
-from supervisor._engine.outcomes import Outcomes
+from supervisor._engine.exits import Exits
 from supervisor._engine.recovery import Row
-from supervisor._future import Future
+from supervisor.common.future import Future
 
 
 class FleetSide:
-    def __init__(self, inbox: Inbox, outcomes: Outcomes) -> None:
+    def __init__(self, inbox: Inbox, exits: Exits) -> None:
         self.inbox = inbox
-        self.outcomes = outcomes
+        self.exits = exits
         self.orphans: dict[str, float] = {}  # kind -> orphan_timeout
         self.portable: set[str] = set()
         self.fleet_limits: dict[str, int] = {}  # kind -> its cap across the fleet
@@ -48,7 +48,7 @@ class FleetSide:
 
     def adopt(self, node: str, rows: list[Row]) -> None:
         for row in rows:
-            self.outcomes.expect(row[0])  # a wait() here now waits for its outcome
+            self.exits.expect(row[0])  # a wait() here now waits for its outcome
         self.inbox.post(Adopt(node, rows))
 
     def grant(self, saga_ids: list[int]) -> None:

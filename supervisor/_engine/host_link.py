@@ -36,6 +36,7 @@ import supervisor.frames as frames
 from supervisor._engine.pipes import drain
 from supervisor._engine.records import HostProc, Lifecycle, Settings, Stats
 from supervisor._engine.restarts import RestartWindow
+from supervisor._engine.timers import HOST_RESTART, Timers
 from supervisor.errors import HostStartError, SupervisorError
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ def stop_host_process(h: HostProc, grace: float) -> None:
 class HostLink:
     def __init__(self, settings: Settings, sel: selectors.BaseSelector, stats: Stats,
                  life: Lifecycle, on_readable: Callable[[HostProc], Any],
-                 on_writable: Callable[[HostProc], Any],
+                 on_writable: Callable[[HostProc], Any], timers: Timers,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.sel = sel
@@ -130,6 +131,7 @@ class HostLink:
         self.on_readable = on_readable
         self.on_writable = on_writable
         self.clock = clock
+        self.timers = timers  # the loop's one heap: a HOST_RESTART entry per backoff
         self.host: HostProc | None = None
         self.window = RestartWindow(settings.max_restarts, settings.restart_period,
                                     backoff=settings.restart_backoff)
@@ -283,6 +285,7 @@ class HostLink:
             return GONE
         if verdict.delay > 0:
             self.restart_at = self.clock() + verdict.delay
+            self.timers.at(self.restart_at, HOST_RESTART)
             return LATER
         return RESTARTED if self._restart(h) else GONE
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from supervisor._engine.dispatch import Dispatch
 from supervisor._engine.host_link import GONE, LATER, RESTARTED, HostLink
+from supervisor._engine.timers import HOST_RESTART
 from supervisor._engine.records import HostProc
 from supervisor._engine.routing import Routing
 
@@ -28,6 +29,13 @@ class HostWatch:
         self.routing = routing
         self.dispatch = dispatch
         self.write_health = write_health
+        link.timers.on(HOST_RESTART, self._restart_due)
+
+    def _restart_due(self, now: float, due: float, arg: object) -> None:
+        """A ``HOST_RESTART`` entry came due (stale: a later backoff replaced
+        it, or the host stopped)."""
+        if self.link.restart_due(now):
+            self.restart()
 
     def readable(self, h: HostProc) -> None:
         bodies, death = self.link.read(h)

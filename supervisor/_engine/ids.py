@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Final
 
 from supervisor._engine.records import Turn
-from supervisor.shm import SharedState
+from supervisor.shmem.state import SharedState
 
 # how far ahead of the counter the durable mark is kept (ids are not dense:
 # a restart skips what was left of the block)

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from supervisor.errors import NotRunningError
 
 if TYPE_CHECKING:
-    from supervisor._codec import SagaSpec
-    from supervisor._future import Future
+    from supervisor.wire.codec import SagaSpec
+    from supervisor.common.future import Future
     from supervisor.saga import Event, Saga
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from supervisor._codec import SagaSpec
+from supervisor.wire.codec import SagaSpec
 from supervisor._engine.sagas import SagaOps
 from supervisor._engine.table import SagaTable
 

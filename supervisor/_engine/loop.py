@@ -6,17 +6,17 @@ Data flow (one turn)::
     worker reply pipes -----------> routing.worker_replies ----------+
     host stdout ------------------> routing.host_frame --------------+--> sagas, compensation,
     worker sentinels -------------> workers.died -> recovery ---------+    recovery, bus
-    deadline heap ----------------> sagas.expire ---------------------+        |
+    timer heap (.timers) ---------> each due entry's owner -----------+        |
                                                                                 v
-             turn: log rows (Batch) + held outputs  --> pipeline: ONE commit per turn
+             turn: log rows (Batch) + held outputs  --> group commit: ONE per turn
                                                                                 |
              only then (emit): dispatch (host, local handlers), outcomes, bus, |
              control-socket replies, worker messages  <------------------------+
 
-Ownership: this thread is the only one that touches the log (the pipeline's
+Ownership: this thread is the only one that touches the log (the group commit's
 writer thread borrows it, and this thread waits for it before touching it
 again), the host pipe and the worker pipes; the shared segment is created
-here and unlinked here.  The inbox and the outcomes are the only ways in and
+here and unlinked here.  The inbox and the exits are the only ways in and
 out.  Only the log's errors end the loop (:class:`LogError`); every input is
 handled inside its own failure boundary (see :mod:`.routing`).
 """
@@ -32,43 +32,40 @@ from typing import Any
 
 import multiprocess
 
-from supervisor._codec import ClassRegistry
+from supervisor.wire.codec import ClassRegistry
 from supervisor._engine import registrations
 from supervisor._engine.bus import Bus, Trigger
-from supervisor._engine.compensation import Compensation
 from supervisor._engine.control import ControlServer
-from supervisor._engine.dispatch import Dispatch, Handler
+from supervisor._engine.dispatch import Handler
 from supervisor._engine.host_link import HostLink
 from supervisor._engine.host_watch import HostWatch
 from supervisor._engine.ids import BLOCK, IdFence, first_id
 from supervisor._engine.fleet import FleetSide
 from supervisor._engine.inbox import Cancel, Inbox, RequeueAll, Stop
-from supervisor._engine.keys import Keys
-from supervisor._engine.measure import Measures
+from supervisor._engine.observations import Observations
 from supervisor._engine.metrics import EngineCollector, MetricsServer, exposition
-from supervisor._engine.outcomes import Outcomes
-from supervisor._engine.pipeline import Pipeline
+from supervisor._engine.exits import Exits
+from supervisor._engine.group_commit import GroupCommit
 from supervisor._engine.records import Lifecycle, Settings, Stats, Turn, TurnOutputs, WorkerProc
-from supervisor._engine.queues import Limits, Queues
+from supervisor._engine.parts import SagaCore
+from supervisor._engine.queues import Limits
 from supervisor._engine.reaper import Reaper
-from supervisor._engine.recovery import Kinds, Recovery, at_start
+from supervisor._engine.recovery import Kinds, at_start
 from supervisor._engine.requests import Requests
-from supervisor._engine.retries import Retries
-from supervisor._engine.routing import Routing
-from supervisor._engine.sagas import SagaOps
 from supervisor._engine.segment import create_segment
 from supervisor._engine.status import describe
 from supervisor._engine.table import SagaTable
+from supervisor._engine.timers import Timers
 from supervisor._engine.worker_watch import WorkerWatch
 from supervisor._engine.workers import WorkerPool
 from supervisor.errors import SupervisorCrashedError, stopped_before_end
 from supervisor.health import EngineView, snapshot, write_health_file
-from supervisor.log import LogError
-from supervisor.log_store import LogStore, open_store
-from supervisor._ratelimit import RateLimitedLog
+from supervisor.store.sqlite import LogError
+from supervisor.store.seam import LogStore, open_store
+from supervisor.common.ratelimit import RateLimitedLog
 from supervisor.paths import DataDir
 from supervisor.saga import Target
-from supervisor.shm import SharedState
+from supervisor.shmem.state import SharedState
 
 log = logging.getLogger(__name__)
 _warn = RateLimitedLog(log, 10.0)
@@ -88,17 +85,18 @@ class Engine:
         self.life = Lifecycle()
         self.stats = Stats()
         self.inbox = Inbox()
-        self.outcomes = Outcomes()
+        self.exits = Exits()
         self.registry = ClassRegistry()
         self.kinds: Kinds = {}
         self.limits: Limits = {}  # per-kind max_in_flight and queue timeout
-        self.fleet = FleetSide(self.inbox, self.outcomes)  # orphans, portable kinds, adopt
+        self.fleet = FleetSide(self.inbox, self.exits)  # orphans, portable kinds, adopt
         self.handlers: dict[Target, Handler] = {}
         self.triggers: list[Trigger] = []
         # loop thread only
         self.turn = Turn()
-        self.table = SagaTable()
-        self.measures = Measures(enabled=settings.metrics_port is not None)
+        self.timers = Timers()  # every deadline the loop waits for, in one heap
+        self.table = SagaTable(self.timers)
+        self.observations = Observations(enabled=settings.metrics_port is not None)
         # deadlines run on this clock; health ticks, stalls and heartbeats on real time
         self.clock: Callable[[], float] = settings.clock or time.monotonic
         self.metrics: MetricsServer | None = None
@@ -111,7 +109,7 @@ class Engine:
         self.pool: WorkerPool
         self.host: HostLink
         self.control: ControlServer
-        self.pipeline: Pipeline
+        self.group_commit: GroupCommit
         self._dead: list[WorkerProc] = []
 
     # -- start-up -------------------------------------------------------------------
@@ -154,38 +152,35 @@ class Engine:
         sel.register(inbox.wake_r, selectors.EVENT_READ, lambda mask: inbox.drain_wake())
         pool = self.pool = WorkerPool(s, multiprocess.get_context(s.start_method), sel,
                                       shared.name, self.registry, stats, self.life,
-                                      lambda w: self.workers.readable(w), self._dead.append)
-        pool.live = table.live
-        sagas = self.sagas = SagaOps(table, turn, shared, stats, self.life, pool.for_saga,
-                                     pool.ship_class, self.measures, self.clock)
-        comp = self.compensation = Compensation(sagas, turn)
-        pipeline = self.pipeline = Pipeline(sagalog, turn, self._emit, pool.all, stats,
-                                            inbox.wake_w,
-                                            s.pipeline_rows if sagalog.local else 1)
-        self.recovery = Recovery(self.kinds, self.registry.prepare, sagas, comp, table, turn,
-                                 shared, stats, sagalog, pipeline.commit_now, pool.for_saga,
-                                 pool.ship_class, self.fleet.unplaced)
-        self.keys = Keys(table, sagas, pipeline.commit_now, sagalog.claim_key)
-        queues = sagas.queue = self.queues = Queues(self.limits, table, sagas, shared, turn,
-                                                    stats, self.life, sagalog.max_queue_seq() + 1,
-                                                    self.fleet.fleet_limits)
-        self.collector = EngineCollector(self.health, self.measures, table.by_kind)
+                                      lambda w: self.workers.readable(w), self._dead.append,
+                                      self.timers, table.live)
+        core = SagaCore(sagalog, shared, table, turn, stats, self.life,
+                        pick_worker=pool.for_saga, ship_class=pool.ship_class,
+                        workers=pool.all, emit=self._emit, kinds=self.kinds,
+                        prepare=self.registry.prepare, handlers=self.handlers,
+                        limits=self.limits, fleet_limits=self.fleet.fleet_limits,
+                        unplaced=self.fleet.unplaced, observations=self.observations,
+                        clock=self.clock, wake_fd=inbox.wake_w,
+                        pipeline_rows=s.pipeline_rows if sagalog.local else 1,
+                        host_protocol=s.host_protocol,
+                        first_queue_seq=sagalog.max_queue_seq() + 1)
+        sagas, queues = self.sagas, self.queues = core.sagas, core.queues
+        self.group_commit = core.group_commit
+        self.compensation, self.recovery, self.keys = core.compensation, core.recovery, core.keys
+        self.retries, self.dispatch, self.routing = core.retries, core.dispatch, core.routing
+        self.collector = EngineCollector(self.health, self.observations, table.by_kind)
         control = self.control = ControlServer(self.paths, sel, self.life, shared, table,
-                                               self.outcomes, self.registry, sagas, turn,
+                                               self.exits, self.registry, sagas, turn,
                                                self._read_outcome,
                                                lambda: exposition(self.collector),
                                                self.keys.spawn, self.health, s.max_clients,
                                                s.client_quiet_timeout,
                                                lambda reg: registrations.apply(self, reg),
                                                getattr(s.clock, "set_offset", None))
-        self.bus = Bus(table, sagas, shared, self.outcomes, turn, stats, self.life,
+        self.bus = Bus(table, sagas, shared, self.exits, turn, stats, self.life,
                        self.registry.prepare, self.triggers, control.subscribed)
         self.host = HostLink(s, sel, stats, self.life, lambda h: self.hosts.readable(h),
-                             lambda h: self.hosts.writable(h), self.clock)
-        retries = self.retries = Retries(table, sagas, shared, turn, stats)
-        self.dispatch = Dispatch(table, shared, sagas, comp, self.handlers, stats, retries,
-                                 s.host_protocol)
-        self.routing = Routing(table, shared, sagas, comp, self.recovery, turn, stats, retries)
+                             lambda h: self.hosts.writable(h), self.timers, self.clock)
         self.hosts = HostWatch(self.host, self.routing, self.dispatch, self._write_health)
         self.workers = WorkerWatch(pool, table, s, self.routing, self.recovery,
                                    self._begin_stop)
@@ -193,7 +188,7 @@ class Engine:
                                  self.triggers, queues)
         replays, requeues = at_start(sagalog, shared, self.kinds, self.registry.prepare, stats)
         for req in replays + requeues:
-            self.outcomes.expect(req.saga_id)
+            self.exits.expect(req.saga_id)
         for req in replays:
             inbox.post_internal(req)
         if requeues:  # after the replays: they count against the limits first
@@ -227,7 +222,7 @@ class Engine:
                     self.requests.take(stopping_now=True)
                     self.sagas.fail_all(self.life.stop_reason)
                     self._end_turn()
-                    self.pipeline.drain()
+                    self.group_commit.drain()
                 except BaseException:
                     log.exception("could not record the outcome of the sagas in flight")
             # else nothing more is written: what was committed stays, and the
@@ -238,7 +233,7 @@ class Engine:
             err = self.life.error
             if err is not None:  # leave the reason where a liveness probe looks
                 self._write_health([f"stopped: {type(err).__name__}: {err}"])
-            self.outcomes.close(SupervisorCrashedError(err) if err is not None else
+            self.exits.close(SupervisorCrashedError(err) if err is not None else
                                 stopped_before_end(self.requests.suspend))
             while self.inbox:
                 item = self.inbox.take()
@@ -246,8 +241,9 @@ class Engine:
                     item.future.set(False)
 
     def _loop(self) -> None:
-        sel, inbox, table, pool, pipeline, control = self.sel, self.inbox, self.table, \
-            self.pool, self.pipeline, self.control
+        sel, inbox, table, pool, commits, control = self.sel, self.inbox, self.table, \
+            self.pool, self.group_commit, self.control
+        timers = self.timers
         assert sel is not None
         health_every = self.settings.health_interval
         last_purge = last_health = time.monotonic()
@@ -256,10 +252,9 @@ class Engine:
         while True:
             vnow = clock()
             timeout = min(1.0, health_every, self.settings.host_stall_timeout)
-            for at in (table.next_deadline(), pool.next_restart(), self.retries.next_due(),
-                       self.queues.next_due(), self.host.restart_at):
-                if at is not None:
-                    timeout = min(timeout, max(0.0, at - vnow))
+            at = timers.next_due()
+            if at is not None:
+                timeout = min(timeout, max(0.0, at - vnow))
             if self.requests.drain_deadline is not None:
                 timeout = min(timeout, 0.05)
             inbox.sleeping = True
@@ -276,16 +271,8 @@ class Engine:
                 for w in dead:
                     self.workers.died(w)
             now, vnow = time.monotonic(), clock()
-            if pool.pending_restarts and pool.pending_restarts[0][0] <= vnow:
-                self.workers.restart_due(vnow)
-            if table.timers and table.timers[0][0] <= vnow:
-                self.sagas.expire(vnow)
-            if self.retries.timers and self.retries.timers[0][0] <= vnow:
-                self.retries.run_due(vnow)
-            if self.queues.timers and self.queues.timers[0][0] <= vnow:
-                self.queues.expire(vnow)
-            if self.host.restart_due(vnow):
-                self.hosts.restart()
+            if timers.heap and timers.heap[0][0] <= vnow:
+                timers.run_due(vnow)
             if stopping and (not table or now >= stopping):
                 if self.requests.suspend:  # left 'running' in the log: the next start
                     log.warning("suspended with %d saga(s) in flight: the next start "
@@ -293,7 +280,7 @@ class Engine:
                 else:
                     self.sagas.fail_all(self.life.stop_reason)
                 self._end_turn()
-                pipeline.drain()
+                commits.drain()
                 return
             health_due = now - last_health >= health_every
             if health_due:  # before the commit, so that what it decides goes out now
@@ -317,7 +304,7 @@ class Engine:
                     _warn.warning("health", "cannot measure health: %s", exc)
             if now - last_purge > _PURGE_EVERY:
                 last_purge = now
-                pipeline.drain()
+                commits.drain()
                 assert self.log is not None
                 self.log.purge(self.settings.retention_days)
 
@@ -325,7 +312,7 @@ class Engine:
         """The turn's batch goes to the log; its outputs leave once committed."""
         self.ids.check()
         self.control.end_turn()
-        self.pipeline.end_turn()
+        self.group_commit.end_turn()
 
     def _begin_stop(self, error: BaseException | None, reason: str) -> None:
         """Stop from inside the loop (restart intensity, a crash)."""
@@ -345,7 +332,7 @@ class Engine:
         if out.local_out:
             self.dispatch.to_local(out.local_out)
         if out.ended:
-            self.outcomes.resolve(out.ended)
+            self.exits.resolve(out.ended)
             self.control.resolved(out.ended)
         if out.events:
             self.bus.publish(out.events)
@@ -357,7 +344,7 @@ class Engine:
                 # messages queued for w since (by dispatch above) go after these
                 send(w, msgs + w.outbox)
                 w.outbox = []
-        if not self.pipeline.holding:
+        if not self.group_commit.holding:
             for w in self.pool.all():
                 if w.outbox and w.alive:
                     send(w, w.outbox)
@@ -370,7 +357,7 @@ class Engine:
     def _read_outcome(self, saga_id: int) -> tuple[str, str | None] | None:
         """The logged outcome (the writer finished first: it borrows the log)."""
         assert self.log is not None
-        self.pipeline.drain()
+        self.group_commit.drain()
         return self.log.outcome(saga_id)
 
     def view(self, problems: list[str] | None = None) -> EngineView:
@@ -427,12 +414,12 @@ class Engine:
             self.paths.health_file.unlink()
         except OSError:
             pass
-        if hasattr(self, "pipeline"):
-            self.pipeline.stop()
+        if hasattr(self, "group_commit"):
+            self.group_commit.stop()
         if self.log is not None:
             if self.shared is not None and not self.shared.closed and \
                     not isinstance(self.life.error, LogError):
-                try:  # ids past this were never handed out (see supervisor.log_read)
+                try:  # ids past this were never handed out (see supervisor.store.read)
                     self.log.end_run(self.shared.peek_next_id())
                 except Exception as exc:  # the log failed: the run stays open-ended
                     log.warning("cannot record the end of this run in the log: %s", exc)

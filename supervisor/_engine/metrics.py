@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from supervisor._engine.measure import Measures
+from supervisor._engine.observations import Observations
 from supervisor.errors import SupervisorError
 
 NEEDS = ("serving metrics needs prometheus-client: pip install 'saga-supervisor[metrics]'")
@@ -34,10 +34,10 @@ def require() -> Any:
 class EngineCollector:
     """A prometheus-client collector over one engine."""
 
-    def __init__(self, health: Callable[[], dict[str, Any]], measures: Measures,
+    def __init__(self, health: Callable[[], dict[str, Any]], observations: Observations,
                  by_kind: dict[str, set[int]]) -> None:
         self.health = health
-        self.measures = measures
+        self.observations = observations
         self.by_kind = by_kind
         self._procs: dict[int, Any] = {}  # psutil.Process by pid: cpu_percent needs one
 
@@ -67,7 +67,7 @@ class EngineCollector:
         yield counter("saga_spawned", "Sagas spawned", st["spawned"])
         yield counter("saga_completed", "Sagas completed", st["completed"])
         failed = CounterMetricFamily("saga_failed", "Sagas failed, by cause", labels=["cause"])
-        for cause, n in self.measures.failed.items():
+        for cause, n in self.observations.failed.items():
             failed.add_metric([cause], n)
         yield failed
         for name, key, doc in (
@@ -117,9 +117,9 @@ class EngineCollector:
                           host["frames_out"])
         for name, doc, hists in (
                 ("saga_duration_seconds", "Spawn to completion, by kind",
-                 self.measures.duration),
+                 self.observations.duration),
                 ("saga_step_round_trip_seconds", "Command dispatch to its answer, by kind",
-                 self.measures.step_rtt)):
+                 self.observations.step_rtt)):
             fam = HistogramMetricFamily(name, doc, labels=["kind"])
             for kind, h in list(hists.items()):
                 fam.add_metric([kind], h.cumulative(), sum_value=h.sum)

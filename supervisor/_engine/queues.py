@@ -16,19 +16,19 @@ its logged order; :meth:`SagaOps.start` with ``dequeued=True`` starts it.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import time
 from collections import deque
 from typing import NamedTuple
 
-from supervisor._codec import SagaSpec
+from supervisor.wire.codec import SagaSpec
 from supervisor._engine.inbox import Requeue
 from supervisor._engine.records import Lifecycle, Stats, Turn
 from supervisor._engine.sagas import SagaOps
 from supervisor._engine.table import SagaTable
+from supervisor._engine.timers import QUEUE_TIMEOUT
 from supervisor.saga import SAGA_QUEUED, Event
-from supervisor.shm import SharedState
+from supervisor.shmem.state import SharedState
 
 # kind name -> (max in flight, queue timeout in seconds or None)
 Limits = dict[str, tuple[int, float | None]]
@@ -57,7 +57,8 @@ class Queues:
         self.clock = sagas.clock
         self.waiting: dict[str, deque[Queued]] = {}
         self.kind_of: dict[int, str] = {}  # queued saga id -> its kind
-        self.timers: list[tuple[float, int]] = []  # (queue deadline, saga id)
+        self.timers = table.timers  # the loop's one heap: QUEUE_TIMEOUT entries
+        self.timers.on(QUEUE_TIMEOUT, self._timed_out)
         self._seq = itertools.count(first_seq)
 
     def depth(self) -> dict[str, int]:
@@ -100,7 +101,7 @@ class Queues:
         queue.append(q)
         self.kind_of[q.saga_id] = name
         if queue_timeout is not None:
-            heapq.heappush(self.timers, (self.clock() + queue_timeout - waited, q.saga_id))
+            self.timers.at(self.clock() + queue_timeout - waited, QUEUE_TIMEOUT, q.saga_id)
         self.turn.events.append((SAGA_QUEUED, {"name": name, "depth": len(queue)},
                                  q.saga_id, None))
 
@@ -181,13 +182,12 @@ class Queues:
         for q in list(self.waiting.get(kind, ())):
             self._drop(q.saga_id, reason)
 
-    def next_due(self) -> float | None:
-        return self.timers[0][0] if self.timers else None
-
     def expire(self, now: float) -> None:
-        """Fail the sagas that waited in their queue past its timeout."""
-        timers = self.timers
-        while timers and timers[0][0] <= now:
-            _due, sid = heapq.heappop(timers)
-            if self._drop(sid, "queue timeout"):
-                self.stats["queue_timeouts"] += 1
+        """Fail the sagas that waited in their queue past its timeout by `now`."""
+        for due, sid in self.timers.due(QUEUE_TIMEOUT, now):
+            self._timed_out(now, due, sid)
+
+    def _timed_out(self, now: float, due: float, sid: int) -> None:
+        """A ``QUEUE_TIMEOUT`` entry came due (stale: the saga left its queue)."""
+        if self._drop(sid, "queue timeout"):
+            self.stats["queue_timeouts"] += 1

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from supervisor.frames import FrameReader
-from supervisor.log import Batch
+from supervisor.store.sqlite import Batch
 from supervisor.saga import Target
 
 # A saga's phase in the loop.
@@ -215,6 +215,16 @@ class Turn:
         # durable spawns answered, "logged" acknowledgements to clients
         self.after: list[Callable[[], Any]] = []
 
+    def command(self, saga_id: int, step: int, target: int, cmd_json: str,
+                new_step: bool = False) -> None:
+        """The one place a step's command is routed: to the host (a frame,
+        sent once this turn is committed) or to a local handler (run then).
+        `new_step`: a step's first dispatch, not a retry or a replay."""
+        if target == HOST:
+            self.host_out.append((saga_id, step, cmd_json, new_step))
+        else:
+            self.local_out.append((saga_id, step, target, cmd_json))
+
     def take_outputs(self) -> TurnOutputs:
         out = TurnOutputs(self.host_out, self.local_out, self.events, self.ended,
                           id_limit=self.id_limit, after=self.after)
@@ -235,7 +245,7 @@ class TurnOutputs:
     local_out: list[tuple[int, int, int, str]]
     events: list[tuple[str, Any, int | None, int | None]]
     ended: list[tuple[int, str, str | None]]
-    # (worker, its messages of the turn), filled in by the pipeline
+    # (worker, its messages of the turn), filled in by the group commit
     worker_msgs: list[tuple[WorkerProc, list[tuple[Any, ...]]]] = field(default_factory=list)
     id_limit: int = 0  # the ids' fence rises to this (the batch wrote it as the mark)
     after: list[Callable[[], Any]] = field(default_factory=list)  # once committed

@@ -22,18 +22,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from supervisor._codec import SagaSpec
+from supervisor.wire.codec import SagaSpec
 from supervisor._engine.compensation import Compensation
 from supervisor._engine.inbox import Replay, Requeue
-from supervisor._engine.records import COMPENSATING, HOST, RUNNING, LiveSaga, Stats, Turn, WorkerProc
+from supervisor._engine.records import COMPENSATING, RUNNING, LiveSaga, Stats, Turn, WorkerProc
 from supervisor._engine.sagas import SagaOps
 from supervisor._engine.table import SagaTable
-from supervisor.log import Batch, Unfinished
-from supervisor.log_store import LogStore
+from supervisor.store.sqlite import Batch, Unfinished
+from supervisor.store.seam import LogStore
 from supervisor.protocol import Act, Op
 from supervisor.saga import Saga, Target
 from supervisor.errors import CapacityError
-from supervisor.shm import SharedState
+from supervisor.shmem.state import SharedState
 
 log = logging.getLogger(__name__)
 
@@ -253,10 +253,7 @@ class Recovery:
         target, cmd_json = arg[0], arg[1]
         saga.policy = arg[3] if len(arg) > 3 else None  # its retry policy, replayed
         self.stats["reissued"] += 1
-        if target == HOST:
-            self.turn.host_out.append((saga.saga_id, saga.open_step, cmd_json, False))
-        else:
-            self.turn.local_out.append((saga.saga_id, saga.open_step, target, cmd_json))
+        self.turn.command(saga.saga_id, saga.open_step, target, cmd_json)
 
     def adopt_orphans(self, dead: WorkerProc, replacement: WorkerProc | None, why: str,
                       intensity: bool) -> None:

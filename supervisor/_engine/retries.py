@@ -19,15 +19,15 @@ dropped when it surfaces, as in :class:`SagaTable`'s deadline heap.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import time
+from typing import Any
 
-from supervisor._engine.records import HOST, RUNNING, LiveSaga, Stats, Turn
+from supervisor._engine.records import RUNNING, LiveSaga, Stats, Turn
 from supervisor._engine.sagas import SagaOps
 from supervisor._engine.table import SagaTable
+from supervisor._engine.timers import RETRY
 from supervisor.saga import backoff_delay
-from supervisor.shm import SharedState
+from supervisor.shmem.state import SharedState
 
 _REISSUE = 0
 _DEADLINE = 1
@@ -42,11 +42,8 @@ class Retries:
         self.turn = turn
         self.stats = stats
         self.clock = sagas.clock
-        self.timers: list[tuple[float, int, int, int, int, int]] = []
-        self._seq = itertools.count()
-
-    def next_due(self) -> float | None:
-        return self.timers[0][0] if self.timers else None
+        self.timers = table.timers  # the loop's one heap: RETRY entries
+        self.timers.on(RETRY, self._due)
 
     def sent(self, saga: LiveSaga) -> None:
         """Its open step's current attempt went out: arm the step deadline."""
@@ -76,30 +73,45 @@ class Retries:
         self._push(self.clock() + backoff_delay(policy[1], policy[2], n + 1), _REISSUE, saga)
         return True
 
+    def step_failed(self, saga: LiveSaga, step: int, attempt: int, reason: str,
+                    announce: tuple[str, Any, int, int] | None = None) -> bool:
+        """The one decision for a running saga's failed step (the host's
+        ACTION_FAILED, a local handler that raised, a step deadline): tried
+        again if its policy allows (True), else the saga fails here, after
+        the event `announce` if any (False).  A failure of a step that is
+        not the open one fails the saga as it stands."""
+        if step == saga.open_step and self.failed(saga, attempt, reason):
+            return True
+        if announce is not None:
+            self.turn.events.append(announce)
+        self.sagas.fail(saga, reason)
+        return False
+
     def _push(self, due: float, what: int, saga: LiveSaga) -> None:
-        heapq.heappush(self.timers, (due, next(self._seq), what, saga.saga_id,
-                                     saga.open_step, saga.attempt))
+        self.timers.at(due, RETRY, (what, saga.saga_id, saga.open_step, saga.attempt))
 
     def run_due(self, now: float) -> None:
-        """Re-issue the steps whose backoff is over; time out the attempts
-        whose deadline passed."""
-        timers = self.timers
-        while timers and timers[0][0] <= now:
-            _due, _seq, what, sid, step, attempt = heapq.heappop(timers)
-            saga = self.table.get(sid)
-            if saga is None or saga.phase != RUNNING or saga.open_step != step or \
-                    saga.attempt != attempt or saga.open_cmd is None or \
-                    self.shared.is_claimed(sid):
-                continue  # stale: the saga moved on
-            if what == _REISSUE:
-                if saga.retry_wait:
-                    self._reissue(saga)
-            elif not saga.retry_wait:
-                assert saga.policy is not None
-                self.stats["step_timeouts"] += 1
-                reason = f"step timeout ({saga.policy[3]:g}s)"
-                if not self.failed(saga, attempt, reason):
-                    self.sagas.fail(saga, reason)
+        """Run the retry entries due at `now` (what the loop's timer heap
+        does as they come due)."""
+        for due, arg in self.timers.due(RETRY, now):
+            self._due(now, due, arg)
+
+    def _due(self, now: float, due: float, arg: tuple[int, int, int, int]) -> None:
+        """A step's backoff is over (re-issue it) or its attempt's deadline
+        passed (time it out); a stale entry (the saga moved on) is skipped."""
+        what, sid, step, attempt = arg
+        saga = self.table.get(sid)
+        if saga is None or saga.phase != RUNNING or saga.open_step != step or \
+                saga.attempt != attempt or saga.open_cmd is None or \
+                self.shared.is_claimed(sid):
+            return  # stale: the saga moved on
+        if what == _REISSUE:
+            if saga.retry_wait:
+                self._reissue(saga)
+        elif not saga.retry_wait:
+            assert saga.policy is not None
+            self.stats["step_timeouts"] += 1
+            self.step_failed(saga, step, attempt, f"step timeout ({saga.policy[3]:g}s)")
 
     def _reissue(self, saga: LiveSaga) -> None:
         assert saga.open_cmd is not None
@@ -107,7 +119,4 @@ class Retries:
         saga.attempt_at = time.time()
         self.stats["retries"] += 1
         target, cmd_json = saga.open_cmd
-        if target == HOST:
-            self.turn.host_out.append((saga.saga_id, saga.open_step, cmd_json, False))
-        else:
-            self.turn.local_out.append((saga.saga_id, saga.open_step, target, cmd_json))
+        self.turn.command(saga.saga_id, saga.open_step, target, cmd_json)

@@ -18,13 +18,13 @@ from supervisor._engine.compensation import Compensation
 from supervisor._engine.recovery import Recovery
 from supervisor._engine.records import COMPENSATING, HOST, HostProc, Stats, Turn
 from supervisor._engine.retries import Retries
-from supervisor._engine.sagas import SagaOps
+from supervisor._engine.sagas import SagaOps, answer_msg
 from supervisor._engine.table import SagaTable
-from supervisor._ratelimit import RateLimitedLog
-from supervisor.log import LogError
+from supervisor.common.ratelimit import RateLimitedLog
+from supervisor.store.sqlite import LogError
 from supervisor.protocol import Op
 from supervisor.saga import SAGA_ACTION_FAILED
-from supervisor.shm import SharedState
+from supervisor.shmem.state import SharedState
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +139,7 @@ class Routing:
                 return
             if step != saga.open_step:
                 saga.needs_sent_ack = True
-            saga.worker.outbox.append(
-                (Op.EVENT, sid, None, payload, True, sid, step, 0, saga.dispatched))
+            saga.worker.outbox.append(answer_msg(saga, step, payload))
         elif kind == frames.T_ACTION_FAILED:
             try:
                 reason = str(frames.decode_json_object(payload, "action failed").get("reason"))
@@ -153,11 +152,8 @@ class Routing:
             if step != saga.open_step:
                 self.unknown_answer(h, sid, step, "action failed for a step that is not open")
                 return
-            if self.retries.failed(saga, attempt, f"action failed: {reason}"):
-                return  # tried again after its backoff (or a superseded attempt)
-            self.turn.events.append((SAGA_ACTION_FAILED, {"name": saga.name, "reason": reason},
-                                     sid, step))
-            self.sagas.fail(saga, f"action failed: {reason}")
+            self.retries.step_failed(saga, step, attempt, f"action failed: {reason}", (
+                SAGA_ACTION_FAILED, {"name": saga.name, "reason": reason}, sid, step))
         else:
             self.bad_frame(h, f"frame type {kind} from the host")
 
@@ -178,7 +174,6 @@ class Routing:
                     and not saga.retry_wait:  # (a retry due later goes out then)
                 if restarted:
                     self.stats["reissued"] += 1
-                    self.turn.host_out.append((saga.saga_id, saga.open_step, saga.open_cmd[1],
-                                               False))
+                    self.turn.command(saga.saga_id, saga.open_step, HOST, saga.open_cmd[1])
                 else:
                     self.sagas.fail(saga, why)

@@ -21,10 +21,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from supervisor._codec import SagaSpec
+from supervisor.wire.codec import SagaSpec
 from supervisor._engine.records import (
     COMPENSATING,
-    HOST,
     RUNNING,
     TARGET_NAMES,
     Lifecycle,
@@ -33,12 +32,13 @@ from supervisor._engine.records import (
     Turn,
     WorkerProc,
 )
-from supervisor._engine.measure import Measures, cause_of
+from supervisor._engine.observations import Observations, cause_of
 from supervisor._engine.table import SagaTable
+from supervisor._engine.timers import DEADLINE
 from supervisor.errors import NEVER_ALLOCATED, unknown_saga
 from supervisor.protocol import Act, Op
 from supervisor.saga import SAGA_COMPLETED, SAGA_FAILED, SAGA_STARTED, Event
-from supervisor.shm import SharedState
+from supervisor.shmem.state import SharedState
 
 
 # seconds a claim holder has to report a saga's terminal after its deadline
@@ -47,7 +47,18 @@ REPORT_GRACE = 1.0
 
 def event_msg(saga: LiveSaga, ev: Event) -> tuple[Any, ...]:
     """The worker message that offers a bus event to `saga`."""
-    return (Op.EVENT, saga.saga_id, ev.kind, ev.data, False, ev.saga_id, ev.step, ev.version,
+    return _offer(saga, ev.kind, ev.data, False, ev.saga_id, ev.step, ev.version)
+
+
+def answer_msg(saga: LiveSaga, step: int, payload: Any) -> tuple[Any, ...]:
+    """The worker message that hands `saga` the answer to its own `step`."""
+    return _offer(saga, None, payload, True, saga.saga_id, step, 0)
+
+
+def _offer(saga: LiveSaga, kind: str | None, data: Any, answer: bool, saga_id: int | None,
+           step: int | None, version: int) -> tuple[Any, ...]:
+    """The one EVENT message a worker takes (protocol.py: Op.EVENT's fields)."""
+    return (Op.EVENT, saga.saga_id, kind, data, answer, saga_id, step, version,
             saga.dispatched)
 
 
@@ -73,8 +84,9 @@ class Admission(Protocol):
 class SagaOps:
     def __init__(self, table: SagaTable, turn: Turn, shared: SharedState, stats: Stats,
                  life: Lifecycle, pick_worker: Callable[[int], WorkerProc],
-                 ship_class: Callable[[int], None], measures: Measures | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 ship_class: Callable[[int], None], observations: Observations | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 admission: Callable[[SagaOps], Admission] | None = None) -> None:
         self.table = table
         self.turn = turn
         self.shared = shared
@@ -82,9 +94,12 @@ class SagaOps:
         self.life = life
         self.pick_worker = pick_worker
         self.ship_class = ship_class
-        self.measures = measures or Measures()
+        self.observations = observations or Observations()
         self.clock = clock  # of deadlines: real, or a test's
-        self.queue: Admission | None = None  # per-kind limits, where registered
+        table.timers.on(DEADLINE, self.deadline_passed)
+        # per-kind limits (:mod:`.queues`, made by `admission` from this very
+        # object: the queues start the sagas they release through it)
+        self.queue: Admission | None = admission(self) if admission is not None else None
 
     def start(self, saga_id: int, spec: SagaSpec, trigger_event: Event | None = None,
               key: str | None = None, dequeued: bool = False) -> None:
@@ -140,10 +155,7 @@ class SagaOps:
                 saga.retry_wait = False
             turn = self.turn
             turn.batch.steps.append((sid, step, step_name, cmd_json, TARGET_NAMES[target], now))
-            if target == HOST:
-                turn.host_out.append((sid, step, cmd_json, True))
-            else:
-                turn.local_out.append((sid, step, target, cmd_json))
+            turn.command(sid, step, target, cmd_json, new_step=True)
         elif code == Act.DONE:
             if consumed is not None and saga.open_step:
                 self.close_step(saga, consumed, time.time())
@@ -154,8 +166,8 @@ class SagaOps:
     def close_step(self, saga: LiveSaga, consumed: bytes | str, now: float) -> None:
         """The open step's echo was consumed: it succeeded, with that output."""
         out = consumed if isinstance(consumed, str) else consumed.decode("utf-8", "replace")
-        if self.measures.enabled and saga.step_sent:
-            self.measures.step(saga.name, time.monotonic() - saga.step_sent)
+        if self.observations.enabled and saga.step_sent:
+            self.observations.step(saga.name, time.monotonic() - saga.step_sent)
         self.turn.batch.step_ends.append(("succeeded", now, out, None, saga.saga_id,
                                           saga.open_step))
         if saga.policy is not None:  # a retried step logs each attempt, this one too
@@ -173,8 +185,8 @@ class SagaOps:
         if state != "completed":
             saga.worker.outbox.append((Op.DROP, sid))
         self.announce_end(sid, saga.name, state, reason)
-        if self.measures.enabled:
-            self.measures.ended(saga.name, state, saga.cause, reason,
+        if self.observations.enabled:
+            self.observations.ended(saga.name, state, saga.cause, reason,
                                 self.clock() - saga.born)
         queue = self.queue
         if queue is not None and (queue.waiting or queue.fleet_limits):
@@ -200,7 +212,7 @@ class SagaOps:
         to undo goes to compensation (while the supervisor runs)."""
         if not claimed and not self.shared.claim(saga.saga_id):
             return False
-        if self.measures.enabled:
+        if self.observations.enabled:
             saga.cause = cause_of(reason, by_worker=claimed)
         now = time.time()
         if saga.open_step:
@@ -260,14 +272,21 @@ class SagaOps:
                 self.fail(old, reason)
 
     def expire(self, now: float) -> None:
-        """Fail the sagas whose deadline passed ("saga timeout").
+        """Fail the sagas whose deadline passed by `now` (what the loop's
+        timer heap does as they come due)."""
+        for due, sid in self.table.timers.due(DEADLINE, now):
+            self.deadline_passed(now, due, sid)
+
+    def deadline_passed(self, now: float, due: float, sid: int) -> None:
+        """A ``DEADLINE`` entry came due: fail its saga ("saga timeout").
 
         A saga whose claim someone else holds at its deadline (a worker whose
         Done is on its way, or a process that claimed it through the shared
         segment and never reported) gets :data:`REPORT_GRACE` seconds for the
         report; then it ends failed all the same, so no saga stays in flight
         past its deadline and the grace."""
-        for saga in self.table.expired(now):
+        saga = self.table.expired(sid, due)
+        if saga is not None:
             if saga.phase == COMPENSATING:
                 self.end(saga, "failed_compensation", f"{saga.fail_reason}; compensation timeout")
             elif saga.overdue:

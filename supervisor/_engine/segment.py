@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from supervisor.errors import SegmentExistsError, SupervisorError
-from supervisor.shm import SharedState
+from supervisor.shmem.state import SharedState
 
 log = logging.getLogger(__name__)
 

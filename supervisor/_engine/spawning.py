@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from supervisor._engine.inbox import SpawnKeyed, SpawnMany, Sync, spawn_request
-from supervisor._future import Future
+from supervisor.common.future import Future
 from supervisor.errors import NotRunningError
 from supervisor.saga import Saga
 
@@ -26,11 +26,11 @@ def one(engine: Any, saga: Saga) -> int:
     spec = engine.registry.prepare(saga)
     shared = engine.shared
     sid: int = shared.acquire()
-    engine.outcomes.expect_mine(sid)
+    engine.exits.expect_mine(sid)
     try:
         engine.inbox.post(spawn_request(sid, spec))
     except NotRunningError:
-        engine.outcomes.forget(sid)
+        engine.exits.forget(sid)
         shared.claim(sid)  # give the slot back: it never started
         raise NotRunningError(f"cannot spawn: the supervisor is {engine.life.state}"
                               ) from None
@@ -41,7 +41,7 @@ def many(engine: Any, sagas: list[Saga]) -> list[int]:
     _running(engine)
     prepare = engine.registry.prepare
     specs = [prepare(s) for s in sagas]
-    shared, outcomes = engine.shared, engine.outcomes
+    shared, outcomes = engine.shared, engine.exits
     ids: list[int] = []
     try:
         for _ in specs:
@@ -62,24 +62,24 @@ def keyed(engine: Any, saga: Saga, key: str) -> int:
     spec = engine.registry.prepare(saga)
     shared = engine.shared
     sid = shared.acquire()
-    engine.outcomes.expect_mine(sid)
+    engine.exits.expect_mine(sid)
     fut = Future()
     try:
         engine.inbox.post(SpawnKeyed(sid, spec, key, fut))
         got = int(fut.result(30.0))
     except (NotRunningError, TimeoutError):
-        engine.outcomes.forget(sid)
+        engine.exits.forget(sid)
         shared.claim(sid)
         raise
     if got != sid:  # the key's saga exists: ours never starts
-        engine.outcomes.forget(sid)
+        engine.exits.forget(sid)
         shared.claim(sid)
     return got
 
 
 def logged(engine: Any, timeout: float = 60.0) -> None:
     """Return once everything posted so far is in the log (committed)."""
-    fut = engine.outcomes.track(Future())
+    fut = engine.exits.track(Future())
     try:
         engine.inbox.post(Sync(fut))
         fut.result(timeout)
@@ -87,4 +87,4 @@ def logged(engine: Any, timeout: float = 60.0) -> None:
         raise TimeoutError(f"the supervisor did not log the spawn within {timeout}s: "
                            "wait() tells whether it was logged") from None
     finally:
-        engine.outcomes.untrack(fut)
+        engine.exits.untrack(fut)

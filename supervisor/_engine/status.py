@@ -13,7 +13,7 @@ from supervisor._engine.records import COMPENSATING, HostProc, Lifecycle, Settin
 from supervisor._engine.table import SagaTable
 from supervisor._engine.workers import WorkerPool
 from supervisor.health import EngineView, HostView, WorkerView
-from supervisor.log_store import LogStore
+from supervisor.store.seam import LogStore
 
 log = logging.getLogger(__name__)
 

@@ -2,27 +2,26 @@
 
 Indexes exist so that no event costs O(in flight): host answers find their
 saga by id, domain events the sagas listening to their kind, triggers the
-sagas of their kind (evict-and-replace).  The deadline heap holds
-``(deadline, saga_id)``; an entry whose saga ended or whose deadline was
-re-armed is stale and skipped when it surfaces.
+sagas of their kind (evict-and-replace).  A saga's deadline is an entry of
+the loop's one timer heap (:mod:`.timers`: ``DEADLINE``, its saga id); an
+entry whose saga ended or whose deadline was re-armed is stale and skipped
+when it surfaces.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Iterator
-
 from supervisor._engine.records import LiveSaga, WorkerProc
+from supervisor._engine.timers import DEADLINE, Timers
 
 
 class SagaTable:
     __slots__ = ("live", "by_kind", "listeners", "timers", "by_key")
 
-    def __init__(self) -> None:
+    def __init__(self, timers: Timers | None = None) -> None:
         self.live: dict[int, LiveSaga] = {}
         self.by_kind: dict[str, set[int]] = {}
         self.listeners: dict[str, set[int]] = {}
-        self.timers: list[tuple[float, int]] = []
+        self.timers = timers if timers is not None else Timers()  # the loop's one heap
         self.by_key: dict[str, int] = {}  # idempotency keys of sagas in flight
 
     def __len__(self) -> int:
@@ -43,7 +42,7 @@ class SagaTable:
         for k in saga.listens:
             self.listeners.setdefault(k, set()).add(sid)
         saga.worker.in_flight += 1
-        heapq.heappush(self.timers, (saga.deadline, sid))
+        self.timers.at(saga.deadline, DEADLINE, sid)
 
     def remove(self, saga: LiveSaga) -> None:
         sid = saga.saga_id
@@ -66,21 +65,13 @@ class SagaTable:
     def rearm(self, saga: LiveSaga, deadline: float) -> None:
         """Move a saga's deadline (the old heap entry goes stale)."""
         saga.deadline = deadline
-        heapq.heappush(self.timers, (deadline, saga.saga_id))
+        self.timers.at(deadline, DEADLINE, saga.saga_id)
 
-    def next_deadline(self) -> float | None:
-        return self.timers[0][0] if self.timers else None
-
-    def expired(self, now: float) -> Iterator[LiveSaga]:
-        """Pop and yield every saga whose current deadline is at or before
-        `now`; stale entries are dropped on the way."""
-        timers = self.timers
-        live = self.live
-        while timers and timers[0][0] <= now:
-            deadline, sid = heapq.heappop(timers)
-            saga = live.get(sid)
-            if saga is not None and saga.deadline == deadline:
-                yield saga
+    def expired(self, sid: int, deadline: float) -> LiveSaga | None:
+        """The saga a ``DEADLINE`` entry names, if it is still its deadline
+        (None: the entry is stale)."""
+        saga = self.live.get(sid)
+        return saga if saga is not None and saga.deadline == deadline else None
 
     def of_kind(self, name: str) -> list[LiveSaga]:
         return [self.live[s] for s in self.by_kind.get(name, ())]

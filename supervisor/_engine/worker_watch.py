@@ -17,8 +17,9 @@ from supervisor._engine.records import Settings, WorkerProc
 from supervisor._engine.recovery import Recovery
 from supervisor._engine.routing import Routing
 from supervisor._engine.table import SagaTable
+from supervisor._engine.timers import WORKER_RESTART
 from supervisor._engine.workers import WorkerPool
-from supervisor._ratelimit import RateLimitedLog
+from supervisor.common.ratelimit import RateLimitedLog
 from supervisor.errors import RestartIntensityError
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class WorkerWatch:
         self.routing = routing
         self.recovery = recovery
         self.begin_stop = begin_stop
+        pool.timers.on(WORKER_RESTART, self.restart_due)
 
     def readable(self, w: WorkerProc) -> None:
         for batch in self.pool.read(w):
@@ -59,12 +61,16 @@ class WorkerWatch:
         if not death.later:
             self.recovery.adopt_orphans(w, death.replacement, death.why, death.intensity)
 
-    def restart_due(self, now: float) -> None:
-        """Start the replacements whose backoff passed; one that cannot start
-        now (no descriptors left for its pipes: EMFILE) is tried again at the
-        next tick, its sagas still waiting for it."""
+    def restart_due(self, now: float, due: float, arg: tuple[int, WorkerProc, str]) -> None:
+        """A ``WORKER_RESTART`` entry came due: start the replacement whose
+        backoff passed and replay the dead worker's sagas on it; one that
+        cannot start now (no descriptors left for its pipes: EMFILE) is tried
+        again in a second, its sagas still waiting for it."""
+        index, dead, why = arg
         try:
-            for dead, new, why in self.pool.restarts_due(now):
-                self.recovery.adopt_orphans(dead, new, why, False)
+            new = self.pool.restart_due(now, index, dead, why)
         except OSError as exc:
             _warn.warning("restart", "cannot start a worker now: %s; trying again", exc)
+            return
+        if new is not None:
+            self.recovery.adopt_orphans(dead, new, why, False)

@@ -11,7 +11,6 @@ fresh one takes its shard.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import os
 import pickle
@@ -24,10 +23,11 @@ from typing import Any, NamedTuple
 import multiprocess.connection
 
 import supervisor.frames as frames
-from supervisor._codec import ClassRegistry
+from supervisor.wire.codec import ClassRegistry
 from supervisor._engine.pipes import drain
 from supervisor._engine.records import Lifecycle, Settings, Stats, WorkerProc
 from supervisor._engine.restarts import RestartWindow
+from supervisor._engine.timers import WORKER_RESTART, Timers
 from supervisor.errors import SupervisorError
 from supervisor.protocol import USER_CODE_OPS, Op
 from supervisor.worker import worker_main
@@ -51,7 +51,8 @@ class WorkerPool:
     def __init__(self, settings: Settings, mp: Any, sel: selectors.BaseSelector,
                  shm_name: str, registry: ClassRegistry, stats: Stats, life: Lifecycle,
                  on_readable: Callable[[WorkerProc], Any],
-                 on_dead: Callable[[WorkerProc], Any]) -> None:
+                 on_dead: Callable[[WorkerProc], Any], timers: Timers,
+                 live: dict[int, Any]) -> None:
         self.settings = settings
         self.mp = mp
         self.sel = sel
@@ -62,14 +63,15 @@ class WorkerPool:
         self.on_readable = on_readable
         self.on_dead = on_dead
         self.clock: Callable[[], float] = settings.clock or time.monotonic  # backoffs
-        self.live: dict[int, Any] = {}  # the sagas in flight (set by the loop)
+        self.live = live  # the sagas in flight (the table's)
         self.workers: list[WorkerProc] = []
         self.retired: list[WorkerProc] = []  # recycled, finishing their sagas
         self.shipped: set[int] = set()  # class ids every worker has
         self.window = RestartWindow(settings.max_restarts, settings.restart_period,
                                     settings.restart_backoff)
-        # (when, index, dead worker, why): replacements waiting out a backoff
-        self.pending_restarts: list[tuple[float, int, WorkerProc, str]] = []
+        # replacements waiting out a backoff: WORKER_RESTART entries of the
+        # loop's one heap, (index, dead worker, why) each
+        self.timers = timers
 
     # -- start-up ------------------------------------------------------------------
 
@@ -260,31 +262,27 @@ class WorkerPool:
             # deaths in a row: back off, so a crash loop does not spin the machine
             log.warning("restarting worker %d in %.2fs (restart %d within %ss)", w.index,
                         verdict.delay, verdict.restarts, self.settings.restart_period)
-            heapq.heappush(self.pending_restarts,
-                           (self.clock() + verdict.delay, w.index, w, why))
+            self.timers.at(self.clock() + verdict.delay, WORKER_RESTART, (w.index, w, why))
             return Death(None, why, False, True)
         replacement = self._start(w.index)
         self.workers[w.index] = replacement
         return Death(replacement, why, False, False)
 
-    def next_restart(self) -> float | None:
-        return self.pending_restarts[0][0] if self.pending_restarts else None
-
-    def restarts_due(self, now: float) -> list[tuple[WorkerProc, WorkerProc, str]]:
-        """Start the replacements whose backoff passed: (dead, new, why)."""
-        out = []
-        while self.pending_restarts and self.pending_restarts[0][0] <= now:
-            _when, index, dead, why = heapq.heappop(self.pending_restarts)
-            if not self.life.running or self.workers[index] is not dead:
-                continue
-            try:
-                replacement = self._start(index)
-            except OSError:  # no descriptors for its pipes (EMFILE): again in a second
-                heapq.heappush(self.pending_restarts, (now + 1.0, index, dead, why))
-                raise
-            self.workers[index] = replacement
-            out.append((dead, replacement, why))
-        return out
+    def restart_due(self, now: float, index: int, dead: WorkerProc, why: str
+                    ) -> WorkerProc | None:
+        """A ``WORKER_RESTART`` entry came due: start `dead`'s replacement
+        (None: stale, the slot moved on or the pool is stopping).  One that
+        cannot start now (no descriptors for its pipes: EMFILE) is tried again
+        in a second; the OSError is raised for the caller to say so."""
+        if not self.life.running or self.workers[index] is not dead:
+            return None
+        try:
+            replacement = self._start(index)
+        except OSError:
+            self.timers.at(now + 1.0, WORKER_RESTART, (index, dead, why))
+            raise
+        self.workers[index] = replacement
+        return replacement
 
     # -- health thresholds ----------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from supervisor._engine.registrations import Registration
-from supervisor._eventq import Subscription
+from supervisor.common.subscription import Subscription
 from supervisor.saga import Event, Outcome, Saga
 
 

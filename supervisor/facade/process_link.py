@@ -44,11 +44,11 @@ from typing import Any
 
 from supervisor._engine.records import Settings, Stats
 from supervisor._engine.registrations import Registration
-from supervisor._eventq import Subscription
-from supervisor._procs import start_time
-from supervisor._ship import named_error, ship
-from supervisor.async_client import AsyncSagaClient
-from supervisor.client import SagaClient
+from supervisor.common.subscription import Subscription
+from supervisor.common.procs import start_time
+from supervisor.wire.ship import named_error, ship
+from supervisor.clients.async_client import AsyncSagaClient
+from supervisor.clients.client import SagaClient
 from supervisor.errors import (NotRunningError, SupervisorCrashedError, SupervisorError,
                                SupervisorGoneError)
 from supervisor.health import write_health_file
@@ -138,13 +138,13 @@ class ProcessLink:
             self._registered.append(reg)
             return
         blob = ship(type(reg).__name__, reg)
-        self._do(lambda c: c._call("register", blob))
+        self._do(lambda c: c.register(blob))
 
     def _clock_moved(self) -> None:
         client, clock = self._client, self._clock
         if client is not None and clock is not None and self._state == "running":
             try:
-                client._send(("clock", 0, clock.snapshot()[2]))
+                client.clock_moved(clock.snapshot()[2])
             except NotRunningError:
                 pass
 
@@ -230,7 +230,7 @@ class ProcessLink:
             except (NotRunningError, OSError, TimeoutError):
                 pass
         for c in [self._client, *self._subs,
-                  self._aclient._client if self._aclient is not None else None]:
+                  self._aclient.core if self._aclient is not None else None]:
             if c is not None:
                 c.close()
         assert proc.stdin is not None
@@ -318,7 +318,7 @@ class ProcessLink:
         loop = asyncio.get_running_loop()
         if self._aclient is None or self._aloop is not loop:
             if self._aclient is not None:
-                self._aclient._client.close()
+                self._aclient.core.close()
             self._aclient, self._aloop = AsyncSagaClient(self.paths.root), loop
         return self._aclient
 

@@ -12,21 +12,20 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import queue
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import supervisor._engine.metrics as _metrics
-import supervisor._validate as _validate
+import supervisor.common.checks as _validate
 from supervisor._engine.records import Settings
 from supervisor._engine.registrations import (HandlerRegistration, KindRegistration,
                                               Registration, TriggerRegistration)
-from supervisor._eventq import Subscription
-from supervisor._foreground import serve_until_signal
+from supervisor.common.subscription import Subscription
+from supervisor.facade.foreground import serve_until_signal
 from supervisor.errors import NotRunningError, SupervisorError
 from supervisor.facade.link import Link
-from supervisor.log_store import outcome_of, read_outcome
+from supervisor.store.seam import outcome_of, read_outcome
 from supervisor.paths import DataDir
 from supervisor.saga import Event, Outcome, Saga, Target
 
@@ -335,7 +334,7 @@ class Supervisor:
 
     def _from_log(self, saga_id: int) -> Outcome:
         """``wait()`` on a saga not in flight here: its logged outcome (the
-        one rule: :func:`supervisor.log_store.outcome_of`)."""
+        one rule: :func:`supervisor.store.seam.outcome_of`)."""
         stopped = self.state in ("stopping", "stopped")
         row = read_outcome(self.settings.log, self.paths, saga_id, self._link.run_first)
         return outcome_of(saga_id, row, self.error,
@@ -369,7 +368,12 @@ class Supervisor:
         """Bus events from now on (subscribed at this call); ends when the
         supervisor stops or no event came for `timeout` seconds."""
         limit = _validate.timeout(timeout)
-        return _until_quiet(self.subscribe(), limit)
+        sub = self.subscribe()
+
+        def events() -> Iterator[Event]:
+            with sub:
+                yield from sub.until_quiet(limit)
+        return events()
 
     # -- asyncio -----------------------------------------------------------------------------
 
@@ -404,12 +408,3 @@ class Supervisor:
         if self.settings.metrics_port is None:
             raise SupervisorError("metrics() needs Supervisor(..., metrics_port=...)")
         return self._link.metrics()
-
-
-def _until_quiet(sub: Subscription, timeout: float | None) -> Iterator[Event]:
-    with sub:
-        while True:
-            try:
-                yield sub.get(timeout)
-            except (queue.Empty, NotRunningError):
-                return

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import supervisor._aio as _aio
+import supervisor.facade.aio as _aio
 import supervisor._engine.spawning as _spawn
 from supervisor._engine import registrations
 from supervisor._engine.inbox import Cancel, Publish
@@ -18,8 +18,8 @@ from supervisor._engine.loop import Engine
 from supervisor._engine.metrics import exposition
 from supervisor._engine.records import Settings
 from supervisor._engine.registrations import Registration
-from supervisor._eventq import Subscription
-from supervisor._future import Future
+from supervisor.common.subscription import Subscription
+from supervisor.common.future import Future
 from supervisor.errors import NotRunningError
 from supervisor.paths import DataDir
 from supervisor.saga import Event, Outcome, Saga
@@ -97,7 +97,7 @@ class ThreadLink:
         return ids
 
     def wait(self, saga_id: int, timeout: float | None) -> Outcome | None:
-        found = self.core.outcomes.waiter(saga_id)
+        found = self.core.exits.waiter(saga_id)
         if isinstance(found, Future):
             try:
                 out: Outcome = found.result(timeout)
@@ -107,7 +107,7 @@ class ThreadLink:
         return found  # type: ignore[no-any-return]  # an Outcome, or None: ask the log
 
     async def wait_async(self, saga_id: int, timeout: float | None) -> Outcome | None:
-        return await _aio.wait_outcome(self.core.outcomes, saga_id, timeout)
+        return await _aio.wait_outcome(self.core.exits, saga_id, timeout)
 
     def cancel(self, saga_id: int, reason: str, timeout: float) -> bool:
         core = self.core
@@ -125,10 +125,10 @@ class ThreadLink:
         self.core.inbox.post(Publish(event))
 
     def subscribe(self, callback: Callable[[Event], Any] | None) -> Subscription:
-        return self.core.outcomes.subscribe(callback)
+        return self.core.exits.subscribe(callback)
 
     def events_async(self, idle: float | None) -> AsyncIterator[Event]:
-        return _aio.follow(self.core.outcomes, idle)
+        return _aio.follow(self.core.exits, idle)
 
     # -- looking at it ------------------------------------------------------------------
 

@@ -1,0 +1,243 @@
+"""The control socket's vocabulary: every request a client sends, as one
+named, typed record, and the protocol version both ends speak.
+
+A request travels as a pickled plain tuple, ``(op, req, *fields)``: its
+record's op name, the request number (0: answered only if refused), then the
+record's fields in order, so that pickling carries no class reference.
+:func:`encode` builds it from a record; :func:`decode` reads it back into its
+record and checks every field by name, once, for every server.  The clients
+(:mod:`supervisor.clients`) send these records and the control server
+(:mod:`supervisor._engine.control`) decodes them; nothing reads a request by
+index.
+
+The supervisor's messages back are plain tuples too: ``("ok", req, value)``,
+``("err", req, (error name, message))``, ``("refused", saga_id, (error
+name, message))`` for a pipelined spawn, ``("logged", n)`` (the first `n`
+spawn requests of this connection are in the log), ``("outcomes",
+[(saga_id, state, reason), ...])`` (pushed for the sagas the client spawned),
+``("event", kind, data, saga_id, step, version)`` and ``("closing", why)``.
+A pipelined spawn (request number 0) is answered only when refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from typing import Any, NamedTuple
+
+import supervisor.common.checks as _checks
+from supervisor.protocol import STATE_DICT, STATE_DILL
+
+# 2: "hello" and "logged"; 3: a spawn's fields are one item, as in
+# spawn_many.  A client says its version first; a server that speaks another
+# refuses it by name
+PROTOCOL = 3
+
+
+class BadRequest(Exception):
+    """A request or one of its fields is missing or of the wrong type or value."""
+
+
+class SpawnItem(NamedTuple):
+    """One saga to start: its id (taken from shared memory by the client),
+    its class (the id this connection shipped it under), its encoded state,
+    name, timeout, input snapshot (JSON), the event kinds it listens to,
+    whether it compensates, and its idempotency key."""
+
+    saga_id: int
+    class_id: int
+    state: tuple[int, bytes]
+    name: str
+    timeout: float
+    snapshot: str
+    listens: list[str]
+    has_comp: bool
+    key: str | None = None
+
+
+class Hello(NamedTuple):
+    req: int
+    version: int
+
+
+class ShipClass(NamedTuple):
+    """A saga class, dill'ed, known on this connection as `class_id` from now."""
+
+    req: int
+    class_id: int
+    blob: bytes
+
+
+class Spawn(NamedTuple):
+    """One saga; `watch`: push its outcome to this connection."""
+
+    req: int
+    item: SpawnItem
+    watch: bool = False
+
+
+class SpawnBatch(NamedTuple):
+    """Many sagas, all or none; `watch`: push their outcomes."""
+
+    req: int
+    items: list[SpawnItem]
+    watch: bool = False
+
+
+class Cancel(NamedTuple):
+    req: int
+    saga_id: int
+    reason: str
+
+
+class Wait(NamedTuple):
+    req: int
+    saga_id: int
+
+
+class Publish(NamedTuple):
+    req: int
+    kind: str
+    data: Any = None
+
+
+class Subscribe(NamedTuple):
+    req: int
+
+
+class Sync(NamedTuple):
+    """Answered once every request sent before it is in the log."""
+
+    req: int
+
+
+class Register(NamedTuple):
+    """A kind, handler or trigger registration record, dill'ed."""
+
+    req: int
+    blob: bytes
+
+
+class Health(NamedTuple):
+    req: int
+
+
+class Metrics(NamedTuple):
+    req: int
+
+
+class ClockMoved(NamedTuple):
+    """A launcher's test clock moved to `offset` (its mirror follows)."""
+
+    req: int
+    offset: float
+
+
+Request = (Hello | ShipClass | Spawn | SpawnBatch | Cancel | Wait | Publish | Subscribe | Sync
+           | Register | Health | Metrics | ClockMoved)
+
+OPS: dict[str, type[Any]] = {
+    "hello": Hello, "cls": ShipClass, "spawn": Spawn, "spawn_many": SpawnBatch,
+    "cancel": Cancel, "wait": Wait, "publish": Publish, "subscribe": Subscribe,
+    "sync": Sync, "register": Register, "health": Health, "metrics": Metrics,
+    "clock": ClockMoved}
+OP_OF: dict[type[Any], str] = {cls: op for op, cls in OPS.items()}
+SPAWN_OPS = ("spawn", "spawn_many")
+
+
+def encode(rec: Request) -> bytes:
+    """`rec` as the bytes of one request frame's body."""
+    if isinstance(rec, Spawn):  # (plain tuples on the wire: no class reference)
+        return pickle.dumps(("spawn", rec.req, tuple(rec.item), rec.watch), protocol=5)
+    if isinstance(rec, SpawnBatch):
+        return pickle.dumps(("spawn_many", rec.req, [tuple(i) for i in rec.items], rec.watch),
+                            protocol=5)
+    return pickle.dumps((OP_OF[type(rec)], *rec), protocol=5)
+
+
+# -- reading one back, checked ------------------------------------------------------------
+
+def _int(v: object, what: str, least: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise BadRequest(f"{what} must be an int, got {type(v).__name__}")
+    if least is not None and v < least:
+        raise BadRequest(f"{what} must be >= {least}, got {v}")
+    return v
+
+
+def _of(v: object, kind: type | tuple[type, ...], what: str) -> Any:
+    if not isinstance(v, kind):
+        raise BadRequest(f"{what} has type {type(v).__name__}")
+    return v
+
+
+def check_item(it: SpawnItem) -> SpawnItem:
+    """A spawn item's fields, checked (each rule once, for both spawn requests)."""
+    _int(it.saga_id, "saga id", 1)
+    _int(it.class_id, "class id")
+    state = _of(it.state, tuple, "state")
+    if len(state) != 2 or state[0] not in (STATE_DICT, STATE_DILL) or \
+            not isinstance(state[1], bytes):
+        raise BadRequest("state must be (kind, bytes)")
+    _of(it.name, str, "name")
+    t = it.timeout
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+        raise BadRequest(f"timeout must be a positive finite number, got {t!r}")
+    try:
+        json.loads(_of(it.snapshot, str, "snapshot"))
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"snapshot is not JSON: {exc}") from None
+    listens = _of(it.listens, (list, tuple, set, frozenset), "listens")
+    if not all(isinstance(k, str) for k in listens):
+        raise BadRequest("listens must hold str event kinds")
+    _of(it.has_comp, bool, "has_comp")
+    if it.key is not None:
+        try:
+            _checks.key(it.key)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+    return it
+
+
+def _item(value: object) -> SpawnItem:
+    fields: tuple[Any, ...] = _of(value, tuple, "a spawn item")
+    if not 8 <= len(fields) <= 9:
+        raise BadRequest(f"a spawn item has 8 or 9 fields, got {len(fields)}")
+    return check_item(SpawnItem(*fields))
+
+
+_CHECKS: dict[type[Any], Any] = {
+    Hello: lambda r: _int(r.version, "version"),
+    ShipClass: lambda r: (_int(r.class_id, "class id"), _of(r.blob, bytes, "blob")),
+    Spawn: lambda r: _of(r.watch, bool, "watch"),
+    SpawnBatch: lambda r: _of(r.watch, bool, "watch"),
+    Cancel: lambda r: (_int(r.saga_id, "saga id", 1), _of(r.reason, str, "reason")),
+    Wait: lambda r: _int(r.saga_id, "saga id", 1),
+    Publish: lambda r: _of(r.kind, str, "kind"),
+    Register: lambda r: _of(r.blob, bytes, "blob"),
+    ClockMoved: lambda r: _of(r.offset, (int, float), "offset"),
+}
+
+
+def decode(msg: tuple[Any, ...]) -> Request:
+    """A request tuple (``(op, req, ...)``, already known to start with a str
+    and an int) as its record, every field checked; :class:`BadRequest` names
+    what is wrong."""
+    cls = OPS.get(msg[0])
+    if cls is None:
+        raise BadRequest(f"unknown request {msg[0]!r}")
+    fields = msg[1:]
+    least = len(cls._fields) - len(cls._field_defaults)
+    if not least <= len(fields) <= len(cls._fields):
+        raise BadRequest(f"{msg[0]} takes {least} to {len(cls._fields)} fields "
+                         f"({', '.join(cls._fields)}), got {len(fields)}")
+    rec = cls(*fields)
+    if cls is Spawn:
+        rec = rec._replace(item=_item(rec.item))
+    elif cls is SpawnBatch:
+        rec = rec._replace(items=[_item(it) for it in _of(rec.items, list, "items")])
+    check = _CHECKS.get(cls)
+    if check is not None:
+        check(rec)
+    return rec  # type: ignore[no-any-return]

@@ -1,0 +1,122 @@
+"""One Supervisor, two engines: the same arguments, the same types from
+every method, registration after start, and the control socket's protocol
+version.  Run on both engines (the `engine` fixture)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from supervisor import (Event, NotRunningError, Outcome, SagaClient, Subscription, Supervisor,
+                        SupervisorProcess, Target)
+import supervisor.wire.requests as rq
+from supervisor.testing import Clock
+
+from . import sagas as S
+from .conftest import HOST_ARGV, wait_for
+from .test_boundaries import _ask, _raw
+
+
+def test_every_method_returns_the_same_type_on_both_engines(tmp_path: Path, engine: str
+                                                             ) -> None:
+    sup = Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine)
+    assert sup.engine == engine and isinstance(sup, Supervisor)
+    assert isinstance(sup, SupervisorProcess) == (engine == "process")
+    assert sup.in_flight() == 0 and sup.pid is None
+    with pytest.raises(NotRunningError):
+        sup.wait(1)
+    with sup:
+        sid = sup.spawn(S.InstantSaga())
+        ids = sup.spawn_many([S.InstantSaga(), S.InstantSaga()])
+        out = sup.wait(sid, 30)
+        assert type(out) is Outcome and out.completed
+        assert type(ids) is list and all(type(i) is int for i in ids)
+        sub = sup.subscribe()
+        assert type(sub) is Subscription
+        sub.close()
+        events = sup.events(timeout=0.5)
+        assert isinstance(events, Iterator)
+        stats = sup.stats
+        assert isinstance(stats, dict) and stats["completed"] >= 1
+        assert stats["unknown_echo"] == stats["unknown_answers"]  # the one deprecated alias
+        assert isinstance(sup.health(), dict) and sup.health()["healthy"]
+        assert type(sup.in_flight()) is int and type(sup.pid) is int
+        assert type(sup.cancel(ids[0])) is bool
+        assert sup.state == "running" and sup.error is None
+
+        async def both() -> tuple[Outcome, object]:
+            it = sup.events_async(idle=0.2)
+            assert isinstance(it, AsyncIterator)
+            got = await sup.wait_async(ids[1], 30)
+            async for _ in it:
+                pass
+            return got, it
+
+        got, _ = asyncio.run(both())
+        assert type(got) is Outcome
+    assert sup.state == "stopped"
+    assert sup.wait(sid, 1).completed  # once stopped: read from the log, on both engines
+
+
+def test_arguments_are_checked_once_for_both_engines(tmp_path: Path, engine: str) -> None:
+    for bad, why in [(dict(workers=0), "workers"), (dict(orphan="sometimes"), "orphan"),
+                     (dict(durability="maybe"), "durability"), (dict(engine="fiber"), "engine")]:
+        kw = {"engine": engine, **bad}
+        with pytest.raises(ValueError, match=why):
+            Supervisor(tmp_path / "x", **kw)  # type: ignore[arg-type]
+    sup = Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine)
+    with pytest.raises(TypeError, match="kind must be a Saga subclass"):
+        sup.register_kind(42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="handlers are for"):
+        sup.register_handler(Target.HOST, lambda *a: None)
+    with pytest.raises(TypeError, match="callable"):
+        sup.add_trigger(lambda ev: S.InstantSaga(), "not a predicate")  # type: ignore[arg-type]
+
+
+def test_registrations_after_start_reach_the_engine_on_both(tmp_path: Path, engine: str
+                                                            ) -> None:
+    """A kind, a handler and a trigger registered while running: the same
+    records, applied by the engine (shipped over the control socket to a
+    supervisor process)."""
+    with Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine) as sup:
+        calls_before = sup.stats["completed"]
+        sup.register_handler(Target.SRV, lambda cmd, sid, step: {"value": cmd["value"]})
+        sup.add_trigger(lambda ev: S.InstantSaga(), lambda ev: ev.kind == "go")
+        local = sup.spawn(S.LocalSaga(Target.SRV))
+        assert sup.wait(local, 30).completed  # the handler answered, in the engine
+        sup.publish(Event("go"))
+        wait_for(lambda: sup.stats["completed"] >= calls_before + 2, timeout=30,
+                 what="the trigger's saga")
+        with pytest.raises(TypeError, match="kind must be a Saga subclass"):
+            sup.register_kind(42)  # type: ignore[arg-type]  # checked here, not there
+
+
+def test_a_test_clock_drives_deadlines_on_both_engines(tmp_path: Path, engine: str) -> None:
+    clock = Clock()
+    with Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, clock=clock,
+                    engine=engine) as sup:
+        quiet = sup.spawn(S.SleepSaga(60, timeout=600))
+        wait_for(lambda: sup.in_flight() == 1, timeout=30, what="in flight")
+        clock.advance(601)
+        assert sup.wait(quiet, 30).reason == "saga timeout"
+    if engine == "process":  # a plain callable cannot cross to a supervisor process: said
+        with pytest.raises(ValueError, match="supervisor.testing.Clock"):
+            Supervisor(tmp_path / "e", clock=lambda: 0.0, engine=engine)
+
+
+def test_a_client_of_another_protocol_version_is_told(tmp_path: Path, engine: str) -> None:
+    with Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine) as sup:
+        path = (sup.data_dir / "run" / "control").read_text()
+        s = _raw(path)
+        try:
+            reply = _ask(s, ("hello", 1, 99))
+            assert reply[0] == "err" and f"protocol {rq.PROTOCOL}, the client 99" in reply[2][1]
+            assert _ask(s, ("bogus", 2)) == ("err", 2, ("ValueError",
+                                                       "bad bogus request: unknown request 'bogus'"))
+        finally:
+            s.close()
+        with SagaClient(sup.data_dir) as c:  # this version's client speaks it
+            assert c.wait(c.spawn(S.InstantSaga()), 30).completed
