@@ -172,11 +172,11 @@ class ClientCore:
         if key is not None:
             key = _checks.key(key)
         encoded = [encode_saga(s) for s in sagas]
-        for sh in encoded:
-            if sh.cls not in self._classes:
-                blob = dump_class(sh.cls)
+        for cls, _ in encoded:
+            if cls not in self._classes:
+                blob = dump_class(cls)
                 with self._send_lock:
-                    ccid = self._classes.setdefault(sh.cls, len(self._classes) + 1)
+                    ccid = self._classes.setdefault(cls, len(self._classes) + 1)
                 self.send(rq.ShipClass(0, ccid, blob))
         if self.sealed or self.closed:
             raise NotRunningError("the supervisor is stopping" if self.sealed else
@@ -186,9 +186,9 @@ class ClientCore:
         except SegmentClosedError:  # closed by another thread meanwhile
             raise NotRunningError("the client is closed") from None
         classes = self._classes
-        return [rq.SpawnItem(sid, classes[sh.cls], sh.state, sh.name, sh.timeout,
-                             sh.snapshot_json, sorted(sh.listens), sh.has_comp, key)
-                for sid, sh in zip(ids, encoded)]
+        return [rq.SpawnItem(sid, classes[cls], sp.state, sp.name, sp.timeout,
+                             sp.snapshot_json, sorted(sp.listens), sp.has_comp, key)
+                for sid, (cls, sp) in zip(ids, encoded)]
 
     def expect(self, ids: list[int]) -> None:
         """Their outcomes will be pushed here: wait() needs no round trip."""

@@ -48,20 +48,10 @@ def _compact_json_factory() -> Callable[[Any], str]:
 compact_json = _compact_json_factory()
 
 
-class EncodedSaga(NamedTuple):
-    """A saga as encoded in the caller: its class, and the rest by value."""
-
-    cls: type
-    state: tuple[int, bytes]
-    name: str
-    timeout: float
-    snapshot_json: str
-    listens: frozenset[str]
-    has_comp: bool
-
-
 class SagaSpec(NamedTuple):
-    """What the engine needs to start a saga: the class by its registry id."""
+    """A saga encoded for a worker: its class by number (the engine's
+    registry id; 0 where it is not numbered yet, as a client encodes it
+    before the class has its connection's number), the rest by value."""
 
     class_id: int
     state: tuple[int, bytes]
@@ -96,9 +86,11 @@ def _class_facts(cls: type) -> _ClassFacts:
 _tuple_new = tuple.__new__  # builds a NamedTuple at half the cost of calling it
 
 
-def encode_saga(saga: Any) -> EncodedSaga:
-    """Encode `saga` for shipping (raises :class:`SpawnError`)."""
-    return _tuple_new(EncodedSaga, _encode(saga))
+def encode_saga(saga: Any) -> tuple[type, SagaSpec]:
+    """Encode `saga` for shipping: its class, and its spec with no class
+    number yet (raises :class:`SpawnError`)."""
+    cls, *rest = _encode(saga)
+    return cls, _tuple_new(SagaSpec, (0, *rest))
 
 
 def _encode(saga: Any) -> tuple[type, tuple[int, bytes], str, float, str, frozenset[str], bool]:
