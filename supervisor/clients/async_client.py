@@ -78,7 +78,7 @@ class AsyncSagaClient:
         sid = _checks.saga_id(saga_id)
         timeout = _checks.timeout(timeout)
         outcomes = self.core.outcomes
-        mine = outcomes.get(sid)
+        mine = self.core.outcome(sid)
         if mine is None:
             state, reason = await self._call(lambda req: rq.Wait(req, sid), timeout=timeout)
             return Outcome(sid, state, reason)

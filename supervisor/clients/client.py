@@ -103,17 +103,16 @@ class SagaClient:
     def wait(self, saga_id: int, timeout: float | None = None) -> Outcome:
         sid = _checks.saga_id(saga_id)
         timeout = _checks.timeout(timeout)
-        outcomes = self.core.outcomes
-        mine = outcomes.get(sid)
+        mine = self.core.outcome(sid)
         if type(mine) is tuple:  # spawned here, pushed already
             state, reason = mine
-            outcomes.pop(sid, None)
+            self.core.outcomes.pop(sid, None)
         elif mine is not None:  # spawned here: its outcome is pushed, no round trip
             try:
                 state, reason = mine.result(timeout)
             except TimeoutError:
                 raise TimeoutError(f"saga {sid} did not end within {timeout}s") from None
-            outcomes.pop(sid, None)
+            self.core.outcomes.pop(sid, None)
         else:
             state, reason = self._call(lambda req: rq.Wait(req, sid), timeout=timeout)
         return Outcome(sid, state, reason)

@@ -41,6 +41,9 @@ from supervisor.shmem.state import SharedState
 from supervisor.wire.codec import dump_class, encode_saga
 from supervisor.wire.ship import error_of
 
+PENDING: Any = object()  # a saga spawned here whose outcome is not pushed yet
+
+
 def control_address(data_dir: str | os.PathLike[str]) -> str:
     path = DataDir.of(data_dir).control_file
     try:
@@ -89,10 +92,13 @@ class ClientCore:
         self.closed = False
         self.events: Any = None  # where pushed events go, once subscribed (put(); None ends)
         # outcomes of the sagas this client spawned, pushed by the supervisor:
-        # a future while undecided, then (state, reason) until a wait() takes
-        # it (however many end meanwhile: no round trip, no cliff; a waiter
-        # that never comes is the caller's choice, a few dozen bytes each)
+        # PENDING while undecided (a Future once a wait() came first), then
+        # (state, reason) until a wait() takes it (however many end meanwhile:
+        # no round trip, no cliff; a waiter that never comes is the caller's
+        # choice, a few dozen bytes each).  _out_lock orders a waiter's
+        # future against the reader's outcome.
         self.outcomes: dict[int, Any] = {}
+        self._out_lock = threading.Lock()
         # spawn requests sent, in order, until the supervisor says they are in
         # the log (("logged", n)); durable spawns wait for theirs
         self.spawns_sent = 0
@@ -185,16 +191,31 @@ class ClientCore:
             ids = [self.shared.acquire() for _ in encoded]
         except SegmentClosedError:  # closed by another thread meanwhile
             raise NotRunningError("the client is closed") from None
-        classes = self._classes
-        return [rq.SpawnItem(sid, classes[cls], sp.state, sp.name, sp.timeout,
-                             sp.snapshot_json, sorted(sp.listens), sp.has_comp, key)
+        classes, new = self._classes, tuple.__new__  # (half the cost of calling it)
+        return [new(rq.SpawnItem, (sid, classes[cls], sp.state, sp.name, sp.timeout,
+                                   sp.snapshot_json, sorted(sp.listens) if sp.listens else (),
+                                   sp.has_comp, key))
                 for sid, (cls, sp) in zip(ids, encoded)]
 
     def expect(self, ids: list[int]) -> None:
         """Their outcomes will be pushed here: wait() needs no round trip."""
         outcomes = self.outcomes
         for sid in ids:
-            outcomes[sid] = Future()
+            outcomes[sid] = PENDING
+
+    def outcome(self, sid: int) -> Any:
+        """A saga spawned here: its (state, reason) if pushed already, else a
+        :class:`Future` of it; None for a saga not spawned here (ask)."""
+        mine = self.outcomes.get(sid)
+        if mine is not PENDING:
+            return mine
+        with self._out_lock:
+            mine = self.outcomes.get(sid)
+            if mine is PENDING:  # the first waiter: a future, set by the reader
+                mine = self.outcomes[sid] = Future()
+                if self._lost is not None:
+                    mine.set(error=self._lost)
+        return mine
 
     def abandon(self, ids: list[int], exc: BaseException) -> NoReturn:
         """A spawn request failed: give the slots back.  Refused: the sagas
@@ -256,8 +277,7 @@ class ClientCore:
                     msg = pickle.loads(body)
                     what = msg[0]
                     if what == "outcomes":
-                        for sid, state, reason in msg[1]:
-                            self._pushed(sid, state, reason)
+                        self._pushed(msg[1])
                     elif what == "refused":  # a pipelined spawn: it never started
                         self._refused(msg[1], *msg[2])
                     elif what == "logged":
@@ -281,7 +301,8 @@ class ClientCore:
             gone = self._lost = ConnectionLostError(closing, self.unconfirmed)
             with self._send_lock:
                 durable, self._durable = list(self._durable.values()), {}
-            undecided = [f for f in list(self.outcomes.values()) if type(f) is not tuple]
+            with self._out_lock:  # (a later waiter sees _lost: see outcome())
+                undecided = [f for f in self.outcomes.values() if type(f) is Future]
             for p in list(self.pending.values()) + undecided + durable:
                 p.set(error=gone)
             if self.events is not None:
@@ -300,20 +321,32 @@ class ClientCore:
             f.set(True)
 
     def _refused(self, sid: int, kind: str, message: str) -> None:
-        f = self.outcomes.get(sid) if isinstance(sid, int) else None
-        if f is not None and type(f) is not tuple:
-            try:
-                self.shared.claim(sid)  # give the slot back
-            except SegmentClosedError:
-                pass
-            f.set(error=error_of(kind, f"saga {sid} was not started: {message}"))
+        with self._out_lock:
+            f = self.outcomes.get(sid) if isinstance(sid, int) else None
+            if f is None or type(f) is tuple:
+                return
+            if f is PENDING:
+                f = self.outcomes[sid] = Future()
+        try:
+            self.shared.claim(sid)  # give the slot back
+        except SegmentClosedError:
+            pass
+        f.set(error=error_of(kind, f"saga {sid} was not started: {message}"))
 
-    def _pushed(self, sid: int, state: str, reason: str | None) -> None:
-        f = self.outcomes.get(sid)
-        if f is None or type(f) is tuple:
-            return
-        self.outcomes[sid] = (state, reason)  # (the future's lock is freed)
-        f.set((state, reason))
+    def _pushed(self, items: list[tuple[int, str, str | None]]) -> None:
+        """Outcomes the supervisor pushed (one message a turn)."""
+        waiting = []
+        outcomes = self.outcomes
+        with self._out_lock:
+            for sid, state, reason in items:
+                f = outcomes.get(sid)
+                if f is None or type(f) is tuple:
+                    continue
+                outcomes[sid] = (state, reason)
+                if f is not PENDING:
+                    waiting.append((f, (state, reason)))
+        for f, out in waiting:
+            f.set(out)
 
     # -- the end ----------------------------------------------------------------------
 
