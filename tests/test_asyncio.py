@@ -10,8 +10,10 @@ from typing import Callable
 
 from supervisor import SAGA_COMPLETED, AsyncSagaClient, Event, Supervisor
 
-from . import sagas as S
+from . import _suite, sagas as S
 from .conftest import record_requests, wait_for
+
+sup_engine = _suite.both_engines  # a behaviour suite: every test on both engines
 
 
 def test_wait_async_and_events_async(make_sup: Callable[..., Supervisor]) -> None:

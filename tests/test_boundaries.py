@@ -26,10 +26,12 @@ from supervisor import (
 )
 from supervisor.frames import FrameReader, frame
 
-from . import sagas as S
+from . import _suite, sagas as S
 from .conftest import drain_bus
 
 Make = Callable[..., Supervisor]
+
+sup_engine = _suite.both_engines  # a behaviour suite: every test on both engines
 
 
 def _bystanders(sup: Supervisor, n: int = 40) -> list[int]:

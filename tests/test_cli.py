@@ -15,10 +15,12 @@ import pytest
 
 from supervisor import Supervisor
 
-from . import sagas as S
+from . import _suite, sagas as S
 from .conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
+
+sup_engine = _suite.both_engines  # a behaviour suite: every test on both engines
 
 
 def cli(*args: str, cwd: Path | None = None, timeout: float = 120
@@ -93,7 +95,7 @@ def test_health_probe_exit_codes(make_sup: Callable[..., Supervisor], tmp_path: 
     ok = cli("health", "--data-dir", str(sup.data_dir), "--json")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     report = json.loads(ok.stdout)
-    assert report["supervisor"]["pid"] == os.getpid() and len(report["workers"]) == 2
+    assert report["supervisor"]["pid"] == sup.pid and len(report["workers"]) == 2
     sup.spawn(S.HostFaultSaga("die"))
     wait_for(lambda: cli("health", "--data-dir", str(sup.data_dir)).returncode == 1,
              timeout=20, what="probe reports the dead host")
@@ -272,11 +274,12 @@ def test_cancel_publish_and_events_against_a_running_supervisor(
     assert pub.returncode == 0
     wait_for(lambda: any(e.kind == "deploy" and e.data == {"rev": 7} for e in seen),
              what="published event on the bus")
+    before = sup.health()["control"]["subscribers"]  # (the process engine's own: 1)
     proc = subprocess.Popen([sys.executable, "-m", "supervisor", "events", "--data-dir", d,
                              "--count", "1", "--since-version", "0"], stdout=subprocess.PIPE,
                             text=True)
     assert proc.stdout is not None
-    wait_for(lambda: sup.health()["control"]["subscribers"] == 1, what="subscribed")
+    wait_for(lambda: sup.health()["control"]["subscribers"] == before + 1, what="subscribed")
     sid = sup.spawn(S.InstantSaga())
     line = proc.stdout.readline()
     assert proc.wait(30) == 0

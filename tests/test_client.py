@@ -12,10 +12,12 @@ import pytest
 from supervisor import Event, NotRunningError, SagaClient, SpawnError, Supervisor
 import supervisor.wire.requests as rq
 
-from . import _client_procs, sagas as S
+from . import _client_procs, _suite, sagas as S
 from .conftest import read_log
 
 CTX = mp.get_context("spawn")
+
+sup_engine = _suite.both_engines  # a behaviour suite: every test on both engines
 
 
 def test_processes_spawn_and_wait_through_clients(make_sup: Callable[..., Supervisor]) -> None:

@@ -17,10 +17,12 @@ from supervisor import (
     Supervisor,
 )
 
-from . import sagas as S
+from . import _suite, sagas as S
 from .conftest import drain_bus, read_log
 
 Make = Callable[..., Supervisor]
+
+sup_engine = _suite.both_engines  # a behaviour suite: every test on both engines
 
 
 def test_publish_refuses_data_that_contains_itself(make_sup: Make) -> None:
@@ -36,7 +38,9 @@ def test_a_claim_taken_outside_never_strands_its_saga(make_sup: Make) -> None:
     sup = make_sup()
     other = SharedState.attach(sup.shm_name)  # e.g. another process, or a client
     try:
-        ids = [sup.spawn(S.SleepSaga(30, timeout=0.3)) for _ in range(5)]
+        # durable: each is in flight before the claim (a pipelined spawn that
+        # arrives after its slot was claimed is refused, not started)
+        ids = [sup.spawn(S.SleepSaga(30, timeout=0.3), durable=True) for _ in range(5)]
         for sid in ids:
             assert other.claim(sid)
         t0 = time.monotonic()

@@ -13,8 +13,10 @@ import pytest
 
 from supervisor import Supervisor
 
-from . import sagas as S
+from . import _suite, sagas as S
 from .conftest import wait_for
+
+sup_engine = _suite.both_engines  # a behaviour suite: every test on both engines
 
 
 def test_top_once_json(make_sup: Callable[..., Supervisor], tmp_path: object) -> None:

@@ -32,12 +32,14 @@ class Subscription:
     subscription).  The same type on both engines."""
 
     def __init__(self, q: Any = None, on_close: Callable[[], Any] | None = None,
-                 callback: Callable[[Event], Any] | None = None, pump: bool = False) -> None:
+                 callback: Callable[[Event], Any] | None = None, pump: bool = False,
+                 on_error: Callable[[], Any] | None = None) -> None:
         # where events wait: ours, or one the caller gives (put(item); None ends it)
         self._q: Any = q if q is not None else queue.SimpleQueue()
         self._on_close = on_close
         self.callback = callback
         self.closed = False
+        self._on_error = on_error  # a pumped callback raised: counted there
         self._thread: threading.Thread | None = None
         if pump and callback is not None:  # a thread of ours calls it, from the queue
             self._thread = threading.Thread(target=self._pump, name="saga-subscriber",
@@ -75,7 +77,8 @@ class Subscription:
         cb = self.callback
         assert cb is not None
         for ev in self:
-            self._call(cb, ev)
+            if not self._call(cb, ev) and self._on_error is not None:
+                self._on_error()
 
     # -- the side that reads ------------------------------------------------------------
 

@@ -85,6 +85,9 @@ class ProcessLink:
         self._crash: BaseException | None = None
         self._crash_lock = threading.Lock()
         self._wrote_health = False
+        # subscriber callbacks run here, in the launcher: their errors are
+        # counted here and added to the engine's stats["subscriber_errors"]
+        self._subscriber_errors = 0
 
     # -- what it is -----------------------------------------------------------------------
 
@@ -342,7 +345,11 @@ class ProcessLink:
         except (NotRunningError, OSError) as exc:
             raise self._gone(exc) from exc
         self._subs.append(c)
-        return Subscription(c.subscribe_queue(), c.close, callback, pump=True)
+        return Subscription(c.subscribe_queue(), c.close, callback, pump=True,
+                            on_error=self._subscriber_failed)
+
+    def _subscriber_failed(self) -> None:
+        self._subscriber_errors += 1
 
     # -- looking at it ------------------------------------------------------------------
 
@@ -354,6 +361,7 @@ class ProcessLink:
         """A snapshot of the engine's counters, fetched."""
         stats = Stats()
         stats.update(self.health()["stats"])
+        stats["subscriber_errors"] += self._subscriber_errors
         return stats
 
     def in_flight(self) -> int:
