@@ -187,10 +187,12 @@ class ProcessLink:
             proc.stdin.flush()
         except BrokenPipeError:
             pass
-        line = self._line(s.start_timeout + 30.0)
+        wait = s.start_timeout + 30.0
+        line = self._line(wait)
         word, _, rest = line.partition(" ")
         if word != "ready":
             self._state = "stopped"
+            silent = proc.poll() is None  # (alive: it never said it was ready)
             proc.kill()
             proc.wait()
             for pipe in (proc.stdin, proc.stdout):
@@ -198,6 +200,9 @@ class ProcessLink:
                     pipe.close()
             if word == "error":  # the engine's own error, by name
                 raise named_error(rest)
+            if silent:
+                raise SupervisorError(f"the supervisor process did not say it was ready "
+                                      f"within {wait:g}s (start_timeout + 30): killed it")
             raise SupervisorError("the supervisor process did not start: it exited")
         self._info = json.loads(rest or "{}")
         self._state = "running"

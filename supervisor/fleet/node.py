@@ -187,7 +187,7 @@ class NodeLease:
 
         from supervisor.fleet.cancel import reap_orphans
         from supervisor.fleet.takeover import take_over
-        from supervisor.store.pg_connect import network
+        from supervisor.store.pg_connect import network, server_gives_up
 
         conn: Any = None
         sql, params = self.fence_sql()
@@ -207,9 +207,7 @@ class NodeLease:
                     # never wait long on a lock (renewals come first), and if this
                     # node is paused inside a transaction, the server ends it soon,
                     # so that its locks hold up nobody else for long
-                    for name in ("lock_timeout", "idle_in_transaction_session_timeout"):
-                        conn.execute("SELECT set_config(%s, %s, false)",
-                                     (name, f"{int(self.lease * 250)}ms"))
+                    server_gives_up(conn, self.lease / 4, "lock_timeout")
                     if cancels is not None:
                         conn.execute("LISTEN saga_cancel")
                         conn.execute("LISTEN saga_slot")

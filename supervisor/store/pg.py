@@ -45,7 +45,8 @@ from supervisor.fleet.node import ID_BITS, FleetOwner, NodeLease
 from supervisor.store.sqlite import Batch
 from supervisor.store.pg_read import read_outcome
 from supervisor.store.pg_rows import raise_mark, write_batch
-from supervisor.store.pg_connect import connect, driver, network, redact, server
+from supervisor.store.pg_connect import (connect, driver, network, redact, server,
+                                         server_gives_up)
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,8 @@ class PgLog:
             self.conn.execute("SET synchronous_commit = off")
         # a transaction of ours cut off half-sent (a partition, a pause) is ended
         # by the server soon, so that its locks hold up no other node for long
-        self.conn.execute("SET idle_in_transaction_session_timeout = %s" % int(
-            max(1.0, self.retry / 4 if self.node is None else self.node.lease / 4) * 1000))
+        server_gives_up(self.conn, max(1.0, self.retry / 4 if self.node is None
+                                       else self.node.lease / 4))
         self.conn.commit()
 
     def _again(self, what: str, fn: Any) -> Any:

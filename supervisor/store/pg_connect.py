@@ -44,6 +44,21 @@ def network(give_up: float) -> dict[str, Any]:
             "keepalives_count": 3, "tcp_user_timeout": max(1000, int(give_up * 1000))}
 
 
+def server_gives_up(conn: Any, seconds: float, *extra: str) -> None:
+    """The server's side of :func:`network`, for this session: a
+    transaction of ours left idle (we were paused) or stuck sending to us
+    (we were cut off) is ended by the server within `seconds`, so that its
+    locks hold up no other node for long (without this, a backend blocked
+    in a send to a partitioned node keeps its row locks for the kernel's
+    many minutes).  `extra` names more timeouts set the same (``lock_timeout``)."""
+    ms = f"{max(100, int(seconds * 1000))}ms"
+    for name in ("idle_in_transaction_session_timeout", "tcp_user_timeout", *extra):
+        conn.execute("SELECT set_config(%s, %s, false)", (name, ms))
+    for name, value in (("tcp_keepalives_idle", "5"), ("tcp_keepalives_interval", "1"),
+                        ("tcp_keepalives_count", "3")):
+        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+
+
 def server(conn: Any) -> dict[str, Any]:
     """Which server `conn` reached (never the password), for health."""
     info = conn.info
