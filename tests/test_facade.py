@@ -120,3 +120,17 @@ def test_a_client_of_another_protocol_version_is_told(tmp_path: Path, engine: st
             s.close()
         with SagaClient(sup.data_dir) as c:  # this version's client speaks it
             assert c.wait(c.spawn(S.InstantSaga()), 30).completed
+
+
+def test_old_import_paths_and_the_default_clock_said_outright(tmp_path: Path, engine: str
+                                                              ) -> None:
+    import time
+
+    import supervisor
+    from supervisor.async_client import AsyncSagaClient
+    from supervisor.client import SagaClient as OldPath
+
+    assert OldPath is supervisor.SagaClient and AsyncSagaClient is supervisor.AsyncSagaClient
+    with Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, clock=time.monotonic,
+                    engine=engine) as sup:  # the default clock, named: fine on both
+        assert sup.wait(sup.spawn(S.InstantSaga()), 30).completed

@@ -65,6 +65,9 @@ class ProcessLink:
 
     def __init__(self, paths: DataDir, settings: Settings, orphan: str) -> None:
         clock = settings.clock
+        if clock is time.monotonic:  # the default, said outright: nothing to mirror
+            clock = None
+            settings = dataclasses.replace(settings, clock=None)
         if clock is not None and not (hasattr(clock, "snapshot") and hasattr(clock, "attach")):
             raise ValueError("clock= crosses to the supervisor process only as a "
                              "supervisor.testing.Clock (its advances are sent there)")
