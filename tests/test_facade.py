@@ -16,13 +16,18 @@ import supervisor.wire.requests as rq
 from supervisor.testing import Clock
 
 from . import sagas as S
+from . import _suite
 from .conftest import HOST_ARGV, wait_for
 from .test_boundaries import _ask, _raw
 
 
-def test_every_method_returns_the_same_type_on_both_engines(tmp_path: Path, engine: str
+sup_store = _suite.both_stores  # (store_log: each test's log on SQLite and on PostgreSQL)
+
+
+def test_every_method_returns_the_same_type_on_both_engines(tmp_path: Path, engine: str,
+        store_log: str | None
                                                              ) -> None:
-    sup = Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine)
+    sup = Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine, log=store_log)
     assert sup.engine == engine and isinstance(sup, Supervisor)
     assert isinstance(sup, SupervisorProcess) == (engine == "process")
     assert sup.in_flight() == 0 and sup.pid is None
@@ -76,12 +81,14 @@ def test_arguments_are_checked_once_for_both_engines(tmp_path: Path, engine: str
         sup.add_trigger(lambda ev: S.InstantSaga(), "not a predicate")  # type: ignore[arg-type]
 
 
-def test_registrations_after_start_reach_the_engine_on_both(tmp_path: Path, engine: str
+def test_registrations_after_start_reach_the_engine_on_both(tmp_path: Path, engine: str,
+        store_log: str | None
                                                             ) -> None:
     """A kind, a handler and a trigger registered while running: the same
     records, applied by the engine (shipped over the control socket to a
     supervisor process)."""
-    with Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine) as sup:
+    with Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine,
+                    log=store_log) as sup:
         calls_before = sup.stats["completed"]
         sup.register_handler(Target.SRV, lambda cmd, sid, step: {"value": cmd["value"]})
         sup.add_trigger(lambda ev: S.InstantSaga(), lambda ev: ev.kind == "go")
@@ -94,35 +101,39 @@ def test_registrations_after_start_reach_the_engine_on_both(tmp_path: Path, engi
             sup.register_kind(42)  # type: ignore[arg-type]  # checked here, not there
 
 
-def test_a_test_clock_drives_deadlines_on_both_engines(tmp_path: Path, engine: str) -> None:
+def test_a_test_clock_drives_deadlines_on_both_engines(tmp_path: Path, engine: str,
+        store_log: str | None) -> None:
     clock = Clock()
     with Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, clock=clock,
-                    engine=engine) as sup:
+                    engine=engine, log=store_log) as sup:
         quiet = sup.spawn(S.SleepSaga(60, timeout=600))
         wait_for(lambda: sup.in_flight() == 1, timeout=30, what="in flight")
         clock.advance(601)
         assert sup.wait(quiet, 30).reason == "saga timeout"
     if engine == "process":  # a plain callable cannot cross to a supervisor process: said
         with pytest.raises(ValueError, match="supervisor.testing.Clock"):
-            Supervisor(tmp_path / "e", clock=lambda: 0.0, engine=engine)
+            Supervisor(tmp_path / "e", clock=lambda: 0.0, engine=engine, log=store_log)
 
 
-def test_a_client_of_another_protocol_version_is_told(tmp_path: Path, engine: str) -> None:
-    with Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine) as sup:
+def test_a_client_of_another_protocol_version_is_told(tmp_path: Path, engine: str,
+        store_log: str | None) -> None:
+    with Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine,
+                    log=store_log) as sup:
         path = (sup.data_dir / "run" / "control").read_text()
         s = _raw(path)
         try:
             reply = _ask(s, ("hello", 1, 99))
             assert reply[0] == "err" and f"protocol {rq.PROTOCOL}, the client 99" in reply[2][1]
-            assert _ask(s, ("bogus", 2)) == ("err", 2, ("ValueError",
-                                                       "bad bogus request: unknown request 'bogus'"))
+            bogus = ("ValueError", "bad bogus request: unknown request 'bogus'")
+            assert _ask(s, ("bogus", 2)) == ("err", 2, bogus)
         finally:
             s.close()
         with SagaClient(sup.data_dir) as c:  # this version's client speaks it
             assert c.wait(c.spawn(S.InstantSaga()), 30).completed
 
 
-def test_old_import_paths_and_the_default_clock_said_outright(tmp_path: Path, engine: str
+def test_old_import_paths_and_the_default_clock_said_outright(tmp_path: Path, engine: str,
+        store_log: str | None
                                                               ) -> None:
     import time
 
@@ -132,5 +143,5 @@ def test_old_import_paths_and_the_default_clock_said_outright(tmp_path: Path, en
 
     assert OldPath is supervisor.SagaClient and AsyncSagaClient is supervisor.AsyncSagaClient
     with Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, clock=time.monotonic,
-                    engine=engine) as sup:  # the default clock, named: fine on both
+                    engine=engine, log=store_log) as sup:  # the default clock, named: fine on both
         assert sup.wait(sup.spawn(S.InstantSaga()), 30).completed
