@@ -5,7 +5,7 @@ the engine's :class:`SagaSpec`, and the two ways a request is turned down
 
 from __future__ import annotations
 
-from supervisor.wire.codec import SagaSpec
+from supervisor.wire.codec import SagaSpec, new_record
 from supervisor.wire.requests import BadRequest, SpawnItem
 
 __all__ = ["BadRequest", "Refused", "spec_of"]
@@ -27,9 +27,8 @@ def spec_of(it: SpawnItem, classes: dict[int, int | str]) -> SagaSpec:
     if not isinstance(cid, int):
         raise Refused("SpawnError", cid or f"unknown class id {it.class_id!r}")
     listens = it.listens
-    return _tuple_new(SagaSpec, (cid, it.state, it.name, float(it.timeout), it.snapshot,
+    return new_record(SagaSpec, (cid, it.state, it.name, float(it.timeout), it.snapshot,
                                  frozenset(listens) if listens else _NO_KINDS, it.has_comp))
 
 
-_tuple_new = tuple.__new__  # (a NamedTuple at half the cost of calling it: one per saga)
 _NO_KINDS: frozenset[str] = frozenset()

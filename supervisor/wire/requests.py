@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 import supervisor.common.checks as _checks
 from supervisor.protocol import STATE_DICT, STATE_DILL
+from supervisor.wire.codec import new_record
 
 # 2: "hello" and "logged"; 3: a spawn's fields are one item, as in
 # spawn_many.  A client says its version first; a server that speaks another
@@ -215,7 +216,6 @@ def check_item(it: SpawnItem) -> SpawnItem:
     return it
 
 
-_tuple_new = tuple.__new__  # a NamedTuple at half the cost of calling it (one per saga)
 
 
 def _item(value: object) -> SpawnItem:
@@ -225,7 +225,7 @@ def _item(value: object) -> SpawnItem:
         fields += (None,)
     elif n != 9:
         raise BadRequest(f"a spawn item has 8 or 9 fields, got {n}")
-    return check_item(_tuple_new(SpawnItem, fields))
+    return check_item(new_record(SpawnItem, fields))
 
 
 _CHECKS: dict[type[Any], Any] = {
