@@ -59,13 +59,20 @@ class SagaTable:
                 if not ls:
                     del self.listeners[k]
         saga.worker.in_flight -= 1
+        self.timers.abandoned()  # its deadline entry
         if saga.key is not None:
             self.by_key.pop(saga.key, None)
 
     def rearm(self, saga: LiveSaga, deadline: float) -> None:
         """Move a saga's deadline (the old heap entry goes stale)."""
         saga.deadline = deadline
+        self.timers.abandoned()  # the old entry
         self.timers.at(deadline, DEADLINE, saga.saga_id)
+
+    def armed(self, deadline: float, sid: int) -> bool:
+        """Whether a ``DEADLINE`` entry is its saga's current deadline."""
+        saga = self.live.get(sid)
+        return saga is not None and saga.deadline == deadline
 
     def expired(self, sid: int, deadline: float) -> LiveSaga | None:
         """The saga a ``DEADLINE`` entry names, if it is still its deadline

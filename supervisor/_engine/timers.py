@@ -7,7 +7,12 @@ timeout by :meth:`Timers.next_due` and runs what is due once a turn
 (:meth:`Timers.run_due`), each entry by the handler its owner registered for
 its kind.  Entries go stale (a saga that ended, a deadline re-armed, a retry
 superseded): a handler checks its entry against the state it names and
-skips a stale one, so nothing is ever removed from the middle of the heap.
+skips a stale one.  An owner that knows an entry of its went stale says so
+(:meth:`Timers.abandoned`); once stale entries are more than half the heap,
+the heap is rebuilt without them (each kind's `alive` test decides), so a
+saga that ended long before its deadline does not keep an entry for the
+rest of its timeout: memory stays proportional to what is in flight, not
+to the rate times the timeout (as asyncio does with cancelled handles).
 """
 
 from __future__ import annotations
@@ -25,19 +30,45 @@ WORKER_RESTART: Final = 3  # a dead worker's replacement, after its backoff
 HOST_RESTART: Final = 4  # the host's restart, after its backoff
 
 Fire = Callable[[float, float, Any], None]
+Alive = Callable[[float, Any], bool]
+
+# fewer stale entries than this are never worth a rebuild
+_COMPACT_MIN = 4096
 
 
 class Timers:
-    __slots__ = ("heap", "_seq", "_fire")
+    __slots__ = ("heap", "_seq", "_fire", "_alive", "stale")
 
     def __init__(self) -> None:
         self.heap: list[tuple[float, int, int, Any]] = []  # (due, seq, kind, arg)
         self._seq = itertools.count()
         self._fire: dict[int, Fire] = {}
+        self._alive: dict[int, Alive] = {}
+        self.stale = 0  # entries known stale (abandoned), still in the heap
 
-    def on(self, kind: int, fire: Fire) -> None:
-        """`fire(now, due, arg)` runs the entries of `kind` that are due."""
+    def on(self, kind: int, fire: Fire, alive: Alive | None = None) -> None:
+        """`fire(now, due, arg)` runs the entries of `kind` that are due;
+        `alive(due, arg)`, if given, tells a live entry from a stale one
+        when the heap is rebuilt (entries of a kind without it are kept)."""
         self._fire[kind] = fire
+        if alive is not None:
+            self._alive[kind] = alive
+
+    def abandoned(self) -> None:
+        """One entry went stale (its owner knows): rebuild the heap once
+        stale ones are more than half of it."""
+        self.stale += 1
+        if self.stale > _COMPACT_MIN and self.stale * 2 > len(self.heap):
+            self.compact()
+
+    def compact(self) -> None:
+        """Drop the stale entries, in place (a :meth:`run_due` in progress
+        goes on popping the same list)."""
+        alive = self._alive
+        heap = self.heap
+        heap[:] = [e for e in heap if (a := alive.get(e[2])) is None or a(e[0], e[3])]
+        heapq.heapify(heap)
+        self.stale = 0
 
     def at(self, due: float, kind: int, arg: Any = None) -> None:
         heapq.heappush(self.heap, (due, next(self._seq), kind, arg))
