@@ -66,9 +66,9 @@ def test_async_client(make_sup: Callable[..., Supervisor]) -> None:
             assert await c.cancel(keyed, "async") is True
             assert (await c.wait(keyed, 10)).reason == "cancelled: async"
             events = c.events(timeout=10)
-            await c.publish(Event("hello", {"n": 1}))
+            await c.publish(Event("hello", {"n": 1}, saga_id=5))
             got = await events.__anext__()
-            assert (got.kind, got.data) == ("hello", {"n": 1})
+            assert (got.kind, got.data, got.saga_id, got.step) == ("hello", {"n": 1}, 5, None)
             assert "saga_spawned_total" in await c.metrics()
 
     asyncio.run(main())

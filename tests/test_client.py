@@ -64,9 +64,12 @@ def test_client_errors_and_bus(make_sup: Callable[..., Supervisor], tmp_path: Pa
         with pytest.raises(ValueError, match="unknown saga id"):
             client.wait(10**6)
         events = client.events(timeout=10)
-        client.publish(Event("hello", {"x": 1}))
+        client.publish(Event("hello", {"x": 1}, saga_id=3, step=2))
         ev = next(events)
-        assert (ev.kind, ev.data) == ("hello", {"x": 1}) and ev.version > 0
+        assert (ev.kind, ev.data, ev.saga_id, ev.step) == ("hello", {"x": 1}, 3, 2)
+        assert ev.version > 0
+        with pytest.raises(TypeError, match="step must be an int or None"):
+            client.publish(Event("hello", step="2"))  # type: ignore[arg-type]
         sid = client.spawn(S.InstantSaga())
         assert client.wait(sid, 10).completed
         assert sup.wait(sid, 10).completed

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from supervisor.wire.codec import SagaSpec
 from supervisor._engine.exits import Exits
-from supervisor._engine.records import RUNNING, Lifecycle, Stats, Turn
+from supervisor._engine.records import NAME_ONLY, RUNNING, BusEvent, Lifecycle, Stats, Turn
 from supervisor._engine.sagas import SagaOps, event_msg
 from supervisor._engine.table import SagaTable
 from supervisor.errors import SupervisorError
@@ -49,7 +49,7 @@ class Bus:
         self.remote = remote
         self.version = 0
 
-    def publish(self, events: list[tuple[str, Any, int | None, int | None]]) -> None:
+    def publish(self, events: list[BusEvent]) -> None:
         """Version and fan out one committed turn's events."""
         subs = self.exits.subs
         triggers = self.triggers if self.life.running else None
@@ -63,6 +63,8 @@ class Bus:
             fire = triggers and kind not in LIFECYCLE_KINDS
             if not (subs or conns or ids or fire):
                 continue  # nobody looks: the version is spent, no object is built
+            if step is NAME_ONLY:
+                data, step = {"name": data}, None
             ev = Event(kind, data, saga_id, step, version)
             for s in subs:
                 if not s.put(ev):

@@ -345,7 +345,7 @@ class ControlServer:
         elif isinstance(rec, rq.Wait):
             self._wait(c, req, rec.saga_id)
         elif isinstance(rec, rq.Publish):
-            self.turn.events.append((rec.kind, rec.data, None, None))
+            self.turn.events.append((rec.kind, rec.data, rec.saga_id, rec.step))
             c.send(("ok", req, None))
         elif isinstance(rec, rq.Hello):
             if rec.version != rq.PROTOCOL:

@@ -10,6 +10,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from collections.abc import Callable
+from types import EllipsisType
 from typing import Any, Final
 
 from supervisor.frames import FrameReader
@@ -23,6 +24,14 @@ COMPENSATING: Final = 1
 # Targets as the plain ints that travel in worker messages.
 HOST: Final = int(Target.HOST)
 TARGET_NAMES: Final = {int(t): t.name for t in Target}
+
+# the step of a lifecycle event whose data is only its saga's name: the
+# data's dict is built on publishing, and only if someone looks (a tuple of
+# plain values is left out of the garbage collector's walks; one holding a
+# dict is walked by every full collection while it waits for its commit)
+NAME_ONLY: Final = Ellipsis
+# (kind, data, saga id, step), as the bus publishes it once committed
+BusEvent = tuple[str, Any, int | None, int | None | EllipsisType]
 
 
 @dataclass(frozen=True)
@@ -175,7 +184,7 @@ class LiveSaga:
         self.dispatched = 0
         self.needs_sent_ack = bool(listens)
         self.fail_reason: str | None = None
-        self.comp_queue: list[tuple[int, int | None, str | None]] = []
+        self.comp_queue: list[tuple[int, int | None, str | None]] | None = None
         self.comp_wait: tuple[int, int] | None = None  # (original step, compensation step)
         self.comp_failed: str | None = None
         self.open_cmd: tuple[int, str] | None = None  # (target, cmd json) of open_step
@@ -208,7 +217,7 @@ class Turn:
         self.local_out: list[tuple[int, int, int, str]] = []  # (saga id, step, target, json)
         # bus events, as (kind, data, saga id, step): an Event is built only if
         # someone (subscriber, listener, trigger) will see it
-        self.events: list[tuple[str, Any, int | None, int | None]] = []
+        self.events: list[BusEvent] = []
         self.ended: list[tuple[int, str, str | None]] = []  # (saga id, state, reason)
         self.id_limit = 0  # the ids' fence may rise to this once the batch is committed
         # called once this turn's batch (and every one before) is committed:
@@ -243,7 +252,7 @@ class Turn:
 class TurnOutputs:
     host_out: list[tuple[int, int, str, bool]]
     local_out: list[tuple[int, int, int, str]]
-    events: list[tuple[str, Any, int | None, int | None]]
+    events: list[BusEvent]
     ended: list[tuple[int, str, str | None]]
     # (worker, its messages of the turn), filled in by the group commit
     worker_msgs: list[tuple[WorkerProc, list[tuple[Any, ...]]]] = field(default_factory=list)

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from supervisor.wire.codec import SagaSpec
 from supervisor._engine.records import (
     COMPENSATING,
+    NAME_ONLY,
     RUNNING,
     TARGET_NAMES,
     Lifecycle,
@@ -131,7 +132,7 @@ class SagaOps:
         if trigger_event is not None:
             saga.needs_sent_ack = True
             w.outbox.append(event_msg(saga, trigger_event))
-        turn.events.append((SAGA_STARTED, {"name": name}, saga_id, None))
+        turn.events.append((SAGA_STARTED, name, saga_id, NAME_ONLY))
         self.stats["spawned"] += 1
 
     def act(self, saga: LiveSaga, code: int, arg: Any, consumed: bytes | str | None) -> None:
@@ -202,7 +203,7 @@ class SagaOps:
             turn.events.append((SAGA_FAILED, data, sid, None))
         else:
             self.stats["completed"] += 1
-            turn.events.append((SAGA_COMPLETED, {"name": name}, sid, None))
+            turn.events.append((SAGA_COMPLETED, name, sid, NAME_ONLY))
         turn.ended.append((sid, state, reason))
 
     def fail(self, saga: LiveSaga, reason: str, claimed: bool = False,

@@ -165,6 +165,10 @@ def event(ev: Any) -> None:
         raise TypeError(f"publish() takes an Event, got {type(ev).__name__}")
     if not isinstance(ev.kind, str):
         raise TypeError(f"event kind must be a str, got {type(ev.kind).__name__}")
+    for what in ("saga_id", "step"):
+        v = getattr(ev, what)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+            raise TypeError(f"event {what} must be an int or None, got {type(v).__name__}")
     try:  # it travels to workers and clients pickled
         pickle.dumps(ev.data, protocol=5)
     except Exception as exc:

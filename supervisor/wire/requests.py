@@ -32,9 +32,9 @@ from supervisor.protocol import STATE_DICT, STATE_DILL
 from supervisor.wire.codec import new_record
 
 # 2: "hello" and "logged"; 3: a spawn's fields are one item, as in
-# spawn_many.  A client says its version first; a server that speaks another
-# refuses it by name
-PROTOCOL = 3
+# spawn_many; 4: "publish" carries the event's saga id and step.  A client
+# says its version first; a server that speaks another refuses it by name
+PROTOCOL = 4
 
 
 class BadRequest(Exception):
@@ -102,6 +102,8 @@ class Publish(NamedTuple):
     req: int
     kind: str
     data: Any = None
+    saga_id: int | None = None
+    step: int | None = None
 
 
 class Subscribe(NamedTuple):
@@ -166,6 +168,10 @@ def _int(v: object, what: str, least: int | None = None) -> int:
     if least is not None and v < least:
         raise BadRequest(f"{what} must be >= {least}, got {v}")
     return v
+
+
+def _maybe_int(v: object, what: str) -> int | None:
+    return None if v is None else _int(v, what)
 
 
 def _of(v: object, kind: type | tuple[type, ...], what: str) -> Any:
@@ -235,7 +241,8 @@ _CHECKS: dict[type[Any], Any] = {
     SpawnBatch: lambda r: _of(r.watch, bool, "watch"),
     Cancel: lambda r: (_int(r.saga_id, "saga id", 1), _of(r.reason, str, "reason")),
     Wait: lambda r: _int(r.saga_id, "saga id", 1),
-    Publish: lambda r: _of(r.kind, str, "kind"),
+    Publish: lambda r: (_of(r.kind, str, "kind"), _maybe_int(r.saga_id, "saga id"),
+                        _maybe_int(r.step, "step")),
     Register: lambda r: _of(r.blob, bytes, "blob"),
     ClockMoved: lambda r: _of(r.offset, (int, float), "offset"),
 }
