@@ -25,6 +25,7 @@ Protocol with the launcher, over the child's stdin and stdout:
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -122,6 +123,18 @@ def _take_what_was_sent(sup: ThreadLink, limit: float = 2.0) -> None:
         time.sleep(0.01)
 
 
+def _collect_less() -> None:
+    """This interpreter is ours, and the engine makes no reference cycles per
+    saga: what start-up imported is frozen out of every collection, and the
+    youngest generation is collected every 10,000 allocations instead of 700,
+    so that a saga's records die young instead of being promoted and walked
+    again by full collections (with 250,000 sagas spawned at once those took
+    ~20% of the loop's time).  Cycles that user code makes (a trigger, a local
+    handler) are still collected."""
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
+
+
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle
     # this interpreter is ours: its loop, log writer and control threads hand
@@ -137,6 +150,7 @@ def main() -> int:
         cfg = dill.loads(blob)
         sup = _build(cfg)
         sup.start()
+        _collect_less()
     except BaseException as exc:
         _say(f"error {type(exc).__name__}: {exc}")
         return 1
