@@ -97,7 +97,7 @@ class SagaOps:
         self.ship_class = ship_class
         self.observations = observations or Observations()
         self.clock = clock  # of deadlines: real, or a test's
-        table.timers.on(DEADLINE, self.deadline_passed, table.armed)
+        table.timers.on(DEADLINE, self.deadline_passed, table.deadlines)
         # per-kind limits (:mod:`.queues`, made by `admission` from this very
         # object: the queues start the sagas they release through it)
         self.queue: Admission | None = admission(self) if admission is not None else None

@@ -66,13 +66,12 @@ class SagaTable:
     def rearm(self, saga: LiveSaga, deadline: float) -> None:
         """Move a saga's deadline (the old heap entry goes stale)."""
         saga.deadline = deadline
-        self.timers.abandoned()  # the old entry
         self.timers.at(deadline, DEADLINE, saga.saga_id)
+        self.timers.abandoned()  # the old entry (after: a rebuild lists the new one once)
 
-    def armed(self, deadline: float, sid: int) -> bool:
-        """Whether a ``DEADLINE`` entry is its saga's current deadline."""
-        saga = self.live.get(sid)
-        return saga is not None and saga.deadline == deadline
+    def deadlines(self) -> list[tuple[float, int]]:
+        """Every saga's current deadline, as its ``DEADLINE`` entry: (due, id)."""
+        return [(s.deadline, sid) for sid, s in self.live.items()]
 
     def expired(self, sid: int, deadline: float) -> LiveSaga | None:
         """The saga a ``DEADLINE`` entry names, if it is still its deadline

@@ -8,18 +8,20 @@ timeout by :meth:`Timers.next_due` and runs what is due once a turn
 its kind.  Entries go stale (a saga that ended, a deadline re-armed, a retry
 superseded): a handler checks its entry against the state it names and
 skips a stale one.  An owner that knows an entry of its went stale says so
-(:meth:`Timers.abandoned`); once stale entries are more than half the heap,
-the heap is rebuilt without them (each kind's `alive` test decides), so a
-saga that ended long before its deadline does not keep an entry for the
-rest of its timeout: memory stays proportional to what is in flight, not
-to the rate times the timeout (as asyncio does with cancelled handles).
+(:meth:`Timers.abandoned`); once stale entries are two thirds of the heap,
+the heap is rebuilt: the entries of a kind whose owner can list its live
+ones (a saga's deadline: one per saga in flight) are replaced by that list,
+the others kept.  So a saga that ended long before its deadline does not
+keep an entry for the rest of its timeout: memory stays proportional to
+what is in flight, not to the rate times the timeout (asyncio does the same
+with cancelled handles), at a cost per saga of a few steps of a C loop.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 # the kinds of entry, each with one handler: fire(now, due, arg)
@@ -30,43 +32,46 @@ WORKER_RESTART: Final = 3  # a dead worker's replacement, after its backoff
 HOST_RESTART: Final = 4  # the host's restart, after its backoff
 
 Fire = Callable[[float, float, Any], None]
-Alive = Callable[[float, Any], bool]
+Live = Callable[[], Iterable[tuple[float, Any]]]
 
-# fewer stale entries than this are never worth a rebuild
-_COMPACT_MIN = 4096
+# fewer stale entries than this are never worth a rebuild (~1.6 MB of them)
+_COMPACT_MIN = 16_384
 
 
 class Timers:
-    __slots__ = ("heap", "_seq", "_fire", "_alive", "stale")
+    __slots__ = ("heap", "_seq", "_fire", "_live", "stale")
 
     def __init__(self) -> None:
         self.heap: list[tuple[float, int, int, Any]] = []  # (due, seq, kind, arg)
         self._seq = itertools.count()
         self._fire: dict[int, Fire] = {}
-        self._alive: dict[int, Alive] = {}
+        self._live: dict[int, Live] = {}
         self.stale = 0  # entries known stale (abandoned), still in the heap
 
-    def on(self, kind: int, fire: Fire, alive: Alive | None = None) -> None:
+    def on(self, kind: int, fire: Fire, live: Live | None = None) -> None:
         """`fire(now, due, arg)` runs the entries of `kind` that are due;
-        `alive(due, arg)`, if given, tells a live entry from a stale one
-        when the heap is rebuilt (entries of a kind without it are kept)."""
+        `live()`, if given, lists the kind's live entries as (due, arg):
+        what replaces the kind's entries when the heap is rebuilt (the
+        entries of a kind without it are kept as they are)."""
         self._fire[kind] = fire
-        if alive is not None:
-            self._alive[kind] = alive
+        if live is not None:
+            self._live[kind] = live
 
     def abandoned(self) -> None:
         """One entry went stale (its owner knows): rebuild the heap once
-        stale ones are more than half of it."""
+        stale ones are two thirds of it (a rebuild then costs about two
+        steps per stale entry it drops)."""
         self.stale += 1
-        if self.stale > _COMPACT_MIN and self.stale * 2 > len(self.heap):
+        if self.stale > _COMPACT_MIN and self.stale * 3 > 2 * len(self.heap):
             self.compact()
 
     def compact(self) -> None:
         """Drop the stale entries, in place (a :meth:`run_due` in progress
         goes on popping the same list)."""
-        alive = self._alive
-        heap = self.heap
-        heap[:] = [e for e in heap if (a := alive.get(e[2])) is None or a(e[0], e[3])]
+        listed, heap, seq = self._live, self.heap, self._seq
+        heap[:] = [e for e in heap if e[2] not in listed]
+        for kind, live in listed.items():
+            heap.extend([(due, next(seq), kind, arg) for due, arg in live()])
         heapq.heapify(heap)
         self.stale = 0
 
