@@ -157,13 +157,38 @@ class HostProc:
 
 
 class LiveSaga:
-    """One saga in flight, as the loop sees it."""
+    """One saga in flight, as the loop sees it.
+
+    What every saga uses is a slot, set here.  What only some do (a failure,
+    compensation, retries, a replay, an idempotency key) is a class-level
+    default, set on the instance only when it changes: it then lives in the
+    instance's ``__dict__``, made at that first set.  A saga in flight is so
+    16 slots for the garbage collector to walk instead of 29, and ~100 bytes
+    less (with 250,000 in flight every full collection walks them all)."""
 
     __slots__ = ("saga_id", "name", "worker", "deadline", "timeout", "next_step", "open_step",
                  "phase", "succeeded", "has_comp", "listens", "dispatched", "needs_sent_ack",
-                 "fail_reason", "comp_queue", "comp_wait", "comp_failed", "open_cmd",
-                 "inherited", "overdue", "kills", "born", "step_sent", "cause", "key",
-                 "policy", "attempt", "attempt_at", "retry_wait")
+                 "open_cmd", "born", "step_sent", "__dict__")
+
+    # -- the rare fields: read from here until set on the instance -------------------
+    fail_reason: str | None = None
+    # compensation: the plan still to run, the step it waits for (original
+    # step, compensation step), and the error that stopped it
+    comp_queue: list[tuple[int, int | None, str | None]] | None = None
+    comp_wait: tuple[int, int] | None = None
+    comp_failed: str | None = None
+    inherited = False  # a dead worker took the claim; replay re-derives
+    overdue = False  # timed out, but someone else holds its claim
+    kills = 0  # worker deaths while its user code ran (see workers.py)
+    cause: str | None = None  # why it failed, once it did (metrics)
+    key: str | None = None  # its idempotency key, if spawned with one
+    # the open step's retry policy: (attempts, backoff, max backoff, step
+    # timeout), or None; the attempt it is at, since when (wall clock), and
+    # whether that attempt waits out its backoff (not yet sent)
+    policy: tuple[int, float, float, float | None] | None = None
+    attempt = 1
+    attempt_at = 0.0
+    retry_wait = False
 
     def __init__(self, saga_id: int, name: str, worker: WorkerProc, deadline: float,
                  timeout: float, has_comp: bool, listens: frozenset[str]) -> None:
@@ -183,25 +208,9 @@ class LiveSaga:
         # worker must be told of each (it may hold events back until then)
         self.dispatched = 0
         self.needs_sent_ack = bool(listens)
-        self.fail_reason: str | None = None
-        self.comp_queue: list[tuple[int, int | None, str | None]] | None = None
-        self.comp_wait: tuple[int, int] | None = None  # (original step, compensation step)
-        self.comp_failed: str | None = None
         self.open_cmd: tuple[int, str] | None = None  # (target, cmd json) of open_step
-        self.inherited = False  # a dead worker took the claim; replay re-derives
-        self.overdue = False  # timed out, but someone else holds its claim
-        self.kills = 0  # worker deaths while its user code ran (see workers.py)
         self.born = deadline - timeout  # monotonic time of its spawn (metrics)
         self.step_sent = 0.0  # monotonic time its open step went out (metrics)
-        self.cause: str | None = None  # why it failed, once it did (metrics)
-        self.key: str | None = None  # its idempotency key, if spawned with one
-        # the open step's retry policy: (attempts, backoff, max backoff, step
-        # timeout), or None; the attempt it is at, since when (wall clock), and
-        # whether that attempt waits out its backoff (not yet sent)
-        self.policy: tuple[int, float, float, float | None] | None = None
-        self.attempt = 1
-        self.attempt_at = 0.0
-        self.retry_wait = False
 
 
 class Turn:
