@@ -297,6 +297,31 @@ def test_an_engine_that_ends_sagas_early_keeps_its_heap_small(parts: Parts) -> N
     assert parts.end_turn().ended == [(keep.saga_id, "failed", "saga timeout")]
 
 
+def test_a_rebuild_during_rearm_lists_each_deadline_once(parts: Parts) -> None:
+    """rearm() counts the old entry stale after pushing the new one: a
+    rebuild it sets off lists every saga's current deadline exactly once
+    (a second entry would fire a saga's deadline twice)."""
+    from collections import Counter
+
+    from supervisor._engine.timers import _COMPACT_MIN, DEADLINE
+
+    sagas = [parts.spawn(60.0) for _ in range(4)]
+    heap = parts.table.timers.heap
+    for i in range(2 * _COMPACT_MIN):  # each rearm leaves one stale entry
+        s = sagas[i % len(sagas)]
+        before = len(heap)
+        parts.table.rearm(s, s.deadline + 1.0)
+        if len(heap) < before:
+            break  # this very rearm set off a rebuild
+    assert len(heap) < _COMPACT_MIN
+    entries = Counter((due, sid) for due, _, kind, sid in heap if kind == DEADLINE)
+    for s in sagas:
+        assert entries[(s.deadline, s.saga_id)] == 1
+    parts.sagas.expire(max(s.deadline for s in sagas))
+    out = parts.end_turn()
+    assert sorted(e[0] for e in out.ended) == sorted(s.saga_id for s in sagas)
+
+
 # -- the inbox and the outcomes ---------------------------------------------------------------
 
 
