@@ -180,6 +180,8 @@ def test_orphan_serve_keeps_serving_other_clients(tmp_path: Path) -> None:
         assert c.cancel(ids[0], "still here") is True
         sid = c.spawn(S.InstantSaga())
         assert c.wait(sid, 10).completed
+        for i in ids[1:]:  # (SIGTERM drains: nothing left to wait out)
+            c.cancel(i, "done")
     assert not _gone(pid)
     os.kill(pid, signal.SIGTERM)
     wait_for(lambda: _gone(pid), timeout=30, what="stopped on SIGTERM")
