@@ -9,14 +9,15 @@ import subprocess
 
 
 class Netns:
-    """``ip netns`` NAME with a veth pair: HOST_IP here, 10.x.y.2 there.
+    """``ip netns`` NAME with a veth pair: 10.x.y.1 here, 10.x.y.2 there.
     :attr:`why` says why it could not be made (then nothing was)."""
 
     def __init__(self) -> None:
         tag = secrets.token_hex(3)
         self.name, self.here, self.there = f"saga{tag}", f"sgh{tag}", f"sgn{tag}"
-        octet = 10 + int(tag[:2], 16) % 200
-        self.host_ip, self.ns_ip = f"10.{octet}.77.1", f"10.{octet}.77.2"
+        # a /24 of its own, from the tag (tests may run in parallel: -n 2)
+        net = f"10.{10 + int(tag[:2], 16) % 200}.{int(tag[2:4], 16)}"
+        self.host_ip, self.ns_ip = f"{net}.1", f"{net}.2"
         self.why = ""
         if os.getuid() != 0:
             self.why = "network namespaces need root"

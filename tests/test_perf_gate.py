@@ -5,6 +5,7 @@ warning must not crash the run (it did, as an INTERNALERROR, under -W error)."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -15,10 +16,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _bench(storage: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    # a run of its own: not an xdist worker's (pytest-benchmark would stay off)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
     return subprocess.run([sys.executable, "-m", "pytest", "bench/test_hotpath.py", "-q",
                            "-k", "test_empty_python_call", f"--benchmark-storage=file://{storage}",
                            "--benchmark-max-time=0.05", *extra],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_gate_against_another_machines_baseline() -> None:
