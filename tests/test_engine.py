@@ -159,7 +159,9 @@ def test_running_sagas_of_a_dead_supervisor_are_failed_at_start(
 def test_race_done_vs_timeout(make_sup: Callable[..., Supervisor]) -> None:
     sup = make_sup()
     rng = random.Random(1)
-    ids = [sup.spawn(S.SleepSaga(seconds=rng.uniform(0.02, 0.08), timeout=0.05))
+    # sleeps around the timeout, spread wide enough that a loaded machine's
+    # tens of milliseconds of overhead still leave both sides winning
+    ids = [sup.spawn(S.SleepSaga(seconds=rng.uniform(0.05, 0.6), timeout=0.3))
            for _ in range(400)]
     outs = [sup.wait(i, 30) for i in ids]
     states = Counter(o.state for o in outs)

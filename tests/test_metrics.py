@@ -45,7 +45,7 @@ sup_store = _suite.both_stores
 def test_metrics_agree_with_the_log(make_sup: Callable[..., Supervisor]) -> None:
     sup = make_sup(metrics_port=0)
     parked = [sup.spawn(S.SleepSaga(30)) for _ in range(5)]
-    wait_for(lambda: _scrape(sup)["saga_in_flight_by_kind|kind=sleeper"] == 5,
+    wait_for(lambda: _scrape(sup).get("saga_in_flight_by_kind|kind=sleeper") == 5,
              what="in flight by kind")
     m = _scrape(sup)
     assert m["saga_in_flight"] == 5 and m["saga_up"] == 1.0
