@@ -92,7 +92,8 @@ class AsyncSagaClient:
 
     async def publish(self, event: Event) -> None:
         _checks.event(event)
-        await self._call(lambda req: rq.Publish(req, event.kind, event.data, event.saga_id, event.step))
+        await self._call(lambda req: rq.Publish(req, event.kind, event.data,
+                                     event.saga_id, event.step))
 
     async def metrics(self) -> str:
         return bytes(await self._call(rq.Metrics)).decode()

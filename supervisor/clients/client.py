@@ -119,7 +119,8 @@ class SagaClient:
 
     def publish(self, event: Event) -> None:
         _checks.event(event)
-        self._call(lambda req: rq.Publish(req, event.kind, event.data, event.saga_id, event.step))
+        self._call(lambda req: rq.Publish(req, event.kind, event.data,
+                               event.saga_id, event.step))
 
     def metrics(self) -> str:
         """The supervisor's Prometheus exposition (needs prometheus-client

@@ -128,9 +128,10 @@ def _collect_less() -> None:
     saga: what start-up imported is frozen out of every collection, and the
     youngest generation is collected every 10,000 allocations instead of 700,
     so that a saga's records die young instead of being promoted and walked
-    again by full collections (with 250,000 sagas spawned at once those took
-    ~20% of the loop's time).  Cycles that user code makes (a trigger, a local
-    handler) are still collected."""
+    again by every full collection (in a thread engine's launcher with 250,000
+    sagas spawned at once, full collections took 1.7 s of CPU in an 8.6 s
+    run).  Cycles that user code makes (a trigger, a local handler) are still
+    collected."""
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
 
