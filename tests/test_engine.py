@@ -180,9 +180,12 @@ def test_race_cancel_vs_done(make_sup: Callable[..., Supervisor]) -> None:
     won = {}
     # all spawned first, then cancelled one after another as fast as cancel()
     # answers: early ones are cancelled in flight, later ones may have
-    # finished (how many depends on the store's commit time); every tenth is
-    # waited for first, so that the race goes both ways on any store
-    ids = [sup.spawn(S.SleepSaga(seconds=rng.uniform(0.0, 0.01))) for _ in range(300)]
+    # finished (how many depends on the store's commit time and the machine's
+    # load); so that the race goes both ways on any store and under any load,
+    # in every ten, the last is waited for first and the fifth sleeps 5 s
+    # (still in flight when its cancel comes)
+    ids = [sup.spawn(S.SleepSaga(seconds=5.0 if n % 10 == 4 else rng.uniform(0.0, 0.01)))
+           for n in range(300)]
     for n, sid in enumerate(ids):
         if n % 10 == 9:
             sup.wait(sid, 30)
