@@ -104,17 +104,16 @@ class SagaClient:
         sid = _checks.saga_id(saga_id)
         timeout = _checks.timeout(timeout)
         mine = self.core.outcome(sid)
-        if type(mine) is tuple:  # spawned here, pushed already
-            state, reason = mine
-            self.core.outcomes.pop(sid, None)
-        elif mine is not None:  # spawned here: its outcome is pushed, no round trip
+        if mine is None:  # not spawned here: ask
+            state, reason = self._call(lambda req: rq.Wait(req, sid), timeout=timeout)
+            return Outcome(sid, state, reason)
+        if type(mine) is not tuple:  # spawned here: its outcome is pushed, no round trip
             try:
-                state, reason = mine.result(timeout)
+                mine = mine.result(timeout)
             except TimeoutError:
                 raise TimeoutError(f"saga {sid} did not end within {timeout}s") from None
-            self.core.outcomes.pop(sid, None)
-        else:
-            state, reason = self._call(lambda req: rq.Wait(req, sid), timeout=timeout)
+        self.core.outcomes.pop(sid, None)  # taken
+        state, reason = mine
         return Outcome(sid, state, reason)
 
     def publish(self, event: Event) -> None:
