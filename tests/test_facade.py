@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import (Event, NotRunningError, Outcome, SagaClient, Subscription, Supervisor,
-                        SupervisorProcess, Target)
+from supervisor import (SAGA_COMPLETED, SAGA_STARTED, Event, NotRunningError, Outcome,
+                        SagaClient, Subscription, Supervisor, SupervisorProcess, Target)
 import supervisor.wire.requests as rq
 from supervisor.testing import Clock
 
@@ -113,6 +113,33 @@ def test_a_test_clock_drives_deadlines_on_both_engines(tmp_path: Path, engine: s
     if engine == "process":  # a plain callable cannot cross to a supervisor process: said
         with pytest.raises(ValueError, match="supervisor.testing.Clock"):
             Supervisor(tmp_path / "e", clock=lambda: 0.0, engine=engine, log=store_log)
+
+
+def test_publish_keeps_an_events_saga_id_and_step_and_refuses_others(
+        tmp_path: Path, engine: str, store_log: str | None) -> None:
+    """An event's saga id and step reach subscribers on both engines (the
+    process engine's control socket used to drop them); anything but an int
+    or None is refused; the lifecycle events' data is still a dict."""
+    with Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine,
+                    log=store_log) as sup:
+        sub = sup.subscribe()
+        for bad in (Event("x", step=...), Event("x", step="1"),  # type: ignore[arg-type]
+                    Event("x", saga_id=1.5), Event("x", step=True)):  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="must be an int or None"):
+                sup.publish(bad)
+        sup.publish(Event("x", {"a": 1}, saga_id=7, step=2))
+        ev = sub.get(timeout=10)
+        assert (ev.kind, ev.data, ev.saga_id, ev.step) == ("x", {"a": 1}, 7, 2)
+        sid = sup.spawn(S.EchoSaga())
+        assert sup.wait(sid, 10).completed
+        seen = {}
+        while len(seen) < 2:
+            ev = sub.get(timeout=10)
+            if ev.saga_id == sid:
+                seen[ev.kind] = (ev.data, ev.step)
+        assert seen == {SAGA_STARTED: ({"name": "echo"}, None),
+                        SAGA_COMPLETED: ({"name": "echo"}, None)}
+        sub.close()
 
 
 def test_a_client_of_another_protocol_version_is_told(tmp_path: Path, engine: str,
