@@ -105,7 +105,7 @@ def test_control_requests_that_raise_or_lie(make_sup: Make) -> None:
     try:
         for msg, why in [(("cancel", 4, "7", "r"), "saga id must be an int, got str"),
                          (("wait", 5, -1), "saga id must be >= 1"),
-                         (("publish", 9, "k", None, None, "2"), "step must be an int, got str"),
+                         (("publish", 9, "k", None, None, "2"), "event step must be an int or None, got str"),
                          (("publish", 6), "publish takes 2 to 5 fields (req, kind, data, saga_id, step)"),
                          (("nonsense", 7), "unknown request")]:
             reply = _ask(c, msg)

@@ -125,7 +125,6 @@ Request = (Spawn | SpawnMany | SpawnKeyed | Sync | Cancel | Publish | AddTrigger
            | RequeueAll | Adopt | Grant)
 
 
-
 def spawn_request(saga_id: int, spec: SagaSpec) -> Spawn:
     """A :class:`Spawn` built at half the cost of calling it (every spawn)."""
     return new_record(Spawn, (saga_id, spec))

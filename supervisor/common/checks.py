@@ -159,16 +159,21 @@ def clock_and_port(clock: object, metrics_port: object) -> None:
                          f"got {metrics_port!r}")
 
 
+def event_ids(saga_id: object, step: object) -> None:
+    """An event's saga id and step: each an int or None (the control socket
+    checks what a client sent by this same rule)."""
+    for what, v in (("saga_id", saga_id), ("step", step)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+            raise TypeError(f"event {what} must be an int or None, got {type(v).__name__}")
+
+
 def event(ev: Any) -> None:
     """An event ``publish()`` can take: refused here, not in the loop."""
     if not isinstance(ev, Event):
         raise TypeError(f"publish() takes an Event, got {type(ev).__name__}")
     if not isinstance(ev.kind, str):
         raise TypeError(f"event kind must be a str, got {type(ev.kind).__name__}")
-    for what in ("saga_id", "step"):
-        v = getattr(ev, what)
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
-            raise TypeError(f"event {what} must be an int or None, got {type(v).__name__}")
+    event_ids(ev.saga_id, ev.step)
     try:  # it travels to workers and clients pickled
         pickle.dumps(ev.data, protocol=5)
     except Exception as exc:

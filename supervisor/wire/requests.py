@@ -170,10 +170,6 @@ def _int(v: object, what: str, least: int | None = None) -> int:
     return v
 
 
-def _maybe_int(v: object, what: str) -> int | None:
-    return None if v is None else _int(v, what)
-
-
 def _of(v: object, kind: type | tuple[type, ...], what: str) -> Any:
     if not isinstance(v, kind):
         raise BadRequest(f"{what} has type {type(v).__name__}")
@@ -215,13 +211,22 @@ def check_item(it: SpawnItem) -> SpawnItem:
         raise BadRequest("listens must hold str event kinds")
     _of(it.has_comp, bool, "has_comp")
     if it.key is not None:
-        try:
-            _checks.key(it.key)
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
+        _client_rule(_checks.key, it.key)
     return it
 
 
+def _client_rule(rule: Any, *values: object) -> None:
+    """One of the clients' own checks (:mod:`supervisor.common.checks`), on
+    what a client sent: what it refuses is a :class:`BadRequest`."""
+    try:
+        rule(*values)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def _publish(r: Publish) -> None:
+    _of(r.kind, str, "kind")
+    _client_rule(_checks.event_ids, r.saga_id, r.step)
 
 
 def _item(value: object) -> SpawnItem:
@@ -241,8 +246,7 @@ _CHECKS: dict[type[Any], Any] = {
     SpawnBatch: lambda r: _of(r.watch, bool, "watch"),
     Cancel: lambda r: (_int(r.saga_id, "saga id", 1), _of(r.reason, str, "reason")),
     Wait: lambda r: _int(r.saga_id, "saga id", 1),
-    Publish: lambda r: (_of(r.kind, str, "kind"), _maybe_int(r.saga_id, "saga id"),
-                        _maybe_int(r.step, "step")),
+    Publish: _publish,
     Register: lambda r: _of(r.blob, bytes, "blob"),
     ClockMoved: lambda r: _of(r.offset, (int, float), "offset"),
 }
