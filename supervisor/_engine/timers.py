@@ -46,7 +46,9 @@ class Timers:
         self._seq = itertools.count()
         self._fire: dict[int, Fire] = {}
         self._live: dict[int, Live] = {}
-        self.stale = 0  # entries known stale (abandoned), still in the heap
+        # entries abandoned since the last rebuild (one that came due and was
+        # skipped meanwhile still counts: the next rebuild only comes sooner)
+        self.stale = 0
 
     def on(self, kind: int, fire: Fire, live: Live | None = None) -> None:
         """`fire(now, due, arg)` runs the entries of `kind` that are due;
