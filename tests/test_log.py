@@ -166,3 +166,27 @@ def test_wal_checkpoints_run_off_the_writing_connection(tmp_path: Path) -> None:
         assert plain.conn.execute("PRAGMA wal_autocheckpoint").fetchall()[0][0] == 1000
     finally:
         plain.close()
+
+
+def test_a_failed_commit_leaves_none_of_its_batch_and_the_next_one_commits(
+        tmp_path: Path) -> None:
+    """The commit is BEGIN ... COMMIT through statements (they run without
+    the GIL): a batch that fails part-way must roll back all of its rows."""
+    log = SagaLog(_db(tmp_path))
+    try:
+        first = Batch()
+        first.sagas = [(1, "k", 1.0, None)]
+        log.commit(first)
+        bad = Batch()
+        bad.sagas = [(2, "k", 1.0, None)]
+        bad.steps = [(2, 0, "s", None, "host", 1.0), (2, 0, "s", None, "host", 1.0)]
+        with pytest.raises(LogError, match="commit failed.*UNIQUE"):
+            log.commit(bad)
+        assert not log.conn.in_transaction
+        assert log.saga(2) is None and log.steps(2) == []
+        again = Batch()
+        again.sagas = [(3, "k", 1.0, None)]
+        log.commit(again)
+        assert [r[0] for r in log.iter_sagas()] == [1, 3]
+    finally:
+        log.close()
