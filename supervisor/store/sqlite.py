@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -131,6 +132,7 @@ _MULTI: dict[str, tuple[str, str, str, int]] = {
                  "failure_reason = v.column3 FROM (VALUES ", "(?,?,?,?)",
                  ") AS v WHERE saga.saga_id = v.column4", 4),
 }
+_flat = itertools.chain.from_iterable  # a chunk's rows as one parameter list
 _MAX_VARIABLES = 32766  # SQLITE_MAX_VARIABLE_NUMBER of the SQLite apsw bundles
 # at most 256 rows a statement: the SQL stays under apsw's 16 KiB cacheable size
 _MAX_SHIFT = {k: min((_MAX_VARIABLES // v[3]).bit_length() - 1, 8) for k, v in _MULTI.items()}
@@ -274,7 +276,7 @@ class SagaLog:
         while i < n:
             size = 1 << min((n - i).bit_length() - 1, _MAX_SHIFT[name])
             chunk = rows[i:i + size]
-            c.execute(_sql(name, size), [v for row in chunk for v in row])
+            c.execute(_sql(name, size), list(_flat(chunk)))
             i += size
 
     def commit(self, batch: Batch) -> None:
