@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from supervisor.store.sqlite import Batch, SagaLog
+from supervisor.store.batch import Batch
+from supervisor.store.sqlite import SagaLog
 
 SAGAS = 5000
 

@@ -11,7 +11,8 @@ import apsw
 import pytest
 
 from supervisor import LogCorruptError, LogError, SchemaTooNewError, Supervisor
-from supervisor.store.sqlite import Batch, SagaLog
+from supervisor.store.batch import Batch
+from supervisor.store.sqlite import SagaLog
 
 from . import sagas as S
 from .conftest import read_log, wait_for
@@ -170,8 +171,9 @@ def test_wal_checkpoints_run_off_the_writing_connection(tmp_path: Path) -> None:
 
 def test_a_failed_commit_leaves_none_of_its_batch_and_the_next_one_commits(
         tmp_path: Path) -> None:
-    """The commit is BEGIN ... COMMIT through statements (they run without
-    the GIL): a batch that fails part-way must roll back all of its rows."""
+    """A batch that fails part-way rolls back all of its rows, and names the
+    cause: the hot statements end the transaction themselves (OR ROLLBACK),
+    the commit's own ROLLBACK must not then hide why."""
     log = SagaLog(_db(tmp_path))
     try:
         first = Batch()
@@ -184,6 +186,12 @@ def test_a_failed_commit_leaves_none_of_its_batch_and_the_next_one_commits(
             log.commit(bad)
         assert not log.conn.in_transaction
         assert log.saga(2) is None and log.steps(2) == []
+        worse = Batch()  # an update that breaks a CHECK, after an insert
+        worse.sagas = [(2, "k", 1.0, None)]
+        worse.saga_ends = [("no such state", 2.0, None, 1)]
+        with pytest.raises(LogError, match="commit failed.*CHECK"):
+            log.commit(worse)
+        assert log.saga(2) is None and log.saga(1)["state"] == "running"  # type: ignore[index]
         again = Batch()
         again.sagas = [(3, "k", 1.0, None)]
         log.commit(again)

@@ -23,7 +23,8 @@ from collections import deque
 from collections.abc import Callable
 
 from supervisor._engine.records import Stats, Turn, TurnOutputs, WorkerProc
-from supervisor.store.sqlite import Batch, LogError
+from supervisor.errors import LogError
+from supervisor.store.batch import Batch
 from supervisor.store.seam import LogStore
 
 

@@ -14,7 +14,7 @@ from types import EllipsisType
 from typing import Any, Final
 
 from supervisor.frames import FrameReader
-from supervisor.store.sqlite import Batch
+from supervisor.store.batch import Batch
 from supervisor.saga import Target
 
 # A saga's phase in the loop.

@@ -28,7 +28,7 @@ from supervisor._engine.inbox import Replay, Requeue
 from supervisor._engine.records import COMPENSATING, RUNNING, LiveSaga, Stats, Turn, WorkerProc
 from supervisor._engine.sagas import SagaOps
 from supervisor._engine.table import SagaTable
-from supervisor.store.sqlite import Batch, Unfinished
+from supervisor.store.batch import Batch, Unfinished
 from supervisor.store.seam import LogStore
 from supervisor.protocol import Act, Op
 from supervisor.saga import Saga, Target

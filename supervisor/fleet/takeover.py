@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from supervisor.fleet.cancel import UNFINISHED
-from supervisor.store.sqlite import Unfinished as Row
+from supervisor.store.batch import Unfinished as Row
 
 CHUNK = 256  # sagas re-owned per transaction
 CHUNKS = 8  # transactions per call: a big dead node is shared out among the takers

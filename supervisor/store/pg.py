@@ -42,7 +42,7 @@ from supervisor.store.schema import PG_DDL as _DDL
 from supervisor.store.schema import PG_SCHEMA_VERSION as SCHEMA_VERSION
 from supervisor.errors import LogError, SchemaTooNewError
 from supervisor.fleet.node import ID_BITS, FleetOwner, NodeLease
-from supervisor.store.sqlite import Batch
+from supervisor.store.batch import Batch
 from supervisor.store.pg_read import read_outcome
 from supervisor.store.pg_rows import raise_mark, write_batch
 from supervisor.store.pg_connect import (connect, driver, network, redact, server,

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from supervisor.fleet.node import NodeLease
-from supervisor.store.sqlite import Batch
+from supervisor.store.batch import Batch
 
 _RAISE_MARK = "UPDATE saga_meta SET value = greatest(value, %s) WHERE key = 'next_id'"
 _RAISE_NODE_MARK = "UPDATE saga_node SET next_id = greatest(next_id, %s) WHERE node_no = %s"

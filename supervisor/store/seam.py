@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from supervisor.errors import (NOT_IN_LOG, NotRunningError, SupervisorCrashedError,
                                not_logged, stopped_before_end, unknown_saga)
-from supervisor.store.sqlite import Batch, Unfinished
+from supervisor.store.batch import Batch, Unfinished
 from supervisor.store.read import UNLOGGED
 from supervisor.paths import DataDir
 from supervisor.saga import Outcome

@@ -31,7 +31,6 @@ import itertools
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ import apsw
 # the migrations are re-exported: tests and tools build old logs from them
 from supervisor.store.schema import MIGRATIONS as _MIGRATIONS
 from supervisor.store.schema import SCHEMA_VERSION
+from supervisor.store.batch import Batch, Unfinished
 from supervisor.store.checkpoint import Checkpointer
 from supervisor.errors import LogCorruptError, LogError, SchemaTooNewError
 # the readers live in log_read (any process, read-only); re-exported here
@@ -47,7 +47,7 @@ from supervisor.store.read import (UNLOGGED, _PURGEABLE, attempt_rows, count_pur
                                  dict_rows, logged_outcome, open_readonly, read_outcome,
                                  saga_row, step_rows)
 
-__all__ = ["Batch", "SagaLog", "LogError", "LogCorruptError", "SchemaTooNewError",
+__all__ = ["SagaLog", "LogError", "LogCorruptError", "SchemaTooNewError",
            "UNLOGGED", "attempt_rows", "count_purgeable", "dict_rows", "logged_outcome",
            "open_readonly", "read_outcome", "saga_row", "step_rows"]
 
@@ -59,56 +59,6 @@ _RAISE_MARK = "UPDATE saga_meta SET value = max(value, ?) WHERE key = 'next_id'"
 DURABILITY = {"normal": "NORMAL", "full": "FULL"}
 
 
-# an unfinished saga, as a store's unfinished() gives it: (id, kind, started or
-# queued at, input json, state, key)
-Unfinished = tuple[int, str, float, str | None, str, str | None]
-
-
-@dataclass(slots=True)
-class Batch:
-    """The rows of one loop turn, written in one transaction."""
-
-    sagas: list[tuple[Any, ...]] = field(default_factory=list)
-    steps: list[tuple[Any, ...]] = field(default_factory=list)
-    step_ends: list[tuple[Any, ...]] = field(default_factory=list)
-    step_comps: list[tuple[Any, ...]] = field(default_factory=list)
-    saga_states: list[tuple[Any, ...]] = field(default_factory=list)
-    saga_ends: list[tuple[Any, ...]] = field(default_factory=list)
-    saga_keys: list[tuple[str, int]] = field(default_factory=list)  # (key, saga id)
-    # ended attempts: (saga id, step, attempt, started, ended, reason, state)
-    attempts: list[tuple[Any, ...]] = field(default_factory=list)
-    step_attempts: list[tuple[int, int, int]] = field(default_factory=list)  # (n, sid, step)
-    # sagas put in their kind's queue: (id, name, queued at, input json, seq)
-    queued: list[tuple[Any, ...]] = field(default_factory=list)
-    dequeued: list[tuple[float, int]] = field(default_factory=list)  # (started at, id)
-    id_mark: int = 0  # a new high-water mark for ids (0: none this turn)
-    wake_slots: bool = False  # a fleet-limited kind queued or ended: wake the fleet
-
-    def __bool__(self) -> bool:
-        return bool(self.sagas or self.steps or self.step_ends or self.step_comps
-                    or self.saga_states or self.saga_ends or self.saga_keys
-                    or self.attempts or self.step_attempts or self.queued or self.dequeued
-                    or self.id_mark)
-
-    def extend(self, later: Batch) -> None:
-        """Take a later turn's rows into this batch (one commit for both).
-        Each kind of row keeps its turn order, and the kinds are written in
-        an order in which a later turn's rows never need to go first (a row
-        is inserted before it is updated, a step ends before it is
-        compensated, a saga ends last)."""
-        for name in _ROW_LISTS:
-            getattr(self, name).extend(getattr(later, name))
-        self.id_mark = max(self.id_mark, later.id_mark)
-        self.wake_slots = self.wake_slots or later.wake_slots
-
-    def rows(self) -> int:
-        return (len(self.sagas) + len(self.steps) + len(self.step_ends) + len(self.step_comps)
-                + len(self.saga_states) + len(self.saga_ends) + len(self.saga_keys)
-                + len(self.attempts) + len(self.step_attempts) + len(self.queued)
-                + len(self.dequeued) + (1 if self.id_mark else 0))
-
-
-_ROW_LISTS = tuple(f for f in Batch.__dataclass_fields__ if f not in ("id_mark", "wake_slots"))
 
 
 # The hot statements take many rows per statement (multi-row VALUES, and
@@ -118,20 +68,29 @@ _ROW_LISTS = tuple(f for f in Batch.__dataclass_fields__ if f not in ("id_mark",
 # calling spawn() in a loop) each re-acquisition can wait a whole switch
 # interval (5 ms).  Measured: executemany 12.5 us/saga alone, 15 ms/saga next
 # to a busy thread; multi-row 6.0 us alone, 54 us next to a busy thread.
+#
+# Each says OR ROLLBACK: a failed constraint ends the whole transaction (which
+# the commit would roll back anyway), so SQLite keeps no statement journal
+# for them.  It kept one for every statement after a transaction's first
+# (each page a statement changed was copied to a journal in memory, and freed
+# after): a commit of 5 sagas' rows took 145 and 200 us in two runs, and
+# takes 77 and 131 us without (same runs; the machine is shared and noisy).
 _MULTI: dict[str, tuple[str, str, str, int]] = {
     # name: (head, one row's placeholders, tail, columns)
-    "insert_saga": ("INSERT INTO saga(saga_id, name, state, started_at, input_json) VALUES ",
-                    "(?,?,'running',?,?)", "", 4),
-    "insert_step": ("INSERT INTO saga_step(saga_id, step_index, name, state, cmd_json, target, "
-                    "started_at) VALUES ", "(?,?,?,'pending',?,?,?)", "", 6),
-    "end_step": ("UPDATE saga_step SET state = v.column1, ended_at = v.column2, "
+    "insert_saga": ("INSERT OR ROLLBACK INTO saga(saga_id, name, state, started_at, "
+                    "input_json) VALUES ", "(?,?,'running',?,?)", "", 4),
+    "insert_step": ("INSERT OR ROLLBACK INTO saga_step(saga_id, step_index, name, state, "
+                    "cmd_json, target, started_at) VALUES ", "(?,?,?,'pending',?,?,?)", "", 6),
+    "end_step": ("UPDATE OR ROLLBACK saga_step SET state = v.column1, ended_at = v.column2, "
                  "output_json = v.column3, failure_reason = v.column4 FROM (VALUES ",
                  "(?,?,?,?,?,?)", ") AS v WHERE saga_step.saga_id = v.column5 AND "
                  "saga_step.step_index = v.column6", 6),
-    "end_saga": ("UPDATE saga SET state = v.column1, ended_at = v.column2, "
+    "end_saga": ("UPDATE OR ROLLBACK saga SET state = v.column1, ended_at = v.column2, "
                  "failure_reason = v.column3 FROM (VALUES ", "(?,?,?,?)",
                  ") AS v WHERE saga.saga_id = v.column4", 4),
 }
+_EXACT = 16  # up to this many rows, one statement of their very size
+_CACHED = 256  # prepared statements kept (the hot ones: 4 kinds x 21 sizes, and the rest)
 _flat = itertools.chain.from_iterable  # a chunk's rows as one parameter list
 _MAX_VARIABLES = 32766  # SQLITE_MAX_VARIABLE_NUMBER of the SQLite apsw bundles
 # at most 256 rows a statement: the SQL stays under apsw's 16 KiB cacheable size
@@ -152,15 +111,18 @@ _CLOSE_OPEN = ("UPDATE saga_step SET state = 'failed', ended_at = ?, failure_rea
 
 
 @contextlib.contextmanager
-def _unlocked_transaction(c: apsw.Connection) -> Iterator[None]:
-    """A transaction whose COMMIT runs without the GIL.
+def _transaction(c: apsw.Connection) -> Iterator[None]:
+    """One transaction, as BEGIN ... COMMIT statements (not apsw's ``with
+    connection:``, which is a SAVEPOINT released in ``__exit__``):
 
-    ``with connection:`` commits from apsw's ``__exit__``, which holds the GIL
-    through the whole commit: the WAL frames' writes and, every 1,000 pages,
-    the checkpoint and its fsync.  A statement run through ``execute`` steps
-    with the GIL released, so the loop (and a launcher's threads) run on while
-    the writer thread commits.  Measured with a busy Python thread beside the
-    writer: 69% of the writer's GIL-held time was in that ``__exit__``."""
+    * the COMMIT steps without the GIL, as every statement does.  apsw's
+      ``__exit__`` held the GIL through the commit's WAL writes (and, with
+      SQLite's own checkpoints, their fsync): in a py-spy profile of the
+      writer thread beside a busy Python thread, 69% of its GIL-held samples;
+    * the hot statements say ``OR ROLLBACK`` (see ``_MULTI``), which ends the
+      whole transaction at a failed constraint, where a savepoint's
+      ``__exit__`` would then fail on its own ROLLBACK TO and hide the cause.
+    """
     c.execute("BEGIN")
     try:
         yield
@@ -197,7 +159,7 @@ class SagaLog:
             raise LogError(self.path, "its directory is not writable (read-only file "
                            "system or permissions)")
         try:
-            self.conn = apsw.Connection(str(self.path))
+            self.conn = apsw.Connection(str(self.path), statementcachesize=_CACHED)
         except apsw.Error as exc:
             raise LogError(self.path, f"cannot open: {exc}") from exc
         self._ident = self._file_ident()
@@ -269,12 +231,15 @@ class SagaLog:
     # -- writing ------------------------------------------------------------
 
     def _multi(self, name: str, rows: list[tuple[Any, ...]]) -> None:
-        # Chunks come in power-of-two sizes, so only ~12 distinct statements
-        # per kind exist and all stay prepared in apsw's statement cache.
+        # Up to _EXACT rows, one statement of that very size (a small turn's
+        # commit is one statement a kind: 5 sagas' rows in 118 us instead of
+        # 135); past it, chunks of power-of-two sizes.  So 21 distinct
+        # statements a kind exist, and all stay prepared in apsw's cache.
         c = self.conn
         i, n = 0, len(rows)
         while i < n:
-            size = 1 << min((n - i).bit_length() - 1, _MAX_SHIFT[name])
+            left = n - i
+            size = left if left <= _EXACT else 1 << min(left.bit_length() - 1, _MAX_SHIFT[name])
             chunk = rows[i:i + size]
             c.execute(_sql(name, size), list(_flat(chunk)))
             i += size
@@ -284,7 +249,8 @@ class SagaLog:
         Raises :class:`LogError` (disk full, I/O error, ...)."""
         began = time.perf_counter()
         try:
-            self._commit(batch)
+            with _transaction(self.conn):
+                self._write(batch)
         except apsw.Error as exc:
             raise LogError(self.path, f"commit failed: {type(exc).__name__}: {exc}") from exc
         self.last_commit_s = time.perf_counter() - began
@@ -295,43 +261,42 @@ class SagaLog:
                 "synchronous": self.synchronous, "journal_mode": self.journal_mode,
                 "last_commit_ms": round(self.last_commit_s * 1000, 3)}
 
-    def _commit(self, batch: Batch) -> None:
+    def _write(self, batch: Batch) -> None:
         c = self.conn
-        with _unlocked_transaction(c):
-            if batch.id_mark:
-                c.execute(_RAISE_MARK, (batch.id_mark,))
-            if batch.sagas:
-                self._multi("insert_saga", batch.sagas)
-            if batch.queued:
-                c.executemany("INSERT INTO saga(saga_id, name, state, started_at, input_json, "
-                              "queued_at, queue_seq) VALUES (?,?,'queued',?3,?4,?3,?5)",
-                              batch.queued)
-            if batch.saga_keys:
-                c.executemany("UPDATE saga SET idem_key = ? WHERE saga_id = ?", batch.saga_keys)
-            if batch.dequeued:
-                c.executemany("UPDATE saga SET state = 'running', started_at = ? "
-                              "WHERE saga_id = ?", batch.dequeued)
-            if batch.steps:
-                self._multi("insert_step", batch.steps)
-            if batch.attempts:
-                c.executemany("INSERT OR REPLACE INTO saga_step_attempt VALUES (?,?,?,?,?,?,?)",
-                              batch.attempts)
-            if batch.step_attempts:
-                c.executemany("UPDATE saga_step SET attempt = ? WHERE saga_id = ? AND "
-                              "step_index = ?", batch.step_attempts)
-            if batch.step_ends:
-                self._multi("end_step", batch.step_ends)
-            if batch.step_comps:
-                c.executemany(_COMP_STEP, batch.step_comps)
-            if batch.saga_states:
-                c.executemany(_SAGA_STATE, batch.saga_states)
-            if batch.saga_ends:
-                # (state, ended_at, reason, saga_id): close open steps first
-                failed = [(e[1], e[2] or e[0], e[3]) for e in batch.saga_ends
-                          if e[0] != "completed"]
-                if failed:
-                    c.executemany(_CLOSE_OPEN, failed)
-                self._multi("end_saga", batch.saga_ends)
+        if batch.id_mark:
+            c.execute(_RAISE_MARK, (batch.id_mark,))
+        if batch.sagas:
+            self._multi("insert_saga", batch.sagas)
+        if batch.queued:
+            c.executemany("INSERT INTO saga(saga_id, name, state, started_at, input_json, "
+                          "queued_at, queue_seq) VALUES (?,?,'queued',?3,?4,?3,?5)",
+                          batch.queued)
+        if batch.saga_keys:
+            c.executemany("UPDATE saga SET idem_key = ? WHERE saga_id = ?", batch.saga_keys)
+        if batch.dequeued:
+            c.executemany("UPDATE saga SET state = 'running', started_at = ? "
+                          "WHERE saga_id = ?", batch.dequeued)
+        if batch.steps:
+            self._multi("insert_step", batch.steps)
+        if batch.attempts:
+            c.executemany("INSERT OR REPLACE INTO saga_step_attempt VALUES (?,?,?,?,?,?,?)",
+                          batch.attempts)
+        if batch.step_attempts:
+            c.executemany("UPDATE saga_step SET attempt = ? WHERE saga_id = ? AND "
+                          "step_index = ?", batch.step_attempts)
+        if batch.step_ends:
+            self._multi("end_step", batch.step_ends)
+        if batch.step_comps:
+            c.executemany(_COMP_STEP, batch.step_comps)
+        if batch.saga_states:
+            c.executemany(_SAGA_STATE, batch.saga_states)
+        if batch.saga_ends:
+            # (state, ended_at, reason, saga_id): close open steps first
+            failed = [(e[1], e[2] or e[0], e[3]) for e in batch.saga_ends
+                      if e[0] != "completed"]
+            if failed:
+                c.executemany(_CLOSE_OPEN, failed)
+            self._multi("end_saga", batch.saga_ends)
 
     def purge(self, older_than_days: float, dry_run: bool = False) -> int:
         """Delete terminal sagas (and their steps) that ended more than
@@ -392,7 +357,7 @@ class SagaLog:
                                  ).fetchall()
         return max(self.max_saga_id() + 1, int(mark[0][0]) if mark else 1)  # type: ignore[arg-type]
 
-    def unfinished(self) -> list[tuple[int, str, float, str | None, str, str | None]]:
+    def unfinished(self) -> list[Unfinished]:
         """Sagas the log shows as queued, running or compensating, as (id,
         name, started at (queued at, if queued), input json, state, key); the
         queued ones last, in their queue's order."""
