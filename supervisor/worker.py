@@ -335,7 +335,7 @@ def worker_main(index: int, shm_name: str, in_conn: Any, out_conn: Any) -> None:
                 os.write(out_fd, frame(dumps([(HEARTBEAT, len(state.sagas))], protocol=5)))
                 last_write = time.monotonic()
                 continue
-            data = os.read(in_fd, 1 << 20)
+            data = os.read(in_fd, 1 << 16)  # a pipe holds 64 KiB
             if not data:
                 break  # supervisor closed our pipe: exit quietly
             stop = False

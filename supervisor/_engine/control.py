@@ -198,12 +198,9 @@ class ControlServer:
         self.conns = [x for x in self.conns if x is not c]
 
     def _read(self, c: Conn) -> None:
-        try:
-            data = c.sock.recv(1 << 20)
-        except (BlockingIOError, InterruptedError):
+        data = c.recv()
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self.close_conn(c)
             return

@@ -34,7 +34,9 @@ from supervisor.worker import worker_main
 
 log = logging.getLogger(__name__)
 
-_READ = 1 << 20
+# a pipe holds 64 KiB; a larger read buys nothing and costs an mmap, an
+# mremap and an munmap per read (glibc serves 128 KiB and up from mmap)
+_READ = 1 << 16
 _STOP = frames.frame(pickle.dumps([(Op.STOP,)]))
 
 
