@@ -249,8 +249,7 @@ class SagaLog:
         Raises :class:`LogError` (disk full, I/O error, ...)."""
         began = time.perf_counter()
         try:
-            with _transaction(self.conn):
-                self._write(batch)
+            self._commit(batch)
         except apsw.Error as exc:
             raise LogError(self.path, f"commit failed: {type(exc).__name__}: {exc}") from exc
         self.last_commit_s = time.perf_counter() - began
@@ -261,42 +260,43 @@ class SagaLog:
                 "synchronous": self.synchronous, "journal_mode": self.journal_mode,
                 "last_commit_ms": round(self.last_commit_s * 1000, 3)}
 
-    def _write(self, batch: Batch) -> None:
+    def _commit(self, batch: Batch) -> None:
         c = self.conn
-        if batch.id_mark:
-            c.execute(_RAISE_MARK, (batch.id_mark,))
-        if batch.sagas:
-            self._multi("insert_saga", batch.sagas)
-        if batch.queued:
-            c.executemany("INSERT INTO saga(saga_id, name, state, started_at, input_json, "
-                          "queued_at, queue_seq) VALUES (?,?,'queued',?3,?4,?3,?5)",
-                          batch.queued)
-        if batch.saga_keys:
-            c.executemany("UPDATE saga SET idem_key = ? WHERE saga_id = ?", batch.saga_keys)
-        if batch.dequeued:
-            c.executemany("UPDATE saga SET state = 'running', started_at = ? "
-                          "WHERE saga_id = ?", batch.dequeued)
-        if batch.steps:
-            self._multi("insert_step", batch.steps)
-        if batch.attempts:
-            c.executemany("INSERT OR REPLACE INTO saga_step_attempt VALUES (?,?,?,?,?,?,?)",
-                          batch.attempts)
-        if batch.step_attempts:
-            c.executemany("UPDATE saga_step SET attempt = ? WHERE saga_id = ? AND "
-                          "step_index = ?", batch.step_attempts)
-        if batch.step_ends:
-            self._multi("end_step", batch.step_ends)
-        if batch.step_comps:
-            c.executemany(_COMP_STEP, batch.step_comps)
-        if batch.saga_states:
-            c.executemany(_SAGA_STATE, batch.saga_states)
-        if batch.saga_ends:
-            # (state, ended_at, reason, saga_id): close open steps first
-            failed = [(e[1], e[2] or e[0], e[3]) for e in batch.saga_ends
-                      if e[0] != "completed"]
-            if failed:
-                c.executemany(_CLOSE_OPEN, failed)
-            self._multi("end_saga", batch.saga_ends)
+        with _transaction(c):
+            if batch.id_mark:
+                c.execute(_RAISE_MARK, (batch.id_mark,))
+            if batch.sagas:
+                self._multi("insert_saga", batch.sagas)
+            if batch.queued:
+                c.executemany("INSERT INTO saga(saga_id, name, state, started_at, input_json, "
+                              "queued_at, queue_seq) VALUES (?,?,'queued',?3,?4,?3,?5)",
+                              batch.queued)
+            if batch.saga_keys:
+                c.executemany("UPDATE saga SET idem_key = ? WHERE saga_id = ?", batch.saga_keys)
+            if batch.dequeued:
+                c.executemany("UPDATE saga SET state = 'running', started_at = ? "
+                              "WHERE saga_id = ?", batch.dequeued)
+            if batch.steps:
+                self._multi("insert_step", batch.steps)
+            if batch.attempts:
+                c.executemany("INSERT OR REPLACE INTO saga_step_attempt VALUES (?,?,?,?,?,?,?)",
+                              batch.attempts)
+            if batch.step_attempts:
+                c.executemany("UPDATE saga_step SET attempt = ? WHERE saga_id = ? AND "
+                              "step_index = ?", batch.step_attempts)
+            if batch.step_ends:
+                self._multi("end_step", batch.step_ends)
+            if batch.step_comps:
+                c.executemany(_COMP_STEP, batch.step_comps)
+            if batch.saga_states:
+                c.executemany(_SAGA_STATE, batch.saga_states)
+            if batch.saga_ends:
+                # (state, ended_at, reason, saga_id): close open steps first
+                failed = [(e[1], e[2] or e[0], e[3]) for e in batch.saga_ends
+                          if e[0] != "completed"]
+                if failed:
+                    c.executemany(_CLOSE_OPEN, failed)
+                self._multi("end_saga", batch.saga_ends)
 
     def purge(self, older_than_days: float, dry_run: bool = False) -> int:
         """Delete terminal sagas (and their steps) that ended more than
