@@ -25,6 +25,10 @@ from typing import Any
 from supervisor.errors import SupervisorError
 
 MAX_FRAME = 16 * 1024 * 1024
+# What one read of a pipe or socket asks for.  A pipe holds 64 KiB, so a
+# larger read of one never returns more; and a buffer of 128 KiB or more
+# comes from mmap: an mmap, an mremap and an munmap for every read.
+READ_SIZE = 1 << 16
 PROTOCOL_VERSION = 2
 PROTOCOL_VERSIONS = (1, 2)
 T_CMD = 1

@@ -25,7 +25,7 @@ from typing import Any
 import dill
 
 from supervisor.wire.codec import compact_json
-from supervisor.frames import FrameReader, frame
+from supervisor.frames import READ_SIZE, FrameReader, frame
 from supervisor.protocol import HEARTBEAT_EVERY, STATE_DICT, Act, Op
 from supervisor.saga import (
     Done,
@@ -335,7 +335,7 @@ def worker_main(index: int, shm_name: str, in_conn: Any, out_conn: Any) -> None:
                 os.write(out_fd, frame(dumps([(HEARTBEAT, len(state.sagas))], protocol=5)))
                 last_write = time.monotonic()
                 continue
-            data = os.read(in_fd, 1 << 16)  # a pipe holds 64 KiB
+            data = os.read(in_fd, READ_SIZE)
             if not data:
                 break  # supervisor closed our pipe: exit quietly
             stop = False

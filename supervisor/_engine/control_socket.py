@@ -35,7 +35,7 @@ def default_max_clients() -> int:
         soft = 1 << 16
     return max(16, min(4096, soft // 4))
 PEERCRED = struct.Struct("3i")  # pid, uid, gid
-_RECV, _RECV_TURNS = 1 << 16, 16
+_RECV_TURNS = 16
 
 
 class Conn:
@@ -59,16 +59,15 @@ class Conn:
 
     def recv(self) -> bytes | None:
         """What the peer sent (b"" at its end or an error; None: nothing yet).
-        Up to 16 reads of 64 KiB, not one of 1 MiB: glibc serves 128 KiB and
-        up from mmap, an mmap, an mremap and an munmap for every read."""
+        Up to 16 reads of ``frames.READ_SIZE``, not one of 1 MiB."""
         parts: list[bytes] = []
         try:
             for _ in range(_RECV_TURNS):
-                got = self.sock.recv(_RECV)
+                got = self.sock.recv(frames.READ_SIZE)
                 if not got:
                     break  # the end: what came before it is read first
                 parts.append(got)
-                if len(got) < _RECV:
+                if len(got) < frames.READ_SIZE:
                     break
         except (BlockingIOError, InterruptedError):
             if not parts:

@@ -41,7 +41,7 @@ from supervisor.errors import HostStartError, SupervisorError
 
 log = logging.getLogger(__name__)
 
-_READ = 1 << 16  # a pipe holds 64 KiB (see workers._READ)
+_READ = frames.READ_SIZE
 # a host that dies within this long of its start is reported by start()
 HOST_SETTLE: Final = 0.25
 _TAIL_LINES = 20

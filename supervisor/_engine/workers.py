@@ -34,9 +34,7 @@ from supervisor.worker import worker_main
 
 log = logging.getLogger(__name__)
 
-# a pipe holds 64 KiB; a larger read buys nothing and costs an mmap, an
-# mremap and an munmap per read (glibc serves 128 KiB and up from mmap)
-_READ = 1 << 16
+_READ = frames.READ_SIZE
 _STOP = frames.frame(pickle.dumps([(Op.STOP,)]))
 
 

@@ -59,8 +59,6 @@ _RAISE_MARK = "UPDATE saga_meta SET value = max(value, ?) WHERE key = 'next_id'"
 DURABILITY = {"normal": "NORMAL", "full": "FULL"}
 
 
-
-
 # The hot statements take many rows per statement (multi-row VALUES, and
 # UPDATE ... FROM (VALUES ...)): one sqlite3_step per chunk instead of one per
 # row.  Besides halving the cost, this matters for the GIL: apsw releases it
