@@ -51,15 +51,21 @@ class Parts:
         self.host = HostProc(None, -1, -1)
         # the last outputs only: a fuzz run ends 100,000s of turns
         self.emitted: deque[TurnOutputs] = deque(maxlen=64)
+        self.sent: deque[list[Any]] = deque(maxlen=64)  # the worker's batches, as sent
         self.turns = 0
         core = SagaCore(self.log, shared, self.table, self.turn, self.stats, self.life,
                         pick_worker=lambda sid: self.worker, ship_class=lambda cid: None,
-                        workers=lambda: [self.worker], emit=self._emitted,
+                        send_workers=self._send, emit=self._emitted,
                         prepare=ClassRegistry().prepare, pipeline_rows=pipeline_rows)
         self.core = core
         self.sagas, self.comp, self.group_commit = core.sagas, core.compensation, core.group_commit
         self.recovery, self.retries = core.recovery, core.retries
         self.routing, self.dispatch = core.routing, core.dispatch
+
+    def _send(self) -> None:
+        if self.worker.outbox:
+            self.sent.append(self.worker.outbox)
+            self.worker.outbox = []
 
     def _emitted(self, out: TurnOutputs) -> None:
         self.emitted.append(out)

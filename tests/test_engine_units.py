@@ -191,8 +191,8 @@ def _three_steps(parts: Parts) -> LiveSaga:
 def test_compensation_runs_in_reverse_order(parts: Parts) -> None:
     s = _three_steps(parts)
     assert s.phase == COMPENSATING
-    first = parts.end_turn()  # the three steps' own commands, and the plan asked for
-    comp = [m for _w, msgs in first.worker_msgs for m in msgs if m[0] == Op.COMP]
+    parts.end_turn()  # the three steps' own commands, and the plan asked for
+    comp = [m for m in parts.sent[-1] if m[0] == Op.COMP]
     assert [st[0] for st in comp[0][2]] == [3, 2, 1]  # the plan is asked for in reverse
     plan = [(st[0], HOST, json.dumps({"undo": st[0]})) for st in comp[0][2]]
     parts.routing.worker_replies([(Op.COMPS, s.saga_id, plan, None)])

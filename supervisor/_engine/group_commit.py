@@ -9,6 +9,14 @@ next turn while SQLite (which runs without the GIL) commits; the turn's
 outputs wait in ``awaiting_commit`` and leave, in turn order, through the
 ``emit`` callback the loop gave, once their batch is committed.
 
+The turn's worker messages do not wait: they leave at the end of the turn,
+before its commit (``send_workers``), so that a worker computes while the
+log commits.  Write-ahead holds all the same, because a worker reaches the
+world only through the loop: whatever it answers lands in a later turn,
+whose batch commits after this one, and only then does anything it caused
+leave the engine.  A crash before this commit loses a worker's work on
+rows that were never logged, which is what a crash one turn earlier loses.
+
 The writer *borrows* the log: whenever the loop touches the log itself
 (commit inline, read it), it first waits for the writer (:meth:`commit_now`,
 :meth:`drain`).  A failed commit is the loop's end: it is raised as a
@@ -22,7 +30,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from supervisor._engine.records import Stats, Turn, TurnOutputs, WorkerProc
+from supervisor._engine.records import Stats, Turn, TurnOutputs
 from supervisor.errors import LogError
 from supervisor.store.batch import Batch
 from supervisor.store.seam import LogStore
@@ -103,31 +111,25 @@ class LogWriter:
 
 class GroupCommit:
     def __init__(self, sagalog: LogStore, turn: Turn, emit: Callable[[TurnOutputs], None],
-                 workers: Callable[[], list[WorkerProc]], stats: Stats, wake_fd: int,
+                 send_workers: Callable[[], None], stats: Stats, wake_fd: int,
                  pipeline_rows: int) -> None:
         self.log = sagalog
         self.turn = turn
         self.emit = emit
-        self.workers = workers
+        self.send_workers = send_workers
         self.stats = stats
         self.rows = pipeline_rows
         self.writer = LogWriter(sagalog, wake_fd) if pipeline_rows else None
         self.seq = 0  # batches handed to the writer
         self.awaiting_commit: deque[tuple[int, TurnOutputs]] = deque()
 
-    @property
-    def holding(self) -> bool:
-        return bool(self.awaiting_commit)
-
     def end_turn(self) -> None:
-        """Commit the turn's batch (inline, or handed to the writer under
-        load), then emit its outputs once that batch is committed."""
+        """Send the turn's worker messages, commit its batch (inline, or
+        handed to the writer under load), then emit its outputs once that
+        batch is committed."""
         self.log.check_lease()  # a fenced fleet node stops here, every turn
         outputs = self.turn.take_outputs()
-        for w in self.workers():
-            if w.outbox:
-                outputs.worker_msgs.append((w, w.outbox))
-                w.outbox = []
+        self.send_workers()  # first: the worker runs while the log commits
         writer = self.writer
         need = self.awaiting_commit[-1][0] if self.awaiting_commit else 0
         if self.turn.batch:

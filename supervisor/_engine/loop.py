@@ -156,7 +156,7 @@ class Engine:
                                       self.timers, table.live)
         core = SagaCore(sagalog, shared, table, turn, stats, self.life,
                         pick_worker=pool.for_saga, ship_class=pool.ship_class,
-                        workers=pool.all, emit=self._emit, kinds=self.kinds,
+                        send_workers=self._send_workers, emit=self._emit, kinds=self.kinds,
                         prepare=self.registry.prepare, handlers=self.handlers,
                         limits=self.limits, fleet_limits=self.fleet.fleet_limits,
                         unplaced=self.fleet.unplaced, observations=self.observations,
@@ -338,19 +338,18 @@ class Engine:
             self.bus.publish(out.events)
         for done in out.after:
             done()
+        self._send_workers()  # what dispatch queued for them (SENT, local answers)
+
+    def _send_workers(self) -> None:
+        """Every worker's queued messages, as one batch each, in the order
+        queued (see :mod:`.group_commit`: they need not wait for a commit)."""
         send = self.pool.send
-        for w, msgs in out.worker_msgs:
-            if w.alive:
-                # messages queued for w since (by dispatch above) go after these
-                send(w, msgs + w.outbox)
+        for w in self.pool.all():
+            if w.outbox and w.alive:
+                send(w, w.outbox)
                 w.outbox = []
-        if not self.group_commit.holding:
-            for w in self.pool.all():
-                if w.outbox and w.alive:
-                    send(w, w.outbox)
-                    w.outbox = []
-                if w.quarantine:
-                    self.pool.release_quarantine(w)
+            if w.quarantine:
+                self.pool.release_quarantine(w)
 
     # -- workers ---------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ class SagaCore:
                  stats: Stats, life: Lifecycle, *,
                  pick_worker: Callable[[int], WorkerProc],
                  ship_class: Callable[[int], None],
-                 workers: Callable[[], list[WorkerProc]],
+                 send_workers: Callable[[], None],
                  emit: Callable[[TurnOutputs], None],
                  kinds: Kinds | None = None,
                  prepare: Callable[[Saga], SagaSpec] | None = None,
@@ -62,7 +62,7 @@ class SagaCore:
                                      observations, clock, admission)
         self.queues: Queues = sagas.queue  # type: ignore[assignment]  # (made just above)
         self.compensation = comp = Compensation(sagas, turn)
-        self.group_commit = commits = GroupCommit(log, turn, emit, workers, stats, wake_fd,
+        self.group_commit = commits = GroupCommit(log, turn, emit, send_workers, stats, wake_fd,
                                                   pipeline_rows)
         self.recovery = Recovery(kinds if kinds is not None else {}, prepare or _no_prepare,
                                  sagas, comp, table, turn, shared, stats, log,

@@ -263,8 +263,6 @@ class TurnOutputs:
     local_out: list[tuple[int, int, int, str]]
     events: list[BusEvent]
     ended: list[tuple[int, str, str | None]]
-    # (worker, its messages of the turn), filled in by the group commit
-    worker_msgs: list[tuple[WorkerProc, list[tuple[Any, ...]]]] = field(default_factory=list)
     id_limit: int = 0  # the ids' fence rises to this (the batch wrote it as the mark)
     after: list[Callable[[], Any]] = field(default_factory=list)  # once committed
 
