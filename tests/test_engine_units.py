@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import apsw
 import pytest
 
 from supervisor import NotRunningError, SharedState
@@ -161,6 +162,31 @@ def test_outputs_leave_after_their_rows_are_committed(shared: SharedState,
         p.group_commit.drain()
         assert len(seen) == 50 and set(ids) <= set(seen[-1])
         p.close()
+
+
+def test_worker_messages_leave_before_the_commit_commands_after_it(shared: SharedState,
+                                                                    tmp_path: Path) -> None:
+    """A worker computes while the log commits: START leaves at the end of
+    its turn, with the saga's row not yet durable; the command the worker
+    answers with waits for that row and its own (another connection holds
+    the database's write lock meanwhile: a real lock, not a fake)."""
+    p = Parts(shared, tmp_path / "early.db", pipeline_rows=1)
+    blocker = apsw.Connection(str(p.log.path))
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        s = p.spawn()
+        p.group_commit.end_turn()
+        assert [m[0] for m in p.sent[-1]] == [Op.START] and p.sent[-1][0][1] == s.saga_id
+        p.issue(s, {"op": "echo"})  # what the worker answers, one turn later
+        p.group_commit.end_turn()
+        assert p.turns == 0 and s.saga_id not in read_log(p.log.path)[0]
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    p.group_commit.drain()
+    assert p.turns == 2 and [o.host_out for o in p.emitted][1][0][0] == s.saga_id
+    assert s.saga_id in read_log(p.log.path)[0]
+    p.close()
 
 
 # -- restart intensity and backoff --------------------------------------------------------
