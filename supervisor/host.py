@@ -75,11 +75,8 @@ class ReferenceHost:
 
     def _send(self, kind: int, saga_id: int, step: int, payload: dict[str, Any],
               attempt: int | None = None) -> None:
-        self._out += host_frame(kind, saga_id, step, json.dumps(payload).encode(),
-                                self._attempt if attempt is None else attempt)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        self.raw(kind, saga_id, step, json.dumps(payload).encode(),
+                 self._attempt if attempt is None else attempt)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -93,8 +90,16 @@ class ReferenceHost:
                 os._exit(0)  # the supervisor is gone: nothing left to answer
             view = view[n:]
 
-    def raw(self, kind: int, saga_id: int, step: int, payload: bytes) -> None:
-        self._out += host_frame(kind, saga_id, step, payload, self._attempt)
+    def raw(self, kind: int, saga_id: int, step: int, payload: bytes,
+            attempt: int | None = None) -> None:
+        """Queue one frame; it leaves at this turn of the event loop's end
+        (every frame, so that the last answer of a burst is never left
+        behind waiting for the next command's)."""
+        self._out += host_frame(kind, saga_id, step, payload,
+                                self._attempt if attempt is None else attempt)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
     def event(self, saga_id: int, step: int, kind: str, data: Any,
               attempt: int | None = None) -> None:

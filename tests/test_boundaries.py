@@ -62,6 +62,17 @@ def test_host_frames_that_cannot_be_decoded(make_sup: Make) -> None:
     assert sup.stats["worker_restarts"] == 0 and sup.stats["input_errors"] == 0
 
 
+def test_the_last_answer_of_a_burst_leaves_the_reference_host(make_sup: Make) -> None:
+    """An answer the reference host writes as raw bytes (here an undecodable
+    one) leaves even when no other answer follows it: with nothing else in
+    flight, each of these sagas waits on that one frame alone."""
+    sup = make_sup()
+    for how, why in (("failed", "action failed: (unreadable reason"),
+                     ("echo", "undecodable answer: RecursionError")):
+        o = sup.wait(sup.spawn(S.DeepSaga(how)), 30)
+        assert o.failed and o.reason.startswith(why), o
+
+
 def test_a_command_that_contains_itself_fails_its_saga_only(make_sup: Make) -> None:
     sup = make_sup()
     ids = _bystanders(sup)
