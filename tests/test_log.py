@@ -14,7 +14,8 @@ from supervisor import LogCorruptError, LogError, SchemaTooNewError, Supervisor
 from supervisor.store.batch import Batch
 from supervisor.paths import DataDir
 from supervisor.store.seam import open_store
-from supervisor.store.sqlite import SagaLog
+from supervisor.store.checkpoint import Checkpointer
+from supervisor.store.sqlite import PAGE_SIZE, SagaLog
 
 from . import sagas as S
 from .conftest import read_log, wait_for
@@ -169,6 +170,55 @@ def test_wal_checkpoints_run_off_the_writing_connection(tmp_path: Path) -> None:
         assert plain.conn.execute("PRAGMA wal_autocheckpoint").fetchall()[0][0] == 1000
     finally:
         plain.close()
+
+
+def test_checkpoints_follow_commits_and_stop_when_they_stop(tmp_path: Path) -> None:
+    """A checkpoint runs in an interval in which something was committed,
+    and none while nothing is (a supervisor at rest does no I/O)."""
+    db = _db(tmp_path)
+    SagaLog(db).close()
+    written = [0]
+    asked = [0]
+
+    def count() -> int:
+        asked[0] += 1
+        return written[0]
+
+    cp = Checkpointer(db, count, interval=0.001)
+    try:
+        wait_for(lambda: cp.checkpoints == 1, what="the first checkpoint")
+        seen = asked[0]
+        wait_for(lambda: asked[0] >= seen + 20, what="20 more intervals")
+        assert cp.checkpoints == 1  # nothing committed since: none ran
+        written[0] += 1
+        wait_for(lambda: cp.checkpoints == 2, what="a checkpoint after a commit")
+    finally:
+        cp.close()
+
+
+def test_a_new_log_has_small_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+    """New files get PAGE_SIZE pages (a small commit writes whole pages to
+    the WAL); a log made with SQLite's 4 KiB pages opens and works as it is."""
+    new = SagaLog(_db(tmp_path))
+    try:
+        assert new.conn.execute("PRAGMA page_size").fetchall()[0][0] == PAGE_SIZE
+    finally:
+        new.close()
+    old_path = tmp_path / "old.db"
+    conn = apsw.Connection(str(old_path))
+    for sql in ("PRAGMA page_size=4096", "PRAGMA journal_mode=WAL", "CREATE TABLE t(x)",
+                "DROP TABLE t"):
+        conn.execute(sql).fetchall()
+    conn.close()
+    old = SagaLog(old_path)
+    try:
+        assert old.conn.execute("PRAGMA page_size").fetchall()[0][0] == 4096
+        b = Batch()
+        b.sagas = [(1, "k", 1.0, "{}")]
+        old.commit(b)
+        assert old.max_saga_id() == 1
+    finally:
+        old.close()
 
 
 @pytest.mark.parametrize("sup_store", ["sqlite", "postgres"])
