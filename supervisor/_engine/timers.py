@@ -34,8 +34,11 @@ HOST_RESTART: Final = 4  # the host's restart, after its backoff
 Fire = Callable[[float, float, Any], None]
 Live = Callable[[], Iterable[tuple[float, Any]]]
 
-# fewer stale entries than this are never worth a rebuild (~1.6 MB of them)
-_COMPACT_MIN = 16_384
+# fewer stale entries than this are never worth a rebuild.  Small, because a
+# rebuild is one pause of the loop, ~0.3 us an entry: at 16,384 it was a 3-5
+# ms turn every 16,384 sagas at 10,000 sagas/s (docs/performance.md); while
+# few sagas are in flight a rebuild now comes every 2,048 ended ones
+_COMPACT_MIN = 2_048
 
 
 class Timers:
