@@ -5,6 +5,9 @@ version.  Run on both engines (the `engine` fixture)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -172,3 +175,35 @@ def test_old_import_paths_and_the_default_clock_said_outright(tmp_path: Path, en
     with Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, clock=time.monotonic,
                     engine=engine, log=store_log) as sup:  # the default clock, named: fine on both
         assert sup.wait(sup.spawn(S.InstantSaga()), 30).completed
+
+
+_LEFT_OPEN = """
+import sys
+from supervisor import SAGA_COMPLETED, Supervisor
+from tests.sagas import EchoSaga
+if __name__ == "__main__":
+    sup = Supervisor(sys.argv[1], workers=1, host=[sys.executable, "-m", "supervisor.host"],
+                     engine=sys.argv[2]).start()
+    it = sup.events()
+    sup.spawn(EchoSaga(1))
+    while next(it).kind != SAGA_COMPLETED:
+        pass
+    sup.stop()
+    print("stopped")
+"""
+
+
+def test_an_events_iterator_left_open_ends_quietly_at_exit(tmp_path: Path, engine: str
+                                                           ) -> None:
+    """A launcher that leaves `events()` unfinished when it exits: the
+    generator is closed while the interpreter tears its modules down, and
+    nothing is printed about it."""
+    script = tmp_path / "launcher.py"
+    script.write_text(_LEFT_OPEN)
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "d"), engine],
+                          cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "stopped", done.stderr
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, \
+        done.stderr

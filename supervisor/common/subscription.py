@@ -116,6 +116,10 @@ class Subscription:
         or none came for `timeout` seconds (None: no limit)."""
         while True:
             try:
-                yield self.get(timeout)
+                event = self.get(timeout)
             except (queue.Empty, NotRunningError):
                 return
+            # outside the try: a generator closed at the interpreter's exit gets
+            # GeneratorExit here, and the except clause above would look up
+            # module globals that are being torn down
+            yield event
