@@ -400,3 +400,20 @@ class LimitedSaga(Saga):
         if event.kind == "finish" and event.data == self.n:
             return Done()
         return Wait()
+
+
+class MarkerSaga(Saga):
+    """Creates the file `path` in its start() (a side effect in its worker),
+    then issues one echo."""
+
+    name = "marker"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def start(self, ctx: SagaContext) -> SagaAction:
+        open(self.path, "w").close()
+        return IssueCmd(Target.HOST, {"op": "echo"})
+
+    def on_event(self, event: Event, ctx: SagaContext) -> SagaAction:
+        return Done() if event.kind == "echo" else Wait()

@@ -3,15 +3,18 @@ reference host."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import subprocess
 import sys
 import textwrap
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
+import apsw
 import pytest
 
 from supervisor import (
@@ -593,3 +596,45 @@ def test_spawn_many_in_process_and_from_a_client(make_sup: Callable[..., Supervi
     sagas, steps = read_log(sup)
     assert all(len(steps[i]) == 2 for i in got)
     assert sup.spawn_many([]) == []
+
+
+@contextlib.contextmanager
+def _log_write_locked(sup: Supervisor, store_log: str | None) -> Iterator[None]:
+    """Another connection holds the log's write lock (SQLite) or a lock on
+    the saga table that inserts wait for (PostgreSQL): real locks."""
+    if store_log is None:
+        conn = apsw.Connection(str(sup.db_path))
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(store_log) as pg:
+            pg.execute("LOCK TABLE saga IN SHARE ROW EXCLUSIVE MODE")
+            try:
+                yield
+            finally:
+                pg.rollback()
+
+
+def test_a_worker_runs_a_saga_while_its_row_waits_for_the_log(
+        make_sup: Callable[..., Supervisor], tmp_path: Path, store_log: str | None) -> None:
+    """START leaves at the end of the spawn's turn, before that turn's
+    commit: with the log locked, the saga's start() runs in its worker all
+    the same, while its row is not in the log; once the lock goes, the row
+    commits and the saga's command and outcome follow."""
+    sup = make_sup()
+    # the class goes to the supervisor first (a client's first spawn of a
+    # class waits for its registration, answered after a commit)
+    assert sup.wait(sup.spawn(S.MarkerSaga(str(tmp_path / "first"))), 30).completed
+    marker = tmp_path / "started"
+    with _log_write_locked(sup, store_log):
+        sid = sup.spawn(S.MarkerSaga(str(marker)))
+        wait_for(marker.exists, timeout=3, what="the saga's start() in its worker")
+        assert sid not in read_log(sup)[0]
+    assert sup.wait(sid, 30).completed
+    assert read_log(sup)[1][sid][0]["state"] == "succeeded"

@@ -183,7 +183,7 @@ from supervisor import SAGA_COMPLETED, Supervisor
 from tests.sagas import EchoSaga
 if __name__ == "__main__":
     sup = Supervisor(sys.argv[1], workers=1, host=[sys.executable, "-m", "supervisor.host"],
-                     engine=sys.argv[2]).start()
+                     engine=sys.argv[2], log=sys.argv[3] if len(sys.argv) > 3 else None).start()
     it = sup.events()
     sup.spawn(EchoSaga(1))
     while next(it).kind != SAGA_COMPLETED:
@@ -193,15 +193,16 @@ if __name__ == "__main__":
 """
 
 
-def test_an_events_iterator_left_open_ends_quietly_at_exit(tmp_path: Path, engine: str
-                                                           ) -> None:
+def test_an_events_iterator_left_open_ends_quietly_at_exit(tmp_path: Path, engine: str,
+                                                           store_log: str | None) -> None:
     """A launcher that leaves `events()` unfinished when it exits: the
     generator is closed while the interpreter tears its modules down, and
     nothing is printed about it."""
     script = tmp_path / "launcher.py"
     script.write_text(_LEFT_OPEN)
     root = Path(__file__).resolve().parent.parent
-    done = subprocess.run([sys.executable, str(script), str(tmp_path / "d"), engine],
+    argv = [sys.executable, str(script), str(tmp_path / "d"), engine]
+    done = subprocess.run(argv + ([store_log] if store_log else []),
                           cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "stopped", done.stderr
