@@ -571,6 +571,60 @@ def test_a_fleet_limit_holds_across_nodes_in_one_fifo(tmp_path: Path, pg_url: st
     assert {r["node_no"] for r in rows} == {r["saga_id"] >> 40 for r in rows}  # both nodes
 
 
+def test_a_grant_waits_for_an_earlier_number_still_in_flight(tmp_path: Path, pg_url: str,
+                                                            engine: str) -> None:
+    """The fleet's FIFO is exact across nodes: a queued saga is not granted
+    while a saga numbered before it is still in its node's transaction.  That
+    node is the store's own batch write (``write_batch``, as every node's
+    commit runs it), held open on a connection of the test's between its
+    number and its commit; the code before granted the later saga at once."""
+    import time
+
+    import psycopg
+
+    from supervisor.store.batch import Batch
+    from supervisor.store.pg_rows import write_batch
+
+    def rows(sql: str, *params: Any) -> list[tuple]:
+        with psycopg.connect(pg_url, autocommit=True) as c:
+            return c.execute(sql, params).fetchall()
+
+    sup = Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, log=pg_url, node="fifo-a",
+                     engine=engine)
+    sup.register_kind(S.LimitedSaga, fleet_limit=1)
+    held = psycopg.connect(pg_url)
+    try:
+        with sup:
+            node_no = rows("SELECT node_no FROM saga_node WHERE name = 'fifo-a'")[0][0]
+            early = (node_no << 40) | 0xFFFFFFF  # numbered first; never committed yet
+            with held.cursor() as cur:
+                write_batch(cur, Batch(queued=[(early, "limited", time.time(), "{}", 0)]),
+                            None)
+                cur.execute("UPDATE saga SET node_no = %s WHERE saga_id = %s",
+                            (node_no, early))
+            late = sup.spawn(S.LimitedSaga(1, seconds=0.05, timeout=60))
+            wait_for(lambda: rows("SELECT state FROM saga WHERE saga_id = %s", late)
+                     == [("queued",)], what="the later saga queued and committed")
+            wait_for(lambda: rows("SELECT saga_id FROM saga_slot") or rows(
+                "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = 7405318 "
+                "AND NOT granted"), what="a granter at work")
+            assert rows("SELECT saga_id FROM saga_slot") == []  # the later one: not yet
+            held.commit()
+            wait_for(lambda: rows("SELECT saga_id FROM saga_slot") == [(early,)],
+                     what="the earlier number granted first")
+            assert rows("SELECT state FROM saga WHERE saga_id = %s", late) == [("queued",)]
+            with held.cursor() as cur:  # its saga ends, as its node would log it
+                cur.execute("UPDATE saga SET state = 'failed', ended_at = %s WHERE "
+                            "saga_id = %s", (time.time(), early))
+                cur.execute("SELECT pg_notify('saga_slot', '')")
+            held.commit()
+            assert sup.wait(late, 30).completed
+        seqs = dict(rows("SELECT saga_id, queue_seq FROM saga"))
+        assert seqs[early] < seqs[late]
+    finally:
+        held.close()
+
+
 def test_fleet_limit_is_checked(tmp_path: Path, engine: str) -> None:
     sup = Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine)
     with pytest.raises(ValueError, match="not both"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from supervisor.fleet.limit import QUEUE_LOCK_SHARED
 from supervisor.fleet.node import NodeLease
 from supervisor.store.batch import Batch
 
@@ -73,7 +74,12 @@ def write_batch(cur: Any, b: Batch, node: NodeLease | None) -> None:
               "started_at, input_json, node_no) VALUES (%s, %s, 'running', %s, %s, %s) "
               "ON CONFLICT DO NOTHING", (node_no,))
     if b.queued:
-        # (the fleet's one order: a sequence, not this node's counter)
+        # (the fleet's one order: a sequence, not this node's counter).  Each
+        # kind's queue lock, shared, first: a number is taken only while it
+        # is held, and a granter's barrier takes it exclusively, so that it
+        # never grants a number while an earlier one is still in flight
+        for name in sorted({q[1] for q in b.queued}):
+            cur.execute(QUEUE_LOCK_SHARED, (name,))
         many("INSERT INTO saga(saga_id, name, state, started_at, input_json, queued_at, "
              "queue_seq, node_no) VALUES (%s, %s, 'queued', %s, %s, %s, "
              "nextval('saga_queue_seq'), %s) ON CONFLICT DO NOTHING",
