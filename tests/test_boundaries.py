@@ -141,14 +141,23 @@ def test_spawn_requests_with_bad_fields_are_refused(make_sup: Make) -> None:
             (((7, b""),) + good[1:], "state must be (kind, bytes)"),
             (good[:3] + ("{not json",) + good[4:], "snapshot is not JSON"),
             (good[:4] + ([1, 2],) + good[5:], "listens must hold str"),
+            (good[:5] + (1,), "has_comp has type int"),
+            ((good[0], 7) + good[2:], "name has type int"),
         ]
-        for fields, why in cases:
-            sid = shared.acquire()
-            reply = _ask(c, ("spawn", 2, (sid, 1) + fields))
-            assert reply[0] == "err" and why in reply[2][1], (fields, reply)
-            shared.claim(sid)  # give the slot back
+        for fields, why in cases:  # (with and without `watch`, as the clients send it)
+            for tail in ((), (False,), (True,)):
+                sid = shared.acquire()
+                reply = _ask(c, ("spawn", 2, (sid, 1) + fields) + tail)
+                assert reply[0] == "err" and why in reply[2][1], (fields, tail, reply)
+                shared.claim(sid)  # give the slot back
+        for bad_id in (True, "5", 0):
+            reply = _ask(c, ("spawn", 2, (bad_id, 1) + good, False))
+            assert reply[0] == "err" and "saga id must be" in reply[2][1], (bad_id, reply)
         sid = shared.acquire()
         assert _ask(c, ("spawn", 3, (sid, 1) + good)) == ("ok", 3, sid)
+        assert sup.wait(sid, 10).completed
+        sid = shared.acquire()
+        assert _ask(c, ("spawn", 4, (sid, 1) + good, True)) == ("ok", 4, sid)
         assert sup.wait(sid, 10).completed
     finally:
         c.close()
