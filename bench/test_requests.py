@@ -15,7 +15,7 @@ from supervisor.wire.requests import Spawn, SpawnItem, decode, encode
 LOOP = 10_000
 
 _ITEM = SpawnItem(123_456, 1, (0, pickle.dumps({"n": 5, "steps": 1}, protocol=5)),
-                  "EchoSaga", 30.0, '{"n":5,"steps":1}', [], False)
+                  "EchoSaga", 30.0, '{"n":5,"steps":1}', (), False)
 _BODY = encode(Spawn(0, _ITEM, True))  # as SagaClient.spawn sends it
 
 

@@ -194,6 +194,7 @@ def _check_json(text: str) -> None:
 
 
 _STATES = (STATE_DICT, STATE_DILL)
+_SEQS = (tuple, list)  # (SagaClient sends no listens as ())
 _INF = float("inf")
 
 
@@ -207,7 +208,7 @@ def check_item(it: SpawnItem) -> SpawnItem:
     if type(sid) is int and sid >= 1 and type(cid) is int and type(state) is tuple and \
             len(state) == 2 and state[0] in _STATES and type(state[1]) is bytes and \
             type(name) is str and type(t) is float and 0 < t < _INF and \
-            type(snapshot) is str and not listens and type(listens) is list and \
+            type(snapshot) is str and not listens and type(listens) in _SEQS and \
             type(has_comp) is bool and key is None:
         _check_json(snapshot)
         return it
