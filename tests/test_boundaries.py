@@ -27,7 +27,7 @@ from supervisor import (
 from supervisor.frames import FrameReader, frame
 
 from . import _suite, sagas as S
-from .conftest import drain_bus
+from .conftest import drain_bus, wait_for
 
 Make = Callable[..., Supervisor]
 
@@ -163,6 +163,63 @@ def test_spawn_requests_with_bad_fields_are_refused(make_sup: Make) -> None:
         c.close()
         shared.close()
     assert sup.state == "running"
+
+
+def test_spawns_a_client_sent_before_it_died_are_all_taken(make_sup: Make,
+                                                          tmp_path: Path) -> None:
+    """A client's pipelined spawns that arrive while the loop is between its
+    read and its answers, from a client that dies at once: all of them start.
+    The code before closed the connection when its answer failed (EPIPE) and
+    never read them (a killed launcher's last spawns were lost so).  The loop
+    is held there for real: a trigger, run after the commit and before the
+    answers go out, blocks on a FIFO the test opens once the loop is in it."""
+    import os
+
+    sup = make_sup()
+    fifo = str(tmp_path / "hold")
+    os.mkfifo(fifo)
+
+    def hold(ev: Event) -> Any:
+        with open(fifo) as f:  # blocks until the test, the writer, closes it
+            f.read()
+        return S.InstantSaga()
+
+    sup.add_trigger(hold, lambda ev: ev.kind == "hold")
+    path = (sup.data_dir / "run" / "control").read_text()
+    shared = SharedState.attach(sup.shm_name)
+    good = ((0, pickle.dumps({})), "instant", 30.0, "{}", [], False)
+
+    def spawns(ids: list[int]) -> bytes:
+        return b"".join(frame(pickle.dumps(("spawn", 0, (sid, 1) + good, True)))
+                        for sid in ids)
+
+    c = _raw(path)
+    writer = -1
+    try:
+        first = [shared.acquire() for _ in range(20)]
+        c.sendall(frame(pickle.dumps(("cls", 0, 1, dill.dumps(S.InstantSaga, recurse=True))))
+                  + spawns(first) + frame(pickle.dumps(("publish", 5, "hold", None))))
+
+        def held() -> bool:  # the loop is in the trigger once the FIFO has its reader
+            nonlocal writer
+            try:
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: no reader yet
+                return False
+            return True
+
+        wait_for(held, what="the loop held in the trigger")
+        late = [shared.acquire() for _ in range(200)]
+        c.sendall(spawns(late))
+        c.close()  # dies with its spawns unread, before any answer to it
+        os.close(writer)
+        writer = -1
+        _all_complete(sup, first + late)
+    finally:
+        c.close()
+        if writer >= 0:
+            os.close(writer)
+        shared.close()
 
 
 def test_triggers_handlers_and_subscribers_that_raise(make_sup: Make) -> None:

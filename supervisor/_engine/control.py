@@ -259,8 +259,10 @@ class ControlServer:
                 self.close_conn(c)
             return
         except OSError:
-            self.close_conn(c)
-            return
+            # (EPIPE: not closed here, or the requests it sent before it died,
+            # still unread, would be lost: the read side ends it at its EOF)
+            c.unheard = True
+            c.outbuf.clear()
         if c.want_write:
             c.want_write = False
             self.sel.modify(c.sock, selectors.EVENT_READ, lambda mask: self._ready(c, mask))

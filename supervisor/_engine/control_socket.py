@@ -42,7 +42,7 @@ class Conn:
     """A SagaClient connection."""
 
     __slots__ = ("sock", "reader", "outbuf", "classes", "subscribed", "want_write", "closed",
-                 "spawns", "born", "spoke", "partial_since")
+                 "spawns", "born", "spoke", "partial_since", "unheard")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -56,6 +56,10 @@ class Conn:
         self.born = time.monotonic()
         self.spoke = False  # a whole request came
         self.partial_since: float | None = None  # a frame begun and not finished
+        # the peer takes nothing more (a send failed: it died, or shut its
+        # reading down): nothing more is sent, and what it sent before is
+        # still read, up to its end (a dead launcher's pipelined spawns)
+        self.unheard = False
 
     def recv(self) -> bytes | None:
         """What the peer sent (b"" at its end or an error; None: nothing yet).
@@ -77,7 +81,7 @@ class Conn:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def send(self, msg: tuple[Any, ...]) -> None:
-        if not self.closed:
+        if not self.closed and not self.unheard:
             self.outbuf += frames.frame(pickle.dumps(msg, protocol=5))
 
 
