@@ -47,3 +47,20 @@ def _gate(tmp_path: Path) -> None:
     assert "INTERNALERROR" not in gate.stdout + gate.stderr
     slow = _bench(tmp_path, "--benchmark-compare=0001", "--benchmark-compare-fail=min:0.0001%")
     assert slow.returncode != 0 and "INTERNALERROR" not in slow.stdout + slow.stderr
+
+
+def test_the_latency_segments_command_runs() -> None:
+    """README's ``python -m bench.latency_segments`` (short and slow here):
+    every saga accounted for, each segment a row, the total the largest."""
+    out = subprocess.run([sys.executable, "-m", "bench.latency_segments", "--engine",
+                          "process", "--rate", "400", "--seconds", "0.5", "--gc"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("process engine, 400/s for 0.5 s (200 sagas)")
+    rows = {line[:22].strip(): [float(x) for x in line[22:].split()] for line in lines[2:8]}
+    assert list(rows) == ["spawn -> saga row", "saga row -> step row", "step row -> step end",
+                          "step end -> saga end", "saga end -> event", "total"]
+    assert all(r[0] <= rows["total"][0] for r in rows.values())  # p50s within the total's
+    assert lines[-2].startswith("the slowest 1% were spawned at")
+    assert lines[-1].startswith("launcher collections >= 2 ms")
