@@ -2,7 +2,9 @@
 process spent per saga (psutil), so that the curve names the next bottleneck.
 
 Run: ``python -m pytest bench/test_scaling.py -p no:cacheprovider -s``; the
-CPU split is printed and kept in ``extra_info`` (``--benchmark-json``).
+CPU split is printed and kept in ``extra_info`` (``--benchmark-json``), with
+this launcher's split by thread (with the thread engine: the loop, the log
+writer, the checkpointer, and the caller, ``MainThread``).
 Ratios: each worker count against 1 worker, in the same run, for each
 engine.  With the thread engine the "launcher" CPU holds the engine too (the
 loop, the log writer and the thread that calls spawn_many/wait); with the
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,17 @@ def _batch(sup: Supervisor, n: int) -> None:
 def _cpu(p: psutil.Process) -> float:
     t = p.cpu_times()
     return float(t.user + t.system)
+
+
+def _threads() -> dict[str, float]:
+    """CPU seconds of this process's threads, by name (the thread engine's
+    loop, log writer and checkpointer, and the caller: MainThread)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for t in psutil.Process().threads():
+        name = names.get(t.id, "other")
+        out[name] = out.get(name, 0.0) + t.user_time + t.system_time
+    return out
 
 
 def _processes() -> dict[str, list[psutil.Process]]:
@@ -63,11 +77,18 @@ def test_workers(benchmark: Any, data_dir: Path, engine: str, workers: int,
         _batch(sup, 500)
         procs = _processes()
         before = {k: sum(map(_cpu, v)) for k, v in procs.items() if v}
+        threads_before = _threads()
         benchmark.pedantic(_batch, args=(sup, N), rounds=3, iterations=1)
         after = {k: sum(map(_cpu, v)) for k, v in procs.items() if v}
+        threads_after = _threads()
     per_saga_us = {k: round((after[k] - before[k]) / (3 * N) * 1e6, 1) for k in before}
+    launcher_threads_us = {k: round((v - threads_before.get(k, 0.0)) / (3 * N) * 1e6, 1)
+                           for k, v in threads_after.items()
+                           if v - threads_before.get(k, 0.0) > 0}
     benchmark.extra_info.update(rate=N / benchmark.stats.stats.median,
-                                cpu_us_per_saga=per_saga_us, cores=psutil.cpu_count())
+                                cpu_us_per_saga=per_saga_us, cores=psutil.cpu_count(),
+                                launcher_threads_us_per_saga=launcher_threads_us)
     print(json.dumps({"engine": engine, "workers": workers,
                       "rate": round(N / benchmark.stats.stats.median),
-                      "cpu_us_per_saga": per_saga_us}))
+                      "cpu_us_per_saga": per_saga_us,
+                      "launcher_threads_us_per_saga": launcher_threads_us}))
