@@ -20,7 +20,7 @@ HEADER = CSRC / "sagashm.h"
 # Bumped with every change to the C ABI or the segment layout; compiled into
 # the module and checked by supervisor/shmem/binding.py at import, so a stale build fails
 # loudly at import instead of at run time.
-BUILD_STAMP = 3
+BUILD_STAMP = 4
 
 
 def _cdef_text() -> str:

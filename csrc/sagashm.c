@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -319,6 +320,19 @@ int ssm_claim_p(uint64_t id) {
 int ssm_state_p(uint64_t id) {
     ssm_segment *seg = atomic_load_explicit(&primary, memory_order_acquire);
     return seg ? ssm_state(seg, id) : SSM_STATE_UNKNOWN;
+}
+
+int64_t ssm_send_now(int fd, const char *buf, uint64_t len) {
+    for (;;) {
+        ssize_t n = send(fd, buf, (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n >= 0)
+            return (int64_t)n;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0;
+        return -(int64_t)errno;
+    }
 }
 
 void ssm_noop(void) {}

@@ -88,6 +88,13 @@ uint64_t ssm_next_id_p(void);
 int ssm_claim_p(uint64_t id);
 int ssm_state_p(uint64_t id);
 
+/* Send what the socket `fd` takes now of buf[0..len), never blocking
+ * (MSG_DONTWAIT) and never raising SIGPIPE (MSG_NOSIGNAL): the bytes sent,
+ * 0 if it takes none now, or -errno. Like every call here it keeps the GIL
+ * (see build.py), so a client's small request leaves without handing the
+ * GIL to a busy thread of its process and waiting a switch interval for it. */
+int64_t ssm_send_now(int fd, const char *buf, uint64_t len);
+
 /* The floor of any cffi call, for the benchmarks. */
 void ssm_noop(void);
 uint64_t ssm_noop1(ssm_segment *seg);

@@ -122,3 +122,53 @@ def test_spawns_after_the_first_of_a_class_are_pipelined(
             client.spawn(S.UnpicklableSaga())  # refused here, before any request
     sagas, _ = read_log(sup)
     assert sid not in sagas and all(sagas[i]["state"] == "completed" for i in ids)
+
+
+def test_a_request_leaves_without_blocking_or_sigpipe() -> None:
+    """``send_now``, a client's first try at every request (it keeps the GIL,
+    so a busy thread of the launcher cannot hold a spawn up a switch interval):
+    what the socket takes now, 0 once its buffer is full (no wait), and a
+    peer gone as BrokenPipeError, not SIGPIPE; the client sends the rest with
+    sendall, so a request bigger than the buffer arrives whole."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    from supervisor.shmem.binding import send_now
+
+    a, b = socket.socketpair()
+    try:
+        assert send_now(a.fileno(), b"hello") == 5 and b.recv(5) == b"hello"
+        big = os.urandom(4 << 20)
+        sent = send_now(a.fileno(), big)
+        assert 0 < sent < len(big)  # what the buffer took, at once
+        assert send_now(a.fileno(), big[sent:]) == 0  # full: nothing, and no wait
+        got = bytearray()
+
+        def read() -> None:
+            while len(got) < len(big):
+                got.extend(b.recv(1 << 16))
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        a.sendall(memoryview(big)[sent:])
+        reader.join(30)
+        assert bytes(got) == big
+        b.close()
+        with pytest.raises(BrokenPipeError):
+            send_now(a.fileno(), b"x")
+    finally:
+        a.close()
+        b.close()
+    # a process that left SIGPIPE at its default (as an embedding program may)
+    out = subprocess.run([sys.executable, "-c", (
+        "import signal, socket\n"
+        "signal.signal(signal.SIGPIPE, signal.SIG_DFL)\n"
+        "from supervisor.shmem.binding import send_now\n"
+        "a, b = socket.socketpair(); b.close()\n"
+        "try:\n    send_now(a.fileno(), b'x')\n"
+        "except BrokenPipeError:\n    print('EPIPE')\n")],
+        capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout.strip()) == (0, "EPIPE"), out.stderr

@@ -1,6 +1,8 @@
 """The binding layer of the shared-memory hot path: the one module that loads
 the compiled cffi module (``_sagashm``), checks its build stamp, binds its
 functions to module globals once, and turns its status codes into names.
+The module's one call that is not about the segment, :func:`send_now` (a
+send that keeps the GIL), is bound here too, for the same reason.
 
 cffi's ``ffi``/``lib`` are untyped, so the names here are ``Any`` to mypy;
 :mod:`supervisor.shmem.state` builds the typed API on them.
@@ -22,7 +24,7 @@ from supervisor.errors import IdFenceError, IdOverflowError, SharedMemoryError
 _ffi = _sagashm.ffi
 _lib = _sagashm.lib
 
-EXPECTED_BUILD_STAMP = 3
+EXPECTED_BUILD_STAMP = 4
 if _lib.SSM_BUILD_STAMP != EXPECTED_BUILD_STAMP:  # pragma: no cover - stale build
     raise ImportError(
         f"supervisor._sagashm was built from another version (stamp "
@@ -44,6 +46,7 @@ _state = _lib.ssm_state
 _in_flight = _lib.ssm_in_flight
 _peek = _lib.ssm_peek_next_id
 _noop = _lib.ssm_noop
+_send_now = _lib.ssm_send_now
 _noop1 = _lib.ssm_noop1
 _next_id_p = _lib.ssm_next_id_p
 _claim_p = _lib.ssm_claim_p
@@ -76,6 +79,16 @@ SagaSlotState = Literal["unknown", "live", "claimed"]
 
 _CLOSED = object()  # stands in for the segment pointer after close(): cffi rejects it
 
+
+
+def send_now(fd: int, data: bytes) -> int:
+    """The bytes of `data` the socket `fd` takes now (0: none), without
+    blocking and without giving the GIL up (``ssm_send_now``); OSError for a
+    broken connection (EPIPE, ECONNRESET, ...)."""
+    n = int(_send_now(fd, data, len(data)))
+    if n < 0:
+        raise OSError(-n, os.strerror(-n))
+    return n
 
 
 def _posix_name(name: str) -> bytes:
