@@ -182,7 +182,7 @@ def test_spawns_a_client_sent_before_it_died_are_all_taken(make_sup: Make,
     def hold(ev: Event) -> Any:
         with open(fifo) as f:  # blocks until the test, the writer, closes it
             f.read()
-        return S.InstantSaga()
+        return S.EchoSaga()  # (not an InstantSaga: a trigger evicts its own kind)
 
     sup.add_trigger(hold, lambda ev: ev.kind == "hold")
     path = (sup.data_dir / "run" / "control").read_text()
