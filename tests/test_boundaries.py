@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import dill
+import pytest
 
 from supervisor import (
     SAGA_COMPLETED,
@@ -165,6 +166,7 @@ def test_spawn_requests_with_bad_fields_are_refused(make_sup: Make) -> None:
     assert sup.state == "running"
 
 
+@pytest.mark.parametrize("sup_store", ["sqlite", "postgres"])  # (this test: both logs)
 def test_spawns_a_client_sent_before_it_died_are_all_taken(make_sup: Make,
                                                           tmp_path: Path) -> None:
     """A client's pipelined spawns that arrive while the loop is between its

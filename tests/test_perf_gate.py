@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -49,15 +51,16 @@ def _gate(tmp_path: Path) -> None:
     assert slow.returncode != 0 and "INTERNALERROR" not in slow.stdout + slow.stderr
 
 
-def test_the_latency_segments_command_runs() -> None:
+@pytest.mark.parametrize("engine", ["thread", "process"])
+def test_the_latency_segments_command_runs(engine: str) -> None:
     """README's ``python -m bench.latency_segments`` (short and slow here):
     every saga accounted for, each segment a row, the total the largest."""
     out = subprocess.run([sys.executable, "-m", "bench.latency_segments", "--engine",
-                          "process", "--rate", "400", "--seconds", "0.5", "--gc"],
+                          engine, "--rate", "400", "--seconds", "0.5", "--gc"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
-    assert lines[0].startswith("process engine, 400/s for 0.5 s (200 sagas)")
+    assert lines[0].startswith(f"{engine} engine, 400/s for 0.5 s (200 sagas)")
     rows = {line[:22].strip(): [float(x) for x in line[22:].split()] for line in lines[2:8]}
     assert list(rows) == ["spawn -> saga row", "saga row -> step row", "step row -> step end",
                           "step end -> saga end", "saga end -> event", "total"]
