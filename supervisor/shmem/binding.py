@@ -46,11 +46,11 @@ _state = _lib.ssm_state
 _in_flight = _lib.ssm_in_flight
 _peek = _lib.ssm_peek_next_id
 _noop = _lib.ssm_noop
-_send_now = _lib.ssm_send_now
 _noop1 = _lib.ssm_noop1
 _next_id_p = _lib.ssm_next_id_p
 _claim_p = _lib.ssm_claim_p
 _state_p = _lib.ssm_state_p
+_send_now = _lib.ssm_send_now
 
 _OK = _lib.SSM_OK
 _ENOENT = _lib.SSM_ENOENT
