@@ -16,6 +16,19 @@ def spawn_many(data_dir: str, n: int, conn: Any) -> None:
         conn.send([(o.saga_id, o.state) for o in outs])
 
 
+def spawn_and_tell(data_dir: str, n: int, conn: Any) -> None:
+    """Spawn one saga at a time and send its id the moment spawn() returns;
+    the next only once the other side has its outcome."""
+    with SagaClient(data_dir) as client:
+        for i in range(n):
+            conn.send(client.spawn(S.EchoSaga(i)))
+            try:
+                conn.recv()
+            except EOFError:  # the test failed and went: so does this
+                return
+    conn.send(None)
+
+
 def cancel_from_afar(data_dir: str, saga_id: int, conn: Any) -> None:
     with SagaClient(data_dir) as client:
         won = client.cancel(saga_id, "remote operator")

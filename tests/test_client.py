@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import stat
 from pathlib import Path
 from typing import Callable
@@ -9,11 +10,12 @@ from typing import Callable
 import multiprocess as mp
 import pytest
 
-from supervisor import Event, NotRunningError, SagaClient, SpawnError, Supervisor
+from supervisor import (Event, NotRunningError, Outcome, SagaClient, SpawnError, Supervisor,
+                        UnknownSagaError)
 import supervisor.wire.requests as rq
 
 from . import _client_procs, _suite, sagas as S
-from .conftest import read_log
+from .conftest import read_log, wait_for
 
 CTX = mp.get_context("spawn")
 
@@ -36,6 +38,37 @@ def test_processes_spawn_and_wait_through_clients(make_sup: Callable[..., Superv
     assert all(state == "completed" for r in results for _, state in r)
     sagas, steps = read_log(sup)
     assert all(sagas[i]["state"] == "completed" and len(steps[i]) == 2 for i in ids)
+
+
+@pytest.mark.parametrize("sup_store", ["sqlite", "postgres"])  # (this test: both logs)
+def test_wait_here_on_a_saga_another_process_just_spawned(
+        make_sup: Callable[..., Supervisor]) -> None:
+    """wait() (and wait_async()) on a saga another process has just spawned,
+    the moment its id is known: its outcome, round after round.  Until the spawn reaches the
+    loop, the id is unknown here (UnknownSagaError: asked again); once it
+    has, it is never "running in the log but not in flight".  The facade
+    used to look for the saga in flight, then read the log: a spawn taken
+    and committed between the two read as running and raised that."""
+    sup = make_sup()
+    parent, child = CTX.Pipe()
+    proc = CTX.Process(target=_client_procs.spawn_and_tell, args=(str(sup.data_dir), 200, child))
+    proc.start()
+
+    def outcome(sid: int) -> Outcome | None:
+        try:  # every other round through wait_async (the same rule)
+            return sup.wait(sid, 30) if sid % 2 else asyncio.run(sup.wait_async(sid, 30))
+        except UnknownSagaError:  # still on its way to the loop
+            return None
+
+    try:
+        while (sid := parent.recv()) is not None:
+            out = wait_for(lambda: outcome(sid), interval=0.001, what=f"saga {sid} known here")
+            assert out.saga_id == sid and out.completed, out
+            parent.send(True)
+    finally:
+        parent.close()  # (on a failure: the child's recv() ends, and so does it)
+        proc.join(30)
+    assert proc.exitcode == 0
 
 
 def test_cancel_from_another_process(make_sup: Callable[..., Supervisor]) -> None:

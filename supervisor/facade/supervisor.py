@@ -330,13 +330,29 @@ class Supervisor:
         if self.state == "new":
             raise NotRunningError(f"wait({sid}) before start(): the supervisor has not started")
         found = self._link.wait(sid, limit)
-        return found if found is not None else self._from_log(sid)
+        if found is None:
+            row = self._logged(sid)
+            if not self._started_since(row):
+                return self._from_log(sid, row)
+            found = self._link.wait(sid, limit)
+        return found if found is not None else self._from_log(sid, self._logged(sid))
 
-    def _from_log(self, saga_id: int) -> Outcome:
+    def _logged(self, saga_id: int) -> tuple[str, str | None] | None:
+        return read_outcome(self.settings.log, self.paths, saga_id, self._link.run_first)
+
+    def _started_since(self, row: tuple[str, str | None] | None) -> bool:
+        """A saga not in flight here when wait() looked, whose row says it is
+        running while this supervisor runs: another client's spawn may have
+        reached the loop between the look and the read.  The loop expects a
+        saga's outcome before its row is committed, so a second look finds it
+        (in flight, or ended); one owned by another node is not found again."""
+        return (row is not None and row[0] in ("running", "compensating")
+                and self.state == "running")
+
+    def _from_log(self, saga_id: int, row: tuple[str, str | None] | None) -> Outcome:
         """``wait()`` on a saga not in flight here: its logged outcome (the
         one rule: :func:`supervisor.store.seam.outcome_of`)."""
         stopped = self.state in ("stopping", "stopped")
-        row = read_outcome(self.settings.log, self.paths, saga_id, self._link.run_first)
         return outcome_of(saga_id, row, self.error,
                           self._link.suspended if stopped else None)
 
@@ -384,7 +400,12 @@ class Supervisor:
         if self.state == "new":
             raise NotRunningError(f"wait({sid}) before start(): the supervisor has not started")
         found = await self._link.wait_async(sid, limit)
-        return found if found is not None else self._from_log(sid)
+        if found is None:
+            row = self._logged(sid)
+            if not self._started_since(row):
+                return self._from_log(sid, row)
+            found = await self._link.wait_async(sid, limit)
+        return found if found is not None else self._from_log(sid, self._logged(sid))
 
     def events_async(self, idle: float | None = None) -> AsyncIterator[Event]:
         """Every bus event from now on, for ``async for``; ends when the
