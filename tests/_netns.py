@@ -15,7 +15,7 @@ class Netns:
     def __init__(self) -> None:
         tag = secrets.token_hex(3)
         self.name, self.here, self.there = f"saga{tag}", f"sgh{tag}", f"sgn{tag}"
-        # a /24 of its own, from the tag (tests may run in parallel: -n 2)
+        # a /24 of its own, from the tag (tests run in parallel: -n 3)
         net = f"10.{10 + int(tag[:2], 16) % 200}.{int(tag[2:4], 16)}"
         self.host_ip, self.ns_ip = f"{net}.1", f"{net}.2"
         self.why = ""
