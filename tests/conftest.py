@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 import apsw
 import pytest
 
-from supervisor import SharedState
+from supervisor import SharedState, UnknownSagaError
 
 # Fail loudly if an SQLite connection is ever used across fork (apsw's check,
 # where this apsw build offers it): only the supervisor process writes the
@@ -38,6 +38,16 @@ def wait_for(condition: Callable[[], T], timeout: float = 10.0, interval: float 
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def once_known(wait: Callable[[], T]) -> T | None:
+    """`wait()` for a saga another process spawned, or None while its id is
+    still unknown here (UnknownSagaError: its spawn is on its way): for
+    ``wait_for(lambda: once_known(...))``."""
+    try:
+        return wait()
+    except UnknownSagaError:
+        return None
 
 
 def shm_path(name: str) -> str:

@@ -24,12 +24,11 @@ from supervisor import (
     SharedState,
     Supervisor,
     Target,
-    UnknownSagaError,
 )
 from supervisor.frames import FrameReader, frame
 
 from . import _suite, sagas as S
-from .conftest import drain_bus, wait_for
+from .conftest import drain_bus, once_known, wait_for
 
 Make = Callable[..., Supervisor]
 
@@ -38,14 +37,6 @@ sup_engine = _suite.both_engines  # a behaviour suite: every test on both engine
 
 def _bystanders(sup: Supervisor, n: int = 40) -> list[int]:
     return [sup.spawn(S.EchoSaga(i, steps=2)) for i in range(n)]
-
-
-def _known(sup: Supervisor, sid: int) -> bool:
-    try:
-        sup.wait(sid, 30)
-    except UnknownSagaError:
-        return False
-    return True
 
 
 def _all_complete(sup: Supervisor, ids: list[int]) -> None:
@@ -226,7 +217,7 @@ def test_spawns_a_client_sent_before_it_died_are_all_taken(make_sup: Make,
         os.close(writer)
         writer = -1
         for sid in late:  # unknown here until the loop has read its spawn
-            wait_for(lambda: _known(sup, sid), what=f"saga {sid} known")
+            wait_for(lambda: once_known(lambda: sup.wait(sid, 30)), what=f"saga {sid} known")
         _all_complete(sup, first + late)
     finally:
         c.close()

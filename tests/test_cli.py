@@ -129,6 +129,12 @@ def _blocks(lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
 
 
+def test_readme_test_command_is_what_ci_runs() -> None:
+    """The quick start's test command is exactly .ci/run's last line."""
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert "pytest" in ci and ci in [b.strip() for b in _blocks("bash")]
+
+
 def test_readme_python_blocks_run(tmp_path: Path) -> None:
     blocks = _blocks("python")
     assert len(blocks) == 3

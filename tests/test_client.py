@@ -10,12 +10,11 @@ from typing import Callable
 import multiprocess as mp
 import pytest
 
-from supervisor import (Event, NotRunningError, Outcome, SagaClient, SpawnError, Supervisor,
-                        UnknownSagaError)
+from supervisor import Event, NotRunningError, Outcome, SagaClient, SpawnError, Supervisor
 import supervisor.wire.requests as rq
 
 from . import _client_procs, _suite, sagas as S
-from .conftest import read_log, wait_for
+from .conftest import once_known, read_log, wait_for
 
 CTX = mp.get_context("spawn")
 
@@ -54,15 +53,13 @@ def test_wait_here_on_a_saga_another_process_just_spawned(
     proc = CTX.Process(target=_client_procs.spawn_and_tell, args=(str(sup.data_dir), 200, child))
     proc.start()
 
-    def outcome(sid: int) -> Outcome | None:
-        try:  # every other round through wait_async (the same rule)
-            return sup.wait(sid, 30) if sid % 2 else asyncio.run(sup.wait_async(sid, 30))
-        except UnknownSagaError:  # still on its way to the loop
-            return None
+    def outcome(sid: int) -> Outcome:  # every other round through wait_async (the same rule)
+        return sup.wait(sid, 30) if sid % 2 else asyncio.run(sup.wait_async(sid, 30))
 
     try:
         while (sid := parent.recv()) is not None:
-            out = wait_for(lambda: outcome(sid), interval=0.001, what=f"saga {sid} known here")
+            out = wait_for(lambda: once_known(lambda: outcome(sid)), interval=0.001,
+                           what=f"saga {sid} known here")
             assert out.saga_id == sid and out.completed, out
             parent.send(True)
     finally:
