@@ -417,3 +417,27 @@ class MarkerSaga(Saga):
 
     def on_event(self, event: Event, ctx: SagaContext) -> SagaAction:
         return Done() if event.kind == "echo" else Wait()
+
+
+class WhereSaga(Saga):
+    """Says which worker ran it: one echo whose command carries the worker's
+    pid (logged with the step).  With `gate`, its start blocks its worker in
+    user code until that file exists (a minute at most)."""
+
+    name = "where"
+
+    def __init__(self, gate: str | None = None) -> None:
+        self.gate = gate
+
+    def start(self, ctx: SagaContext) -> SagaAction:
+        import os
+        import time
+
+        deadline = time.monotonic() + 60.0
+        while self.gate is not None and not os.path.exists(self.gate) \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)  # a long step, as user code may have
+        return IssueCmd(Target.HOST, {"op": "echo", "pid": os.getpid()})
+
+    def on_event(self, event: Event, ctx: SagaContext) -> SagaAction:
+        return Done() if event.kind == "echo" else Wait()

@@ -103,7 +103,7 @@ class WorkerProc:
     __slots__ = ("index", "proc", "wfd", "rfd", "reader", "outbuf", "outbox", "in_flight",
                  "want_write", "alive", "started_at", "last_reply", "rss", "rss_breaches",
                  "hb_breaches", "retiring", "kill_reason", "psproc", "batches", "unacked",
-                 "quarantine")
+                 "waiting_since", "quarantine")
 
     def __init__(self, index: int, proc: Any, wfd: int, rfd: int) -> None:
         self.index = index
@@ -127,6 +127,7 @@ class WorkerProc:
         self.batches = 0  # batches written to it
         # (batch number, saga ids whose user code it runs) not yet acknowledged
         self.unacked: deque[tuple[int, list[int]]] = deque()
+        self.waiting_since = 0.0  # since when `unacked` is not empty, or last shrank
         # replays of sagas suspected of killing a worker: sent one at a time
         self.quarantine: deque[tuple[Any, ...]] = deque()
 

@@ -1,0 +1,67 @@
+"""Which worker a new saga runs on: the first with room while the load is
+light, every worker once it is heavy, never one stuck in a long step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from supervisor import Event, Supervisor
+from supervisor._engine.workers import PACK
+
+from . import _suite, sagas as S
+from .conftest import read_log, wait_for
+
+sup_engine = _suite.both_engines  # a behaviour suite: both engines, both logs
+sup_store = _suite.both_stores
+
+
+def _ran_on(sup: Supervisor, ids: list[int]) -> list[int]:
+    """The pid of the worker each WhereSaga ran on (from its logged command)."""
+    _, steps = read_log(sup)
+    return [json.loads(steps[sid][0]["cmd_json"])["pid"] for sid in ids]
+
+
+def test_light_load_runs_every_saga_on_the_first_worker(
+        make_sup: Callable[..., Supervisor]) -> None:
+    sup = make_sup(workers=3)
+    first = sup.health()["workers"][0]["pid"]
+    ids = []
+    for _ in range(30):  # one in flight at a time
+        sid = sup.spawn(S.WhereSaga())
+        assert sup.wait(sid, 30).completed
+        ids.append(sid)
+    assert set(_ran_on(sup, ids)) == {first}
+
+
+def test_heavy_load_spreads_over_every_worker(make_sup: Callable[..., Supervisor]) -> None:
+    sup = make_sup(workers=2)
+    n = 2 * PACK + 40
+    ids = [sup.spawn(S.SleepSaga(60, timeout=120)) for _ in range(n)]
+    wait_for(lambda: sum(w["sagas_in_flight"] for w in sup.health()["workers"]) == n,
+             what=f"{n} sagas in flight")
+    held = [w["sagas_in_flight"] for w in sup.health()["workers"]]
+    assert min(held) >= n // 4, held  # not all on one worker
+    sup.publish(Event("finish"))
+    assert all(sup.wait(sid, 30).completed for sid in ids)
+
+
+def test_a_worker_stuck_in_a_long_step_takes_no_new_sagas(
+        make_sup: Callable[..., Supervisor], tmp_path: Path) -> None:
+    sup = make_sup(workers=2)
+    gate = tmp_path / "open"
+    stuck = sup.spawn(S.WhereSaga(gate=str(gate)))
+
+    def seen_stuck() -> bool:  # its worker holds it and has not answered for a while
+        return any(w["sagas_in_flight"] == 1 and w["heartbeat_age"] >= 0.2
+                   for w in sup.health()["workers"])
+
+    wait_for(seen_stuck, what="the gated saga's worker to be busy")
+    ids = [sup.spawn(S.WhereSaga()) for _ in range(20)]
+    for sid in ids:  # on the stuck worker, they would wait for the gate
+        assert sup.wait(sid, 20).completed
+    gate.touch()
+    assert sup.wait(stuck, 30).completed
+    where = _ran_on(sup, ids + [stuck])
+    assert where[-1] not in where[:-1], where
