@@ -35,6 +35,25 @@ def test_a_host_that_dies_at_start_fails_start_with_its_stderr(tmp_path: Path,
         missing.start()
 
 
+_SLOW_TO_DIE = ("import sys, time\n"
+                "t = time.monotonic()\n"
+                "while time.monotonic() - t < 0.8:\n"
+                "    pass  # start-up work (or a machine too busy to run it sooner)\n"
+                "sys.stderr.write('boom: late\\n')\n"
+                "sys.exit(4)\n")
+
+
+def test_a_host_that_dies_after_a_slow_start_fails_start(tmp_path: Path, engine: str) -> None:
+    """A host still starting up past the first quarter second is not taken
+    for started: it is only once seen waiting for its commands."""
+    sup = Supervisor(tmp_path / "d", workers=1, host=[sys.executable, "-c", _SLOW_TO_DIE],
+                     engine=engine)
+    with pytest.raises(HostStartError) as info:
+        sup.start()
+    assert "status 4" in str(info.value) and "boom: late" in str(info.value)
+    assert sup.state == "stopped"
+
+
 def _flapping_host(tmp_path: Path) -> list[str]:
     """A host whose first life is the reference host; every later one
     exits at once.  Each start appends its time to starts.txt."""

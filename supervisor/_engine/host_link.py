@@ -42,14 +42,28 @@ from supervisor.errors import HostStartError, SupervisorError
 log = logging.getLogger(__name__)
 
 _READ = frames.READ_SIZE
-# a host that dies within this long of its start is reported by start()
+# a host that dies within this long of its start is reported by start(), and
+# after it too while it has not yet been seen waiting for its commands (up to
+# HOST_SETTLE_MAX): see HostLink.check_started
 HOST_SETTLE: Final = 0.25
+HOST_SETTLE_MAX: Final = 5.0
+_SETTLE_POLL = 0.01
 _TAIL_LINES = 20
 
 # what became of a host that died (HostLink.lost)
 RESTARTED: Final = "restarted"
 LATER: Final = "later"  # restarted after a backoff; its commands are held
 GONE: Final = "gone"
+
+
+def _asleep(pid: int) -> bool:
+    """Whether the process is asleep (waiting, not starting up or running)."""
+    import psutil
+
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_SLEEPING)
+    except psutil.Error:  # gone (its exit status is read next) or unreadable
+        return False
 
 
 class StderrTail:
@@ -169,24 +183,34 @@ class HostLink:
         return h
 
     def check_started(self, timeout: float) -> None:
-        """At start: a host that exits within its first moments (HOST_SETTLE
-        seconds, or before answering anything) raises HostStartError with
-        its exit status and the last lines of its stderr."""
+        """At start: a host that exits before it has settled raises
+        HostStartError with its exit status and the last lines of its
+        stderr.  Settled: it answered something, or it has lived HOST_SETTLE
+        seconds and is then seen asleep twice in a row (as a host blocked
+        on reading its commands is), or HOST_SETTLE_MAX (at most `timeout`)
+        passed.  On a busy machine a host may not have run its first lines
+        within HOST_SETTLE: one still starting up is not taken for started."""
         h = self.host
         if h is None or h.proc is None:
             return
-        deadline = h.born + HOST_SETTLE
+        settle_at = h.born + HOST_SETTLE
+        give_up = h.born + min(HOST_SETTLE_MAX, timeout)
+        asleep = 0
         while True:
             status = h.proc.poll()
             if status is not None:
                 break
-            left = deadline - time.monotonic()
-            if left <= 0 or h.frames_in:
+            now = time.monotonic()
+            if h.frames_in or now >= give_up:
                 return
+            if now >= settle_at:
+                asleep = asleep + 1 if _asleep(h.proc.pid) else 0
+                if asleep >= 2:
+                    return
             try:
-                status = h.proc.wait(min(left, timeout))
+                status = h.proc.wait(max(settle_at - now, _SETTLE_POLL))
             except subprocess.TimeoutExpired:
-                return
+                continue
             break
         tail = h.stderr.text(wait=1.0) if h.stderr is not None else ""
         raise HostStartError(self.settings.host_argv, status, tail)
