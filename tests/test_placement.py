@@ -1,5 +1,6 @@
-"""Which worker a new saga runs on: the first with room while the load is
-light, every worker once it is heavy, never one stuck in a long step."""
+"""Which worker a new saga runs on: the first with room (fewer than
+``worker_fill`` sagas) while the load is light, every worker once it is
+heavy, never one stuck in a long step; ``worker_fill=0``: ``id % workers``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from supervisor import Event, Supervisor
-from supervisor._engine.workers import PACK
+import pytest
 
 from . import _suite, sagas as S
 from .conftest import read_log, wait_for
@@ -35,9 +36,11 @@ def test_light_load_runs_every_saga_on_the_first_worker(
     assert set(_ran_on(sup, ids)) == {first}
 
 
-def test_heavy_load_spreads_over_every_worker(make_sup: Callable[..., Supervisor]) -> None:
-    sup = make_sup(workers=2)
-    n = 2 * PACK + 40
+@pytest.mark.parametrize("fill", [64, 8])
+def test_heavy_load_spreads_over_every_worker(make_sup: Callable[..., Supervisor],
+                                              fill: int) -> None:
+    sup = make_sup(workers=2, worker_fill=fill)
+    n = 2 * 64 + 40
     ids = [sup.spawn(S.SleepSaga(60, timeout=120)) for _ in range(n)]
     wait_for(lambda: sum(w["sagas_in_flight"] for w in sup.health()["workers"]) == n,
              what=f"{n} sagas in flight")
@@ -65,3 +68,20 @@ def test_a_worker_stuck_in_a_long_step_takes_no_new_sagas(
     assert sup.wait(stuck, 30).completed
     where = _ran_on(sup, ids + [stuck])
     assert where[-1] not in where[:-1], where
+
+
+def test_worker_fill_zero_shards_by_id(make_sup: Callable[..., Supervisor]) -> None:
+    sup = make_sup(workers=2, worker_fill=0)
+    pids = {w["index"]: w["pid"] for w in sup.health()["workers"]}
+    ids = []
+    for _ in range(10):  # one in flight at a time, yet each to its shard
+        sid = sup.spawn(S.WhereSaga())
+        assert sup.wait(sid, 30).completed
+        ids.append(sid)
+    assert _ran_on(sup, ids) == [pids[sid % 2] for sid in ids]
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "64", True, None])
+def test_worker_fill_must_be_a_count(tmp_path: Path, bad: object) -> None:
+    with pytest.raises(ValueError, match="worker_fill must be an int >= 0"):
+        Supervisor(tmp_path / "d", worker_fill=bad)  # type: ignore[arg-type]

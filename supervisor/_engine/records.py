@@ -79,6 +79,9 @@ class Settings:
     # batches of at least this many rows are committed by the writer thread
     # while the loop goes on (0: always inline)
     pipeline_rows: int = 256
+    # a worker takes new sagas while it holds fewer than this many (0: every
+    # saga to its shard, id % workers); see WorkerPool.for_saga
+    worker_fill: int = 64
 
 
 class Lifecycle:

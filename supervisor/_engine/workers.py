@@ -5,8 +5,8 @@ The pool decides nothing about sagas.  :meth:`WorkerPool.read` returns the
 reply batches a worker wrote; :meth:`WorkerPool.died` returns a verdict (the
 replacement, or none, and why) and the loop replays or fails the dead
 worker's sagas (:mod:`.recovery`).  A new saga goes to the first worker,
-in index order, that is alive, holds fewer than ``PACK`` sagas and is not
-busy in user code; when none is, to its shard, ``id % workers`` (see
+in index order, that is alive, holds fewer than ``worker_fill`` sagas and
+is not busy in user code; when none is, to its shard, ``id % workers`` (see
 :meth:`WorkerPool.for_saga`).  A worker being recycled (over its RSS limit)
 finishes its own sagas while a fresh one takes its place.
 """
@@ -38,9 +38,6 @@ log = logging.getLogger(__name__)
 
 _READ = frames.READ_SIZE
 _STOP = frames.frame(pickle.dumps([(Op.STOP,)]))
-# a worker takes new sagas while it holds fewer than this many: light load
-# wakes one worker for many sagas, heavy load fills them all, then shards
-PACK = 64
 # a worker whose user code has answered nothing it was sent for this long is
 # busy (a long step): new sagas pass it by until it answers
 BUSY_AFTER = 0.01
@@ -153,13 +150,14 @@ class WorkerPool:
 
     def for_saga(self, saga_id: int) -> WorkerProc:
         """The worker a new saga runs on: the first that is alive, holds
-        fewer than `PACK` sagas and is not busy in user code; when none is,
-        the saga's shard (``id % workers``), as before there was a choice.
+        fewer than ``worker_fill`` sagas and is not busy in user code; when
+        none is (or ``worker_fill`` is 0), the saga's shard, ``id % workers``.
         Filling one worker first at light load means fewer processes to
         wake a saga (a lower p50 and tail on few cores); a busy worker,
         one stuck in a long step, takes none until it answers."""
+        fill = self.settings.worker_fill
         for w in self.workers:
-            if w.in_flight < PACK and w.alive and not (
+            if w.in_flight < fill and w.alive and not (
                     w.unacked and time.monotonic() - w.waiting_since > BUSY_AFTER):
                 return w
         return self.workers[saga_id % len(self.workers)]

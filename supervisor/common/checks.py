@@ -133,6 +133,13 @@ def max_clients(value: object) -> int | None:
     return value
 
 
+def worker_fill(value: object) -> int:
+    """``worker_fill``: an int >= 0 (0: every saga to worker ``id % workers``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"worker_fill must be an int >= 0, got {value!r}")
+    return value
+
+
 def kind_limit(max_in_flight: object, queue_timeout: object
                ) -> tuple[int, float | None] | None:
     """``register_kind``'s (max_in_flight, queue_timeout), or None for no limit."""

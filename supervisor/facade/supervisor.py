@@ -63,6 +63,7 @@ class Supervisor:
         workers: int = 2,
         host: list[str] | None = None,
         *,
+        worker_fill: int = 64,
         host_fds: tuple[int, int] | None = None,
         durability: str = "normal",
         capacity: int = 65536,
@@ -121,7 +122,8 @@ class Supervisor:
             log=_validate.log_url(log),
             log_retry=_validate.positive(log_retry, "log_retry"),
             node=_validate.node(node, log, data_dir),
-            node_lease=_validate.positive(node_lease, "node_lease"))
+            node_lease=_validate.positive(node_lease, "node_lease"),
+            worker_fill=_validate.worker_fill(worker_fill))
         _validate.clock_and_port(clock, metrics_port)
         if metrics_port is not None:
             _metrics.require()  # the extra is missing: say so now, not at start()
