@@ -21,20 +21,6 @@ from .conftest import wait_for
 _DYING = "import sys; sys.stderr.write('boom: no config file\\n'); sys.exit(3)"
 
 
-def test_a_host_that_dies_at_start_fails_start_with_its_stderr(tmp_path: Path,
-                                                               engine: str) -> None:
-    sup = Supervisor(tmp_path / "d", workers=1, host=[sys.executable, "-c", _DYING],
-                     engine=engine)
-    with pytest.raises(HostStartError) as info:
-        sup.start()
-    assert "status 3" in str(info.value) and "boom: no config file" in str(info.value)
-    assert sup.state == "stopped"
-    missing = Supervisor(tmp_path / "e", workers=1, engine=engine,
-                         host=[sys.executable, "-m", "supervisor.hots"])
-    with pytest.raises(HostStartError, match="No module named supervisor.hots"):
-        missing.start()
-
-
 _SLOW_TO_DIE = ("import sys, time\n"
                 "t = time.monotonic()\n"
                 "while time.monotonic() - t < 0.8:\n"
@@ -43,15 +29,28 @@ _SLOW_TO_DIE = ("import sys, time\n"
                 "sys.exit(4)\n")
 
 
+def _start_fails(data: Path, engine: str, argv: list[str]) -> str:
+    """start() with host `argv` raises HostStartError: what it says."""
+    sup = Supervisor(data, workers=1, host=argv, engine=engine)
+    with pytest.raises(HostStartError) as info:
+        sup.start()
+    assert sup.state == "stopped"
+    return str(info.value)
+
+
+def test_a_host_that_dies_at_start_fails_start_with_its_stderr(tmp_path: Path,
+                                                               engine: str) -> None:
+    said = _start_fails(tmp_path / "d", engine, [sys.executable, "-c", _DYING])
+    assert "status 3" in said and "boom: no config file" in said
+    said = _start_fails(tmp_path / "e", engine, [sys.executable, "-m", "supervisor.hots"])
+    assert "No module named supervisor.hots" in said
+
+
 def test_a_host_that_dies_after_a_slow_start_fails_start(tmp_path: Path, engine: str) -> None:
     """A host still starting up past the first quarter second is not taken
     for started: it is only once seen waiting for its commands."""
-    sup = Supervisor(tmp_path / "d", workers=1, host=[sys.executable, "-c", _SLOW_TO_DIE],
-                     engine=engine)
-    with pytest.raises(HostStartError) as info:
-        sup.start()
-    assert "status 4" in str(info.value) and "boom: late" in str(info.value)
-    assert sup.state == "stopped"
+    said = _start_fails(tmp_path / "d", engine, [sys.executable, "-c", _SLOW_TO_DIE])
+    assert "status 4" in said and "boom: late" in said
 
 
 def _flapping_host(tmp_path: Path) -> list[str]:
