@@ -8,6 +8,7 @@ no workers) is the ceiling the supervisor is compared with.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,54 +126,63 @@ def test_latency_by_worker_fill(benchmark: Any, data_dir: Path, engine: str,
     _latency(benchmark, data_dir, engine, "sqlite", 10_000, None, fill)
 
 
+@contextlib.contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """The launcher's objects frozen while latency is measured: pytest's own
+    heap (tens of thousands of objects, more with every test) would otherwise
+    be collected whole once in a run or two, for 20-30 ms, while the thread
+    engine's loop waits.  What is measured is the engine, with a launcher that
+    froze its start-up objects, as the process engine's own process does
+    (docs/performance.md)."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _latency(benchmark: Any, data_dir: Path, engine: str, store: str, rate: int,
              log: str | None, fill: int) -> None:
     seconds = 3.0
     with Supervisor(data_dir, workers=2, host=HOST, engine=engine, log=log,
                     worker_fill=fill) as sup:
         _run_batch(sup, 200)
-        # pytest's own heap (tens of thousands of objects, more with every
-        # test) would otherwise be collected whole once in a run or two, for
-        # 20-30 ms, while the thread engine's loop waits: what is measured is
-        # the engine, with a launcher that froze its start-up objects, as the
-        # process engine's own process does (docs/performance.md)
-        gc.collect()
-        gc.freeze()
-        sub = _Events(sup)
-        spawned: dict[int, float] = {}
-        done = threading.Event()
-        total = int(rate * seconds)
+        with _frozen_heap():
+            sub = _Events(sup)
+            spawned: dict[int, float] = {}
+            done = threading.Event()
+            total = int(rate * seconds)
 
-        ended: dict[int, float] = {}
+            ended: dict[int, float] = {}
 
-        def listen() -> None:
-            # every saga completing now is one of ours (the warm-up ended before
-            # this subscription); its completion may arrive before spawn()
-            # returned its id (the process engine answers on another socket)
-            while len(ended) < total:
-                ev = sub.get(timeout=30)
-                if ev.kind == SAGA_COMPLETED and ev.saga_id is not None:
-                    ended[ev.saga_id] = time.perf_counter()
-            done.set()
+            def listen() -> None:
+                # every saga completing now is one of ours (the warm-up ended before
+                # this subscription); its completion may arrive before spawn()
+                # returned its id (the process engine answers on another socket)
+                while len(ended) < total:
+                    ev = sub.get(timeout=30)
+                    if ev.kind == SAGA_COMPLETED and ev.saga_id is not None:
+                        ended[ev.saga_id] = time.perf_counter()
+                done.set()
 
-        def offer() -> None:
-            t0 = time.perf_counter()
-            for k in range(total):
-                target = t0 + k / rate
-                gap = target - time.perf_counter()
-                if gap > 0:
-                    time.sleep(gap)  # never spin: the loop thread needs the GIL
-                t = time.perf_counter()
-                sid = sup.spawn(EchoSaga(k))
-                spawned[sid] = t
-            assert done.wait(60)
+            def offer() -> None:
+                t0 = time.perf_counter()
+                for k in range(total):
+                    target = t0 + k / rate
+                    gap = target - time.perf_counter()
+                    if gap > 0:
+                        time.sleep(gap)  # never spin: the loop thread needs the GIL
+                    t = time.perf_counter()
+                    sid = sup.spawn(EchoSaga(k))
+                    spawned[sid] = t
+                assert done.wait(60)
 
-        th = threading.Thread(target=listen)
-        th.start()
-        benchmark.pedantic(offer, rounds=1, iterations=1)
-        th.join(60)
-        sub.close()
-        gc.unfreeze()
+            th = threading.Thread(target=listen)
+            th.start()
+            benchmark.pedantic(offer, rounds=1, iterations=1)
+            th.join(60)
+            sub.close()
     lat = sorted(ended[sid] - t for sid, t in spawned.items())
     median = statistics.median(lat)
     p99 = lat[int(len(lat) * 0.99) - 1]
