@@ -67,7 +67,27 @@ class DataDir:
 
     @property
     def segment(self) -> str:
+        """The shared segment's default name (``shm_name`` may give another)."""
         return segment_name(self.root)
+
+    @property
+    def segment_file(self) -> Path:
+        """Holds the running supervisor's segment name, as text."""
+        return self.run / "segment"
+
+    @property
+    def lock_file(self) -> Path:
+        """The data dir's lock when its segment has a name of its own."""
+        return self.run / "lock"
+
+    def segment_in_use(self) -> str:
+        """The segment a client attaches: the one the running supervisor
+        named in ``run/segment``, else the default."""
+        try:
+            name = self.segment_file.read_text().strip()
+        except OSError:
+            return self.segment
+        return name or self.segment
 
     def socket_dir(self) -> Path:
         """Where the control socket is bound: ``run/`` when the path fits

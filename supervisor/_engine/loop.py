@@ -52,7 +52,7 @@ from supervisor._engine.queues import Limits
 from supervisor._engine.reaper import Reaper
 from supervisor._engine.recovery import Kinds, at_start
 from supervisor._engine.requests import Requests
-from supervisor._engine.segment import create_segment
+from supervisor._engine.segment import DirLock, create_segment, note_segment
 from supervisor._engine.status import describe
 from supervisor._engine.table import SagaTable
 from supervisor._engine.timers import Timers
@@ -103,6 +103,8 @@ class Engine:
         self.log: LogStore | None = None
         self.shared: SharedState | None = None
         self.reaper: Reaper | None = None  # unlinks the segment if we die without stopping
+        self.dir_lock: DirLock | None = None
+        self.held_dir = False  # run/'s files are ours once we took the lock
         self.sel: selectors.BaseSelector | None = None
         self.thread: threading.Thread | None = None
         # made by _start(); teardown() copes with a start that stopped half-way
@@ -135,8 +137,11 @@ class Engine:
         # the segment doubles as the data dir's lock: nothing below writes the
         # log unless no other live supervisor owns this data dir
         first = first_id(sagalog.next_id(), [u[0] for u in sagalog.unfinished()], s.capacity)
+        self.dir_lock = DirLock(self.paths)
+        self.held_dir = True
         shared = self.shared = create_segment(s.shm_name or self.paths.segment,
                                               s.capacity, first, self.paths.root)
+        note_segment(self.paths, shared.name)
         self.reaper = Reaper(shared.path)
         # the mark goes to the log before the fence lets any id out (see .ids)
         sagalog.begin_run(first, first + BLOCK)
@@ -409,10 +414,12 @@ class Engine:
             self.sel.close()
             self.sel = None
         self.inbox.close_pipe()
-        try:
-            self.paths.health_file.unlink()
-        except OSError:
-            pass
+        if self.held_dir:  # (run/ is another supervisor's if we never held the data dir)
+            for ours in (self.paths.health_file, self.paths.segment_file):
+                try:
+                    ours.unlink()
+                except OSError:
+                    pass
         if hasattr(self, "group_commit"):
             self.group_commit.stop()
         if self.log is not None:
@@ -430,3 +437,6 @@ class Engine:
         if self.reaper is not None:
             self.reaper.close()
             self.reaper = None
+        if self.dir_lock is not None:
+            self.dir_lock.release()
+            self.dir_lock = None

@@ -1,11 +1,15 @@
-"""Creating a data dir's shared segment, which doubles as its lock."""
+"""A data dir's lock, and creating its shared segment (which, under its
+default name, doubles as a second lock)."""
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
+from supervisor.common.procs import same_process, start_time
 from supervisor.errors import SegmentExistsError, SupervisorError
+from supervisor.paths import DataDir
 from supervisor.shmem.state import SharedState
 
 log = logging.getLogger(__name__)
@@ -38,3 +42,62 @@ def create_segment(name: str, capacity: int, first_id: int, data_dir: Path) -> S
                         name, pid)
         SharedState.remove(name)
     raise SupervisorError(f"cannot create shared segment {name!r}")
+
+
+class DirLock:
+    """``run/lock``: the pid and start time of the supervisor that holds the
+    data dir, created whole or not at all (a hard link of a written file).
+    One whose holder is gone is replaced; one whose holder runs is refused.
+    It holds whatever the segment is named (``shm_name``), so that two
+    supervisors never share a data dir, and is removed at a clean stop."""
+
+    def __init__(self, paths: DataDir) -> None:
+        self.path = paths.lock_file
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.mine = f"{os.getpid()} {start_time(os.getpid()) or 0.0!r}"
+        tmp = self.path.with_name(f"lock.{os.getpid()}.tmp")
+        tmp.write_text(self.mine)
+        try:
+            for _ in range(2):
+                try:
+                    os.link(tmp, self.path)
+                    return
+                except FileExistsError:
+                    pass
+                pid, started = self._holder()
+                if pid is not None and same_process(pid, started, tolerance=1e-3):
+                    raise SupervisorError(
+                        f"another supervisor (pid {pid}) is running on data dir "
+                        f"{paths.root}: stop it first, or use another data dir")
+                log.info("replacing the data dir's lock left by pid %s, which is gone", pid)
+                try:
+                    self.path.unlink()
+                except FileNotFoundError:
+                    pass
+            raise SupervisorError(f"cannot take the data dir's lock {self.path}")
+        finally:
+            tmp.unlink()
+
+    def _holder(self) -> tuple[int | None, float]:
+        try:
+            pid, started = self.path.read_text().split()
+            return int(pid), float(started)
+        except (OSError, ValueError):  # gone meanwhile, or not ours: stale
+            return None, 0.0
+
+    def release(self) -> None:
+        """Remove the lock if it is still ours."""
+        try:
+            if self.path.read_text() == self.mine:
+                self.path.unlink()
+        except OSError:
+            pass
+
+
+def note_segment(paths: DataDir, name: str) -> None:
+    """Say in ``run/segment`` which segment clients attach (see
+    :meth:`DataDir.segment_in_use`): written whole, before the control
+    socket opens."""
+    tmp = paths.segment_file.with_name(f"segment.{os.getpid()}.tmp")
+    tmp.write_text(name)
+    os.replace(tmp, paths.segment_file)

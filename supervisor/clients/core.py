@@ -83,7 +83,7 @@ class ClientCore:
     def __init__(self, data_dir: str | os.PathLike[str], timeout: float = 10.0) -> None:
         self.data_dir = Path(data_dir)
         self._sock = _connect(data_dir, timeout)
-        self.shared = SharedState.attach(DataDir.of(data_dir).segment)
+        self.shared = SharedState.attach(DataDir.of(data_dir).segment_in_use())
         self._send_lock = threading.Lock()
         self._reqs = itertools.count(1)
         self.pending: dict[int, Any] = {}  # request number -> what its answer is set on
