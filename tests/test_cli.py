@@ -135,6 +135,20 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     assert "pytest" in ci and ci in [b.strip() for b in _blocks("bash")]
 
 
+def test_readme_documents_every_supervisor_option() -> None:
+    """Each keyword of Supervisor() has a row in README's configuration table."""
+    import inspect
+
+    from supervisor import Supervisor
+
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("## Configuration"):text.index("## Command line")]
+    documented = {name for cell in re.findall(r"^\| (`[^|]+`) \|", table, flags=re.M)
+                  for name in re.findall(r"`(\w+)`", cell)}
+    options = set(inspect.signature(Supervisor.__init__).parameters) - {"self"}
+    assert options <= documented, sorted(options - documented)
+
+
 def test_readme_python_blocks_run(tmp_path: Path) -> None:
     blocks = _blocks("python")
     assert len(blocks) == 3
