@@ -400,3 +400,38 @@ def test_outcomes_waiters_and_close() -> None:
         late.result(1)  # type: ignore[union-attr]
     with pytest.raises(NotRunningError):
         out.waiter(2).result(1)  # type: ignore[union-attr]
+
+
+def test_remote_waiters_keep_a_watching_client_alone_and_answer_everyone() -> None:
+    """A saga watched by the client that spawned it holds that connection
+    alone (no container); a wait request on it joins it; pop gives each
+    once, in the order they came."""
+    import gc
+    import socket
+
+    from supervisor._engine.control_socket import Conn
+    from supervisor._engine.waiters import RemoteWaiters
+
+    a, b = socket.socketpair()
+    try:
+        watcher, asker = Conn(a), Conn(b)
+        w = RemoteWaiters()
+        assert not w and list(w.pop(1)) == []
+        w.add(1, watcher)
+        w.add(2, asker, 7)
+        w.add(3, watcher)
+        w.add(3, asker, 9)
+        w.add(4, asker, 5)
+        w.add(4, watcher)
+        assert w and list(w.pop(1)) == [(watcher, 0)] and list(w.pop(1)) == []
+        assert list(w.pop(2)) == [(asker, 7)]
+        assert list(w.pop(3)) == [(watcher, 0), (asker, 9)]
+        assert list(w.pop(4)) == [(asker, 5), (watcher, 0)]
+        assert not w
+        before = len(gc.get_objects())
+        for sid in range(100, 1100):
+            w.add(sid, watcher)
+        assert len(gc.get_objects()) - before < 10  # nothing tracked a saga
+    finally:
+        a.close()
+        b.close()

@@ -43,6 +43,7 @@ from supervisor._engine.control_msgs import BadRequest, Refused, spec_of
 from supervisor._engine.control_socket import (PEERCRED, QUIET_LIMIT, Conn,
                                                default_max_clients, listen)
 from supervisor._engine.exits import Exits
+from supervisor._engine.waiters import RemoteWaiters
 from supervisor._engine.records import Lifecycle, Turn
 from supervisor._engine.registrations import REGISTRATIONS, Registration
 from supervisor._engine.sagas import SagaOps
@@ -93,7 +94,7 @@ class ControlServer:
         self.listener: socket.socket | None = None
         self.path: Path | None = None
         self.conns: list[Conn] = []
-        self.remote_waiters: dict[int, list[tuple[Conn, int]]] = {}
+        self.remote_waiters = RemoteWaiters()
         self.unacked: set[Conn] = set()  # took spawns this turn: say "logged" after the commit
         self.refused = 0  # peers of another user
         self.over_limit = 0  # refused: max_clients were connected
@@ -277,7 +278,7 @@ class ControlServer:
         if self.remote_waiters:
             pushed: dict[Conn, list[tuple[int, str, str | None]]] = {}
             for sid, state, reason in ended:
-                for c, req in self.remote_waiters.pop(sid, ()):
+                for c, req in self.remote_waiters.pop(sid):
                     if req:
                         c.send(("ok", req, (state, reason)))
                     else:  # a client watching the sagas it spawned: one message a turn
@@ -414,7 +415,7 @@ class ControlServer:
         sid, spec, key = self._checked(c, rec.item)
         got = self._start(sid, spec, key)
         if rec.watch and got == sid:
-            self.remote_waiters.setdefault(sid, []).append((c, 0))  # push its outcome
+            self.remote_waiters.add(sid, c)  # push its outcome
         if rec.req:
             c.send(("ok", rec.req, got))
 
@@ -424,7 +425,7 @@ class ControlServer:
         ids = [self._start(sid, spec, key) for sid, spec, key in parsed]
         if rec.watch:  # push the outcomes of these sagas
             for sid in ids:
-                self.remote_waiters.setdefault(sid, []).append((c, 0))
+                self.remote_waiters.add(sid, c)
         c.send(("ok", rec.req, ids))
 
     def _wait(self, c: Conn, req: int, sid: int) -> None:
@@ -432,7 +433,7 @@ class ControlServer:
         if o is not None:
             c.send(("ok", req, o))
         elif self.exits.is_undecided(sid) or sid in self.table.live:
-            self.remote_waiters.setdefault(sid, []).append((c, req))
+            self.remote_waiters.add(sid, c, req)
         else:
             try:
                 out = outcome_of(sid, self.read_outcome(sid))

@@ -104,7 +104,8 @@ class ClientCore:
         # the log (("logged", n)); durable spawns wait for theirs
         self.spawns_sent = 0
         self._logged = 0
-        self._unlogged: deque[tuple[int, list[int]]] = deque()
+        self._unlogged: deque[tuple[int, tuple[int, ...]]] = deque()  # (of atoms: the
+        # collector stops tracking them, however many spawns wait to be logged)
         self._durable: dict[int, Future] = {}
         self._lost: ConnectionLostError | None = None
         self._reader = threading.Thread(target=self._read, name="saga-client-reader",
@@ -154,7 +155,7 @@ class ClientCore:
                 self.sealed = True
             if broke is None and spawned is not None:
                 self.spawns_sent += 1
-                self._unlogged.append((self.spawns_sent, spawned))
+                self._unlogged.append((self.spawns_sent, tuple(spawned)))
                 return self.spawns_sent
         if broke is not None:  # the reader sees the end too: what it read counts
             self._reader.join(2.0)
