@@ -65,3 +65,14 @@ def test_a_lock_left_by_a_process_that_is_gone_is_replaced(
     sup = make_sup(shm_name=_own_name())
     assert sup.wait(sup.spawn(S.EchoSaga()), 30).completed
     assert (run / "lock").read_text().split()[0] == str(sup.pid)
+
+
+def test_a_data_dir_that_cannot_hold_its_lock_is_a_named_error(
+        tmp_path: Path, sup_engine: str) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "run").write_text("not a directory")  # where run/lock would go
+    sup = Supervisor(data, workers=1, engine=sup_engine)
+    with pytest.raises(SupervisorError, match="cannot take the data dir's lock"):
+        sup.start()
+    assert sup.state == "stopped"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 from supervisor.common.procs import same_process, start_time
@@ -53,30 +54,39 @@ class DirLock:
 
     def __init__(self, paths: DataDir) -> None:
         self.path = paths.lock_file
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.mine = f"{os.getpid()} {start_time(os.getpid()) or 0.0!r}"
-        tmp = self.path.with_name(f"lock.{os.getpid()}.tmp")
-        tmp.write_text(self.mine)
+        tmp = self.path.with_name(f"lock.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
-            for _ in range(2):
-                try:
-                    os.link(tmp, self.path)
-                    return
-                except FileExistsError:
-                    pass
-                pid, started = self._holder()
-                if pid is not None and same_process(pid, started, tolerance=1e-3):
-                    raise SupervisorError(
-                        f"another supervisor (pid {pid}) is running on data dir "
-                        f"{paths.root}: stop it first, or use another data dir")
-                log.info("replacing the data dir's lock left by pid %s, which is gone", pid)
-                try:
-                    self.path.unlink()
-                except FileNotFoundError:
-                    pass
-            raise SupervisorError(f"cannot take the data dir's lock {self.path}")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(self.mine)
+            self._take(tmp, paths.root)
+        except OSError as exc:  # (a full disk, a read-only dir, no hard links there)
+            raise SupervisorError(f"cannot take the data dir's lock {self.path}: "
+                                  f"{type(exc).__name__}: {exc}") from exc
         finally:
-            tmp.unlink()
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+    def _take(self, tmp: Path, root: Path) -> None:
+        for _ in range(2):
+            try:
+                os.link(tmp, self.path)
+                return
+            except FileExistsError:
+                pass
+            pid, started = self._holder()
+            if pid is not None and same_process(pid, started, tolerance=1e-3):
+                raise SupervisorError(
+                    f"another supervisor (pid {pid}) is running on data dir "
+                    f"{root}: stop it first, or use another data dir")
+            log.info("replacing the data dir's lock left by pid %s, which is gone", pid)
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+        raise SupervisorError(f"cannot take the data dir's lock {self.path}")
 
     def _holder(self) -> tuple[int | None, float]:
         try:
