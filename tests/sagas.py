@@ -421,8 +421,8 @@ class MarkerSaga(Saga):
 
 class WhereSaga(Saga):
     """Says which worker ran it: one echo whose command carries the worker's
-    pid (logged with the step).  With `gate`, its start blocks its worker in
-    user code until that file exists (a minute at most)."""
+    pid (logged with the step).  With `gate`, its start writes `gate`.entered,
+    then blocks its worker in user code until `gate` exists (a minute at most)."""
 
     name = "where"
 
@@ -434,6 +434,8 @@ class WhereSaga(Saga):
         import time
 
         deadline = time.monotonic() + 60.0
+        if self.gate is not None:
+            open(self.gate + ".entered", "w").close()
         while self.gate is not None and not os.path.exists(self.gate) \
                 and time.monotonic() < deadline:
             time.sleep(0.01)  # a long step, as user code may have

@@ -5,6 +5,7 @@ heavy, never one stuck in a long step; ``worker_fill=0``: ``id % workers``."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -50,17 +51,21 @@ def test_heavy_load_spreads_over_every_worker(make_sup: Callable[..., Supervisor
     assert all(sup.wait(sid, 30).completed for sid in ids)
 
 
+@pytest.mark.parametrize("fill", [64, 0])
 def test_a_worker_stuck_in_a_long_step_takes_no_new_sagas(
-        make_sup: Callable[..., Supervisor], tmp_path: Path) -> None:
-    sup = make_sup(workers=2)
+        make_sup: Callable[..., Supervisor], tmp_path: Path, fill: int) -> None:
+    """Whether a saga would have gone to the first worker with room (64) or
+    to its shard (0: ``id % workers``), it passes a stuck worker by."""
+    sup = make_sup(workers=2, worker_fill=fill)
     gate = tmp_path / "open"
     stuck = sup.spawn(S.WhereSaga(gate=str(gate)))
 
-    def seen_stuck() -> bool:  # its worker holds it and has not answered for a while
-        return any(w["sagas_in_flight"] == 1 and w["heartbeat_age"] >= 0.2
-                   for w in sup.health()["workers"])
+    entered = tmp_path / "open.entered"
 
-    wait_for(seen_stuck, what="the gated saga's worker to be busy")
+    def seen_stuck() -> bool:  # its worker has been in its user code for a while
+        return entered.exists() and time.time() - entered.stat().st_mtime >= 0.2
+
+    wait_for(seen_stuck, what="the gated saga's worker to be stuck in it")
     ids = [sup.spawn(S.WhereSaga()) for _ in range(20)]
     for sid in ids:  # on the stuck worker, they would wait for the gate
         assert sup.wait(sid, 20).completed

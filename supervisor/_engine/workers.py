@@ -14,6 +14,7 @@ finishes its own sagas while a fresh one takes its place.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 import selectors
@@ -41,6 +42,16 @@ _STOP = frames.frame(pickle.dumps([(Op.STOP,)]))
 # a worker whose user code has answered nothing it was sent for this long is
 # busy (a long step): new sagas pass it by until it answers
 BUSY_AFTER = 0.01
+
+
+def _stuck(w: WorkerProc) -> bool:
+    """`w` has answered none of the work it was sent for BUSY_AFTER."""
+    return bool(w.unacked) and time.monotonic() - w.waiting_since > BUSY_AFTER
+
+
+def _last_answer(w: WorkerProc) -> float:
+    """When `w` last made progress on its work (idle: now and always)."""
+    return w.waiting_since if w.unacked else math.inf
 
 
 class Death(NamedTuple):
@@ -150,17 +161,22 @@ class WorkerPool:
 
     def for_saga(self, saga_id: int) -> WorkerProc:
         """The worker a new saga runs on: the first that is alive, holds
-        fewer than ``worker_fill`` sagas and is not busy in user code; when
-        none is (or ``worker_fill`` is 0), the saga's shard, ``id % workers``.
-        Filling one worker first at light load means fewer processes to
-        wake a saga (a lower p50 and tail on few cores); a busy worker,
-        one stuck in a long step, takes none until it answers."""
+        fewer than ``worker_fill`` sagas and is not stuck in user code; when
+        none is (or ``worker_fill`` is 0), the saga's shard, ``id % workers``,
+        unless that one is dead or stuck too: then the live worker idle or,
+        failing that, the one that answered last.  Filling one worker first
+        at light load means fewer processes to wake a saga (a lower p50 and
+        tail on few cores); a worker stuck in a long step takes no new saga
+        while another can."""
         fill = self.settings.worker_fill
         for w in self.workers:
-            if w.in_flight < fill and w.alive and not (
-                    w.unacked and time.monotonic() - w.waiting_since > BUSY_AFTER):
+            if w.in_flight < fill and w.alive and not _stuck(w):
                 return w
-        return self.workers[saga_id % len(self.workers)]
+        shard = self.workers[saga_id % len(self.workers)]
+        if shard.alive and not _stuck(shard):
+            return shard
+        live = [w for w in self.workers if w.alive]
+        return max(live, key=_last_answer) if live else shard
 
     def ship_class(self, class_id: int) -> None:
         """Make sure every worker has the class (sent once per class)."""
