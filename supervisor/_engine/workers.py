@@ -40,13 +40,18 @@ log = logging.getLogger(__name__)
 _READ = frames.READ_SIZE
 _STOP = frames.frame(pickle.dumps([(Op.STOP,)]))
 # a worker whose user code has answered nothing it was sent for this long is
-# busy (a long step): new sagas pass it by until it answers
+# busy (a long step, or no core for it): a new saga goes on to the next
+# worker with room
 BUSY_AFTER = 0.01
+# ... and for this long, stuck: a saga whose shard it is goes elsewhere (ten
+# times longer: on a busy machine a worker may wait that long for a core, and
+# the shard is what spreads a heavy load evenly)
+STUCK_AFTER = 0.1
 
 
-def _stuck(w: WorkerProc) -> bool:
-    """`w` has answered none of the work it was sent for BUSY_AFTER."""
-    return bool(w.unacked) and time.monotonic() - w.waiting_since > BUSY_AFTER
+def _stuck(w: WorkerProc, after: float) -> bool:
+    """`w` has answered none of the work it was sent for `after` seconds."""
+    return bool(w.unacked) and time.monotonic() - w.waiting_since > after
 
 
 def _last_answer(w: WorkerProc) -> float:
@@ -161,19 +166,19 @@ class WorkerPool:
 
     def for_saga(self, saga_id: int) -> WorkerProc:
         """The worker a new saga runs on: the first that is alive, holds
-        fewer than ``worker_fill`` sagas and is not stuck in user code; when
-        none is (or ``worker_fill`` is 0), the saga's shard, ``id % workers``,
-        unless that one is dead or stuck too: then the live worker idle or,
-        failing that, the one that answered last.  Filling one worker first
+        fewer than ``worker_fill`` sagas and is not busy in user code
+        (BUSY_AFTER); when none is (or ``worker_fill`` is 0), the saga's
+        shard, ``id % workers``, unless that one is dead or stuck (STUCK_AFTER):
+        then the live worker idle or, failing that, the one that answered last.  Filling one worker first
         at light load means fewer processes to wake a saga (a lower p50 and
         tail on few cores); a worker stuck in a long step takes no new saga
         while another can."""
         fill = self.settings.worker_fill
         for w in self.workers:
-            if w.in_flight < fill and w.alive and not _stuck(w):
+            if w.in_flight < fill and w.alive and not _stuck(w, BUSY_AFTER):
                 return w
         shard = self.workers[saga_id % len(self.workers)]
-        if shard.alive and not _stuck(shard):
+        if shard.alive and not _stuck(shard, STUCK_AFTER):
             return shard
         live = [w for w in self.workers if w.alive]
         return max(live, key=_last_answer) if live else shard
