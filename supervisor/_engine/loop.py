@@ -134,8 +134,8 @@ class Engine:
         s, stats, turn, table = self.settings, self.stats, self.turn, self.table
         sagalog = self.log = open_store(s.log, self.paths, s.durability, s.log_retry,
                                         s.node, s.node_lease, self.fleet)
-        # the segment doubles as the data dir's lock: nothing below writes the
-        # log unless no other live supervisor owns this data dir
+        # the data dir's lock (and, under its default name, the segment): nothing
+        # below writes the log unless no other live supervisor owns this data dir
         first = first_id(sagalog.next_id(), [u[0] for u in sagalog.unfinished()], s.capacity)
         self.dir_lock = DirLock(self.paths)
         self.held_dir = True

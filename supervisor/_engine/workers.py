@@ -6,8 +6,8 @@ reply batches a worker wrote; :meth:`WorkerPool.died` returns a verdict (the
 replacement, or none, and why) and the loop replays or fails the dead
 worker's sagas (:mod:`.recovery`).  A new saga goes to the first worker,
 in index order, that is alive, holds fewer than ``worker_fill`` sagas and
-is not busy in user code; when none is, to its shard, ``id % workers`` (see
-:meth:`WorkerPool.for_saga`).  A worker being recycled (over its RSS limit)
+is not busy in user code; when none is, to its shard, ``id % workers``,
+unless that one is stuck (see :meth:`WorkerPool.for_saga`).  A worker being recycled (over its RSS limit)
 finishes its own sagas while a fresh one takes its place.
 """
 
@@ -168,11 +168,12 @@ class WorkerPool:
         """The worker a new saga runs on: the first that is alive, holds
         fewer than ``worker_fill`` sagas and is not busy in user code
         (BUSY_AFTER); when none is (or ``worker_fill`` is 0), the saga's
-        shard, ``id % workers``, unless that one is dead or stuck (STUCK_AFTER):
-        then the live worker idle or, failing that, the one that answered last.  Filling one worker first
-        at light load means fewer processes to wake a saga (a lower p50 and
-        tail on few cores); a worker stuck in a long step takes no new saga
-        while another can."""
+        shard, ``id % workers``, unless that one is dead or stuck
+        (STUCK_AFTER): then a live worker that is idle or, failing that, the
+        one that answered last.  Filling one worker first at light load
+        means fewer processes to wake a saga (a lower p50 and tail on few
+        cores); a worker stuck in a long step takes no new saga while
+        another can."""
         fill = self.settings.worker_fill
         for w in self.workers:
             if w.in_flight < fill and w.alive and not _stuck(w, BUSY_AFTER):
