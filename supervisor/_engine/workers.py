@@ -7,8 +7,9 @@ replacement, or none, and why) and the loop replays or fails the dead
 worker's sagas (:mod:`.recovery`).  A new saga goes to the first worker,
 in index order, that is alive, holds fewer than ``worker_fill`` sagas and
 is not busy in user code; when none is, to its shard, ``id % workers``,
-unless that one is stuck (see :meth:`WorkerPool.for_saga`).  A worker being recycled (over its RSS limit)
-finishes its own sagas while a fresh one takes its place.
+unless that one is stuck (see :meth:`WorkerPool.for_saga`).  A worker
+being recycled (over its RSS limit) finishes its own sagas while a fresh
+one takes its place.
 """
 
 from __future__ import annotations
