@@ -29,7 +29,7 @@ class AsyncSagaClient:
         self.data_dir = self.core.data_dir
 
     async def _call(self, make: Any, timeout: float | None = 30.0,
-                    spawned: list[int] | None = None) -> Any:
+                    spawned: tuple[int, ...] | None = None) -> Any:
         result = AsyncResult(asyncio.get_running_loop())
         req = self.core.call(make, result, spawned)
         try:
@@ -45,7 +45,7 @@ class AsyncSagaClient:
         sid = item.saga_id
         core.expect([sid])  # its outcome is pushed: wait() needs no round trip
         try:
-            got = int(await self._call(lambda req: rq.Spawn(req, item, True), spawned=[sid]))
+            got = int(await self._call(lambda req: rq.Spawn(req, item, True), spawned=(sid,)))
             if durable:
                 await asyncio.to_thread(core.await_logged, core.spawns_sent)
         except BaseException as exc:
@@ -60,7 +60,7 @@ class AsyncSagaClient:
         core.expect(ids)
         try:
             got = list(await self._call(lambda req: rq.SpawnBatch(req, items, True),
-                                        spawned=ids))
+                                        spawned=tuple(ids)))
             if durable:
                 await asyncio.to_thread(core.await_logged, core.spawns_sent)
             return got

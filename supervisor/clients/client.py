@@ -40,7 +40,7 @@ class SagaClient:
         self.data_dir = self.core.data_dir
 
     def _call(self, make: Any, timeout: float | None = 30.0,
-              spawned: list[int] | None = None) -> Any:
+              spawned: tuple[int, ...] | None = None) -> Any:
         """A request (``make(req)``) and its answer."""
         p = Future()
         req = self.core.call(make, p, spawned)
@@ -67,11 +67,11 @@ class SagaClient:
                 # pipelined: nothing to wait for, the id is ours already; a
                 # refusal (a stopping supervisor, a malformed request) is its
                 # outcome: wait() raises it
-                seq = core.send(rq.Spawn(0, item, True), spawned=[sid])
+                seq = core.send(rq.Spawn(0, item, True), spawned=(sid,))
                 if durable:
                     core.await_logged(seq)
                 return sid
-            got = int(self._call(lambda req: rq.Spawn(req, item, True), spawned=[sid]))
+            got = int(self._call(lambda req: rq.Spawn(req, item, True), spawned=(sid,)))
             if durable:
                 core.await_logged(core.spawns_sent)
         except BaseException as exc:
@@ -87,7 +87,8 @@ class SagaClient:
         ids = [it.saga_id for it in items]
         core.expect(ids)
         try:
-            got = list(self._call(lambda req: rq.SpawnBatch(req, items, True), spawned=ids))
+            got = list(self._call(lambda req: rq.SpawnBatch(req, items, True),
+                                     spawned=tuple(ids)))
             if durable:
                 core.await_logged(core.spawns_sent)
             return got

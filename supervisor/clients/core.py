@@ -124,7 +124,8 @@ class ClientCore:
     def next_req(self) -> int:
         return next(self._reqs)
 
-    def send(self, rec: rq.Request, seal: bool = False, spawned: list[int] | None = None
+    def send(self, rec: rq.Request, seal: bool = False,
+             spawned: tuple[int, ...] | None = None
              ) -> int:
         """Send one request; for a spawn (`spawned`: its ids), its number
         among this connection's spawn requests."""
@@ -155,7 +156,7 @@ class ClientCore:
                 self.sealed = True
             if broke is None and spawned is not None:
                 self.spawns_sent += 1
-                self._unlogged.append((self.spawns_sent, tuple(spawned)))
+                self._unlogged.append((self.spawns_sent, spawned))
                 return self.spawns_sent
         if broke is not None:  # the reader sees the end too: what it read counts
             self._reader.join(2.0)
@@ -163,7 +164,7 @@ class ClientCore:
                 f"the supervisor connection broke: {broke}", self.unconfirmed) from broke
         return 0
 
-    def call(self, make: Any, result: Any, spawned: list[int] | None = None) -> int:
+    def call(self, make: Any, result: Any, spawned: tuple[int, ...] | None = None) -> int:
         """Send ``make(req)`` with a fresh request number whose answer is set
         on `result`; returns the number (the caller waits, then :meth:`done`)."""
         req = next(self._reqs)
