@@ -15,7 +15,8 @@ from supervisor.paths import segment_name
 
 from . import _suite, sagas as S
 
-sup_engine = _suite.both_engines  # a behaviour suite: every test on both engines
+sup_engine = _suite.both_engines  # a behaviour suite: both engines, both logs (the
+sup_store = _suite.both_stores  # data dir is local whichever holds the log)
 
 
 def _own_name() -> str:
@@ -39,13 +40,13 @@ def test_a_segment_named_by_the_launcher_serves_clients(
 @pytest.mark.parametrize("first, second", [("default", "own"), ("own", "default"),
                                            ("own", "own")])
 def test_one_supervisor_per_data_dir_whatever_its_segment_is_named(
-        make_sup: Callable[..., Supervisor], tmp_path: Path, sup_engine: str, first: str,
-        second: str) -> None:
+        make_sup: Callable[..., Supervisor], tmp_path: Path, sup_engine: str,
+        store_log: str | None, first: str, second: str) -> None:
     def named(which: str) -> str | None:
         return None if which == "default" else _own_name()
 
     sup = make_sup(shm_name=named(first))
-    other = Supervisor(tmp_path / "data", workers=1, engine=sup_engine,
+    other = Supervisor(tmp_path / "data", workers=1, engine=sup_engine, log=store_log,
                        shm_name=named(second))
     with pytest.raises(SupervisorError, match="another supervisor .* is running"):
         other.start()
@@ -68,11 +69,11 @@ def test_a_lock_left_by_a_process_that_is_gone_is_replaced(
 
 
 def test_a_data_dir_that_cannot_hold_its_lock_is_a_named_error(
-        tmp_path: Path, sup_engine: str) -> None:
+        tmp_path: Path, sup_engine: str, store_log: str | None) -> None:
     data = tmp_path / "data"
     data.mkdir()
     (data / "run").write_text("not a directory")  # where run/lock would go
-    sup = Supervisor(data, workers=1, engine=sup_engine)
+    sup = Supervisor(data, workers=1, engine=sup_engine, log=store_log)
     with pytest.raises(SupervisorError, match="cannot take the data dir's lock"):
         sup.start()
     assert sup.state == "stopped"
