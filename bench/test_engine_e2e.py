@@ -49,8 +49,8 @@ class _Events:
             self._sub.close()
 
 
-def _run_batch(sup: Any, n: int, steps: int = 1) -> None:
-    ids = [sup.spawn(EchoSaga(i, steps=steps)) for i in range(n)]
+def _run_batch(sup: Any, n: int, steps: int = 1, last: bool = False) -> None:
+    ids = [sup.spawn(EchoSaga(i, steps=steps, last=last)) for i in range(n)]
     for sid in ids:
         assert sup.wait(sid, 120).completed
 
@@ -68,6 +68,21 @@ def test_sagas(benchmark: Any, data_dir: Path, durability: str, workers: int,
     with Supervisor(data_dir, workers=workers, host=HOST, durability=durability) as sup:
         _run_batch(sup, 200, steps)  # warm: host start-up, class shipping
         benchmark.pedantic(_run_batch, args=(sup, n, steps), rounds=3, iterations=1)
+    benchmark.extra_info["rate"] = n / benchmark.stats.stats.median
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+def test_sagas_last_step(benchmark: Any, data_dir: Path, steps: int) -> None:
+    """The sagas of test_sagas (2 workers, ``normal``) with their final
+    command issued as ``IssueCmd(..., last=True)``: its echo ends the saga in
+    the supervisor, one round trip to a worker fewer a saga; ratio against
+    the raw host, beside test_sagas[steps-2-normal] in the same run."""
+    n = N if steps == 1 else N // 4
+    benchmark.extra_info["per"] = n
+    benchmark.extra_info["baseline"] = "test_raw_host_round_trips"
+    with Supervisor(data_dir, workers=2, host=HOST) as sup:
+        _run_batch(sup, 200, steps, last=True)
+        benchmark.pedantic(_run_batch, args=(sup, n, steps, True), rounds=3, iterations=1)
     benchmark.extra_info["rate"] = n / benchmark.stats.stats.median
 
 
@@ -126,6 +141,16 @@ def test_latency_by_worker_fill(benchmark: Any, data_dir: Path, engine: str,
     _latency(benchmark, data_dir, engine, "sqlite", 10_000, None, fill)
 
 
+@pytest.mark.parametrize("rate", [1000, 10_000])
+@pytest.mark.parametrize("engine", ["thread", "process"])
+def test_latency_last_step(benchmark: Any, data_dir: Path, engine: str, rate: int) -> None:
+    """test_latency_at_fixed_load's sagas on SQLite, with their one command
+    issued as ``IssueCmd(..., last=True)``: the echo ends the saga in the
+    supervisor, one hop through a worker fewer on every saga's path.
+    Compare with test_latency_at_fixed_load[engine-sqlite-rate] of the run."""
+    _latency(benchmark, data_dir, engine, "sqlite", rate, None, 64, last=True)
+
+
 @contextlib.contextmanager
 def _frozen_heap() -> Iterator[None]:
     """The launcher's objects frozen while latency is measured: pytest's own
@@ -143,7 +168,7 @@ def _frozen_heap() -> Iterator[None]:
 
 
 def _latency(benchmark: Any, data_dir: Path, engine: str, store: str, rate: int,
-             log: str | None, fill: int) -> None:
+             log: str | None, fill: int, last: bool = False) -> None:
     seconds = 3.0
     with Supervisor(data_dir, workers=2, host=HOST, engine=engine, log=log,
                     worker_fill=fill) as sup:
@@ -174,7 +199,7 @@ def _latency(benchmark: Any, data_dir: Path, engine: str, store: str, rate: int,
                     if gap > 0:
                         time.sleep(gap)  # never spin: the loop thread needs the GIL
                     t = time.perf_counter()
-                    sid = sup.spawn(EchoSaga(k))
+                    sid = sup.spawn(EchoSaga(k, last=last))
                     spawned[sid] = t
                 assert done.wait(60)
 
@@ -186,10 +211,12 @@ def _latency(benchmark: Any, data_dir: Path, engine: str, store: str, rate: int,
     lat = sorted(ended[sid] - t for sid, t in spawned.items())
     median = statistics.median(lat)
     p99 = lat[int(len(lat) * 0.99) - 1]
-    benchmark.extra_info.update(worker_fill=fill, latency_median_ms=round(median * 1e3, 3),
+    benchmark.extra_info.update(worker_fill=fill, last_step=last,
+                                latency_median_ms=round(median * 1e3, 3),
                                 latency_p99_ms=round(p99 * 1e3, 3), offered_per_s=rate,
                                 p99_over_p50=round(p99 / median, 2))
     print(json.dumps({"engine": engine, "store": store, "rate": rate, "worker_fill": fill,
+                      "last_step": last,
                       "latency_median_ms": round(median * 1e3, 3),
                       "latency_p99_ms": round(p99 * 1e3, 3),
                       "p99_over_p50": round(p99 / median, 2)}))

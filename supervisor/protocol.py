@@ -21,7 +21,9 @@ Supervisor -> worker (``Op``)::
 
 Worker -> supervisor::
 
-    (ACT, saga_id, code, arg, consumed_json)  code CMD: arg = (target, cmd_json, name)
+    (ACT, saga_id, code, arg, consumed_json)  code CMD: arg = (target, cmd_json,
+        name[, policy[, last]]): `policy` the step's retry policy or None, `last`
+        True for IssueCmd(last=True) (see :func:`cmd_policy`, :func:`cmd_last`)
     (COMPS, saga_id, [(step, target, cmd_json) | (step, None, None)], error)
     (HEARTBEAT, sagas_held)
     (READY, pid)                              first message: imports are done
@@ -37,7 +39,7 @@ the hot path of both processes.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 
 class Op:
@@ -70,6 +72,26 @@ class Act:
     WAIT: Final = 1
     DONE: Final = 2
     FAILED: Final = 3
+
+
+def cmd_policy(arg: tuple[Any, ...]) -> Any:
+    """The retry policy a CMD's `arg` carries: (attempts, backoff, max
+    backoff, step timeout), or None."""
+    return arg[3] if len(arg) > 3 else None
+
+
+def cmd_last(arg: tuple[Any, ...]) -> bool:
+    """Whether a CMD's `arg` is a saga's last step (``IssueCmd(last=True)``):
+    its answer ends the saga in the supervisor, not in the worker."""
+    return len(arg) > 4 and arg[4] is True
+
+
+def kept_after_last(has_comp: bool, listens: frozenset[str]) -> bool:
+    """Whether the worker keeps a saga once it issued its last step: only a
+    saga it may still have to compensate or offer events it listens to (the
+    supervisor then sends DROP when the saga ends); any other is forgotten
+    at once, and nothing more of it ever reaches the worker."""
+    return has_comp or bool(listens)
 
 
 # How a saga's state travels in START/REPLAY: its __dict__ with pickle, or the

@@ -90,12 +90,21 @@ class IssueCmd:
     `retry` re-issues the same step (same saga id and step, the next attempt
     number) when its action fails; `step_timeout` (seconds) is a deadline for
     each attempt's answer.  Without `retry`, a failed or timed-out step fails
-    the saga at once."""
+    the saga at once.
+
+    `last=True` makes this the saga's last step: its answer completes the
+    saga (the answer is logged as the step's output) and is not offered to
+    ``on_event``, which saves the round trip to the worker.  A failure of
+    the step (action failed, past `step_timeout`, once its retries are
+    spent) or an answer that is not a JSON object fails the saga, and
+    compensation runs as for any step.  Ignored in what ``compensate``
+    returns."""
 
     target: Target
     command: Any
     retry: Retry | None = None
     step_timeout: float | None = None
+    last: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,9 +24,9 @@ from typing import Any
 
 import dill
 
-from supervisor.wire.codec import compact_json
+from supervisor.wire.codec import class_facts, compact_json
 from supervisor.frames import READ_SIZE, FrameReader, frame
-from supervisor.protocol import HEARTBEAT_EVERY, STATE_DICT, Act, Op
+from supervisor.protocol import HEARTBEAT_EVERY, STATE_DICT, Act, Op, cmd_last, kept_after_last
 from supervisor.saga import (
     Done,
     Event,
@@ -71,11 +71,19 @@ def encode_action(action: Any, where: str) -> tuple[int, Any]:
         cmd = action.command
         step_name = str(cmd.get("op", target.name.lower())) if isinstance(cmd, dict) \
             else target.name.lower()
+        last = action.last
+        if last is not False and last is not True:
+            return A_FAILED, f"invalid action from {where}: IssueCmd last must be a bool, " \
+                f"got {last!r:.100}"
         if action.retry is None and action.step_timeout is None:
+            if last:
+                return A_CMD, (int(target), cmd_json, step_name[:200], None, True)
             return A_CMD, (int(target), cmd_json, step_name[:200])
         policy = retry_policy(action.retry, action.step_timeout)
         if isinstance(policy, str):
             return A_FAILED, f"invalid action from {where}: {policy}"
+        if last:
+            return A_CMD, (int(target), cmd_json, step_name[:200], policy, True)
         return A_CMD, (int(target), cmd_json, step_name[:200], policy)
     if t is Wait:
         return A_WAIT, None
@@ -129,10 +137,28 @@ class WorkerState:
             self.ended.add(sid)
         return True
 
+    def _forget(self, sid: int) -> None:
+        self.sagas.pop(sid, None)
+        self.ended.discard(sid)
+        self.issued.pop(sid, None)
+        self.deferred.pop(sid, None)
+
+    def _issued_last(self, sid: int, arg: Any) -> bool:
+        """After a CMD: forget the saga if it is its last step and nothing
+        more of it can reach this worker (:func:`kept_after_last`)."""
+        if not cmd_last(arg):
+            return False
+        facts = class_facts(type(self.sagas[sid][0]))
+        if kept_after_last(facts.has_comp, facts.listens):
+            return False
+        self._forget(sid)
+        return True
+
     def _finish(self, out: list[Any], sid: int, code: int, arg: Any,
                 consumed: bytes | str | None) -> None:
         if code == A_CMD:
-            self.issued[sid] = self.issued.get(sid, 0) + 1
+            if not self._issued_last(sid, arg):
+                self.issued[sid] = self.issued.get(sid, 0) + 1
         elif (code == A_DONE or code == A_FAILED) and not self._settle(sid, code, claim=True):
             return
         out.append((ACT, sid, code, arg, consumed))
@@ -160,11 +186,7 @@ class WorkerState:
             elif op == SENT:
                 self._released(out, msg[1], msg[2])
             elif op == DROP:
-                sid = msg[1]
-                self.sagas.pop(sid, None)
-                self.ended.discard(sid)
-                self.issued.pop(sid, None)
-                self.deferred.pop(sid, None)
+                self._forget(msg[1])
             elif op == COMP:
                 out.append(self._compensate(msg[1], msg[2]))
             elif op == CLS:
@@ -249,12 +271,14 @@ class WorkerState:
             code, arg = A_FAILED, describe_exc("replay", exc)
         self.issued[sid] = n_cmds
         if reissue:
+            self._issued_last(sid, arg)
             out.append((REPLAYED, sid, A_CMD, arg, True))
             return
         # `inherited`: the claim was taken by a worker that died; the supervisor
         # holds it now, and only wants to know which outcome the replay reaches
         if code == A_CMD:
-            self.issued[sid] = n_cmds + 1
+            if not self._issued_last(sid, arg):
+                self.issued[sid] = n_cmds + 1
         elif (code == A_DONE or code == A_FAILED) and \
                 not self._settle(sid, code, claim=not inherited):
             return

@@ -49,7 +49,8 @@ if __name__ == "__main__":
                                                        seconds=rng.uniform(0.0, 0.02),
                                                        timeout=120.0)))
                 elif pick < 0.65:
-                    batch.append(sup.spawn(EchoSaga(n, steps=rng.randint(1, 3))))
+                    batch.append(sup.spawn(EchoSaga(n, steps=rng.randint(1, 3),
+                                                    last=rng.random() < 0.5)))
                 elif pick < 0.7:
                     batch.append(sup.spawn(LimitedSaga(n, seconds=rng.uniform(0.0, 0.02),
                                                        timeout=120.0)))

@@ -50,7 +50,7 @@ if __name__ == "__main__":
             elif pick < 0.8:
                 saga = CompensatingSaga("failed" if rng.random() < 0.5 else "host")
             else:
-                saga = EchoSaga(n, steps=rng.randint(1, 3))
+                saga = EchoSaga(n, steps=rng.randint(1, 3), last=rng.random() < 0.5)
             batch.append(sup.spawn(saga))
         for sid in previous:
             sup.wait(sid, 120)

@@ -20,29 +20,42 @@ from supervisor import (
 
 
 class EchoSaga(Saga):
-    """Issues `steps` echo commands to the host, one after another."""
+    """Issues `steps` echo commands to the host, one after another; with
+    `last`, the final one is issued as ``IssueCmd(last=True)`` (its echo ends
+    the saga in the supervisor, never offered to ``on_event``)."""
 
     name = "echo"
 
-    def __init__(self, n: int = 0, steps: int = 1, timeout: float = 10.0) -> None:
+    def __init__(self, n: int = 0, steps: int = 1, timeout: float = 10.0,
+                 last: bool = False) -> None:
         self.n = n
         self.steps = steps
         self.done = 0
         self.timeout = timeout  # type: ignore[misc]
+        if last:
+            self.last = True  # (only then: the plain saga's state is as it was)
 
     def input_snapshot(self) -> dict[str, Any]:
+        if "last" in self.__dict__:
+            return {"n": self.n, "steps": self.steps, "last": True}
         return {"n": self.n, "steps": self.steps}
 
+    def _command(self) -> IssueCmd:
+        last = self.done + 1 >= self.steps and "last" in self.__dict__
+        return IssueCmd(Target.HOST, {"op": "echo", "n": self.n, "i": self.done}, last=last)
+
     def start(self, ctx: SagaContext) -> SagaAction:
-        return IssueCmd(Target.HOST, {"op": "echo", "n": self.n, "i": 0})
+        return self._command()
 
     def on_event(self, event: Event, ctx: SagaContext) -> SagaAction:
         if event.kind != "echo" or event.saga_id != ctx.saga_id:
             return Wait()
         self.done += 1
+        if "last" in self.__dict__ and self.done >= self.steps:
+            return Failed("on_event was offered the echo of a last step")
         if self.done >= self.steps:
             return Done()
-        return IssueCmd(Target.HOST, {"op": "echo", "n": self.n, "i": self.done})
+        return self._command()
 
 
 class InstantSaga(Saga):
@@ -443,3 +456,65 @@ class WhereSaga(Saga):
 
     def on_event(self, event: Event, ctx: SagaContext) -> SagaAction:
         return Done() if event.kind == "echo" else Wait()
+
+
+class LastStepSaga(Saga):
+    """Issues `commands` to `target` in order, the final one as
+    ``IssueCmd(last=True)`` (with `attempts` > 0, under a Retry); its answer
+    must end the saga without reaching ``on_event``, which fails the saga if
+    it is ever offered it.  `last` replaces the flag (to send a bad value)."""
+
+    name = "last_step"
+
+    def __init__(self, commands: list[dict[str, Any]], target: int = 1, attempts: int = 0,
+                 last: Any = True, timeout: float = 10.0) -> None:
+        self.commands = commands
+        self.target = target
+        self.attempts = attempts
+        self.last = last
+        self.timeout = timeout  # type: ignore[misc]
+        self.done = 0
+
+    def input_snapshot(self) -> dict[str, Any]:
+        return {"commands": self.commands, "target": self.target, "attempts": self.attempts,
+                "timeout": self.timeout}
+
+    def _next(self) -> IssueCmd:
+        from supervisor import Retry
+
+        final = self.done == len(self.commands) - 1
+        retry = Retry(self.attempts, 0.01, 0.05) if final and self.attempts else None
+        return IssueCmd(Target(self.target), self.commands[self.done], retry=retry,
+                        last=self.last if final else False)
+
+    def start(self, ctx: SagaContext) -> SagaAction:
+        return self._next()
+
+    def on_event(self, event: Event, ctx: SagaContext) -> SagaAction:
+        if event.saga_id != ctx.saga_id:
+            return Wait()
+        self.done += 1
+        if self.done >= len(self.commands):
+            return Failed("on_event was offered the answer to its last step")
+        return self._next()
+
+
+class ListeningLastSaga(LastStepSaga):
+    """A LastStepSaga that listens to ``abort`` events: one fails it."""
+
+    name = "listening_last"
+    listens_to = frozenset({"abort"})
+
+    def on_event(self, event: Event, ctx: SagaContext) -> SagaAction:
+        if event.kind == "abort":
+            return Failed("aborted")
+        return super().on_event(event, ctx)
+
+
+class CompensatedLastSaga(LastStepSaga):
+    """A LastStepSaga whose succeeded steps are undone by an ``undo`` echo."""
+
+    name = "compensated_last"
+
+    def compensate(self, step: StepInfo, ctx: SagaContext) -> IssueCmd | None:
+        return IssueCmd(Target.HOST, {"op": "echo", "undo": step.index})

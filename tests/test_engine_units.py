@@ -435,3 +435,20 @@ def test_remote_waiters_keep_a_watching_client_alone_and_answer_everyone() -> No
     finally:
         a.close()
         b.close()
+
+
+def test_json_object_text_checks_an_answer_without_building_it() -> None:
+    from supervisor.frames import FrameError, json_object_text
+
+    assert json_object_text(b'{"kind":"echo","data":[1]}', "answer") == \
+        '{"kind":"echo","data":[1]}'
+    assert json_object_text(b' {"a": 1}\n', "answer") == ' {"a": 1}\n'  # JSON's whitespace
+    for bad, why in ((b"[1]", "must be a JSON object, got list"),
+                     (b'{"a":1}x', "is not valid JSON: JSONDecodeError: Extra data"),
+                     (b"\xff{}", "is not valid JSON: UnicodeDecodeError"),
+                     (b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                      "is not valid JSON: RecursionError"),
+                     (b"", "is not valid JSON: JSONDecodeError")):
+        with pytest.raises(FrameError) as err:
+            json_object_text(bad, "answer")
+        assert str(err.value).startswith(f"answer payload {why}"), (bad[:10], str(err.value))

@@ -66,3 +66,34 @@ def test_public_exports() -> None:
         obj = getattr(supervisor, name)
         if isinstance(obj, type) and issubclass(obj, Exception) and obj is not Exception:
             assert issubclass(obj, supervisor.SupervisorError), name
+
+
+def _start_last(ws: W.WorkerState, sid: int, cls: type, cid: int) -> list:
+    ws.handle([(Op.CLS, cid, dill.dumps(cls, recurse=True))])
+    saga = cls([{"op": "echo"}])
+    return ws.handle([(Op.START, sid, cid, (STATE_DICT, pickle.dumps(saga.__dict__)),
+                       cls.name)])
+
+
+def test_a_saga_is_forgotten_once_it_issued_its_last_step_unless_it_may_hear_more(
+        shared: SharedState) -> None:
+    """A last step's answer never comes back to the worker: a saga with no
+    compensation and no events to hear is forgotten when it issues it; the
+    others are kept until the supervisor's DROP."""
+    ws = W.WorkerState(shared)
+    plain, heard, undone = shared.acquire(), shared.acquire(), shared.acquire()
+    for sid, cls, cid in ((plain, S.LastStepSaga, 1), (heard, S.ListeningLastSaga, 2),
+                          (undone, S.CompensatedLastSaga, 3)):
+        (act,) = _start_last(ws, sid, cls, cid)
+        assert act[:3] == (Op.ACT, sid, Act.CMD) and act[3][3:] == (None, True), act
+    assert plain not in ws.sagas and plain not in ws.issued
+    assert heard in ws.sagas and undone in ws.sagas
+    ws.handle([(Op.DROP, heard), (Op.DROP, undone)])
+    assert ws.sagas == {} and ws.issued == {}
+    # a bad flag fails the saga in start(), as any invalid action does
+    sid = shared.acquire()
+    ws.handle([(Op.CLS, 4, dill.dumps(S.LastStepSaga, recurse=True))])
+    state = (STATE_DICT, pickle.dumps(S.LastStepSaga([{"op": "echo"}], last=1).__dict__))
+    (act,) = ws.handle([(Op.START, sid, 4, state, "last_step")])
+    assert act[:3] == (Op.ACT, sid, Act.FAILED)
+    assert act[3] == "invalid action from start: IssueCmd last must be a bool, got 1"

@@ -124,4 +124,7 @@ class Dispatch:
                 self.compensation.answer(saga, step, None)
                 continue
             saga.dispatched += 1
+            if saga.last and step == saga.open_step:
+                self.sagas.last_answered(saga, payload)
+                continue
             saga.worker.outbox.append(answer_msg(saga, step, payload))

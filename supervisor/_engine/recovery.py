@@ -30,7 +30,7 @@ from supervisor._engine.sagas import SagaOps
 from supervisor._engine.table import SagaTable
 from supervisor.store.batch import Batch, Unfinished
 from supervisor.store.seam import LogStore
-from supervisor.protocol import Act, Op
+from supervisor.protocol import Act, Op, cmd_last, cmd_policy
 from supervisor.saga import Saga, Target
 from supervisor.errors import CapacityError
 from supervisor.shmem.state import SharedState
@@ -251,7 +251,8 @@ class Recovery:
         if saga.phase != RUNNING or self.shared.is_claimed(saga.saga_id) or not saga.open_step:
             return
         target, cmd_json = arg[0], arg[1]
-        saga.policy = arg[3] if len(arg) > 3 else None  # its retry policy, replayed
+        saga.policy = cmd_policy(arg)  # its retry policy, replayed
+        saga.last = cmd_last(arg)
         self.stats["reissued"] += 1
         self.turn.command(saga.saga_id, saga.open_step, target, cmd_json)
 

@@ -139,6 +139,9 @@ class Routing:
                 return
             if step != saga.open_step:
                 saga.needs_sent_ack = True
+            elif saga.last:
+                self.sagas.last_answered(saga, payload)
+                return
             saga.worker.outbox.append(answer_msg(saga, step, payload))
         elif kind == frames.T_ACTION_FAILED:
             try:

@@ -37,7 +37,8 @@ from supervisor._engine.observations import Observations, cause_of
 from supervisor._engine.table import SagaTable
 from supervisor._engine.timers import DEADLINE
 from supervisor.errors import NEVER_ALLOCATED, unknown_saga
-from supervisor.protocol import Act, Op
+from supervisor.frames import FrameError, json_object_text
+from supervisor.protocol import Act, Op, cmd_last, cmd_policy, kept_after_last
 from supervisor.saga import SAGA_COMPLETED, SAGA_FAILED, SAGA_STARTED, Event
 from supervisor.shmem.state import SharedState
 
@@ -150,10 +151,11 @@ class SagaOps:
             saga.open_step = step
             saga.open_cmd = (target, cmd_json)
             if saga.policy is not None or len(arg) > 3 or saga.attempt != 1:
-                saga.policy = arg[3] if len(arg) > 3 else None
+                saga.policy = cmd_policy(arg)
                 saga.attempt = 1
                 saga.attempt_at = now
                 saga.retry_wait = False
+            saga.last = cmd_last(arg)
             turn = self.turn
             turn.batch.steps.append((sid, step, step_name, cmd_json, TARGET_NAMES[target], now))
             turn.command(sid, step, target, cmd_json, new_step=True)
@@ -163,6 +165,24 @@ class SagaOps:
             self.end(saga, "completed", None)
         elif code == Act.FAILED:
             self.fail(saga, arg, claimed=True, consumed=consumed)
+
+    def last_answered(self, saga: LiveSaga, payload: bytes) -> None:
+        """The answer to a saga's last step (``IssueCmd(last=True)``) ends it
+        here, completed, with the answer as the step's output: no round trip
+        to its worker.  An answer that is not a JSON object fails it instead
+        (the log keeps only JSON).  If the claim is lost, its worker decided
+        first (on an event the saga listens to) and its report is on the way."""
+        if not self.shared.claim(saga.saga_id):
+            return
+        try:
+            output = json_object_text(payload, "answer")
+        except FrameError as exc:
+            self.fail(saga, f"undecodable answer to its last step: {exc}", claimed=True)
+            return
+        self.close_step(saga, output, time.time())
+        if kept_after_last(saga.has_comp, saga.listens):
+            saga.worker.outbox.append((Op.DROP, saga.saga_id))
+        self.end(saga, "completed", None)
 
     def close_step(self, saga: LiveSaga, consumed: bytes | str, now: float) -> None:
         """The open step's echo was consumed: it succeeded, with that output."""

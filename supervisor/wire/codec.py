@@ -71,7 +71,7 @@ class _ClassFacts(NamedTuple):
 _facts: dict[type, _ClassFacts] = {}
 
 
-def _class_facts(cls: type) -> _ClassFacts:
+def class_facts(cls: type) -> _ClassFacts:
     facts = _facts.get(cls)
     if facts is None:
         plain = (not hasattr(cls, "__slots__")
@@ -100,7 +100,7 @@ def _encode(saga: Any) -> tuple[type, tuple[int, bytes], str, float, str, frozen
         raise SpawnError(f"spawn() takes a Saga instance, got {type(saga).__name__}: "
                          f"{saga!r:.100}")
     cls = type(saga)
-    facts = _facts.get(cls) or _class_facts(cls)
+    facts = _facts.get(cls) or class_facts(cls)
     name = saga.name or cls.__name__
     if type(name) is not str:
         raise SpawnError(f"saga name must be a str, got {type(name).__name__}: {name!r}")
