@@ -6,7 +6,8 @@ CPU split is printed and kept in ``extra_info`` (``--benchmark-json``), with
 this launcher's split by thread (with the thread engine: the loop, the log
 writer, the checkpointer, and the caller, ``MainThread``).
 Ratios: each worker count against 1 worker, in the same run, for each
-engine.  With the thread engine the "launcher" CPU holds the engine too (the
+engine; and (``test_last_step``) sagas whose one command is issued with
+``IssueCmd(last=True)`` against the same sagas without it.  With the thread engine the "launcher" CPU holds the engine too (the
 loop, the log writer and the thread that calls spawn_many/wait); with the
 process engine the supervisor process is measured on its own, and the
 "worker" CPU is the sum over the workers.
@@ -30,8 +31,8 @@ N = 10_000
 HOST = [sys.executable, "-m", "supervisor.host"]
 
 
-def _batch(sup: Supervisor, n: int) -> None:
-    ids = sup.spawn_many([EchoSaga(i) for i in range(n)])
+def _batch(sup: Supervisor, n: int, last: bool = False) -> None:
+    ids = sup.spawn_many([EchoSaga(i, last=last) for i in range(n)])
     for sid in ids:
         assert sup.wait(sid, 120).completed
 
@@ -70,15 +71,31 @@ def _processes() -> dict[str, list[psutil.Process]]:
 @pytest.mark.parametrize("engine", ["thread", "process"])
 def test_workers(benchmark: Any, data_dir: Path, engine: str, workers: int,
                  request: Any) -> None:
-    benchmark.extra_info["per"] = N
     if workers != 1:
         benchmark.extra_info["baseline"] = request.node.name.replace(f"-{workers}]", "-1]")
+    _measure(benchmark, data_dir, engine, workers, False)
+
+
+@pytest.mark.parametrize("last", [False, True])
+@pytest.mark.parametrize("engine", ["thread", "process"])
+def test_last_step(benchmark: Any, data_dir: Path, engine: str, last: bool,
+                   request: Any) -> None:
+    """2 workers, the one command issued plainly and as ``IssueCmd(...,
+    last=True)`` (its echo ends the saga in the supervisor: no round trip to
+    a worker for it); ratio against the plain one of the same engine."""
+    if last:
+        benchmark.extra_info["baseline"] = request.node.name.replace("-True]", "-False]")
+    _measure(benchmark, data_dir, engine, 2, last)
+
+
+def _measure(benchmark: Any, data_dir: Path, engine: str, workers: int, last: bool) -> None:
+    benchmark.extra_info["per"] = N
     with Supervisor(data_dir, workers=workers, host=HOST, engine=engine) as sup:
-        _batch(sup, 500)
+        _batch(sup, 500, last)
         procs = _processes()
         before = {k: sum(map(_cpu, v)) for k, v in procs.items() if v}
         threads_before = _threads()
-        benchmark.pedantic(_batch, args=(sup, N), rounds=3, iterations=1)
+        benchmark.pedantic(_batch, args=(sup, N, last), rounds=3, iterations=1)
         after = {k: sum(map(_cpu, v)) for k, v in procs.items() if v}
         threads_after = _threads()
     per_saga_us = {k: round((after[k] - before[k]) / (3 * N) * 1e6, 1) for k in before}
@@ -88,7 +105,7 @@ def test_workers(benchmark: Any, data_dir: Path, engine: str, workers: int,
     benchmark.extra_info.update(rate=N / benchmark.stats.stats.median,
                                 cpu_us_per_saga=per_saga_us, cores=psutil.cpu_count(),
                                 launcher_threads_us_per_saga=launcher_threads_us)
-    print(json.dumps({"engine": engine, "workers": workers,
+    print(json.dumps({"engine": engine, "workers": workers, "last": last,
                       "rate": round(N / benchmark.stats.stats.median),
                       "cpu_us_per_saga": per_saga_us,
                       "launcher_threads_us_per_saga": launcher_threads_us}))
