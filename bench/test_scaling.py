@@ -4,20 +4,24 @@ process spent per saga (psutil), so that the curve names the next bottleneck.
 Run: ``python -m pytest bench/test_scaling.py -p no:cacheprovider -s``; the
 CPU split is printed and kept in ``extra_info`` (``--benchmark-json``), with
 this launcher's split by thread (with the thread engine: the loop, the log
-writer, the checkpointer, and the caller, ``MainThread``).
+writer, the checkpointer, and the caller, ``MainThread``), and this
+launcher's garbage collections by generation (count, and wall time a saga).
 Ratios: each worker count against 1 worker, in the same run, for each
 engine; and (``test_last_step``) sagas whose one command is issued with
-``IssueCmd(last=True)`` against the same sagas without it.  With the thread engine the "launcher" CPU holds the engine too (the
-loop, the log writer and the thread that calls spawn_many/wait); with the
+``IssueCmd(last=True)`` against the same sagas without it.  With the thread
+engine the "launcher" CPU holds the engine too (the loop, the log writer and
+the thread that calls spawn_many/wait); with the
 process engine the supervisor process is measured on its own, and the
 "worker" CPU is the sum over the workers.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,17 +99,47 @@ def _measure(benchmark: Any, data_dir: Path, engine: str, workers: int, last: bo
         procs = _processes()
         before = {k: sum(map(_cpu, v)) for k, v in procs.items() if v}
         threads_before = _threads()
-        benchmark.pedantic(_batch, args=(sup, N, last), rounds=3, iterations=1)
+        with _Collections() as collections:
+            benchmark.pedantic(_batch, args=(sup, N, last), rounds=3, iterations=1)
         after = {k: sum(map(_cpu, v)) for k, v in procs.items() if v}
         threads_after = _threads()
     per_saga_us = {k: round((after[k] - before[k]) / (3 * N) * 1e6, 1) for k in before}
     launcher_threads_us = {k: round((v - threads_before.get(k, 0.0)) / (3 * N) * 1e6, 1)
                            for k, v in threads_after.items()
                            if v - threads_before.get(k, 0.0) > 0}
+    gc_us = {f"gen{g}": [n, round(sec / (3 * N) * 1e6, 2)]
+             for g, (n, sec) in collections.by_gen.items()}
     benchmark.extra_info.update(rate=N / benchmark.stats.stats.median,
                                 cpu_us_per_saga=per_saga_us, cores=psutil.cpu_count(),
-                                launcher_threads_us_per_saga=launcher_threads_us)
+                                launcher_threads_us_per_saga=launcher_threads_us,
+                                launcher_gc_collections_us_per_saga=gc_us)
     print(json.dumps({"engine": engine, "workers": workers, "last": last,
                       "rate": round(N / benchmark.stats.stats.median),
                       "cpu_us_per_saga": per_saga_us,
-                      "launcher_threads_us_per_saga": launcher_threads_us}))
+                      "launcher_threads_us_per_saga": launcher_threads_us,
+                      "launcher_gc_collections_us_per_saga": gc_us}))
+
+
+class _Collections:
+    """This launcher's garbage collections while it is entered: how many of
+    each generation, and their wall time (``gc.callbacks``).  With the thread
+    engine they stop the loop too (it is a thread of this process)."""
+
+    def __init__(self) -> None:
+        self.by_gen: dict[int, list[float]] = {0: [0, 0.0], 1: [0, 0.0], 2: [0, 0.0]}
+        self._began = 0.0
+
+    def _cb(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            entry = self.by_gen[info["generation"]]
+            entry[0] += 1
+            entry[1] += time.perf_counter() - self._began
+
+    def __enter__(self) -> "_Collections":
+        gc.callbacks.append(self._cb)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._cb)

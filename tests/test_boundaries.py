@@ -260,7 +260,10 @@ def test_triggers_handlers_and_subscribers_that_raise(make_sup: Make) -> None:
         ("p", "ZeroDivisionError"), ("f", "SystemExit")]
     assert sup.stats["trigger_errors"] == 2
     _all_complete(sup, ids)
-    assert calls and sup.stats["subscriber_errors"] >= len(calls) - 1
+    # the process engine calls a callback from a connection and a thread of
+    # its own: it may still be behind the queue drained above
+    wait_for(lambda: calls and sup.stats["subscriber_errors"] >= len(calls),
+             what="every call of the callback that raised counted")
 
 
 def test_trigger_on_a_full_claim_table_fails_alone_and_eviction_frees_a_slot(
