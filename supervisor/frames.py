@@ -159,7 +159,7 @@ def json_object_text(payload: bytes, what: str) -> str:
     if text[:1] == "{" and is_one_json_value(text):
         return text
     decode_json_object(payload, what)  # raises, naming the fault (or it is valid after all)
-    return payload.decode()
+    return text
 
 
 def decode_json_object(payload: bytes, what: str) -> dict[str, Any]:

@@ -75,16 +75,15 @@ def encode_action(action: Any, where: str) -> tuple[int, Any]:
         if last is not False and last is not True:
             return A_FAILED, f"invalid action from {where}: IssueCmd last must be a bool, " \
                 f"got {last!r:.100}"
-        if action.retry is None and action.step_timeout is None:
-            if last:
-                return A_CMD, (int(target), cmd_json, step_name[:200], None, True)
-            return A_CMD, (int(target), cmd_json, step_name[:200])
-        policy = retry_policy(action.retry, action.step_timeout)
-        if isinstance(policy, str):
-            return A_FAILED, f"invalid action from {where}: {policy}"
-        if last:
-            return A_CMD, (int(target), cmd_json, step_name[:200], policy, True)
-        return A_CMD, (int(target), cmd_json, step_name[:200], policy)
+        arg = (int(target), cmd_json, step_name[:200])
+        policy = None
+        if action.retry is not None or action.step_timeout is not None:
+            policy = retry_policy(action.retry, action.step_timeout)
+            if isinstance(policy, str):
+                return A_FAILED, f"invalid action from {where}: {policy}"
+        if last:  # (the shape protocol.cmd_policy and cmd_last read)
+            return A_CMD, arg + (policy, True)
+        return A_CMD, arg if policy is None else arg + (policy,)
     if t is Wait:
         return A_WAIT, None
     if t is Done:

@@ -28,7 +28,7 @@ import supervisor.frames as frames
 from supervisor._engine.compensation import Compensation
 from supervisor._engine.records import COMPENSATING, RUNNING, HostProc, Stats
 from supervisor._engine.retries import Retries
-from supervisor._engine.sagas import SagaOps, answer_msg
+from supervisor._engine.sagas import SagaOps
 from supervisor._engine.table import SagaTable
 from supervisor.protocol import Op
 from supervisor.saga import Target
@@ -124,7 +124,4 @@ class Dispatch:
                 self.compensation.answer(saga, step, None)
                 continue
             saga.dispatched += 1
-            if saga.last and step == saga.open_step:
-                self.sagas.last_answered(saga, payload)
-                continue
-            saga.worker.outbox.append(answer_msg(saga, step, payload))
+            self.sagas.answered(saga, step, payload)

@@ -18,7 +18,7 @@ from supervisor._engine.compensation import Compensation
 from supervisor._engine.recovery import Recovery
 from supervisor._engine.records import COMPENSATING, HOST, HostProc, Stats, Turn
 from supervisor._engine.retries import Retries
-from supervisor._engine.sagas import SagaOps, answer_msg
+from supervisor._engine.sagas import SagaOps
 from supervisor._engine.table import SagaTable
 from supervisor.common.ratelimit import RateLimitedLog
 from supervisor.store.sqlite import LogError
@@ -139,10 +139,7 @@ class Routing:
                 return
             if step != saga.open_step:
                 saga.needs_sent_ack = True
-            elif saga.last:
-                self.sagas.last_answered(saga, payload)
-                return
-            saga.worker.outbox.append(answer_msg(saga, step, payload))
+            self.sagas.answered(saga, step, payload)
         elif kind == frames.T_ACTION_FAILED:
             try:
                 reason = str(frames.decode_json_object(payload, "action failed").get("reason"))

@@ -166,6 +166,14 @@ class SagaOps:
         elif code == Act.FAILED:
             self.fail(saga, arg, claimed=True, consumed=consumed)
 
+    def answered(self, saga: LiveSaga, step: int, payload: bytes) -> None:
+        """A host or local answer to `step` of a running saga: the end of a
+        saga whose last step it answers, else an event for its worker."""
+        if saga.last and step == saga.open_step:
+            self.last_answered(saga, payload)
+        else:
+            saga.worker.outbox.append(answer_msg(saga, step, payload))
+
     def last_answered(self, saga: LiveSaga, payload: bytes) -> None:
         """The answer to a saga's last step (``IssueCmd(last=True)``) ends it
         here, completed, with the answer as the step's output: no round trip
