@@ -39,7 +39,9 @@ import dill
 import supervisor.frames as frames
 from supervisor.wire.codec import ClassRegistry, SagaSpec
 import supervisor.wire.requests as rq
-from supervisor._engine.control_msgs import BadRequest, Refused, spec_of
+from supervisor._engine.control_msgs import BadRequest, Refused
+from supervisor._engine.control_spawns import ClientSpawns
+from supervisor._engine.inbox import SpawnMany
 from supervisor._engine.control_socket import (PEERCRED, QUIET_LIMIT, Conn,
                                                default_max_clients, listen)
 from supervisor._engine.exits import Exits
@@ -71,7 +73,9 @@ class ControlServer:
                  health: Callable[[], dict[str, Any]] | None = None,
                  max_clients: int | None = None, quiet_limit: float = QUIET_LIMIT,
                  register: Callable[[Registration], None] | None = None,
-                 clock_moved: Callable[[float], None] | None = None) -> None:
+                 clock_moved: Callable[[float], None] | None = None,
+                 post: Callable[[SpawnMany], None] | None = None, slice_size: int = 2048
+                 ) -> None:
         self.paths = paths
         self.max_clients = max_clients or default_max_clients()
         self.quiet_limit = quiet_limit
@@ -95,6 +99,8 @@ class ControlServer:
         self.path: Path | None = None
         self.conns: list[Conn] = []
         self.remote_waiters = RemoteWaiters()
+        self.spawns = ClientSpawns(life, shared, table, exits, sagas, self.remote_waiters,
+                                   spawn_keyed, post, slice_size)
         self.unacked: set[Conn] = set()  # took spawns this turn: say "logged" after the commit
         self.refused = 0  # peers of another user
         self.over_limit = 0  # refused: max_clients were connected
@@ -163,6 +169,20 @@ class ControlServer:
         self.sel.register(sock, selectors.EVENT_READ, lambda mask: self._ready(c, mask))
         return True
 
+    def _listen(self, c: Conn) -> None:
+        """What the selector watches `c` for: reading, unless it is deferred
+        (what it sent next waits in the socket); writing, while its replies
+        wait for room."""
+        mask = (0 if c.deferred else selectors.EVENT_READ) | \
+            (selectors.EVENT_WRITE if c.want_write else 0)
+        try:
+            if mask:
+                self.sel.modify(c.sock, mask, lambda m: self._ready(c, m))
+            else:
+                self.sel.unregister(c.sock)
+        except KeyError:  # not registered (it was deferred and had nothing to write)
+            self.sel.register(c.sock, mask, lambda m: self._ready(c, m))
+
     def check(self, now: float) -> None:
         """Each health tick: resume accepting after an EMFILE pause; close
         connections silent since they connected, or stuck in a half-written
@@ -172,6 +192,8 @@ class ControlServer:
             self.paused_until = None
             self.sel.register(self.listener, selectors.EVENT_READ, lambda mask: self._accept())
         for c in list(self.conns):
+            if c.deferred:  # its spawns are still being started: it waits for us
+                continue
             limit = self.quiet_limit
             stuck = c.partial_since is not None and now - c.partial_since > limit
             if stuck or (not c.spoke and now - c.born > limit):
@@ -217,7 +239,22 @@ class ControlServer:
             c.partial_since = None
         elif bodies or c.partial_since is None:
             c.partial_since = time.monotonic()
-        for body in bodies:
+        self._handle(c, bodies)
+
+    def _resume(self, c: Conn) -> None:
+        """`c`'s large batch is started: take what it sent after it."""
+        held, c.held = c.held, []
+        if not c.closed:
+            self._handle(c, held)
+            if not c.deferred:
+                self._listen(c)
+
+    def _handle(self, c: Conn, bodies: list[bytes]) -> None:
+        for i, body in enumerate(bodies):
+            if c.deferred:  # a batch before this one is still being started
+                c.held = bodies[i:]
+                self._listen(c)
+                return
             try:
                 msg = pickle.loads(body)
                 if not isinstance(msg, tuple) or len(msg) < 2 or not isinstance(msg[0], str) \
@@ -252,8 +289,7 @@ class ControlServer:
         except (BlockingIOError, InterruptedError):
             if not c.want_write:
                 c.want_write = True
-                self.sel.modify(c.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
-                                lambda mask: self._ready(c, mask))
+                self._listen(c)
             if len(c.outbuf) > _MAX_OUTBUF:
                 _warn.warning("slow", "dropping a control client that does not read its "
                               "replies")
@@ -266,7 +302,7 @@ class ControlServer:
             c.outbuf.clear()
         if c.want_write:
             c.want_write = False
-            self.sel.modify(c.sock, selectors.EVENT_READ, lambda mask: self._ready(c, mask))
+            self._listen(c)
 
     def flush_all(self) -> None:
         for c in self.conns:
@@ -310,9 +346,11 @@ class ControlServer:
         """Before the turn's commit: each client that sent spawns this turn
         is told, once they are committed, how many of its spawn requests
         are in the log (refused ones included), in the order it sent them."""
+        deferred = {c for c in self.unacked if c.deferred}  # told once all are started
         for c in self.unacked:
-            self.turn.after.append(functools.partial(c.send, ("logged", c.spawns)))
-        self.unacked.clear()
+            if not c.deferred:
+                self.turn.after.append(functools.partial(c.send, ("logged", c.spawns)))
+        self.unacked = deferred
 
     def _request(self, c: Conn, msg: tuple[Any, ...]) -> None:
         if msg[0] in rq.SPAWN_OPS:  # counted as sent, well-formed or not (see end_turn)
@@ -320,7 +358,7 @@ class ControlServer:
             self.unacked.add(c)
         rec = rq.decode(msg)
         if isinstance(rec, rq.Spawn):
-            self._spawn(c, rec)
+            self.spawns.spawn(c, rec)
             return
         if isinstance(rec, rq.ShipClass):
             try:
@@ -335,7 +373,7 @@ class ControlServer:
             raise Refused("NotRunningError", f"the supervisor is {self.life.state}")
         req = rec.req
         if isinstance(rec, rq.SpawnBatch):
-            self._spawn_many(c, rec)
+            self.spawns.spawn_many(c, rec, self._resume)
         elif isinstance(rec, rq.Cancel):
             try:
                 decided = self.sagas.cancel(rec.saga_id, rec.reason)
@@ -380,24 +418,6 @@ class ControlServer:
                 raise BadRequest("this supervisor has no metrics")
             c.send(("ok", req, self.metrics()))
 
-    def _checked(self, c: Conn, it: rq.SpawnItem) -> tuple[int, SagaSpec, str | None]:
-        """A spawn item's saga id (fresh), spec and key."""
-        spec = spec_of(it, c.classes)
-        sid = it.saga_id
-        if sid in self.table.live or self.shared.state(sid) != "live":
-            raise Refused("ValueError", f"saga id {sid!r} is not a fresh registered id")
-        return sid, spec, it.key
-
-    def _start(self, sid: int, spec: SagaSpec, key: str | None) -> int:
-        self.exits.expect(sid)
-        if key is not None and self.spawn_keyed is not None:
-            got = self.spawn_keyed(sid, spec, key)
-            if got != sid:
-                self.exits.forget(sid)  # the key's saga exists: this one never starts
-            return got
-        self.sagas.start(sid, spec)
-        return sid
-
     def _refuse(self, c: Conn, msg: tuple[Any, ...], r: Refused) -> None:
         req = msg[1]
         if req == 0 and msg[0] == "spawn":  # a pipelined spawn: say which saga (read
@@ -406,27 +426,6 @@ class ControlServer:
             c.send(("refused", sid, (r.kind, r.message)))
         else:
             c.send(("err", req, (r.kind, r.message)))
-
-    def _spawn(self, c: Conn, rec: rq.Spawn) -> None:
-        """Request 0: pipelined, answered only if refused (the client took
-        the id from shared memory and returned it already)."""
-        if not self.life.running:
-            raise Refused("NotRunningError", f"the supervisor is {self.life.state}")
-        sid, spec, key = self._checked(c, rec.item)
-        got = self._start(sid, spec, key)
-        if rec.watch and got == sid:
-            self.remote_waiters.add(sid, c)  # push its outcome
-        if rec.req:
-            c.send(("ok", rec.req, got))
-
-    def _spawn_many(self, c: Conn, rec: rq.SpawnBatch) -> None:
-        """Every item checked first, then all started: all or none."""
-        parsed = [self._checked(c, it) for it in rec.items]
-        ids = [self._start(sid, spec, key) for sid, spec, key in parsed]
-        if rec.watch:  # push the outcomes of these sagas
-            for sid in ids:
-                self.remote_waiters.add(sid, c)
-        c.send(("ok", rec.req, ids))
 
     def _wait(self, c: Conn, req: int, sid: int) -> None:
         o = self.exits.lookup(sid)

@@ -42,7 +42,7 @@ class Conn:
     """A SagaClient connection."""
 
     __slots__ = ("sock", "reader", "outbuf", "classes", "subscribed", "want_write", "closed",
-                 "spawns", "born", "spoke", "partial_since", "unheard")
+                 "spawns", "born", "spoke", "partial_since", "unheard", "deferred", "held")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -60,6 +60,10 @@ class Conn:
         # reading down): nothing more is sent, and what it sent before is
         # still read, up to its end (a dead launcher's pipelined spawns)
         self.unheard = False
+        # a large batch of its spawns is being started a slice a turn: what it
+        # sent after it waits (`held`: read already; the rest in the socket)
+        self.deferred = False
+        self.held: list[bytes] = []
 
     def recv(self) -> bytes | None:
         """What the peer sent (b"" at its end or an error; None: nothing yet).

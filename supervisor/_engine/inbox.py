@@ -34,10 +34,13 @@ class Spawn(NamedTuple):
 
 
 class SpawnMany(NamedTuple):
-    """Many spawns in one post (one lock, one wake-up)."""
+    """Many spawns in one post (one lock, one wake-up).  The loop starts
+    them a slice a turn: `start` is where the next slice begins."""
 
     saga_ids: list[int]
     specs: list[SagaSpec]
+    start: int = 0
+    done: Callable[[], None] | None = None  # called once the last slice started
 
 
 class SpawnKeyed(NamedTuple):
@@ -186,6 +189,12 @@ class Inbox:
     def take(self) -> Any:
         """The oldest request (loop thread; the inbox must not be empty)."""
         return self._q.popleft()
+
+    def put_back(self, item: Request) -> None:
+        """What is left of a request taken in part goes first again (loop
+        thread): it is still ahead of everything posted after it, a Stop
+        included."""
+        self._q.appendleft(item)
 
     def wake(self) -> None:
         if self.wake_w < 0:

@@ -181,7 +181,8 @@ class Engine:
                                                self.keys.spawn, self.health, s.max_clients,
                                                s.client_quiet_timeout,
                                                lambda reg: registrations.apply(self, reg),
-                                               getattr(s.clock, "set_offset", None))
+                                               getattr(s.clock, "set_offset", None),
+                                               self.inbox.post_internal, _TAKE_PER_TURN)
         self.bus = Bus(table, sagas, shared, self.exits, turn, stats, self.life,
                        self.registry.prepare, self.triggers, control.subscribed)
         self.host = HostLink(s, sel, stats, self.life, lambda h: self.hosts.readable(h),
@@ -278,7 +279,7 @@ class Engine:
             now, vnow = time.monotonic(), clock()
             if timers.heap and timers.heap[0][0] <= vnow:
                 timers.run_due(vnow)
-            if stopping and (not table or now >= stopping):
+            if stopping and not inbox and (not table or now >= stopping):
                 if self.requests.suspend:  # left 'running' in the log: the next start
                     log.warning("suspended with %d saga(s) in flight: the next start "
                                 "resumes them", len(table))

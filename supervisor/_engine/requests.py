@@ -37,10 +37,12 @@ class Requests:
         self.suspend = False  # the Stop taken leaves the sagas in flight in the log
 
     def take(self, stopping_now: bool = False, limit: int | None = None) -> float:
-        """Apply the requests in the inbox (at most `limit`, so that a burst
-        of spawns is committed and announced in slices rather than in one
-        long turn; the loop comes back at once while the inbox holds more);
-        returns the drain deadline once a Stop was taken (0.0 while running)."""
+        """Apply the requests in the inbox: at most `limit` of them, a saga of
+        a :class:`SpawnMany` counting as one, so that a burst of spawns is
+        committed and announced in slices rather than in one long turn (the
+        loop comes back at once while the inbox holds more; what is left of
+        a SpawnMany goes back first).  Returns the drain deadline once a Stop
+        was taken (0.0 while running)."""
         inbox, sagas, turn = self.inbox, self.sagas, self.turn
         left = -1 if limit is None else limit
         while inbox and left:
@@ -51,8 +53,7 @@ class Requests:
                 if t is Spawn:
                     sagas.start(item.saga_id, item.spec)
                 elif t is SpawnMany:
-                    for sid, spec in zip(item.saga_ids, item.specs):
-                        sagas.start(sid, spec)
+                    left = self._spawn_slice(item, left)
                 elif t is SpawnKeyed:
                     item.future.set(self.keys.spawn(item.saga_id, item.spec, item.key))
                 elif t is Sync:  # answered once this turn's batch is committed
@@ -88,3 +89,19 @@ class Requests:
                 self.routing.input_failed(f"a {t.__name__} request",
                                           getattr(item, "saga_id", None), exc)
         return self.drain_deadline or 0.0
+
+    def _spawn_slice(self, item: SpawnMany, left: int) -> int:
+        """Start the sagas of `item` the turn has room for (`left` after its
+        first; -1: no limit), put the rest back; returns what is left."""
+        ids, specs, first = item.saga_ids, item.specs, item.start
+        end = len(ids) if left < 0 else min(len(ids), first + left + 1)
+        if end < len(ids):
+            self.inbox.put_back(SpawnMany(ids, specs, end, item.done))
+        start = self.sagas.start
+        try:
+            for i in range(first, end):
+                start(ids[i], specs[i])
+        finally:
+            if end == len(ids) and item.done is not None:
+                item.done()
+        return left if left < 0 else left - (end - first - 1)
