@@ -4,7 +4,8 @@
 Spawns a mix until it is killed: multi-step sagas (replayed after a restart),
 compensating sagas (replayed), sagas of a kind that opts out of replay, sagas
 of a kind limited to 5 in flight (queued past that), and steps the host fails
-at first (retried); some of them time out.  The reference host records every command it gets
+at first (retried); some of them time out; now and then a batch of 2,500 the
+loop starts over two turns.  The reference host records every command it gets
 (SAGA_HOST_RECORD)."""
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ if __name__ == "__main__":
             else:
                 saga = EchoSaga(n, steps=rng.randint(1, 3), last=rng.random() < 0.5)
             batch.append(sup.spawn(saga))
+        if rng.random() < 0.1:  # now and then a batch the loop starts over two turns
+            batch += sup.spawn_many([EchoSaga(n + i, last=rng.random() < 0.5)
+                                     for i in range(2500)])
         for sid in previous:
             sup.wait(sid, 120)
         previous = batch
