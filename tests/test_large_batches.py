@@ -14,8 +14,10 @@ from typing import Callable
 
 import pytest
 
+import supervisor.clients.core as core_mod
 import supervisor.wire.requests as rq
 from supervisor import SagaClient, SharedState, Supervisor
+from supervisor.common.future import Future
 from supervisor._engine.inbox import Inbox, SpawnMany, Stop
 from supervisor._engine.requests import Requests
 from supervisor.protocol import STATE_DICT
@@ -23,7 +25,7 @@ from supervisor.wire.codec import SagaSpec
 
 from . import _suite, sagas as S
 from ._parts import Parts
-from .conftest import read_log
+from .conftest import read_log, record_requests
 
 Make = Callable[..., Supervisor]
 
@@ -82,6 +84,57 @@ def test_a_batch_that_names_a_saga_twice_is_refused_whole(make_sup: Make) -> Non
         client.spawn(S.InstantSaga(), durable=True)  # logged after anything taken before
     logged, _ = read_log(sup)
     assert [it.saga_id for it in items if it.saga_id in logged] == []
+
+
+def test_a_batch_too_large_for_one_frame_goes_in_parts_and_starts_whole(
+        make_sup: Make, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a client's frames are at most 16 MiB (about 150,000 small sagas): here
+    # 64 KiB, so that a batch of N takes several parts
+    monkeypatch.setattr(core_mod, "MAX_FRAME", 64 << 10)
+    sup = make_sup()
+    with SagaClient(sup.data_dir) as client:
+        sent = record_requests(client.core)
+        ids = client.spawn_many([S.InstantSaga() for _ in range(N)], durable=True)
+        assert sent.count("SpawnBatch") > 2, sent
+        logged, _ = read_log(sup)
+        assert [i for i in ids if i not in logged] == []
+        assert all(client.wait(i, 30).completed for i in ids)
+    ours = sup.spawn_many([S.InstantSaga() for _ in range(N)])  # (the process engine's
+    assert all(sup.wait(i, 30).completed for i in ours)          # facade is a client)
+
+
+def _send_parts(client: SagaClient, *parts: tuple[list[rq.SpawnItem], object, bool]
+                ) -> Future:
+    """A batch's parts, as a client sends them, each part's fields given
+    (items, watch, more): the answer to the batch."""
+    core, answer = client.core, Future()
+    req = core.next_req()
+    core.pending[req] = answer
+    for items, watch, more in parts:
+        core.send(rq.SpawnBatch(req, items, watch, more),  # type: ignore[arg-type]
+                  spawned=tuple(it.saga_id for it in items))
+    return answer
+
+
+def test_a_batch_in_parts_is_refused_whole(make_sup: Make) -> None:
+    sup = make_sup()
+    with SagaClient(sup.data_dir) as client:
+        assert client.wait(client.spawn(S.InstantSaga()), 30).completed  # the class is in
+        twice = client.core.prepare([S.InstantSaga() for _ in range(6)], None)
+        # a saga in two parts: seen once the batch is whole, and none starts
+        answer = _send_parts(client, (twice[:3], False, True),
+                             (twice[3:] + twice[:1], False, False))
+        with pytest.raises(ValueError, match="appears twice in the batch"):
+            answer.result(10)
+        # a part refused on its way: the batch is refused once, its rest dropped
+        broken = client.core.prepare([S.InstantSaga() for _ in range(6)], None)
+        answer = _send_parts(client, (broken[:2], "yes", True), (broken[2:4], False, True),
+                             (broken[4:], False, False))
+        with pytest.raises(ValueError, match="watch has type str"):
+            answer.result(10)
+        client.spawn(S.InstantSaga(), durable=True)  # logged after anything taken before
+    logged, _ = read_log(sup)
+    assert [it.saga_id for it in twice + broken if it.saga_id in logged] == []
 
 
 # -- the slices themselves, on the engine's core (no workers, no host) ---------------------

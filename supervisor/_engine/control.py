@@ -346,11 +346,13 @@ class ControlServer:
         """Before the turn's commit: each client that sent spawns this turn
         is told, once they are committed, how many of its spawn requests
         are in the log (refused ones included), in the order it sent them."""
-        deferred = {c for c in self.unacked if c.deferred}  # told once all are started
+        # told once a large batch is started, and once a batch in parts is whole
+        later = {c for c in self.unacked
+                 if c.deferred or any(p is not None for p in c.parts.values())}
         for c in self.unacked:
-            if not c.deferred:
+            if c not in later:
                 self.turn.after.append(functools.partial(c.send, ("logged", c.spawns)))
-        self.unacked = deferred
+        self.unacked = later
 
     def _request(self, c: Conn, msg: tuple[Any, ...]) -> None:
         if msg[0] in rq.SPAWN_OPS:  # counted as sent, well-formed or not (see end_turn)
@@ -420,6 +422,8 @@ class ControlServer:
 
     def _refuse(self, c: Conn, msg: tuple[Any, ...], r: Refused) -> None:
         req = msg[1]
+        if msg[0] == "spawn_many":
+            self.spawns.refused(c, msg)
         if req == 0 and msg[0] == "spawn":  # a pipelined spawn: say which saga (read
             item = msg[2] if len(msg) > 2 else None  # raw: it may be too broken to decode)
             sid = item[0] if isinstance(item, tuple) and item else None

@@ -42,7 +42,8 @@ class Conn:
     """A SagaClient connection."""
 
     __slots__ = ("sock", "reader", "outbuf", "classes", "subscribed", "want_write", "closed",
-                 "spawns", "born", "spoke", "partial_since", "unheard", "deferred", "held")
+                 "spawns", "born", "spoke", "partial_since", "unheard", "deferred", "held",
+                 "parts")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -64,6 +65,8 @@ class Conn:
         # sent after it waits (`held`: read already; the rest in the socket)
         self.deferred = False
         self.held: list[bytes] = []
+        # batches it sends in parts, by request: the items so far (None: refused)
+        self.parts: dict[int, list[Any] | None] = {}
 
     def recv(self) -> bytes | None:
         """What the peer sent (b"" at its end or an error; None: nothing yet).

@@ -12,6 +12,12 @@ slice is started, the connection is *deferred*: nothing more it sent is
 taken (a cancel or a wait must not overtake the spawns before it), and it
 is not told that its spawns are logged.  The batch is answered at once:
 checked whole, it is accepted, and the inbox starts every request it took.
+
+A batch too large for one frame (16 MiB: ~150,000 small sagas) comes in
+parts with one request number, each but the last saying ``more``; the parts
+are kept until the last one comes, then taken as one batch.  A part refused
+(malformed, or past the segment's capacity) refuses the batch: its answer is
+sent once, and the parts after it are dropped.
 """
 
 from __future__ import annotations
@@ -82,10 +88,28 @@ class ClientSpawns:
 
     def spawn_many(self, c: Conn, rec: rq.SpawnBatch, resume: Callable[[Conn], None]
                    ) -> None:
-        """Every item checked first, then all started: all or none.  A large
-        batch of plain spawns defers `c` until its last slice is started
-        (then `resume` takes what `c` sent after it)."""
-        parsed = [self.checked(c, it) for it in rec.items]
+        """Every item checked first, then all started: all or none.  A batch
+        sent in parts is taken whole with its last part.  A large batch of
+        plain spawns defers `c` until its last slice is started (then
+        `resume` takes what `c` sent after it)."""
+        items = rec.items
+        if rec.more or rec.req in c.parts:
+            got = c.parts.get(rec.req, [])
+            if got is None:  # a part of it was refused, and so the batch (answered once)
+                if not rec.more:
+                    del c.parts[rec.req]
+                return
+            if rec.more:
+                if len(got) + len(items) > self.shared.capacity:
+                    c.parts[rec.req] = None
+                    raise Refused("ValueError", "the batch holds more sagas than the "
+                                  f"supervisor's capacity ({self.shared.capacity:,})")
+                c.parts[rec.req] = got
+                got.extend(items)
+                return
+            items = got + items
+            del c.parts[rec.req]
+        parsed = [self.checked(c, it) for it in items]
         if len({sid for sid, _, _ in parsed}) != len(parsed):
             raise Refused("ValueError", "a saga id appears twice in the batch")
         if self.post is None or len(parsed) <= self.slice_size or \
@@ -105,6 +129,14 @@ class ClientSpawns:
         # accepted, all of them: the inbox starts every request it took
         self.post(SpawnMany(ids, [spec for _, spec, _ in parsed], 0, started))
         self._started(c, rec, ids)
+
+    def refused(self, c: Conn, msg: tuple[Any, ...]) -> None:
+        """A spawn_many request (`msg`, as read) was refused: if more of its
+        batch is to come, that is dropped as it comes (refused once)."""
+        if len(msg) > 4 and msg[4] is True:
+            c.parts[msg[1]] = None
+        else:
+            c.parts.pop(msg[1], None)
 
     def _started(self, c: Conn, rec: rq.SpawnBatch, ids: list[Any]) -> None:
         if rec.watch:  # push the outcomes of these sagas

@@ -125,11 +125,13 @@ class ClientCore:
         return next(self._reqs)
 
     def send(self, rec: rq.Request, seal: bool = False,
-             spawned: tuple[int, ...] | None = None
+             spawned: tuple[int, ...] | None = None, body: bytes | None = None
              ) -> int:
-        """Send one request; for a spawn (`spawned`: its ids), its number
-        among this connection's spawn requests."""
-        body = rq.encode(rec)
+        """Send one request (`body`: encoded already); for a spawn
+        (`spawned`: its ids), its number among this connection's spawn
+        requests."""
+        if body is None:
+            body = rq.encode(rec)
         if len(body) > MAX_FRAME:
             raise SpawnError(f"the {rq.OP_OF[type(rec)]} request is {len(body):,} bytes, "
                              f"over the control socket's limit of {MAX_FRAME:,} bytes (a "
@@ -170,7 +172,12 @@ class ClientCore:
         req = next(self._reqs)
         self.pending[req] = result
         try:
-            self.send(make(req), spawned=spawned)
+            rec = make(req)
+            if isinstance(rec, rq.SpawnBatch):  # in parts, if one frame cannot hold it
+                for part, body in rq.batch_frames(rec, MAX_FRAME):
+                    self.send(part, spawned=tuple(it.saga_id for it in part.items), body=body)
+            else:
+                self.send(rec, spawned=spawned)
         except BaseException:
             self.pending.pop(req, None)
             raise

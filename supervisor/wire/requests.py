@@ -32,9 +32,10 @@ from supervisor.protocol import STATE_DICT, STATE_DILL
 from supervisor.wire.codec import new_record
 
 # 2: "hello" and "logged"; 3: a spawn's fields are one item, as in
-# spawn_many; 4: "publish" carries the event's saga id and step.  A client
+# spawn_many; 4: "publish" carries the event's saga id and step; 5: a
+# spawn_many too large for one frame comes in parts ("more").  A client
 # says its version first; a server that speaks another refuses it by name
-PROTOCOL = 4
+PROTOCOL = 5
 
 
 class BadRequest(Exception):
@@ -80,11 +81,14 @@ class Spawn(NamedTuple):
 
 
 class SpawnBatch(NamedTuple):
-    """Many sagas, all or none; `watch`: push their outcomes."""
+    """Many sagas, all or none; `watch`: push their outcomes.  A batch too
+    large for one frame is sent in parts with the same `req`, each but the
+    last saying `more`: the supervisor takes them as one batch."""
 
     req: int
     items: list[SpawnItem]
     watch: bool = False
+    more: bool = False
 
 
 class Cancel(NamedTuple):
@@ -155,9 +159,27 @@ def encode(rec: Request) -> bytes:
     if isinstance(rec, Spawn):  # (plain tuples on the wire: no class reference)
         return pickle.dumps(("spawn", rec.req, tuple(rec.item), rec.watch), protocol=5)
     if isinstance(rec, SpawnBatch):
-        return pickle.dumps(("spawn_many", rec.req, [tuple(i) for i in rec.items], rec.watch),
-                            protocol=5)
+        return pickle.dumps(("spawn_many", rec.req, [tuple(i) for i in rec.items], rec.watch,
+                             rec.more), protocol=5)
     return pickle.dumps((OP_OF[type(rec)], *rec), protocol=5)
+
+
+def batch_frames(rec: SpawnBatch, limit: int) -> list[tuple[SpawnBatch, bytes]]:
+    """`rec` as the requests that carry it, each with its encoded body: one,
+    or parts of it whose bodies fit in `limit` bytes (all but the last say
+    `more`).  One saga too large for a frame stays a part of one, over the
+    limit, for the sender to refuse."""
+    body = encode(rec)
+    if len(body) <= limit or len(rec.items) == 1:
+        return [(rec, body)]
+    items = rec.items
+    size = math.ceil(len(items) / max(2, math.ceil(len(body) / (limit * 0.75))))
+    out: list[tuple[SpawnBatch, bytes]] = []
+    for k in range(0, len(items), size):
+        out += batch_frames(rec._replace(items=items[k:k + size], more=True), limit)
+    last, _ = out[-1]
+    out[-1] = (last._replace(more=rec.more), encode(last._replace(more=rec.more)))
+    return out
 
 
 # -- reading one back, checked ------------------------------------------------------------
@@ -252,7 +274,7 @@ _CHECKS: dict[type[Any], Any] = {
     Hello: lambda r: _int(r.version, "version"),
     ShipClass: lambda r: (_int(r.class_id, "class id"), _of(r.blob, bytes, "blob")),
     Spawn: lambda r: _of(r.watch, bool, "watch"),
-    SpawnBatch: lambda r: _of(r.watch, bool, "watch"),
+    SpawnBatch: lambda r: (_of(r.watch, bool, "watch"), _of(r.more, bool, "more")),
     Cancel: lambda r: (_int(r.saga_id, "saga id", 1), _of(r.reason, str, "reason")),
     Wait: lambda r: _int(r.saga_id, "saga id", 1),
     Publish: _publish,
