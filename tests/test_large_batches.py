@@ -16,7 +16,7 @@ import pytest
 
 import supervisor.clients.core as core_mod
 import supervisor.wire.requests as rq
-from supervisor import SagaClient, SharedState, Supervisor
+from supervisor import SagaClient, SharedState, SpawnError, Supervisor
 from supervisor.common.future import Future
 from supervisor._engine.inbox import Inbox, SpawnMany, Stop
 from supervisor._engine.requests import Requests
@@ -101,6 +101,25 @@ def test_a_batch_too_large_for_one_frame_goes_in_parts_and_starts_whole(
         assert all(client.wait(i, 30).completed for i in ids)
     ours = sup.spawn_many([S.InstantSaga() for _ in range(N)])  # (the process engine's
     assert all(sup.wait(i, 30).completed for i in ours)          # facade is a client)
+
+
+def test_a_saga_that_cannot_be_encoded_late_in_a_batch_starts_none_of_it(
+        make_sup: Make) -> None:
+    sup = make_sup()
+    before = set(read_log(sup)[0])
+    with SagaClient(sup.data_dir) as client:
+        sent = record_requests(client.core)
+        batch = [S.InstantSaga() for _ in range(N)]
+        batch[N - 10] = S.UnpicklableSaga()  # in the third part: two are sent already
+        with pytest.raises(SpawnError, match="cannot be pickled"):
+            client.spawn_many(batch)
+        assert sent.count("SpawnBatch") == 3, sent  # two parts, then the abort
+        ids = client.spawn_many([S.InstantSaga() for _ in range(N)], durable=True)
+        assert all(client.wait(i, 30).completed for i in ids)
+    with pytest.raises(SpawnError, match="cannot be pickled"):
+        sup.spawn_many(batch)
+    logged, _ = read_log(sup)
+    assert set(logged) - before == set(ids)  # none of the two batches refused
 
 
 def _send_parts(client: SagaClient, *parts: tuple[list[rq.SpawnItem], object, bool]

@@ -13,11 +13,14 @@ taken (a cancel or a wait must not overtake the spawns before it), and it
 is not told that its spawns are logged.  The batch is answered at once:
 checked whole, it is accepted, and the inbox starts every request it took.
 
-A batch too large for one frame (16 MiB: ~150,000 small sagas) comes in
-parts with one request number, each but the last saying ``more``; the parts
-are kept until the last one comes, then taken as one batch.  A part refused
-(malformed, or past the segment's capacity) refuses the batch: its answer is
-sent once, and the parts after it are dropped.
+A client sends a batch in parts of 2,048 sagas with one request number,
+each but the last saying ``more``, each as soon as it is encoded (a part is
+also split when one frame, 16 MiB, cannot hold it): each part is checked as
+it comes, while the client encodes the next, and kept; with the last the
+batch is taken whole.  A part refused (malformed, past the segment's
+capacity) refuses the batch: its answer is sent once, and the parts after it
+are dropped; a last part that says ``abort`` (the client could not encode a
+saga) drops the batch unanswered.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ if TYPE_CHECKING:
     from supervisor.shmem.state import SharedState
 
 
+Checked = tuple[int, SagaSpec, str | None]  # a spawn item's saga id, spec and key
+
+
 class ClientSpawns:
     def __init__(self, life: Lifecycle, shared: SharedState, table: SagaTable, exits: Exits,
                  sagas: SagaOps, remote_waiters: RemoteWaiters,
@@ -55,7 +61,7 @@ class ClientSpawns:
         self.post = post  # into the engine's inbox (None: every batch starts at once)
         self.slice_size = slice_size
 
-    def checked(self, c: Conn, it: rq.SpawnItem) -> tuple[int, SagaSpec, str | None]:
+    def checked(self, c: Conn, it: rq.SpawnItem) -> Checked:
         """A spawn item's saga id (fresh), spec and key."""
         spec = spec_of(it, c.classes)
         sid = it.saga_id
@@ -92,24 +98,9 @@ class ClientSpawns:
         sent in parts is taken whole with its last part.  A large batch of
         plain spawns defers `c` until its last slice is started (then
         `resume` takes what `c` sent after it)."""
-        items = rec.items
-        if rec.more or rec.req in c.parts:
-            got = c.parts.get(rec.req, [])
-            if got is None:  # a part of it was refused, and so the batch (answered once)
-                if not rec.more:
-                    del c.parts[rec.req]
-                return
-            if rec.more:
-                if len(got) + len(items) > self.shared.capacity:
-                    c.parts[rec.req] = None
-                    raise Refused("ValueError", "the batch holds more sagas than the "
-                                  f"supervisor's capacity ({self.shared.capacity:,})")
-                c.parts[rec.req] = got
-                got.extend(items)
-                return
-            items = got + items
-            del c.parts[rec.req]
-        parsed = [self.checked(c, it) for it in items]
+        parsed = self._whole(c, rec)
+        if parsed is None:
+            return
         if len({sid for sid, _, _ in parsed}) != len(parsed):
             raise Refused("ValueError", "a saga id appears twice in the batch")
         if self.post is None or len(parsed) <= self.slice_size or \
@@ -129,6 +120,33 @@ class ClientSpawns:
         # accepted, all of them: the inbox starts every request it took
         self.post(SpawnMany(ids, [spec for _, spec, _ in parsed], 0, started))
         self._started(c, rec, ids)
+
+    def _whole(self, c: Conn, rec: rq.SpawnBatch) -> list[Checked] | None:
+        """The batch's items, checked: this request's, with those of the parts
+        before it (checked as they came); None while more is to come, and for
+        a batch refused already (answered once) or aborted by its client."""
+        req = rec.req
+        if not (rec.more or rec.abort or req in c.parts):
+            return [self.checked(c, it) for it in rec.items]
+        got = c.parts.get(req, [])
+        if got is None or rec.abort:
+            if not rec.more:
+                c.parts.pop(req, None)
+            return None
+        if len(got) + len(rec.items) > self.shared.capacity:
+            raise Refused("ValueError", "the batch holds more sagas than the supervisor's "
+                          f"capacity ({self.shared.capacity:,})")
+        before = len(got)
+        got += [self.checked(c, it) for it in rec.items]
+        if rec.more:
+            c.parts[req] = got
+            return None
+        del c.parts[req]
+        live, exits = self.table.live, self.exits
+        for sid, _, _ in got[:before]:  # still fresh (another client may have sent it since)
+            if sid in live or exits.is_undecided(sid):
+                raise Refused("ValueError", f"saga id {sid!r} is not a fresh registered id")
+        return got
 
     def refused(self, c: Conn, msg: tuple[Any, ...]) -> None:
         """A spawn_many request (`msg`, as read) was refused: if more of its

@@ -55,12 +55,13 @@ class AsyncSagaClient:
     async def spawn_many(self, sagas: list[Saga], durable: bool = False) -> list[int]:
         """See :meth:`SagaClient.spawn_many`."""
         core = self.core
-        items = core.prepare(sagas, None)
-        ids = [it.saga_id for it in items]
-        core.expect(ids)
+        answer = AsyncResult(asyncio.get_running_loop())
+        req, ids = core.call_batch(list(sagas), answer)  # (abandoned if it cannot be sent)
         try:
-            got = list(await self._call(lambda req: rq.SpawnBatch(req, items, True),
-                                        spawned=tuple(ids)))
+            try:
+                got = list(await answer.result(30.0, "no answer to spawn_many within 30.0s"))
+            finally:
+                core.done(req)
             if durable:
                 await asyncio.to_thread(core.await_logged, core.spawns_sent)
             return got

@@ -83,12 +83,15 @@ class SagaClient:
         """Spawn many sagas in one request: their ids, in order (all or none
         start); with `durable`, once they are in the log."""
         core = self.core
-        items = core.prepare(sagas, None)
-        ids = [it.saga_id for it in items]
-        core.expect(ids)
+        answer = Future()
+        req, ids = core.call_batch(list(sagas), answer)  # (abandoned if it cannot be sent)
         try:
-            got = list(self._call(lambda req: rq.SpawnBatch(req, items, True),
-                                     spawned=tuple(ids)))
+            try:
+                got = list(answer.result(30.0))
+            except TimeoutError:
+                raise TimeoutError("no answer to spawn_many within 30.0s") from None
+            finally:
+                core.done(req)
             if durable:
                 core.await_logged(core.spawns_sent)
             return got

@@ -42,6 +42,10 @@ from supervisor.shmem.state import SharedState
 from supervisor.wire.codec import dump_class, encode_saga, new_record
 from supervisor.wire.ship import error_of
 
+# sagas a part of spawn_many's request: sent as soon as it is encoded, while
+# the supervisor checks the one before (the loop's slice, too)
+BATCH_PART = 2048
+
 PENDING: Any = object()  # a saga spawned here whose outcome is not pushed yet
 
 
@@ -172,12 +176,7 @@ class ClientCore:
         req = next(self._reqs)
         self.pending[req] = result
         try:
-            rec = make(req)
-            if isinstance(rec, rq.SpawnBatch):  # in parts, if one frame cannot hold it
-                for part, body in rq.batch_frames(rec, MAX_FRAME):
-                    self.send(part, spawned=tuple(it.saga_id for it in part.items), body=body)
-            else:
-                self.send(rec, spawned=spawned)
+            self.send(make(req), spawned=spawned)
         except BaseException:
             self.pending.pop(req, None)
             raise
@@ -185,6 +184,37 @@ class ClientCore:
 
     def done(self, req: int) -> None:
         self.pending.pop(req, None)
+
+    def call_batch(self, sagas: list[Saga], result: Any) -> tuple[int, list[int]]:
+        """``spawn_many``'s request, in parts of :data:`BATCH_PART` sagas, each
+        sent as soon as it is encoded (the supervisor checks one while this
+        encodes the next; it starts none before the last): the request's
+        number, whose answer is set on `result`, and the sagas' ids.  A saga
+        that cannot be encoded aborts the batch (none starts), and is raised."""
+        req = next(self._reqs)
+        self.pending[req] = result
+        ids: list[int] = []
+        sent = False
+        try:
+            for k in range(0, len(sagas), BATCH_PART) if sagas else [0]:
+                items = self.prepare(sagas[k:k + BATCH_PART], None)
+                part_ids = [it.saga_id for it in items]
+                ids += part_ids
+                self.expect(part_ids)
+                rec = rq.SpawnBatch(req, items, True, k + BATCH_PART < len(sagas))
+                for part, body in rq.batch_frames(rec, MAX_FRAME):  # (over a frame: split)
+                    self.send(part, spawned=tuple(it.saga_id for it in part.items), body=body)
+                    sent = True
+        except BaseException as exc:
+            self.pending.pop(req, None)
+            if sent:
+                try:  # what was sent is dropped there, unstarted
+                    # (a spawn request all the same: counted on both sides, see "logged")
+                    self.send(rq.SpawnBatch(req, [], True, False, True), spawned=())
+                except BaseException:
+                    pass  # (the connection is gone: so are the parts it held)
+            self.abandon(ids, exc)
+        return req, ids
 
     # -- spawning --------------------------------------------------------------------
 

@@ -81,14 +81,17 @@ class Spawn(NamedTuple):
 
 
 class SpawnBatch(NamedTuple):
-    """Many sagas, all or none; `watch`: push their outcomes.  A batch too
-    large for one frame is sent in parts with the same `req`, each but the
-    last saying `more`: the supervisor takes them as one batch."""
+    """Many sagas, all or none; `watch`: push their outcomes.  A batch may
+    come in parts with the same `req`, each but the last saying `more`: the
+    supervisor takes them as one batch with the last.  A last part that says
+    `abort` (the client could not encode the rest) drops the parts before
+    it, unanswered."""
 
     req: int
     items: list[SpawnItem]
     watch: bool = False
     more: bool = False
+    abort: bool = False
 
 
 class Cancel(NamedTuple):
@@ -160,7 +163,7 @@ def encode(rec: Request) -> bytes:
         return pickle.dumps(("spawn", rec.req, tuple(rec.item), rec.watch), protocol=5)
     if isinstance(rec, SpawnBatch):
         return pickle.dumps(("spawn_many", rec.req, [tuple(i) for i in rec.items], rec.watch,
-                             rec.more), protocol=5)
+                             rec.more, rec.abort), protocol=5)
     return pickle.dumps((OP_OF[type(rec)], *rec), protocol=5)
 
 
@@ -274,7 +277,8 @@ _CHECKS: dict[type[Any], Any] = {
     Hello: lambda r: _int(r.version, "version"),
     ShipClass: lambda r: (_int(r.class_id, "class id"), _of(r.blob, bytes, "blob")),
     Spawn: lambda r: _of(r.watch, bool, "watch"),
-    SpawnBatch: lambda r: (_of(r.watch, bool, "watch"), _of(r.more, bool, "more")),
+    SpawnBatch: lambda r: (_of(r.watch, bool, "watch"), _of(r.more, bool, "more"),
+                           _of(r.abort, bool, "abort")),
     Cancel: lambda r: (_int(r.saga_id, "saga id", 1), _of(r.reason, str, "reason")),
     Wait: lambda r: _int(r.saga_id, "saga id", 1),
     Publish: _publish,
