@@ -151,9 +151,14 @@ def test_a_batch_in_parts_is_refused_whole(make_sup: Make) -> None:
                              (broken[4:], False, False))
         with pytest.raises(ValueError, match="watch has type str"):
             answer.result(10)
+        # a part whose `more` is not a bool: refused, and the parts after it too
+        odd = client.core.prepare([S.InstantSaga() for _ in range(4)], None)
+        answer = _send_parts(client, (odd[:2], False, "yes"), (odd[2:], False, False))
+        with pytest.raises(ValueError, match="more has type str"):
+            answer.result(10)
         client.spawn(S.InstantSaga(), durable=True)  # logged after anything taken before
     logged, _ = read_log(sup)
-    assert [it.saga_id for it in twice + broken if it.saga_id in logged] == []
+    assert [it.saga_id for it in twice + broken + odd if it.saga_id in logged] == []
 
 
 # -- the slices themselves, on the engine's core (no workers, no host) ---------------------

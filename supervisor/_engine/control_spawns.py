@@ -133,9 +133,10 @@ class ClientSpawns:
             if not rec.more:
                 c.parts.pop(req, None)
             return None
-        if len(got) + len(rec.items) > self.shared.capacity:
-            raise Refused("ValueError", "the batch holds more sagas than the supervisor's "
-                          f"capacity ({self.shared.capacity:,})")
+        held = sum(len(p) for p in c.parts.values() if p)  # (its other batches' too)
+        if held + len(rec.items) > self.shared.capacity:
+            raise Refused("ValueError", "the batches this client is sending hold more sagas "
+                          f"than the supervisor's capacity ({self.shared.capacity:,})")
         before = len(got)
         got += [self.checked(c, it) for it in rec.items]
         if rec.more:
@@ -151,7 +152,7 @@ class ClientSpawns:
     def refused(self, c: Conn, msg: tuple[Any, ...]) -> None:
         """A spawn_many request (`msg`, as read) was refused: if more of its
         batch is to come, that is dropped as it comes (refused once)."""
-        if len(msg) > 4 and msg[4] is True:
+        if len(msg) > 4 and msg[4] is not False:  # (more, or a malformed `more`)
             c.parts[msg[1]] = None
         else:
             c.parts.pop(msg[1], None)
