@@ -80,8 +80,9 @@ class SagaClient:
         return core.spawned(sid, got)
 
     def spawn_many(self, sagas: list[Saga], durable: bool = False) -> list[int]:
-        """Spawn many sagas in one request: their ids, in order (all or none
-        start); with `durable`, once they are in the log."""
+        """Spawn many sagas as one batch: their ids, in order (all or none
+        start; sent in parts of 2,048 as they are encoded, taken whole with
+        the last); with `durable`, once they are in the log."""
         core = self.core
         answer = Future()
         req, ids = core.call_batch(list(sagas), answer)  # (abandoned if it cannot be sent)
