@@ -65,10 +65,15 @@ class ClientSpawns:
         """A spawn item's saga id (fresh), spec and key."""
         spec = spec_of(it, c.classes)
         sid = it.saga_id
-        if sid in self.table.live or self.exits.is_undecided(sid) or \
-                self.shared.state(sid) != "live":
-            raise Refused("ValueError", f"saga id {sid!r} is not a fresh registered id")
+        if self.shared.state(sid) != "live":
+            raise _not_fresh(sid)
+        self.still_fresh(sid)
         return sid, spec, it.key
+
+    def still_fresh(self, sid: int) -> None:
+        """Refuse `sid` if a saga of it started, or was accepted, already."""
+        if sid in self.table.live or self.exits.is_undecided(sid):
+            raise _not_fresh(sid)
 
     def start(self, sid: int, spec: SagaSpec, key: str | None) -> int:
         self.exits.expect(sid)
@@ -143,10 +148,8 @@ class ClientSpawns:
             c.parts[req] = got
             return None
         del c.parts[req]
-        live, exits = self.table.live, self.exits
-        for sid, _, _ in got[:before]:  # still fresh (another client may have sent it since)
-            if sid in live or exits.is_undecided(sid):
-                raise Refused("ValueError", f"saga id {sid!r} is not a fresh registered id")
+        for sid, _, _ in got[:before]:  # (another client may have sent it since)
+            self.still_fresh(sid)
         return got
 
     def refused(self, c: Conn, msg: tuple[Any, ...]) -> None:
@@ -162,3 +165,7 @@ class ClientSpawns:
             for sid in ids:
                 self.remote_waiters.add(sid, c)
         c.send(("ok", rec.req, ids))
+
+
+def _not_fresh(sid: int) -> Refused:
+    return Refused("ValueError", f"saga id {sid!r} is not a fresh registered id")
