@@ -18,7 +18,7 @@ from supervisor.store.checkpoint import Checkpointer
 from supervisor.store.sqlite import PAGE_SIZE, SagaLog
 
 from . import sagas as S
-from .conftest import read_log, wait_for
+from .conftest import HOST_ARGV as HOST, read_log, wait_for
 
 
 def _db(d: Path) -> Path:
@@ -254,3 +254,43 @@ def test_a_failed_commit_leaves_none_of_its_batch_and_the_next_one_commits(
         assert log.saga(3) is not None and log.saga(2) is None
     finally:
         log.close()
+
+
+def test_a_version_6_log_keeps_its_steps_when_they_move_to_a_rowid_table(
+        tmp_path: Path) -> None:
+    """v7 rebuilds ``saga_step`` as a rowid table with a unique index on
+    (saga_id, step_index): every column of every step is kept, a step is
+    still unique per saga, and a saga left running with a pending step is
+    ended at start with that step closed, through the new index."""
+    from supervisor.store.schema import MIGRATIONS, SCHEMA_VERSION
+
+    db = _db(tmp_path)
+    conn = apsw.Connection(str(db))
+    for v in range(1, 7):
+        conn.execute(MIGRATIONS[v])
+    conn.execute("PRAGMA user_version=6")
+    conn.execute("INSERT INTO saga(saga_id, name, state, started_at, ended_at) VALUES "
+                 "(7, 'k', 'failed', 1.0, 3.0), (8, 'k', 'running', 4.0, NULL)")
+    steps = [(7, 1, "a", "compensated", '{"op":"a"}', "host", 1.0, 1.5, '{"ok":1}', None,
+              '{"undo":1}', 2),
+             (7, 2, "b", "failed", '{"op":"b"}', "worker", 2.0, 2.5, None, "no", None, 1),
+             (8, 1, "c", "pending", '{"op":"c"}', "host", 4.0, None, None, None, None, 1)]
+    conn.executemany("INSERT INTO saga_step VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", steps)
+    conn.close()
+    log = SagaLog(db)
+    assert log.conn.execute("PRAGMA user_version").fetchall()[0][0] == SCHEMA_VERSION == 7
+    cols = ("saga_id", "step_index", "name", "state", "cmd_json", "target", "started_at",
+            "ended_at", "output_json", "failure_reason", "compensation_json", "attempt")
+    got = [tuple(r[c] for c in cols) for sid in (7, 8) for r in log.steps(sid)]
+    assert got == steps
+    with pytest.raises(apsw.ConstraintError):  # still one row a step
+        log.conn.execute("INSERT INTO saga_step(saga_id, step_index, name, state, target, "
+                         "started_at) VALUES (7, 2, 'again', 'pending', 'host', 9.0)")
+    log.close()
+    with Supervisor(tmp_path, workers=1, host=HOST) as sup:  # kind 'k' is unknown: failed
+        assert sup.wait(8, 10).failed
+        sid = sup.spawn(S.EchoSaga(steps=3))  # new steps land beside the old ones
+        assert sup.wait(sid, 10).completed
+    _, by_saga = read_log(db)
+    assert by_saga[8][0]["state"] == "failed"  # the pending step, closed at its end
+    assert [s["state"] for s in by_saga[sid]] == ["succeeded"] * 3

@@ -7,7 +7,7 @@ writes them in one transaction, before anything of that turn becomes visible
 ``synchronous=NORMAL`` (default: survives a process crash, may lose the last
 commits on power loss) or ``FULL`` (fsync per commit).
 
-Schema (version 6, migrated in place through ``pragma user_version``): the
+Schema (version 7, migrated in place through ``pragma user_version``): the
 ``saga`` and ``saga_step`` tables (see ``docs/architecture.md``), plus
 ``compensation_json`` on steps (v1), ``saga_meta`` holding the ids'
 high-water mark (v2), ``saga.idem_key`` with a unique index (v3), step
@@ -15,7 +15,8 @@ retries (v4: ``saga_step.attempt`` and one ``saga_step_attempt`` row per
 ended attempt of a retried step), and per-kind queues (v5: the ``queued`` saga state, with
 ``queued_at`` and ``queue_seq``, the queue's durable FIFO order), and the
 record of which ids were handed out (v6: ``saga_run`` and the purges'
-cutoff, see :mod:`supervisor.store.read`).
+cutoff, see :mod:`supervisor.store.read`), and steps in a rowid table in the
+order they were issued, with a unique index on (saga_id, step_index) (v7).
 
 The ids' high-water mark (``saga_meta.next_id``) is kept ahead of every id
 handed out: :meth:`SagaLog.begin_run` writes it before the segment exists,
