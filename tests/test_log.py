@@ -294,3 +294,64 @@ def test_a_version_6_log_keeps_its_steps_when_they_move_to_a_rowid_table(
     _, by_saga = read_log(db)
     assert by_saga[8][0]["state"] == "failed"  # the pending step, closed at its end
     assert [s["state"] for s in by_saga[sid]] == ["succeeded"] * 3
+
+
+def test_an_upgrade_on_a_full_disk_is_refused_by_name_and_keeps_the_old_log(
+        tmp_path: Path) -> None:
+    """v7 rebuilds the steps table, which needs room for a second copy of
+    it: on a disk without that room the start fails with a LogError naming
+    the file, the log stays at version 6 with every step, and once there is
+    room the upgrade goes through."""
+    import os
+    import subprocess
+
+    from supervisor.store.schema import MIGRATIONS
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mount.stderr.strip()}")
+    try:
+        db = _db(mnt / "d")
+        conn = apsw.Connection(str(db))
+        conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        for v in range(1, 7):
+            conn.execute(MIGRATIONS[v])
+        conn.execute("PRAGMA user_version=6")
+        with conn:
+            conn.executemany("INSERT INTO saga(saga_id, name, state, started_at, ended_at) "
+                             "VALUES (?, 'k', 'completed', 1.0, 2.0)",
+                             [(i,) for i in range(1, 2001)])
+            conn.executemany("INSERT INTO saga_step(saga_id, step_index, name, state, "
+                             "cmd_json, target, started_at, ended_at, output_json) VALUES "
+                             "(?, ?, 'echo', 'succeeded', ?, 'host', 1.0, 1.5, ?)",
+                             [(i, k, '{"op":"echo","pad":"%s"}' % ("x" * 200), '{"i":%d}' % k)
+                              for i in range(1, 2001) for k in (1, 2, 3)])
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+        with open(mnt / "filler", "wb", buffering=0) as f:  # leave less than a copy's room
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+            except OSError:
+                pass
+        os.truncate(mnt / "filler", os.path.getsize(mnt / "filler") - 256 * 1024)
+        with pytest.raises(LogError, match="sagas.db") as err:
+            Supervisor(mnt / "d", workers=1).start()
+        assert "upgrade the log from schema version 6 to 7" in str(err.value)
+        assert "full" in str(err.value).lower()
+        os.unlink(mnt / "filler")
+        check = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+        assert check.execute("PRAGMA user_version").fetchall()[0][0] == 6
+        assert check.execute("SELECT count(*) FROM saga_step").fetchall()[0][0] == 6000
+        check.close()
+        log = SagaLog(db)  # room again: upgraded, nothing lost
+        assert log.conn.execute("PRAGMA user_version").fetchall()[0][0] == 7
+        assert log.conn.execute("SELECT count(*) FROM saga_step").fetchall()[0][0] == 6000
+        assert [s["output_json"] for s in log.steps(2000)] == ['{"i":1}', '{"i":2}', '{"i":3}']
+        log.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

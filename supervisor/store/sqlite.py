@@ -164,6 +164,7 @@ class SagaLog:
             raise LogError(self.path, f"cannot open: {exc}") from exc
         self._ident = self._file_ident()
         self._checkpointer: Checkpointer | None = None
+        self._doing = "prepare the log"  # (what failed, for the error: see _setup)
         try:
             self._setup()
             if background_checkpoint:
@@ -175,7 +176,7 @@ class SagaLog:
                                   f"database ({exc}); move it aside and start again") from exc
         except apsw.Error as exc:
             self.conn.close()
-            raise LogError(self.path, f"cannot prepare the log: {exc}") from exc
+            raise LogError(self.path, f"cannot {self._doing}: {exc}") from exc
 
     def _setup(self) -> None:
         c = self.conn
@@ -206,9 +207,12 @@ class SagaLog:
                 raise LogError(self.path, "holds tables but no saga-log schema version: "
                                "it is not a saga log")
         for target in range(version + 1, SCHEMA_VERSION + 1):
+            self._doing = (f"upgrade the log from schema version {target - 1} to {target} "
+                           f"(it was left at {target - 1})")
             with c:
                 c.execute(_MIGRATIONS[target])
                 c.execute(f"PRAGMA user_version={target}")
+        self._doing = "prepare the log"
         # quick structural check, so a damaged file fails here and not mid-run
         c.execute("SELECT max(saga_id) FROM saga").fetchall()
 
