@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -317,3 +319,29 @@ def record_requests(core: Any) -> list[str]:
 
     core.send = noted
     return sent
+
+
+@contextlib.contextmanager
+def small_disk(where: "Path", size: str) -> Iterator["Path"]:
+    """A tmpfs of `size` (mount's ``size=``) mounted at `where` for the block,
+    unmounted after: a real disk that fills up.  Skips the test where this
+    machine does not let it mount one."""
+    where.mkdir(parents=True, exist_ok=True)
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                            str(where)], capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mount.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def fill_disk(path: "Path", block: int = 65536) -> None:
+    """Write `path` until its disk is full (in blocks of `block` bytes)."""
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * block)
+        except OSError:
+            pass

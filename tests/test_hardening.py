@@ -151,29 +151,17 @@ def test_log_deleted_while_running_stops_with_a_named_error(make_sup: Make,
 
 def test_disk_full_is_a_named_error_and_loses_nothing_committed(tmp_path: Path) -> None:
     import os
-    import subprocess
 
     from supervisor import LogError, NotRunningError, SupervisorError
 
-    from .conftest import HOST_ARGV, wait_for
+    from .conftest import HOST_ARGV, fill_disk, small_disk, wait_for
 
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
-                           capture_output=True, text=True)
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mount.stderr.strip()}")
-    try:
+    with small_disk(tmp_path / "small", "4m") as mnt:
         data = mnt / "d"
         sup = Supervisor(data, workers=1, host=HOST_ARGV).start()
         done = [sup.spawn(S.EchoSaga(i)) for i in range(20)]
         assert all(sup.wait(i, 30).completed for i in done)
-        with open(mnt / "filler", "wb", buffering=0) as f:  # take every free block
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-            except OSError:
-                pass
+        fill_disk(mnt / "filler")  # take every free block
         big = "x" * 60_000
         for _ in range(200):
             try:
@@ -184,12 +172,7 @@ def test_disk_full_is_a_named_error_and_loses_nothing_committed(tmp_path: Path) 
         assert isinstance(sup.error, LogError) and "full" in str(sup.error).lower()
         assert str(sup.db_path) in str(sup.error)
         sup.stop()
-        with open(mnt / "filler2", "wb", buffering=0) as f:  # what the stop freed (the WAL)
-            try:
-                while True:
-                    f.write(b"\0" * 4096)
-            except OSError:
-                pass
+        fill_disk(mnt / "filler2", 4096)  # what the stop freed (the WAL)
         with pytest.raises(SupervisorError):  # restarting on the still-full disk
             Supervisor(data, workers=1).start()
         os.unlink(mnt / "filler")
@@ -199,8 +182,6 @@ def test_disk_full_is_a_named_error_and_loses_nothing_committed(tmp_path: Path) 
         sagas, steps = read_log(data / "db" / "sagas.db")
         assert all(r["state"] != "running" for r in sagas.values())
         assert all(st["state"] != "pending" for v in steps.values() for st in v)
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def test_a_stray_length_prefix_is_a_stalled_stream_not_silence(make_sup: Make,

@@ -18,7 +18,7 @@ from supervisor.store.checkpoint import Checkpointer
 from supervisor.store.sqlite import PAGE_SIZE, SagaLog
 
 from . import sagas as S
-from .conftest import HOST_ARGV as HOST, read_log, wait_for
+from .conftest import HOST_ARGV as HOST, fill_disk, read_log, small_disk, wait_for
 
 
 def _db(d: Path) -> Path:
@@ -303,17 +303,10 @@ def test_an_upgrade_on_a_full_disk_is_refused_by_name_and_keeps_the_old_log(
     the file, the log stays at version 6 with every step, and once there is
     room the upgrade goes through."""
     import os
-    import subprocess
 
     from supervisor.store.schema import MIGRATIONS
 
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
-                           capture_output=True, text=True)
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mount.stderr.strip()}")
-    try:
+    with small_disk(tmp_path / "small", "8m") as mnt:
         db = _db(mnt / "d")
         conn = apsw.Connection(str(db))
         conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
@@ -332,12 +325,7 @@ def test_an_upgrade_on_a_full_disk_is_refused_by_name_and_keeps_the_old_log(
                               for i in range(1, 2001) for k in (1, 2, 3)])
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
-        with open(mnt / "filler", "wb", buffering=0) as f:  # leave less than a copy's room
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-            except OSError:
-                pass
+        fill_disk(mnt / "filler")  # then leave less than a copy's room
         os.truncate(mnt / "filler", os.path.getsize(mnt / "filler") - 256 * 1024)
         with pytest.raises(LogError, match="sagas.db") as err:
             Supervisor(mnt / "d", workers=1).start()
@@ -353,5 +341,3 @@ def test_an_upgrade_on_a_full_disk_is_refused_by_name_and_keeps_the_old_log(
         assert log.conn.execute("SELECT count(*) FROM saga_step").fetchall()[0][0] == 6000
         assert [s["output_json"] for s in log.steps(2000)] == ['{"i":1}', '{"i":2}', '{"i":3}']
         log.close()
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
