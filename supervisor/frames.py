@@ -18,11 +18,10 @@ event for the bus).
 
 from __future__ import annotations
 
-import json
 import struct
 from typing import Any
 
-from supervisor.common.jsontext import is_one_json_value
+from supervisor.common.jsontext import is_one_json_value, loads as json_loads
 from supervisor.errors import SupervisorError
 
 MAX_FRAME = 16 * 1024 * 1024
@@ -164,7 +163,7 @@ def json_object_text(payload: bytes, what: str) -> str:
 
 def decode_json_object(payload: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(payload)
+        value = json_loads(payload)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise FrameError(f"{what} payload is not valid JSON: {type(exc).__name__}: "
                          f"{str(exc)[:200]}", fatal=False) from None

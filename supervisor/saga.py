@@ -141,6 +141,29 @@ class Event:
     version: int = 0
 
 
+def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Any, ...]:
+    return tuple(cls.__dict__[n].__set__ for n in names)
+
+
+_EVENT_SET = _slot_setters(Event, ("kind", "data", "saga_id", "step", "version"))
+
+
+def new_event(kind: str, data: Any, saga_id: int | None, step: int | None,
+              version: int) -> Event:
+    """An :class:`Event` built at ~half the cost of calling the class (a frozen
+    dataclass sets each field through ``object.__setattr__``): once a step in
+    a worker, once an event on the bus.  Trusted callers only: nothing is
+    checked."""
+    ev = object.__new__(Event)
+    set_kind, set_data, set_sid, set_step, set_version = _EVENT_SET
+    set_kind(ev, kind)
+    set_data(ev, data)
+    set_sid(ev, saga_id)
+    set_step(ev, step)
+    set_version(ev, version)
+    return ev
+
+
 @dataclass(frozen=True, slots=True)
 class SagaContext:
     """Passed to every saga callback."""

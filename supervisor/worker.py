@@ -24,6 +24,7 @@ from typing import Any
 
 import dill
 
+from supervisor.common.jsontext import loads as json_loads
 from supervisor.wire.codec import class_facts, compact_json
 from supervisor.frames import READ_SIZE, FrameReader, frame
 from supervisor.protocol import HEARTBEAT_EVERY, STATE_DICT, Act, Op, cmd_last, kept_after_last
@@ -38,6 +39,7 @@ from supervisor.saga import (
     StepInfo,
     Target,
     Wait,
+    new_event,
 )
 from supervisor.shmem.state import SharedState
 
@@ -207,7 +209,7 @@ class WorkerState:
         raw = msg[3]
         if msg[4]:  # raw host payload: {"kind": ..., "data": ...}
             try:
-                obj = json.loads(raw)
+                obj = json_loads(raw)
                 kind, data = str(obj.get("kind")), obj.get("data")
             except (ValueError, AttributeError, RecursionError) as exc:
                 # the awaiting saga sees it and decides (most fail on it)
@@ -217,7 +219,7 @@ class WorkerState:
         else:
             kind, data = msg[2], raw
             consumed = ""
-        event = Event(kind, data, msg[5], msg[6], msg[7])
+        event = new_event(kind, data, msg[5], msg[6], msg[7])
         try:
             action = saga.on_event(event, ctx)
         except Exception as exc:  # user code: fail the saga, not the worker

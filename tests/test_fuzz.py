@@ -221,3 +221,48 @@ def test_control_request_fuzz(fuzz: _Fuzz, msgs: list[Any]) -> None:
     fuzz.parts.end_turn()
     assert saga.saga_id not in fuzz.parts.table.live
     assert fuzz.shared.in_flight() == len(fuzz.parts.table)
+
+
+def _outcome(f: Any, data: Any) -> tuple[str, Any]:
+    try:
+        return "value", f(data)
+    except Exception as exc:  # the same exception type, whichever decoder
+        return "error", type(exc).__name__
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=_json_values, before=st.sampled_from(["", " ", "\n", "\ufeff"]),
+       after=st.sampled_from(["", " ", "x", "}", "\n", "1"]),
+       as_bytes=st.booleans(), encoding=st.sampled_from(["utf-8", "utf-16"]))
+def test_the_fast_json_decoder_answers_what_json_loads_answers(
+        value: Any, before: str, after: str, as_bytes: bool, encoding: str) -> None:
+    """The workers decode every host answer with jsontext.loads, json's C
+    scanner called directly: on any text, or its bytes in any encoding
+    json.loads takes, it returns what json.loads returns or raises the same
+    error type (so a saga sees the same event or the same 'undecodable')."""
+    from supervisor.common.jsontext import loads
+
+    text = before + json.dumps(value) + after
+    data: Any = text.encode(encoding) if as_bytes else text
+    assert _outcome(loads, data) == _outcome(json.loads, data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=64))
+def test_the_fast_json_decoder_on_arbitrary_bytes(data: bytes) -> None:
+    from supervisor.common.jsontext import loads
+
+    assert _outcome(loads, data) == _outcome(json.loads, data)
+
+
+def test_the_fast_json_decoder_on_what_nests_too_deep() -> None:
+    from supervisor.common.jsontext import loads
+
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert _outcome(loads, deep) == _outcome(json.loads, deep) == ("error", "RecursionError")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 
 import dill
+import pytest
 
 import supervisor
 from supervisor import SharedState, worker as W
@@ -97,3 +98,21 @@ def test_a_saga_is_forgotten_once_it_issued_its_last_step_unless_it_may_hear_mor
     (act,) = ws.handle([(Op.START, sid, 4, state, "last_step")])
     assert act[:3] == (Op.ACT, sid, Act.FAILED)
     assert act[3] == "invalid action from start: IssueCmd last must be a bool, got 1"
+
+
+def test_an_event_built_fast_is_the_event_the_class_builds() -> None:
+    """Workers and the bus build events with saga.new_event (the fields set
+    directly, not through the frozen dataclass's __init__): the same value,
+    hash, repr and pickle, and still frozen."""
+    import dataclasses
+
+    from supervisor.saga import Event, new_event
+
+    fast, slow = new_event("echo", {"n": 1}, 7, 2, 9), Event("echo", {"n": 1}, 7, 2, 9)
+    assert fast == slow and repr(fast) == repr(slow)
+    assert hash(new_event("k", 1, None, None, 0)) == hash(Event("k", 1))
+    assert pickle.loads(pickle.dumps(fast)) == slow
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.kind = "other"  # type: ignore[misc]
+    assert [f.name for f in dataclasses.fields(Event)] == ["kind", "data", "saga_id", "step",
+                                                           "version"]  # new_event's order

@@ -20,7 +20,7 @@ from supervisor._engine.records import NAME_ONLY, RUNNING, BusEvent, Lifecycle, 
 from supervisor._engine.sagas import SagaOps, event_msg
 from supervisor._engine.table import SagaTable
 from supervisor.errors import SupervisorError
-from supervisor.saga import LIFECYCLE_KINDS, SAGA_SPAWN_FAILED, Event, Saga
+from supervisor.saga import LIFECYCLE_KINDS, SAGA_SPAWN_FAILED, Event, Saga, new_event
 from supervisor.shmem.state import SharedState
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class Bus:
                 continue  # nobody looks: the version is spent, no object is built
             if step is NAME_ONLY:
                 data, step = {"name": data}, None
-            ev = Event(kind, data, saga_id, step, version)
+            ev = new_event(kind, data, saga_id, step, version)
             for s in subs:
                 if not s.put(ev):
                     self.stats["subscriber_errors"] += 1

