@@ -239,9 +239,10 @@ _json_values = st.recursive(
 @settings(max_examples=400, deadline=None)
 @given(value=_json_values, before=st.sampled_from(["", " ", "\n", "\ufeff"]),
        after=st.sampled_from(["", " ", "x", "}", "\n", "1"]),
-       as_bytes=st.booleans(), encoding=st.sampled_from(["utf-8", "utf-16"]))
+       as_bytes=st.sampled_from([None, bytes, bytearray]),
+       encoding=st.sampled_from(["utf-8", "utf-16"]))
 def test_the_fast_json_decoder_answers_what_json_loads_answers(
-        value: Any, before: str, after: str, as_bytes: bool, encoding: str) -> None:
+        value: Any, before: str, after: str, as_bytes: Any, encoding: str) -> None:
     """The workers decode every host answer with jsontext.loads, json's C
     scanner called directly: on any text, or its bytes in any encoding
     json.loads takes, it returns what json.loads returns or raises the same
@@ -249,7 +250,7 @@ def test_the_fast_json_decoder_answers_what_json_loads_answers(
     from supervisor.common.jsontext import loads
 
     text = before + json.dumps(value) + after
-    data: Any = text.encode(encoding) if as_bytes else text
+    data: Any = as_bytes(text.encode(encoding)) if as_bytes else text
     assert _outcome(loads, data) == _outcome(json.loads, data)
 
 
