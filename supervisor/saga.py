@@ -141,11 +141,8 @@ class Event:
     version: int = 0
 
 
-def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Any, ...]:
-    return tuple(cls.__dict__[n].__set__ for n in names)
-
-
-_EVENT_SET = _slot_setters(Event, ("kind", "data", "saga_id", "step", "version"))
+_EVENT_SET = tuple(Event.__dict__[n].__set__  # the slots' own setters
+                   for n in ("kind", "data", "saga_id", "step", "version"))
 
 
 def new_event(kind: str, data: Any, saga_id: int | None, step: int | None,
