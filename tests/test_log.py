@@ -257,7 +257,7 @@ def test_a_failed_commit_leaves_none_of_its_batch_and_the_next_one_commits(
 
 
 def test_a_version_6_log_keeps_its_steps_when_they_move_to_a_rowid_table(
-        tmp_path: Path) -> None:
+        tmp_path: Path, engine: str) -> None:
     """v7 rebuilds ``saga_step`` as a rowid table with a unique index on
     (saga_id, step_index): every column of every step is kept, a step is
     still unique per saga, and a saga left running with a pending step is
@@ -287,7 +287,7 @@ def test_a_version_6_log_keeps_its_steps_when_they_move_to_a_rowid_table(
         log.conn.execute("INSERT INTO saga_step(saga_id, step_index, name, state, target, "
                          "started_at) VALUES (7, 2, 'again', 'pending', 'host', 9.0)")
     log.close()
-    with Supervisor(tmp_path, workers=1, host=HOST) as sup:  # kind 'k' is unknown: failed
+    with Supervisor(tmp_path, workers=1, host=HOST, engine=engine) as sup:  # 'k': unknown
         assert sup.wait(8, 10).failed
         sid = sup.spawn(S.EchoSaga(steps=3))  # new steps land beside the old ones
         assert sup.wait(sid, 10).completed
@@ -297,7 +297,7 @@ def test_a_version_6_log_keeps_its_steps_when_they_move_to_a_rowid_table(
 
 
 def test_an_upgrade_on_a_full_disk_is_refused_by_name_and_keeps_the_old_log(
-        tmp_path: Path) -> None:
+        tmp_path: Path, engine: str) -> None:
     """v7 rebuilds the steps table, which needs room for a second copy of
     it: on a disk without that room the start fails with a LogError naming
     the file, the log stays at version 6 with every step, and once there is
@@ -328,7 +328,7 @@ def test_an_upgrade_on_a_full_disk_is_refused_by_name_and_keeps_the_old_log(
         fill_disk(mnt / "filler")  # then leave less than a copy's room
         os.truncate(mnt / "filler", os.path.getsize(mnt / "filler") - 256 * 1024)
         with pytest.raises(LogError, match="sagas.db") as err:
-            Supervisor(mnt / "d", workers=1).start()
+            Supervisor(mnt / "d", workers=1, engine=engine).start()
         assert "upgrade the log from schema version 6 to 7" in str(err.value)
         assert "full" in str(err.value).lower()
         os.unlink(mnt / "filler")
