@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from bench._cpu import CpuSplit
 from supervisor import SAGA_COMPLETED, Supervisor
 from supervisor.frames import T_CMD, FrameReader, host_frame
 from tests.sagas import EchoSaga
@@ -203,10 +204,13 @@ def _latency(benchmark: Any, data_dir: Path, engine: str, store: str, rate: int,
                     spawned[sid] = t
                 assert done.wait(60)
 
-            th = threading.Thread(target=listen)
-            th.start()
-            benchmark.pedantic(offer, rounds=1, iterations=1)
-            th.join(60)
+            commits = sup.stats["commits"]
+            with CpuSplit() as cpu:
+                th = threading.Thread(target=listen)
+                th.start()
+                benchmark.pedantic(offer, rounds=1, iterations=1)
+                th.join(60)
+            commits = sup.stats["commits"] - commits
             sub.close()
     lat = sorted(ended[sid] - t for sid, t in spawned.items())
     median = statistics.median(lat)
@@ -219,16 +223,22 @@ def _latency(benchmark: Any, data_dir: Path, engine: str, store: str, rate: int,
         if ended[sid] - t > 3 * median:
             w = int((t - first) * 10)
             slow[w] = slow.get(w, 0) + 1
+    # what a saga costs at this load, against bench/test_scaling.py's peak:
+    # CPU by process, each one's share of a core, and log commits a saga
+    costs = {"cpu_us_per_saga": cpu.per_saga_us(total),
+             "launcher_threads_us_per_saga": cpu.threads_per_saga_us(total),
+             "cores_busy": cpu.busy(), "commits_per_saga": round(commits / total, 2)}
     benchmark.extra_info.update(worker_fill=fill, last_step=last,
                                 latency_median_ms=round(median * 1e3, 3),
                                 latency_p99_ms=round(p99 * 1e3, 3), offered_per_s=rate,
-                                p99_over_p50=round(p99 / median, 2), slow_by_100ms=slow)
+                                p99_over_p50=round(p99 / median, 2), slow_by_100ms=slow,
+                                **costs)
     print(json.dumps({"engine": engine, "store": store, "rate": rate, "worker_fill": fill,
                       "last_step": last,
                       "latency_median_ms": round(median * 1e3, 3),
                       "latency_p99_ms": round(p99 * 1e3, 3),
                       "p99_over_p50": round(p99 / median, 2),
-                      "slow_by_100ms": dict(sorted(slow.items()))}))
+                      "slow_by_100ms": dict(sorted(slow.items())), **costs}))
 
 
 def test_sagas_with_metrics(benchmark: Any, data_dir: Path) -> None:

@@ -2,7 +2,9 @@
 process spent per saga (psutil), so that the curve names the next bottleneck.
 
 Run: ``python -m pytest bench/test_scaling.py -p no:cacheprovider -s``; the
-CPU split is printed and kept in ``extra_info`` (``--benchmark-json``), with
+CPU split (:mod:`bench._cpu`) is printed and kept in ``extra_info``
+(``--benchmark-json``): per saga by process, each process's share of a core
+and the machine's share of its cores at the peak (``cores_busy``), with
 this launcher's split by thread (with the thread engine: the loop, the log
 writer, the checkpointer, and the caller, ``MainThread``), and this
 launcher's garbage collections by generation (count, and wall time a saga).
@@ -22,14 +24,13 @@ from __future__ import annotations
 import gc
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
+from bench._cpu import CpuSplit
 from supervisor import Supervisor
 from tests.sagas import EchoSaga
 
@@ -41,36 +42,6 @@ def _batch(sup: Supervisor, n: int, last: bool = False) -> None:
     ids = sup.spawn_many([EchoSaga(i, last=last) for i in range(n)])
     for sid in ids:
         assert sup.wait(sid, 120).completed
-
-
-def _cpu(p: psutil.Process) -> float:
-    t = p.cpu_times()
-    return float(t.user + t.system)
-
-
-def _threads() -> dict[str, float]:
-    """CPU seconds of this process's threads, by name (the thread engine's
-    loop, log writer and checkpointer, and the caller: MainThread)."""
-    names = {t.native_id: t.name for t in threading.enumerate()}
-    out: dict[str, float] = {}
-    for t in psutil.Process().threads():
-        name = names.get(t.id, "other")
-        out[name] = out.get(name, 0.0) + t.user_time + t.system_time
-    return out
-
-
-def _processes() -> dict[str, list[psutil.Process]]:
-    """This launcher, the supervisor process (if the engine has one), the
-    workers and the host, by their command lines."""
-    me = psutil.Process()
-    out: dict[str, list[psutil.Process]] = {"launcher": [me], "supervisor": [], "worker": [],
-                                            "host": []}
-    for c in me.children(recursive=True):
-        cmd = " ".join(c.cmdline())
-        role = "host" if "supervisor.host" in cmd else \
-            "supervisor" if "supervisor.facade.serve" in cmd else "worker"
-        out[role].append(c)
-    return out
 
 
 @pytest.mark.parametrize("workers", [1, 2, 4, 8])
@@ -130,26 +101,19 @@ def _measure(benchmark: Any, data_dir: Path, engine: str, workers: int, last: bo
     benchmark.extra_info["per"] = N
     with Supervisor(data_dir, workers=workers, host=HOST, engine=engine) as sup:
         _batch(sup, 500, last)
-        procs = _processes()
-        before = {k: sum(map(_cpu, v)) for k, v in procs.items() if v}
-        threads_before = _threads()
-        with _Collections() as collections:
+        with CpuSplit() as cpu, _Collections() as collections:
             benchmark.pedantic(_batch, args=(sup, N, last), rounds=3, iterations=1)
-        after = {k: sum(map(_cpu, v)) for k, v in procs.items() if v}
-        threads_after = _threads()
-    per_saga_us = {k: round((after[k] - before[k]) / (3 * N) * 1e6, 1) for k in before}
-    launcher_threads_us = {k: round((v - threads_before.get(k, 0.0)) / (3 * N) * 1e6, 1)
-                           for k, v in threads_after.items()
-                           if v - threads_before.get(k, 0.0) > 0}
+    per_saga_us = cpu.per_saga_us(3 * N)
+    launcher_threads_us = cpu.threads_per_saga_us(3 * N)
     gc_us = {f"gen{g}": [n, round(sec / (3 * N) * 1e6, 2)]
              for g, (n, sec) in collections.by_gen.items()}
     benchmark.extra_info.update(rate=N / benchmark.stats.stats.median,
-                                cpu_us_per_saga=per_saga_us, cores=psutil.cpu_count(),
+                                cpu_us_per_saga=per_saga_us, cores_busy=cpu.busy(),
                                 launcher_threads_us_per_saga=launcher_threads_us,
                                 launcher_gc_collections_us_per_saga=gc_us)
     print(json.dumps({"engine": engine, "workers": workers, "last": last,
                       "rate": round(N / benchmark.stats.stats.median),
-                      "cpu_us_per_saga": per_saga_us,
+                      "cpu_us_per_saga": per_saga_us, "cores_busy": cpu.busy(),
                       "launcher_threads_us_per_saga": launcher_threads_us,
                       "launcher_gc_collections_us_per_saga": gc_us}))
 
