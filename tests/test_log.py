@@ -256,6 +256,42 @@ def test_a_failed_commit_leaves_none_of_its_batch_and_the_next_one_commits(
         log.close()
 
 
+@pytest.mark.parametrize("sup_store", ["sqlite", "postgres"])
+@pytest.mark.parametrize("ends", [1, 2, 17])
+def test_a_commit_ends_each_saga_and_step_it_names_and_no_other(
+        tmp_path: Path, store_log: str | None, ends: int) -> None:
+    """A commit's ends land on the rows they name, one end or many: SQLite
+    writes one end with a statement of its own and more with one statement
+    of many rows (17: a chunk of 16, then one more)."""
+    log = open_store(store_log, DataDir(tmp_path), "normal")
+    try:
+        n = ends + 2  # two more that stay running
+        start = Batch()
+        start.sagas = [(i, "k", 1.0, None) for i in range(1, n + 1)]
+        start.steps = [(i, 0, "s", '{"i":%d}' % i, "host", 1.0) for i in range(1, n + 1)]
+        log.commit(start)
+        end = Batch()
+        end.step_ends = [("succeeded", 2.0, '{"out":%d}' % i, None, i, 0)
+                         for i in range(1, ends + 1)]
+        end.saga_ends = [("completed" if i % 2 else "failed", 3.0, None if i % 2 else f"r{i}", i)
+                         for i in range(1, ends + 1)]
+        log.commit(end)
+        for i in range(1, n + 1):
+            saga, (step,) = log.saga(i), log.steps(i)
+            assert saga is not None
+            if i > ends:
+                assert (saga["state"], saga["ended_at"], step["state"]) == \
+                    ("running", None, "pending")
+                continue
+            assert (saga["state"], saga["ended_at"], saga["failure_reason"]) == \
+                (("completed", 3.0, None) if i % 2 else ("failed", 3.0, f"r{i}"))
+            assert (step["state"], step["ended_at"], step["output_json"]) == \
+                ("succeeded", 2.0, '{"out":%d}' % i)
+        assert log.outcome(1) == ("completed", None)
+    finally:
+        log.close()
+
+
 def test_a_version_6_log_keeps_its_steps_when_they_move_to_a_rowid_table(
         tmp_path: Path, engine: str) -> None:
     """v7 rebuilds ``saga_step`` as a rowid table with a unique index on

@@ -88,6 +88,18 @@ _MULTI: dict[str, tuple[str, str, str, int]] = {
                  "failure_reason = v.column3 FROM (VALUES ", "(?,?,?,?)",
                  ") AS v WHERE saga.saga_id = v.column4", 4),
 }
+# One end of a kind in a commit, common below the peak, takes a one-row
+# UPDATE: the UPDATE ... FROM of a one-row VALUES list is planned as a
+# subquery SQLite materializes first ("MATERIALIZE v"), and a commit of one
+# saga's start and another's end cost 45-100 us of CPU with it, 36-38 with
+# these; at 3,000 sagas/s the loop's commits 83-85 us a saga against 97-102
+# (docs/performance.md).  The parameters come in the same order.
+_ONE_ROW = {
+    "end_step": ("UPDATE OR ROLLBACK saga_step SET state = ?, ended_at = ?, output_json = ?, "
+                 "failure_reason = ? WHERE saga_id = ? AND step_index = ?"),
+    "end_saga": ("UPDATE OR ROLLBACK saga SET state = ?, ended_at = ?, failure_reason = ? "
+                 "WHERE saga_id = ?"),
+}
 PAGE_SIZE = 2048  # bytes, for a new log file (see _setup)
 _EXACT = 16  # up to this many rows, one statement of their very size
 _CACHED = 256  # prepared statements kept (the hot ones: 4 kinds x 21 sizes, and the rest)
@@ -246,12 +258,15 @@ class SagaLog:
         # 135); past it, chunks of power-of-two sizes.  So 21 distinct
         # statements a kind exist, and all stay prepared in apsw's cache.
         c = self.conn
+        one = _ONE_ROW.get(name)
         i, n = 0, len(rows)
         while i < n:
             left = n - i
             size = left if left <= _EXACT else 1 << min(left.bit_length() - 1, _MAX_SHIFT[name])
-            chunk = rows[i:i + size]
-            c.execute(_sql(name, size), list(_flat(chunk)))
+            if size == 1 and one is not None:
+                c.execute(one, rows[i])
+            else:
+                c.execute(_sql(name, size), list(_flat(rows[i:i + size])))
             i += size
 
     def commit(self, batch: Batch) -> None:
