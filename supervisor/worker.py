@@ -50,6 +50,11 @@ ACT, COMPS, HEARTBEAT, READY, REPLAYED, ACK = (
 A_CMD, A_WAIT, A_DONE, A_FAILED = Act.CMD, Act.WAIT, Act.DONE, Act.FAILED
 
 
+# a target's number and its step name (a command without "op"), looked up
+# once a step instead of int() and name.lower() (0.37 us)
+_TARGETS = {t: (int(t), t.name.lower()) for t in Target}
+
+
 def describe_exc(where: str, exc: BaseException) -> str:
     return f"exception in {where}: {type(exc).__name__}: {exc}"
 
@@ -71,13 +76,16 @@ def encode_action(action: Any, where: str) -> tuple[int, Any]:
             why = "it contains itself" if isinstance(exc, RecursionError) else str(exc)
             return A_FAILED, f"invalid action from {where}: command is not JSON-encodable: {why}"
         cmd = action.command
-        step_name = str(cmd.get("op", target.name.lower())) if isinstance(cmd, dict) \
-            else target.name.lower()
+        code, step_name = _TARGETS[target]
+        if isinstance(cmd, dict):
+            op = cmd.get("op", cmd)  # (the dict itself: no "op" key)
+            if op is not cmd:
+                step_name = op if type(op) is str else str(op)
         last = action.last
         if last is not False and last is not True:
             return A_FAILED, f"invalid action from {where}: IssueCmd last must be a bool, " \
                 f"got {last!r:.100}"
-        arg = (int(target), cmd_json, step_name[:200])
+        arg = (code, cmd_json, step_name[:200])
         policy = None
         if action.retry is not None or action.step_timeout is not None:
             policy = retry_policy(action.retry, action.step_timeout)
