@@ -110,7 +110,7 @@ class IssueCmd:
                  step_timeout: float | None = None, last: bool = False) -> None:
         # the slots' own setters, as the generated __init__ would do it but
         # without object.__setattr__ once a field (that cost 1.1 us a
-        # command, once a step in a worker; this ~0.4)
+        # command, once a step in a worker; this 0.5)
         set_target, set_command, set_retry, set_timeout, set_last = _ISSUE_SET
         set_target(self, target)
         set_command(self, command)

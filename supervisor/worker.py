@@ -50,8 +50,8 @@ ACT, COMPS, HEARTBEAT, READY, REPLAYED, ACK = (
 A_CMD, A_WAIT, A_DONE, A_FAILED = Act.CMD, Act.WAIT, Act.DONE, Act.FAILED
 
 
-# a target's number and its step name (a command without "op"), looked up
-# once a step instead of int() and name.lower() (0.37 us)
+# a target's number and its step name (for a command without "op"), looked
+# up once a step instead of int() and name.lower() on the enum
 _TARGETS = {t: (int(t), t.name.lower()) for t in Target}
 
 
