@@ -119,8 +119,13 @@ class IssueCmd:
         set_last(self, last)
 
 
-_ISSUE_SET = tuple(IssueCmd.__dict__[n].__set__  # the slots' own setters
-                   for n in ("target", "command", "retry", "step_timeout", "last"))
+def _slot_setters(cls: type, *names: str) -> tuple[Any, ...]:
+    """The setters of `cls`'s slots `names`, in order: a frozen dataclass's
+    fields set without ``object.__setattr__`` (trusted constructors only)."""
+    return tuple(cls.__dict__[n].__set__ for n in names)
+
+
+_ISSUE_SET = _slot_setters(IssueCmd, "target", "command", "retry", "step_timeout", "last")
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +162,7 @@ class Event:
     version: int = 0
 
 
-_EVENT_SET = tuple(Event.__dict__[n].__set__  # the slots' own setters
-                   for n in ("kind", "data", "saga_id", "step", "version"))
+_EVENT_SET = _slot_setters(Event, "kind", "data", "saga_id", "step", "version")
 
 
 def new_event(kind: str, data: Any, saga_id: int | None, step: int | None,
