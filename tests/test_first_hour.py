@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -234,6 +235,63 @@ def test_ctrl_c_stops_the_demo_quietly(tmp_path: Path, engine: str) -> None:
     assert [ln for ln in err.splitlines() if ln.startswith("interrupted:")]
     wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE
                              for p in family), timeout=30, what="no process left")
+
+
+_STORMED = """
+import json, signal, sys
+from supervisor import Supervisor
+from tests.sagas import InstantSaga
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, lambda *_: None)  # this launcher takes its Ctrl-Cs
+    print("go", flush=True)
+    sys.stdin.readline()
+    with Supervisor(sys.argv[1], workers=2, engine=sys.argv[2]) as sup:
+        print("up", flush=True)
+        sys.stdin.readline()  # the storm is over
+        ids = [sup.spawn(InstantSaga()) for _ in range(20)]
+        done = sum(sup.wait(sid, 60).completed for sid in ids)
+        print(json.dumps({"completed": done,
+                          "restarts": sup.health()["stats"]["worker_restarts"]}), flush=True)
+"""
+
+
+def test_ctrl_c_while_the_workers_start_is_the_launchers_alone(tmp_path: Path,
+                                                              engine: str) -> None:
+    """A terminal's Ctrl-C reaches the whole process group, workers that are
+    still importing included: none may die of it (multiprocess's resource
+    tracker, started with the first worker, once unblocked SIGINT for it)."""
+    script = tmp_path / "stormed.py"
+    script.write_text(textwrap.dedent(_STORMED))
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "d"), engine],
+                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdout.readline() == "go\n"
+    over = threading.Event()
+
+    def storm() -> None:  # a Ctrl-C every 2 ms until the supervisor is up
+        while not over.is_set():
+            os.killpg(proc.pid, signal.SIGINT)
+            over.wait(0.002)
+
+    stormer = threading.Thread(target=storm)
+    stormer.start()
+    try:
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        up = proc.stdout.readline()
+    finally:
+        over.set()
+        stormer.join()
+    try:
+        assert up == "up\n", proc.communicate(timeout=60)[1][-3000:]
+        out, err = proc.communicate("\n", timeout=120)
+    finally:
+        proc.kill()
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert json.loads(out) == {"completed": 20, "restarts": 0}
 
 
 _LAUNCHER = """

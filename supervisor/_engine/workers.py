@@ -69,6 +69,19 @@ class Death(NamedTuple):
     later: bool  # a replacement starts after a backoff: adopt its sagas then
 
 
+def _start_helpers(mp: Any) -> None:
+    """Start multiprocess's resource tracker, which a spawn or forkserver
+    start needs, before the caller blocks SIGINT: the tracker's own start
+    ends by unblocking SIGINT in the calling thread, and a worker started
+    then would be born able to die of a Ctrl-C while it imports.  (A fork
+    server, started by the first start, is then born with SIGINT blocked and
+    forks workers that are too.)"""
+    if mp.get_start_method() in ("spawn", "forkserver"):
+        from multiprocess import resource_tracker
+
+        resource_tracker.ensure_running()
+
+
 class WorkerPool:
     def __init__(self, settings: Settings, mp: Any, sel: selectors.BaseSelector,
                  shm_name: str, registry: ClassRegistry, stats: Stats, life: Lifecycle,
@@ -110,7 +123,10 @@ class WorkerPool:
                           args=(index, self.shm_name, in_r, out_w), daemon=True)
         # a terminal's Ctrl-C goes to the whole process group: the worker is
         # born with SIGINT blocked (the mask survives fork and exec) and
-        # ignores it from then on; the launcher stops its workers itself
+        # ignores it from then on; the launcher stops its workers itself.
+        # (multiprocess's resource tracker is started first: its start
+        # unblocks SIGINT in this thread)
+        _start_helpers(mp)
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             proc.start()
