@@ -237,12 +237,17 @@ class ReferenceHost:
         proc.send_signal(signal.SIGTERM)
         self.event(saga_id, step, "echo", {"pid": pid, "signal": "SIGTERM"})
 
-    def close(self) -> None:
-        for proc in list(self._children.values()):
+    async def close(self) -> None:
+        """Kill the children still running and reap them while the event
+        loop runs (reaped after it closed, asyncio warns of each on stderr)."""
+        procs = list(self._children.values())
+        for proc in procs:
             try:
                 proc.kill()
             except ProcessLookupError:
                 pass
+        if procs:
+            await asyncio.wait([asyncio.ensure_future(p.wait()) for p in procs], timeout=5.0)
 
 
 async def _main(in_fd: int, out_fd: int,
@@ -283,7 +288,7 @@ async def _main(in_fd: int, out_fd: int,
         return int(await done)
     finally:
         transport.close()
-        host.close()
+        await host.close()
 
 
 def main() -> None:

@@ -6,17 +6,20 @@ commands at once.  Both engines."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import psutil
 import pytest
 
 from supervisor import HostStartError, Supervisor
+from supervisor.frames import T_CMD, T_EVENT, FrameReader, host_frame, parse_host
 
 from . import sagas as S
-from .conftest import wait_for
+from .conftest import HOST_ARGV, wait_for
 
 _DYING = "import sys; sys.stderr.write('boom: no config file\\n'); sys.exit(3)"
 
@@ -102,3 +105,29 @@ def test_a_flapping_host_backs_off_then_is_reported_down(tmp_path: Path,
     assert len(starts) == 4  # the first life, then max_restarts restarts
     gaps = [b - a for a, b in zip(starts[1:], starts[2:])]
     assert gaps[0] >= 0.1 and gaps[1] >= 0.2  # backoff, doubling
+
+
+def test_the_reference_host_closed_with_a_child_running_reaps_it_quietly() -> None:
+    """stdin's end with a `run` child alive: the host kills and reaps it,
+    exits 0, and writes nothing to stderr (asyncio once warned there of a
+    child reaped after the host's event loop had closed: a race, so rounds)."""
+    for _ in range(8):
+        host = subprocess.Popen(HOST_ARGV, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        assert host.stdin is not None and host.stdout is not None
+        run = {"op": "run", "argv": [sys.executable, "-c", "import time; time.sleep(120)"]}
+        host.stdin.write(host_frame(T_CMD, 1, 1, json.dumps(run).encode()))
+        host.stdin.flush()
+        reader = FrameReader()
+        got: list[bytes] = []
+        while not got:
+            got = reader.feed(os.read(host.stdout.fileno(), 1 << 16))
+        kind, _sid, _step, payload = parse_host(got[0])
+        assert kind == T_EVENT and json.loads(payload)["kind"] == "started"
+        child = psutil.Process(json.loads(payload)["data"]["pid"])
+        host.stdin.close()
+        assert host.wait(30) == 0
+        assert host.stderr is not None and host.stderr.read() == b""
+        host.stdout.close()
+        host.stderr.close()
+        assert not child.is_running()
