@@ -69,6 +69,31 @@ def test_every_method_returns_the_same_type_on_both_engines(tmp_path: Path, engi
     assert sup.wait(sid, 1).completed  # once stopped: read from the log, on both engines
 
 
+def test_health_and_stats_answer_before_start_and_after_stop_on_both_engines(
+        tmp_path: Path, engine: str) -> None:
+    """What a launcher reads after its `with` block is the run's last word
+    (the process engine's supervisor process reports it as it exits); a call
+    that needs a running supervisor names itself and the state."""
+    sup = Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine)
+    before = sup.health()
+    assert before["healthy"] is False and before["supervisor"]["state"] == "new"
+    assert sup.stats["spawned"] == 0 and sup.in_flight() == 0
+    with sup:
+        ids = sup.spawn_many([S.EchoSaga(i) for i in range(7)])
+        assert all(sup.wait(sid, 30).completed for sid in ids)
+    after = sup.health()
+    assert after["healthy"] is False and after["supervisor"]["state"] == "stopped"
+    assert after["workers"] == [] and after["host"] is None
+    assert sup.stats["spawned"] == 7 and sup.stats["completed"] == 7
+    assert sup.in_flight() == 0
+    for verb, call in [("spawn", lambda: sup.spawn(S.InstantSaga())),
+                       ("spawn", lambda: sup.spawn_many([S.InstantSaga()])),
+                       ("cancel", lambda: sup.cancel(ids[0])),
+                       ("publish", lambda: sup.publish(Event("tick", 1)))]:
+        with pytest.raises(NotRunningError, match=f"^cannot {verb}: the supervisor is stopped$"):
+            call()
+
+
 def test_arguments_are_checked_once_for_both_engines(tmp_path: Path, engine: str) -> None:
     for bad, why in [(dict(workers=0), "workers"), (dict(orphan="sometimes"), "orphan"),
                      (dict(durability="maybe"), "durability"), (dict(engine="fiber"), "engine")]:

@@ -87,6 +87,7 @@ class ProcessLink:
         self._info: dict[str, Any] = {}
         self._crash: BaseException | None = None
         self._crash_lock = threading.Lock()
+        self._final: dict[str, Any] | None = None  # its health report once stopped
         self._wrote_health = False
         # subscriber callbacks run here, in the launcher: their errors are
         # counted here and added to the engine's stats["subscriber_errors"]
@@ -127,7 +128,7 @@ class ProcessLink:
             if self._crash is None:
                 last = ""
                 while line := self._line(0.0):
-                    last = line
+                    last = self._status(line)
                 word, _, rest = last.partition(" ")
                 self._crash = named_error(rest) if word == "crashed" else self._died()
         return self._crash
@@ -144,7 +145,7 @@ class ProcessLink:
             self._registered.append(reg)
             return
         blob = ship(type(reg).__name__, reg)
-        self._do(lambda c: c.register(blob))
+        self._do("register", lambda c: c.register(blob))
 
     def _clock_moved(self) -> None:
         client, clock = self._client, self._clock
@@ -219,6 +220,19 @@ class ProcessLink:
         if self._clock is not None:  # its advances go to the supervisor process's mirror
             self._clock.attach(self._clock_moved)
 
+    def _status(self, line: str) -> str:
+        """Take a status line of the stopping supervisor process: its final
+        health report is kept for health() and stats once it is gone."""
+        word, _, rest = line.partition(" ")
+        if word == "final":
+            try:
+                final = json.loads(rest)
+                final["supervisor"]["alive"] = False  # (it says this as it exits)
+                self._final = final
+            except (ValueError, TypeError, KeyError):
+                pass
+        return line
+
     def _line(self, timeout: float) -> str:
         """The supervisor process's next status line ('' at EOF or timeout)."""
         assert self._proc is not None and self._proc.stdout is not None
@@ -260,6 +274,8 @@ class ProcessLink:
             proc.kill()
             proc.wait()
         if proc.stdout is not None:
+            for line in proc.stdout.read().decode("utf-8", "replace").splitlines():
+                self._status(line)
             proc.stdout.close()
         self._state = "stopped"
         if self._wrote_health:  # the launcher's word on a crash: gone with its stop
@@ -293,39 +309,39 @@ class ProcessLink:
                                    f"({how}): the sagas it logged are recovered at its next "
                                    "start", unconfirmed)
 
-    def _api(self) -> SagaClient:
+    def _api(self, verb: str) -> SagaClient:
         if self._client is None or self._state != "running":
-            raise NotRunningError(f"the supervisor is {self.state}")
+            raise NotRunningError(f"cannot {verb}: the supervisor is {self.state}")
         return self._client
 
-    def _do(self, fn: Callable[[SagaClient], Any]) -> Any:
+    def _do(self, verb: str, fn: Callable[[SagaClient], Any]) -> Any:
         try:
-            return fn(self._api())
+            return fn(self._api(verb))
         except (NotRunningError, OSError) as exc:
             raise self._gone(exc) from exc
 
     def spawn(self, saga: Saga, key: str | None, durable: bool) -> int:
-        return int(self._do(lambda c: c.spawn(saga, key, durable)))
+        return int(self._do("spawn", lambda c: c.spawn(saga, key, durable)))
 
     def spawn_many(self, sagas: list[Saga], durable: bool) -> list[int]:
-        return list(self._do(lambda c: c.spawn_many(sagas, durable)))
+        return list(self._do("spawn", lambda c: c.spawn_many(sagas, durable)))
 
     def wait(self, saga_id: int, timeout: float | None) -> Outcome | None:
         if self._state in ("stopped", "stopping"):
             return None  # the facade reads the log
-        out: Outcome = self._do(lambda c: c.wait(saga_id, timeout))
+        out: Outcome = self._do("wait", lambda c: c.wait(saga_id, timeout))
         return out
 
     def cancel(self, saga_id: int, reason: str, timeout: float) -> bool:
-        return bool(self._do(lambda c: c.cancel(saga_id, reason, timeout=timeout)))
+        return bool(self._do("cancel", lambda c: c.cancel(saga_id, reason, timeout=timeout)))
 
     def publish(self, event: Event) -> None:
-        self._do(lambda c: c.publish(event))
+        self._do("publish", lambda c: c.publish(event))
 
     def _async(self) -> AsyncSagaClient:
         """A connection for the running event loop (one per loop: its answers
         are handed to that loop)."""
-        self._api()
+        self._api("wait")
         loop = asyncio.get_running_loop()
         if self._aclient is None or self._aloop is not loop:
             if self._aclient is not None:
@@ -347,7 +363,7 @@ class ProcessLink:
     def subscribe(self, callback: Callable[[Event], Any] | None) -> Subscription:
         """On a connection of its own; a callback runs on a thread of this
         (the launcher's) process (one that raises is logged; the stream goes on)."""
-        self._api()
+        self._api("subscribe")
         try:
             c = SagaClient(self.paths.root)
         except (NotRunningError, OSError) as exc:
@@ -362,8 +378,24 @@ class ProcessLink:
     # -- looking at it ------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        report: dict[str, Any] = self._do(lambda c: c.health())
+        """Fetched while it runs; once stopped, the supervisor process's last
+        report (made after its stop); before start, a report of nothing yet."""
+        if self._state != "running" or self.state != "running":
+            return self._report_when_not_running()
+        report: dict[str, Any] = self._do("read health", lambda c: c.health())
         return report
+
+    def _report_when_not_running(self) -> dict[str, Any]:
+        if self._final is not None:
+            return self._final
+        state = self.state
+        crash = self.error
+        return {"healthy": False, "time": time.time(), "workers": [], "host": None,
+                "stats": dict(Stats()), "kinds": {}, "queued": 0, "queued_by_kind": {},
+                "oldest_in_flight_s": None,
+                "problems": [f"stopped: {type(crash).__name__}: {crash}"] if crash else [],
+                "supervisor": {"pid": self._proc.pid if self._proc is not None else None,
+                               "state": state, "sagas_in_flight": 0, "engine": "process"}}
 
     def stats(self) -> dict[str, int]:
         """A snapshot of the engine's counters, fetched."""
@@ -376,4 +408,4 @@ class ProcessLink:
         return int(self.health()["supervisor"]["sagas_in_flight"])
 
     def metrics(self) -> str:
-        return str(self._do(lambda c: c.metrics()))
+        return str(self._do("read metrics", lambda c: c.metrics()))

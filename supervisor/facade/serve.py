@@ -53,6 +53,17 @@ def _say(line: str) -> None:
         pass
 
 
+def _say_final(sup: ThreadLink) -> None:
+    """Our health report after the stop: the launcher's health() and stats
+    answer with it once this process is gone."""
+    try:
+        report = json.dumps(sup.health())
+    except Exception as exc:  # (no report is worth a failed stop)
+        log.warning("no final health report for the launcher: %s", exc)
+        return
+    _say("final " + report)
+
+
 def _build(cfg: dict[str, Any]) -> ThreadLink:
     settings = cfg["settings"]
     if cfg.get("clock") is not None:  # the launcher's test clock, mirrored here
@@ -171,6 +182,7 @@ def main() -> int:
         wake.clear()
         if sup.state != "running":  # stopped on its own
             sup.stop(False, 5.0, False)
+            _say_final(sup)
             _say(f"crashed {type(sup.error).__name__}: {sup.error}")
             return 1
         if not commands:
@@ -186,6 +198,7 @@ def main() -> int:
             suspend = orphan == "suspend"
             _take_what_was_sent(sup)
         sup.stop(drain, timeout, suspend)
+        _say_final(sup)
         _say("stopped")
         return 1 if sup.error is not None else 0
 

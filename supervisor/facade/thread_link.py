@@ -121,7 +121,10 @@ class ThreadLink:
                                f"{timeout}s") from None
 
     def publish(self, event: Event) -> None:
-        self.core.inbox.post(Publish(event))
+        core = self.core
+        if core.life.state != "running":
+            raise NotRunningError(f"cannot publish: the supervisor is {core.life.state}")
+        core.inbox.post(Publish(event))
 
     def subscribe(self, callback: Callable[[Event], Any] | None) -> Subscription:
         return self.core.exits.subscribe(callback)
