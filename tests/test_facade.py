@@ -74,7 +74,9 @@ def test_health_and_stats_answer_before_start_and_after_stop_on_both_engines(
     """What a launcher reads after its `with` block is the run's last word
     (the process engine's supervisor process reports it as it exits); a call
     that needs a running supervisor names itself and the state."""
-    sup = Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine)
+    sup = Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine, metrics_port=0)
+    with pytest.raises(NotRunningError, match="^cannot read metrics: the supervisor is new$"):
+        sup.metrics()
     before = sup.health()
     assert before["healthy"] is False and before["supervisor"]["state"] == "new"
     assert sup.stats["spawned"] == 0 and sup.in_flight() == 0
@@ -86,12 +88,18 @@ def test_health_and_stats_answer_before_start_and_after_stop_on_both_engines(
     assert after["workers"] == [] and after["host"] is None
     assert sup.stats["spawned"] == 7 and sup.stats["completed"] == 7
     assert sup.in_flight() == 0
+    assert "saga_completed_total 7" in sup.metrics().replace(".0", "")
     for verb, call in [("spawn", lambda: sup.spawn(S.InstantSaga())),
                        ("spawn", lambda: sup.spawn_many([S.InstantSaga()])),
                        ("cancel", lambda: sup.cancel(ids[0])),
-                       ("publish", lambda: sup.publish(Event("tick", 1)))]:
+                       ("publish", lambda: sup.publish(Event("tick", 1))),
+                       ("subscribe", lambda: sup.subscribe()),
+                       ("subscribe", lambda: sup.events(timeout=1))]:
         with pytest.raises(NotRunningError, match=f"^cannot {verb}: the supervisor is stopped$"):
             call()
+    with pytest.raises(NotRunningError, match="that is stopped"):
+        with sup:  # a stopped supervisor is not entered again as if it ran
+            pass
 
 
 def test_arguments_are_checked_once_for_both_engines(tmp_path: Path, engine: str) -> None:

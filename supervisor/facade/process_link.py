@@ -88,6 +88,7 @@ class ProcessLink:
         self._crash: BaseException | None = None
         self._crash_lock = threading.Lock()
         self._final: dict[str, Any] | None = None  # its health report once stopped
+        self._final_metrics: str | None = None  # and its metrics
         self._wrote_health = False
         # subscriber callbacks run here, in the launcher: their errors are
         # counted here and added to the engine's stats["subscriber_errors"]
@@ -231,6 +232,11 @@ class ProcessLink:
                 self._final = final
             except (ValueError, TypeError, KeyError):
                 pass
+        elif word == "final_metrics":
+            try:
+                self._final_metrics = str(json.loads(rest))
+            except ValueError:
+                pass
         return line
 
     def _line(self, timeout: float) -> str:
@@ -338,10 +344,10 @@ class ProcessLink:
     def publish(self, event: Event) -> None:
         self._do("publish", lambda c: c.publish(event))
 
-    def _async(self) -> AsyncSagaClient:
+    def _async(self, verb: str) -> AsyncSagaClient:
         """A connection for the running event loop (one per loop: its answers
         are handed to that loop)."""
-        self._api("wait")
+        self._api(verb)
         loop = asyncio.get_running_loop()
         if self._aclient is None or self._aloop is not loop:
             if self._aclient is not None:
@@ -353,12 +359,12 @@ class ProcessLink:
         if self._state in ("stopped", "stopping"):
             return None
         try:
-            return await self._async().wait(saga_id, timeout)
+            return await self._async("wait").wait(saga_id, timeout)
         except (NotRunningError, OSError) as exc:
             raise self._gone(exc) from exc
 
     def events_async(self, idle: float | None) -> AsyncIterator[Event]:
-        return self._async().events(idle)
+        return self._async("subscribe").events(idle)
 
     def subscribe(self, callback: Callable[[Event], Any] | None) -> Subscription:
         """On a connection of its own; a callback runs on a thread of this
@@ -408,4 +414,8 @@ class ProcessLink:
         return int(self.health()["supervisor"]["sagas_in_flight"])
 
     def metrics(self) -> str:
+        if self._state != "running" or self.state != "running":
+            if self._final_metrics is None:
+                raise NotRunningError(f"cannot read metrics: the supervisor is {self.state}")
+            return self._final_metrics
         return str(self._do("read metrics", lambda c: c.metrics()))

@@ -62,6 +62,8 @@ def _say_final(sup: ThreadLink) -> None:
         log.warning("no final health report for the launcher: %s", exc)
         return
     _say("final " + report)
+    if sup.core.settings.metrics_port is not None:
+        _say("final_metrics " + json.dumps(sup.metrics()))
 
 
 def _build(cfg: dict[str, Any]) -> ThreadLink:

@@ -215,7 +215,9 @@ class Supervisor:
             self.stop()
 
     def __enter__(self) -> Supervisor:
-        return self.start() if self.state == "new" else self
+        # (a supervisor already started is entered as it is; a stopped one
+        # cannot start again, and start() says so)
+        return self if self.state == "running" else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -380,6 +382,7 @@ class Supervisor:
         thread engine, on a thread of this process with the process engine."""
         if callback is not None and not callable(callback):
             raise TypeError("callback must be callable")
+        self._not_stopped("subscribe")
         return self._link.subscribe(callback)
 
     def events(self, timeout: float | None = None) -> Iterator[Event]:
@@ -413,6 +416,7 @@ class Supervisor:
         """Every bus event from now on, for ``async for``; ends when the
         supervisor stops (or after `idle` seconds without an event)."""
         limit = _validate.timeout(idle, "idle")
+        self._not_stopped("subscribe")
         return self._link.events_async(limit)
 
     # -- looking at it ----------------------------------------------------------------------
@@ -430,4 +434,12 @@ class Supervisor:
         ``metrics_port``)."""
         if self.settings.metrics_port is None:
             raise SupervisorError("metrics() needs Supervisor(..., metrics_port=...)")
-        return self._link.metrics()
+        if self.state == "new":
+            raise NotRunningError("cannot read metrics: the supervisor is new")
+        return self._link.metrics()  # once stopped: the run's last counters
+
+    def _not_stopped(self, verb: str) -> None:
+        """A stopped supervisor has no more events: subscribing to it is a
+        mistake said outright, not a stream that never yields."""
+        if self.state == "stopped":
+            raise NotRunningError(f"cannot {verb}: the supervisor is stopped")
