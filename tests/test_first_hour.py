@@ -115,7 +115,7 @@ def test_not_running_is_said_one_way(tmp_path: Path, args: tuple[str, ...]) -> N
     d = str(tmp_path / "nowhere")
     proc = cli(*args, "--data-dir", d)
     assert proc.returncode == 2, proc.stderr
-    assert f"no supervisor is running on {d}" in proc.stderr
+    assert proc.stderr.count(f"no supervisor is running on {d}") == 1, proc.stderr
     assert "--data-dir DIR or $SAGA_DATA_DIR" in proc.stderr
 
 

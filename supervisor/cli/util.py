@@ -22,8 +22,13 @@ def db_path(data_dir: str) -> Path:
 
 def not_running(data_dir: str, why: str | None = None) -> str:
     """The one message for "no supervisor runs here", naming the data dir
-    and how to point at another."""
-    return (f"no supervisor is running on {data_dir}" + (f" ({why})" if why else "")
+    and how to point at another.  `why` may be a client's own "no supervisor
+    is running on DIR (why)": only its why is kept."""
+    said = f"no supervisor is running on {data_dir}"
+    if why and why.startswith(said):
+        why = why[len(said):].strip()
+        why = why[1:-1] if why.startswith("(") and why.endswith(")") else why or None
+    return (said + (f" ({why})" if why else "")
             + ": start one there, or name its data dir with --data-dir DIR or "
             "$SAGA_DATA_DIR")
 
