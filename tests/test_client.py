@@ -108,14 +108,21 @@ def test_client_errors_and_bus(make_sup: Callable[..., Supervisor], tmp_path: Pa
 
 
 def test_client_sees_supervisor_stop(make_sup: Callable[..., Supervisor]) -> None:
+    """The stop fails a client's sagas in flight and sends it their outcomes
+    before it closes the connection; what the client asks after that is a
+    NotRunningError."""
     sup = make_sup()
     client = SagaClient(sup.data_dir)
-    sid = client.spawn(S.SleepSaga(30))
+    ids = client.spawn_many([S.SleepSaga(30) for _ in range(40)])
+    wait_for(lambda: sup.in_flight() == 40, what="the sagas in flight")
     sup.stop()
+    for sid in ids:
+        out = client.wait(sid, 10)
+        assert (out.state, out.reason) == ("failed", "supervisor stopped")
     with pytest.raises(NotRunningError):
-        client.wait(sid, 10)
+        client.spawn(S.InstantSaga())
     client.close()
-    assert sup.wait(sid).reason == "supervisor stopped"
+    assert sup.wait(ids[0]).reason == "supervisor stopped"
 
 
 def test_spawns_after_the_first_of_a_class_are_pipelined(

@@ -22,6 +22,7 @@ gets an error reply or drops its connection, never the loop.  Replies to
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -322,18 +323,20 @@ class ControlServer:
             for c, items in pushed.items():
                 c.send(("outcomes", items))
 
-    def close(self) -> None:
+    def close(self, grace: float = 1.0) -> None:
+        """Close every connection; what is still owed to a client (the
+        outcomes the stop logged) gets up to `grace` seconds in all to leave."""
+        deadline = time.monotonic() + grace
         for c in list(self.conns):
+            c.send_rest(deadline - time.monotonic())
             self.close_conn(c)
         if self.listener is not None:
             self.listener.close()
             self.listener = None
             for leftover in (self.path, self.paths.control_file):
-                try:
-                    if leftover is not None:
+                if leftover is not None:
+                    with contextlib.suppress(OSError):
                         leftover.unlink()
-                except OSError:
-                    pass
             if self.path is not None and self.path.parent != self.paths.run:
                 try:
                     self.path.parent.rmdir()

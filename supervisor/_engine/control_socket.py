@@ -68,6 +68,15 @@ class Conn:
         # batches it sends in parts, by request: the items so far (None: refused)
         self.parts: dict[int, list[Any] | None] = {}
 
+    def send_rest(self, timeout: float) -> None:
+        """At close: what is still owed to the peer, blocking up to `timeout` s."""
+        if self.outbuf and not self.unheard and timeout > 0:
+            try:
+                self.sock.settimeout(timeout)
+                self.sock.sendall(self.outbuf)
+            except OSError:  # (a timeout too): it was not reading
+                pass
+
     def recv(self) -> bytes | None:
         """What the peer sent (b"" at its end or an error; None: nothing yet).
         Up to 16 reads of ``frames.READ_SIZE``, not one of 1 MiB."""

@@ -287,6 +287,7 @@ class Engine:
                     self.sagas.fail_all(self.life.stop_reason)
                 self._end_turn()
                 commits.drain()
+                control.flush_all()  # the outcomes the stop logged, to their clients
                 return
             health_due = now - last_health >= health_every
             if health_due:  # before the commit, so that what it decides goes out now
