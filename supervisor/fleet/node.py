@@ -32,9 +32,11 @@ import threading
 import time
 from typing import Any, Protocol
 
+from supervisor.common.ratelimit import RateLimitedLog
 from supervisor.errors import FencedError, LogError
 
 log = logging.getLogger(__name__)
+_warn = RateLimitedLog(log, 2.0)  # a failed renewal is tried again every 0.2 s
 
 ID_BITS = 40  # ids of node n: [n << 40, (n + 1) << 40)
 MAX_NODES = (1 << (53 - ID_BITS)) - 1  # every id below 2**53
@@ -243,8 +245,8 @@ class NodeLease:
                 if self.fenced_error(exc) is not None:
                     log.error("%s", self.fenced)
                     break
-                log.warning("node %r: could not renew its lease: %s", self.name,
-                            str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+                _warn.warning("renew", "node %r: could not renew its lease: %s", self.name,
+                              str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
             except Exception as exc:  # the loop is gone (NotRunningError): renewals go on
                 log.debug("node %r: a cancel was not handed over: %s", self.name, exc)
             self._stop.wait(max(0.2 if failed else 0.0,
