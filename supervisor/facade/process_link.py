@@ -109,7 +109,8 @@ class ProcessLink:
     @property
     def metrics_address(self) -> tuple[str, int] | None:
         addr = self._info.get("metrics")
-        return (str(addr[0]), int(addr[1])) if addr else None
+        running = self.state in ("running", "stopping")  # (its server closes with it)
+        return (str(addr[0]), int(addr[1])) if addr and running else None
 
     @property
     def state(self) -> str:
