@@ -116,8 +116,10 @@ def unconfirmed_text(ids: list[int]) -> str:
             "every other id is in the log")
 
 
-class SupervisorCrashedError(SupervisorError):
-    """The supervisor's loop stopped on an internal error; `cause` holds it."""
+class SupervisorCrashedError(NotRunningError):
+    """The supervisor's loop stopped on an internal error; `cause` holds it.
+    What needs a running supervisor raises it, on either engine, until
+    ``stop()`` is called (a :class:`NotRunningError`: it is not running)."""
 
     def __init__(self, cause: BaseException) -> None:
         self.cause = cause

@@ -13,6 +13,7 @@ from supervisor import (
     SAGA_COMPLETED,
     SAGA_STARTED,
     Event,
+    NotRunningError,
     SharedState,
     Supervisor,
 )
@@ -139,6 +140,11 @@ def test_log_deleted_while_running_stops_with_a_named_error(make_sup: Make,
         str(sup.error) and str(sup.db_path) in str(sup.error)
     with pytest.raises(SupervisorCrashedError, match="deleted"):
         sup.wait(parked[0], 5)
+    for call in (lambda: sup.spawn(S.InstantSaga()), lambda: sup.cancel(parked[1]),
+                 lambda: sup.publish(Event("tick", 1))):  # each says why, on both engines
+        with pytest.raises(SupervisorCrashedError, match="deleted") as crashed:
+            call()
+        assert isinstance(crashed.value, NotRunningError)
     probe = subprocess.run([sys.executable, "-m", "supervisor", "health", "--data-dir",
                             str(sup.data_dir)], capture_output=True, text=True, timeout=60)
     assert probe.returncode == 1 and "was deleted" in probe.stdout, probe.stdout
@@ -147,6 +153,8 @@ def test_log_deleted_while_running_stops_with_a_named_error(make_sup: Make,
     gone = subprocess.run([sys.executable, "-m", "supervisor", "health", "--data-dir",
                            str(sup.data_dir)], capture_output=True, text=True, timeout=60)
     assert gone.returncode == 2  # stopped: nothing runs there any more
+    with pytest.raises(NotRunningError, match="^cannot spawn: the supervisor is stopped$"):
+        sup.spawn(S.InstantSaga())  # stopped by its launcher now: said as any stop
 
 
 def test_disk_full_is_a_named_error_and_loses_nothing_committed(tmp_path: Path) -> None:

@@ -88,12 +88,13 @@ class Lifecycle:
     """The engine's state, shared by the facade and the loop:
     new -> starting -> running -> stopping -> stopped."""
 
-    __slots__ = ("state", "error", "stop_reason")
+    __slots__ = ("state", "error", "stop_reason", "stop_called")
 
     def __init__(self) -> None:
         self.state = "new"
         self.error: BaseException | None = None  # what stopped the loop, if anything
         self.stop_reason = "supervisor stopped"
+        self.stop_called = False  # by its launcher (not a stop of its own)
 
     @property
     def running(self) -> bool:

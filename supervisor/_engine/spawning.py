@@ -12,13 +12,22 @@ from typing import Any
 
 from supervisor._engine.inbox import SpawnKeyed, SpawnMany, Sync, spawn_request
 from supervisor.common.future import Future
-from supervisor.errors import NotRunningError
+from supervisor.errors import NotRunningError, SupervisorCrashedError
 from supervisor.saga import Saga
+
+
+def refused(engine: Any, verb: str) -> NotRunningError:
+    """Why `verb` cannot be done: the crash that stopped the engine on its own
+    (until its launcher stops it), else its state."""
+    err = engine.life.error
+    if err is not None and not engine.life.stop_called:
+        return SupervisorCrashedError(err)
+    return NotRunningError(f"cannot {verb}: the supervisor is {engine.life.state}")
 
 
 def _running(engine: Any) -> None:
     if engine.life.state != "running" or engine.shared is None:
-        raise NotRunningError(f"cannot spawn: the supervisor is {engine.life.state}")
+        raise refused(engine, "spawn")
 
 
 def one(engine: Any, saga: Saga) -> int:
@@ -32,8 +41,7 @@ def one(engine: Any, saga: Saga) -> int:
     except NotRunningError:
         engine.exits.forget(sid)
         shared.claim(sid)  # give the slot back: it never started
-        raise NotRunningError(f"cannot spawn: the supervisor is {engine.life.state}"
-                              ) from None
+        raise refused(engine, "spawn") from None
     return sid
 
 

@@ -69,6 +69,7 @@ class ThreadLink:
 
     def stop(self, drain: bool, timeout: float, suspend: bool) -> None:
         core = self.core
+        core.life.stop_called = True
         if core.life.state in ("new", "stopped"):
             if core.life.state == "stopped" and core.thread is not None:
                 core.teardown()  # stopped on its own: its word in health goes now
@@ -111,7 +112,7 @@ class ThreadLink:
     def cancel(self, saga_id: int, reason: str, timeout: float) -> bool:
         core = self.core
         if core.life.state != "running" or core.shared is None:
-            raise NotRunningError(f"cannot cancel: the supervisor is {core.life.state}")
+            raise _spawn.refused(core, "cancel")
         fut = Future()
         core.inbox.post(Cancel(saga_id, reason, fut))
         try:
@@ -123,7 +124,7 @@ class ThreadLink:
     def publish(self, event: Event) -> None:
         core = self.core
         if core.life.state != "running":
-            raise NotRunningError(f"cannot publish: the supervisor is {core.life.state}")
+            raise _spawn.refused(core, "publish")
         core.inbox.post(Publish(event))
 
     def subscribe(self, callback: Callable[[Event], Any] | None) -> Subscription:
