@@ -26,7 +26,7 @@ import dill
 
 from supervisor.common.jsontext import loads as json_loads
 from supervisor.wire.codec import class_facts, compact_json
-from supervisor.frames import READ_SIZE, FrameReader, frame
+from supervisor.frames import HOST_HDR_SIZE, MAX_FRAME, READ_SIZE, FrameReader, frame
 from supervisor.protocol import HEARTBEAT_EVERY, STATE_DICT, Act, Op, cmd_last, kept_after_last
 from supervisor.saga import (
     Done,
@@ -53,6 +53,8 @@ A_CMD, A_WAIT, A_DONE, A_FAILED = Act.CMD, Act.WAIT, Act.DONE, Act.FAILED
 # a target's number and its step name (for a command without "op"), looked
 # up once a step instead of int() and name.lower() on the enum
 _TARGETS = {t: (int(t), t.name.lower()) for t in Target}
+# a host command's JSON must fit one host frame (ASCII: its length in bytes)
+MAX_HOST_COMMAND = MAX_FRAME - HOST_HDR_SIZE
 
 
 def describe_exc(where: str, exc: BaseException) -> str:
@@ -77,6 +79,10 @@ def encode_action(action: Any, where: str) -> tuple[int, Any]:
             return A_FAILED, f"invalid action from {where}: command is not JSON-encodable: {why}"
         cmd = action.command
         code, step_name = _TARGETS[target]
+        if len(cmd_json) > MAX_HOST_COMMAND and target is Target.HOST:
+            return A_FAILED, (f"invalid action from {where}: the command's JSON is "
+                              f"{len(cmd_json):,} bytes, over the {MAX_HOST_COMMAND:,} a host "
+                              "frame carries")
         if isinstance(cmd, dict):
             op = cmd.get("op", cmd)  # (the dict itself: no "op" key)
             if op is not cmd:

@@ -149,6 +149,8 @@ class GarbageSaga(Saga):
             return IssueCmd(Target.HOST, {"op": "echo", "x": object()})
         if self.what == "badtarget":
             return IssueCmd("nowhere", {"op": "echo"})  # type: ignore[arg-type]
+        if self.what == "hugecmd":  # over what one host frame carries (16 MiB)
+            return IssueCmd(Target.HOST, {"op": "echo", "pad": "x" * (17 << 20)})
         return None
 
 

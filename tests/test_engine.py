@@ -298,6 +298,7 @@ def test_raising_and_garbage_sagas_fail_alone(make_sup: Callable[..., Supervisor
         S.GarbageSaga("none"): "invalid action from start: returned None",
         S.GarbageSaga("badcmd"): "invalid action from start: command is not JSON",
         S.GarbageSaga("badtarget"): "invalid action from start: IssueCmd target 'nowhere'",
+        S.GarbageSaga("hugecmd"): "invalid action from start: the command's JSON is 17,825,",
     }
     ids = {sup.spawn(saga): why for saga, why in cases.items()}
     good = sup.spawn(S.EchoSaga(steps=2))
@@ -307,6 +308,7 @@ def test_raising_and_garbage_sagas_fail_alone(make_sup: Callable[..., Supervisor
     assert sup.wait(good, 10).completed
     assert all(w["alive"] for w in sup.health()["workers"])
     assert sup.stats["worker_restarts"] == 0
+    assert sup.stats["host_restarts"] == 0  # (a command over a frame once killed it)
 
 
 def test_bad_host_frames_are_counted_not_fatal(make_sup: Callable[..., Supervisor]) -> None:
