@@ -101,3 +101,8 @@ STATE_DILL: Final = 1
 
 # Seconds of silence after which an idle worker says it is alive.
 HEARTBEAT_EVERY: Final = 0.5
+
+# The largest frame on a worker's pipes, either way: one frame is one turn's
+# batch of messages, which may carry many sagas' states (each of which must
+# fit a host frame or control-socket frame, 16 MiB; see wire.codec).
+MAX_BATCH: Final = 1 << 30

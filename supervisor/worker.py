@@ -27,7 +27,8 @@ import dill
 from supervisor.common.jsontext import loads as json_loads
 from supervisor.wire.codec import class_facts, compact_json
 from supervisor.frames import HOST_HDR_SIZE, MAX_FRAME, READ_SIZE, FrameReader, frame
-from supervisor.protocol import HEARTBEAT_EVERY, STATE_DICT, Act, Op, cmd_last, kept_after_last
+from supervisor.protocol import (HEARTBEAT_EVERY, MAX_BATCH, STATE_DICT, Act, Op, cmd_last,
+                                 kept_after_last)
 from supervisor.saga import (
     Done,
     Event,
@@ -360,7 +361,7 @@ def worker_main(index: int, shm_name: str, in_conn: Any, out_conn: Any) -> None:
     out_fd = out_conn.fileno()
     shared = SharedState.attach(shm_name)
     state = WorkerState(shared)
-    reader = FrameReader()
+    reader = FrameReader(max_frame=MAX_BATCH)  # a turn's batch: many sagas' states
     loads = pickle.loads
     dumps = pickle.dumps
     last_write = time.monotonic()

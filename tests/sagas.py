@@ -65,6 +65,21 @@ class InstantSaga(Saga):
         return Done()
 
 
+class BulkySaga(Saga):
+    """One echo, with `size` bytes of state that travel to its worker."""
+
+    name = "bulky"
+
+    def __init__(self, size: int) -> None:
+        self.blob = b"b" * size
+
+    def start(self, ctx: SagaContext) -> SagaAction:
+        return IssueCmd(Target.HOST, {"op": "echo"})
+
+    def on_event(self, event: Event, ctx: SagaContext) -> SagaAction:
+        return Done()
+
+
 class RefusingSaga(Saga):
     """Asks the host to fail its only command."""
 

@@ -103,6 +103,31 @@ def test_a_batch_too_large_for_one_frame_goes_in_parts_and_starts_whole(
     assert all(sup.wait(i, 30).completed for i in ours)          # facade is a client)
 
 
+def test_sagas_whose_states_together_pass_a_frame_start_on_one_worker(make_sup: Make) -> None:
+    """A turn's messages to a worker are one frame: twelve sagas of 2 MiB of
+    state each (24 MiB) once killed the worker on a 16 MiB frame limit, and
+    failed every one of them as 'worker crashed'."""
+    sup = make_sup(workers=1)
+    ids = sup.spawn_many([S.BulkySaga(2 << 20) for _ in range(12)])
+    assert all(sup.wait(i, 60).completed for i in ids)
+    assert sup.stats["worker_restarts"] == 0
+
+
+def test_a_saga_too_large_for_a_spawn_is_refused_the_same_way_everywhere(
+        make_sup: Make) -> None:
+    """Over 16 MiB of state: a SpawnError at spawn() from the launcher (either
+    engine) and from a client, instead of a worker that dies of its frame."""
+    sup = make_sup()
+    too_big = "^saga 'bulky': its state and input snapshot are 17,825,8.. bytes encoded, over"
+    with SagaClient(sup.data_dir) as client:
+        for spawn in (sup.spawn, lambda saga: sup.spawn_many([S.InstantSaga(), saga]),
+                      client.spawn):
+            with pytest.raises(SpawnError, match=too_big):
+                spawn(S.BulkySaga(17 << 20))
+    assert sup.in_flight() == 0 and sup.stats["worker_restarts"] == 0
+    assert sup.wait(sup.spawn(S.BulkySaga(1 << 20)), 30).completed
+
+
 def test_a_saga_that_cannot_be_encoded_late_in_a_batch_starts_none_of_it(
         make_sup: Make) -> None:
     sup = make_sup()

@@ -14,6 +14,7 @@ from types import EllipsisType
 from typing import Any, Final
 
 from supervisor.frames import FrameReader
+from supervisor.protocol import MAX_BATCH
 from supervisor.store.batch import Batch
 from supervisor.saga import Target
 
@@ -114,7 +115,7 @@ class WorkerProc:
         self.proc = proc
         self.wfd = wfd
         self.rfd = rfd
-        self.reader = FrameReader(max_frame=1 << 30)
+        self.reader = FrameReader(max_frame=MAX_BATCH)
         self.outbuf = bytearray()
         self.outbox: list[tuple[Any, ...]] = []  # messages of this turn, not yet framed
         self.in_flight = 0

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import dill
 
 from supervisor.errors import SpawnError
+from supervisor.frames import MAX_FRAME
 from supervisor.protocol import STATE_DICT, STATE_DILL
 from supervisor.saga import Saga
 
@@ -69,6 +70,9 @@ class _ClassFacts(NamedTuple):
 
 
 _facts: dict[type, _ClassFacts] = {}
+# a saga's encoded state and snapshot: a spawn request to a supervisor process
+# is one control-socket frame (16 MiB), with room left for the rest of it
+MAX_SAGA_BYTES = MAX_FRAME - (64 << 10)
 
 
 def class_facts(cls: type) -> _ClassFacts:
@@ -129,6 +133,10 @@ def _encode(saga: Any) -> tuple[type, tuple[int, bytes], str, float, str, frozen
         except Exception:
             raise SpawnError(f"saga {name!r} cannot be pickled for a worker: "
                              f"{type(exc).__name__}: {exc}") from exc
+    size = len(state[1]) + len(snapshot_json)
+    if size > MAX_SAGA_BYTES:  # the same limit on both engines and every client
+        raise SpawnError(f"saga {name!r}: its state and input snapshot are {size:,} bytes "
+                         f"encoded, over the {MAX_SAGA_BYTES:,} a spawn carries")
     return (cls, state, name, timeout, snapshot_json, facts.listens, facts.has_comp)
 
 
