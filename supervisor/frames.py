@@ -25,6 +25,9 @@ from supervisor.common.jsontext import is_one_json_value, loads as json_loads
 from supervisor.errors import SupervisorError
 
 MAX_FRAME = 16 * 1024 * 1024
+# What one saga (its pickled state and snapshot) or one event's data may be:
+# a request carrying it is one control-socket frame, with room for the rest
+MAX_PAYLOAD = MAX_FRAME - (64 << 10)
 # What one read of a pipe or socket asks for.  A pipe holds 64 KiB, so a
 # larger read of one never returns more; and a buffer of 128 KiB or more
 # comes from mmap: an mmap, an mremap and an munmap for every read.

@@ -178,6 +178,22 @@ def test_publish_keeps_an_events_saga_id_and_step_and_refuses_others(
         sub.close()
 
 
+def test_an_event_too_large_to_carry_is_refused_the_same_way_everywhere(
+        tmp_path: Path, engine: str) -> None:
+    """Over 16 MiB of data: a ValueError at publish() on either engine and from
+    a client (the process engine once said SpawnError, the thread engine took it)."""
+    with Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine) as sup, \
+            SagaClient(sup.data_dir) as client:
+        huge = Event("finish", b"z" * (17 << 20))
+        for publish in (sup.publish, client.publish):
+            with pytest.raises(ValueError, match="^event 'finish': its data is 17,825,"):
+                publish(huge)
+        sid = sup.spawn(S.SleepSaga(30))  # (it listens to "finish")
+        wait_for(lambda: sup.in_flight() == 1, what="the listener in flight")
+        sup.publish(Event("finish", b"z" * (1 << 20)))
+        assert sup.wait(sid, 30).completed
+
+
 def test_a_client_of_another_protocol_version_is_told(tmp_path: Path, engine: str,
         store_log: str | None) -> None:
     with Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine,

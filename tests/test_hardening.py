@@ -231,7 +231,7 @@ def test_an_oversized_client_request_is_refused_before_it_is_sent(make_sup: Make
 
     sup = make_sup()
     with SagaClient(sup.data_dir) as client:
-        with pytest.raises(SpawnError, match=r"over the control socket's limit of 16,777,216"):
+        with pytest.raises(SpawnError, match=r"bytes encoded, over the 16,711,680 a spawn carr"):
             client.spawn(S.EchoSaga("x" * (20 << 20)))  # type: ignore[arg-type]
         assert client.wait(client.spawn(S.InstantSaga()), 10).completed  # same connection
     assert sup.state == "running"

@@ -7,6 +7,7 @@ import math
 import pickle
 from typing import Any
 
+from supervisor.frames import MAX_PAYLOAD
 from supervisor.saga import Event, Saga
 
 
@@ -182,10 +183,13 @@ def event(ev: Any) -> None:
         raise TypeError(f"event kind must be a str, got {type(ev.kind).__name__}")
     event_ids(ev.saga_id, ev.step)
     try:  # it travels to workers and clients pickled
-        pickle.dumps(ev.data, protocol=5)
+        size = len(pickle.dumps(ev.data, protocol=5))
     except Exception as exc:
         raise TypeError(f"event data must be picklable: {type(exc).__name__}: {exc}"
                         ) from None
+    if size > MAX_PAYLOAD:  # the same limit on both engines and every client
+        raise ValueError(f"event {ev.kind!r}: its data is {size:,} bytes pickled, over the "
+                         f"{MAX_PAYLOAD:,} an event carries")
     try:  # and is logged as JSON where a saga consumes it (repr where not JSON)
         json.dumps(ev.data, default=repr)
     except (ValueError, RecursionError) as exc:

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import dill
 
 from supervisor.errors import SpawnError
-from supervisor.frames import MAX_FRAME
+from supervisor.frames import MAX_PAYLOAD
 from supervisor.protocol import STATE_DICT, STATE_DILL
 from supervisor.saga import Saga
 
@@ -70,9 +70,6 @@ class _ClassFacts(NamedTuple):
 
 
 _facts: dict[type, _ClassFacts] = {}
-# a saga's encoded state and snapshot: a spawn request to a supervisor process
-# is one control-socket frame (16 MiB), with room left for the rest of it
-MAX_SAGA_BYTES = MAX_FRAME - (64 << 10)
 
 
 def class_facts(cls: type) -> _ClassFacts:
@@ -134,9 +131,9 @@ def _encode(saga: Any) -> tuple[type, tuple[int, bytes], str, float, str, frozen
             raise SpawnError(f"saga {name!r} cannot be pickled for a worker: "
                              f"{type(exc).__name__}: {exc}") from exc
     size = len(state[1]) + len(snapshot_json)
-    if size > MAX_SAGA_BYTES:  # the same limit on both engines and every client
+    if size > MAX_PAYLOAD:  # the same limit on both engines and every client
         raise SpawnError(f"saga {name!r}: its state and input snapshot are {size:,} bytes "
-                         f"encoded, over the {MAX_SAGA_BYTES:,} a spawn carries")
+                         f"encoded, over the {MAX_PAYLOAD:,} a spawn carries")
     return (cls, state, name, timeout, snapshot_json, facts.listens, facts.has_comp)
 
 
