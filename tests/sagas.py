@@ -169,6 +169,25 @@ class GarbageSaga(Saga):
         return None
 
 
+class OddTextSaga(Saga):
+    """Fails with a reason, or issues a command named, holding a NUL and a
+    lone surrogate: text a log refuses as it is."""
+
+    name = "odd-text"
+    ODD = "nul\x00 surrogate\udc80"
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def start(self, ctx: SagaContext) -> SagaAction:
+        if self.where == "reason":
+            return Failed(self.ODD)
+        return IssueCmd(Target.HOST, {"op": self.ODD})
+
+    def on_event(self, event: Event, ctx: SagaContext) -> SagaAction:
+        return Done()
+
+
 class HostFaultSaga(Saga):
     """Asks the reference host for one of its fault-injection ops."""
 

@@ -311,6 +311,34 @@ def test_raising_and_garbage_sagas_fail_alone(make_sup: Callable[..., Supervisor
     assert sup.stats["host_restarts"] == 0  # (a command over a frame once killed it)
 
 
+def test_text_a_log_refuses_never_stops_the_supervisor(
+        make_sup: Callable[..., Supervisor]) -> None:
+    """A NUL or a lone surrogate in a saga's failure reason or step name is
+    logged escaped (each once stopped the supervisor on one of the logs);
+    where such text would be a name to look sagas up by (an idempotency key,
+    a saga's or an event's kind), the call refuses it."""
+    sup = make_sup()
+    failed = sup.spawn(S.OddTextSaga("reason"))
+    stepped = sup.spawn(S.OddTextSaga("step"))
+    out = sup.wait(failed, 30)
+    assert out.failed and out.reason == S.OddTextSaga.ODD  # (as the saga said it)
+    assert sup.wait(stepped, 30).reason.startswith("action failed: unknown op")  # (the host's)
+    assert sup.state == "running" and sup.error is None
+    for refused in (lambda: sup.spawn(S.InstantSaga(), key="k\x00"),
+                    lambda: sup.spawn(S.InstantSaga(), key="k\udc80"),
+                    lambda: sup.publish(Event("kind\x00", 1))):
+        with pytest.raises(ValueError, match="without NUL or lone surrogates"):
+            refused()
+    odd_name = S.OddTextSaga("reason")
+    odd_name.name = "odd\udc80"  # type: ignore[misc]
+    with pytest.raises(SpawnError, match="saga name must be text without NUL"):
+        sup.spawn(odd_name)
+    sup.stop()
+    sagas, steps = read_log(sup)  # as the log keeps them
+    assert sagas[failed]["failure_reason"] == "nul\\x00 surrogate\\udc80"
+    assert steps[stepped][0]["name"] == "nul\\x00 surrogate\\udc80"
+
+
 def test_bad_host_frames_are_counted_not_fatal(make_sup: Callable[..., Supervisor]) -> None:
     sup = make_sup()
     a = sup.spawn(S.HostFaultSaga("garbage"))

@@ -292,6 +292,31 @@ def test_a_commit_ends_each_saga_and_step_it_names_and_no_other(
         log.close()
 
 
+@pytest.mark.parametrize("sup_store", ["sqlite", "postgres"])
+def test_text_a_log_refuses_is_stored_escaped_not_a_failed_commit(
+        tmp_path: Path, store_log: str | None) -> None:
+    """A failure's reason or a step's name from user code or a host may hold a
+    lone surrogate (no UTF-8 has it: SQLite's commit failed) or a NUL
+    (PostgreSQL's text refuses it): either once stopped the supervisor with
+    a LogError.  The commit is made again with that text escaped; the rest
+    of the batch is stored as it came."""
+    log = open_store(store_log, DataDir(tmp_path), "normal")
+    try:
+        batch = Batch()
+        batch.sagas = [(1, "k", 1.0, None), (2, "k", 1.0, '{"a":"\\u0000"}')]
+        batch.steps = [(1, 0, "op\x00\udc80é", '{"op":1}', "host", 1.0)]
+        log.commit(batch)
+        end = Batch()
+        end.saga_ends = [("failed", 3.0, "why\x00 \udc80 é", 1), ("completed", 3.0, None, 2)]
+        log.commit(end)
+        assert log.saga(1)["failure_reason"] == "why\\x00 \\udc80 é"  # type: ignore[index]
+        assert log.steps(1)[0]["name"] == "op\\x00\\udc80é"
+        assert log.outcome(2) == ("completed", None)
+        assert log.saga(2)["input_json"] == '{"a":"\\u0000"}'  # type: ignore[index]
+    finally:
+        log.close()
+
+
 def test_a_version_6_log_keeps_its_steps_when_they_move_to_a_rowid_table(
         tmp_path: Path, engine: str) -> None:
     """v7 rebuilds ``saga_step`` as a rowid table with a unique index on

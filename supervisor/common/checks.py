@@ -38,6 +38,23 @@ def text(value: object, what: str) -> str:
     return value
 
 
+def name_text(value: str, what: str) -> str:
+    """A name the log looks sagas up by (a key, a kind, an event's kind): no
+    NUL (PostgreSQL's text refuses it) and no lone surrogate (no UTF-8 has
+    it).  Free text (a reason) is escaped where it is stored instead."""
+    if "\x00" in value or (not value.isascii() and _unencodable(value)):
+        raise ValueError(f"{what} must be text without NUL or lone surrogates, got {value!r:.80}")
+    return value
+
+
+def _unencodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 KEY_MAX = 256  # characters in an idempotency key
 
 
@@ -46,7 +63,7 @@ def key(value: object) -> str:
     one rule, for the facade, the clients and the control socket."""
     if not isinstance(value, str) or not 0 < len(value) <= KEY_MAX:
         raise ValueError(f"key must be a str of 1 to {KEY_MAX} characters, got {value!r:.80}")
-    return value
+    return name_text(value, "key")
 
 
 def positive(value: object, what: str) -> float:
@@ -181,6 +198,7 @@ def event(ev: Any) -> None:
         raise TypeError(f"publish() takes an Event, got {type(ev).__name__}")
     if not isinstance(ev.kind, str):
         raise TypeError(f"event kind must be a str, got {type(ev.kind).__name__}")
+    name_text(ev.kind, "event kind")
     event_ids(ev.saga_id, ev.step)
     try:  # it travels to workers and clients pickled
         size = len(pickle.dumps(ev.data, protocol=5))

@@ -50,6 +50,25 @@ class Batch:
         self.id_mark = max(self.id_mark, later.id_mark)
         self.wake_slots = self.wake_slots or later.wake_slots
 
+    def storable(self) -> Batch:
+        """This batch with every text a log may refuse made storable (see
+        :func:`storable_text`); itself if it has none.  Only after a commit
+        failed on one: free text from user code or a host (a failure's reason,
+        a step's name) may hold a lone surrogate (no UTF-8 for it) or, on
+        PostgreSQL, a NUL."""
+        changed = False
+        lists: dict[str, list[tuple[Any, ...]]] = {}
+        for name in _ROW_LISTS:
+            rows = getattr(self, name)
+            new = [tuple(storable_text(v) if type(v) is str else v for v in row)
+                   for row in rows]
+            changed = changed or new != rows
+            lists[name] = new
+        if not changed:
+            return self
+        return Batch(**lists, id_mark=self.id_mark,
+                     wake_slots=self.wake_slots)
+
     def rows(self) -> int:
         return (len(self.sagas) + len(self.steps) + len(self.step_ends) + len(self.step_comps)
                 + len(self.saga_states) + len(self.saga_ends) + len(self.saga_keys)
@@ -58,3 +77,13 @@ class Batch:
 
 
 _ROW_LISTS = tuple(f for f in Batch.__dataclass_fields__ if f not in ("id_mark", "wake_slots"))
+
+
+def storable_text(text: str) -> str:
+    """`text` as every log stores it: a NUL written ``\\x00``, a lone
+    surrogate as its ``\\udcXX`` escape; anything else as it is."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text

@@ -198,10 +198,21 @@ class PgLog:
         """One turn's rows in one transaction (the group commit); run again
         after a reconnect if the connection was lost (see the module)."""
         def once() -> None:
+            nonlocal batch
+            try:
+                write(batch)
+            except (UnicodeEncodeError, self._psycopg.DataError):
+                # a NUL or a lone surrogate in some text: escaped, again
+                if (clean := batch.storable()) is batch:
+                    raise
+                batch = clean
+                write(batch)
+
+        def write(rows: Batch) -> None:
             # pipeline mode: BEGIN, the statements and COMMIT leave together
             # and are answered together, one round trip instead of one each
             with self.conn.pipeline(), self.conn.transaction():
-                write_batch(self.conn.cursor(), batch, self.node)
+                write_batch(self.conn.cursor(), rows, self.node)
         began, since = time.perf_counter(), time.monotonic()
         self._again("commit failed", once)
         self.last_commit_s = time.perf_counter() - began

@@ -274,8 +274,13 @@ class SagaLog:
         Raises :class:`LogError` (disk full, I/O error, ...)."""
         began = time.perf_counter()
         try:
-            self._commit(batch)
-        except apsw.Error as exc:
+            try:
+                self._commit(batch)
+            except UnicodeEncodeError:  # a lone surrogate in some text: escaped, again
+                if (clean := batch.storable()) is batch:
+                    raise
+                self._commit(clean)
+        except (apsw.Error, UnicodeEncodeError) as exc:
             raise LogError(self.path, f"commit failed: {type(exc).__name__}: {exc}") from exc
         self.last_commit_s = time.perf_counter() - began
         self.commits += 1

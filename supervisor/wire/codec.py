@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import dill
 
+from supervisor.common.checks import name_text
 from supervisor.errors import SpawnError
 from supervisor.frames import MAX_PAYLOAD
 from supervisor.protocol import STATE_DICT, STATE_DILL
@@ -105,6 +106,11 @@ def _encode(saga: Any) -> tuple[type, tuple[int, bytes], str, float, str, frozen
     name = saga.name or cls.__name__
     if type(name) is not str:
         raise SpawnError(f"saga name must be a str, got {type(name).__name__}: {name!r}")
+    if not name.isascii() or "\x00" in name:  # (the common case: one quick test)
+        try:
+            name_text(name, "saga name")
+        except ValueError as exc:
+            raise SpawnError(str(exc)) from None
     timeout = saga.timeout
     if type(timeout) is not float:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
