@@ -161,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     pb = sub.add_parser("publish", help="put a domain event on a running supervisor's bus",
                         description="Publish KIND with --data (JSON) to the bus: offered to "
                         "listening sagas and triggers. Exit 0, 2 if no supervisor runs, "
-                        "64 if --data is not JSON.")
+                        "64 if --data is not JSON or the event is refused (an empty kind, too large).")
     _add_data_dir(pb)
     pb.add_argument("kind")
     pb.add_argument("--data", default="null", help="the event's data, as JSON (default null)")

@@ -163,6 +163,8 @@ def test_publish_keeps_an_events_saga_id_and_step_and_refuses_others(
                     Event("x", saga_id=1.5), Event("x", step=True)):  # type: ignore[arg-type]
             with pytest.raises(TypeError, match="must be an int or None"):
                 sup.publish(bad)
+        with pytest.raises(ValueError, match="event kind must not be empty"):
+            sup.publish(Event("", 1))
         sup.publish(Event("x", {"a": 1}, saga_id=7, step=2))
         ev = sub.get(timeout=10)
         assert (ev.kind, ev.data, ev.saga_id, ev.step) == ("x", {"a": 1}, 7, 2)

@@ -129,6 +129,9 @@ def test_live_commands_on_a_running_supervisor(tmp_path: Path, engine: str) -> N
         sup.publish(Event("deployed", {"v": 1}))
         line = follower.communicate(timeout=30)[0]
         assert "deployed" in line and "saga=None" not in line and "None" not in line
+        empty = cli("publish", "", "--data-dir", d)
+        assert empty.returncode == 64 and "event kind must not be empty" in empty.stderr
+        assert "Traceback" not in empty.stderr
         dry = cli("vacuum", "--data-dir", d, "--older-than", "0", "--dry-run")
         assert dry.returncode == 0 and "would remove" in dry.stdout
         assert cli("vacuum", "--data-dir", d, "--older-than", "0").returncode == 1

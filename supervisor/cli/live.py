@@ -89,6 +89,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
         return EXIT_NONE
     try:
         client.publish(Event(args.kind, data))
+    except (TypeError, ValueError) as exc:  # the event itself (an empty kind, too large)
+        print(f"cannot publish: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     finally:
         client.close()
     print(f"published {args.kind}")

@@ -198,6 +198,8 @@ def event(ev: Any) -> None:
         raise TypeError(f"publish() takes an Event, got {type(ev).__name__}")
     if not isinstance(ev.kind, str):
         raise TypeError(f"event kind must be a str, got {type(ev.kind).__name__}")
+    if not ev.kind:
+        raise ValueError("event kind must not be empty (sagas and triggers match on it)")
     name_text(ev.kind, "event kind")
     event_ids(ev.saga_id, ev.step)
     try:  # it travels to workers and clients pickled
