@@ -3,7 +3,7 @@
 Exit codes: 0 success (``health``: healthy); 1 failure (``health``:
 unhealthy; ``cancel``: had already ended); 2 nothing to act on (``health``:
 no supervisor running; other commands: missing data dir or log); 3 the log
-is corrupt or unreadable; 64 bad usage.  The parser and the commands that
+is corrupt or unreadable; 64 bad usage; 130 interrupted (Ctrl-C).  The parser and the commands that
 run or probe a supervisor are here; reading the log is in
 :mod:`supervisor.cli.log`, talking to a running one in
 :mod:`supervisor.cli.live`.  Each command imports only what it uses.
@@ -23,6 +23,7 @@ from supervisor.cli.util import (
     DEFAULT_DATA_DIR,
     EXIT_CORRUPT,
     EXIT_FAIL,
+    EXIT_INTERRUPTED,
     EXIT_NONE,
     EXIT_OK,
     EXIT_USAGE,
@@ -225,7 +226,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"\ninterrupted: the supervisor on {args.data_dir} stopped; {exc.in_flight} "
               "saga(s) in flight ended failed ('supervisor stopped'), as the log shows "
               "(saga-supervisor sagas --state failed)", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     print_summary(result, as_json=args.json)
     return EXIT_OK
 
@@ -365,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = handler(args)
         sys.stdout.flush()
+    except KeyboardInterrupt:  # before a command's own Ctrl-C handling (its imports)
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # the reader went away (`| head`): quiet, as any Unix tool; stdout is
         # pointed at /dev/null so that the interpreter's last flush is quiet too

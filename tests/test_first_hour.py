@@ -240,6 +240,23 @@ def test_ctrl_c_stops_the_demo_quietly(tmp_path: Path, engine: str) -> None:
                              for p in family), timeout=30, what="no process left")
 
 
+def test_ctrl_c_before_a_commands_own_handling_is_quiet(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A Ctrl-C while a command still imports what it needs (the demo's
+    first ~0.2 s) ends it with 130 and one word, not a traceback.  When it
+    lands is a race, so the KeyboardInterrupt is raised here by the command
+    itself (a stand-in: the real signal is the test above)."""
+    import supervisor.__main__ as cli_main
+    import supervisor.cli.log as cli_log
+
+    def interrupted(args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_log, "cmd_sagas", interrupted)
+    assert cli_main.main(["sagas"]) == 130
+    assert capsys.readouterr().err.strip() == "interrupted"
+
+
 _STORMED = """
 import json, signal, sys
 from supervisor import Supervisor

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_FAIL, EXIT_NONE, EXIT_CORRUPT, EXIT_USAGE = 0, 1, 2, 3, 64
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT (128 + 2)
 DEFAULT_DATA_DIR = "./saga-data"
 
 
