@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import selectors
+import signal
 import subprocess
 import sys
 import threading
@@ -183,10 +184,18 @@ class ProcessLink:
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
         self._state = "starting"
         fds = s.host_fds
-        proc = self._proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.facade.serve"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, bufsize=0, env=env, pass_fds=tuple(fds) if fds else (),
-            start_new_session=True)  # a terminal's Ctrl-C is the launcher's to handle
+        # a terminal's Ctrl-C is the launcher's to handle: the supervisor
+        # process gets a session of its own, and is born with SIGINT blocked,
+        # for the child resets its handlers before it leaves our process group
+        # (it ignores SIGINT, then unblocks it: see serve.main)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            proc = self._proc = subprocess.Popen(
+                [sys.executable, "-m", "supervisor.facade.serve"], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, bufsize=0, env=env,
+                pass_fds=tuple(fds) if fds else (), start_new_session=True)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         assert proc.stdin is not None
         try:
             proc.stdin.write(len(blob).to_bytes(4, "big") + blob)

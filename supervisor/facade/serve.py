@@ -151,6 +151,7 @@ def _collect_less() -> None:
 
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # (born blocked)
     # this interpreter is ours: its loop, log writer and control threads hand
     # the GIL to each other many times a saga, and a thread woken by the
     # network (a commit's answer) would otherwise wait up to the 5 ms default
