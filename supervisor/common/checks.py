@@ -38,21 +38,24 @@ def text(value: object, what: str) -> str:
     return value
 
 
+def storable_text(text: str) -> str:
+    """`text` as every log can store it: a NUL (PostgreSQL's text refuses it)
+    written ``\\x00``, a lone surrogate (no UTF-8 has it) as its ``\\udcXX``
+    escape; anything else, the usual case, is `text` itself."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def name_text(value: str, what: str) -> str:
-    """A name the log looks sagas up by (a key, a kind, an event's kind): no
-    NUL (PostgreSQL's text refuses it) and no lone surrogate (no UTF-8 has
-    it).  Free text (a reason) is escaped where it is stored instead."""
-    if "\x00" in value or (not value.isascii() and _unencodable(value)):
+    """A name the log looks sagas up by (a key, a kind, an event's kind): text
+    a log stores as it is (see :func:`storable_text`).  Free text (a reason)
+    is escaped where it is stored instead."""
+    if storable_text(value) != value:
         raise ValueError(f"{what} must be text without NUL or lone surrogates, got {value!r:.80}")
     return value
-
-
-def _unencodable(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 KEY_MAX = 256  # characters in an idempotency key

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from supervisor.common.checks import storable_text
+
 
 # an unfinished saga, as a store's unfinished() gives it: (id, kind, started or
 # queued at, input json, state, key)
@@ -52,7 +54,7 @@ class Batch:
 
     def storable(self) -> Batch:
         """This batch with every text a log may refuse made storable (see
-        :func:`storable_text`); itself if it has none.  Only after a commit
+        :func:`~supervisor.common.checks.storable_text`); itself if it has none.  Only after a commit
         failed on one: free text from user code or a host (a failure's reason,
         a step's name) may hold a lone surrogate (no UTF-8 for it) or, on
         PostgreSQL, a NUL."""
@@ -78,12 +80,3 @@ class Batch:
 
 _ROW_LISTS = tuple(f for f in Batch.__dataclass_fields__ if f not in ("id_mark", "wake_slots"))
 
-
-def storable_text(text: str) -> str:
-    """`text` as every log stores it: a NUL written ``\\x00``, a lone
-    surrogate as its ``\\udcXX`` escape; anything else as it is."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\\x00")
-    if not text.isascii():
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text

@@ -106,11 +106,10 @@ def _encode(saga: Any) -> tuple[type, tuple[int, bytes], str, float, str, frozen
     name = saga.name or cls.__name__
     if type(name) is not str:
         raise SpawnError(f"saga name must be a str, got {type(name).__name__}: {name!r}")
-    if not name.isascii() or "\x00" in name:  # (the common case: one quick test)
-        try:
-            name_text(name, "saga name")
-        except ValueError as exc:
-            raise SpawnError(str(exc)) from None
+    try:
+        name_text(name, "saga name")
+    except ValueError as exc:
+        raise SpawnError(str(exc)) from None
     timeout = saga.timeout
     if type(timeout) is not float:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
