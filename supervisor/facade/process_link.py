@@ -396,7 +396,7 @@ class ProcessLink:
     def health(self) -> dict[str, Any]:
         """Fetched while it runs; once stopped, the supervisor process's last
         report (made after its stop); before start, a report of nothing yet."""
-        if self._state != "running" or self.state != "running":
+        if self.state != "running":
             return self._report_when_not_running()
         report: dict[str, Any] = self._do("read health", lambda c: c.health())
         return report
@@ -424,7 +424,7 @@ class ProcessLink:
         return int(self.health()["supervisor"]["sagas_in_flight"])
 
     def metrics(self) -> str:
-        if self._state != "running" or self.state != "running":
+        if self.state != "running":
             if self._final_metrics is None:
                 raise NotRunningError(f"cannot read metrics: the supervisor is {self.state}")
             return self._final_metrics
