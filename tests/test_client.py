@@ -107,6 +107,7 @@ def test_client_errors_and_bus(make_sup: Callable[..., Supervisor], tmp_path: Pa
     assert not (sup.data_dir / "run" / "control").exists()
 
 
+@pytest.mark.parametrize("sup_store", ["sqlite", "postgres"])  # (this test: both logs)
 def test_client_sees_supervisor_stop(make_sup: Callable[..., Supervisor]) -> None:
     """The stop fails a client's sagas in flight and sends it their outcomes
     before it closes the connection; what the client asks after that is a

@@ -70,11 +70,12 @@ def test_every_method_returns_the_same_type_on_both_engines(tmp_path: Path, engi
 
 
 def test_health_and_stats_answer_before_start_and_after_stop_on_both_engines(
-        tmp_path: Path, engine: str) -> None:
+        tmp_path: Path, engine: str, store_log: str | None) -> None:
     """What a launcher reads after its `with` block is the run's last word
     (the process engine's supervisor process reports it as it exits); a call
     that needs a running supervisor names itself and the state."""
-    sup = Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine, metrics_port=0)
+    sup = Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine, metrics_port=0,
+                     log=store_log)
     with pytest.raises(NotRunningError, match="^cannot read metrics: the supervisor is new$"):
         sup.metrics()
     before = sup.health()
@@ -181,11 +182,11 @@ def test_publish_keeps_an_events_saga_id_and_step_and_refuses_others(
 
 
 def test_an_event_too_large_to_carry_is_refused_the_same_way_everywhere(
-        tmp_path: Path, engine: str) -> None:
+        tmp_path: Path, engine: str, store_log: str | None) -> None:
     """Over 16 MiB of data: a ValueError at publish() on either engine and from
     a client (the process engine once said SpawnError, the thread engine took it)."""
-    with Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine) as sup, \
-            SagaClient(sup.data_dir) as client:
+    with Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine,
+                    log=store_log) as sup, SagaClient(sup.data_dir) as client:
         huge = Event("finish", b"z" * (17 << 20))
         for publish in (sup.publish, client.publish):
             with pytest.raises(ValueError, match="^event 'finish': its data is 17,825,"):

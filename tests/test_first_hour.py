@@ -266,7 +266,7 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, lambda *_: None)  # this launcher takes its Ctrl-Cs
     print("go", flush=True)
     sys.stdin.readline()
-    with Supervisor(sys.argv[1], workers=2, engine=sys.argv[2]) as sup:
+    with Supervisor(sys.argv[1], workers=2, engine=sys.argv[2], log=sys.argv[3] or None) as sup:
         print("up", flush=True)
         sys.stdin.readline()  # the storm is over
         ids = [sup.spawn(InstantSaga()) for _ in range(20)]
@@ -276,8 +276,9 @@ if __name__ == "__main__":
 """
 
 
-def test_ctrl_c_while_the_workers_start_is_the_launchers_alone(tmp_path: Path,
-                                                              engine: str) -> None:
+@pytest.mark.parametrize("sup_store", ["sqlite", "postgres"])
+def test_ctrl_c_while_the_workers_start_is_the_launchers_alone(tmp_path: Path, engine: str,
+                                                              store_log: str | None) -> None:
     """A terminal's Ctrl-C reaches the whole process group, workers that are
     still importing included: none may die of it.  Two races, so rounds under
     a storm of SIGINT: multiprocess's resource tracker, started with the
@@ -288,7 +289,7 @@ def test_ctrl_c_while_the_workers_start_is_the_launchers_alone(tmp_path: Path,
     script.write_text(textwrap.dedent(_STORMED))
     for round_ in range(3):
         proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / f"d{round_}"),
-                                 engine], cwd=ROOT, stdin=subprocess.PIPE,
+                                 engine, store_log or ""], cwd=ROOT, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True,
                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
