@@ -8,16 +8,12 @@ when that path would be too long for AF_UNIX); ``<data_dir>/run/control``
 holds its path.  A peer must run as the supervisor's user (checked with
 ``SO_PEERCRED``): messages are pickles.
 
-Requests are pickled tuples in length-prefixed frames: ``cls``, ``spawn``,
-``spawn_many``, ``cancel``, ``wait``, ``publish``, ``subscribe``, ``metrics``,
-``sync``; replies ``("ok", req, value)`` or ``("err", req, (kind, msg))``,
-``("event", ...)`` for subscribers, ``("outcomes", ...)`` for the sagas a
-client spawned, and ``("logged", n)``: after a commit, the number of the
-client's spawn requests (in the order sent) that are now in the log.
-``sync`` is answered once everything the client sent before is in the log.  Every field is checked as strictly as ``SagaClient`` checks
-it.  Each request is its own failure boundary: one that cannot be handled
-gets an error reply or drops its connection, never the loop.  Replies to
-``wait`` leave after the saga's terminal row is committed, like every output.
+Requests and replies are pickled tuples in length-prefixed frames
+(:mod:`supervisor.wire.requests` lists them), every field checked as
+strictly as ``SagaClient`` checks it.  Each request is its own failure
+boundary: one that cannot be handled gets an error reply or drops its
+connection, never the loop.  Replies to ``wait`` and ``sync`` leave after
+what they answer for is committed, like every output.
 """
 
 from __future__ import annotations
@@ -25,11 +21,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import pickle
 import selectors
 import socket
-import struct
 import time
 from pathlib import Path
 from collections.abc import Callable
@@ -43,8 +37,8 @@ import supervisor.wire.requests as rq
 from supervisor._engine.control_msgs import BadRequest, Refused
 from supervisor._engine.control_spawns import ClientSpawns
 from supervisor._engine.inbox import SpawnMany
-from supervisor._engine.control_socket import (PEERCRED, QUIET_LIMIT, Conn,
-                                               default_max_clients, listen)
+from supervisor._engine.control_socket import (QUIET_LIMIT, Conn, default_max_clients,
+                                               listen, refusal)
 from supervisor._engine.exits import Exits
 from supervisor._engine.waiters import RemoteWaiters
 from supervisor._engine.records import Lifecycle, Turn
@@ -52,6 +46,7 @@ from supervisor._engine.registrations import REGISTRATIONS, Registration
 from supervisor._engine.sagas import SagaOps
 from supervisor._engine.table import SagaTable
 from supervisor.errors import NotRunningError, SupervisorError, UnknownSagaError
+from supervisor.saga import Event
 from supervisor.store.sqlite import LogError
 from supervisor.store.seam import outcome_of
 from supervisor.common.ratelimit import RateLimitedLog
@@ -96,6 +91,9 @@ class ControlServer:
         self.register = register
         # a mirrored test clock's set_offset (engine="process" with a Clock)
         self.clock_moved = clock_moved
+        # a supervisor process's events held for its launcher's subscriptions
+        # made before start(), handed over once each (see facade.early_subs)
+        self.held: Callable[[int], list[Event]] | None = None
         self.listener: socket.socket | None = None
         self.path: Path | None = None
         self.conns: list[Conn] = []
@@ -141,28 +139,12 @@ class ControlServer:
             except (KeyError, ValueError):
                 pass
             return False
-        try:
-            _pid, uid, _gid = PEERCRED.unpack(sock.getsockopt(
-                socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
-        except (OSError, AttributeError, struct.error):
-            uid = os.getuid()  # no SO_PEERCRED here: the directory's mode guards it
-        if uid != os.getuid() and uid != 0:
-            self.refused += 1
-            _warn.warning("uid", "refused a control connection from uid %d", uid)
-            sock.close()
-            return True
-        if len(self.conns) >= self.max_clients:  # politely: a reason, then close
-            self.over_limit += 1
-            _warn.warning("limit", "refused a control connection: %d clients connected "
-                          "(max_clients=%d)", len(self.conns), self.max_clients)
-            try:
-                sock.setblocking(False)
-                sock.send(frames.frame(pickle.dumps(("closing", (
-                    f"the supervisor serves at most {self.max_clients} clients at once "
-                    "(max_clients) and has that many"),), protocol=5)))
-            except OSError:
-                pass
-            sock.close()
+        why = refusal(sock, len(self.conns), self.max_clients)
+        if why is not None:
+            if why == "uid":
+                self.refused += 1
+            else:
+                self.over_limit += 1
             return True
         sock.setblocking(False)
         c = Conn(sock)
@@ -399,8 +381,11 @@ class ControlServer:
             if self.clock_moved is not None:  # a launcher's test clock
                 self.clock_moved(float(rec.offset))
         elif isinstance(rec, rq.Subscribe):
+            held = self._held(rec.early) if rec.early is not None else ()
             c.subscribed = True
             c.send(("ok", req, None))
+            for ev in held:  # (before any event published after them)
+                c.send(("event", ev.kind, ev.data, ev.saga_id, ev.step, ev.version))
         elif isinstance(rec, rq.Sync):  # answered once every earlier request is in the log
             self.turn.after.append(functools.partial(c.send, ("ok", req, None)))
         elif isinstance(rec, rq.Register):
@@ -433,6 +418,14 @@ class ControlServer:
             c.send(("refused", sid, (r.kind, r.message)))
         else:
             c.send(("err", req, (r.kind, r.message)))
+
+    def _held(self, k: int) -> list[Event]:
+        if self.held is None:
+            raise Refused("SupervisorError", "this supervisor holds no subscriptions")
+        try:
+            return self.held(k)
+        except LookupError as exc:
+            raise Refused("SupervisorError", str(exc)) from None
 
     def _wait(self, c: Conn, req: int, sid: int) -> None:
         o = self.exits.lookup(sid)

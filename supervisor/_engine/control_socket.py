@@ -4,6 +4,7 @@ Loop thread only.  What the requests mean is :mod:`.control`'s."""
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import resource
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import supervisor.frames as frames
+from supervisor.common.ratelimit import RateLimitedLog
 from supervisor.errors import SupervisorError
 from supervisor.paths import DataDir
 
@@ -35,6 +37,35 @@ def default_max_clients() -> int:
         soft = 1 << 16
     return max(16, min(4096, soft // 4))
 PEERCRED = struct.Struct("3i")  # pid, uid, gid
+_warn = RateLimitedLog(logging.getLogger("supervisor._engine.control"), 10.0)
+
+
+def refusal(sock: socket.socket, connected: int, max_clients: int) -> str | None:
+    """Why a connection just accepted is refused, having closed it: "uid"
+    (a peer of another user: messages are pickles), or "limit" (the
+    ``max_clients`` connected; told so first, politely); None: served."""
+    try:
+        _pid, uid, _gid = PEERCRED.unpack(sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
+    except (OSError, AttributeError, struct.error):
+        uid = os.getuid()  # no SO_PEERCRED here: the directory's mode guards it
+    if uid != os.getuid() and uid != 0:
+        _warn.warning("uid", "refused a control connection from uid %d", uid)
+        sock.close()
+        return "uid"
+    if connected < max_clients:
+        return None
+    _warn.warning("limit", "refused a control connection: %d clients connected "
+                  "(max_clients=%d)", connected, max_clients)
+    try:
+        sock.setblocking(False)
+        sock.send(frames.frame(pickle.dumps(("closing", (
+            f"the supervisor serves at most {max_clients} clients at once "
+            "(max_clients) and has that many"),), protocol=5)))
+    except OSError:
+        pass
+    sock.close()
+    return "limit"
 _RECV_TURNS = 16
 
 

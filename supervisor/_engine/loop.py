@@ -122,9 +122,10 @@ class Engine:
         self.life.state = "starting"
         try:
             self._start()
-        except BaseException:
+        except BaseException as exc:
             self.teardown()
             self.life.state = "stopped"
+            self.exits.close(exc)  # a subscription made before it ends: nothing comes
             raise
         self.life.state = "running"
         assert self.thread is not None

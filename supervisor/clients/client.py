@@ -159,6 +159,13 @@ class SagaClient:
         q: queue.SimpleQueue[Event | None] = core.events
         return q
 
+    def _take_held(self, q: Any, early: int) -> None:
+        """Subscribe into `q`, starting with the events the supervisor process
+        held for its launcher's subscription `early`, made before it started
+        (the process engine's link, never a user)."""
+        self.core.events = q
+        self._call(lambda req: rq.Subscribe(req, early))
+
     @property
     def unconfirmed(self) -> list[int]:
         """Ids this client's spawns returned that the supervisor has not (yet)

@@ -46,6 +46,11 @@ class Subscription:
                                             daemon=True)
             self._thread.start()
 
+    @property
+    def sink(self) -> Any:
+        """The queue its events wait in (``put(item)``; None ends it)."""
+        return self._q
+
     # -- the side that delivers -------------------------------------------------------
 
     def put(self, ev: Event) -> bool:
@@ -81,6 +86,20 @@ class Subscription:
                 self._on_error()
 
     # -- the side that reads ------------------------------------------------------------
+
+    def take_waiting(self) -> list[Event]:
+        """The events waiting now, taken without blocking (the end, if it
+        came, stays)."""
+        got: list[Event] = []
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                return got
+            if item is None:
+                self._q.put(None)
+                return got
+            got.append(item)
 
     def close(self) -> None:
         self.closed = True

@@ -50,6 +50,7 @@ from supervisor.common.procs import start_time
 from supervisor.wire.ship import named_error, ship
 from supervisor.clients.async_client import AsyncSagaClient
 from supervisor.clients.client import SagaClient
+from supervisor.facade.early_subs import EarlySubscriptions
 from supervisor.errors import (NotRunningError, SupervisorCrashedError, SupervisorError,
                                SupervisorGoneError)
 from supervisor.health import write_health_file
@@ -82,6 +83,7 @@ class ProcessLink:
         self._proc: subprocess.Popen[bytes] | None = None
         self._client: SagaClient | None = None
         self._subs: list[SagaClient] = []
+        self._early = EarlySubscriptions(self._subscriber_failed)  # made before start()
         self._aclient: AsyncSagaClient | None = None
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._state = "new"
@@ -179,6 +181,7 @@ class ProcessLink:
         blob = ship("the kinds, handlers and triggers", {
             "data_dir": str(self.paths.root), "settings": dataclasses.replace(s, clock=None),
             "registered": self._registered, "orphan": self._orphan,
+            "early_subscribers": self._early.hold(),
             "clock": self._clock.snapshot() if self._clock is not None else None})
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
@@ -213,6 +216,7 @@ class ProcessLink:
             for pipe in (proc.stdin, proc.stdout):
                 if pipe is not None:
                     pipe.close()
+            self._early.end()
             if word == "error":  # the engine's own error, by name
                 raise named_error(rest)
             if silent:
@@ -226,8 +230,10 @@ class ProcessLink:
         try:
             self._client = SagaClient(self.paths.root)
         except BaseException:
+            self._early.end()
             self.stop(False, 5.0, False)  # started, but unreachable: leave nothing behind
             raise
+        self._subs += self._early.connect(self.paths.root)
         if self._clock is not None:  # its advances go to the supervisor process's mirror
             self._clock.attach(self._clock_moved)
 
@@ -378,7 +384,11 @@ class ProcessLink:
 
     def subscribe(self, callback: Callable[[Event], Any] | None) -> Subscription:
         """On a connection of its own; a callback runs on a thread of this
-        (the launcher's) process (one that raises is logged; the stream goes on)."""
+        (the launcher's) process (one that raises is logged; the stream goes on).
+        Before start(), one whose events the supervisor process holds from its
+        start until it is connected."""
+        if self._state == "new":
+            return self._early.add(callback)
         self._api("subscribe")
         try:
             c = SagaClient(self.paths.root)

@@ -8,7 +8,9 @@ launcher checked.
 Protocol with the launcher, over the child's stdin and stdout:
 
 * stdin, first: a u32 big-endian length and a dill blob: the data dir, the
-  checked settings, and the registrations made before ``start()``;
+  checked settings, the registrations made before ``start()``, and how many
+  subscriptions the launcher made before it (their events are held here
+  from the start until it connects them: :mod:`.early_subs`);
 * stdout: one line, ``ready <json: shm segment, metrics address>`` or
   ``error <what went wrong>``;
 * stdin, then: a ``stop <drain 0|1> <timeout> <suspend 0|1>`` line stops it
@@ -39,6 +41,7 @@ from typing import Any
 
 import dill
 
+from supervisor.facade.early_subs import HOLD_FOR, HeldSubscriptions
 from supervisor.facade.thread_link import ThreadLink
 from supervisor.paths import DataDir
 
@@ -164,7 +167,11 @@ def main() -> int:
     try:
         cfg = dill.loads(blob)
         sup = _build(cfg)
+        # the launcher's subscriptions made before start(): their events from
+        # the first, held here until it connects them (see early_subs)
+        held = HeldSubscriptions(lambda: sup.subscribe(None), cfg.get("early_subscribers", 0))
         sup.start()
+        sup.core.control.held = held.hand_over
         _collect_less()
     except BaseException as exc:
         _say(f"error {type(exc).__name__}: {exc}")
@@ -180,9 +187,13 @@ def main() -> int:
     threading.Thread(target=_watch_launcher, args=(commands, wake), daemon=True,
                      name="launcher-watch").start()
     _say("ready " + json.dumps({"shm": sup.shm_name, "metrics": sup.metrics_address}))
+    drop_held = time.monotonic() + HOLD_FOR
     while True:
         wake.wait(0.2)
         wake.clear()
+        if time.monotonic() > drop_held:
+            held.drop()
+            drop_held = float("inf")
         if sup.state != "running":  # stopped on its own
             sup.stop(False, 5.0, False)
             _say_final(sup)

@@ -33,7 +33,8 @@ from supervisor.wire.codec import new_record
 
 # 2: "hello" and "logged"; 3: a spawn's fields are one item, as in
 # spawn_many; 4: "publish" carries the event's saga id and step; 5: a
-# spawn_many too large for one frame comes in parts ("more").  A client
+# spawn_many too large for one frame comes in parts ("more"); "subscribe"
+# may name a held subscription ("early": a field more, old clients send none).  A client
 # says its version first; a server that speaks another refuses it by name
 PROTOCOL = 5
 
@@ -114,7 +115,12 @@ class Publish(NamedTuple):
 
 
 class Subscribe(NamedTuple):
+    """Bus events from now on; with `early`, also those the supervisor
+    process held since its start for its launcher's subscription number
+    `early`, made before ``start()`` (``engine="process"``)."""
+
     req: int
+    early: int | None = None
 
 
 class Sync(NamedTuple):
@@ -283,6 +289,7 @@ _CHECKS: dict[type[Any], Any] = {
     Wait: lambda r: _int(r.saga_id, "saga id", 1),
     Publish: _publish,
     Register: lambda r: _of(r.blob, bytes, "blob"),
+    Subscribe: lambda r: r.early is None or _int(r.early, "early", 0),
     ClockMoved: lambda r: _of(r.offset, (int, float), "offset"),
 }
 
