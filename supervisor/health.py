@@ -120,6 +120,18 @@ def snapshot(view: EngineView) -> dict[str, Any]:
             "time": time.time()}
 
 
+def idle_report(pid: int | None, state: str, crash: BaseException | None,
+                stats: dict[str, int]) -> dict[str, Any]:
+    """What the process engine's health() says while no supervisor process
+    reports: before its start, or once gone without a last word."""
+    return {"healthy": False, "time": time.time(), "workers": [], "host": None,
+            "stats": stats, "kinds": {}, "queued": 0, "queued_by_kind": {},
+            "oldest_in_flight_s": None,
+            "problems": [f"stopped: {type(crash).__name__}: {crash}"] if crash else [],
+            "supervisor": {"pid": pid, "state": state, "sagas_in_flight": 0,
+                           "engine": "process"}}
+
+
 def write_health_file(path: Path, report: dict[str, Any]) -> None:
     """Replace `path` with `report` as JSON, atomically (for the CLI probe)."""
     try:

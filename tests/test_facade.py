@@ -108,11 +108,11 @@ def test_a_subscription_before_start_sees_the_start_on_both_engines(
         tmp_path: Path, engine: str, store_log: str | None) -> None:
     """Subscribed before start(): every event of the run from its first, the
     start's own included, versions 1, 2, 3, ... with none missing; a callback
-    too; one closed before the start gets nothing.  Here the start's first
-    turn fails a saga a suspended stop left in flight (its kind's code
-    changed: the replay issues another command).  The process engine's
-    supervisor process holds the events until its launcher connects each
-    subscription."""
+    too, and events_async(); one closed before the start gets nothing.  Here
+    the start's first turn fails a saga a suspended stop left in flight (its
+    kind's code changed: the replay issues another command).  The process
+    engine's supervisor process holds the events until its launcher connects
+    each subscription."""
     data = tmp_path / "d"
     on = {"engine": engine, "log": store_log, "workers": 1, "host": HOST_ARGV}
     first = Supervisor(data, **on)
@@ -128,8 +128,21 @@ def test_a_subscription_before_start_sees_the_start_on_both_engines(
     by_callback = sup.subscribe(called.append)
     closed = sup.subscribe()
     closed.close()
+
+    async def start() -> Event:  # events_async: subscribed as it is first awaited
+        it = sup.events_async(idle=30)
+        first = asyncio.ensure_future(anext(it))
+        await asyncio.sleep(0)  # (one turn of the event loop: the iterator awaits)
+        sup.start()
+        try:
+            return await first
+        finally:
+            await it.aclose()  # type: ignore[attr-defined]
+
+    got_async = asyncio.run(start())
     with sup:
         seen = [sub.get(timeout=30)]  # the run's first event: the start's own
+        assert (got_async.kind, got_async.version) == (seen[0].kind, 1)
         sid = sup.spawn(S.EchoSaga(1))
         assert sup.wait(sid, 30).completed
         while not any(e.kind == SAGA_COMPLETED and e.saga_id == sid for e in seen):
@@ -139,7 +152,7 @@ def test_a_subscription_before_start_sees_the_start_on_both_engines(
         try:  # a held subscription is handed over once, to its launcher's request
             why = _ask(s, ("subscribe", 1, 0))[2][1]
             assert why == ("this supervisor holds no subscriptions" if engine == "thread" else
-                           "no subscription 0 is held here (held: 2, each handed over once)")
+                           "no subscription 0 is held here (held: 3, each handed over once)")
             assert "early must be >= 0" in _ask(s, ("subscribe", 2, -1))[2][1]
         finally:
             s.close()

@@ -159,10 +159,11 @@ class SagaClient:
         q: queue.SimpleQueue[Event | None] = core.events
         return q
 
-    def _take_held(self, q: Any, early: int) -> None:
-        """Subscribe into `q`, starting with the events the supervisor process
-        held for its launcher's subscription `early`, made before it started
-        (the process engine's link, never a user)."""
+    def _subscribe_into(self, q: Any, early: int | None = None) -> None:
+        """Subscribe into `q` (``put``; None ends); with `early`, starting with
+        the events the supervisor process held for its launcher's
+        subscription of that number, made before it started (the process
+        engine's link, never a user)."""
         self.core.events = q
         self._call(lambda req: rq.Subscribe(req, early))
 

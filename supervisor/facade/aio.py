@@ -6,9 +6,10 @@ waiter or delivers an event hands it to the loop with
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from supervisor.common.subscription import Subscription
 from supervisor.saga import Event, Outcome
 
 
@@ -83,10 +84,12 @@ async def wait_outcome(outcomes: Any, sid: int, timeout: float | None) -> Outcom
     return out
 
 
-async def follow(outcomes: Any, idle: float | None) -> AsyncIterator[Event]:
-    """The body of ``Supervisor.events_async``."""
+async def follow(subscribe: Callable[[AsyncQueue], Subscription], idle: float | None
+                 ) -> AsyncIterator[Event]:
+    """The body of ``Supervisor.events_async``: `subscribe(sink)` as it is
+    first awaited."""
     sink = AsyncQueue(asyncio.get_running_loop())
-    sub = outcomes.subscribe(sink=sink)
+    sub = subscribe(sink)
     try:
         async for ev in sink.items(idle):
             yield ev

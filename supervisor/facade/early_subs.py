@@ -50,7 +50,8 @@ class EarlySubscriptions:
         self._held: list[Subscription] = []  # those the supervisor process holds for
         self._clients: dict[int, SagaClient] = {}  # id(subscription) -> its connection
 
-    def add(self, callback: Callable[[Event], Any] | None) -> Subscription:
+    def add(self, callback: Callable[[Event], Any] | None, sink: Any = None) -> Subscription:
+        """One, its events in `sink` (``put``; a queue of its own by default)."""
         sub: Subscription
 
         def closed() -> None:
@@ -61,7 +62,8 @@ class EarlySubscriptions:
             if client is not None:
                 client.close()
 
-        sub = Subscription(queue.SimpleQueue(), closed, callback, pump=True,
+        sub = Subscription(sink if sink is not None else queue.SimpleQueue(), closed, callback,
+                           pump=True,
                            on_error=self._on_error)
         with self._lock:
             self._waiting.append(sub)
@@ -86,7 +88,7 @@ class EarlySubscriptions:
             try:
                 client = SagaClient(root)
                 made.append(client)
-                client._take_held(sub.sink, k)
+                client._subscribe_into(sub.sink, k)
             except (NotRunningError, OSError, TimeoutError) as exc:
                 log.warning("a subscription made before start() could not connect: %s", exc)
                 sub.end()

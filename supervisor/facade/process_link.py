@@ -50,10 +50,11 @@ from supervisor.common.procs import start_time
 from supervisor.wire.ship import named_error, ship
 from supervisor.clients.async_client import AsyncSagaClient
 from supervisor.clients.client import SagaClient
+import supervisor.facade.aio as _aio
 from supervisor.facade.early_subs import EarlySubscriptions
 from supervisor.errors import (NotRunningError, SupervisorCrashedError, SupervisorError,
                                SupervisorGoneError)
-from supervisor.health import write_health_file
+from supervisor.health import idle_report, write_health_file
 from supervisor.paths import DataDir
 from supervisor.saga import Event, Outcome, Saga
 
@@ -380,7 +381,21 @@ class ProcessLink:
             raise self._gone(exc) from exc
 
     def events_async(self, idle: float | None) -> AsyncIterator[Event]:
+        if self._state == "new":  # subscribed as first awaited: held if before start()
+            return _aio.follow(self._subscribe_into, idle)
         return self._async("subscribe").events(idle)
+
+    def _subscribe_into(self, sink: Any) -> Subscription:
+        if self._state == "new":
+            return self._early.add(None, sink)
+        self._api("subscribe")
+        try:
+            c = SagaClient(self.paths.root)
+            self._subs.append(c)
+            c._subscribe_into(sink)
+        except (NotRunningError, OSError) as exc:
+            raise self._gone(exc) from exc
+        return Subscription(sink, c.close)
 
     def subscribe(self, callback: Callable[[Event], Any] | None) -> Subscription:
         """On a connection of its own; a callback runs on a thread of this
@@ -414,14 +429,7 @@ class ProcessLink:
     def _report_when_not_running(self) -> dict[str, Any]:
         if self._final is not None:
             return self._final
-        state = self.state
-        crash = self.error
-        return {"healthy": False, "time": time.time(), "workers": [], "host": None,
-                "stats": dict(Stats()), "kinds": {}, "queued": 0, "queued_by_kind": {},
-                "oldest_in_flight_s": None,
-                "problems": [f"stopped: {type(crash).__name__}: {crash}"] if crash else [],
-                "supervisor": {"pid": self._proc.pid if self._proc is not None else None,
-                               "state": state, "sagas_in_flight": 0, "engine": "process"}}
+        return idle_report(self.pid, self.state, self.error, dict(Stats()))
 
     def stats(self) -> dict[str, int]:
         """A snapshot of the engine's counters, fetched."""

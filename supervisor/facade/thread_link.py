@@ -131,7 +131,7 @@ class ThreadLink:
         return self.core.exits.subscribe(callback)
 
     def events_async(self, idle: float | None) -> AsyncIterator[Event]:
-        return _aio.follow(self.core.exits, idle)
+        return _aio.follow(lambda sink: self.core.exits.subscribe(sink=sink), idle)
 
     # -- looking at it ------------------------------------------------------------------
 
