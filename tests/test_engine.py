@@ -24,6 +24,7 @@ from supervisor import (
     SAGA_STARTED,
     Event,
     NotRunningError,
+    SagaClient,
     SpawnError,
     Supervisor,
     Target,
@@ -365,6 +366,15 @@ def test_spawn_rejects_bad_sagas_in_the_caller(make_sup: Callable[..., Superviso
         sup.wait("1")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown saga id"):
         sup.wait(10**6)
+    with SagaClient(sup.data_dir) as client:  # spawn_many takes an iterable, said so
+        for many in [None, 42, S.InstantSaga(), "abc"]:
+            for call in (sup.spawn_many, client.spawn_many):
+                with pytest.raises(TypeError, match="^spawn_many.. takes an iterable of "
+                                   f"Saga instances, got {type(many).__name__}$"):
+                    call(many)  # type: ignore[arg-type]
+        assert all(sup.wait(i, 10).completed for i in
+                   sup.spawn_many(S.InstantSaga() for _ in range(2)) +
+                   client.spawn_many((S.InstantSaga(),)))
     assert sup.wait(sup.spawn(S.InstantSaga()), 10).completed
 
 

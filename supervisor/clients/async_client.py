@@ -56,7 +56,8 @@ class AsyncSagaClient:
         """See :meth:`SagaClient.spawn_many`."""
         core = self.core
         answer = AsyncResult(asyncio.get_running_loop())
-        req, ids = core.call_batch(list(sagas), answer)  # (abandoned if it cannot be sent)
+        # (abandoned if it cannot be sent)
+        req, ids = core.call_batch(_checks.sagas(sagas), answer)
         try:
             try:
                 got = list(await answer.result(30.0, "no answer to spawn_many within 30.0s"))

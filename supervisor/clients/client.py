@@ -85,7 +85,8 @@ class SagaClient:
         the last); with `durable`, once they are in the log."""
         core = self.core
         answer = Future()
-        req, ids = core.call_batch(list(sagas), answer)  # (abandoned if it cannot be sent)
+        # (abandoned if it cannot be sent)
+        req, ids = core.call_batch(_checks.sagas(sagas), answer)
         try:
             try:
                 got = list(answer.result(30.0))

@@ -187,6 +187,17 @@ def clock_and_port(clock: object, metrics_port: object) -> None:
                          f"got {metrics_port!r}")
 
 
+def sagas(many: Any) -> list[Any]:
+    """``spawn_many``'s sagas as a list (each is checked as it is encoded)."""
+    try:
+        if not isinstance(many, (str, bytes, Saga)):
+            return list(many)
+    except TypeError:
+        pass
+    raise TypeError(f"spawn_many() takes an iterable of Saga instances, got "
+                    f"{type(many).__name__}")
+
+
 def event_ids(saga_id: object, step: object) -> None:
     """An event's saga id and step: each an int or None (the control socket
     checks what a client sent by this same rule)."""

@@ -322,7 +322,7 @@ class Supervisor:
         ids, in order.  All are encoded first, so a saga that cannot be
         shipped raises :class:`SpawnError` before any starts.  `durable`: as
         for :meth:`spawn`, return once all are in the log."""
-        return self._link.spawn_many(list(sagas), bool(durable))
+        return self._link.spawn_many(_validate.sagas(sagas), bool(durable))
 
     def wait(self, saga_id: int, timeout: float | None = None) -> Outcome:
         """Block until `saga_id` has its terminal outcome (from any thread).
