@@ -452,3 +452,45 @@ def test_json_object_text_checks_an_answer_without_building_it() -> None:
         with pytest.raises(FrameError) as err:
             json_object_text(bad, "answer")
         assert str(err.value).startswith(f"answer payload {why}"), (bad[:10], str(err.value))
+
+
+# -- pacing: when the loop takes its next turn ------------------------------------------
+
+
+def test_the_loop_lingers_only_under_load_and_only_after_a_short_turn() -> None:
+    """Below `from_rows` rows a second logged the next turn comes at once;
+    above it, a turn due within `linger` of the last one's end waits out the
+    rest; a turn that ended longer ago than that never waits."""
+    import time
+
+    from supervisor._engine.pacing import Pacing
+    from supervisor._engine.records import Stats
+
+    stats = Stats()
+    slow = Pacing(stats, linger=10.0, from_rows=1000)  # (a wait it should not make: 10 s)
+    stats["rows"] += 40  # 40 rows in 0.1 s: 400 a second, light
+    slow.turn_ended(slow._at + 0.1)
+    t = time.monotonic()
+    slow.turn_ended(t)
+    slow.wait()
+    assert not slow.lingering and time.monotonic() - t < 5.0
+
+    busy = Pacing(stats, linger=0.2, from_rows=1000)
+    stats["rows"] += 400  # 4,000 a second
+    busy.turn_ended(busy._at + 0.1)
+    assert busy.lingering
+    t = time.monotonic()
+    busy.turn_ended(t)
+    busy.wait()
+    assert time.monotonic() - t >= 0.19  # the rest of the linger, waited out
+    late = Pacing(stats, linger=10.0, from_rows=1000)
+    stats["rows"] += 400
+    late.turn_ended(late._at + 0.1)
+    late.turn_end -= 10.0  # the turn ended ten seconds ago: nothing left to linger
+    t = time.monotonic()
+    late.wait()
+    assert late.lingering and time.monotonic() - t < 5.0
+    busy.turn_ended(busy._at + 0.1)  # (the window of late's rows too)
+    stats["rows"] += 1  # the load falls: the next window turns lingering off
+    busy.turn_ended(busy._at + 0.1)
+    assert not busy.lingering

@@ -47,6 +47,7 @@ from supervisor._engine.metrics import EngineCollector, MetricsServer, expositio
 from supervisor._engine.exits import Exits
 from supervisor._engine.group_commit import GroupCommit
 from supervisor._engine.records import Lifecycle, Settings, Stats, Turn, TurnOutputs, WorkerProc
+from supervisor._engine.pacing import Pacing
 from supervisor._engine.parts import SagaCore
 from supervisor._engine.queues import Limits
 from supervisor._engine.reaper import Reaper
@@ -256,6 +257,7 @@ class Engine:
         last_purge = last_health = time.monotonic()
         self._write_health()
         clock = self.clock
+        pacing = Pacing(self.stats)
         while True:
             vnow = clock()
             timeout = min(1.0, health_every, self.settings.host_stall_timeout)
@@ -264,6 +266,7 @@ class Engine:
                 timeout = min(timeout, max(0.0, at - vnow))
             if self.requests.drain_deadline is not None:
                 timeout = min(timeout, 0.05)
+            pacing.wait()
             inbox.sleeping = True
             if inbox:
                 timeout = 0.0
@@ -305,6 +308,7 @@ class Engine:
                     _warn.warning("check", "worker health check failed: %s", exc)
             self._end_turn()
             control.flush_all()
+            pacing.turn_ended(time.monotonic())
             if health_due:
                 try:
                     self._write_health()
