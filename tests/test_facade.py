@@ -167,7 +167,8 @@ def test_a_subscription_before_start_sees_the_start_on_both_engines(
 
 
 def test_a_subscription_before_a_start_that_fails_ends(tmp_path: Path, engine: str) -> None:
-    """Its reader is told the supervisor stopped, never left waiting."""
+    """Its reader is told the supervisor stopped, never left waiting: when
+    the start fails, and when the supervisor is stopped without a start."""
     sup = Supervisor(tmp_path / "d", workers=1, host=[str(tmp_path / "no-such-host")],
                      engine=engine)
     sub = sup.subscribe()
@@ -176,6 +177,13 @@ def test_a_subscription_before_a_start_that_fails_ends(tmp_path: Path, engine: s
     with pytest.raises(NotRunningError, match="stopped"):
         sub.get(timeout=10)
     assert list(sub) == []
+    never = Supervisor(tmp_path / "e", workers=1, host=HOST_ARGV, engine=engine)
+    sub = never.subscribe(lambda ev: None)
+    waiting = never.subscribe()
+    never.stop()
+    with pytest.raises(NotRunningError, match="stopped"):
+        waiting.get(timeout=10)
+    sub.close()
 
 
 def test_arguments_are_checked_once_for_both_engines(tmp_path: Path, engine: str) -> None:

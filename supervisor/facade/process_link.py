@@ -269,6 +269,7 @@ class ProcessLink:
         proc = self._proc
         if self._state in ("new", "stopped") or proc is None:
             self._state = "stopped"
+            self._early.end()  # (made before a start that never came)
             return
         self._state = "stopping"
         self.suspended = suspend

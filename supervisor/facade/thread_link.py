@@ -73,6 +73,8 @@ class ThreadLink:
         if core.life.state in ("new", "stopped"):
             if core.life.state == "stopped" and core.thread is not None:
                 core.teardown()  # stopped on its own: its word in health goes now
+            elif core.life.state == "new":  # a subscription made before it ends
+                core.exits.close(NotRunningError("the supervisor stopped before it started"))
             core.life.state = "stopped"
             return
         self.suspended = suspend
