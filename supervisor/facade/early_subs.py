@@ -32,7 +32,7 @@ from typing import Any
 
 from supervisor.clients.client import SagaClient
 from supervisor.common.subscription import Subscription
-from supervisor.errors import NotRunningError
+from supervisor.errors import SupervisorError
 from supervisor.saga import Event
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,8 @@ class EarlySubscriptions:
                 client = SagaClient(root)
                 made.append(client)
                 client._subscribe_into(sub.sink, k)
-            except (NotRunningError, OSError, TimeoutError) as exc:
+            except (SupervisorError, OSError, TimeoutError) as exc:
+                # the supervisor runs, so the start stands: this subscription ends
                 log.warning("a subscription made before start() could not connect: %s", exc)
                 sub.end()
                 continue
