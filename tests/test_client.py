@@ -10,7 +10,8 @@ from typing import Callable
 import multiprocess as mp
 import pytest
 
-from supervisor import Event, NotRunningError, Outcome, SagaClient, SpawnError, Supervisor
+from supervisor import (AsyncSagaClient, Event, NotRunningError, Outcome, SagaClient,
+                        SpawnError, Supervisor)
 import supervisor.wire.requests as rq
 
 from . import _client_procs, _suite, sagas as S
@@ -100,6 +101,15 @@ def test_client_errors_and_bus(make_sup: Callable[..., Supervisor], tmp_path: Pa
         assert ev.version > 0
         with pytest.raises(TypeError, match="step must be an int or None"):
             client.publish(Event("hello", step="2"))  # type: ignore[arg-type]
+        for bad, error in [(-1, ValueError), (float("nan"), ValueError), ("1", TypeError)]:
+            with pytest.raises(error, match="^timeout must be"):  # as the facade says it
+                client.events(timeout=bad)  # type: ignore[arg-type]
+
+            async def follow(bad: object = bad) -> None:
+                async with AsyncSagaClient(sup.data_dir) as aclient:
+                    aclient.events(bad)  # type: ignore[arg-type]
+            with pytest.raises(error, match="^timeout must be"):
+                asyncio.run(follow())
         sid = client.spawn(S.InstantSaga())
         assert client.wait(sid, 10).completed
         assert sup.wait(sid, 10).completed

@@ -107,6 +107,7 @@ class AsyncSagaClient:
         """Subscribe now (like SagaClient.events: what is published after this
         call is seen); iterate with ``async for``.  Ends when the supervisor
         stops, the client closes, or no event came for `timeout` seconds."""
+        limit = _checks.timeout(timeout)
         core = self.core
         ack: AsyncResult | None = None
         req = 0
@@ -118,7 +119,7 @@ class AsyncSagaClient:
         sink = core.events
         if not isinstance(sink, AsyncQueue):
             raise TypeError("events() of an AsyncSagaClient whose events go elsewhere")
-        return self._follow(sink, ack, req, timeout)
+        return self._follow(sink, ack, req, limit)
 
     async def _follow(self, sink: AsyncQueue, ack: AsyncResult | None, req: int,
                       timeout: float | None) -> AsyncIterator[Event]:

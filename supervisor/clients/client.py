@@ -148,7 +148,8 @@ class SagaClient:
         """Subscribe now; iterate over bus events from now on.  The iterator
         ends when the supervisor stops, the client closes, or no event came
         for `timeout` seconds."""
-        return Subscription(self.subscribe_queue()).until_quiet(timeout)
+        limit = _checks.timeout(timeout)
+        return Subscription(self.subscribe_queue()).until_quiet(limit)
 
     def subscribe_queue(self) -> queue.SimpleQueue[Event | None]:
         """Subscribe now: bus events from now on go to the queue returned
