@@ -150,6 +150,7 @@ def test_log_deleted_while_running_stops_with_a_named_error(make_sup: Make,
     assert probe.returncode == 1 and "was deleted" in probe.stdout, probe.stdout
     assert not os.path.exists("/dev/shm/" + sup.shm_name)
     sup.stop()
+    assert isinstance(sup.error, LogError)  # what stopped it, kept after stop() on both
     gone = subprocess.run([sys.executable, "-m", "supervisor", "health", "--data-dir",
                            str(sup.data_dir)], capture_output=True, text=True, timeout=60)
     assert gone.returncode == 2  # stopped: nothing runs there any more

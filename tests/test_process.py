@@ -193,6 +193,8 @@ def test_a_killed_supervisor_process_is_a_named_error(tmp_path: Path) -> None:
     sp.register_kind(S.LimitedSaga)
     sp.start()
     try:
+        done = sp.spawn(S.InstantSaga())
+        assert sp.wait(done, 30).completed
         sid = sp.spawn(S.LimitedSaga(1, seconds=0.5, timeout=60))
         wait_for(lambda: read_log(data / "db" / "sagas.db")[1].get(sid), what="its step")
         os.kill(sp.pid, signal.SIGKILL)  # type: ignore[arg-type]
@@ -200,8 +202,13 @@ def test_a_killed_supervisor_process_is_a_named_error(tmp_path: Path) -> None:
             sp.wait(sid, 30)
         with pytest.raises(SupervisorGoneError):
             sp.spawn(S.InstantSaga())
+        assert sp.wait(done, 5).completed  # what the log says, as the thread engine answers
+        with pytest.raises(SupervisorGoneError, match="killed by signal 9"):
+            sp.wait(sid, 5)  # (unfinished in the log: why it is, by name)
+        assert isinstance(sp.error, SupervisorGoneError)
     finally:
         sp.stop()
+    assert isinstance(sp.error, SupervisorGoneError)  # (kept once stopped)
     # its workers and host noticed too; the next start resumes the saga
     again = SupervisorProcess(data, workers=1, host=HOST_ARGV)
     again.register_kind(S.LimitedSaga)

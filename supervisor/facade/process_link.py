@@ -35,9 +35,7 @@ import json
 import logging
 import os
 import selectors
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -51,6 +49,7 @@ from supervisor.wire.ship import named_error, ship
 from supervisor.clients.async_client import AsyncSagaClient
 from supervisor.clients.client import SagaClient
 import supervisor.facade.aio as _aio
+from supervisor.facade.child import launch
 from supervisor.facade.early_subs import EarlySubscriptions
 from supervisor.errors import (NotRunningError, SupervisorCrashedError, SupervisorError,
                                SupervisorGoneError)
@@ -128,6 +127,8 @@ class ProcessLink:
         """Why the supervisor process is gone when nobody stopped it: the
         engine's own error where it said one, else SupervisorGoneError."""
         proc = self._proc
+        if self._state == "stopped" and proc is not None:
+            return self._crash  # (kept once stopped, as the thread engine keeps its own)
         if proc is None or self._state != "running" or proc.poll() is None:
             return None
         with self._crash_lock:  # (the watcher thread asks too)
@@ -169,12 +170,9 @@ class ProcessLink:
         err = self.error if self._state == "running" else None
         if err is None:
             return
-        me = os.getpid()
-        write_health_file(self.paths.health_file, {
-            "healthy": False, "time": time.time(), "workers": [], "host": None,
-            "stats": {}, "problems": [f"stopped: {type(err).__name__}: {err}"],
-            "supervisor": {"pid": me, "create_time": start_time(me), "state": "stopped",
-                           "sagas_in_flight": 0, "engine": "process"}})
+        report = idle_report(os.getpid(), "stopped", err, {})
+        report["supervisor"]["create_time"] = start_time(os.getpid())
+        write_health_file(self.paths.health_file, report)
         self._wrote_health = True
 
     def start(self) -> None:
@@ -184,28 +182,8 @@ class ProcessLink:
             "registered": self._registered, "orphan": self._orphan,
             "early_subscribers": self._early.hold(),
             "clock": self._clock.snapshot() if self._clock is not None else None})
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
         self._state = "starting"
-        fds = s.host_fds
-        # a terminal's Ctrl-C is the launcher's to handle: the supervisor
-        # process gets a session of its own, and is born with SIGINT blocked,
-        # for the child resets its handlers before it leaves our process group
-        # (it ignores SIGINT, then unblocks it: see serve.main)
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            proc = self._proc = subprocess.Popen(
-                [sys.executable, "-m", "supervisor.facade.serve"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, bufsize=0, env=env,
-                pass_fds=tuple(fds) if fds else (), start_new_session=True)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        assert proc.stdin is not None
-        try:
-            proc.stdin.write(len(blob).to_bytes(4, "big") + blob)
-            proc.stdin.flush()
-        except BrokenPipeError:
-            pass
+        proc = self._proc = launch(blob, s.host_fds)
         wait = s.start_timeout + 30.0
         line = self._line(wait)
         word, _, rest = line.partition(" ")
@@ -254,6 +232,8 @@ class ProcessLink:
                 self._final_metrics = str(json.loads(rest))
             except ValueError:
                 pass
+        elif word == "crashed" and self._crash is None:  # (said as stop() was called)
+            self._crash = named_error(rest)
         return line
 
     def _line(self, timeout: float) -> str:
@@ -271,6 +251,7 @@ class ProcessLink:
             self._state = "stopped"
             self._early.end()  # (made before a start that never came)
             return
+        _ = self.error  # (if it stopped on its own, or died: kept for after the stop)
         self._state = "stopping"
         self.suspended = suspend
         if self._client is not None and proc.poll() is None:
@@ -353,8 +334,21 @@ class ProcessLink:
     def wait(self, saga_id: int, timeout: float | None) -> Outcome | None:
         if self._state in ("stopped", "stopping"):
             return None  # the facade reads the log
-        out: Outcome = self._do("wait", lambda c: c.wait(saga_id, timeout))
+        try:
+            out: Outcome = self._do("wait", lambda c: c.wait(saga_id, timeout))
+        except (SupervisorGoneError, SupervisorCrashedError):
+            if self._owes(saga_id):
+                raise
+            return None
         return out
+
+    def _owes(self, saga_id: int) -> bool:
+        """It stopped on its own or died: a saga it still owed this launcher
+        an outcome for has none (the error says why); any other is the log's
+        to answer for, as the thread engine answers from what it kept."""
+        client = self._client
+        return client is not None and saga_id in client.core.outcomes or \
+            self.state != "stopped"
 
     def cancel(self, saga_id: int, reason: str, timeout: float) -> bool:
         return bool(self._do("cancel", lambda c: c.cancel(saga_id, reason, timeout=timeout)))
@@ -377,9 +371,14 @@ class ProcessLink:
         if self._state in ("stopped", "stopping"):
             return None
         try:
-            return await self._async("wait").wait(saga_id, timeout)
-        except (NotRunningError, OSError) as exc:
-            raise self._gone(exc) from exc
+            try:
+                return await self._async("wait").wait(saga_id, timeout)
+            except (NotRunningError, OSError) as exc:
+                raise self._gone(exc) from exc
+        except (SupervisorGoneError, SupervisorCrashedError):
+            if self._owes(saga_id):
+                raise
+            return None
 
     def events_async(self, idle: float | None) -> AsyncIterator[Event]:
         if self._state == "new":  # subscribed as first awaited: held if before start()
@@ -423,14 +422,9 @@ class ProcessLink:
         """Fetched while it runs; once stopped, the supervisor process's last
         report (made after its stop); before start, a report of nothing yet."""
         if self.state != "running":
-            return self._report_when_not_running()
+            return self._final or idle_report(self.pid, self.state, self.error, dict(Stats()))
         report: dict[str, Any] = self._do("read health", lambda c: c.health())
         return report
-
-    def _report_when_not_running(self) -> dict[str, Any]:
-        if self._final is not None:
-            return self._final
-        return idle_report(self.pid, self.state, self.error, dict(Stats()))
 
     def stats(self) -> dict[str, int]:
         """A snapshot of the engine's counters, fetched."""

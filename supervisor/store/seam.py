@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 from supervisor.errors import (NOT_IN_LOG, NotRunningError, SupervisorCrashedError,
-                               not_logged, stopped_before_end, unknown_saga)
+                               SupervisorGoneError, not_logged, stopped_before_end,
+                               unknown_saga)
 from supervisor.store.batch import Batch, Unfinished
 from supervisor.store.read import UNLOGGED
 from supervisor.paths import DataDir
@@ -113,6 +114,8 @@ def outcome_of(saga_id: int, row: tuple[str, str | None] | None,
     if state == UNLOGGED:
         raise not_logged(saga_id)
     if state in ("running", "compensating"):
+        if isinstance(crash, SupervisorGoneError):  # (its process died: said as it is)
+            raise crash
         if crash is not None:
             raise SupervisorCrashedError(crash)
         if suspended is not None:
