@@ -225,6 +225,11 @@ class SupervisorGoneError(SupervisorError):
         super().__init__(message + unconfirmed_text(self.unconfirmed))
 
 
+def ended_late(saga_id: int, timeout: float | None) -> str:
+    """What a ``wait()`` that timed out says, on either engine and client."""
+    return f"saga {saga_id} did not end within {timeout}s"
+
+
 def stopped_before_end(suspended: bool) -> NotRunningError:
     """``wait()`` on a saga still in flight when its supervisor stopped (on
     either engine): suspended, the next start resumes it."""

@@ -186,6 +186,43 @@ def test_a_subscription_before_a_start_that_fails_ends(tmp_path: Path, engine: s
     sub.close()
 
 
+def test_a_stop_answers_the_waits_and_subscribers_it_finds_on_both_engines(
+        tmp_path: Path, engine: str, store_log: str | None) -> None:
+    """A wait() and a wait_async() in flight when stop() comes get the
+    outcome the stop logged; a subscriber sees the stop's events, then the
+    end; a wait that times out says so in one wording, whoever spawned."""
+    import threading
+
+    sup = Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine,
+                     log=store_log)
+    sup.start()
+    sub = sup.subscribe()
+    slow = sup.spawn(S.SleepSaga(60, timeout=120))
+    with SagaClient(sup.data_dir) as client:
+        other = client.spawn(S.SleepSaga(60, timeout=120))
+        with pytest.raises(TimeoutError, match=f"^saga {other} did not end within 0.2s$"):
+            sup.wait(other, 0.2)
+        with pytest.raises(TimeoutError, match=f"^saga {slow} did not end within 0.2s$"):
+            client.wait(slow, 0.2)
+    got: dict[str, object] = {}
+    blocked = threading.Thread(target=lambda: got.update(sync=sup.wait(slow, 60)))
+    blocked.start()
+
+    async def across_stop() -> Outcome:
+        waiting = asyncio.ensure_future(sup.wait_async(other, 60))
+        await asyncio.sleep(0)
+        await asyncio.get_running_loop().run_in_executor(None, sup.stop)
+        return await waiting
+
+    got["async"] = asyncio.run(across_stop())
+    blocked.join(60)
+    stopped = "supervisor stopped"
+    assert got["sync"] == Outcome(slow, "failed", stopped)
+    assert got["async"] == Outcome(other, "failed", stopped)
+    ended = {e.saga_id: e.data["reason"] for e in sub if e.kind == SAGA_FAILED}
+    assert ended == {slow: stopped, other: stopped}
+
+
 def test_arguments_are_checked_once_for_both_engines(tmp_path: Path, engine: str) -> None:
     for bad, why in [(dict(workers=0), "workers"), (dict(orphan="sometimes"), "orphan"),
                      (dict(durability="maybe"), "durability"), (dict(engine="fiber"), "engine")]:

@@ -17,6 +17,7 @@ from typing import Any
 import supervisor.common.checks as _checks
 import supervisor.wire.requests as rq
 from supervisor.clients.core import ClientCore
+from supervisor.errors import ended_late
 from supervisor.facade.aio import AsyncQueue, AsyncResult
 from supervisor.saga import Event, Outcome, Saga
 
@@ -82,12 +83,16 @@ class AsyncSagaClient:
         outcomes = self.core.outcomes
         mine = self.core.outcome(sid)
         if mine is None:
-            state, reason = await self._call(lambda req: rq.Wait(req, sid), timeout=timeout)
+            try:
+                state, reason = await self._call(lambda req: rq.Wait(req, sid),
+                                                 timeout=timeout)
+            except TimeoutError:
+                raise TimeoutError(ended_late(sid, timeout)) from None
             return Outcome(sid, state, reason)
         if type(mine) is not tuple:
             done = AsyncResult(asyncio.get_running_loop())
             mine.add_done_callback(lambda f: done.set(f.value, f.error))
-            mine = await done.result(timeout, f"saga {sid} did not end within {timeout}s")
+            mine = await done.result(timeout, ended_late(sid, timeout))
         outcomes.pop(sid, None)
         state, reason = mine
         return Outcome(sid, state, reason)

@@ -26,7 +26,7 @@ import supervisor.wire.requests as rq
 from supervisor.clients.core import ClientCore, control_address
 from supervisor.common.future import Future
 from supervisor.common.subscription import Subscription
-from supervisor.errors import SpawnError
+from supervisor.errors import SpawnError, ended_late
 from supervisor.saga import Event, Outcome, Saga
 
 PROTOCOL = rq.PROTOCOL
@@ -111,13 +111,16 @@ class SagaClient:
         timeout = _checks.timeout(timeout)
         mine = self.core.outcome(sid)
         if mine is None:  # not spawned here: ask
-            state, reason = self._call(lambda req: rq.Wait(req, sid), timeout=timeout)
+            try:
+                state, reason = self._call(lambda req: rq.Wait(req, sid), timeout=timeout)
+            except TimeoutError:
+                raise TimeoutError(ended_late(sid, timeout)) from None
             return Outcome(sid, state, reason)
         if type(mine) is not tuple:  # spawned here: its outcome is pushed, no round trip
             try:
                 mine = mine.result(timeout)
             except TimeoutError:
-                raise TimeoutError(f"saga {sid} did not end within {timeout}s") from None
+                raise TimeoutError(ended_late(sid, timeout)) from None
         self.core.outcomes.pop(sid, None)  # taken
         state, reason = mine
         return Outcome(sid, state, reason)

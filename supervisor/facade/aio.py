@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from supervisor.common.subscription import Subscription
+from supervisor.errors import ended_late
 from supervisor.saga import Event, Outcome
 
 
@@ -80,7 +81,7 @@ async def wait_outcome(outcomes: Any, sid: int, timeout: float | None) -> Outcom
     found = outcomes.waiter(sid, make=lambda: AsyncResult(loop))
     if found is None or isinstance(found, Outcome):
         return found
-    out: Outcome = await found.result(timeout, f"saga {sid} did not end within {timeout}s")
+    out: Outcome = await found.result(timeout, ended_late(sid, timeout))
     return out
 
 

@@ -30,6 +30,7 @@ that stopped on its own error as the thread engine reports it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -157,10 +158,8 @@ class ProcessLink:
     def _clock_moved(self) -> None:
         client, clock = self._client, self._clock
         if client is not None and clock is not None and self._state == "running":
-            try:
+            with contextlib.suppress(NotRunningError):
                 client.clock_moved(clock.snapshot()[2])
-            except NotRunningError:
-                pass
 
     def _watch(self, proc: subprocess.Popen[bytes]) -> None:
         """The supervisor process exited: if nobody stopped it, leave the
@@ -259,10 +258,6 @@ class ProcessLink:
                 self._client.seal()
             except (NotRunningError, OSError, TimeoutError):
                 pass
-        for c in [self._client, *self._subs,
-                  self._aclient.core if self._aclient is not None else None]:
-            if c is not None:
-                c.close()
         assert proc.stdin is not None
         try:
             proc.stdin.write(f"stop {int(drain)} {timeout} {int(suspend)}\n".encode())
@@ -278,6 +273,12 @@ class ProcessLink:
             log.error("supervisor process %d did not stop; killing it", proc.pid)
             proc.kill()
             proc.wait()
+        # closed once it is gone: a wait() in flight gets the outcome the stop
+        # logged, and a subscriber the stop's events, as on the thread engine
+        for c in [self._client, *self._subs,
+                  self._aclient.core if self._aclient is not None else None]:
+            if c is not None:
+                c.close()
         if proc.stdout is not None:
             for line in proc.stdout.read().decode("utf-8", "replace").splitlines():
                 self._status(line)
@@ -332,8 +333,14 @@ class ProcessLink:
         return list(self._do("spawn", lambda c: c.spawn_many(sagas, durable)))
 
     def wait(self, saga_id: int, timeout: float | None) -> Outcome | None:
-        if self._state in ("stopped", "stopping"):
-            return None  # the facade reads the log
+        client = self._client  # (None: the facade reads the log)
+        if self._state == "stopping" and client is not None:  # (it is closed once stopped:
+            try:  # the outcome the stop logs comes here, or the log has it by then)
+                return client.wait(saga_id, timeout)
+            except (NotRunningError, OSError):
+                return None
+        if self._state == "stopped":
+            return None
         try:
             out: Outcome = self._do("wait", lambda c: c.wait(saga_id, timeout))
         except (SupervisorGoneError, SupervisorCrashedError):
@@ -343,9 +350,8 @@ class ProcessLink:
         return out
 
     def _owes(self, saga_id: int) -> bool:
-        """It stopped on its own or died: a saga it still owed this launcher
-        an outcome for has none (the error says why); any other is the log's
-        to answer for, as the thread engine answers from what it kept."""
+        """It stopped on its own or died: a saga it owed this launcher has no
+        outcome (the error says why); any other is the log's to answer for."""
         client = self._client
         return client is not None and saga_id in client.core.outcomes or \
             self.state != "stopped"

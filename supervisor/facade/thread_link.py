@@ -21,7 +21,7 @@ from supervisor._engine.records import Settings
 from supervisor._engine.registrations import Registration
 from supervisor.common.subscription import Subscription
 from supervisor.common.future import Future
-from supervisor.errors import NotRunningError
+from supervisor.errors import NotRunningError, ended_late
 from supervisor.paths import DataDir
 from supervisor.saga import Event, Outcome, Saga
 
@@ -104,7 +104,7 @@ class ThreadLink:
             try:
                 out: Outcome = found.result(timeout)
             except TimeoutError:
-                raise TimeoutError(f"saga {saga_id} did not end within {timeout}s") from None
+                raise TimeoutError(ended_late(saga_id, timeout)) from None
             return out
         return found  # type: ignore[no-any-return]  # an Outcome, or None: ask the log
 
