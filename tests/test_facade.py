@@ -223,6 +223,36 @@ def test_a_stop_answers_the_waits_and_subscribers_it_finds_on_both_engines(
     assert ended == {slow: stopped, other: stopped}
 
 
+def test_while_it_stops_waits_and_subscriptions_work_on_both_engines(
+        tmp_path: Path, engine: str) -> None:
+    """During a draining stop: spawn is refused by name; wait(), wait_async()
+    and a new subscription get what the stop decides (the saga that outlived
+    the drain fails 'supervisor stopped'), then the subscription ends."""
+    import threading
+
+    sup = Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine)
+    sup.start()
+    slow = sup.spawn(S.SleepSaga(60, timeout=120))
+    wait_for(lambda: sup.in_flight() == 1, what="in flight")
+    stopping = threading.Thread(target=lambda: sup.stop(drain=True, timeout=3.0))
+    stopping.start()
+    wait_for(lambda: sup.state == "stopping", what="stopping")
+    with pytest.raises(NotRunningError, match="^cannot spawn: the supervisor is stopping$"):
+        sup.spawn(S.InstantSaga())
+    sub = sup.subscribe()
+    stopped = Outcome(slow, "failed", "supervisor stopped")
+
+    async def both() -> tuple[Outcome, Outcome]:
+        waiting = asyncio.ensure_future(sup.wait_async(slow, 60))
+        return await asyncio.get_running_loop().run_in_executor(
+            None, sup.wait, slow, 60), await waiting
+
+    assert asyncio.run(both()) == (stopped, stopped)
+    stopping.join(60)
+    seen = [(e.kind, e.saga_id) for e in sub]  # (ends: the supervisor stopped)
+    assert (SAGA_FAILED, slow) in seen
+
+
 def test_arguments_are_checked_once_for_both_engines(tmp_path: Path, engine: str) -> None:
     for bad, why in [(dict(workers=0), "workers"), (dict(orphan="sometimes"), "orphan"),
                      (dict(durability="maybe"), "durability"), (dict(engine="fiber"), "engine")]:

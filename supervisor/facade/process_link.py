@@ -1,29 +1,22 @@
 """The engine in a supervisor process of its own: ``engine="process"``.
 
-With the engine a thread of the launcher's process, a launcher whose own
-threads keep the GIL busy slows every saga down (each hand-over between
-threads can wait a whole switch interval, 5 ms).  This link starts a
-separate supervisor process (``python -m supervisor.facade.serve``) that
-owns the log, the host pipe and the workers; the launcher talks to it as
-:class:`SagaClient` does — ids and claims straight from shared memory,
-requests over the control socket (spawns pipelined), and the outcome of
-every saga it spawned pushed to it as soon as it is committed.
+A launcher whose own threads keep the GIL busy would slow a thread engine's
+every saga down.  This link starts a supervisor process
+(``python -m supervisor.facade.serve``) that owns the log, the host pipe and
+the workers; the launcher talks to it as :class:`SagaClient` does (ids and
+claims from shared memory, requests over the control socket, spawns
+pipelined, the outcome of every saga it spawned pushed to it).
 
-Where user code runs: saga code in the workers, as always.  Kind factories,
-local-target handlers and trigger predicates and factories are shipped to the
-supervisor process with dill (as registration records, with the start, or
-over the control socket when registered later) and run there, on its loop
-thread — they must not rely on the launcher's memory.  Subscriber callbacks
-run in the launcher, on a thread and connection of their own.  A test clock
-(:class:`supervisor.testing.Clock`) is mirrored there: every advance is sent.
+Kind factories, local-target handlers and triggers are shipped to the
+supervisor process with dill and run on its loop thread (they must not rely
+on the launcher's memory); subscriber callbacks run in the launcher, on a
+thread and connection of their own; a test clock is mirrored there.
 
-Nothing is left behind when either process dies: the supervisor process
-watches the launcher through its stdin (EOF: the launcher exited or was
-killed) and stops (``orphan="stop"``: failing what is in flight;
-``"suspend"``: leaving it in the log for the next start to resume), or keeps
-serving other clients with ``orphan="serve"``; the launcher sees a dead
-supervisor process as :class:`SupervisorGoneError` from its calls, and one
-that stopped on its own error as the thread engine reports it
+Nothing is left behind when either process dies: the supervisor process sees
+its stdin close and stops (``orphan="stop"`` fails what is in flight,
+``"suspend"`` leaves it to the next start, ``"serve"`` serves on); the
+launcher sees a dead supervisor process as :class:`SupervisorGoneError`, and
+one that stopped on its own error as the thread engine reports it
 (:class:`SupervisorCrashedError`).
 """
 
@@ -363,9 +356,9 @@ class ProcessLink:
         self._do("publish", lambda c: c.publish(event))
 
     def _async(self, verb: str) -> AsyncSagaClient:
-        """A connection for the running event loop (one per loop: its answers
-        are handed to that loop)."""
-        self._api(verb)
+        """A connection for this event loop (one a loop), while it runs or stops."""
+        if self._state != "stopping":
+            self._api(verb)
         loop = asyncio.get_running_loop()
         if self._aclient is None or self._aloop is not loop:
             if self._aclient is not None:
@@ -374,12 +367,14 @@ class ProcessLink:
         return self._aclient
 
     async def wait_async(self, saga_id: int, timeout: float | None) -> Outcome | None:
-        if self._state in ("stopped", "stopping"):
+        if self._state == "stopped":
             return None
         try:
             try:
                 return await self._async("wait").wait(saga_id, timeout)
             except (NotRunningError, OSError) as exc:
+                if self._state == "stopping":  # (closed: the log has it once stopped)
+                    return None
                 raise self._gone(exc) from exc
         except (SupervisorGoneError, SupervisorCrashedError):
             if self._owes(saga_id):
@@ -410,11 +405,16 @@ class ProcessLink:
         start until it is connected."""
         if self._state == "new":
             return self._early.add(callback)
-        self._api("subscribe")
+        if self._state != "stopping":  # (while it stops: its last events, then the end)
+            self._api("subscribe")
         try:
             c = SagaClient(self.paths.root)
         except (NotRunningError, OSError) as exc:
-            raise self._gone(exc) from exc
+            if self._state != "stopping":
+                raise self._gone(exc) from exc
+            ended = Subscription(callback=callback)  # (gone already: nothing more comes)
+            ended.end()
+            return ended
         self._subs.append(c)
         return Subscription(c.subscribe_queue(), c.close, callback, pump=True,
                             on_error=self._subscriber_failed)
