@@ -327,3 +327,22 @@ def test_every_id_spawn_returned_is_logged_when_stop_races_it(tmp_path: Path) ->
         sup = Supervisor(tmp_path / f"r{round_}", workers=1, engine="process").start()
         sup.wait(sup.spawn(S.InstantSaga()), 30)  # the class is loaded: pipelined now
         race_spawns_against_stop(sup, 300 * (round_ + 1))
+
+
+def test_the_last_words_of_a_supervisor_process_never_wait_on_its_children() -> None:
+    """A child it left behind holding its stdout must not hold up the
+    launcher's stop: what was said is read, for at most the limit."""
+    import time
+
+    from supervisor.facade.child import last_words
+
+    proc = subprocess.Popen(["sh", "-c", "echo 'final {}'; echo stopped; sleep 59.123 & exit 0"],
+                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        proc.wait(30)
+        began = time.monotonic()
+        assert last_words(proc, limit=1.0) == ["final {}", "stopped"]
+        assert time.monotonic() - began < 30  # (not the straggler's minute)
+        assert proc.stdout is not None and proc.stdout.closed
+    finally:
+        subprocess.run(["pkill", "-f", "sleep 59.123"], check=False)

@@ -43,7 +43,7 @@ from supervisor.wire.ship import named_error, ship
 from supervisor.clients.async_client import AsyncSagaClient
 from supervisor.clients.client import SagaClient
 import supervisor.facade.aio as _aio
-from supervisor.facade.child import launch
+from supervisor.facade.child import last_words, launch
 from supervisor.facade.early_subs import EarlySubscriptions
 from supervisor.errors import (NotRunningError, SupervisorCrashedError, SupervisorError,
                                SupervisorGoneError)
@@ -272,10 +272,8 @@ class ProcessLink:
                   self._aclient.core if self._aclient is not None else None]:
             if c is not None:
                 c.close()
-        if proc.stdout is not None:
-            for line in proc.stdout.read().decode("utf-8", "replace").splitlines():
-                self._status(line)
-            proc.stdout.close()
+        for line in last_words(proc):
+            self._status(line)
         self._state = "stopped"
         if self._wrote_health:  # the launcher's word on a crash: gone with its stop
             try:
