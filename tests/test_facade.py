@@ -166,18 +166,20 @@ def test_a_subscription_before_start_sees_the_start_on_both_engines(
     by_callback.close()
 
 
-def test_a_subscription_before_a_start_that_fails_ends(tmp_path: Path, engine: str) -> None:
+def test_a_subscription_before_a_start_that_fails_ends(tmp_path: Path, engine: str,
+                                                       store_log: str | None) -> None:
     """Its reader is told the supervisor stopped, never left waiting: when
     the start fails, and when the supervisor is stopped without a start."""
     sup = Supervisor(tmp_path / "d", workers=1, host=[str(tmp_path / "no-such-host")],
-                     engine=engine)
+                     engine=engine, log=store_log)
     sub = sup.subscribe()
     with pytest.raises(SupervisorError, match="cannot start the host"):
         sup.start()
     with pytest.raises(NotRunningError, match="stopped"):
         sub.get(timeout=10)
     assert list(sub) == []
-    never = Supervisor(tmp_path / "e", workers=1, host=HOST_ARGV, engine=engine)
+    never = Supervisor(tmp_path / "e", workers=1, host=HOST_ARGV, engine=engine,
+                       log=store_log)
     sub = never.subscribe(lambda ev: None)
     waiting = never.subscribe()
     never.stop()
@@ -224,13 +226,14 @@ def test_a_stop_answers_the_waits_and_subscribers_it_finds_on_both_engines(
 
 
 def test_while_it_stops_waits_and_subscriptions_work_on_both_engines(
-        tmp_path: Path, engine: str) -> None:
+        tmp_path: Path, engine: str, store_log: str | None) -> None:
     """During a draining stop: spawn is refused by name; wait(), wait_async()
     and a new subscription get what the stop decides (the saga that outlived
     the drain fails 'supervisor stopped'), then the subscription ends."""
     import threading
 
-    sup = Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine)
+    sup = Supervisor(tmp_path / "d", workers=1, host=HOST_ARGV, engine=engine,
+                     log=store_log)
     sup.start()
     slow = sup.spawn(S.SleepSaga(60, timeout=120))
     wait_for(lambda: sup.in_flight() == 1, what="in flight")
